@@ -1,0 +1,542 @@
+//! The `[connector]` section of the HTTP sink.
+//!
+//! ```toml
+//! [connector]
+//! url = "https://hooks.example.com/{topic_name}/{attr.tenant}"
+//! method = "POST"
+//! timeout = "10s"
+//! headers = { "x-team" = "data" }
+//!
+//! [connector.auth]
+//! type = "bearer"
+//! token = { env = "HOOK_TOKEN" }
+//!
+//! [connector.body]
+//! mode = "envelope"
+//!
+//! [connector.signing]
+//! webhook_secret = { env = "WEBHOOK_SECRET" }   # whsec_...
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use danube_connect_core::config::{ConfigError, Validate};
+use danube_connect_core::Secret;
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::StatusPattern;
+use crate::template::UrlTemplate;
+
+/// The HTTP sink's own settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSinkConfig {
+    /// Target URL; may hold placeholders filled per record: `{topic}` (`default/orders`),
+    /// `{namespace}`, `{topic_name}`, `{partition}`, `{offset}`, `{key}` and `{attr.NAME}`
+    /// (a record attribute). Values are percent-encoded. Must be `http://` or `https://`.
+    pub url: String,
+    /// HTTP method: `POST` (default), `PUT` or `PATCH`.
+    pub method: HttpMethod,
+    /// Static headers added to every request.
+    pub headers: BTreeMap<String, String>,
+    /// Authentication.
+    pub auth: Option<AuthConfig>,
+    /// Time allowed for one whole request (connect, send, response head and body).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Time allowed to open a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Requests in flight at most, over every topic and lane of this connector.
+    pub max_in_flight: usize,
+    /// Whether to follow redirects (up to 5). Off by default: a 3xx is then a permanent failure.
+    pub follow_redirects: bool,
+    /// TLS options for `https://` targets.
+    pub tls: TlsConfig,
+    /// What the request body holds.
+    pub body: BodyConfig,
+    /// Names of the delivery headers.
+    pub delivery: DeliveryHeadersConfig,
+    /// Standard Webhooks signing.
+    pub signing: SigningConfig,
+    /// An optional generic HMAC signature header over the body.
+    pub hmac: Option<HmacConfig>,
+    /// Which statuses are success and which are worth retrying.
+    pub outcomes: OutcomesConfig,
+    /// How `Retry-After` is honoured.
+    pub retry_after: RetryAfterConfig,
+    /// Per-endpoint circuit breaker.
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// Refuse targets that resolve to private, loopback or link-local addresses
+    /// (SSRF guard). Off by default.
+    pub deny_private_targets: bool,
+    /// Delivery attempts are counted per message id across redeliveries, for at most this
+    /// many records at a time (the oldest are forgotten beyond it).
+    pub attempts_tracked: usize,
+}
+
+impl Default for HttpSinkConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            method: HttpMethod::Post,
+            headers: BTreeMap::new(),
+            auth: None,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_in_flight: 256,
+            follow_redirects: false,
+            tls: TlsConfig::default(),
+            body: BodyConfig::default(),
+            delivery: DeliveryHeadersConfig::default(),
+            signing: SigningConfig::default(),
+            hmac: None,
+            outcomes: OutcomesConfig::default(),
+            retry_after: RetryAfterConfig::default(),
+            circuit_breaker: CircuitBreakerConfig::default(),
+            deny_private_targets: false,
+            attempts_tracked: 100_000,
+        }
+    }
+}
+
+/// Methods a delivery may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+}
+
+impl HttpMethod {
+    /// The reqwest method.
+    pub fn as_reqwest(self) -> reqwest::Method {
+        match self {
+            Self::Post => reqwest::Method::POST,
+            Self::Put => reqwest::Method::PUT,
+            Self::Patch => reqwest::Method::PATCH,
+        }
+    }
+}
+
+/// Authentication sent with every request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token (a string, `{ env = "VAR" }` or `{ file = "/path" }`).
+        token: Secret,
+    },
+    /// `Authorization: Basic base64(username:password)`.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password (a string, `{ env = "VAR" }` or `{ file = "/path" }`).
+        password: Secret,
+    },
+    /// A custom header, e.g. `x-api-key`.
+    Header {
+        /// The header name.
+        name: String,
+        /// The header value (a string, `{ env = "VAR" }` or `{ file = "/path" }`).
+        value: Secret,
+    },
+}
+
+/// TLS options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Extra CA certificate(s) (PEM) trusted besides the built-in roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM, PKCS#8, RSA or SEC1) for mutual TLS.
+    pub client_key: Option<PathBuf>,
+    /// Trust only `ca_file`, not the built-in roots.
+    pub ca_only: bool,
+}
+
+/// How the request body is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyMode {
+    /// The payload as is, one request per record, with its content type.
+    Raw,
+    /// One request per record: a JSON object with the payload and its metadata.
+    Envelope,
+    /// One request per record: the record decoded as JSON (`application/json`), from
+    /// [`SinkRecord::json`](danube_connect_core::SinkRecord::json): the value decoded with
+    /// its registry schema, else the payload parsed as JSON. A record that does not decode
+    /// is dead-lettered.
+    Json,
+    /// One request per batch (`sink.batch.*` bounds it): a JSON array or NDJSON.
+    Batch,
+}
+
+/// How a batch body is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchFormat {
+    /// `[item, item, ...]`, `application/json`.
+    JsonArray,
+    /// One item per line, `application/x-ndjson`.
+    Ndjson,
+}
+
+/// What one item of a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchItem {
+    /// The JSON envelope (payload and metadata).
+    Envelope,
+    /// The payload only (JSON if it parses, else a string, else base64).
+    Payload,
+    /// The payload decoded as JSON; a record that does not decode is dead-lettered and
+    /// the rest of the batch delivered.
+    Json,
+}
+
+/// Body settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BodyConfig {
+    /// `raw` (default), `envelope`, `json` or `batch`.
+    pub mode: BodyMode,
+    /// Content type of a raw body when the record has no `content-type` attribute.
+    pub content_type: String,
+    /// Batch layout: `json_array` (default) or `ndjson`.
+    pub batch_format: BatchFormat,
+    /// Batch item: `envelope` (default), `payload` or `json`.
+    pub batch_item: BatchItem,
+}
+
+impl Default for BodyConfig {
+    fn default() -> Self {
+        Self {
+            mode: BodyMode::Raw,
+            content_type: "application/octet-stream".into(),
+            batch_format: BatchFormat::JsonArray,
+            batch_item: BatchItem::Envelope,
+        }
+    }
+}
+
+/// Names of the headers that let receivers de-duplicate and count attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryHeadersConfig {
+    /// Header carrying the stable message id (`{partition_topic}:{offset}`; for a batch a
+    /// hash of its records' ids).
+    pub message_id_header: String,
+    /// Header carrying the delivery attempt number (1 on the first try).
+    pub attempt_header: String,
+}
+
+impl Default for DeliveryHeadersConfig {
+    fn default() -> Self {
+        Self { message_id_header: "danube-message-id".into(), attempt_header: "danube-delivery-attempt".into() }
+    }
+}
+
+/// Standard Webhooks (<https://www.standardwebhooks.com>) signing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// `whsec_` followed by the base64 key; when set, every request carries `webhook-id`,
+    /// `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256>`.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Hash of the generic HMAC header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA256.
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+/// Encoding of the generic HMAC header's digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmacEncoding {
+    /// Lower-case hex.
+    Hex,
+    /// Standard base64.
+    Base64,
+}
+
+/// A generic HMAC signature of the body, e.g. `x-signature: sha256=<hex>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacConfig {
+    /// Header name.
+    pub header: String,
+    /// The key (a string, `{ env = "VAR" }` or `{ file = "/path" }`).
+    pub secret: Secret,
+    /// `sha256` (default) or `sha512`.
+    #[serde(default = "default_hmac_algorithm")]
+    pub algorithm: HmacAlgorithm,
+    /// `hex` (default) or `base64`.
+    #[serde(default = "default_hmac_encoding")]
+    pub encoding: HmacEncoding,
+    /// Text put before the digest, e.g. `sha256=`.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn default_hmac_algorithm() -> HmacAlgorithm {
+    HmacAlgorithm::Sha256
+}
+
+fn default_hmac_encoding() -> HmacEncoding {
+    HmacEncoding::Hex
+}
+
+/// Outcome classes by status. A status in `success` acks the record; one in `retryable`
+/// is retried (then the failure policy); any other is permanent (dead-lettered at once).
+/// Network errors and timeouts are always retryable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutcomesConfig {
+    /// Statuses meaning delivered: exact codes (`"204"`) or classes (`"2xx"`).
+    pub success: Vec<String>,
+    /// Statuses worth retrying: exact codes or classes.
+    pub retryable: Vec<String>,
+}
+
+impl Default for OutcomesConfig {
+    fn default() -> Self {
+        Self { success: vec!["2xx".into()], retryable: vec!["408".into(), "429".into(), "5xx".into()] }
+    }
+}
+
+/// `Retry-After` handling (seconds or HTTP-date).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryAfterConfig {
+    /// Longer hints are cut to this.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Hints longer than this are not waited for in process: the record is handed back to
+    /// the broker (nack with that delay), so long waits pin no memory.
+    #[serde(with = "humantime_serde")]
+    pub defer_threshold: Duration,
+}
+
+impl Default for RetryAfterConfig {
+    fn default() -> Self {
+        Self { max: Duration::from_secs(60), defer_threshold: Duration::from_secs(10) }
+    }
+}
+
+/// Per-endpoint (scheme, host, port) circuit breaker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Whether the breaker is used.
+    pub enabled: bool,
+    /// Consecutive retryable failures (network, timeout, 408, 5xx; not 429) that open it.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe request is let through.
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self { enabled: true, failure_threshold: 5, cool_down: Duration::from_secs(10) }
+    }
+}
+
+impl Validate for HttpSinkConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.is_empty() {
+            return Err(ConfigError::invalid("connector.url", "is required (e.g. https://hooks.example.com/events)"));
+        }
+        let template = UrlTemplate::parse(&self.url).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
+        if self.deny_private_targets {
+            if let Some(host) = template.static_host() {
+                crate::ssrf::check_host(&host).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
+            }
+        }
+        for (name, value) in &self.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(format!("connector.headers.{name}"), "is not a valid header name"));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(ConfigError::invalid(format!("connector.headers.{name}"), "is not a valid header value"));
+            }
+        }
+        if let Some(AuthConfig::Header { name, .. }) = &self.auth {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid("connector.auth.name", format!("`{name}` is not a valid header name")));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::invalid("connector.timeout", "must be above zero"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::invalid("connector.connect_timeout", "must be above zero"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::invalid("connector.max_in_flight", "must be at least 1"));
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err(ConfigError::invalid("connector.tls.client_cert", "mutual TLS needs both `client_cert` and `client_key`"));
+        }
+        if self.tls.ca_only && self.tls.ca_file.is_none() {
+            return Err(ConfigError::invalid("connector.tls.ca_only", "needs `tls.ca_file`"));
+        }
+        for (field, path) in [
+            ("connector.tls.ca_file", &self.tls.ca_file),
+            ("connector.tls.client_cert", &self.tls.client_cert),
+            ("connector.tls.client_key", &self.tls.client_key),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
+                }
+            }
+        }
+        if self.body.content_type.is_empty() || reqwest::header::HeaderValue::from_str(&self.body.content_type).is_err() {
+            return Err(ConfigError::invalid("connector.body.content_type", "must be a valid content type"));
+        }
+        for (field, name) in [
+            ("connector.delivery.message_id_header", &self.delivery.message_id_header),
+            ("connector.delivery.attempt_header", &self.delivery.attempt_header),
+        ] {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(field, format!("`{name}` is not a valid header name")));
+            }
+        }
+        if let Some(secret) = &self.signing.webhook_secret {
+            decode_webhook_secret(secret)
+                .map_err(|message| ConfigError::invalid("connector.signing.webhook_secret", message))?;
+        }
+        if let Some(hmac) = &self.hmac {
+            if reqwest::header::HeaderName::from_bytes(hmac.header.as_bytes()).is_err() {
+                return Err(ConfigError::invalid("connector.hmac.header", format!("`{}` is not a valid header name", hmac.header)));
+            }
+            if hmac.secret.expose().is_empty() {
+                return Err(ConfigError::invalid("connector.hmac.secret", "must not be empty"));
+            }
+        }
+        for (field, list) in [("connector.outcomes.success", &self.outcomes.success), ("connector.outcomes.retryable", &self.outcomes.retryable)] {
+            for (i, pattern) in list.iter().enumerate() {
+                StatusPattern::parse(pattern).map_err(|message| ConfigError::invalid(format!("{field}[{i}]"), message))?;
+            }
+        }
+        if self.outcomes.success.is_empty() {
+            return Err(ConfigError::invalid("connector.outcomes.success", "must list at least one status (e.g. \"2xx\")"));
+        }
+        if self.retry_after.defer_threshold > self.retry_after.max {
+            return Err(ConfigError::invalid("connector.retry_after.defer_threshold", "must not exceed `retry_after.max`"));
+        }
+        if self.circuit_breaker.enabled {
+            if self.circuit_breaker.failure_threshold == 0 {
+                return Err(ConfigError::invalid("connector.circuit_breaker.failure_threshold", "must be at least 1"));
+            }
+            if self.circuit_breaker.cool_down.is_zero() {
+                return Err(ConfigError::invalid("connector.circuit_breaker.cool_down", "must be above zero"));
+            }
+        }
+        if self.attempts_tracked == 0 {
+            return Err(ConfigError::invalid("connector.attempts_tracked", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a Standard Webhooks secret: `whsec_` followed by the base64 key.
+pub fn decode_webhook_secret(secret: &Secret) -> Result<Vec<u8>, String> {
+    let Some(encoded) = secret.expose().strip_prefix("whsec_") else {
+        return Err("must start with `whsec_` followed by the base64 key".into());
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| format!("the part after `whsec_` is not base64: {e}"))?;
+    if key.len() < 16 {
+        return Err("the key must be at least 16 bytes (24 base64 characters)".into());
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> HttpSinkConfig {
+        HttpSinkConfig { url: "http://127.0.0.1:8080/hook".into(), ..Default::default() }
+    }
+
+    fn field_of(config: &HttpSinkConfig) -> String {
+        match config.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_url_is_valid() {
+        assert!(valid().validate().is_ok());
+    }
+
+    #[test]
+    fn missing_or_bad_url_names_the_field() {
+        assert_eq!(field_of(&HttpSinkConfig::default()), "connector.url");
+        assert_eq!(field_of(&HttpSinkConfig { url: "ftp://x/y".into(), ..valid() }), "connector.url");
+        assert_eq!(field_of(&HttpSinkConfig { url: "http://".into(), ..valid() }), "connector.url");
+        assert_eq!(field_of(&HttpSinkConfig { url: "http://h/{nope}".into(), ..valid() }), "connector.url");
+    }
+
+    #[test]
+    fn ssrf_guard_refuses_loopback_at_start() {
+        let config = HttpSinkConfig { deny_private_targets: true, ..valid() };
+        assert_eq!(field_of(&config), "connector.url");
+        let config = HttpSinkConfig { deny_private_targets: true, url: "http://localhost:1/x".into(), ..valid() };
+        assert_eq!(field_of(&config), "connector.url");
+        let config = HttpSinkConfig { deny_private_targets: true, url: "https://93.184.215.14/x".into(), ..valid() };
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn webhook_secret_must_be_whsec_base64() {
+        let mut config = valid();
+        config.signing.webhook_secret = Some(Secret::new("plain"));
+        assert_eq!(field_of(&config), "connector.signing.webhook_secret");
+        config.signing.webhook_secret = Some(Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_status_pattern_names_the_index() {
+        let mut config = valid();
+        config.outcomes.retryable = vec!["503".into(), "9xx".into()];
+        assert_eq!(field_of(&config), "connector.outcomes.retryable[1]");
+    }
+
+    #[test]
+    fn bad_header_names_the_header() {
+        let mut config = valid();
+        config.headers.insert("bad header".into(), "v".into());
+        assert_eq!(field_of(&config), "connector.headers.bad header");
+    }
+
+    #[test]
+    fn client_cert_needs_key() {
+        let mut config = valid();
+        config.tls.client_cert = Some("/etc/hostname".into());
+        assert_eq!(field_of(&config), "connector.tls.client_cert");
+    }
+}

@@ -1,0 +1,11 @@
+//! `danube-http-sink`: wiring of the configuration to the core runtime.
+
+use danube_connect_core::{cli, ConnectorError};
+use danube_connector_http_sink::{HttpSink, HttpSinkConfig};
+
+fn main() -> std::process::ExitCode {
+    cli::run::<HttpSinkConfig, _, _>("danube-http-sink", "HTTP_SINK", |config, runtime| async move {
+        let sink = HttpSink::new(config.connector).map_err(|e| ConnectorError::fatal("build the HTTP sink", e))?;
+        runtime.run_sink(sink).await
+    })
+}

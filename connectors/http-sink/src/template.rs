@@ -1,0 +1,248 @@
+//! URL templates: `https://hooks.example.com/{topic_name}/{attr.tenant}?key={key}`.
+//!
+//! Placeholders are filled per record and percent-encoded (only RFC 3986 unreserved
+//! characters stay as they are), so a record can pick its path but not its scheme or,
+//! unless the host itself is templated, its host.
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use url::Url;
+
+use danube_connect_core::SinkRecord;
+
+/// Everything but RFC 3986 unreserved characters is encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Why a template is not acceptable at start.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A `{` without its `}`.
+    #[error("unclosed `{{` at byte {0}")]
+    Unclosed(usize),
+    /// An unknown placeholder.
+    #[error("unknown placeholder `{{{0}}}`; expected topic, namespace, topic_name, partition, offset, key or attr.NAME")]
+    Unknown(String),
+    /// The URL (with sample values) does not parse.
+    #[error("`{url}` is not a valid URL")]
+    Url {
+        /// The URL with sample values.
+        url: String,
+        /// The parse error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// Not `http` or `https`.
+    #[error("scheme `{0}` is not supported; use http:// or https://")]
+    Scheme(String),
+    /// No host.
+    #[error("the URL has no host")]
+    NoHost,
+}
+
+/// Why a URL could not be made for one record.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The record lacks the attribute the template names.
+    #[error("the record has no attribute `{0}` for the URL template")]
+    MissingAttribute(String),
+    /// The record has no routing key and the template uses `{key}`.
+    #[error("the record has no routing key for the URL template's `{{key}}`")]
+    MissingKey,
+    /// The filled-in URL does not parse.
+    #[error("the URL made for this record is not valid")]
+    Url(#[source] url::ParseError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Topic,
+    Namespace,
+    TopicName,
+    Partition,
+    Offset,
+    Key,
+    Attr(String),
+}
+
+/// A parsed URL template.
+#[derive(Debug, Clone)]
+pub struct UrlTemplate {
+    parts: Vec<Part>,
+    /// The URL when the template has no placeholder.
+    fixed: Option<Url>,
+    host_is_static: bool,
+    sample: Url,
+}
+
+impl UrlTemplate {
+    /// Parses and checks a template: scheme http(s), a host, known placeholders.
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = template;
+        let mut offset = 0;
+        while let Some(start) = rest.find('{') {
+            literal.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('}') else { return Err(TemplateError::Unclosed(offset + start)) };
+            let name = &after[..end];
+            let part = match name {
+                "topic" => Part::Topic,
+                "namespace" => Part::Namespace,
+                "topic_name" => Part::TopicName,
+                "partition" => Part::Partition,
+                "offset" => Part::Offset,
+                "key" => Part::Key,
+                other => match other.strip_prefix("attr.").or_else(|| other.strip_prefix("attributes.")) {
+                    Some(attr) if !attr.is_empty() => Part::Attr(attr.to_string()),
+                    _ => return Err(TemplateError::Unknown(other.to_string())),
+                },
+            };
+            if !literal.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut literal)));
+            }
+            parts.push(part);
+            offset += start + 2 + end;
+            rest = &after[end + 1..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        let sample_text: String = parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(text) => text.as_str(),
+                _ => "x",
+            })
+            .collect();
+        let sample = Url::parse(&sample_text).map_err(|source| TemplateError::Url { url: sample_text.clone(), source })?;
+        if !matches!(sample.scheme(), "http" | "https") {
+            return Err(TemplateError::Scheme(sample.scheme().to_string()));
+        }
+        if sample.host_str().is_none_or(str::is_empty) {
+            return Err(TemplateError::NoHost);
+        }
+        let host_is_static = host_span(template).is_some_and(|host| !host.contains('{'));
+        let fixed = if parts.iter().all(|p| matches!(p, Part::Literal(_))) { Some(sample.clone()) } else { None };
+        Ok(Self { parts, fixed, host_is_static, sample })
+    }
+
+    /// The host when no placeholder is in it (checked once at start by the SSRF guard).
+    pub fn static_host(&self) -> Option<url::Host<String>> {
+        if self.host_is_static {
+            self.sample.host().map(|h| h.to_owned())
+        } else {
+            None
+        }
+    }
+
+    /// Whether every record goes to the same URL.
+    pub fn is_fixed(&self) -> bool {
+        self.fixed.is_some()
+    }
+
+    /// The URL for `record`.
+    pub fn render(&self, record: &SinkRecord) -> Result<Url, RenderError> {
+        if let Some(url) = &self.fixed {
+            return Ok(url.clone());
+        }
+        let mut out = String::with_capacity(128);
+        let topic = record.topic.trim_start_matches('/');
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Topic => {
+                    for (i, segment) in topic.split('/').enumerate() {
+                        if i > 0 {
+                            out.push('/');
+                        }
+                        out.extend(utf8_percent_encode(segment, COMPONENT));
+                    }
+                }
+                Part::Namespace => out.extend(utf8_percent_encode(topic.split('/').next().unwrap_or_default(), COMPONENT)),
+                Part::TopicName => out.extend(utf8_percent_encode(topic.rsplit('/').next().unwrap_or_default(), COMPONENT)),
+                Part::Partition => out.extend(utf8_percent_encode(
+                    record.partition_topic.rsplit('/').next().unwrap_or_default(),
+                    COMPONENT,
+                )),
+                Part::Offset => out.push_str(&record.offset.to_string()),
+                Part::Key => {
+                    let key = record.routing_key.as_deref().ok_or(RenderError::MissingKey)?;
+                    out.extend(utf8_percent_encode(key, COMPONENT));
+                }
+                Part::Attr(name) => {
+                    let value = record.attribute(name).ok_or_else(|| RenderError::MissingAttribute(name.clone()))?;
+                    out.extend(utf8_percent_encode(value, COMPONENT));
+                }
+            }
+        }
+        Url::parse(&out).map_err(RenderError::Url)
+    }
+}
+
+/// The authority part of a URL template (between `://` and the next `/`, `?` or `#`).
+fn host_span(template: &str) -> Option<&str> {
+    let start = template.find("://")? + 3;
+    let rest = &template[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// `scheme://host:port`: the circuit-breaker key and what logs show of a target.
+pub fn endpoint_of(url: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SinkRecord {
+        let mut r = SinkRecord::new("/default/orders", 7, "x");
+        r.routing_key = Some("a b/c".into());
+        r.attributes.insert("tenant".into(), "acme&co".into());
+        r
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_encoded() {
+        let t = UrlTemplate::parse("https://h.example/{topic}/{topic_name}/{attr.tenant}?k={key}&o={offset}").expect("parse");
+        let url = t.render(&record()).expect("render");
+        assert_eq!(url.as_str(), "https://h.example/default/orders/orders/acme%26co?k=a%20b%2Fc&o=7");
+        assert!(!t.is_fixed());
+        assert_eq!(t.static_host().map(|h| h.to_string()).as_deref(), Some("h.example"));
+    }
+
+    #[test]
+    fn missing_attribute_is_named() {
+        let t = UrlTemplate::parse("http://h/{attr.region}").expect("parse");
+        let err = t.render(&record()).expect_err("missing");
+        assert!(err.to_string().contains("region"), "{err}");
+    }
+
+    #[test]
+    fn templated_host_is_not_static() {
+        let t = UrlTemplate::parse("http://{attr.tenant}.hooks.example/x").expect("parse");
+        assert!(t.static_host().is_none());
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert!(matches!(UrlTemplate::parse("http://h/{topic"), Err(TemplateError::Unclosed(_))));
+        assert!(matches!(UrlTemplate::parse("http://h/{what}"), Err(TemplateError::Unknown(_))));
+        assert!(matches!(UrlTemplate::parse("mailto:a@b"), Err(TemplateError::Scheme(_))));
+        assert!(UrlTemplate::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn endpoint_has_scheme_host_and_port() {
+        let url = Url::parse("https://h.example/a?b=c").expect("url");
+        assert_eq!(endpoint_of(&url), "https://h.example:443");
+    }
+}

@@ -1,0 +1,156 @@
+//! The admin API for dynamic endpoints (bearer token of its own):
+//!
+//! - `POST {prefix}/endpoints` `{"topic": "/default/x", "verification": {...}, "ack": "durable"}`
+//!   → 201 `{"id": "...", "path": "/e/{id}", ...}`;
+//! - `GET {prefix}/endpoints` → 200 list (secrets left out);
+//! - `DELETE {prefix}/endpoints/{id}` → 204 (404 if unknown). Takes effect at once here and
+//!   at the next registry refresh on other instances.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use danube_connect_core::config::validate_topic;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::config::{AckMode, HttpSourceConfig};
+use crate::registry::{DynamicEndpoint, Event, Registry, StoredVerification};
+
+/// State of the admin routes.
+#[derive(Clone)]
+pub struct Admin {
+    token_digest: [u8; 32],
+    registry: Arc<Registry>,
+    config: Arc<HttpSourceConfig>,
+}
+
+/// A create request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    /// Target topic (`/namespace/topic`, namespace in `dynamic.allowed_namespaces`).
+    pub topic: String,
+    /// Verification, if any.
+    #[serde(default)]
+    pub verification: Option<StoredVerification>,
+    /// `durable` (default) or `accepted`.
+    #[serde(default)]
+    pub ack: AckMode,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The admin routes under `{prefix}/endpoints`.
+pub fn router(token: &str, registry: Arc<Registry>, config: Arc<HttpSourceConfig>) -> Router {
+    let prefix = config.admin.path_prefix.clone();
+    let state = Admin { token_digest: Sha256::digest(token.as_bytes()).into(), registry, config };
+    Router::new()
+        .route(&format!("{prefix}/endpoints"), get(list).post(create))
+        .route(&format!("{prefix}/endpoints/{{id}}"), delete(revoke))
+        .with_state(state)
+}
+
+fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+impl Admin {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]))
+            .unwrap_or_default();
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        if bool::from(digest.ct_eq(&self.token_digest)) {
+            Ok(())
+        } else {
+            Err(Box::new(json_error(StatusCode::UNAUTHORIZED, "admin token required")))
+        }
+    }
+}
+
+fn public_view(endpoint: &DynamicEndpoint) -> serde_json::Value {
+    serde_json::json!({
+        "id": endpoint.id,
+        "path": format!("/e/{}", endpoint.id),
+        "topic": endpoint.topic,
+        "ack": endpoint.ack,
+        "verification": endpoint.verification.as_ref().map(|v| v.scheme.as_str()),
+        "description": endpoint.description,
+        "created_at": endpoint.created_at,
+    })
+}
+
+async fn list(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Err(response) = admin.authorize(&headers) {
+        return *response;
+    }
+    let endpoints: Vec<serde_json::Value> = admin.registry.list().iter().map(public_view).collect();
+    Json(serde_json::json!({ "endpoints": endpoints })).into_response()
+}
+
+async fn create(State(admin): State<Admin>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(response) = admin.authorize(&headers) {
+        return *response;
+    }
+    let request: CreateEndpoint = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+    };
+    if let Err(e) = validate_topic("topic", &request.topic) {
+        return json_error(StatusCode::BAD_REQUEST, e);
+    }
+    let namespace = request.topic.split('/').nth(1).unwrap_or_default();
+    if !admin.config.dynamic.allowed_namespaces.iter().any(|n| n == namespace) {
+        return json_error(StatusCode::BAD_REQUEST, format!("namespace `{namespace}` is not allowed"));
+    }
+    if let Some(verification) = &request.verification {
+        if let Err(e) = verification.to_config().validate("verification") {
+            return json_error(StatusCode::BAD_REQUEST, e);
+        }
+    }
+    if admin.registry.len() >= admin.config.dynamic.max_endpoints {
+        return json_error(StatusCode::CONFLICT, "dynamic endpoint limit reached");
+    }
+    let id = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    let endpoint = DynamicEndpoint {
+        id: id.clone(),
+        topic: request.topic,
+        verification: request.verification,
+        ack: request.ack,
+        description: request.description,
+        created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    };
+    let view = public_view(&endpoint);
+    if let Err(e) = admin.registry.append(&Event::Create { endpoint }).await {
+        warn!(error = %danube_connect_core::error::error_chain(&e), "cannot write the endpoint registry");
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable");
+    }
+    info!(id = %id, "dynamic endpoint created");
+    (StatusCode::CREATED, Json(view)).into_response()
+}
+
+async fn revoke(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = admin.authorize(&headers) {
+        return *response;
+    }
+    if admin.registry.get(&id).is_none() {
+        return json_error(StatusCode::NOT_FOUND, "no such endpoint");
+    }
+    if let Err(e) = admin.registry.append(&Event::Revoke { id: id.clone() }).await {
+        warn!(error = %danube_connect_core::error::error_chain(&e), "cannot write the endpoint registry");
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable");
+    }
+    info!(id = %id, "dynamic endpoint revoked");
+    StatusCode::NO_CONTENT.into_response()
+}

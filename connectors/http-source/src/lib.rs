@@ -1,0 +1,263 @@
+//! # danube-http-source
+//!
+//! A webhook gateway: inbound HTTP requests (GitHub, Stripe, Slack, Standard Webhooks
+//! senders, devices, CI systems) become Danube records. In the default `durable` mode a
+//! request is answered 2xx only after Danube acked its record; otherwise the client gets
+//! an error (503 with `Retry-After` when Danube is away) and keeps the event.
+//!
+//! Modules: [`config`] (the `[connector]` section), [`signature`] (verification schemes),
+//! [`template`] (path and topic templates), [`server`] (the request path), [`admin`] and
+//! [`registry`] (dynamic endpoints), [`tls`] (HTTPS), [`dedup`] (delivery-id memory).
+
+pub mod admin;
+pub mod config;
+pub mod dedup;
+pub mod endpoint;
+pub mod registry;
+pub mod server;
+pub mod signature;
+pub mod template;
+pub mod tls;
+
+use danube_connect_core::retry::Backoff;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use axum::Router;
+use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
+use danube_connect_core::{
+    async_trait, ConnectorError, ConnectorResult, PublishError, Publisher, SourceConnector, SourceContext,
+    SourceRecord,
+};
+use futures::StreamExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::HttpSourceConfig;
+use crate::endpoint::Endpoint;
+use crate::registry::Registry;
+use crate::server::{App, Buffered, HttpMetrics};
+
+/// Records of `accepted` endpoints published at once from the buffer.
+const BUFFER_PUBLISHERS: usize = 64;
+
+/// Readiness component name of the dynamic-endpoint registry.
+const REGISTRY_COMPONENT: &str = "dynamic-endpoints";
+
+/// The HTTP source connector.
+pub struct HttpSource {
+    config: Arc<HttpSourceConfig>,
+    dead_letter_topic: String,
+    running: Option<Running>,
+    local_addr: Option<SocketAddr>,
+}
+
+struct Running {
+    server: JoinHandle<()>,
+    drain: JoinHandle<()>,
+    refresher: Option<JoinHandle<()>>,
+    stop_refresh: CancellationToken,
+}
+
+impl HttpSource {
+    /// A source for `config`; records Danube refuses from `accepted` endpoints go to
+    /// `dead_letter_topic`.
+    pub fn new(config: HttpSourceConfig, dead_letter_topic: String) -> Self {
+        Self { config: Arc::new(config), dead_letter_topic, running: None, local_addr: None }
+    }
+
+    /// The address the webhook server is bound to (after `initialize`).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+}
+
+#[async_trait]
+impl SourceConnector for HttpSource {
+    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
+        let config = self.config.clone();
+        let endpoints = config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Endpoint::from_config(i, e, &config).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConnectorError::fatal("compile endpoints", e))?;
+        let metrics = HttpMetrics::new(&ctx.metrics).map_err(|e| ConnectorError::fatal("register metrics", e))?;
+
+        let stop_refresh = CancellationToken::new();
+        let mut refresher = None;
+        let registry = match (&config.admin.token, &config.dynamic.registry_path) {
+            (Some(_), Some(path)) => {
+                let registry = Registry::new(path.clone(), config.clone());
+                let problem = registry.refresh().await.err().map(|e| danube_connect_core::error::error_chain(&e));
+                if let Some(problem) = &problem {
+                    warn!(%problem, "cannot read the endpoint registry; readiness degraded");
+                }
+                ctx.health.set_component(REGISTRY_COMPONENT, problem);
+                info!(path = %path.display(), endpoints = registry.len(), "dynamic endpoint registry loaded");
+                refresher = Some(tokio::spawn(refresh_loop(
+                    registry.clone(),
+                    config.dynamic.refresh_interval,
+                    ctx.health.clone(),
+                    stop_refresh.clone(),
+                )));
+                Some(registry)
+            }
+            _ => None,
+        };
+
+        let (buffer, buffered) = mpsc::channel(config.accepted_buffer);
+        let drain = tokio::spawn(drain_buffer(
+            buffered,
+            ctx.publisher.clone(),
+            self.dead_letter_topic.clone(),
+            ctx.name.clone(),
+        ));
+        let app = Arc::new(App {
+            endpoints,
+            registry: registry.clone(),
+            publisher: ctx.publisher.clone(),
+            health: ctx.health.clone(),
+            concurrency: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            buffer,
+            buffer_slots: Arc::new(Semaphore::new(config.accepted_buffer)),
+            request_timeout: config.request_timeout,
+            retry_after: config.retry_after,
+            metrics,
+        });
+        let mut router: Router = Router::new().fallback(server::handle).with_state(app);
+        if let (Some(token), Some(registry)) = (&config.admin.token, registry) {
+            router = router.merge(admin::router(token.expose(), registry, config.clone()));
+        }
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("bind {}", config.listen), e))?;
+        let addr = listener.local_addr().map_err(|e| ConnectorError::fatal("listener address", e))?;
+        let shutdown = ctx.shutdown.clone();
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = match &config.tls {
+            Some(tls) => {
+                let acceptor = tls::acceptor(tls).map_err(|e| ConnectorError::fatal("TLS", e))?;
+                let listener = tls::TlsListener::new(listener, acceptor)
+                    .map_err(|e| ConnectorError::fatal("TLS listener", e))?
+                    .tap_io(|_| {});
+                tokio::spawn(async move {
+                    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+                    if let Err(e) = served {
+                        error!(error = %e, "webhook server failed");
+                    }
+                })
+            }
+            None => tokio::spawn(async move {
+                let listener = listener.tap_io(|stream| {
+                    let _ = stream.set_nodelay(true);
+                });
+                let served = axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+                if let Err(e) = served {
+                    error!(error = %e, "webhook server failed");
+                }
+            }),
+        };
+        info!(%addr, tls = config.tls.is_some(), endpoints = config.endpoints.len(), "webhook server listening");
+        self.local_addr = Some(addr);
+        self.running = Some(Running { server, drain, refresher, stop_refresh });
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> ConnectorResult<()> {
+        let Some(running) = self.running.take() else { return Ok(()) };
+        // The server stopped accepting when the shutdown token was cancelled; this waits
+        // until every in-flight request got its answer.
+        if let Err(e) = running.server.await {
+            warn!(error = %e, "webhook server task ended abnormally");
+        }
+        // The buffer's sender went away with the server: publish what is buffered.
+        if let Err(e) = running.drain.await {
+            warn!(error = %e, "buffer task ended abnormally");
+        }
+        running.stop_refresh.cancel();
+        if let Some(refresher) = running.refresher {
+            let _ = refresher.await;
+        }
+        info!("webhook server stopped");
+        Ok(())
+    }
+}
+
+async fn refresh_loop(
+    registry: Arc<Registry>,
+    every: Duration,
+    health: danube_connect_core::health::Health,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let problem = registry.refresh().await.err().map(|e| danube_connect_core::error::error_chain(&e));
+        if let Some(problem) = &problem {
+            warn!(%problem, "cannot read the endpoint registry; readiness degraded");
+        }
+        health.set_component(REGISTRY_COMPONENT, problem);
+    }
+}
+
+/// Publishes the records of `accepted` endpoints; ends when the buffer is closed and empty.
+async fn drain_buffer(buffered: mpsc::Receiver<Buffered>, publisher: Publisher, dead_letter_topic: String, name: String) {
+    tokio_stream::wrappers::ReceiverStream::new(buffered)
+        .for_each_concurrent(BUFFER_PUBLISHERS, |(record, slot)| {
+            let publish = publish_buffered(&publisher, record, &dead_letter_topic, &name);
+            async move {
+                publish.await;
+                drop(slot);
+            }
+        })
+        .await;
+}
+
+/// Publishes one buffered record: transient failures are retried (the client was already
+/// answered, nobody else holds the record); a refused record goes to the dead-letter topic.
+async fn publish_buffered(publisher: &Publisher, record: SourceRecord, dead_letter_topic: &str, name: &str) {
+    let mut backoff = Backoff::between(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let error = match publisher.publish(record.clone()).await {
+            Ok(()) => return,
+            Err(PublishError::Closed) => {
+                error!(topic = %record.topic, "publisher closed before a buffered record was published; it is lost");
+                return;
+            }
+            Err(error) => error,
+        };
+        if error.is_transient() {
+            let delay = backoff.next_delay();
+            warn!(topic = %record.topic, error = %danube_connect_core::error::error_chain(&error), retry_in = ?delay, "buffered record not published yet");
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        let dead = dead_letter_record(
+            dead_letter_topic,
+            record.payload.clone(),
+            &record.attributes,
+            record.routing_key.clone(),
+            &Failure {
+                error: danube_connect_core::error::error_chain(&error),
+                kind: error.dead_letter_kind(),
+                connector: name,
+                source_topic: &record.topic,
+                source_offset: None,
+                attempts: 1,
+            },
+        );
+        if let Err(e) = publisher.publish(dead).await {
+            error!(topic = %record.topic, error = %danube_connect_core::error::error_chain(&e), "dead-letter publish failed; buffered record lost");
+        }
+        return;
+    }
+}

@@ -1,0 +1,359 @@
+//! The webhook request path: route, limit, read, verify, build the record, publish, answer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use danube_connect_core::health::Health;
+use danube_connect_core::{PublishError, Publisher, SourceRecord};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use crate::config::{AckMode, AllowedMethod};
+use crate::endpoint::{Endpoint, RoutingKey};
+use crate::registry::Registry;
+use crate::template::PathParams;
+
+/// The HTTP source's own metrics (labels bounded: endpoint id or `dynamic`, status code).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    connector: String,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl HttpMetrics {
+    /// Registers the metrics in the runtime's registry.
+    pub fn new(metrics: &danube_connect_core::metrics::Metrics) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("http_source_requests_total", "Webhook requests by endpoint and status."),
+            &["connector", "endpoint", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("http_source_request_duration_seconds", "Webhook request duration.")
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+            &["connector", "endpoint"],
+        )?;
+        metrics.registry().register(Box::new(requests.clone()))?;
+        metrics.registry().register(Box::new(duration.clone()))?;
+        Ok(Self { connector: metrics.connector().to_string(), requests, duration })
+    }
+
+    fn observe(&self, endpoint: &str, status: StatusCode, started: Instant) {
+        self.requests.with_label_values(&[&self.connector, endpoint, status.as_str()]).inc();
+        self.duration.with_label_values(&[&self.connector, endpoint]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A record of an `accepted` endpoint with its buffer slot, released once Danube acked it
+/// (or it was dead-lettered).
+pub type Buffered = (SourceRecord, OwnedSemaphorePermit);
+
+/// Everything a request handler needs.
+pub struct App {
+    /// Configured endpoints, in order.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Dynamic endpoints, when the admin API is on.
+    pub registry: Option<Arc<Registry>>,
+    /// The acknowledged publish handle.
+    pub publisher: Publisher,
+    /// Readiness (broker reachability).
+    pub health: Health,
+    /// Bounds requests handled at once.
+    pub concurrency: Arc<Semaphore>,
+    /// The in-memory buffer of `accepted` endpoints.
+    pub buffer: mpsc::Sender<Buffered>,
+    /// One permit per record accepted and not yet acked by Danube (`accepted_buffer` in all).
+    pub buffer_slots: Arc<Semaphore>,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// `Retry-After` for 503 answers.
+    pub retry_after: Duration,
+    /// Metrics.
+    pub metrics: HttpMetrics,
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    json_response(status, serde_json::json!({ "error": message.to_string() }))
+}
+
+fn retry_after(status: StatusCode, wait: Duration, message: impl std::fmt::Display) -> Response {
+    let mut response = error(status, message);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+impl App {
+    fn route(&self, path: &str) -> Option<(Arc<Endpoint>, PathParams)> {
+        if let Some(id) = path.strip_prefix("/e/") {
+            return self.registry.as_ref()?.get(id).map(|e| (e, Vec::new()));
+        }
+        self.endpoints.iter().find_map(|e| e.path.matches(path).map(|params| (e.clone(), params)))
+    }
+}
+
+/// The fallback handler: every request that is not for the admin API.
+pub async fn handle(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let Some((endpoint, params)) = app.route(request.uri().path()) else {
+        let response = error(StatusCode::NOT_FOUND, "no endpoint at this path");
+        app.metrics.observe("unmatched", response.status(), started);
+        return response;
+    };
+    let response = handle_endpoint(&app, &endpoint, params, remote, request, started).await;
+    app.metrics.observe(&endpoint.metric_label, response.status(), started);
+    response
+}
+
+async fn handle_endpoint(
+    app: &App,
+    endpoint: &Endpoint,
+    params: PathParams,
+    remote: SocketAddr,
+    request: Request,
+    started: Instant,
+) -> Response {
+    let method = match *request.method() {
+        Method::POST => Some(AllowedMethod::Post),
+        Method::PUT => Some(AllowedMethod::Put),
+        _ => None,
+    };
+    if !method.is_some_and(|m| endpoint.methods.contains(&m)) {
+        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        response.headers_mut().insert(header::ALLOW, endpoint.allow.clone());
+        return response;
+    }
+    if let Err(wait) = endpoint.check_rate() {
+        return retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "rate limit exceeded");
+    }
+    if !app.health.broker_reachable() {
+        return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "danube is unreachable");
+    }
+    let Ok(_permit) = app.concurrency.clone().try_acquire_owned() else {
+        return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "too many concurrent requests");
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > endpoint.max_body as u64) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {} bytes", endpoint.max_body));
+    }
+    let deadline = started + app.request_timeout;
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, endpoint.max_body, deadline).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let received_at = SystemTime::now();
+    let verified = match &endpoint.verifier {
+        Some(verifier) => match verifier.verify(&parts.headers, &body, received_at) {
+            Ok(verified) => verified,
+            Err(e) => {
+                debug!(endpoint = %endpoint.id, %remote, error = %e, "verification failed");
+                return error(StatusCode::UNAUTHORIZED, e);
+            }
+        },
+        None => Default::default(),
+    };
+    let needs_json = endpoint.validate_json
+        || matches!(endpoint.routing_key, Some(RoutingKey::JsonPointer(_)))
+        || endpoint.dedup.as_ref().is_some_and(|d| d.id_pointer.is_some());
+    let json: Option<serde_json::Value> = if needs_json {
+        match serde_json::from_slice(&body) {
+            Ok(value) => Some(value),
+            Err(e) if endpoint.validate_json => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let delivery_id = endpoint.dedup.as_ref().and_then(|d| {
+        if let Some(header) = &d.id_header {
+            return header_text(&parts.headers, header.as_str());
+        }
+        if let Some(pointer) = &d.id_pointer {
+            return json.as_ref().and_then(|j| j.pointer(pointer)).map(json_text);
+        }
+        verified.delivery_id.clone()
+    });
+    if let (Some(dedup), Some(id)) = (&endpoint.dedup, &delivery_id) {
+        if dedup.memory.contains(id, Instant::now()) {
+            return json_response(StatusCode::OK, serde_json::json!({ "status": "duplicate" }));
+        }
+    }
+    let topic = match endpoint.topic.render(&params, &parts.headers) {
+        Ok(topic) => topic,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let mut record = SourceRecord::new(topic, body)
+        .with_attribute("http.method", parts.method.as_str())
+        .with_attribute("http.path", parts.uri.path())
+        .with_attribute("http.remote_addr", remote.to_string())
+        .with_attribute("http.received_at", humantime::format_rfc3339_millis(received_at).to_string())
+        .with_attribute("http.endpoint", endpoint.id.as_str())
+        .with_attribute("http.verification", endpoint.scheme_name());
+    if let Some(content_type) = header_text(&parts.headers, header::CONTENT_TYPE.as_str()) {
+        record = record.with_attribute("content-type", content_type.clone()).with_attribute("http.content_type", content_type);
+    }
+    if let Some(id) = verified.delivery_id.as_ref().or(delivery_id.as_ref()) {
+        record = record.with_attribute("http.delivery_id", id.as_str());
+    }
+    for (name, value) in &params {
+        record = record.with_attribute(format!("http.path.{name}"), value.as_str());
+    }
+    for name in &endpoint.headers {
+        if let Some(value) = header_text(&parts.headers, name.as_str()) {
+            record = record.with_attribute(format!("http.header.{name}"), value);
+        }
+    }
+    if !endpoint.query.is_empty() {
+        if let Ok(Query(query)) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri) {
+            for name in &endpoint.query {
+                if let Some(value) = query.get(name) {
+                    record = record.with_attribute(format!("http.query.{name}"), value.as_str());
+                }
+            }
+        }
+    }
+    match &endpoint.routing_key {
+        Some(RoutingKey::Header(name)) => {
+            if let Some(key) = header_text(&parts.headers, name.as_str()) {
+                record = record.with_key(key);
+            }
+        }
+        Some(RoutingKey::JsonPointer(pointer)) => {
+            if let Some(key) = json.as_ref().and_then(|j| j.pointer(pointer)).map(json_text) {
+                record = record.with_key(key);
+            }
+        }
+        None => {}
+    }
+    match endpoint.ack {
+        AckMode::Accepted => {
+            let Ok(slot) = app.buffer_slots.clone().try_acquire_owned() else {
+                return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "buffer full");
+            };
+            // The channel has as many places as there are slots: it cannot be full here.
+            match app.buffer.try_send((record, slot)) {
+                Ok(()) => json_response(StatusCode::ACCEPTED, serde_json::json!({ "status": "accepted" })),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "buffer full")
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "shutting down")
+                }
+            }
+        }
+        AckMode::Durable => {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, app.publisher.publish(record)).await {
+                Ok(Ok(())) => {
+                    if let (Some(dedup), Some(id)) = (&endpoint.dedup, &delivery_id) {
+                        dedup.memory.insert(id, Instant::now());
+                    }
+                    json_response(endpoint.success, serde_json::json!({ "status": "published" }))
+                }
+                Ok(Err(e)) => {
+                    warn!(endpoint = %endpoint.id, error = %danube_connect_core::error::error_chain(&e), "record not published");
+                    publish_failure(&e, app.retry_after)
+                }
+                Err(_) => retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "timed out waiting for danube"),
+            }
+        }
+    }
+}
+
+/// The answer for a record Danube did not take: the client keeps the event and learns
+/// whether to send it again.
+///
+/// - [`PublishError::Invalid`] (e.g. the record fails its topic's schema): 400 with the
+///   reason, since sending the same body again cannot succeed;
+/// - [`PublishError::Unavailable`], [`PublishError::Timeout`], [`PublishError::Closed`]:
+///   503 with `Retry-After`;
+/// - [`PublishError::Rejected`] (the broker refused the record, e.g. too large or not
+///   permitted): 502, the gateway's upstream refused; the sender should retry later,
+///   after an operator fixed the cause.
+pub fn publish_failure(error: &PublishError, wait: Duration) -> Response {
+    if matches!(error, PublishError::Invalid { .. }) {
+        self::error(StatusCode::BAD_REQUEST, error)
+    } else if matches!(error, PublishError::Closed) {
+        retry_after(StatusCode::SERVICE_UNAVAILABLE, wait, "shutting down")
+    } else if error.is_transient() {
+        retry_after(StatusCode::SERVICE_UNAVAILABLE, wait, "danube is unavailable")
+    } else {
+        self::error(StatusCode::BAD_GATEWAY, error)
+    }
+}
+
+async fn read_body(body: Body, limit: usize, deadline: Instant) -> Result<bytes::Bytes, Response> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes")))
+        }
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))),
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "body not received in time")),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+fn json_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_text(response: Response) -> String {
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn invalid_record_is_a_400_naming_the_reason() {
+        let error = PublishError::Invalid { topic: "/default/orders".into(), message: "field `id` is required".into() };
+        let response = publish_failure(&error, Duration::from_secs(3));
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let text = body_text(response).await;
+        assert!(text.contains("field `id` is required") && text.contains("/default/orders"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn broker_trouble_is_a_503_with_retry_after() {
+        let timeout = PublishError::Timeout { topic: "/default/orders".into(), timeout: Duration::from_secs(30) };
+        for error in [timeout, PublishError::Closed] {
+            let response = publish_failure(&error, Duration::from_millis(2500));
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{error}");
+            assert_eq!(response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("3"));
+        }
+    }
+}

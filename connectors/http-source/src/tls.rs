@@ -1,0 +1,132 @@
+//! HTTPS: a rustls listener for `axum::serve`. Handshakes run in their own tasks (bounded
+//! by a timeout) so a slow client cannot hold up accepting others.
+
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use crate::config::TlsConfig;
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors loading the certificate or key.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file holds no private key.
+    #[error("{0} holds no private key")]
+    NoKey(PathBuf),
+    /// The certificate file holds no certificate.
+    #[error("{0} holds no certificate")]
+    NoCert(PathBuf),
+    /// rustls refused the certificate or key.
+    #[error("TLS configuration")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// Builds the rustls acceptor from PEM files.
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source })
+    };
+    let cert_pem = read(&config.cert)?;
+    let key_pem = read(&config.key)?;
+    let certs = rustls_pemfile::certs(&mut BufReader::new(cert_pem.as_slice()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Read { path: config.cert.clone(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert(config.cert.clone()));
+    }
+    let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
+        .map_err(|source| TlsError::Read { path: config.key.clone(), source })?
+        .ok_or_else(|| TlsError::NoKey(config.key.clone()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(TlsError::Rustls)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// A listener yielding TLS connections whose handshake completed.
+pub struct TlsListener {
+    local: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Wraps a bound TCP listener.
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        let accept_task = tokio::spawn(async move {
+            loop {
+                let (stream, remote) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        debug!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, remote)).await;
+                        }
+                        Ok(Err(error)) => debug!(%remote, %error, "TLS handshake failed"),
+                        Err(_) => debug!(%remote, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { local, ready, accept_task })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept task only ends when aborted (on drop): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: real HTTP clients against the connector binary and the embedded broker.
+
+mod common;
+mod config;
+mod dynamic;
+mod limits;
+mod outage;
+mod routing;
+mod schema;
+mod signatures;
+mod survival;

@@ -1,0 +1,512 @@
+//! The `[connector]` section of the Kafka bridge: the Kafka connection, the import mappings
+//! (Kafka → Danube) and the export settings (Danube → Kafka).
+//!
+//! Export reads the Danube topics listed in the runtime's `sink.topics`; import runs when
+//! `import.mappings` is not empty. One process may do both.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The attribute (Danube) and header (Kafka) that names the bridge a record came through.
+pub const DEFAULT_ORIGIN_ATTRIBUTE: &str = "danube-connect-origin";
+
+/// The whole `[connector]` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The Kafka cluster and librdkafka properties shared by the consumer and the producer.
+    pub kafka: KafkaConfig,
+    /// This bridge's identity for loop protection; default: the connector `name`.
+    /// Records carry it in the origin attribute/header, and a record that already carries
+    /// it is not sent back to the side it came from.
+    pub bridge_id: Option<String>,
+    /// Name of the origin attribute (Danube) and header (Kafka).
+    pub origin_attribute: OriginAttribute,
+    /// Kafka → Danube.
+    pub import: ImportConfig,
+    /// Danube → Kafka (the Danube topics are the runtime's `sink.topics`).
+    pub export: ExportConfig,
+}
+
+/// The origin attribute name (a newtype so it has its own default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OriginAttribute(/** The attribute/header name. */ pub String);
+
+impl Default for OriginAttribute {
+    fn default() -> Self {
+        Self(DEFAULT_ORIGIN_ATTRIBUTE.to_string())
+    }
+}
+
+/// How to reach Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]` (librdkafka `bootstrap.servers`).
+    pub bootstrap_servers: String,
+    /// Any librdkafka property, passed through to both the consumer and the producer
+    /// (`security.protocol`, `sasl.mechanisms`, `ssl.ca.location`, ...). By environment:
+    /// `KAFKA_BRIDGE_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL` (`_` in the last part
+    /// becomes `.`; librdkafka property names contain no `_`). Values of properties whose
+    /// name contains `password`, `secret` or `key` are redacted in `--check` output.
+    pub properties: KafkaProperties,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self { bootstrap_servers: "127.0.0.1:9092".into(), properties: KafkaProperties::default() }
+    }
+}
+
+/// Where a consumer group with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The oldest record still in the partition (what a migration usually wants).
+    Earliest,
+    /// Only records produced after the group first joined.
+    Latest,
+}
+
+impl StartFrom {
+    /// The librdkafka `auto.offset.reset` value.
+    pub fn as_reset(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
+/// Kafka → Danube.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportConfig {
+    /// The Kafka consumer group (`group.id`); bridges sharing it split the partitions.
+    pub group_id: String,
+    /// Where a new group starts: `earliest` (default) or `latest`.
+    pub start_from: StartFrom,
+    /// Which Kafka topics go to which Danube topic; the first matching mapping wins.
+    pub mappings: Vec<ImportMapping>,
+    /// Records returned by one poll, at most.
+    pub max_poll_records: usize,
+    /// How long one poll waits for the first record when Kafka is idle.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// Extra librdkafka properties for the consumer only (override `kafka.properties`).
+    pub properties: KafkaProperties,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "danube-kafka-bridge".into(),
+            start_from: StartFrom::Earliest,
+            mappings: Vec::new(),
+            max_poll_records: 500,
+            poll_timeout: Duration::from_millis(500),
+            properties: KafkaProperties::default(),
+        }
+    }
+}
+
+/// One import mapping: Kafka topics (by name or regex) → a Danube topic template.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportMapping {
+    /// Kafka topic names.
+    pub topics: Vec<String>,
+    /// A regex over Kafka topic names (e.g. `^orders\..*`); librdkafka re-checks it as
+    /// topics appear.
+    pub pattern: Option<String>,
+    /// The Danube topic; `{topic}` is replaced by the Kafka topic name
+    /// (default `/default/{topic}`).
+    pub danube_topic: Option<String>,
+}
+
+impl ImportMapping {
+    /// The Danube topic template in effect.
+    pub fn template(&self) -> &str {
+        self.danube_topic.as_deref().unwrap_or("/default/{topic}")
+    }
+}
+
+/// Producer compression (librdkafka `compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// Danube → Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// The Kafka topic for a Danube topic `/{namespace}/{topic}`; `{namespace}` and
+    /// `{topic}` are replaced (default `{topic}`).
+    pub topic_template: String,
+    /// Explicit Danube topic → Kafka topic names (win over `topic_template`).
+    pub topics: BTreeMap<String, String>,
+    /// `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: Compression,
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How long librdkafka may try to deliver one record (`message.timeout.ms`) before
+    /// the delivery report fails; the runtime then retries it.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka properties for the producer only (override `kafka.properties`).
+    /// `enable.idempotence=true` and `acks=all` are set unless overridden here.
+    pub properties: KafkaProperties,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            topic_template: "{topic}".into(),
+            topics: BTreeMap::new(),
+            compression: Compression::None,
+            linger: Duration::from_millis(5),
+            delivery_timeout: Duration::from_secs(30),
+            properties: KafkaProperties::default(),
+        }
+    }
+}
+
+impl ExportConfig {
+    /// The Kafka topic a record of Danube topic `danube_topic` goes to.
+    pub fn kafka_topic(&self, danube_topic: &str) -> String {
+        if let Some(explicit) = self.topics.get(danube_topic) {
+            return explicit.clone();
+        }
+        let mut parts = danube_topic.trim_start_matches('/').splitn(2, '/');
+        let namespace = parts.next().unwrap_or_default();
+        let topic = parts.next().unwrap_or(namespace);
+        self.topic_template.replace("{namespace}", namespace).replace("{topic}", topic)
+    }
+}
+
+/// librdkafka properties: a flat `name → value` map.
+///
+/// Accepts nested tables (`security = { protocol = "SSL" }` → `security.protocol`), and
+/// turns `_` into `.` (for environment variables, which cannot hold dots), so
+/// `SECURITY_PROTOCOL` becomes `security.protocol`. Numbers and booleans become strings.
+/// A value may be read from elsewhere: `{ env = "VAR" }` or `{ file = "/run/secrets/x" }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(/** Property name → value. */ pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    /// Whether a property value must not be printed.
+    pub fn is_sensitive(name: &str) -> bool {
+        name.contains("password") || name.contains("secret") || name.contains("key")
+    }
+
+    /// The properties as `(name, value)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            if Self::is_sensitive(name) {
+                map.serialize_entry(name, "<redacted>")?;
+            } else {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = serde_json::Value::deserialize(deserializer)?;
+        let mut out = BTreeMap::new();
+        flatten_properties("", &raw, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(Self(out))
+    }
+}
+
+fn flatten_properties(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) -> Result<(), String> {
+    use serde_json::Value;
+    match value {
+        // `{ env = "VAR" }` / `{ file = "/run/secrets/x" }`: the value comes from there
+        // (no librdkafka property name ends in `.env` or `.file`).
+        Value::Object(map) if !prefix.is_empty() && map.len() == 1 && (map.contains_key("env") || map.contains_key("file")) => {
+            let secret: danube_connect_core::Secret =
+                serde_json::from_value(value.clone()).map_err(|e| format!("property `{prefix}`: {e}"))?;
+            out.insert(prefix.to_string(), secret.expose().to_string());
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (key, inner) in map {
+                let key = key.replace('_', ".");
+                let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+                flatten_properties(&name, inner, out)?;
+            }
+            Ok(())
+        }
+        Value::Null if prefix.is_empty() => Ok(()),
+        _ if prefix.is_empty() => Err("expected a table of librdkafka properties".into()),
+        Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+            Ok(())
+        }
+        Value::Bool(b) => {
+            out.insert(prefix.to_string(), b.to_string());
+            Ok(())
+        }
+        Value::Number(n) => {
+            out.insert(prefix.to_string(), n.to_string());
+            Ok(())
+        }
+        Value::Array(items) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) => parts.push(s.clone()),
+                    Value::Number(_) | Value::Bool(_) => parts.push(item.to_string()),
+                    _ => return Err(format!("property `{prefix}`: list items must be scalars")),
+                }
+            }
+            out.insert(prefix.to_string(), parts.join(","));
+            Ok(())
+        }
+        Value::Null => Err(format!("property `{prefix}` has no value")),
+    }
+}
+
+/// Properties the bridge sets itself; overriding them would break its guarantees.
+const RESERVED_CONSUMER: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+
+fn validate_properties(field: &str, properties: &KafkaProperties) -> Result<(), ConfigError> {
+    for (name, value) in properties.iter() {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.') {
+            return Err(ConfigError::invalid(
+                format!("{field}.{name}"),
+                "must be a librdkafka property name (lowercase, dot-separated)",
+            ));
+        }
+        if value.is_empty() {
+            return Err(ConfigError::invalid(format!("{field}.{name}"), "must not be empty"));
+        }
+    }
+    Ok(())
+}
+
+impl Validate for BridgeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "connector.kafka.bootstrap_servers",
+                "must list at least one host:port (e.g. 127.0.0.1:9092)",
+            ));
+        }
+        for server in self.kafka.bootstrap_servers.split(',') {
+            let server = server.trim();
+            let server = server.rsplit_once("://").map_or(server, |(_, rest)| rest);
+            let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(ConfigError::invalid(
+                    "connector.kafka.bootstrap_servers",
+                    format!("`{server}` must have the form host:port"),
+                ));
+            }
+        }
+        validate_properties("connector.kafka.properties", &self.kafka.properties)?;
+        validate_properties("connector.import.properties", &self.import.properties)?;
+        validate_properties("connector.export.properties", &self.export.properties)?;
+        for props in [&self.kafka.properties, &self.import.properties] {
+            if let Some(name) = RESERVED_CONSUMER.iter().find(|name| props.0.contains_key(**name)) {
+                return Err(ConfigError::invalid(
+                    format!("connector.kafka.properties.{name}"),
+                    "is set by the bridge (offsets are committed only after Danube acked); use import.group_id for the group",
+                ));
+            }
+        }
+        if let Some(id) = &self.bridge_id {
+            if id.is_empty() {
+                return Err(ConfigError::invalid("connector.bridge_id", "must not be empty"));
+            }
+        }
+        if self.origin_attribute.0.is_empty() {
+            return Err(ConfigError::invalid("connector.origin_attribute", "must not be empty"));
+        }
+        if !self.import.mappings.is_empty() && self.import.group_id.is_empty() {
+            return Err(ConfigError::invalid("connector.import.group_id", "must not be empty"));
+        }
+        if self.import.max_poll_records == 0 {
+            return Err(ConfigError::invalid("connector.import.max_poll_records", "must be at least 1"));
+        }
+        if self.import.poll_timeout.is_zero() || self.import.poll_timeout > Duration::from_secs(5) {
+            return Err(ConfigError::invalid("connector.import.poll_timeout", "must be between 1ms and 5s"));
+        }
+        for (i, mapping) in self.import.mappings.iter().enumerate() {
+            let field = format!("connector.import.mappings[{i}]");
+            if mapping.topics.is_empty() && mapping.pattern.is_none() {
+                return Err(ConfigError::invalid(format!("{field}.topics"), "set `topics` or `pattern`"));
+            }
+            for (j, topic) in mapping.topics.iter().enumerate() {
+                if !is_kafka_topic_name(topic) {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.topics[{j}]"),
+                        format!("`{topic}` is not a Kafka topic name (letters, digits, '.', '_', '-')"),
+                    ));
+                }
+            }
+            if let Some(pattern) = &mapping.pattern {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(ConfigError::invalid(format!("{field}.pattern"), format!("not a valid regex: {e}")));
+                }
+            }
+            let example = mapping.template().replace("{topic}", "t");
+            validate_topic(&format!("{field}.danube_topic"), &example)?;
+        }
+        if self.export.topic_template.is_empty() {
+            return Err(ConfigError::invalid("connector.export.topic_template", "must not be empty"));
+        }
+        for (danube, kafka) in &self.export.topics {
+            validate_topic(&format!("connector.export.topics.\"{danube}\""), danube)?;
+            if !is_kafka_topic_name(kafka) {
+                return Err(ConfigError::invalid(
+                    format!("connector.export.topics.\"{danube}\""),
+                    format!("`{kafka}` is not a Kafka topic name"),
+                ));
+            }
+        }
+        if self.export.delivery_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("connector.export.delivery_timeout", "must be at least 1s"));
+        }
+        if self.export.linger > Duration::from_secs(10) {
+            return Err(ConfigError::invalid("connector.export.linger", "must be at most 10s"));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` is a legal Kafka topic name.
+pub fn is_kafka_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_mapping(mapping: ImportMapping) -> BridgeConfig {
+        let mut config = BridgeConfig::default();
+        config.import.mappings.push(mapping);
+        config
+    }
+
+    #[test]
+    fn mapping_without_topics_or_pattern_names_the_field() {
+        let err = with_mapping(ImportMapping::default()).validate().expect_err("must fail");
+        assert!(err.to_string().contains("connector.import.mappings[0].topics"), "{err}");
+    }
+
+    #[test]
+    fn bad_regex_names_the_field() {
+        let err = with_mapping(ImportMapping { pattern: Some("(".into()), ..Default::default() })
+            .validate()
+            .expect_err("must fail");
+        assert!(err.to_string().contains("connector.import.mappings[0].pattern"), "{err}");
+    }
+
+    #[test]
+    fn danube_template_without_namespace_is_rejected() {
+        let err = with_mapping(ImportMapping {
+            topics: vec!["a".into()],
+            danube_topic: Some("{topic}".into()),
+            ..Default::default()
+        })
+        .validate()
+        .expect_err("must fail");
+        assert!(err.to_string().contains("danube_topic"), "{err}");
+    }
+
+    #[test]
+    fn auto_commit_cannot_be_turned_on() {
+        let mut config = BridgeConfig::default();
+        config.kafka.properties.0.insert("enable.auto.commit".into(), "true".into());
+        let err = config.validate().expect_err("must fail");
+        assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn bootstrap_without_port_names_the_field() {
+        let mut config = BridgeConfig::default();
+        config.kafka.bootstrap_servers = "localhost".into();
+        let err = config.validate().expect_err("must fail");
+        assert!(err.to_string().contains("connector.kafka.bootstrap_servers"), "{err}");
+    }
+
+    #[test]
+    fn properties_flatten_nested_tables_and_underscores() {
+        let props: KafkaProperties = serde_json::from_value(serde_json::json!({
+            "security_protocol": "SASL_SSL",
+            "sasl": { "mechanisms": "PLAIN", "password": "hunter2" },
+            "fetch.max.bytes": 1048576,
+        }))
+        .expect("parse");
+        assert_eq!(props.0.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(props.0.get("sasl.mechanisms").map(String::as_str), Some("PLAIN"));
+        assert_eq!(props.0.get("fetch.max.bytes").map(String::as_str), Some("1048576"));
+        let shown = serde_json::to_string(&props).expect("serialize");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn property_value_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let props: KafkaProperties =
+            serde_json::from_value(serde_json::json!({ "sasl.password": { "file": file } })).expect("parse");
+        assert_eq!(props.0.get("sasl.password").map(String::as_str), Some("s3cret"));
+    }
+
+    #[test]
+    fn export_topic_template_uses_namespace_and_topic() {
+        let mut export = ExportConfig { topic_template: "{namespace}.{topic}".into(), ..Default::default() };
+        assert_eq!(export.kafka_topic("/default/orders"), "default.orders");
+        export.topics.insert("/default/orders".into(), "legacy-orders".into());
+        assert_eq!(export.kafka_topic("/default/orders"), "legacy-orders");
+        assert_eq!(ExportConfig::default().kafka_topic("/default/x"), "x");
+    }
+}

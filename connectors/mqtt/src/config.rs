@@ -1,0 +1,423 @@
+//! The `[connector]` section of the MQTT bridge.
+//!
+//! ```toml
+//! [connector]
+//! mode = "client"                      # client | embedded | off (no inbound)
+//!
+//! [connector.broker]                   # the MQTT broker (client mode and outbound)
+//! host = "127.0.0.1"
+//! port = 1883
+//! client_id = "danube-mqtt"
+//!
+//! [[connector.mappings]]
+//! filter = "factory/+/temp"
+//! topic = "/iot/factory-{1}-temp"
+//! qos = 1
+//! format = "json"
+//!
+//! [connector.outbound]                 # Danube -> MQTT (with `sink.topics`)
+//! topic = "devices/{attr:device}/cmd"
+//! qos = 1
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use danube_connect_core::config::{ConfigError, Validate};
+use danube_connect_core::Secret;
+use serde::{Deserialize, Serialize};
+
+use crate::mapping::{validate_filter, OutboundTemplate, TopicTemplate};
+
+/// How MQTT messages come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Connect to an external MQTT broker and subscribe to the mapped filters (default).
+    #[default]
+    Client,
+    /// Run an MQTT broker in-process (rumqttd) that devices connect to.
+    Embedded,
+    /// No inbound direction (outbound only).
+    Off,
+}
+
+/// The MQTT bridge configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Inbound mode: `client` (default), `embedded` or `off`.
+    pub mode: Mode,
+    /// The external MQTT broker (client mode, and the outbound direction).
+    pub broker: BrokerConfig,
+    /// The in-process broker (embedded mode).
+    pub embedded: EmbeddedConfig,
+    /// MQTT topic filters and the Danube topics they feed (first match wins).
+    pub mappings: Vec<Mapping>,
+    /// Danube -> MQTT: enabled when set and `sink.topics` is not empty.
+    pub outbound: Option<OutboundConfig>,
+    /// Incoming messages taken from MQTT but not yet acked by Danube, at most; the
+    /// intake pauses beyond it (the MQTT broker then holds QoS 1 messages).
+    pub max_in_flight: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Client,
+            broker: BrokerConfig::default(),
+            embedded: EmbeddedConfig::default(),
+            mappings: Vec::new(),
+            outbound: None,
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// Connection to an external MQTT broker (MQTT 3.1.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (1883, or 8883 with TLS).
+    pub port: u16,
+    /// Client id; fixed so the broker keeps the persistent session across restarts.
+    /// The outbound direction connects as `{client_id}-out`.
+    pub client_id: String,
+    /// `false` (default): persistent session, the broker keeps QoS 1 messages while the
+    /// connector is down. `true`: a fresh session on every connect.
+    pub clean_session: bool,
+    /// Keep-alive interval (PINGREQ period).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// User name, if the broker requires one.
+    pub username: Option<String>,
+    /// Password (a string, `{ env = "VAR" }` or `{ file = "/path" }`).
+    pub password: Option<Secret>,
+    /// TLS; when set the connection is encrypted.
+    pub tls: Option<TlsConfig>,
+    /// Delay before the first reconnect attempt; doubles up to `reconnect_max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial_backoff: Duration,
+    /// Upper bound of the reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
+    /// Largest MQTT packet accepted or sent, in bytes.
+    pub max_packet_size: usize,
+    /// How long connecting (TCP, TLS and CONNACK) may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "danube-mqtt".into(),
+            clean_session: false,
+            keep_alive: Duration::from_secs(30),
+            username: None,
+            password: None,
+            tls: None,
+            reconnect_initial_backoff: Duration::from_millis(200),
+            reconnect_max_backoff: Duration::from_secs(10),
+            max_packet_size: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// TLS to the MQTT broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (PEM) that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// Client certificate (PEM) for mutual TLS; needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// The in-process MQTT broker of embedded mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// Where devices connect (MQTT 3.1.1, plain TCP).
+    pub listen: SocketAddr,
+    /// Connections at most.
+    pub max_connections: usize,
+    /// Largest accepted payload, in bytes.
+    pub max_payload_size: usize,
+    /// Unacked QoS 1 messages per device connection, at most.
+    pub max_inflight_count: usize,
+    /// How long a device may take to send CONNECT after connecting.
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_connections: 10_000,
+            max_payload_size: 1 << 20,
+            max_inflight_count: 100,
+            connection_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// MQTT quality of service levels the bridge supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Qos {
+    /// At most once.
+    AtMostOnce,
+    /// At least once (default).
+    #[default]
+    AtLeastOnce,
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = String;
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(Self::AtMostOnce),
+            1 => Ok(Self::AtLeastOnce),
+            other => Err(format!("qos {other} is not supported (use 0 or 1)")),
+        }
+    }
+}
+
+impl From<Qos> for u8 {
+    fn from(value: Qos) -> Self {
+        match value {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+        }
+    }
+}
+
+impl From<Qos> for rumqttc::QoS {
+    fn from(value: Qos) -> Self {
+        match value {
+            Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+            Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        }
+    }
+}
+
+/// What a mapped message's payload must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// Any bytes (default).
+    #[default]
+    Any,
+    /// Valid UTF-8 text.
+    Utf8,
+    /// A valid JSON document.
+    Json,
+}
+
+/// One MQTT topic filter and the Danube topic its messages go to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// MQTT topic filter (`+` one level, `#` the rest, `a/#` also matches `a`).
+    pub filter: String,
+    /// Danube topic template: `/namespace/topic` where `{N}` is MQTT topic level N
+    /// (0-based) and `{topic}` the whole MQTT topic with `/` replaced by `-`.
+    pub topic: String,
+    /// Subscription QoS: 0 or 1 (default 1: end-to-end at least once).
+    #[serde(default)]
+    pub qos: Qos,
+    /// Payload check; a message that fails it goes to the dead-letter topic.
+    #[serde(default)]
+    pub format: PayloadFormat,
+}
+
+/// Danube -> MQTT publishing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// MQTT topic template: `{attr:NAME}` an attribute of the Danube message, `{key}` its
+    /// routing key, `{topic}` the Danube topic's name and `{namespace}` its namespace.
+    /// Default `{attr:mqtt.topic}` (the topic an inbound message came from).
+    #[serde(default = "default_outbound_topic")]
+    pub topic: String,
+    /// QoS of the MQTT publish (1: the Danube message is acked after the broker's PUBACK).
+    #[serde(default)]
+    pub qos: Qos,
+    /// Publish with the retain flag.
+    #[serde(default)]
+    pub retain: bool,
+    /// How long to wait for the broker's PUBACK before the attempt counts as failed.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+}
+
+fn default_outbound_topic() -> String {
+    "{attr:mqtt.topic}".into()
+}
+
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Validate for MqttConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        if b.host.is_empty() {
+            return Err(ConfigError::invalid("connector.broker.host", "must not be empty"));
+        }
+        if b.port == 0 {
+            return Err(ConfigError::invalid("connector.broker.port", "must be 1 to 65535"));
+        }
+        if b.client_id.is_empty() || b.client_id.len() > 200 {
+            return Err(ConfigError::invalid("connector.broker.client_id", "must be 1 to 200 characters"));
+        }
+        if b.keep_alive < Duration::from_secs(5) && !b.keep_alive.is_zero() {
+            return Err(ConfigError::invalid("connector.broker.keep_alive", "must be 0 (off) or at least 5s"));
+        }
+        if b.password.is_some() && b.username.is_none() {
+            return Err(ConfigError::invalid("connector.broker.password", "needs `username` too"));
+        }
+        if b.reconnect_initial_backoff.is_zero() || b.reconnect_initial_backoff > b.reconnect_max_backoff {
+            return Err(ConfigError::invalid(
+                "connector.broker.reconnect_initial_backoff",
+                "must be above 0 and not exceed `reconnect_max_backoff`",
+            ));
+        }
+        if b.max_packet_size < 128 {
+            return Err(ConfigError::invalid("connector.broker.max_packet_size", "must be at least 128 bytes"));
+        }
+        if b.connect_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("connector.broker.connect_timeout", "must be at least 1s"));
+        }
+        if let Some(tls) = &b.tls {
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                return Err(ConfigError::invalid(
+                    "connector.broker.tls.client_cert",
+                    "mutual TLS needs both `client_cert` and `client_key`",
+                ));
+            }
+            for (field, path) in [
+                ("connector.broker.tls.ca", Some(&tls.ca)),
+                ("connector.broker.tls.client_cert", tls.client_cert.as_ref()),
+                ("connector.broker.tls.client_key", tls.client_key.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    if !path.is_file() {
+                        return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
+                    }
+                }
+            }
+        }
+        if self.mode == Mode::Embedded {
+            let e = &self.embedded;
+            if e.max_connections == 0 {
+                return Err(ConfigError::invalid("connector.embedded.max_connections", "must be at least 1"));
+            }
+            if e.max_payload_size == 0 {
+                return Err(ConfigError::invalid("connector.embedded.max_payload_size", "must be at least 1"));
+            }
+            if e.max_inflight_count == 0 || e.max_inflight_count > u16::MAX as usize {
+                return Err(ConfigError::invalid("connector.embedded.max_inflight_count", "must be 1 to 65535"));
+            }
+            if e.connection_timeout.as_millis() == 0 || e.connection_timeout.as_millis() > u16::MAX as u128 {
+                return Err(ConfigError::invalid("connector.embedded.connection_timeout", "must be 1ms to 65s"));
+            }
+        }
+        if self.mode != Mode::Off && self.mappings.is_empty() {
+            return Err(ConfigError::invalid(
+                "connector.mappings",
+                "needs at least one mapping (e.g. [{filter=\"sensors/#\", topic=\"/default/sensors\"}]) unless mode = \"off\"",
+            ));
+        }
+        for (i, m) in self.mappings.iter().enumerate() {
+            validate_filter(&m.filter)
+                .map_err(|message| ConfigError::invalid(format!("connector.mappings[{i}].filter"), message))?;
+            TopicTemplate::parse(&m.topic, &m.filter)
+                .map_err(|message| ConfigError::invalid(format!("connector.mappings[{i}].topic"), message))?;
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::invalid("connector.max_in_flight", "must be at least 1"));
+        }
+        if let Some(out) = &self.outbound {
+            OutboundTemplate::parse(&out.topic)
+                .map_err(|message| ConfigError::invalid("connector.outbound.topic", message))?;
+            if out.ack_timeout.is_zero() {
+                return Err(ConfigError::invalid("connector.outbound.ack_timeout", "must be above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_mapping(filter: &str, topic: &str) -> MqttConfig {
+        MqttConfig {
+            mappings: vec![Mapping {
+                filter: filter.into(),
+                topic: topic.into(),
+                qos: Qos::AtLeastOnce,
+                format: PayloadFormat::Any,
+            }],
+            ..MqttConfig::default()
+        }
+    }
+
+    fn field_of(error: ConfigError) -> String {
+        match error {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_mapping_passes() {
+        with_mapping("factory/+/temp", "/iot/factory-{1}-temp").validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_filter_names_the_mapping_field() {
+        let err = with_mapping("a/#/b", "/default/a").validate().expect_err("invalid");
+        assert_eq!(field_of(err), "connector.mappings[0].filter");
+    }
+
+    #[test]
+    fn template_level_beyond_a_wildcard_filter_is_rejected() {
+        let err = with_mapping("a/+", "/default/x-{5}").validate().expect_err("invalid");
+        assert_eq!(field_of(err), "connector.mappings[0].topic");
+    }
+
+    #[test]
+    fn client_mode_needs_mappings() {
+        let err = MqttConfig::default().validate().expect_err("invalid");
+        assert_eq!(field_of(err), "connector.mappings");
+    }
+
+    #[test]
+    fn qos_2_is_refused_when_parsing() {
+        let parsed: Result<Mapping, _> =
+            serde_json::from_value(serde_json::json!({"filter": "a", "topic": "/default/a", "qos": 2}));
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn password_without_username_names_the_field() {
+        let mut cfg = with_mapping("a", "/default/a");
+        cfg.broker.password = Some(Secret::new("x"));
+        assert_eq!(field_of(cfg.validate().expect_err("invalid")), "connector.broker.password");
+    }
+}

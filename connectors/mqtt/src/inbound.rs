@@ -1,0 +1,192 @@
+//! What client and embedded mode share: turning an MQTT message into a Danube record,
+//! the payload check, publishing and dead-lettering.
+
+use bytes::Bytes;
+use danube_connect_core::error::error_chain;
+use danube_connect_core::metrics::Metrics;
+use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
+use danube_connect_core::{PublishError, Publisher, SourceRecord};
+use prometheus::IntCounterVec;
+use tracing::{debug, warn};
+
+use crate::config::PayloadFormat;
+use crate::mapping::Router;
+
+/// Attribute holding the MQTT topic a message was published to.
+pub const ATTR_TOPIC: &str = "mqtt.topic";
+/// Attribute holding the QoS the message was delivered with (`0` or `1`).
+pub const ATTR_QOS: &str = "mqtt.qos";
+/// Attribute holding the retain flag (`true` / `false`).
+pub const ATTR_RETAIN: &str = "mqtt.retain";
+/// Attribute holding the DUP flag (`true` when the broker redelivered it).
+pub const ATTR_DUP: &str = "mqtt.dup";
+
+/// One MQTT message as received.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The MQTT topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The QoS it was delivered with, when known.
+    pub qos: Option<u8>,
+    /// The retain flag.
+    pub retain: bool,
+    /// The DUP flag, when known.
+    pub dup: Option<bool>,
+}
+
+/// What became of a message.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Danube acked its record.
+    Published,
+    /// It could not be mapped or checked, or Danube refused it; Danube acked it on the
+    /// dead-letter topic.
+    DeadLettered,
+    /// Neither: Danube is unavailable (or the runtime is stopping). Do not ack it.
+    NotDelivered(PublishError),
+}
+
+/// Maps and publishes messages; shared by the intake tasks.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    router: Router,
+    publisher: Publisher,
+    dead_letter_topic: String,
+    connector: String,
+    messages: Option<IntCounterVec>,
+}
+
+impl Inbound {
+    /// An intake over `router` publishing with `publisher`.
+    pub fn new(router: Router, publisher: Publisher, dead_letter_topic: String, connector: &str, metrics: &Metrics) -> Self {
+        Self {
+            router,
+            publisher,
+            dead_letter_topic,
+            connector: connector.to_string(),
+            messages: register_counter(metrics),
+        }
+    }
+
+    /// The mapping table.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The Danube record for `message`, or why it cannot have one.
+    pub fn record(&self, message: &Message) -> Result<SourceRecord, String> {
+        let route = self
+            .router
+            .route(&message.topic)
+            .ok_or_else(|| format!("no mapping matches MQTT topic `{}`", message.topic))?;
+        check_format(route.mapping.format, &message.payload)?;
+        let topic = route.template.render(&message.topic)?;
+        let mut record = SourceRecord::new(topic, message.payload.clone())
+            .with_key(message.topic.clone())
+            .with_attribute(ATTR_TOPIC, message.topic.clone())
+            .with_attribute(ATTR_RETAIN, message.retain.to_string());
+        if let Some(qos) = message.qos {
+            record = record.with_attribute(ATTR_QOS, qos.to_string());
+        }
+        if let Some(dup) = message.dup {
+            record = record.with_attribute(ATTR_DUP, dup.to_string());
+        }
+        Ok(record)
+    }
+
+    /// Publishes `message` (or dead-letters it) and reports the outcome.
+    pub async fn deliver(&self, message: Message) -> Delivery {
+        let outcome = match self.record(&message) {
+            Ok(record) => match self.publisher.publish(record).await {
+                Ok(()) => Delivery::Published,
+                Err(error) if error.is_transient() => Delivery::NotDelivered(error),
+                Err(error) => self.dead_letter(&message, error_chain(&error), "rejected").await,
+            },
+            Err(reason) => {
+                debug!(topic = %message.topic, %reason, "message cannot be mapped");
+                self.dead_letter(&message, reason, "invalid").await
+            }
+        };
+        self.count(match &outcome {
+            Delivery::Published => "published",
+            Delivery::DeadLettered => "dead_lettered",
+            Delivery::NotDelivered(_) => "not_delivered",
+        });
+        outcome
+    }
+
+    async fn dead_letter(&self, message: &Message, error: String, kind: &str) -> Delivery {
+        let mut attributes = std::collections::HashMap::new();
+        attributes.insert(ATTR_TOPIC.to_string(), message.topic.clone());
+        let record = dead_letter_record(
+            &self.dead_letter_topic,
+            message.payload.clone(),
+            &attributes,
+            Some(message.topic.clone()),
+            &Failure {
+                error,
+                kind,
+                connector: &self.connector,
+                source_topic: &message.topic,
+                source_offset: None,
+                attempts: 1,
+            },
+        );
+        match self.publisher.publish(record).await {
+            Ok(()) => Delivery::DeadLettered,
+            Err(error) => {
+                warn!(error = %error_chain(&error), topic = %message.topic, "dead-letter publish failed");
+                Delivery::NotDelivered(error)
+            }
+        }
+    }
+
+    /// Counts a message by outcome (`published`, `dead_lettered`, `not_delivered`, ...).
+    pub fn count(&self, outcome: &str) {
+        if let Some(counter) = &self.messages {
+            counter.with_label_values(&[self.connector.as_str(), outcome]).inc();
+        }
+    }
+}
+
+fn register_counter(metrics: &Metrics) -> Option<IntCounterVec> {
+    let counter = IntCounterVec::new(
+        prometheus::Opts::new("mqtt_messages_total", "MQTT messages taken in, by outcome."),
+        &["connector", "outcome"],
+    )
+    .ok()?;
+    match metrics.registry().register(Box::new(counter.clone())) {
+        Ok(()) => Some(counter),
+        Err(error) => {
+            warn!(error = %error, "mqtt_messages_total not registered");
+            None
+        }
+    }
+}
+
+/// Checks `payload` against `format`.
+pub fn check_format(format: PayloadFormat, payload: &[u8]) -> Result<(), String> {
+    match format {
+        PayloadFormat::Any => Ok(()),
+        PayloadFormat::Utf8 => std::str::from_utf8(payload).map(|_| ()).map_err(|e| format!("payload is not UTF-8: {e}")),
+        PayloadFormat::Json => serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+            .map(|_| ())
+            .map_err(|e| format!("payload is not JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_checks() {
+        assert!(check_format(PayloadFormat::Any, &[0xff]).is_ok());
+        assert!(check_format(PayloadFormat::Utf8, "é".as_bytes()).is_ok());
+        assert!(check_format(PayloadFormat::Utf8, &[0xff]).is_err());
+        assert!(check_format(PayloadFormat::Json, br#"{"t":1}"#).is_ok());
+        assert!(check_format(PayloadFormat::Json, b"{t:1").is_err());
+    }
+}

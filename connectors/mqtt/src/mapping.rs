@@ -1,0 +1,393 @@
+//! MQTT topic filters and the templates that turn topics into Danube topics and back.
+//!
+//! Matching follows MQTT 3.1.1 section 4.7: `+` matches one level, `#` (last) matches any
+//! number of levels including none (`a/#` matches `a`), and topics starting with `$` are
+//! not matched by a filter starting with a wildcard.
+
+use std::collections::HashMap;
+
+use crate::config::Mapping;
+
+/// Checks a topic filter; the error says what is wrong.
+pub fn validate_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if filter.len() > u16::MAX as usize {
+        return Err("must be at most 65535 bytes".into());
+    }
+    if filter.contains('\0') {
+        return Err("must not contain NUL".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err(format!("`{filter}`: `#` must be a whole level and the last one"));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("`{filter}`: `+` must be a whole level"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `topic` (a concrete MQTT topic) matches `filter`.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let topic_levels: Vec<&str> = topic.split('/').collect();
+    for (i, f) in filter.split('/').enumerate() {
+        if f == "#" {
+            return true;
+        }
+        let Some(t) = topic_levels.get(i) else {
+            return false;
+        };
+        if f != "+" && f != *t {
+            return false;
+        }
+        if i + 1 == topic_levels.len() {
+            // The topic ends here: the filter must end too, or continue with `/#` only.
+            let rest: Vec<&str> = filter.split('/').skip(i + 1).collect();
+            return rest.is_empty() || rest == ["#"];
+        }
+    }
+    false
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Literal(String),
+    Level(usize),
+    WholeTopic,
+}
+
+/// A Danube topic template such as `/iot/factory-{1}-temp`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicTemplate {
+    parts: Vec<Part>,
+}
+
+impl TopicTemplate {
+    /// Parses `template` for mapping `filter`; the error says what is wrong.
+    pub fn parse(template: &str, filter: &str) -> Result<Self, String> {
+        let parts = parse_parts(template, |name| {
+            if name == "topic" {
+                return Ok(Part::WholeTopic);
+            }
+            let level: usize = name
+                .parse()
+                .map_err(|_| format!("unknown placeholder `{{{name}}}` (use `{{N}}` for level N, or `{{topic}}`)"))?;
+            let filter_levels: Vec<&str> = filter.split('/').collect();
+            let open_ended = filter_levels.last() == Some(&"#");
+            if level >= filter_levels.len() && !open_ended {
+                return Err(format!("`{{{level}}}`: filter `{filter}` has only {} levels", filter_levels.len()));
+            }
+            Ok(Part::Level(level))
+        })?;
+        let compiled = Self { parts };
+        // The literal skeleton must already have the /namespace/topic shape.
+        match compiled.render_with(|_| Some("x".to_string())) {
+            Some(topic) if is_danube_topic(&topic) => Ok(compiled),
+            _ => Err(format!("`{template}` must render to /namespace/topic")),
+        }
+    }
+
+    /// The Danube topic for MQTT `topic`, or why there is none.
+    pub fn render(&self, topic: &str) -> Result<String, String> {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let rendered = self
+            .render_with(|part| match part {
+                Part::Level(n) => levels.get(*n).map(|l| sanitize(l)),
+                Part::WholeTopic => Some(sanitize(&topic.replace('/', "-"))),
+                Part::Literal(_) => None,
+            })
+            .ok_or_else(|| format!("MQTT topic `{topic}` has no level the template needs"))?;
+        if is_danube_topic(&rendered) {
+            Ok(rendered)
+        } else {
+            Err(format!("MQTT topic `{topic}` renders to `{rendered}`, not /namespace/topic"))
+        }
+    }
+
+    fn render_with(&self, mut value: impl FnMut(&Part) -> Option<String>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                other => {
+                    let v = value(other)?;
+                    if v.is_empty() {
+                        return None;
+                    }
+                    out.push_str(&v);
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Splits `template` into literals and `{placeholders}` resolved by `placeholder`.
+fn parse_parts<P>(template: &str, mut placeholder: impl FnMut(&str) -> Result<P, String>) -> Result<Vec<P>, String>
+where
+    P: From<LiteralText>,
+{
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(P::from(LiteralText(rest[..open].to_string())));
+        }
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| format!("`{template}`: unclosed `{{`"))?;
+        parts.push(placeholder(&after[..close])?);
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("`{template}`: `}}` without `{{`"));
+    }
+    if !rest.is_empty() {
+        parts.push(P::from(LiteralText(rest.to_string())));
+    }
+    Ok(parts)
+}
+
+struct LiteralText(String);
+
+impl From<LiteralText> for Part {
+    fn from(value: LiteralText) -> Self {
+        Part::Literal(value.0)
+    }
+}
+
+/// Keeps letters, digits, `-`, `_` and `.`; anything else becomes `_`.
+fn sanitize(level: &str) -> String {
+    level
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect()
+}
+
+fn is_danube_topic(topic: &str) -> bool {
+    let parts: Vec<&str> = topic.split('/').collect();
+    parts.len() == 3
+        && parts[0].is_empty()
+        && parts[1..].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+}
+
+/// The compiled mapping table: first matching filter wins.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+/// One compiled mapping.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The mapping as configured.
+    pub mapping: Mapping,
+    /// Its compiled Danube topic template.
+    pub template: TopicTemplate,
+}
+
+impl Router {
+    /// Compiles the mappings (validated by the config already).
+    pub fn new(mappings: &[Mapping]) -> Result<Self, String> {
+        let routes = mappings
+            .iter()
+            .map(|m| {
+                validate_filter(&m.filter)?;
+                Ok(Route { mapping: m.clone(), template: TopicTemplate::parse(&m.topic, &m.filter)? })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self { routes })
+    }
+
+    /// The first route whose filter matches `topic`.
+    pub fn route(&self, topic: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| topic_matches(&r.mapping.filter, topic))
+    }
+
+    /// All routes, in configuration order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum OutPart {
+    Literal(String),
+    Attribute(String),
+    Key,
+    TopicName,
+    Namespace,
+}
+
+impl From<LiteralText> for OutPart {
+    fn from(value: LiteralText) -> Self {
+        OutPart::Literal(value.0)
+    }
+}
+
+/// An MQTT topic template for the outbound direction, e.g. `devices/{attr:device}/cmd`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundTemplate {
+    parts: Vec<OutPart>,
+}
+
+impl OutboundTemplate {
+    /// Parses the template; the error says what is wrong.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        if template.is_empty() {
+            return Err("must not be empty".into());
+        }
+        let parts = parse_parts(template, |name| match name {
+            "key" => Ok(OutPart::Key),
+            "topic" => Ok(OutPart::TopicName),
+            "namespace" => Ok(OutPart::Namespace),
+            other => match other.strip_prefix("attr:") {
+                Some(attr) if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string())),
+                _ => Err(format!(
+                    "unknown placeholder `{{{other}}}` (use `{{attr:NAME}}`, `{{key}}`, `{{topic}}` or `{{namespace}}`)"
+                )),
+            },
+        })?;
+        for part in &parts {
+            if let OutPart::Literal(text) = part {
+                if text.contains('+') || text.contains('#') {
+                    return Err(format!("`{template}`: an MQTT topic must not contain `+` or `#`"));
+                }
+            }
+        }
+        Ok(Self { parts })
+    }
+
+    /// The MQTT topic for a Danube message, or why there is none.
+    pub fn render(
+        &self,
+        danube_topic: &str,
+        routing_key: Option<&str>,
+        attributes: &HashMap<String, String>,
+    ) -> Result<String, String> {
+        let mut segments = danube_topic.trim_start_matches('/').splitn(2, '/');
+        let namespace = segments.next().unwrap_or_default();
+        let name = segments.next().unwrap_or_default();
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                OutPart::Literal(text) => out.push_str(text),
+                OutPart::Attribute(attr) => {
+                    out.push_str(attributes.get(attr).ok_or_else(|| format!("attribute `{attr}` is missing"))?)
+                }
+                OutPart::Key => out.push_str(routing_key.ok_or("the message has no routing key")?),
+                OutPart::TopicName => out.push_str(name),
+                OutPart::Namespace => out.push_str(namespace),
+            }
+        }
+        if out.is_empty() || out.contains('+') || out.contains('#') || out.contains('\0') {
+            return Err(format!("`{out}` is not a valid MQTT topic name"));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_matching_table() {
+        let cases = [
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/+", "a", false),
+            ("a/#", "a", true),
+            ("a/#", "a/b", true),
+            ("a/#", "a/b/c", true),
+            ("a/#", "ab", false),
+            ("#", "a/b/c", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("+", "a", true),
+            ("+", "a/b", false),
+            ("+/+", "/b", true),
+            ("factory/+/temp", "factory/line1/temp", true),
+            ("factory/+/temp", "factory/line1/humidity", false),
+            ("factory/+/temp", "factory/temp", false),
+            ("a/+/#", "a/b", true),
+            ("a/+/#", "a", false),
+            ("a/b/c", "a/b", false),
+            ("a//b", "a//b", true),
+        ];
+        for (filter, topic, expected) in cases {
+            assert_eq!(topic_matches(filter, topic), expected, "filter {filter} topic {topic}");
+        }
+    }
+
+    #[test]
+    fn filter_validation_table() {
+        for ok in ["a", "a/b", "+", "#", "a/+/b", "a/#", "+/+/#", "/a"] {
+            assert!(validate_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a#", "a/b+", "#/a", "a/+b"] {
+            assert!(validate_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn template_uses_topic_levels() {
+        let t = TopicTemplate::parse("/iot/factory-{1}-temp", "factory/+/temp").expect("parse");
+        assert_eq!(t.render("factory/line1/temp").expect("render"), "/iot/factory-line1-temp");
+        let whole = TopicTemplate::parse("/default/{topic}", "sensors/#").expect("parse");
+        assert_eq!(whole.render("sensors/a/b").expect("render"), "/default/sensors-a-b");
+    }
+
+    #[test]
+    fn template_sanitizes_and_rejects_missing_levels() {
+        let t = TopicTemplate::parse("/default/dev-{1}", "dev/#").expect("parse");
+        assert_eq!(t.render("dev/a b").expect("render"), "/default/dev-a_b");
+        assert!(t.render("dev").is_err(), "level 1 is absent");
+        assert!(t.render("dev//x").is_err(), "level 1 is empty");
+    }
+
+    #[test]
+    fn template_shape_is_checked_at_parse() {
+        assert!(TopicTemplate::parse("/iot", "a").is_err());
+        assert!(TopicTemplate::parse("/iot/{x}", "a").is_err());
+        assert!(TopicTemplate::parse("/iot/{3}", "a/+").is_err());
+        assert!(TopicTemplate::parse("/iot/{3}", "a/#").is_ok());
+        assert!(TopicTemplate::parse("/iot/a{", "a").is_err());
+    }
+
+    #[test]
+    fn first_matching_mapping_wins() {
+        let m = |filter: &str, topic: &str| Mapping {
+            filter: filter.into(),
+            topic: topic.into(),
+            qos: crate::config::Qos::AtLeastOnce,
+            format: crate::config::PayloadFormat::Any,
+        };
+        let router = Router::new(&[m("a/special", "/default/special"), m("a/#", "/default/all")]).expect("router");
+        assert_eq!(router.route("a/special").map(|r| r.mapping.topic.as_str()), Some("/default/special"));
+        assert_eq!(router.route("a/other").map(|r| r.mapping.topic.as_str()), Some("/default/all"));
+        assert!(router.route("b").is_none());
+    }
+
+    #[test]
+    fn outbound_template_renders_attributes_and_names() {
+        let t = OutboundTemplate::parse("devices/{attr:device}/{topic}/{key}").expect("parse");
+        let attrs = HashMap::from([("device".to_string(), "d7".to_string())]);
+        assert_eq!(t.render("/default/cmd", Some("k"), &attrs).expect("render"), "devices/d7/cmd/k");
+        assert!(t.render("/default/cmd", None, &attrs).is_err());
+        assert!(t.render("/default/cmd", Some("k"), &HashMap::new()).is_err());
+        assert!(OutboundTemplate::parse("a/#").is_err());
+        assert!(OutboundTemplate::parse("a/{nope}").is_err());
+        let bad_value = HashMap::from([("device".to_string(), "+".to_string())]);
+        assert!(t.render("/default/cmd", Some("k"), &bad_value).is_err());
+    }
+}

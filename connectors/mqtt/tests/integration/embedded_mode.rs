@@ -1,0 +1,42 @@
+//! Embedded mode: devices connect to the connector's own rumqttd broker.
+
+
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::common::{start_connector, wait_for_numbers, TestClient};
+use danube_connect_testkit::ports::free_port;
+use danube_dev_broker::EmbeddedBroker;
+use rumqttc::QoS;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_forwards_qos0_and_qos1_device_messages() {
+    let danube = EmbeddedBroker::start_default().await.expect("danube");
+    let port = free_port();
+    let env = HashMap::from([
+        ("DANUBE_SERVICE_URL".to_string(), danube.url()),
+        ("CONNECTOR_NAME".to_string(), "mqtt-embedded".to_string()),
+        ("MQTT_MODE".to_string(), "embedded".to_string()),
+        ("MQTT_EMBEDDED__LISTEN".to_string(), format!("127.0.0.1:{port}")),
+        (
+            "MQTT_MAPPINGS".to_string(),
+            r#"[{filter="plant/+/power", topic="/default/power-{1}"}, {filter="plant/#", topic="/default/plant"}]"#.to_string(),
+        ),
+    ]);
+    let _connector = start_connector(&env).await;
+
+    let mut device = TestClient::connect(port, "device-embedded");
+    device.publish_many(40, QoS::AtLeastOnce, |i| ("plant/p1/power".to_string(), i.to_string().into_bytes())).await;
+    device.publish_many(40, QoS::AtMostOnce, |i| ("plant/p2/other".to_string(), i.to_string().into_bytes())).await;
+
+    let power = wait_for_numbers(&danube, "/default/power-p1", 40, Duration::from_secs(20)).await;
+    assert_eq!(power.len(), 40, "QoS 1 messages on the first mapping");
+    let plant = wait_for_numbers(&danube, "/default/plant", 40, Duration::from_secs(20)).await;
+    assert_eq!(plant.len(), 40, "QoS 0 messages on the second mapping");
+    let stored = danube.messages("/default/power-p1");
+    let order: Vec<usize> = stored.iter().map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap()).collect();
+    assert_eq!(order, (0..40).collect::<Vec<_>>(), "one device topic stays in order");
+    assert_eq!(stored[0].attributes.get("mqtt.topic").map(String::as_str), Some("plant/p1/power"));
+    assert_eq!(stored[0].routing_key.as_deref(), Some("plant/p1/power"));
+}

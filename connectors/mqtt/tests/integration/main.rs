@@ -1,0 +1,8 @@
+//! Integration tests of `danube-mqtt` against a real Mosquitto, the embedded rumqttd and
+//! the in-process Danube broker.
+
+mod client_mode;
+mod common;
+mod embedded_mode;
+mod outbound;
+mod security;

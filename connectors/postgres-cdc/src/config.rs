@@ -1,0 +1,310 @@
+//! The `[connector]` section of the PostgreSQL CDC connector (env prefix `POSTGRES_CDC_`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::Secret;
+use serde::{Deserialize, Serialize};
+
+/// TLS mode of both PostgreSQL connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS without certificate verification.
+    Require,
+    /// TLS, certificate checked against `tls_ca` (or the web roots).
+    VerifyCa,
+    /// TLS, certificate and host name checked.
+    VerifyFull,
+}
+
+/// Whether to read the existing rows before streaming changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// When the slot is created: read every captured table (consistent with the slot), then stream.
+    #[default]
+    Initial,
+    /// Never read existing rows; stream changes only.
+    Never,
+    /// Read the tables once (when the slot is created) and stop; no streaming.
+    InitialOnly,
+}
+
+/// `[connector]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresCdcConfig {
+    /// Connection URL `postgres://user:password@host:port/database` (overrides the discrete fields it sets).
+    pub url: Option<Secret>,
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Database to capture.
+    pub database: String,
+    /// User with the REPLICATION attribute (and SELECT on the captured tables).
+    pub user: String,
+    /// Password (string, `{ env = "VAR" }` or `{ file = "/path" }`).
+    pub password: Option<Secret>,
+    /// TLS mode: `disable`, `require`, `verify_ca`, `verify_full`.
+    pub tls: TlsMode,
+    /// CA certificate (PEM) for `verify_ca` / `verify_full`.
+    pub tls_ca: Option<PathBuf>,
+    /// Logical replication slot (created with `pgoutput` when missing).
+    pub slot: String,
+    /// Publication (created when missing, for `tables` or all tables).
+    pub publication: String,
+    /// Tables to capture as `schema.table` (or `table` for `public`); empty = all tables.
+    pub tables: Vec<String>,
+    /// Create the slot when it does not exist.
+    pub create_slot: bool,
+    /// Create the publication when it does not exist.
+    pub create_publication: bool,
+    /// Initial snapshot: `initial`, `never`, `initial_only`.
+    pub snapshot: SnapshotMode,
+    /// Rows fetched per round trip while snapshotting.
+    pub snapshot_chunk_size: usize,
+    /// Topic per table: a template with `{schema}` and `{table}`, or one fixed topic.
+    pub topic: String,
+    /// Also publish `BEGIN`/`COMMIT` boundary records to this topic.
+    pub transaction_topic: Option<String>,
+    /// How often the acknowledged position is reported to PostgreSQL.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// Heartbeat: an idle replication connection wakes up and reports its position this often,
+    /// so the slot advances while the captured tables are quiet.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long startup waits for a slot held by another session (e.g. a crashed
+    /// predecessor whose connection the server has not noticed yet) before failing.
+    #[serde(with = "humantime_serde")]
+    pub slot_wait: Duration,
+    /// Most records returned by one poll.
+    pub max_batch: usize,
+    /// Decoded records buffered between the replication stream and Danube.
+    pub buffer: usize,
+}
+
+impl Default for PostgresCdcConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "postgres".into(),
+            user: "postgres".into(),
+            password: None,
+            tls: TlsMode::Disable,
+            tls_ca: None,
+            slot: "danube_cdc".into(),
+            publication: "danube_cdc".into(),
+            tables: Vec::new(),
+            create_slot: true,
+            create_publication: true,
+            snapshot: SnapshotMode::Initial,
+            snapshot_chunk_size: 5000,
+            topic: "/default/{schema}.{table}".into(),
+            transaction_topic: None,
+            status_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(10),
+            slot_wait: Duration::from_secs(15),
+            max_batch: 1000,
+            buffer: 8192,
+        }
+    }
+}
+
+/// Connection settings after applying `url` over the discrete fields.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password (empty if none).
+    pub password: Secret,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// CA certificate for the verifying modes.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl PostgresCdcConfig {
+    /// The effective connection settings.
+    pub fn connection(&self) -> Result<Connection, ConfigError> {
+        let mut conn = Connection {
+            host: self.host.clone(),
+            port: self.port,
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: self.password.clone().unwrap_or_else(|| Secret::new("")),
+            tls: self.tls,
+            tls_ca: self.tls_ca.clone(),
+        };
+        if let Some(url) = &self.url {
+            let parsed: tokio_postgres::Config = url.expose().parse().map_err(|_| {
+                ConfigError::invalid("connector.url", "must be postgres://user:password@host:port/database")
+            })?;
+            if let Some(tokio_postgres::config::Host::Tcp(host)) = parsed.get_hosts().first() {
+                conn.host = host.clone();
+            }
+            if let Some(port) = parsed.get_ports().first() {
+                conn.port = *port;
+            }
+            if let Some(db) = parsed.get_dbname() {
+                conn.database = db.to_string();
+            }
+            if let Some(user) = parsed.get_user() {
+                conn.user = user.to_string();
+            }
+            if let Some(password) = parsed.get_password() {
+                conn.password = Secret::new(String::from_utf8_lossy(password).into_owned());
+            }
+            if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require && conn.tls == TlsMode::Disable {
+                conn.tls = TlsMode::Require;
+            }
+        }
+        Ok(conn)
+    }
+
+    /// The topic for a table.
+    pub fn topic_for(&self, schema: &str, table: &str) -> String {
+        self.topic.replace("{schema}", schema).replace("{table}", table)
+    }
+
+    /// The configured tables as `(schema, table)`.
+    pub fn table_list(&self) -> Vec<(String, String)> {
+        self.tables
+            .iter()
+            .map(|t| match t.split_once('.') {
+                Some((s, n)) => (s.to_string(), n.to_string()),
+                None => ("public".to_string(), t.clone()),
+            })
+            .collect()
+    }
+}
+
+fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl Validate for PostgresCdcConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let conn = self.connection()?;
+        if conn.host.is_empty() {
+            return Err(ConfigError::invalid("connector.host", "must not be empty"));
+        }
+        if conn.port == 0 {
+            return Err(ConfigError::invalid("connector.port", "must be 1-65535"));
+        }
+        if conn.database.is_empty() {
+            return Err(ConfigError::invalid("connector.database", "must not be empty"));
+        }
+        if conn.user.is_empty() {
+            return Err(ConfigError::invalid("connector.user", "must not be empty"));
+        }
+        if !valid_identifier(&self.slot) {
+            return Err(ConfigError::invalid("connector.slot", format!("`{}` must be 1-63 of [a-z0-9_]", self.slot)));
+        }
+        if !valid_identifier(&self.publication) {
+            return Err(ConfigError::invalid(
+                "connector.publication",
+                format!("`{}` must be 1-63 of [a-z0-9_]", self.publication),
+            ));
+        }
+        for (i, table) in self.tables.iter().enumerate() {
+            let parts: Vec<&str> = table.split('.').collect();
+            let ok = (1..=2).contains(&parts.len())
+                && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("connector.tables[{i}]"),
+                    format!("`{table}` must be `schema.table` or `table`"),
+                ));
+            }
+        }
+        validate_topic("connector.topic", &self.topic_for("schema", "table"))?;
+        if let Some(topic) = &self.transaction_topic {
+            validate_topic("connector.transaction_topic", topic)?;
+        }
+        if matches!(self.tls, TlsMode::VerifyCa | TlsMode::VerifyFull) {
+            if let Some(ca) = &self.tls_ca {
+                if !ca.is_file() {
+                    return Err(ConfigError::invalid("connector.tls_ca", format!("{} is not a file", ca.display())));
+                }
+            }
+        }
+        if self.snapshot_chunk_size == 0 {
+            return Err(ConfigError::invalid("connector.snapshot_chunk_size", "must be at least 1"));
+        }
+        if self.max_batch == 0 {
+            return Err(ConfigError::invalid("connector.max_batch", "must be at least 1"));
+        }
+        if self.buffer == 0 {
+            return Err(ConfigError::invalid("connector.buffer", "must be at least 1"));
+        }
+        if self.status_interval.is_zero() || self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::invalid("connector.status_interval", "intervals must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_overrides_discrete_fields() {
+        let config = PostgresCdcConfig {
+            url: Some(Secret::new("postgres://alice:s3cret@db.example:6543/shop")),
+            ..Default::default()
+        };
+        let conn = config.connection().expect("parses");
+        assert_eq!(
+            (conn.host.as_str(), conn.port, conn.database.as_str(), conn.user.as_str()),
+            ("db.example", 6543, "shop", "alice")
+        );
+        assert_eq!(conn.password.expose(), "s3cret");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases: Vec<(PostgresCdcConfig, &str)> = vec![
+            (PostgresCdcConfig { slot: "Bad-Slot".into(), ..Default::default() }, "connector.slot"),
+            (PostgresCdcConfig { publication: String::new(), ..Default::default() }, "connector.publication"),
+            (
+                PostgresCdcConfig { tables: vec!["ok".into(), "a.b.c".into()], ..Default::default() },
+                "connector.tables[1]",
+            ),
+            (PostgresCdcConfig { topic: "no-namespace".into(), ..Default::default() }, "connector.topic"),
+            (PostgresCdcConfig { max_batch: 0, ..Default::default() }, "connector.max_batch"),
+            (PostgresCdcConfig { url: Some(Secret::new("not a url ::")), ..Default::default() }, "connector.url"),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().expect_err("invalid");
+            assert!(err.to_string().contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn topic_template_expands_schema_and_table() {
+        let config = PostgresCdcConfig::default();
+        assert_eq!(config.topic_for("public", "users"), "/default/public.users");
+        assert_eq!(config.table_list(), Vec::<(String, String)>::new());
+        let config = PostgresCdcConfig { tables: vec!["users".into(), "sales.orders".into()], ..Default::default() };
+        assert_eq!(config.table_list()[0], ("public".into(), "users".into()));
+        assert_eq!(config.table_list()[1], ("sales".into(), "orders".into()));
+    }
+}

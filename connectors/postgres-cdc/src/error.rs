@@ -1,0 +1,74 @@
+//! Errors of the CDC source, classified into the runtime's taxonomy by [`CdcError::into_connector`].
+
+use danube_connect_core::ConnectorError;
+
+/// What went wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum CdcError {
+    /// A query on the regular connection failed.
+    #[error("{what}")]
+    Query {
+        /// What was being done.
+        what: String,
+        /// The driver error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The replication connection failed.
+    #[error("{what}")]
+    Replication {
+        /// What was being done.
+        what: String,
+        /// The replication client error.
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
+    /// A `pgoutput` message could not be decoded.
+    #[error("decoding a pgoutput message at {lsn}")]
+    Decode {
+        /// The LSN of the message.
+        lsn: String,
+        /// The decoder error.
+        #[source]
+        source: crate::pgoutput::DecodeError,
+    },
+    /// The server is not set up for this connector (wal_level, privileges, missing table,
+    /// slot in use): operator action needed.
+    #[error("{0}")]
+    Setup(String),
+    /// A record could not be serialized.
+    #[error("serialize record")]
+    Serialize(#[source] serde_json::Error),
+}
+
+impl CdcError {
+    /// Whether reconnecting may help (network, server restart).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Query { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            Self::Replication { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The runtime error kind: transient errors are retryable, the rest fatal.
+    pub fn into_connector(self) -> ConnectorError {
+        if self.is_transient() {
+            ConnectorError::retryable("postgres", self)
+        } else {
+            ConnectorError::fatal("postgres", self)
+        }
+    }
+}
+
+/// Shorthand for a query error with context.
+pub fn query(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CdcError {
+    let what = what.into();
+    move |source| CdcError::Query { what, source }
+}
+
+/// Shorthand for a replication error with context.
+pub fn replication(what: impl Into<String>) -> impl FnOnce(pgwire_replication::PgWireError) -> CdcError {
+    let what = what.into();
+    move |source| CdcError::Replication { what, source }
+}

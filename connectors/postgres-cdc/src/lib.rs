@@ -1,0 +1,25 @@
+//! PostgreSQL change data capture into Danube: logical replication with `pgoutput`.
+//!
+//! - [`config`]: the `[connector]` section;
+//! - [`setup`]: server checks, publication and slot;
+//! - [`pgoutput`]: the protocol decoder;
+//! - [`value`]: PostgreSQL text values to JSON;
+//! - [`change`]: row changes to records;
+//! - [`marks`]: which LSN may be confirmed given Danube's acks;
+//! - [`stream`]: the replication task (snapshot, stream, confirmed LSN);
+//! - [`tls`]: TLS for the query connection;
+//! - [`source`]: the [`SourceConnector`](danube_connect_core::SourceConnector).
+
+pub mod change;
+pub mod config;
+pub mod error;
+pub mod marks;
+pub mod pgoutput;
+pub mod setup;
+pub mod source;
+pub mod stream;
+pub mod tls;
+pub mod value;
+
+pub use config::PostgresCdcConfig;
+pub use source::PostgresCdcSource;

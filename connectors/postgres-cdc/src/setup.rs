@@ -1,0 +1,232 @@
+//! Server checks and the publication/slot lifecycle, over a regular connection.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use crate::config::{Connection, PostgresCdcConfig};
+use crate::error::{query, CdcError};
+
+/// Opens a regular (query) connection with ISO dates and UTC, driving it on a task.
+pub async fn connect(conn: &Connection) -> Result<Client, CdcError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&conn.host)
+        .port(conn.port)
+        .dbname(&conn.database)
+        .user(&conn.user)
+        .application_name("danube-postgres-cdc")
+        .options("-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3 -c intervalstyle=iso_8601")
+        .connect_timeout(Duration::from_secs(10));
+    if !conn.password.expose().is_empty() {
+        config.password(conn.password.expose());
+    }
+    let what = format!("connect to postgres at {}:{}/{}", conn.host, conn.port, conn.database);
+    let client = match crate::tls::client_config(conn.tls, conn.tls_ca.as_deref())? {
+        Some(tls) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, connection) =
+                config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await.map_err(query(what))?;
+            tokio::spawn(drive(connection));
+            client
+        }
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(query(what))?;
+            tokio::spawn(drive(connection));
+            client
+        }
+    };
+    Ok(client)
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(error) = connection.await {
+        warn!(error = %error, "postgres query connection closed");
+    }
+}
+
+/// The state of the configured slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Output plugin.
+    pub plugin: String,
+    /// PID of the session holding it, if active.
+    pub active_pid: Option<i32>,
+    /// Its confirmed flush LSN as text.
+    pub confirmed_flush: Option<String>,
+}
+
+/// Checks `wal_level`, the replication privilege and the listed tables; creates the
+/// publication when missing (and allowed).
+pub async fn prepare(client: &Client, config: &PostgresCdcConfig) -> Result<(), CdcError> {
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.map_err(query("SHOW wal_level"))?.get(0);
+    if wal_level != "logical" {
+        return Err(CdcError::Setup(format!(
+            "wal_level is `{wal_level}`, logical replication needs `wal_level = logical` in postgresql.conf (restart required)"
+        )));
+    }
+    let row = client
+        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(query("read role attributes"))?;
+    if !row.get::<_, bool>(0) {
+        return Err(CdcError::Setup(
+            "the user lacks the REPLICATION privilege: ALTER ROLE <user> WITH REPLICATION".to_string(),
+        ));
+    }
+    for (schema, table) in config.table_list() {
+        let exists: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(query("look up table"))?
+            .get(0);
+        if !exists {
+            return Err(CdcError::Setup(format!("table {schema}.{table} listed in connector.tables does not exist")));
+        }
+    }
+    let exists: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&config.publication])
+        .await
+        .map_err(query("look up publication"))?
+        .get(0);
+    if !exists {
+        if !config.create_publication {
+            return Err(CdcError::Setup(format!(
+                "publication {} does not exist and connector.create_publication is false",
+                config.publication
+            )));
+        }
+        let target = if config.tables.is_empty() {
+            "ALL TABLES".to_string()
+        } else {
+            let list: Vec<String> =
+                config.table_list().iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+            format!("TABLE {}", list.join(", "))
+        };
+        let sql = format!("CREATE PUBLICATION {} FOR {target}", quote_ident(&config.publication));
+        client.batch_execute(&sql).await.map_err(|source| match source.as_db_error() {
+            Some(db) if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+                CdcError::Setup(format!(
+                    "cannot create publication {}: {} (create it as an owner of the tables or a superuser)",
+                    config.publication,
+                    db.message()
+                ))
+            }
+            _ => CdcError::Query { what: format!("create publication {}", config.publication), source },
+        })?;
+        info!(publication = %config.publication, %target, "publication created");
+    }
+    Ok(())
+}
+
+/// The slot's state, or `None` when it does not exist. A slot with another plugin is an error.
+pub async fn slot(client: &Client, config: &PostgresCdcConfig) -> Result<Option<SlotInfo>, CdcError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin, active_pid, confirmed_flush_lsn::text, database FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.slot],
+        )
+        .await
+        .map_err(query("look up replication slot"))?;
+    let Some(row) = row else { return Ok(None) };
+    let info = SlotInfo {
+        plugin: row.get::<_, Option<String>>(0).unwrap_or_default(),
+        active_pid: row.get(1),
+        confirmed_flush: row.get(2),
+    };
+    if info.plugin != "pgoutput" {
+        return Err(CdcError::Setup(format!(
+            "replication slot {} uses plugin `{}`, not pgoutput",
+            config.slot, info.plugin
+        )));
+    }
+    Ok(Some(info))
+}
+
+/// Waits until nobody holds the slot (a crashed predecessor's session ends within seconds);
+/// an error naming the holder after `wait`.
+pub async fn wait_slot_free(client: &Client, config: &PostgresCdcConfig, wait: Duration) -> Result<(), CdcError> {
+    let started = std::time::Instant::now();
+    loop {
+        match slot(client, config).await? {
+            Some(SlotInfo { active_pid: Some(pid), .. }) => {
+                if started.elapsed() >= wait {
+                    return Err(CdcError::Setup(format!(
+                        "replication slot {} is active in another session (pid {pid}): another connector instance uses it",
+                        config.slot
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Drops the slot (used to restart an interrupted initial snapshot).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.map_err(query("drop replication slot"))?;
+    Ok(())
+}
+
+/// The tables the publication covers, as `(schema, table)`.
+pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<(String, String)>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await
+        .map_err(query("list publication tables"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Primary-key column names of a relation (empty without a primary key).
+pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(query("look up primary key"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Reads the snapshot-progress marker kept in the publication's comment.
+pub async fn snapshot_marker(client: &Client, config: &PostgresCdcConfig) -> Result<Option<String>, CdcError> {
+    let row = client
+        .query_opt(
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1",
+            &[&config.publication],
+        )
+        .await
+        .map_err(query("read publication comment"))?;
+    let comment: Option<String> = row.and_then(|r| r.get(0));
+    let prefix = format!("danube-cdc snapshot {}=", config.slot);
+    Ok(comment.and_then(|c| c.strip_prefix(&prefix).map(str::to_string)))
+}
+
+/// Writes the snapshot-progress marker (`pending` or `done`); a failure is logged, not fatal.
+pub async fn set_snapshot_marker(client: &Client, config: &PostgresCdcConfig, state: &str) {
+    let sql = format!(
+        "COMMENT ON PUBLICATION {} IS 'danube-cdc snapshot {}={state}'",
+        quote_ident(&config.publication),
+        config.slot
+    );
+    if let Err(error) = client.batch_execute(&sql).await {
+        warn!(error = %error, "cannot record snapshot progress on the publication; an interrupted snapshot will not be redone");
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

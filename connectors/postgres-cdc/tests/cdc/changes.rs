@@ -1,0 +1,147 @@
+//! Row changes: order per key, JSON per type, replica identity, TOAST, truncate.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{wait_payloads, Env};
+
+const TOPIC: &str = "/default/public.items";
+
+const TYPES_TABLE: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
+    CREATE TABLE items (
+        id int PRIMARY KEY, name text, small smallint, big bigint, price numeric(12,4), ok boolean,
+        ratio double precision, tags text[], nums int[], meta jsonb, doc json, at timestamptz,
+        local timestamp, day date, uid uuid, raw bytea, feeling mood, code varchar(8), note text
+    )";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_updates_deletes_arrive_in_order_per_key_with_typed_json() {
+    let env = Env::start().await;
+    env.pg.psql(TYPES_TABLE).unwrap();
+    let mut process =
+        env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "never"), ("POSTGRES_CDC_TABLES", "[\"public.items\"]")]).await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg
+        .psql(
+            "INSERT INTO items VALUES (1, 'Alice', 7, 9000000000, 12.3456, true, 1.5, '{a,\"b c\"}', '{1,NULL,3}', \
+             '{\"k\": [1, 2]}', '{\"j\": null}', '2024-01-02 03:04:05.123+00', '2024-01-02 03:04:05', '2024-01-02', \
+             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x0102ff', 'happy', 'abc', NULL);
+             INSERT INTO items (id, name) VALUES (2, 'Bob');",
+        )
+        .unwrap();
+    env.pg.psql("UPDATE items SET name = 'Alicia' WHERE id = 1").unwrap();
+    env.pg.psql("BEGIN; DELETE FROM items WHERE id = 2; INSERT INTO items (id, name) VALUES (3, 'Carol'); UPDATE items SET name = 'Caroline' WHERE id = 3; COMMIT").unwrap();
+    env.pg.psql("TRUNCATE items").unwrap();
+
+    let got = wait_payloads(&env, TOPIC, 7, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 7, "{got:#?}\n{}", process.log());
+    // Per key, changes keep their order (different keys may interleave across producers);
+    // TRUNCATE is a barrier: it comes after every earlier change.
+    let stored = env.broker.messages(TOPIC);
+    let per_key = |key: &str| -> Vec<String> {
+        stored
+            .iter()
+            .filter(|m| m.routing_key.as_deref() == Some(key))
+            .map(|m| m.attributes.get("op").cloned().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(per_key("1"), ["INSERT", "UPDATE"], "routing key is the primary key");
+    assert_eq!(per_key("2"), ["INSERT", "DELETE"]);
+    assert_eq!(per_key("3"), ["INSERT", "UPDATE"]);
+    assert_eq!(got[6]["op"], "TRUNCATE", "{got:#?}");
+    assert!(stored[6].routing_key.is_none());
+    let find = |op: &str, id: i64| -> &Value {
+        got.iter()
+            .find(|p| p["op"] == op && p["after"]["id"].clone().max_or(&p["before"]["id"]) == json!(id))
+            .unwrap_or_else(|| panic!("{op} {id} in {got:#?}"))
+    };
+    let first = find("INSERT", 1);
+    assert_eq!(first["schema"], "public");
+    assert_eq!(first["table"], "items");
+    assert_eq!(first["before"], Value::Null);
+    assert_eq!(
+        first["after"],
+        json!({
+            "id": 1, "name": "Alice", "small": 7, "big": 9_000_000_000i64, "price": "12.3456", "ok": true,
+            "ratio": 1.5, "tags": ["a", "b c"], "nums": [1, null, 3], "meta": {"k": [1, 2]}, "doc": {"j": null},
+            "at": "2024-01-02T03:04:05.123+00:00", "local": "2024-01-02T03:04:05", "day": "2024-01-02",
+            "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "raw": "AQL/", "feeling": "happy", "code": "abc", "note": null
+        })
+    );
+    assert!(first["xid"].as_u64().unwrap() > 0);
+    assert!(first["lsn"].as_str().unwrap().contains('/'));
+    assert!(first["commit_ts"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(find("UPDATE", 1)["after"]["name"], "Alicia");
+    // Default replica identity: a delete carries the key only.
+    let (delete, insert, update) = (find("DELETE", 2), find("INSERT", 3), find("UPDATE", 3));
+    assert_eq!(delete["before"], json!({"id": 2}));
+    // One transaction: same commit_lsn and xid, increasing seq.
+    assert_eq!(delete["commit_lsn"], update["commit_lsn"]);
+    assert_eq!(delete["xid"], insert["xid"]);
+    assert_eq!((delete["seq"].as_u64(), insert["seq"].as_u64(), update["seq"].as_u64()), (Some(0), Some(1), Some(2)));
+    let insert_1 = stored.iter().find(|m| m.routing_key.as_deref() == Some("1")).unwrap();
+    assert_eq!(insert_1.attributes.get("op").map(String::as_str), Some("INSERT"));
+    assert_eq!(insert_1.attributes.get("table").map(String::as_str), Some("public.items"));
+    assert!(insert_1.attributes.contains_key("lsn"));
+    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", process.log());
+}
+
+trait MaxOr {
+    fn max_or(self, other: &Value) -> Value;
+}
+
+impl MaxOr for Value {
+    fn max_or(self, other: &Value) -> Value {
+        if self.is_null() {
+            other.clone()
+        } else {
+            self
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identity_full_sends_old_rows_and_unchanged_toast_is_marked() {
+    let env = Env::start().await;
+    env.pg
+        .psql(
+            "CREATE TABLE full_t (id int PRIMARY KEY, name text, blob text);
+             ALTER TABLE full_t REPLICA IDENTITY FULL;
+             CREATE TABLE dflt (id int PRIMARY KEY, name text, blob text);
+             ALTER TABLE dflt ALTER COLUMN blob SET STORAGE EXTERNAL;",
+        )
+        .unwrap();
+    let mut process =
+        env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "never"), ("POSTGRES_CDC_TOPIC", "/default/{table}")]).await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg
+        .psql(
+            "INSERT INTO full_t VALUES (1, 'a', 'x');
+             UPDATE full_t SET name = 'b' WHERE id = 1;
+             DELETE FROM full_t WHERE id = 1;
+             INSERT INTO dflt VALUES (1, 'a', repeat('0123456789', 1000));
+             UPDATE dflt SET name = 'b' WHERE id = 1;",
+        )
+        .unwrap();
+    let full = wait_payloads(&env, "/default/full_t", 3, Duration::from_secs(30)).await;
+    assert_eq!(full.len(), 3, "{}", process.log());
+    assert_eq!(full[1]["before"], json!({"id": 1, "name": "a", "blob": "x"}), "FULL: whole old row on update");
+    assert_eq!(full[1]["after"], json!({"id": 1, "name": "b", "blob": "x"}));
+    assert_eq!(full[2]["before"], json!({"id": 1, "name": "b", "blob": "x"}), "FULL: whole old row on delete");
+    assert_eq!(
+        env.broker.messages("/default/full_t")[1].routing_key.as_deref(),
+        Some("1"),
+        "key stays the primary key"
+    );
+
+    let dflt = wait_payloads(&env, "/default/dflt", 2, Duration::from_secs(30)).await;
+    assert_eq!(dflt.len(), 2, "{}", process.log());
+    assert_eq!(dflt[0]["after"]["blob"].as_str().map(str::len), Some(10_000));
+    assert_eq!(dflt[1]["before"], Value::Null, "default identity, key unchanged: no old row");
+    assert_eq!(dflt[1]["after"], json!({"id": 1, "name": "b"}), "unchanged TOAST value is not shown as null");
+    assert_eq!(dflt[1]["unchanged_toast"], json!(["blob"]));
+    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", process.log());
+}

@@ -1,0 +1,100 @@
+//! Shared harness: PostgreSQL + broker + the connector binary.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use danube_connect_testkit::postgres::Postgres;
+use danube_connect_testkit::process::ConnectorProcess;
+use danube_dev_broker::EmbeddedBroker;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
+
+/// A private PostgreSQL and a broker.
+pub struct Env {
+    pub pg: Postgres,
+    pub broker: EmbeddedBroker,
+}
+
+impl Env {
+    pub async fn start() -> Self {
+        let pg = Postgres::start().expect("postgres (scripts/test.sh installs it)");
+        let broker = EmbeddedBroker::start_default().await.expect("broker");
+        Self { pg, broker }
+    }
+
+    /// Environment of the connector binary, plus `extra`.
+    pub fn connector_env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut env = HashMap::from([
+            ("DANUBE_SERVICE_URL".to_string(), self.broker.url()),
+            ("CONNECTOR_NAME".to_string(), "pgcdc".to_string()),
+            ("POSTGRES_CDC_URL".to_string(), self.pg.url()),
+            ("POSTGRES_CDC_STATUS_INTERVAL".to_string(), "200ms".to_string()),
+            ("POSTGRES_CDC_HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
+        ]);
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        env
+    }
+
+    /// Starts the connector and waits until it is ready.
+    pub async fn spawn(&self, extra: &[(&str, &str)]) -> ConnectorProcess {
+        let mut process = ConnectorProcess::spawn(Path::new(BIN), &self.connector_env(extra)).expect("spawn connector");
+        process.wait_ready(Duration::from_secs(60)).await.expect("connector ready");
+        process
+    }
+
+    /// Waits until the slot is streaming (held by a walsender).
+    pub async fn wait_streaming(&self, slot: &str, process: &ConnectorProcess) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let active = self
+                .pg
+                .psql(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+                .unwrap_or_default();
+            if active == "t" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("slot {slot} never became active: {}", process.log());
+    }
+
+    /// JSON payloads stored on `topic`, in order.
+    pub fn payloads(&self, topic: &str) -> Vec<Value> {
+        self.broker.messages(topic).iter().map(|m| serde_json::from_slice(&m.payload).expect("JSON payload")).collect()
+    }
+
+    /// A tokio-postgres client to the private cluster.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.pg.url(), tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The slot's confirmed flush LSN as a number.
+    pub fn confirmed_flush(&self, slot: &str) -> u64 {
+        let text = self
+            .pg
+            .psql(&format!(
+                "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .expect("slot query");
+        text.parse().unwrap_or(0)
+    }
+}
+
+/// Parses `X/Y` LSN text.
+pub fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').expect("lsn form");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+}
+
+/// Waits until `topic` holds `count` messages; returns them as JSON.
+pub async fn wait_payloads(env: &Env, topic: &str, count: usize, timeout: Duration) -> Vec<Value> {
+    env.broker.wait_for_messages(topic, count, timeout).await;
+    env.payloads(topic)
+}

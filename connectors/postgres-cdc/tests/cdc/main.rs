@@ -1,0 +1,10 @@
+//! Integration tests of the PostgreSQL CDC connector against a real PostgreSQL 15 (private
+//! cluster per test) and the in-process Danube broker.
+
+mod changes;
+mod common;
+mod decoder;
+mod lifecycle;
+mod setup_errors;
+mod snapshot;
+mod tls;

@@ -1,0 +1,139 @@
+//! The `main` every connector binary shares: arguments, config, logs, signals, exit code.
+//!
+//! ```no_run
+//! # use danube_connect_core::{cli, ConnectorError, SinkConnector, SinkRecord};
+//! # #[derive(Default, serde::Serialize, serde::Deserialize, Debug)] struct MyConfig {}
+//! # impl danube_connect_core::config::Validate for MyConfig {}
+//! # struct MySink;
+//! # #[async_trait::async_trait] impl SinkConnector for MySink {
+//! #   async fn process(&self, _: &SinkRecord) -> Result<(), ConnectorError> { Ok(()) } }
+//! fn main() -> std::process::ExitCode {
+//!     cli::run::<MyConfig, _, _>("my-sink", "MY_SINK", |config, runtime| async move {
+//!         let _ = config;
+//!         runtime.run_sink(MySink).await
+//!     })
+//! }
+//! ```
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{ConnectorConfig, LogConfig, LogFormat, Validate};
+use crate::error::{error_chain, RuntimeError};
+use crate::runtime::{RunReport, Runtime};
+
+/// Command-line arguments shared by every connector.
+#[derive(Debug, Parser)]
+#[command(version, about = "A Danube Connect connector. Configuration: --config FILE and/or environment variables.")]
+pub struct Args {
+    /// Configuration file (TOML, or YAML by extension).
+    #[arg(long, short, env = "CONNECTOR_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit 0, or 1 if invalid.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Installs the `tracing` subscriber (text or JSON, level from config or `RUST_LOG`).
+pub fn init_logging(config: &LogConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.level));
+    // Colours only on a terminal: files and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = match config.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+                _ = term.recv() => info!("SIGTERM received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}
+
+/// Parses arguments, loads and validates the config, starts the runtime and hands both to
+/// `run`. Exit codes: 0 clean, 1 bad config or startup failure, 2 fatal connector error,
+/// 3 shutdown deadline reached before the drain completed.
+pub fn run<C, F, Fut>(binary: &str, env_prefix: &str, run: F) -> ExitCode
+where
+    C: DeserializeOwned + Serialize + Default + Validate + std::fmt::Debug + Send + 'static,
+    F: FnOnce(ConnectorConfig<C>, Runtime) -> Fut,
+    Fut: Future<Output = Result<RunReport, RuntimeError>>,
+{
+    let args = Args::parse();
+    let config = match ConnectorConfig::<C>::load(args.config.as_deref(), env_prefix) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{binary}: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        println!("# {binary}: configuration is valid\n{}", config.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.runtime.log);
+    let tokio = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(tokio) => tokio,
+        Err(e) => {
+            eprintln!("{binary}: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = tokio.block_on(async move {
+        let shutdown = CancellationToken::new();
+        cancel_on_signals(shutdown.clone());
+        info!(binary, name = %config.runtime.name, "starting");
+        let runtime = match Runtime::start(config.runtime.clone(), shutdown).await {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                error!(error = %error_chain(&e), "startup failed");
+                return 1;
+            }
+        };
+        match run(config, runtime).await {
+            Ok(report) => {
+                if let Some(fatal) = &report.fatal {
+                    error!(error = %fatal.chain(), "stopped by a fatal error");
+                }
+                report.exit_code()
+            }
+            Err(e) => {
+                error!(error = %error_chain(&e), "connector failed");
+                1
+            }
+        }
+    });
+    tokio.shutdown_timeout(std::time::Duration::from_secs(1));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,89 @@
+//! Building the Danube client from config, with startup retries and a reachability probe.
+//!
+//! `DanubeClient::builder().build()` is lazy and a refused connection is not retried by the
+//! client, so the runtime retries the first connection itself until `danube.connect_timeout`.
+
+use std::time::{Duration, Instant};
+
+use danube_client::errors::DanubeError;
+use danube_client::DanubeClient;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::DanubeConfig;
+use crate::error::RuntimeError;
+
+/// Builds a client from config (TLS, mTLS, JWT or token file) without connecting.
+pub async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, RuntimeError> {
+    let mut builder = DanubeClient::builder().service_url(config.service_url.clone());
+    match (&config.tls_ca, &config.tls_cert, &config.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            builder = builder.with_mtls(ca, cert, key).map_err(RuntimeError::Client)?;
+        }
+        (Some(ca), _, _) => builder = builder.with_tls(ca).map_err(RuntimeError::Client)?,
+        _ => {}
+    }
+    if let Some(token) = &config.token {
+        builder = builder.with_token(token.expose());
+    }
+    if let Some(path) = config.token_file.clone() {
+        builder = builder.with_token_supplier(move || {
+            std::fs::read_to_string(&path).map(|t| t.trim().to_string()).unwrap_or_default()
+        });
+    }
+    builder.build().await.map_err(RuntimeError::Client)
+}
+
+/// Whether an error means the broker could not be reached (as opposed to a refusal).
+pub fn is_unreachable(error: &DanubeError) -> bool {
+    match error {
+        DanubeError::TonicTransportError(_) => true,
+        DanubeError::FromStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        DanubeError::Unrecoverable(text) => text.contains("not connected"),
+        _ => false,
+    }
+}
+
+/// One round trip to the broker: `true` if it answered (whatever it answered).
+pub async fn probe(client: &DanubeClient) -> bool {
+    let call = client.resolve_topic_broker("/default/__connector_readiness_probe");
+    match tokio::time::timeout(Duration::from_secs(3), call).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => !is_unreachable(&error),
+        Err(_) => false,
+    }
+}
+
+/// Waits until the broker answers, retrying with backoff until `config.connect_timeout`
+/// or cancellation.
+pub async fn wait_until_reachable(
+    client: &DanubeClient,
+    config: &DanubeConfig,
+    cancel: &CancellationToken,
+) -> Result<(), RuntimeError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if probe(client).await {
+            info!(url = %config.service_url, "connected to Danube");
+            return Ok(());
+        }
+        if started.elapsed() >= config.connect_timeout {
+            return Err(RuntimeError::Client(DanubeError::Unrecoverable(format!(
+                "broker {} unreachable for {:?}",
+                config.service_url, config.connect_timeout
+            ))));
+        }
+        warn!(url = %config.service_url, retry_in = ?delay, "Danube broker unreachable, retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => {
+                return Err(RuntimeError::Client(DanubeError::Unrecoverable("cancelled while connecting".into())));
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,128 @@
+//! The two traits a connector implements, and what the runtime hands them.
+//!
+//! **Pull sources** (Kafka, PostgreSQL CDC) implement [`SourceConnector::poll`] and
+//! [`SourceConnector::commit`]: the runtime publishes what `poll` returns and calls `commit`
+//! with the offsets of records Danube acked, in poll order.
+//!
+//! **Push sources** (HTTP, MQTT) keep the [`Publisher`] from [`SourceContext`] in
+//! `initialize`, start their server, and call [`Publisher::publish`] per request; it
+//! returns after Danube acked the record, so they answer their client after the ack.
+//! They leave `poll` at its default, which waits forever.
+//!
+//! **Sinks** implement [`SinkConnector::process`] (or `process_batch`); the runtime acks
+//! each record to Danube only after it returned `Ok`.
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ConnectorResult;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::record::{SinkRecord, SourceOffset, SourceRecord};
+
+/// What a source gets at start.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The connector instance name.
+    pub name: String,
+    /// Publishes records and waits for Danube's ack (for push sources).
+    pub publisher: Publisher,
+    /// Cancelled when the connector must stop taking in new data.
+    pub shutdown: CancellationToken,
+    /// Metrics registry shared with the runtime.
+    pub metrics: Metrics,
+    /// Readiness state; a source may mark parts of itself degraded.
+    pub health: Health,
+}
+
+/// What a sink gets at start.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The connector instance name.
+    pub name: String,
+    /// Publishes records (e.g. for a sink that also produces to Danube).
+    pub publisher: Publisher,
+    /// Cancelled when the connector must stop.
+    pub shutdown: CancellationToken,
+    /// Metrics registry shared with the runtime.
+    pub metrics: Metrics,
+    /// Readiness state.
+    pub health: Health,
+}
+
+/// Moves data from an outside system into Danube.
+#[async_trait]
+pub trait SourceConnector: Send + Sync + 'static {
+    /// Connects to the outside system; push sources start their server here.
+    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()>;
+
+    /// Returns the next records (an empty `Vec` when idle, after waiting a little).
+    ///
+    /// Return within about a second when idle so acked offsets are committed promptly.
+    /// At shutdown the future may be dropped: records not yet returned must still be
+    /// readable from the outside system later (they were not committed there).
+    /// Push sources keep the default, which never returns.
+    async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
+        std::future::pending().await
+    }
+
+    /// Commits offsets whose every record Danube acked (called in poll order).
+    async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {
+        let _ = offsets;
+        Ok(())
+    }
+
+    /// Stops intake and finishes in-flight work (push sources answer their pending
+    /// requests here); the publisher still works until this returns.
+    async fn shutdown(&mut self) -> ConnectorResult<()> {
+        Ok(())
+    }
+
+    /// Whether the connector can do its work (reported on `/readyz`).
+    async fn health_check(&self) -> ConnectorResult<()> {
+        Ok(())
+    }
+}
+
+/// Moves data from Danube into an outside system.
+#[async_trait]
+pub trait SinkConnector: Send + Sync + 'static {
+    /// Connects to the outside system.
+    async fn initialize(&mut self, ctx: SinkContext) -> ConnectorResult<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Writes one record. `Ok` means it is durable in the outside system.
+    async fn process(&self, record: &SinkRecord) -> ConnectorResult<()>;
+
+    /// Writes a batch; the default writes each record and reports the ones that failed
+    /// as [`ConnectorError::PartialBatch`](crate::ConnectorError::PartialBatch).
+    async fn process_batch(&self, records: &[SinkRecord]) -> ConnectorResult<()> {
+        if let [record] = records {
+            return self.process(record).await;
+        }
+        let mut failures = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            if let Err(error) = self.process(record).await {
+                failures.push((index, error));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::ConnectorError::PartialBatch { failures })
+        }
+    }
+
+    /// Flushes and closes connections; called after the last batch was handled.
+    async fn shutdown(&self) -> ConnectorResult<()> {
+        Ok(())
+    }
+
+    /// Whether the connector can do its work (reported on `/readyz`).
+    async fn health_check(&self) -> ConnectorResult<()> {
+        Ok(())
+    }
+}

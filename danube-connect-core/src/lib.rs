@@ -1,0 +1,42 @@
+//! # Danube Connect core
+//!
+//! The SDK every Danube connector is built on:
+//!
+//! - [`SourceConnector`] / [`SinkConnector`]: the traits a connector implements;
+//! - [`SourceRecord`] / [`SinkRecord`]: what flows in and out;
+//! - [`Runtime`]: owns the Danube client, publishes through a producer pool with per-key
+//!   order ([`Publisher`]), consumes with batching, retries with backoff, applies the
+//!   failure policy (dead-letter, nack or stop), serves metrics and health, and drains on
+//!   SIGTERM;
+//! - [`schema`]: topics bound to schema-registry subjects, validated on publish and
+//!   decoded for sinks;
+//! - [`config`]: file + environment layering with validation that names the field;
+//! - [`cli::run`]: the shared `main` of connector binaries.
+//!
+//! Delivery rule: a source's `commit` is called only for offsets whose every record Danube
+//! acked; a sink record is acked only after `process` returned `Ok` or it was dead-lettered.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod connector;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod ops;
+pub mod publisher;
+pub mod record;
+pub mod retry;
+pub mod runtime;
+pub mod schema;
+
+pub use config::{ConnectorConfig, RuntimeConfig, Secret};
+pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
+pub use error::{ConnectorError, ConnectorResult, PublishError, RuntimeError};
+pub use publisher::Publisher;
+pub use record::{SinkRecord, SourceOffset, SourceRecord};
+pub use runtime::{RunReport, Runtime};
+pub use schema::SchemaBinding;
+
+/// Re-exported so connectors implement the traits without a direct dependency.
+pub use async_trait::async_trait;

@@ -1,0 +1,104 @@
+//! Prometheus metrics shared by the runtime and connectors.
+//!
+//! Labels are bounded: `connector`, `topic` and `outcome` — never error text.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The runtime's metrics, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    connector: String,
+    /// Records taken in from the outside system (sources) or from Danube (sinks).
+    pub records_received: IntCounterVec,
+    /// Records published to Danube and acked by it.
+    pub records_published: IntCounterVec,
+    /// Records acked to Danube by a sink, or committed to the outside system by a source.
+    pub records_acked: IntCounterVec,
+    /// Records that failed (by outcome: `retryable`, `invalid`, `fatal`, `deferred`).
+    pub records_failed: IntCounterVec,
+    /// Retry attempts.
+    pub records_retried: IntCounterVec,
+    /// Records sent to the dead-letter topic.
+    pub records_dead_lettered: IntCounterVec,
+    /// Records handed back to the broker with a nack.
+    pub records_nacked: IntCounterVec,
+    /// Batch sizes handed to `process_batch`.
+    pub batch_size: HistogramVec,
+    /// Time from publish (Danube publish_time) to sink ack, seconds.
+    pub end_to_end_latency: HistogramVec,
+    /// Time of one operation (`publish`, `process`, `commit`), seconds.
+    pub operation_latency: HistogramVec,
+    /// Records in flight (published but not acked; received but not acked).
+    pub in_flight: IntGaugeVec,
+    /// Records waiting in buffers.
+    pub buffer_depth: IntGaugeVec,
+}
+
+impl Metrics {
+    /// A fresh registry for `connector`.
+    pub fn new(connector: &str) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["connector", "topic"]).expect("static metric definition");
+            registry.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("static metric definition");
+            registry.register(Box::new(h.clone())).expect("metric registered once");
+            h
+        };
+        let seconds = exponential_buckets(0.0005, 2.0, 16).expect("static buckets");
+        Self {
+            records_received: counter("connector_records_received_total", "Records taken in.", &["connector", "topic"]),
+            records_published: counter("connector_records_published_total", "Records acked by Danube.", &["connector", "topic"]),
+            records_acked: counter("connector_records_acked_total", "Records acked to Danube (sinks) or committed (sources).", &["connector", "topic"]),
+            records_failed: counter("connector_records_failed_total", "Failed records.", &["connector", "topic", "outcome"]),
+            records_retried: counter("connector_records_retried_total", "Retry attempts.", &["connector", "topic"]),
+            records_dead_lettered: counter("connector_records_dead_lettered_total", "Records sent to the dead-letter topic.", &["connector", "topic"]),
+            records_nacked: counter("connector_records_nacked_total", "Records nacked for redelivery.", &["connector", "topic"]),
+            batch_size: histogram("connector_batch_size", "Records per processed batch.", &["connector", "topic"], exponential_buckets(1.0, 2.0, 15).expect("static buckets")),
+            end_to_end_latency: histogram("connector_end_to_end_latency_seconds", "Publish to sink ack.", &["connector", "topic"], seconds.clone()),
+            operation_latency: histogram("connector_operation_latency_seconds", "Duration of one operation.", &["connector", "operation"], seconds),
+            in_flight: gauge("connector_in_flight_records", "Records in flight."),
+            buffer_depth: gauge("connector_buffer_depth", "Records waiting in buffers."),
+            registry,
+            connector: connector.to_string(),
+        }
+    }
+
+    /// The connector label value.
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    /// The registry, for connectors that add their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// All metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("connector", &self.connector).finish_non_exhaustive()
+    }
+}

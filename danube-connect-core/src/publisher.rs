@@ -1,0 +1,420 @@
+//! The acknowledged publish handle and the producer pool behind it.
+//!
+//! `danube-client`'s `Producer::send` allows one message in flight per producer. Each topic
+//! therefore gets a small pool of producers ("lanes"), each driven by its own task that
+//! sends its queue in order and retries on its own. Records with the same routing key
+//! always go to the same lane, so they stay in order; records without a key are spread
+//! round robin, so sends are pipelined across the pool.
+//!
+//! [`Publisher::publish`] returns only after Danube acked the record (or failed for good):
+//! a push source answers its client after that.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use danube_client::errors::DanubeError;
+use danube_client::{DanubeClient, Producer, ProducerOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::client::is_unreachable;
+use crate::config::SourceConfig;
+use crate::error::PublishError;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::record::SourceRecord;
+use crate::schema::TopicSchemas;
+
+const LANE_QUEUE: usize = 256;
+
+/// A record that could not be published, handed back with the reason.
+#[derive(Debug)]
+pub struct PublishFailure {
+    /// Why it failed.
+    pub error: PublishError,
+    /// The record, so the caller can dead-letter or retry it.
+    pub record: SourceRecord,
+}
+
+type Reply = oneshot::Sender<Result<(), PublishFailure>>;
+
+struct Job {
+    record: SourceRecord,
+    deadline: Option<Instant>,
+    reply: Reply,
+}
+
+/// Publishes records to Danube and reports the broker's ack. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: DanubeClient,
+    config: SourceConfig,
+    name: String,
+    metrics: Metrics,
+    health: Health,
+    pools: Mutex<HashMap<String, Arc<TopicPool>>>,
+    lane_tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+    abort: CancellationToken,
+    schemas: TopicSchemas,
+}
+
+struct TopicPool {
+    lanes: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
+    in_flight: prometheus::IntGauge,
+}
+
+/// Metric handles of one topic, resolved once (label lookups are not free per record).
+#[derive(Clone)]
+struct LaneMetrics {
+    in_flight: prometheus::IntGauge,
+    published: prometheus::IntCounter,
+    failed: prometheus::IntCounter,
+    retried: prometheus::IntCounter,
+    latency: prometheus::Histogram,
+}
+
+impl LaneMetrics {
+    fn new(metrics: &Metrics, topic: &str) -> Self {
+        let labels = [metrics.connector(), topic];
+        Self {
+            in_flight: metrics.in_flight.with_label_values(&labels),
+            published: metrics.records_published.with_label_values(&labels),
+            failed: metrics.records_failed.with_label_values(&[metrics.connector(), topic, "publish"]),
+            retried: metrics.records_retried.with_label_values(&labels),
+            latency: metrics.operation_latency.with_label_values(&[metrics.connector(), "publish"]),
+        }
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("name", &self.inner.name).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher over `client`; producers are created lazily per topic. Records to a topic
+    /// with a bound schema are validated first and its producers reference the schema.
+    pub fn new(
+        client: DanubeClient,
+        config: SourceConfig,
+        name: &str,
+        metrics: Metrics,
+        health: Health,
+        schemas: TopicSchemas,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                name: name.to_string(),
+                metrics,
+                health,
+                pools: Mutex::new(HashMap::new()),
+                lane_tasks: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+                abort: CancellationToken::new(),
+                schemas,
+            }),
+        }
+    }
+
+    /// Publishes one record and waits for Danube's ack, retrying transient failures
+    /// until `source.publish_timeout`.
+    pub async fn publish(&self, record: SourceRecord) -> Result<(), PublishError> {
+        let deadline = Instant::now() + self.inner.config.publish_timeout;
+        let rx = self.enqueue(record, Some(deadline)).await.map_err(|f| f.error)?;
+        wait_for_ack(rx).await.map_err(|f| f.error)
+    }
+
+    /// Publishes several records (pipelined across the pool, per-key order kept) and
+    /// waits until all are acked; the first failure is returned.
+    pub async fn publish_batch(&self, records: Vec<SourceRecord>) -> Result<(), PublishError> {
+        let deadline = Instant::now() + self.inner.config.publish_timeout;
+        let mut replies = Vec::with_capacity(records.len());
+        for record in records {
+            replies.push(self.enqueue(record, Some(deadline)).await.map_err(|f| f.error)?);
+        }
+        let mut first_error = None;
+        for rx in replies {
+            if let Err(failure) = wait_for_ack(rx).await {
+                first_error.get_or_insert(failure.error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Queues a record on its lane and returns the receiver of its outcome. Without a
+    /// deadline the lane retries transient failures until it is aborted.
+    pub(crate) async fn enqueue(
+        &self,
+        record: SourceRecord,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Result<(), PublishFailure>>, PublishFailure> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(PublishFailure { error: PublishError::Closed, record });
+        }
+        let mut record = record;
+        let prepared = self.inner.schemas.get(&record.topic).map(|bound| bound.prepare(&record.payload));
+        match prepared {
+            Some(Ok(Some(encoded))) => record.payload = encoded,
+            Some(Err(error)) => {
+                // Invalid records never reach a lane: answered at once, never retried.
+                let labels = [self.inner.metrics.connector(), record.topic.as_str(), "invalid"];
+                self.inner.metrics.records_failed.with_label_values(&labels).inc();
+                let (reply, rx) = oneshot::channel();
+                let error = PublishError::Invalid { topic: record.topic.clone(), message: error.to_string() };
+                let _ = reply.send(Err(PublishFailure { error, record }));
+                return Ok(rx);
+            }
+            Some(Ok(None)) | None => {}
+        }
+        let pool = self.pool(&record.topic);
+        let lane = match &record.routing_key {
+            Some(key) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut hasher);
+                (hasher.finish() as usize) % pool.lanes.len()
+            }
+            None => pool.next.fetch_add(1, Ordering::Relaxed) % pool.lanes.len(),
+        };
+        let (reply, rx) = oneshot::channel();
+        pool.in_flight.inc();
+        if let Err(mpsc::error::SendError(job)) = pool.lanes[lane].send(Job { record, deadline, reply }).await {
+            return Err(PublishFailure { error: PublishError::Closed, record: job.record });
+        }
+        Ok(rx)
+    }
+
+    /// Stops accepting records and waits until every queued record is acked or failed.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        if let Ok(mut pools) = self.inner.pools.lock() {
+            pools.clear();
+        }
+        let tasks: Vec<JoinHandle<()>> = match self.inner.lane_tasks.lock() {
+            Ok(mut tasks) => tasks.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Makes lanes give up retrying: queued records fail with [`PublishError::Closed`].
+    pub fn abort(&self) {
+        self.inner.abort.cancel();
+    }
+
+    fn pool(&self, topic: &str) -> Arc<TopicPool> {
+        let mut pools = match self.inner.pools.lock() {
+            Ok(pools) => pools,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(pool) = pools.get(topic) {
+            return pool.clone();
+        }
+        let size = self.inner.config.producers_per_topic;
+        let mut lanes = Vec::with_capacity(size);
+        let mut tasks = Vec::with_capacity(size);
+        let metrics = LaneMetrics::new(&self.inner.metrics, topic);
+        for index in 0..size {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            lanes.push(tx);
+            let lane = Lane {
+                inner: self.inner.clone(),
+                topic: topic.to_string(),
+                index,
+                producer: None,
+                metrics: metrics.clone(),
+            };
+            tasks.push(tokio::spawn(lane.run(rx)));
+        }
+        if let Ok(mut lane_tasks) = self.inner.lane_tasks.lock() {
+            lane_tasks.extend(tasks);
+        }
+        let pool = Arc::new(TopicPool { lanes, next: AtomicUsize::new(0), in_flight: metrics.in_flight });
+        pools.insert(topic.to_string(), pool.clone());
+        pool
+    }
+}
+
+pub(crate) async fn wait_for_ack(rx: oneshot::Receiver<Result<(), PublishFailure>>) -> Result<(), PublishFailure> {
+    match rx.await {
+        Ok(result) => result,
+        Err(_) => Err(PublishFailure {
+            error: PublishError::Closed,
+            record: SourceRecord::new(String::new(), Vec::new()),
+        }),
+    }
+}
+
+
+/// One producer and the task that sends its queue in order.
+struct Lane {
+    inner: Arc<Inner>,
+    topic: String,
+    index: usize,
+    producer: Option<Producer>,
+    metrics: LaneMetrics,
+}
+
+enum SendOutcome {
+    Acked,
+    Transient(DanubeError),
+    Rejected(DanubeError),
+}
+
+impl Lane {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.recv().await {
+            let started = Instant::now();
+            let result = self.publish(&job).await;
+            self.metrics.in_flight.dec();
+            let outcome = match result {
+                Ok(()) => {
+                    self.metrics.published.inc();
+                    self.metrics.latency.observe(started.elapsed().as_secs_f64());
+                    Ok(())
+                }
+                Err(error) => {
+                    self.metrics.failed.inc();
+                    Err(PublishFailure { error, record: job.record })
+                }
+            };
+            let _ = job.reply.send(outcome);
+        }
+        if let Some(producer) = self.producer.take() {
+            drop(producer);
+        }
+    }
+
+    async fn publish(&mut self, job: &Job) -> Result<(), PublishError> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            if let Some(deadline) = job.deadline {
+                if Instant::now() >= deadline {
+                    return Err(PublishError::Timeout {
+                        topic: self.topic.clone(),
+                        timeout: self.inner.config.publish_timeout,
+                    });
+                }
+            }
+            if self.inner.abort.is_cancelled() {
+                return Err(PublishError::Closed);
+            }
+            let error = match self.try_send(&job.record).await {
+                SendOutcome::Acked => {
+                    self.inner.health.set_broker_reachable(true);
+                    return Ok(());
+                }
+                SendOutcome::Rejected(source) => {
+                    return Err(PublishError::Rejected { topic: self.topic.clone(), source });
+                }
+                SendOutcome::Transient(error) => error,
+            };
+            if is_unreachable(&error) {
+                self.inner.health.set_broker_reachable(false);
+            }
+            warn!(topic = %self.topic, lane = self.index, error = %crate::error::error_chain(&error), retry_in = ?delay, "publish failed, retrying");
+            self.metrics.retried.inc();
+            let wait = match job.deadline {
+                Some(deadline) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(PublishError::Unavailable { topic: self.topic.clone(), source: error });
+                    }
+                    delay.min(remaining)
+                }
+                None => delay,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.inner.abort.cancelled() => return Err(PublishError::Closed),
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+            if job.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(PublishError::Unavailable { topic: self.topic.clone(), source: error });
+            }
+        }
+    }
+
+    async fn try_send(&mut self, record: &SourceRecord) -> SendOutcome {
+        if self.producer.is_none() {
+            match self.create_producer().await {
+                Ok(producer) => self.producer = Some(producer),
+                Err(error) => return classify(error),
+            }
+        }
+        let Some(producer) = self.producer.as_ref() else {
+            return SendOutcome::Transient(DanubeError::Unrecoverable("producer not created".into()));
+        };
+        let attributes = if record.attributes.is_empty() { None } else { Some(record.attributes.clone()) };
+        let payload = record.payload.to_vec();
+        let result = match &record.routing_key {
+            Some(key) => producer.send_with_key(payload, attributes, key).await,
+            None => producer.send(payload, attributes).await,
+        };
+        match result {
+            Ok(_) => SendOutcome::Acked,
+            Err(error) => {
+                let outcome = classify(error);
+                if matches!(outcome, SendOutcome::Transient(_)) {
+                    // The producer may be unknown to a restarted broker: build a new one.
+                    self.producer = None;
+                }
+                outcome
+            }
+        }
+    }
+
+    async fn create_producer(&self) -> Result<Producer, DanubeError> {
+        let name = format!("{}-{}-{:08x}", self.inner.name, self.index, rand::random::<u32>());
+        let mut builder = self
+            .inner
+            .client
+            .new_producer()
+            .with_topic(self.topic.clone())
+            .with_name(name)
+            .with_options(ProducerOptions::new(1, 50, 500));
+        if self.inner.config.reliable {
+            builder = builder.with_reliable_dispatch();
+        }
+        if let Some(bound) = self.inner.schemas.get(&self.topic) {
+            builder = builder.with_schema_version(bound.subject.clone(), bound.version);
+        }
+        let mut producer = builder.build()?;
+        producer.create().await?;
+        debug!(topic = %self.topic, lane = self.index, "producer created");
+        Ok(producer)
+    }
+}
+
+fn classify(error: DanubeError) -> SendOutcome {
+    match &error {
+        DanubeError::FromStatus(status) => match status.code() {
+            tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::OutOfRange
+            | tonic::Code::Unimplemented => SendOutcome::Rejected(error),
+            _ => SendOutcome::Transient(error),
+        },
+        DanubeError::SchemaError(_) | DanubeError::InvalidToken | DanubeError::UrlParseError(_) => {
+            SendOutcome::Rejected(error)
+        }
+        _ => SendOutcome::Transient(error),
+    }
+}

@@ -1,0 +1,67 @@
+//! Building dead-letter records: the original payload and attributes plus what failed.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::record::SourceRecord;
+
+/// Attribute names set on every dead-lettered record.
+pub mod attributes {
+    /// The error chain, one line.
+    pub const ERROR: &str = "dlq.error";
+    /// The error class (`invalid`, `retryable`, `rejected`, ...).
+    pub const ERROR_KIND: &str = "dlq.error_kind";
+    /// The connector instance name.
+    pub const CONNECTOR: &str = "dlq.connector";
+    /// The topic the record came from (sinks) or was meant for (sources).
+    pub const SOURCE_TOPIC: &str = "dlq.source_topic";
+    /// The record's offset in its source topic (sinks) or source system (sources).
+    pub const SOURCE_OFFSET: &str = "dlq.source_offset";
+    /// How many attempts were made.
+    pub const ATTEMPTS: &str = "dlq.attempts";
+    /// When it was dead-lettered, ms since the Unix epoch.
+    pub const FAILED_AT: &str = "dlq.failed_at";
+}
+
+/// What failed, for the dead-letter attributes.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    /// The error chain.
+    pub error: String,
+    /// The error class.
+    pub kind: &'a str,
+    /// The connector instance name.
+    pub connector: &'a str,
+    /// The source topic.
+    pub source_topic: &'a str,
+    /// The source offset, if any.
+    pub source_offset: Option<String>,
+    /// Attempts made.
+    pub attempts: usize,
+}
+
+/// A record for `dead_letter_topic` carrying `payload`, `original` attributes and the failure.
+pub fn dead_letter_record(
+    dead_letter_topic: &str,
+    payload: Bytes,
+    original: &HashMap<String, String>,
+    routing_key: Option<String>,
+    failure: &Failure<'_>,
+) -> SourceRecord {
+    let failed_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let mut record = SourceRecord::new(dead_letter_topic, payload)
+        .with_attributes(original.clone())
+        .with_attribute(attributes::ERROR, failure.error.clone())
+        .with_attribute(attributes::ERROR_KIND, failure.kind)
+        .with_attribute(attributes::CONNECTOR, failure.connector)
+        .with_attribute(attributes::SOURCE_TOPIC, failure.source_topic)
+        .with_attribute(attributes::ATTEMPTS, failure.attempts.to_string())
+        .with_attribute(attributes::FAILED_AT, failed_at.to_string());
+    if let Some(offset) = &failure.source_offset {
+        record = record.with_attribute(attributes::SOURCE_OFFSET, offset.clone());
+    }
+    record.routing_key = routing_key;
+    record
+}

@@ -1,0 +1,257 @@
+//! The runtime: owns the Danube client, runs sources and sinks, drains on shutdown.
+//!
+//! ```no_run
+//! # use danube_connect_core::{Runtime, RuntimeConfig, SourceConnector};
+//! # async fn demo(source: impl SourceConnector) -> Result<(), Box<dyn std::error::Error>> {
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let runtime = Runtime::start(RuntimeConfig::default(), shutdown.clone()).await?;
+//! let report = runtime.run_source(source).await?;
+//! std::process::exit(report.exit_code());
+//! # }
+//! ```
+
+pub mod dead_letter;
+mod sink;
+mod source;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use danube_client::DanubeClient;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::client::{build_client, probe, wait_until_reachable};
+use crate::config::RuntimeConfig;
+use crate::connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
+use crate::error::{ConnectorError, RuntimeError};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::ops;
+use crate::publisher::Publisher;
+use crate::schema::{SchemaCache, TopicSchemas};
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Whether every in-flight record was finished (acked, committed or dead-lettered)
+    /// before the shutdown deadline.
+    pub drained: bool,
+    /// The fatal error that stopped the connector, if any.
+    pub fatal: Option<ConnectorError>,
+}
+
+impl RunReport {
+    /// Process exit code: 0 clean, 2 stopped by a fatal error, 3 drain incomplete.
+    pub fn exit_code(&self) -> i32 {
+        if self.fatal.is_some() {
+            2
+        } else if !self.drained {
+            3
+        } else {
+            0
+        }
+    }
+}
+
+/// Records the first fatal error and stops the whole runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct Stopper {
+    token: CancellationToken,
+    fatal: Arc<Mutex<Option<ConnectorError>>>,
+}
+
+impl Stopper {
+    pub(crate) fn fail(&self, error: ConnectorError) {
+        error!(error = %error.chain(), "fatal connector error, stopping");
+        if let Ok(mut slot) = self.fatal.lock() {
+            slot.get_or_insert(error);
+        }
+        self.token.cancel();
+    }
+
+    fn take(&self) -> Option<ConnectorError> {
+        self.fatal.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// Shared pieces every runtime task needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    pub(crate) config: Arc<RuntimeConfig>,
+    pub(crate) client: DanubeClient,
+    pub(crate) publisher: Publisher,
+    pub(crate) metrics: Metrics,
+    pub(crate) health: Health,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stopper: Stopper,
+    /// Registry schemas for decoding sink records (None when `sink.decode_schemas` is off).
+    pub(crate) schema_cache: Option<Arc<SchemaCache>>,
+}
+
+/// A started runtime: connected to Danube, ops port serving.
+pub struct Runtime {
+    env: Env,
+    ops_addr: Option<SocketAddr>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("name", &self.env.config.name).field("ops_addr", &self.ops_addr).finish()
+    }
+}
+
+impl Runtime {
+    /// Starts the ops port, builds the client and waits (with backoff) until the broker
+    /// answers. `shutdown` stops the runtime when cancelled (the CLI wires it to signals).
+    pub async fn start(config: RuntimeConfig, shutdown: CancellationToken) -> Result<Self, RuntimeError> {
+        let config = Arc::new(config);
+        let metrics = Metrics::new(&config.name);
+        let health = Health::default();
+        let mut background = Vec::new();
+        let ops_addr = if config.ops.enabled {
+            let (addr, task) = ops::serve(config.ops.listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
+            info!(%addr, "ops port serving /metrics, /healthz, /readyz");
+            background.push(task);
+            Some(addr)
+        } else {
+            None
+        };
+        let client = build_client(&config.danube).await?;
+        wait_until_reachable(&client, &config.danube, &shutdown).await?;
+        health.set_broker_reachable(true);
+        let schemas = TopicSchemas::resolve(&client, &config.schemas).await?;
+        let publisher =
+            Publisher::new(client.clone(), config.source.clone(), &config.name, metrics.clone(), health.clone(), schemas);
+        let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(client.clone())));
+        let stopper = Stopper { token: shutdown.clone(), fatal: Arc::new(Mutex::new(None)) };
+        background.push(tokio::spawn(probe_broker(client.clone(), health.clone(), shutdown.clone())));
+        Ok(Self {
+            env: Env { config, client, publisher, metrics, health, shutdown, stopper, schema_cache },
+            ops_addr,
+            background,
+        })
+    }
+
+    /// The acknowledged publish handle.
+    pub fn publisher(&self) -> Publisher {
+        self.env.publisher.clone()
+    }
+
+    /// The Danube client (e.g. for the schema registry).
+    pub fn client(&self) -> &DanubeClient {
+        &self.env.client
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> Metrics {
+        self.env.metrics.clone()
+    }
+
+    /// Readiness state.
+    pub fn health(&self) -> Health {
+        self.env.health.clone()
+    }
+
+    /// The ops port's bound address (useful with port 0).
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
+    /// The token that stops the runtime.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.env.shutdown.clone()
+    }
+
+    /// Runs one source until shutdown, then drains.
+    pub async fn run_source<S: SourceConnector>(self, source: S) -> Result<RunReport, RuntimeError> {
+        self.run(vec![Box::new(source)], None).await
+    }
+
+    /// Runs one sink over `sink.topics` until shutdown, then drains.
+    pub async fn run_sink<K: SinkConnector>(self, sink: K) -> Result<RunReport, RuntimeError> {
+        self.run(Vec::new(), Some(Box::new(sink))).await
+    }
+
+    /// Runs any number of sources and at most one sink (e.g. a bridge in both directions).
+    pub async fn run(
+        self,
+        sources: Vec<Box<dyn SourceConnector>>,
+        sink: Option<Box<dyn SinkConnector>>,
+    ) -> Result<RunReport, RuntimeError> {
+        let env = self.env.clone();
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+
+        for (index, mut source) in sources.into_iter().enumerate() {
+            let ctx = SourceContext {
+                name: env.config.name.clone(),
+                publisher: env.publisher.clone(),
+                shutdown: env.shutdown.child_token(),
+                metrics: env.metrics.clone(),
+                health: env.health.clone(),
+            };
+            source.initialize(ctx).await?;
+            tasks.push(tokio::spawn(source::run_source_loop(env.clone(), index, source)));
+        }
+
+        let mut sink_handle = None;
+        if let Some(mut sink) = sink {
+            let ctx = SinkContext {
+                name: env.config.name.clone(),
+                publisher: env.publisher.clone(),
+                shutdown: env.shutdown.child_token(),
+                metrics: env.metrics.clone(),
+                health: env.health.clone(),
+            };
+            sink.initialize(ctx).await?;
+            let sink: Arc<dyn SinkConnector> = Arc::from(sink);
+            for (index, topic) in env.config.sink.topics.iter().enumerate() {
+                tasks.push(tokio::spawn(sink::run_topic(env.clone(), index, topic.clone(), sink.clone())));
+            }
+            tasks.push(tokio::spawn(sink::health_loop(env.clone(), sink.clone())));
+            sink_handle = Some(sink);
+        }
+        info!(name = %env.config.name, "connector running");
+
+        env.shutdown.cancelled().await;
+        info!(timeout = ?env.config.shutdown.timeout, "shutting down: draining in-flight work");
+
+        let drain = async {
+            for task in tasks {
+                if let Err(e) = task.await {
+                    warn!(error = %e, "runtime task ended abnormally");
+                }
+            }
+            if let Some(sink) = &sink_handle {
+                if let Err(e) = sink.shutdown().await {
+                    warn!(error = %e.chain(), "sink shutdown failed");
+                }
+            }
+            env.publisher.close().await;
+        };
+        let drained = tokio::time::timeout(env.config.shutdown.timeout, drain).await.is_ok();
+        if !drained {
+            warn!("shutdown deadline reached before the drain completed");
+            env.publisher.abort();
+        }
+        for task in self.background {
+            task.abort();
+        }
+        let fatal = env.stopper.take();
+        info!(drained, fatal = fatal.is_some(), "connector stopped");
+        Ok(RunReport { drained, fatal })
+    }
+}
+
+async fn probe_broker(client: DanubeClient, health: Health, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        health.set_broker_reachable(probe(&client).await);
+    }
+}

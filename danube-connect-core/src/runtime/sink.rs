@@ -1,0 +1,430 @@
+//! The sink side: one consumer per topic, lanes that batch and process, acks after `Ok`.
+//!
+//! Each configured topic has its own task, so a slow topic never stalls the others. A topic
+//! spreads its records over `sink.concurrency` lanes (same routing key → same lane with
+//! `ordering = "key"`); each lane gathers a batch up to `max_records` / `max_bytes` or until
+//! `linger` passes — the timer flushes even when no new message arrives, which matters
+//! because the broker hands out only `max_unacked_messages` (default 10) before it sees acks.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use danube_client::{Consumer, ConsumerOptions, SubType};
+use danube_core::message::StreamMessage;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::dead_letter::{dead_letter_record, Failure};
+use super::Env;
+use crate::config::{FailurePolicy, Ordering, SinkTopicConfig, SubscriptionType};
+use crate::connector::SinkConnector;
+use crate::error::ConnectorError;
+use crate::record::SinkRecord;
+use crate::retry::{RetryFailure, RetryPolicy};
+
+const LANE_QUEUE: usize = 64;
+
+/// Everything a lane needs to process and ack.
+struct Lane {
+    env: Env,
+    topic: String,
+    consumer: Arc<Mutex<Consumer>>,
+    connector: Arc<dyn SinkConnector>,
+    retry: RetryPolicy,
+}
+
+pub(super) async fn health_loop(env: Env, sink: Arc<dyn SinkConnector>) {
+    loop {
+        let problem = sink.health_check().await.err().map(|e| e.chain());
+        env.health.set_component("sink", problem);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = env.shutdown.cancelled() => return,
+        }
+    }
+}
+
+pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, connector: Arc<dyn SinkConnector>) {
+    let retry = RetryPolicy::new(env.config.retry.clone());
+    let mut reconnect_delays = retry.delays();
+    loop {
+        let Some(mut consumer) = subscribe(&env, index, &topic).await else { return };
+        let mut messages = match consumer.receive().await {
+            Ok(rx) => rx,
+            Err(error) => {
+                warn!(topic = %topic.topic, error = %crate::error::error_chain(&error), "receive failed, re-subscribing");
+                consumer.close().await;
+                continue;
+            }
+        };
+        info!(topic = %topic.topic, "consuming");
+        let consumer = Arc::new(Mutex::new(consumer));
+        let lanes = spawn_lanes(&env, &topic.topic, &consumer, &connector, &retry);
+        let senders: Vec<mpsc::Sender<StreamMessage>> = lanes.iter().map(|(tx, _)| tx.clone()).collect();
+        let round_robin = AtomicUsize::new(0);
+        let stopping = loop {
+            let message = tokio::select! {
+                biased;
+                _ = env.shutdown.cancelled() => break true,
+                message = messages.recv() => message,
+            };
+            let Some(message) = message else {
+                warn!(topic = %topic.topic, "message stream closed, re-subscribing");
+                break false;
+            };
+            reconnect_delays = retry.delays();
+            env.metrics.records_received.with_label_values(&[env.metrics.connector(), &topic.topic]).inc();
+            let lane = pick_lane(&env, &message, senders.len(), &round_robin);
+            if senders[lane].send(message).await.is_err() {
+                break env.shutdown.is_cancelled();
+            }
+        };
+        drop(senders);
+        // Lanes flush what they hold, process it and ack it before the consumer closes.
+        for (tx, task) in lanes {
+            drop(tx);
+            let _ = task.await;
+        }
+        consumer.lock().await.close().await;
+        if stopping {
+            return;
+        }
+        let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = env.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn pick_lane(env: &Env, message: &StreamMessage, lanes: usize, round_robin: &AtomicUsize) -> usize {
+    if lanes == 1 {
+        return 0;
+    }
+    match (&message.routing_key, env.config.sink.ordering) {
+        (Some(key), Ordering::Key) => {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            (hasher.finish() as usize) % lanes
+        }
+        _ => round_robin.fetch_add(1, AtomicOrdering::Relaxed) % lanes,
+    }
+}
+
+/// Subscribes, retrying with backoff while the broker or the topic is missing.
+async fn subscribe(env: &Env, index: usize, topic: &SinkTopicConfig) -> Option<Consumer> {
+    let retry = RetryPolicy::new(env.config.retry.clone());
+    let mut delays = retry.delays();
+    loop {
+        if env.shutdown.is_cancelled() {
+            return None;
+        }
+        let sub_type = match topic.subscription_type {
+            SubscriptionType::Exclusive => SubType::Exclusive,
+            SubscriptionType::Shared => SubType::Shared,
+            SubscriptionType::Failover => SubType::FailOver,
+            SubscriptionType::KeyShared => SubType::KeyShared,
+        };
+        let built = env
+            .client
+            .new_consumer()
+            .with_topic(topic.topic.clone())
+            .with_consumer_name(topic.consumer_name.clone().unwrap_or_else(|| format!("{}-{index}", env.config.name)))
+            .with_subscription(topic.subscription.clone().unwrap_or_else(|| env.config.name.clone()))
+            .with_subscription_type(sub_type)
+            .with_options(ConsumerOptions::new(3, 100, 1000))
+            .build();
+        let error = match built {
+            Ok(mut consumer) => match consumer.subscribe().await {
+                Ok(()) => return Some(consumer),
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        warn!(topic = %topic.topic, error = %crate::error::error_chain(&error), retry_in = ?delay, "subscribe failed, retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = env.shutdown.cancelled() => return None,
+        }
+    }
+}
+
+fn spawn_lanes(
+    env: &Env,
+    topic: &str,
+    consumer: &Arc<Mutex<Consumer>>,
+    connector: &Arc<dyn SinkConnector>,
+    retry: &RetryPolicy,
+) -> Vec<(mpsc::Sender<StreamMessage>, JoinHandle<()>)> {
+    (0..env.config.sink.concurrency)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            let lane = Lane {
+                env: env.clone(),
+                topic: topic.to_string(),
+                consumer: consumer.clone(),
+                connector: connector.clone(),
+                retry: retry.clone(),
+            };
+            (tx, tokio::spawn(lane.run(rx)))
+        })
+        .collect()
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::Receiver<StreamMessage>) {
+        let batch_config = self.env.config.sink.batch.clone();
+        let mut batch: Vec<StreamMessage> = Vec::new();
+        let mut bytes = 0usize;
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        loop {
+            let linger = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = rx.recv() => match message {
+                    Some(message) => {
+                        bytes += message.payload.len();
+                        batch.push(message);
+                        if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + batch_config.linger);
+                        }
+                        if batch.len() >= batch_config.max_records || bytes >= batch_config.max_bytes {
+                            self.flush(std::mem::take(&mut batch)).await;
+                            bytes = 0;
+                            flush_at = None;
+                        }
+                    }
+                    None => {
+                        if !batch.is_empty() {
+                            self.flush(std::mem::take(&mut batch)).await;
+                        }
+                        return;
+                    }
+                },
+                _ = linger => {
+                    self.flush(std::mem::take(&mut batch)).await;
+                    bytes = 0;
+                    flush_at = None;
+                }
+            }
+        }
+    }
+
+    fn labels(&self) -> [&str; 2] {
+        [self.env.metrics.connector(), self.topic.as_str()]
+    }
+
+    async fn flush(&self, messages: Vec<StreamMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        let records: Vec<SinkRecord> = messages.iter().map(|m| SinkRecord::from_message(m, &self.topic)).collect();
+        let (messages, records) = self.decode(messages, records).await;
+        if records.is_empty() {
+            return;
+        }
+        self.env.metrics.batch_size.with_label_values(&self.labels()).observe(records.len() as f64);
+        let started = Instant::now();
+        let result = self
+            .retry
+            .run(
+                |_| self.connector.process_batch(&records),
+                |error, attempt, delay| {
+                    self.env.metrics.records_retried.with_label_values(&self.labels()).inc();
+                    warn!(topic = %self.topic, attempt, retry_in = ?delay, error = %error.chain(), "process failed, retrying");
+                },
+            )
+            .await;
+        self.env
+            .metrics
+            .operation_latency
+            .with_label_values(&[self.env.metrics.connector(), "process"])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                for message in &messages {
+                    self.ack(message).await;
+                }
+            }
+            Err(RetryFailure { error: ConnectorError::PartialBatch { failures }, attempts }) => {
+                let mut failed: Vec<Option<ConnectorError>> = (0..messages.len()).map(|_| None).collect();
+                for (index, error) in failures {
+                    if let Some(slot) = failed.get_mut(index) {
+                        *slot = Some(error);
+                    }
+                }
+                for ((message, record), error) in messages.iter().zip(&records).zip(failed) {
+                    match error {
+                        None => self.ack(message).await,
+                        Some(error) if error.is_retryable() => self.retry_one(message, record).await,
+                        Some(error) => self.fail(message, record, error, attempts).await,
+                    }
+                }
+            }
+            Err(RetryFailure { error: ConnectorError::InvalidRecord { .. }, .. }) if records.len() > 1 => {
+                // The batch as a whole was refused: find the bad records one by one.
+                for (message, record) in messages.iter().zip(&records) {
+                    self.retry_one(message, record).await;
+                }
+            }
+            Err(RetryFailure { error, attempts }) => {
+                let error = Arc::new(error);
+                for (message, record) in messages.iter().zip(&records) {
+                    self.fail(message, record, clone_error(&error), attempts).await;
+                }
+            }
+        }
+    }
+
+    /// Decodes records carrying a `schema_id` (see [`crate::schema`]); a record that does not
+    /// decode follows the failure policy and leaves the batch.
+    async fn decode(&self, messages: Vec<StreamMessage>, records: Vec<SinkRecord>) -> (Vec<StreamMessage>, Vec<SinkRecord>) {
+        let Some(cache) = &self.env.schema_cache else { return (messages, records) };
+        if records.iter().all(|r| r.schema_id.is_none()) {
+            return (messages, records);
+        }
+        let mut kept = (Vec::with_capacity(messages.len()), Vec::with_capacity(records.len()));
+        for (message, mut record) in messages.into_iter().zip(records) {
+            let result = self
+                .retry
+                .run(
+                    |_| {
+                        let mut attempt = record.clone();
+                        async move { cache.decode(&mut attempt).await.map(|()| attempt.value) }
+                    },
+                    |error, attempt, delay| {
+                        warn!(topic = %self.topic, attempt, retry_in = ?delay, error = %error.chain(), "schema fetch failed, retrying");
+                    },
+                )
+                .await;
+            match result {
+                Ok(value) => {
+                    record.value = value;
+                    kept.0.push(message);
+                    kept.1.push(record);
+                }
+                Err(RetryFailure { error, attempts }) => self.fail(&message, &record, error, attempts).await,
+            }
+        }
+        kept
+    }
+
+    async fn retry_one(&self, message: &StreamMessage, record: &SinkRecord) {
+        let result = self
+            .retry
+            .run(
+                |_| self.connector.process(record),
+                |_, _, _| self.env.metrics.records_retried.with_label_values(&self.labels()).inc(),
+            )
+            .await;
+        match result {
+            Ok(()) => self.ack(message).await,
+            Err(RetryFailure { error, attempts }) => self.fail(message, record, error, attempts).await,
+        }
+    }
+
+    /// Applies the failure policy to one record that was not written.
+    async fn fail(&self, message: &StreamMessage, record: &SinkRecord, error: ConnectorError, attempts: usize) {
+        let metrics = &self.env.metrics;
+        metrics.records_failed.with_label_values(&[metrics.connector(), &self.topic, error.kind()]).inc();
+        let policy = self.env.config.failure.policy;
+        match (&error, policy) {
+            (ConnectorError::Fatal { .. }, _) => self.env.stopper.fail(error),
+            (ConnectorError::Defer { delay, .. }, _) => self.nack(message, *delay, error.kind()).await,
+            (_, FailurePolicy::Stop) => self.env.stopper.fail(error),
+            (_, FailurePolicy::Nack) => self.nack(message, self.env.config.failure.nack_delay, error.kind()).await,
+            (_, FailurePolicy::DeadLetter) => {
+                let dlq = dead_letter_record(
+                    &self.env.config.dead_letter_topic(),
+                    record.payload.clone(),
+                    &record.attributes,
+                    record.routing_key.clone(),
+                    &Failure {
+                        error: error.chain(),
+                        kind: error.kind(),
+                        connector: &self.env.config.name,
+                        source_topic: &self.topic,
+                        source_offset: Some(record.offset.to_string()),
+                        attempts,
+                    },
+                );
+                match self.env.publisher.publish(dlq).await {
+                    Ok(()) => {
+                        metrics.records_dead_lettered.with_label_values(&self.labels()).inc();
+                        self.ack(message).await;
+                    }
+                    Err(publish_error) => {
+                        warn!(topic = %self.topic, error = %crate::error::error_chain(&publish_error), "dead-letter publish failed; record handed back to the broker");
+                        self.nack(message, self.env.config.failure.nack_delay, "dead_letter_failed").await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, message: &StreamMessage) {
+        let metrics = &self.env.metrics;
+        let result = self.consumer.lock().await.ack(message).await;
+        match result {
+            Ok(()) => {
+                metrics.records_acked.with_label_values(&self.labels()).inc();
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                let latency = now.saturating_sub(message.publish_time) as f64 / 1000.0;
+                metrics.end_to_end_latency.with_label_values(&self.labels()).observe(latency);
+            }
+            // The record was written; the broker will redeliver it (at-least-once).
+            Err(error) => warn!(topic = %self.topic, error = %crate::error::error_chain(&error), "ack failed; the record may be redelivered"),
+        }
+    }
+
+    async fn nack(&self, message: &StreamMessage, delay: Duration, reason: &str) {
+        self.env.metrics.records_nacked.with_label_values(&self.labels()).inc();
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let result = self.consumer.lock().await.nack(message, Some(delay_ms), Some(reason.to_string())).await;
+        if let Err(error) = result {
+            debug!(topic = %self.topic, error = %crate::error::error_chain(&error), "nack failed; ack timeout will redeliver");
+        }
+    }
+}
+
+/// Errors are not `Clone` (they keep their source); the policy needs one per record.
+fn clone_error(error: &Arc<ConnectorError>) -> ConnectorError {
+    match error.as_ref() {
+        ConnectorError::Retryable { message, retry_after, .. } => ConnectorError::Retryable {
+            message: message.clone(),
+            retry_after: *retry_after,
+            source: Some(Box::new(SharedError(error.clone()))),
+        },
+        ConnectorError::InvalidRecord { message, .. } => {
+            ConnectorError::InvalidRecord { message: message.clone(), source: Some(Box::new(SharedError(error.clone()))) }
+        }
+        ConnectorError::Defer { delay, message } => ConnectorError::Defer { delay: *delay, message: message.clone() },
+        ConnectorError::Fatal { message, .. } => {
+            ConnectorError::Fatal { message: message.clone(), source: Some(Box::new(SharedError(error.clone()))) }
+        }
+        ConnectorError::PartialBatch { .. } => ConnectorError::fatal("partial batch", SharedError(error.clone())),
+    }
+}
+
+/// Lets one error be the source of several.
+#[derive(Debug)]
+struct SharedError(Arc<ConnectorError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(self.0.as_ref()) {
+            Some(source) => write!(f, "{}", crate::error::error_chain(source)),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for SharedError {}

@@ -1,0 +1,434 @@
+//! Schemas in the runtime: topics bound to registry subjects, validated on the way in and
+//! decoded on the way out.
+//!
+//! - **Sources**: each `[[schemas]]` binding ties a topic to a subject of the Danube schema
+//!   registry. At start the runtime registers the binding's definition file (a new version
+//!   when it changed; the registry refuses an incompatible change and the connector does not
+//!   start) or looks up an existing version. Every record published to the topic is validated
+//!   first: an invalid record never enters the topic, `publish` answers
+//!   [`PublishError::Invalid`](crate::PublishError::Invalid) (an HTTP source answers 400) and a
+//!   pull source's record follows the failure policy (dead-letter, `dlq.kind = invalid`). Its
+//!   producers reference the subject version, so each message carries `schema_id` /
+//!   `schema_version`.
+//! - **Sinks**: a record carrying `schema_id` is decoded with the registry's schema (fetched
+//!   once per id and version, then cached) into [`SinkRecord::value`](crate::SinkRecord::value)
+//!   before `process`; a record that does not decode follows the failure policy.
+//!
+//! The codecs themselves (JSON Schema, Avro, Protobuf, string, number, bytes) live in
+//! [`danube_connect_common::schema`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use danube_client::errors::DanubeError;
+use danube_client::{DanubeClient, SchemaType};
+use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaError, SchemaKind};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::config::{validate_topic, ConfigError, Validate};
+use crate::error::ConnectorError;
+use crate::record::SinkRecord;
+
+/// Binds a Danube topic to a schema-registry subject (`[[schemas]]` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaBinding {
+    /// The topic whose records use the schema (`/default/orders`).
+    pub topic: String,
+    /// The registry subject (`orders-value`).
+    pub subject: String,
+    /// The schema type: `json_schema`, `avro`, `protobuf`, `string`, `number` or `bytes`.
+    /// Required with `file`; otherwise taken from the registry.
+    #[serde(rename = "type", default)]
+    pub schema_type: Option<SchemaKind>,
+    /// A definition to register at start (a new version if it differs from the latest).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Use this existing version instead of the latest (only without `file`).
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// Validate each record before publishing (default true).
+    #[serde(default = "default_true")]
+    pub validate: bool,
+    /// What sources hand in: `wire` (default) — payloads already in the schema's encoding;
+    /// `json` — JSON payloads the runtime encodes into it (e.g. JSON webhooks into an Avro
+    /// topic), validating them on the way.
+    #[serde(default)]
+    pub input: PayloadInput,
+    /// Set the subject's compatibility mode before registering (`none`, `backward`,
+    /// `forward`, `full`); unset keeps the registry's.
+    #[serde(default)]
+    pub compatibility: Option<CompatibilityMode>,
+    /// Protobuf: the payload message's full name (default: the first message of the file).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The form in which a source hands payloads of a bound topic to the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadInput {
+    /// Already in the schema's wire encoding (Avro binary, Protobuf binary, JSON text, ...).
+    #[default]
+    Wire,
+    /// JSON, encoded into the schema's wire encoding before publishing.
+    Json,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl SchemaBinding {
+    /// A binding of `topic` to the latest version of `subject`.
+    pub fn new(topic: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            subject: subject.into(),
+            schema_type: None,
+            file: None,
+            version: None,
+            validate: true,
+            input: PayloadInput::Wire,
+            compatibility: None,
+            message: None,
+        }
+    }
+
+    /// Takes JSON payloads and encodes them into the schema's wire format.
+    pub fn with_json_input(mut self) -> Self {
+        self.input = PayloadInput::Json;
+        self
+    }
+
+    /// Registers the definition in `file`, of `schema_type`, at start.
+    pub fn with_file(mut self, schema_type: SchemaKind, file: impl Into<PathBuf>) -> Self {
+        self.schema_type = Some(schema_type);
+        self.file = Some(file.into());
+        self
+    }
+
+    /// Checks the binding (`field` is its path, e.g. `schemas[0]`), compiling its file.
+    pub fn check(&self, field: &str) -> Result<(), ConfigError> {
+        validate_topic(&format!("{field}.topic"), &self.topic)?;
+        if self.subject.trim().is_empty() {
+            return Err(ConfigError::invalid(format!("{field}.subject"), "must not be empty"));
+        }
+        match &self.file {
+            Some(_) if self.version.is_some() => Err(ConfigError::invalid(
+                format!("{field}.version"),
+                "set either `file` (register it) or `version` (use an existing one), not both",
+            )),
+            Some(_) => self.load_file(field).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads and compiles the definition file.
+    fn load_file(&self, field: &str) -> Result<Option<Schema>, ConfigError> {
+        let Some(path) = &self.file else { return Ok(None) };
+        let kind = self.schema_type.ok_or_else(|| {
+            ConfigError::invalid(format!("{field}.type"), "required with `file` (json_schema, avro, protobuf, ...)")
+        })?;
+        let definition = std::fs::read(path).map_err(|e| {
+            ConfigError::invalid(format!("{field}.file"), format!("cannot read {}: {e}", path.display()))
+        })?;
+        compile(kind, &definition, self.message.as_deref())
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(format!("{field}.file"), e.to_string()))
+    }
+}
+
+impl Validate for Vec<SchemaBinding> {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, binding) in self.iter().enumerate() {
+            binding.check(&format!("schemas[{i}]"))?;
+            if self[..i].iter().any(|b| b.topic == binding.topic) {
+                return Err(ConfigError::invalid(
+                    format!("schemas[{i}].topic"),
+                    format!("`{}` is bound twice", binding.topic),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn compile(kind: SchemaKind, definition: &[u8], message: Option<&str>) -> Result<Schema, SchemaError> {
+    match kind {
+        SchemaKind::Protobuf => Schema::compile_protobuf(definition, message),
+        other => Schema::compile(other, definition),
+    }
+}
+
+/// Why a schema binding could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaSetupError {
+    /// The definition file is unreadable or invalid.
+    #[error("schema for {topic}")]
+    Definition {
+        /// The bound topic.
+        topic: String,
+        /// What is wrong.
+        #[source]
+        source: ConfigError,
+    },
+    /// The registry refused or failed a call (e.g. an incompatible new version).
+    #[error("schema registry: {action} for subject {subject}")]
+    Registry {
+        /// What was being done.
+        action: &'static str,
+        /// The subject.
+        subject: String,
+        /// The client error.
+        #[source]
+        source: DanubeError,
+    },
+    /// The registry's definition does not compile here.
+    #[error("registry schema of subject {subject} version {version}")]
+    Compile {
+        /// The subject.
+        subject: String,
+        /// Its version.
+        version: u32,
+        /// The compile error.
+        #[source]
+        source: SchemaError,
+    },
+}
+
+/// A topic's resolved schema: what producers reference and records are validated against.
+#[derive(Debug, Clone)]
+pub struct BoundSchema {
+    /// The registry subject.
+    pub subject: String,
+    /// The registry's id of the subject.
+    pub schema_id: u64,
+    /// The version in use.
+    pub version: u32,
+    /// The compiled schema.
+    pub schema: Schema,
+    /// Whether records are validated before publishing.
+    pub validate: bool,
+    /// The form sources hand payloads in.
+    pub input: PayloadInput,
+}
+
+impl BoundSchema {
+    /// Prepares a payload for publishing: encodes JSON input into the wire format, or
+    /// validates wire input (when `validate` is on). Errors describe the violations.
+    pub fn prepare(&self, payload: &bytes::Bytes) -> Result<Option<bytes::Bytes>, SchemaError> {
+        match self.input {
+            PayloadInput::Json => {
+                let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| SchemaError::InvalidPayload {
+                    kind: self.schema.kind(),
+                    violations: danube_connect_common::schema::Violations::one("", format!("payload is not JSON: {e}")),
+                    source: None,
+                })?;
+                self.schema.encode_from_json(&value).map(|encoded| Some(encoded.into()))
+            }
+            PayloadInput::Wire if self.validate => self.schema.validate(payload).map(|()| None),
+            PayloadInput::Wire => Ok(None),
+        }
+    }
+}
+
+/// Resolved bindings by topic.
+#[derive(Debug, Clone, Default)]
+pub struct TopicSchemas {
+    by_topic: HashMap<String, BoundSchema>,
+}
+
+impl TopicSchemas {
+    /// Registers or looks up every binding in the registry.
+    pub async fn resolve(client: &DanubeClient, bindings: &[SchemaBinding]) -> Result<Self, SchemaSetupError> {
+        let mut by_topic = HashMap::new();
+        for (i, binding) in bindings.iter().enumerate() {
+            let bound = resolve_one(client, binding, &format!("schemas[{i}]")).await?;
+            info!(topic = %binding.topic, subject = %bound.subject, schema_id = bound.schema_id,
+                version = bound.version, "schema bound");
+            by_topic.insert(binding.topic.clone(), bound);
+        }
+        Ok(Self { by_topic })
+    }
+
+    /// The schema bound to `topic`, if any.
+    pub fn get(&self, topic: &str) -> Option<&BoundSchema> {
+        self.by_topic.get(topic)
+    }
+
+    /// Whether no topic is bound.
+    pub fn is_empty(&self) -> bool {
+        self.by_topic.is_empty()
+    }
+}
+
+async fn resolve_one(client: &DanubeClient, binding: &SchemaBinding, field: &str) -> Result<BoundSchema, SchemaSetupError> {
+    let registry = client.schema();
+    let subject = binding.subject.clone();
+    let registry_error = |action: &'static str| {
+        let subject = subject.clone();
+        move |source: DanubeError| SchemaSetupError::Registry { action, subject, source }
+    };
+    let local = binding
+        .load_file(field)
+        .map_err(|source| SchemaSetupError::Definition { topic: binding.topic.clone(), source })?;
+    if let Some(schema) = local {
+        let existing = registry.get_latest_schema(subject.clone()).await.ok();
+        if let (Some(mode), Some(_)) = (binding.compatibility, &existing) {
+            registry
+                .set_compatibility_mode(subject.clone(), client_mode(mode))
+                .await
+                .map_err(registry_error("set compatibility mode"))?;
+        }
+        let schema_id = registry
+            .register_schema(subject.clone())
+            .with_type(client_type(schema.kind()))
+            .with_schema_data(schema.definition().to_vec())
+            .execute()
+            .await
+            .map_err(registry_error("register"))?;
+        if let (Some(mode), None) = (binding.compatibility, &existing) {
+            registry
+                .set_compatibility_mode(subject.clone(), client_mode(mode))
+                .await
+                .map_err(registry_error("set compatibility mode"))?;
+        }
+        let version = matching_version(client, &subject, schema_id, schema.definition()).await?;
+        return Ok(BoundSchema { subject, schema_id, version, schema, validate: binding.validate, input: binding.input });
+    }
+    let latest = registry.get_latest_schema(subject.clone()).await.map_err(registry_error("look up latest"))?;
+    let info = match binding.version {
+        Some(version) if version != latest.version => registry
+            .get_schema_version(latest.schema_id, Some(version))
+            .await
+            .map_err(registry_error("look up version"))?,
+        _ => latest,
+    };
+    let kind = info
+        .schema_type
+        .parse::<SchemaKind>()
+        .map_err(|e| SchemaSetupError::Compile {
+            subject: subject.clone(),
+            version: info.version,
+            source: SchemaError::InvalidDefinition {
+                kind: SchemaKind::Bytes,
+                message: e.to_string(),
+                source: None,
+            },
+        })?;
+    let schema = compile(kind, &info.schema_definition, binding.message.as_deref()).map_err(|source| {
+        SchemaSetupError::Compile { subject: subject.clone(), version: info.version, source }
+    })?;
+    Ok(BoundSchema {
+        subject,
+        schema_id: info.schema_id,
+        version: info.version,
+        schema,
+        validate: binding.validate,
+        input: binding.input,
+    })
+}
+
+/// The version of `subject` whose definition is `definition` (registering an existing
+/// definition returns the subject id, not its version).
+async fn matching_version(
+    client: &DanubeClient,
+    subject: &str,
+    schema_id: u64,
+    definition: &[u8],
+) -> Result<u32, SchemaSetupError> {
+    let registry = client.schema();
+    let lookup = |source| SchemaSetupError::Registry { action: "look up version", subject: subject.to_string(), source };
+    let latest = registry.get_latest_schema(subject.to_string()).await.map_err(lookup)?;
+    if latest.schema_definition == definition {
+        return Ok(latest.version);
+    }
+    let versions = registry.list_versions(subject.to_string()).await.map_err(lookup)?;
+    for version in versions.into_iter().rev() {
+        let info = registry.get_schema_version(schema_id, Some(version)).await.map_err(lookup)?;
+        if info.schema_definition == definition {
+            return Ok(version);
+        }
+    }
+    Ok(latest.version)
+}
+
+fn client_type(kind: SchemaKind) -> SchemaType {
+    match kind {
+        SchemaKind::JsonSchema => SchemaType::JsonSchema,
+        SchemaKind::Avro => SchemaType::Avro,
+        SchemaKind::Protobuf => SchemaType::Protobuf,
+        SchemaKind::String => SchemaType::String,
+        SchemaKind::Number => SchemaType::Number,
+        SchemaKind::Bytes => SchemaType::Bytes,
+    }
+}
+
+fn client_mode(mode: CompatibilityMode) -> danube_client::CompatibilityMode {
+    match mode {
+        CompatibilityMode::None => danube_client::CompatibilityMode::None,
+        CompatibilityMode::Backward => danube_client::CompatibilityMode::Backward,
+        CompatibilityMode::Forward => danube_client::CompatibilityMode::Forward,
+        CompatibilityMode::Full => danube_client::CompatibilityMode::Full,
+    }
+}
+
+/// Registry schemas by id and version, fetched once and cached (sink side).
+pub struct SchemaCache {
+    client: DanubeClient,
+    schemas: Mutex<HashMap<(u64, Option<u32>), Schema>>,
+}
+
+impl std::fmt::Debug for SchemaCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaCache").finish_non_exhaustive()
+    }
+}
+
+impl SchemaCache {
+    /// An empty cache over `client`'s registry.
+    pub fn new(client: DanubeClient) -> Self {
+        Self { client, schemas: Mutex::new(HashMap::new()) }
+    }
+
+    /// The schema of `schema_id` at `version` (latest when `None`), from the cache or the
+    /// registry. A registry failure is retryable; a definition that does not compile is not.
+    pub async fn get(&self, schema_id: u64, version: Option<u32>) -> Result<Schema, ConnectorError> {
+        if let Some(schema) = self.lock().get(&(schema_id, version)) {
+            return Ok(schema.clone());
+        }
+        let info = self
+            .client
+            .schema()
+            .get_schema_version(schema_id, version)
+            .await
+            .map_err(|e| ConnectorError::retryable(format!("fetch schema {schema_id} from the registry"), e))?;
+        let schema = Schema::from_registry(&info.schema_type, &info.schema_definition).map_err(|e| {
+            ConnectorError::invalid(format!("schema {schema_id} version {} does not compile", info.version), e)
+        })?;
+        self.lock().insert((schema_id, version), schema.clone());
+        Ok(schema)
+    }
+
+    /// Decodes `record` with its schema into [`SinkRecord::value`]; records without a
+    /// `schema_id` are left as they are.
+    pub async fn decode(&self, record: &mut SinkRecord) -> Result<(), ConnectorError> {
+        let Some(schema_id) = record.schema_id else { return Ok(()) };
+        let schema = self.get(schema_id, record.schema_version).await?;
+        let value = schema.decode_to_json(&record.payload).map_err(|e| {
+            ConnectorError::invalid(format!("payload does not decode with schema {schema_id}"), e)
+        })?;
+        record.value = Some(value);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, Option<u32>), Schema>> {
+        match self.schemas.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Shared pieces of the runtime integration tests: configs, test sources and sinks.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use danube_connect_core::config::{RetryConfig, RuntimeConfig, SinkTopicConfig};
+use danube_connect_core::{
+    async_trait, ConnectorError, ConnectorResult, Runtime, SinkConnector, SinkRecord, SourceConnector,
+    SourceContext, SourceOffset, SourceRecord,
+};
+use tokio_util::sync::CancellationToken;
+
+/// A runtime config pointing at `url`, with fast retries and an ephemeral ops port.
+pub fn runtime_config(name: &str, url: &str) -> RuntimeConfig {
+    let mut config = RuntimeConfig { name: name.to_string(), ..RuntimeConfig::default() };
+    config.danube.service_url = url.to_string();
+    config.danube.connect_timeout = Duration::from_secs(30);
+    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    config.retry = RetryConfig {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        max_elapsed: Duration::from_secs(10),
+        ..RetryConfig::default()
+    };
+    config.shutdown.timeout = Duration::from_secs(20);
+    config
+}
+
+/// A sink config over `topics` with default subscription settings.
+pub fn with_topics(mut config: RuntimeConfig, topics: &[&str]) -> RuntimeConfig {
+    config.sink.topics = topics.iter().map(|t| SinkTopicConfig::new(*t)).collect();
+    config
+}
+
+/// Starts a runtime and runs `source` in the background; returns the shutdown token and
+/// the join handle of the run.
+pub async fn spawn_source<S: SourceConnector>(
+    config: RuntimeConfig,
+    source: S,
+) -> (CancellationToken, tokio::task::JoinHandle<danube_connect_core::RunReport>) {
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime starts");
+    let handle = tokio::spawn(async move { runtime.run_source(source).await.expect("run") });
+    (token, handle)
+}
+
+/// Starts a runtime and runs `sink` in the background.
+pub async fn spawn_sink<K: SinkConnector>(
+    config: RuntimeConfig,
+    sink: K,
+) -> (CancellationToken, tokio::task::JoinHandle<danube_connect_core::RunReport>) {
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime starts");
+    let handle = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
+    (token, handle)
+}
+
+/// An assertion run at each commit.
+pub type CommitCheck = Box<dyn Fn(&[SourceOffset]) + Send + Sync>;
+
+/// A pull source that hands out prepared batches, then idles; records every commit.
+pub struct ScriptedSource {
+    batches: VecDeque<Vec<SourceRecord>>,
+    /// Every offset passed to `commit`, in call order.
+    pub commits: Arc<Mutex<Vec<SourceOffset>>>,
+    /// Called at each commit with the offsets, before they are recorded (assertions).
+    pub on_commit: Option<CommitCheck>,
+}
+
+impl ScriptedSource {
+    /// A source that returns `batches` one per poll.
+    pub fn new(batches: Vec<Vec<SourceRecord>>) -> Self {
+        Self { batches: batches.into(), commits: Arc::default(), on_commit: None }
+    }
+}
+
+#[async_trait]
+impl SourceConnector for ScriptedSource {
+    async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
+        match self.batches.pop_front() {
+            Some(batch) => Ok(batch),
+            None => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {
+        if let Some(check) = &self.on_commit {
+            check(&offsets);
+        }
+        self.commits.lock().expect("lock").extend(offsets);
+        Ok(())
+    }
+}
+
+/// What a [`RecordingSink`] does with each record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Accept every record.
+    Accept,
+    /// Fail with a retryable error this many times in total, then accept.
+    FailRetryable(usize),
+    /// Reject records whose payload is `bad` as invalid.
+    RejectBad,
+    /// Fail fatally.
+    Fatal,
+}
+
+/// A sink that records batches and accepted records.
+#[derive(Clone)]
+pub struct RecordingSink {
+    /// Batches as handed to `process_batch` (payloads).
+    pub batches: Arc<Mutex<Vec<Vec<String>>>>,
+    /// Accepted records in processing order.
+    pub accepted: Arc<Mutex<Vec<SinkRecord>>>,
+    /// Calls to `process_batch`.
+    pub calls: Arc<Mutex<usize>>,
+    behaviour: Behaviour,
+    failures_left: Arc<Mutex<usize>>,
+}
+
+impl RecordingSink {
+    /// A sink with `behaviour`.
+    pub fn new(behaviour: Behaviour) -> Self {
+        let failures = match behaviour {
+            Behaviour::FailRetryable(n) => n,
+            _ => 0,
+        };
+        Self {
+            batches: Arc::default(),
+            accepted: Arc::default(),
+            calls: Arc::default(),
+            behaviour,
+            failures_left: Arc::new(Mutex::new(failures)),
+        }
+    }
+
+    /// Payloads accepted so far.
+    pub fn accepted_payloads(&self) -> Vec<String> {
+        self.accepted
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl SinkConnector for RecordingSink {
+    async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
+        self.process_batch(std::slice::from_ref(record)).await
+    }
+
+    async fn process_batch(&self, records: &[SinkRecord]) -> ConnectorResult<()> {
+        *self.calls.lock().expect("lock") += 1;
+        self.batches
+            .lock()
+            .expect("lock")
+            .push(records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect());
+        match self.behaviour {
+            Behaviour::Fatal => return Err(ConnectorError::fatal_msg("sink broken")),
+            Behaviour::FailRetryable(_) => {
+                let mut left = self.failures_left.lock().expect("lock");
+                if *left > 0 {
+                    *left -= 1;
+                    return Err(ConnectorError::retryable_msg("outside system down"));
+                }
+            }
+            Behaviour::RejectBad => {
+                let failures: Vec<(usize, ConnectorError)> = records
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.payload.as_ref() == b"bad")
+                    .map(|(i, _)| (i, ConnectorError::invalid_msg("payload is bad")))
+                    .collect();
+                let mut accepted = self.accepted.lock().expect("lock");
+                for (i, r) in records.iter().enumerate() {
+                    if !failures.iter().any(|(f, _)| *f == i) {
+                        accepted.push(r.clone());
+                    }
+                }
+                return if failures.is_empty() { Ok(()) } else { Err(ConnectorError::PartialBatch { failures }) };
+            }
+            Behaviour::Accept => {}
+        }
+        self.accepted.lock().expect("lock").extend(records.iter().cloned());
+        Ok(())
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}

@@ -1,0 +1,214 @@
+//! Schemas through the runtime: bindings registered at start, records validated before they
+//! enter a topic (invalid ones dead-lettered or refused), sinks decoding by schema id, and
+//! schema evolution checked by the registry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::common::{eventually, runtime_config, spawn_sink, spawn_source, with_topics, Behaviour, RecordingSink, ScriptedSource};
+use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaKind};
+use danube_connect_core::{PublishError, Runtime, RuntimeError, SchemaBinding, SourceOffset, SourceRecord};
+use danube_dev_broker::EmbeddedBroker;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const ORDER_JSON_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["id", "amount"],
+  "properties": { "id": { "type": "string" }, "amount": { "type": "number" } }
+}"#;
+
+const ORDER_AVRO_V1: &str = r#"{"type":"record","name":"Order","fields":[
+  {"name":"id","type":"string"},{"name":"amount","type":"double"}]}"#;
+
+/// v1 plus an optional field with a default: backward compatible.
+const ORDER_AVRO_V2: &str = r#"{"type":"record","name":"Order","fields":[
+  {"name":"id","type":"string"},{"name":"amount","type":"double"},
+  {"name":"currency","type":"string","default":"EUR"}]}"#;
+
+/// v1 plus a required field without a default: not backward compatible.
+const ORDER_AVRO_BAD: &str = r#"{"type":"record","name":"Order","fields":[
+  {"name":"id","type":"string"},{"name":"amount","type":"double"},
+  {"name":"customer","type":"string"}]}"#;
+
+fn schema_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write schema");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_records_carry_the_schema_id_and_invalid_ones_are_dead_lettered() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = "/default/orders-json";
+    let mut config = runtime_config("jsonsrc", &broker.url());
+    config.schemas =
+        vec![SchemaBinding::new(topic, "orders-json").with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
+    let batch = vec![
+        SourceRecord::from_json(topic, &json!({"id": "a", "amount": 1.5})).expect("json").with_offset(SourceOffset::new("p", 0)),
+        SourceRecord::from_json(topic, &json!({"id": "b", "amount": "lots"})).expect("json").with_offset(SourceOffset::new("p", 1)),
+        SourceRecord::from_json(topic, &json!({"id": "c", "amount": 3})).expect("json").with_offset(SourceOffset::new("p", 2)),
+    ];
+    let source = ScriptedSource::new(vec![batch]);
+    let commits = source.commits.clone();
+    let (token, run) = spawn_source(config, source).await;
+
+    let stored = broker.wait_for_messages(topic, 2, Duration::from_secs(10)).await;
+    let ids: Vec<String> = stored.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    assert_eq!(stored.len(), 2, "only the valid records entered the topic: {ids:?}");
+    assert!(ids.iter().any(|p| p.contains("\"a\"")) && ids.iter().any(|p| p.contains("\"c\"")), "{ids:?}");
+    assert!(stored.iter().all(|m| m.schema_id.is_some() && m.schema_version == Some(1)), "schema id stamped");
+
+    let dead = broker.wait_for_messages("/default/jsonsrc-dlq", 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert!(String::from_utf8_lossy(&dead[0].payload).contains("lots"));
+    assert_eq!(dead[0].attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"));
+    let error = dead[0].attributes.get("dlq.error").cloned().unwrap_or_default();
+    assert!(error.contains("/amount"), "the error names the field: {error}");
+    // Dead-lettered counts as handled: every offset is committed.
+    assert!(eventually(Duration::from_secs(10), || commits.lock().expect("lock").contains(&SourceOffset::new("p", 2))).await);
+    token.cancel();
+    assert_eq!(run.await.expect("join").exit_code(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_publish_of_an_invalid_record_is_refused_with_the_validation_error() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = "/default/orders-push";
+    let mut config = runtime_config("pushsrc", &broker.url());
+    config.schemas =
+        vec![SchemaBinding::new(topic, "orders-push").with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
+    let runtime = Runtime::start(config, CancellationToken::new()).await.expect("runtime");
+    let publisher = runtime.publisher();
+    let invalid = SourceRecord::from_json(topic, &json!({"id": 7})).expect("json");
+    match publisher.publish(invalid).await {
+        Err(PublishError::Invalid { message, .. }) => assert!(message.contains("amount"), "{message}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    publisher.publish(SourceRecord::from_json(topic, &json!({"id": "x", "amount": 2})).expect("json")).await.expect("valid");
+    let stored = broker.wait_for_messages(topic, 1, Duration::from_secs(5)).await;
+    assert_eq!(stored.len(), 1);
+    assert!(String::from_utf8_lossy(&stored[0].payload).contains("\"x\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_records_are_decoded_by_schema_id_for_the_sink() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = "/default/orders-avro";
+    let avro = Schema::compile(SchemaKind::Avro, ORDER_AVRO_V1).expect("avro");
+
+    let mut config = runtime_config("avrosrc", &broker.url());
+    config.schemas = vec![SchemaBinding::new(topic, "orders-avro").with_file(SchemaKind::Avro, schema_file(&dir, "o.avsc", ORDER_AVRO_V1))];
+    let runtime = Runtime::start(config, CancellationToken::new()).await.expect("runtime");
+    let publisher = runtime.publisher();
+    let encode = |i: usize| avro.encode_from_json(&json!({"id": format!("o{i}"), "amount": i as f64})).expect("encode");
+    // The first publish creates the topic; a sink can only subscribe to an existing topic and
+    // a new subscription starts at its end.
+    publisher.publish(SourceRecord::new(topic, encode(0))).await.expect("publish");
+
+    let sink = RecordingSink::new(Behaviour::Accept);
+    let (sink_token, sink_run) = spawn_sink(with_topics(runtime_config("avrosink", &broker.url()), &[topic]), sink.clone()).await;
+    assert!(broker.wait_for_consumers(topic, "avrosink", 1, Duration::from_secs(20)).await, "sink subscribed");
+    for i in 1..=5 {
+        publisher.publish(SourceRecord::new(topic, encode(i))).await.expect("publish");
+    }
+    let refused = publisher.publish(SourceRecord::new(topic, b"not avro".to_vec())).await;
+    assert!(matches!(refused, Err(PublishError::Invalid { .. })), "{refused:?}");
+
+    let arrived = eventually(Duration::from_secs(20), || sink.accepted.lock().expect("lock").len() >= 5).await;
+    let dead = broker.messages("/default/avrosink-dlq");
+    assert!(arrived, "sink got {} records; dead-lettered: {:?}", sink.accepted.lock().expect("lock").len(),
+        dead.iter().map(|m| m.attributes.get("dlq.error").cloned()).collect::<Vec<_>>());
+    let accepted = sink.accepted.lock().expect("lock").clone();
+    for (i, record) in accepted.iter().enumerate() {
+        assert!(record.schema_id.is_some());
+        let value = record.json().expect("decoded");
+        assert_eq!(value["id"], json!(format!("o{}", i + 1)), "decoded value {value}");
+        assert_eq!(value["amount"], json!((i + 1) as f64));
+    }
+    sink_token.cancel();
+    sink_run.await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compatible_evolution_registers_a_new_version_and_an_incompatible_one_stops_the_start() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = "/default/orders-evolve";
+    let binding = |file: &str, text: &str| {
+        let mut b = SchemaBinding::new(topic, "orders-evolve").with_file(SchemaKind::Avro, schema_file(&dir, file, text));
+        b.compatibility = Some(CompatibilityMode::Backward);
+        b
+    };
+    let start = |binding: SchemaBinding| {
+        let mut config = runtime_config("evolve", &broker.url());
+        config.ops.enabled = false;
+        config.schemas = vec![binding];
+        Runtime::start(config, CancellationToken::new())
+    };
+
+    let v1 = start(binding("v1.avsc", ORDER_AVRO_V1)).await.expect("v1 registers");
+    let v1_schema = Schema::compile(SchemaKind::Avro, ORDER_AVRO_V1).expect("v1");
+    let payload = v1_schema.encode_from_json(&json!({"id": "old", "amount": 1.0})).expect("encode");
+    v1.publisher().publish(SourceRecord::new(topic, payload)).await.expect("v1 publish");
+    drop(v1);
+
+    let v2 = start(binding("v2.avsc", ORDER_AVRO_V2)).await.expect("a backward-compatible change is accepted");
+    let v2_schema = Schema::compile(SchemaKind::Avro, ORDER_AVRO_V2).expect("v2");
+    let payload = v2_schema.encode_from_json(&json!({"id": "new", "amount": 2.0, "currency": "USD"})).expect("encode");
+    v2.publisher().publish(SourceRecord::new(topic, payload)).await.expect("v2 publish");
+    let stored = broker.wait_for_messages(topic, 2, Duration::from_secs(5)).await;
+    assert_eq!(stored.iter().map(|m| m.schema_version).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
+    drop(v2);
+
+    match start(binding("bad.avsc", ORDER_AVRO_BAD)).await {
+        Err(RuntimeError::Schema(error)) => {
+            let chain = danube_connect_core::error::error_chain(&error);
+            assert!(chain.contains("orders-evolve"), "{chain}");
+        }
+        Err(other) => panic!("expected a schema error, got {other:?}"),
+        Ok(_) => panic!("an incompatible schema must not start"),
+    }
+}
+
+#[tokio::test]
+async fn a_binding_with_a_broken_definition_names_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = runtime_config("broken", "http://127.0.0.1:1");
+    config.schemas = vec![SchemaBinding::new("/default/x", "x").with_file(SchemaKind::Avro, schema_file(&dir, "x.avsc", "{not json"))];
+    let error = danube_connect_core::config::Validate::validate(&config).expect_err("invalid");
+    assert!(error.to_string().contains("schemas[0].file"), "{error}");
+    let mut config = runtime_config("broken", "http://127.0.0.1:1");
+    let mut binding = SchemaBinding::new("/default/x", "x");
+    binding.file = Some(dir.path().join("x.avsc"));
+    config.schemas = vec![binding];
+    let error = danube_connect_core::config::Validate::validate(&config).expect_err("type missing");
+    assert!(error.to_string().contains("schemas[0].type"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_input_is_encoded_into_the_avro_wire_format_before_publishing() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = "/default/orders-json-in";
+    let mut config = runtime_config("jsonin", &broker.url());
+    config.ops.enabled = false;
+    config.schemas =
+        vec![SchemaBinding::new(topic, "orders-json-in").with_file(SchemaKind::Avro, schema_file(&dir, "o.avsc", ORDER_AVRO_V1)).with_json_input()];
+    let runtime = Runtime::start(config, CancellationToken::new()).await.expect("runtime");
+    let publisher = runtime.publisher();
+    publisher.publish(SourceRecord::from_json(topic, &json!({"id": "j1", "amount": 9.5})).expect("json")).await.expect("publish");
+    let missing_field = publisher.publish(SourceRecord::from_json(topic, &json!({"id": "j2"})).expect("json")).await;
+    assert!(matches!(missing_field, Err(PublishError::Invalid { .. })), "{missing_field:?}");
+    let not_json = publisher.publish(SourceRecord::new(topic, b"{oops".to_vec())).await;
+    assert!(matches!(not_json, Err(PublishError::Invalid { .. })), "{not_json:?}");
+
+    let stored = broker.wait_for_messages(topic, 1, Duration::from_secs(5)).await;
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0].payload.first(), Some(&b'{'), "stored as Avro binary, not JSON");
+    let avro = Schema::compile(SchemaKind::Avro, ORDER_AVRO_V1).expect("avro");
+    assert_eq!(avro.decode_to_json(&stored[0].payload).expect("decodes"), json!({"id": "j1", "amount": 9.5}));
+}

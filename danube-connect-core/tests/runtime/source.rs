@@ -1,0 +1,226 @@
+//! Source side over real gRPC against the embedded broker: routing, key order, commits
+//! only after broker acks, retries, outages.
+
+
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{eventually, runtime_config, spawn_source, ScriptedSource};
+use danube_connect_core::{Runtime, SourceOffset, SourceRecord};
+use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
+use tokio_util::sync::CancellationToken;
+
+fn numbered(topic: &str, range: std::ops::Range<u64>) -> Vec<SourceRecord> {
+    range
+        .map(|i| {
+            SourceRecord::new(topic, format!("m{i}"))
+                .with_attribute("n", i.to_string())
+                .with_offset(SourceOffset::new("p", i))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_routed_to_their_own_topics() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let batch: Vec<SourceRecord> = (0..30u64)
+        .map(|i| {
+            let topic = format!("/default/route-{}", i % 3);
+            SourceRecord::new(topic, format!("{}", i)).with_offset(SourceOffset::new("p", i))
+        })
+        .collect();
+    let (token, run) = spawn_source(runtime_config("routing", &broker.url()), ScriptedSource::new(vec![batch])).await;
+    for t in 0..3 {
+        let topic = format!("/default/route-{t}");
+        let messages = broker.wait_for_messages(&topic, 10, Duration::from_secs(10)).await;
+        assert_eq!(messages.len(), 10, "topic {topic}");
+        for m in &messages {
+            let n: u64 = String::from_utf8_lossy(&m.payload).parse().expect("number");
+            assert_eq!(n % 3, t, "record {n} landed on {topic}");
+        }
+    }
+    token.cancel();
+    assert_eq!(run.await.expect("join").exit_code(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_with_one_key_keep_their_order_across_the_producer_pool() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/keys";
+    let mut batches = Vec::new();
+    for chunk in 0..10u64 {
+        batches.push(
+            (0..50u64)
+                .map(|j| {
+                    let i = chunk * 50 + j;
+                    SourceRecord::new(topic, format!("{}:{}", i % 7, i))
+                        .with_key(format!("k{}", i % 7))
+                        .with_offset(SourceOffset::new("p", i))
+                })
+                .collect(),
+        );
+    }
+    let mut config = runtime_config("keys", &broker.url());
+    config.source.producers_per_topic = 4;
+    let (token, run) = spawn_source(config, ScriptedSource::new(batches)).await;
+    let messages = broker.wait_for_messages(topic, 500, Duration::from_secs(20)).await;
+    assert_eq!(messages.len(), 500);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for m in &messages {
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let (key, n) = text.split_once(':').expect("key:n");
+        let n: u64 = n.parse().expect("n");
+        assert_eq!(m.routing_key.as_deref(), Some(format!("k{key}").as_str()));
+        if let Some(prev) = last.insert(key.to_string(), n) {
+            assert!(prev < n, "key {key}: {n} arrived after {prev}");
+        }
+    }
+    token.cancel();
+    run.await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_is_called_only_for_records_the_broker_has() {
+    let broker = Arc::new(EmbeddedBroker::start_default().await.expect("broker"));
+    let topic = "/default/commits";
+    let batches: Vec<Vec<SourceRecord>> = (0..10u64).map(|b| numbered(topic, b * 20..(b + 1) * 20)).collect();
+    let mut source = ScriptedSource::new(batches);
+    let seen = broker.clone();
+    source.on_commit = Some(Box::new(move |offsets: &[SourceOffset]| {
+        let stored: HashSet<String> = seen
+            .messages(topic)
+            .iter()
+            .filter_map(|m| m.attributes.get("n").cloned())
+            .collect();
+        for offset in offsets {
+            assert!(stored.contains(&offset.position.to_string()), "offset {} committed before the broker had it", offset.position);
+        }
+    }));
+    let commits = source.commits.clone();
+    broker.fail_next_sends(15);
+    let (token, run) = spawn_source(runtime_config("commits", &broker.url()), source).await;
+    assert!(eventually(Duration::from_secs(20), || commits.lock().expect("lock").len() == 200).await);
+    let committed: Vec<u64> = commits.lock().expect("lock").iter().map(|o| o.position).collect();
+    let mut sorted = committed.clone();
+    sorted.sort_unstable();
+    assert_eq!(committed, sorted, "commits follow poll order");
+    assert_eq!(committed, (0..200).collect::<Vec<_>>());
+    token.cancel();
+    run.await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sends_are_retried_and_nothing_is_dropped() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/retries";
+    broker.fail_next_sends(30);
+    let source = ScriptedSource::new(vec![numbered(topic, 0..100)]);
+    let commits = source.commits.clone();
+    let (token, run) = spawn_source(runtime_config("retries", &broker.url()), source).await;
+    assert!(eventually(Duration::from_secs(30), || commits.lock().expect("lock").len() == 100).await);
+    let stored: HashSet<String> = broker.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
+    for i in 0..100 {
+        assert!(stored.contains(&i.to_string()), "record {i} missing");
+    }
+    token.cancel();
+    run.await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_waits_for_a_broker_that_is_down_at_startup() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let url = format!("http://127.0.0.1:{port}");
+    let topic = "/default/late-broker";
+    let starter = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let config = BrokerConfig { listen: format!("127.0.0.1:{port}").parse().expect("addr"), ..BrokerConfig::default() };
+        EmbeddedBroker::start(config).await.expect("broker")
+    });
+    let source = ScriptedSource::new(vec![numbered(topic, 0..20)]);
+    let commits = source.commits.clone();
+    let (token, run) = spawn_source(runtime_config("late", &url), source).await;
+    let broker = starter.await.expect("join");
+    assert!(eventually(Duration::from_secs(20), || commits.lock().expect("lock").len() == 20).await);
+    assert_eq!(broker.messages(topic).len(), 20);
+    token.cancel();
+    run.await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/restart";
+    let batches: Vec<Vec<SourceRecord>> = (0..40u64).map(|b| numbered(topic, b * 10..(b + 1) * 10)).collect();
+    let source = ScriptedSource::new(batches);
+    let commits = source.commits.clone();
+    let (token, run) = spawn_source(runtime_config("restart", &broker.url()), source).await;
+    assert!(eventually(Duration::from_secs(10), || !commits.lock().expect("lock").is_empty()).await);
+    broker.stop().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    broker.restart().await.expect("restart");
+    assert!(
+        eventually(Duration::from_secs(40), || commits.lock().expect("lock").len() == 400).await,
+        "committed {}",
+        commits.lock().expect("lock").len()
+    );
+    let stored: HashSet<String> = broker.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
+    for i in 0..400 {
+        assert!(stored.contains(&i.to_string()), "record {i} missing after restart");
+    }
+    token.cancel();
+    run.await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_handle_returns_after_the_broker_ack_and_fails_while_it_is_away() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let mut config = runtime_config("push", &broker.url());
+    config.source.publish_timeout = Duration::from_millis(800);
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
+    let publisher = runtime.publisher();
+    publisher.publish(SourceRecord::new("/default/push", "one")).await.expect("published");
+    assert_eq!(broker.messages("/default/push").len(), 1, "publish returned before the broker had it");
+    publisher
+        .publish_batch(vec![SourceRecord::new("/default/push", "two"), SourceRecord::new("/default/push", "three")])
+        .await
+        .expect("batch");
+    assert_eq!(broker.messages("/default/push").len(), 3);
+
+    broker.stop().await;
+    let error = publisher.publish(SourceRecord::new("/default/push", "four")).await.expect_err("broker is away");
+    assert!(error.is_transient(), "{error}");
+    broker.restart().await.expect("restart");
+    let mut ok = false;
+    for _ in 0..50 {
+        if publisher.publish(SourceRecord::new("/default/push", "five")).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "publishing works again after the broker returns");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_port_serves_metrics_health_and_readiness() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(runtime_config("ops", &broker.url()), token.clone()).await.expect("runtime");
+    let addr = runtime.ops_addr().expect("ops enabled");
+    runtime.publisher().publish(SourceRecord::new("/default/ops", "x")).await.expect("publish");
+    let http = reqwest::Client::new();
+    let health = http.get(format!("http://{addr}/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
+    let ready = http.get(format!("http://{addr}/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let metrics = http.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("body");
+    assert!(
+        metrics.contains("connector_records_published_total{connector=\"ops\",topic=\"/default/ops\"} 1"),
+        "{metrics}"
+    );
+    token.cancel();
+}

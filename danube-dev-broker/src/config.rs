@@ -1,0 +1,84 @@
+//! Broker configuration.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default cap on unacknowledged messages per subscription (Danube's
+/// `dispatch.max_unacked_messages`).
+pub const DEFAULT_MAX_UNACKED: usize = 10;
+/// Default maximum payload size accepted by `SendMessage` (10 MB, as in Danube).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
+
+/// What happens to a message that was redelivered `max_redeliveries` times and
+/// still not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PoisonPolicy {
+    /// Keep the message unacknowledged and stop dispatching on the subscription
+    /// until it is acknowledged (Danube's default).
+    #[default]
+    Block,
+    /// Discard the message (it counts as settled, not as acknowledged).
+    Drop,
+    /// Append the message to the given dead-letter topic (created on demand in
+    /// the same broker, namespace created if needed) and settle it.
+    DeadLetter(String),
+}
+
+/// Configuration of an [`EmbeddedBroker`](crate::EmbeddedBroker).
+///
+/// All fields are public; build it with `BrokerConfig { field: .., ..Default::default() }`.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Address to listen on. Port 0 picks an ephemeral port (default `127.0.0.1:0`).
+    pub listen: SocketAddr,
+    /// When set, topics, messages, subscriptions, acknowledgements, schemas and
+    /// client registrations are appended to files in this directory and
+    /// reloaded at start.
+    pub data_dir: Option<PathBuf>,
+    /// Maximum unacknowledged messages outstanding per subscription on a
+    /// reliable topic (default 10).
+    pub max_unacked_messages: usize,
+    /// Time a delivered message may stay unacknowledged before it is scheduled
+    /// for redelivery (default 30 s).
+    pub ack_timeout: Duration,
+    /// Maximum number of redeliveries of one message before the poison policy
+    /// applies (default 5).
+    pub max_redeliveries: u32,
+    /// First redelivery delay; doubled on every further redelivery (default 1 s).
+    pub redelivery_base_delay: Duration,
+    /// Cap of the redelivery delay, also the cap of a nack's `delay_ms` (default 60 s).
+    pub redelivery_max_delay: Duration,
+    /// Policy for messages that exceeded `max_redeliveries` (default [`PoisonPolicy::Block`]).
+    pub poison_policy: PoisonPolicy,
+    /// Maximum payload size in bytes (default 10 MB).
+    pub max_message_size: usize,
+    /// Namespaces that exist at start (default `["default"]`).
+    pub namespaces: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            data_dir: None,
+            max_unacked_messages: DEFAULT_MAX_UNACKED,
+            ack_timeout: Duration::from_secs(30),
+            max_redeliveries: 5,
+            redelivery_base_delay: Duration::from_secs(1),
+            redelivery_max_delay: Duration::from_secs(60),
+            poison_policy: PoisonPolicy::Block,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            namespaces: vec!["default".to_string()],
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Delay before the `n`-th redelivery (1-based): `base * 2^(n-1)`, capped.
+    pub(crate) fn backoff(&self, redelivery: u32) -> Duration {
+        let exp = redelivery.saturating_sub(1).min(20);
+        let delay = self.redelivery_base_delay.saturating_mul(1u32 << exp);
+        delay.min(self.redelivery_max_delay)
+    }
+}

@@ -1,0 +1,90 @@
+//! # danube-dev-broker
+//!
+//! An in-process, Danube-compatible **development** broker for tests,
+//! examples and local trials. It is **not** a replacement for Danube: one
+//! process, no cluster, no authentication or TLS, no retention, no admin API,
+//! and persistence (when enabled) is a pair of append-only files.
+//!
+//! It serves the Danube wire protocol (`danube-core` 0.16) so that the real
+//! `danube-client` 0.16 talks to it unchanged:
+//! `ProducerService`, `ConsumerService`, `Discovery`, `HealthCheck` and
+//! `danube_schema.SchemaRegistry`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use danube_dev_broker::EmbeddedBroker;
+//! let broker = EmbeddedBroker::start_default().await?;
+//! // connect danube-client to broker.url() ...
+//! let stored = broker.messages("/default/orders");
+//! # let _ = stored; Ok(()) }
+//! ```
+//!
+//! ## Behaviour (follows the real broker)
+//! - Topics are `/namespace/topic`; a fresh broker has only the `default`
+//!   namespace. Producers auto-create topics; creation in a missing namespace
+//!   fails with `Unavailable("Unable to find the namespace ...")`.
+//! - `Discovery/TopicLookup` always answers `Connect` with this broker's URL;
+//!   `TopicPartitions` returns `[topic]`, the `-part-N` names of a partitioned
+//!   topic, or an empty list for an unknown topic.
+//! - `SendMessage` with an unknown producer id is `NotFound`. The topic's
+//!   dispatch strategy is the one of the producer that created it.
+//! - A new subscription starts at the end of the topic; subscriptions on
+//!   reliable topics are durable.
+//! - Reliable dispatch: at most `max_unacked_messages` (default 10)
+//!   unacknowledged messages per subscription; ack timeout (default 30 s)
+//!   then redelivery after an exponential delay from 1 s up to 60 s; at most
+//!   5 redeliveries, then the [`PoisonPolicy`] (default Block). A nack's
+//!   `delay_ms` is the minimum delay, capped at 60 s. Unacknowledged messages
+//!   of a consumer whose stream ends are redelivered to the next consumer.
+//! - Non-reliable dispatch: fire and forget, no ack tracking; messages
+//!   published while a subscription has no connected consumer are lost.
+//! - Subscription types Exclusive, Shared (round robin), Failover (first
+//!   connected consumer in subscription order is active), KeyShared (same
+//!   routing key to the same consumer, key filters are `*`/`?` globs).
+//! - Health checks answer `OK` for known producer/consumer ids and `CLOSE`
+//!   otherwise.
+//!
+//! ## Deviations and simplifications
+//! - Payloads above `max_message_size` (10 MB) are refused with
+//!   `InvalidArgument` (not retried by the client); the real broker's exact
+//!   code is not documented.
+//! - Incompatible schema registration fails with `FailedPrecondition`
+//!   (the real broker reports `Internal` with the reason in the message).
+//!   Compatibility checks are structural and simple; see the `schema` module.
+//! - A second consumer with another name on an Exclusive subscription is
+//!   refused with `PermissionDenied` while the holder has an open stream (or
+//!   subscribed less than 12 s ago without opening one yet); after that, the
+//!   holder is evicted.
+//! - Subscribing with another type to an existing subscription keeps the
+//!   existing type.
+//! - KeyShared picks, like Danube, `fnv1a(key) % eligible` among the
+//!   connected consumers whose filters accept the key (the key falls back to
+//!   the producer name). A message that no connected consumer accepts waits
+//!   for one (and counts against the dispatch window). Redelivered messages
+//!   can overtake later messages of the same key.
+//! - Topics made by the test helpers (`publish`, `create_partitioned_topic`)
+//!   are reliable.
+//! - `ProducerAccessMode::Exclusive` is not enforced.
+//! - Persistence never compacts; deleted schema versions are not persisted.
+//!   After a process restart, in-flight messages are delivered again and the
+//!   redelivery counters start over.
+
+#![warn(missing_docs)]
+
+mod broker;
+mod config;
+mod error;
+mod glob;
+mod message;
+mod persist;
+mod schema;
+mod server;
+mod service;
+mod state;
+mod subscription;
+mod topic;
+
+pub use broker::EmbeddedBroker;
+pub use config::{BrokerConfig, PoisonPolicy, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNACKED};
+pub use error::BrokerError;
+pub use message::StoredMessage;

@@ -1,0 +1,115 @@
+//! A pull source: numbered records, committed position persisted in a state file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::{
+    async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord,
+};
+use serde::{Deserialize, Serialize};
+
+/// `[connector]` section of the counter source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CounterConfig {
+    /// Target topic.
+    pub topic: String,
+    /// Records per poll.
+    pub batch: u64,
+    /// Pause between polls.
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+    /// Stop producing after this many records (0 = never).
+    pub limit: u64,
+    /// Where the committed position is kept (`None`: in memory only).
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for CounterConfig {
+    fn default() -> Self {
+        Self { topic: "/default/counter".into(), batch: 10, interval: Duration::from_millis(10), limit: 0, state_file: None }
+    }
+}
+
+impl Validate for CounterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_topic("connector.topic", &self.topic)?;
+        if self.batch == 0 {
+            return Err(ConfigError::invalid("connector.batch", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds as an integer, to keep this example free of extra dependencies.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Produces `{"n": 0}`, `{"n": 1}`, ... with the number as source offset.
+pub struct CounterSource {
+    config: CounterConfig,
+    next: u64,
+}
+
+impl CounterSource {
+    /// A source that resumes after the committed position in `state_file`, if any.
+    pub fn new(config: CounterConfig) -> Result<Self, ConnectorError> {
+        let next = match &config.state_file {
+            Some(path) if path.exists() => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConnectorError::fatal("read state file", e))?;
+                let committed: u64 =
+                    text.trim().parse().map_err(|e| ConnectorError::fatal("state file is not a number", e))?;
+                committed + 1
+            }
+            _ => 0,
+        };
+        Ok(Self { config, next })
+    }
+}
+
+#[async_trait]
+impl SourceConnector for CounterSource {
+    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
+        tracing::info!(name = %ctx.name, next = self.next, "counter source starting");
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
+        tokio::time::sleep(self.config.interval).await;
+        let mut records = Vec::new();
+        for _ in 0..self.config.batch {
+            if self.config.limit > 0 && self.next >= self.config.limit {
+                break;
+            }
+            let n = self.next;
+            records.push(
+                SourceRecord::from_json(&self.config.topic, &serde_json::json!({ "n": n }))?
+                    .with_attribute("n", n.to_string())
+                    .with_offset(SourceOffset::new("counter", n)),
+            );
+            self.next += 1;
+        }
+        Ok(records)
+    }
+
+    async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {
+        let (Some(path), Some(last)) = (&self.config.state_file, offsets.last()) else { return Ok(()) };
+        // Write-then-rename: the state file always holds a whole number.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, last.position.to_string()).map_err(|e| ConnectorError::retryable("write state", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| ConnectorError::retryable("rename state", e))?;
+        Ok(())
+    }
+}
