@@ -419,15 +419,18 @@ impl Stream {
                     info!(slot = %self.config.slot, confirmed = %target, "final position confirmed");
                     return;
                 }
-                Err(error) if error.to_string().contains("is active") => {
+                // The walsender has not released the slot yet (SQLSTATE 55006, "is active for PID").
+                Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(error) => {
-                    debug!(error = %error, "slot advance at shutdown");
+                    // E.g. the slot is already at or past the target: nothing left to confirm.
+                    debug!(error = %danube_connect_core::error::error_chain(&error), "slot advance at shutdown");
                     return;
                 }
             }
         }
+        warn!(slot = %self.config.slot, confirmed = %target, "the slot stayed active; the final position was not confirmed and a restart re-sends from the last status update");
     }
 
     fn replication_config(&self) -> ReplicationConfig {
