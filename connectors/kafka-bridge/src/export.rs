@@ -2,7 +2,9 @@
 //! `acks=all`).
 //!
 //! Each record goes to the Kafka topic named by `export.topics` / `export.topic_template`,
-//! with the routing key as Kafka key and the attributes as headers. `process` returns `Ok`
+//! with the routing key as Kafka key and the attributes as headers, plus the origin header
+//! (this bridge's id) and `danube.topic` (the Danube topic the record came from), which
+//! the import side uses for loop protection. `process` returns `Ok`
 //! only after librdkafka's delivery report succeeded, so the runtime acks the Danube
 //! message only once Kafka has it. A record the broker refuses for its content (too
 //! large, invalid) is an `InvalidRecord` and follows the failure policy (dead-letter by
@@ -50,29 +52,33 @@ impl KafkaExport {
         self.producer.as_ref().ok_or_else(|| ConnectorError::fatal_msg("kafka export used before initialize"))
     }
 
-    /// Whether this record came from this bridge's import (so sending it would echo it).
-    fn is_echo(&self, record: &SinkRecord) -> bool {
+    /// Whether sending this record to Kafka topic `kafka_topic` would echo it: this
+    /// bridge's import read it from that very Kafka topic. A record this bridge imported
+    /// from another Kafka topic is exported like any other.
+    fn is_echo(&self, record: &SinkRecord, kafka_topic: &str) -> bool {
         record.attribute(&self.config.origin_attribute.0) == Some(self.bridge_id.as_str())
+            && record.attribute(mapping::ATTR_TOPIC) == Some(kafka_topic)
     }
 
     async fn deliver(&self, record: &SinkRecord) -> ConnectorResult<()> {
-        if self.is_echo(record) {
+        let topic = self.config.export.kafka_topic(&record.topic);
+        if self.is_echo(record, &topic) {
             if let Some(counter) = &self.skipped {
                 counter.inc();
             }
             return Ok(());
         }
         let producer = self.producer()?;
-        let topic = self.config.export.kafka_topic(&record.topic);
         let key = mapping::kafka_key(record.routing_key.as_deref(), &record.attributes);
         let origin = self.config.origin_attribute.0.as_str();
-        let mut headers = OwnedHeaders::new_with_capacity(record.attributes.len() + 1);
+        let mut headers = OwnedHeaders::new_with_capacity(record.attributes.len() + 2);
         for (name, value) in mapping::kafka_headers(&record.attributes) {
-            if name != origin {
+            if name != origin && name != mapping::HEADER_DANUBE_TOPIC {
                 headers = headers.insert(Header { key: &name, value: Some(&value) });
             }
         }
         headers = headers.insert(Header { key: origin, value: Some(self.bridge_id.as_bytes()) });
+        headers = headers.insert(Header { key: mapping::HEADER_DANUBE_TOPIC, value: Some(record.topic.as_bytes()) });
         let schema_id = record.schema_id.map(|id| id.to_string());
         let schema_version = record.schema_version.map(|v| v.to_string());
         if let Some(id) = &schema_id {
@@ -105,7 +111,7 @@ impl SinkConnector for KafkaExport {
     async fn initialize(&mut self, ctx: SinkContext) -> ConnectorResult<()> {
         let skipped = IntCounter::new(
             "kafka_bridge_export_loop_skipped_total",
-            "Danube records not exported because this bridge imported them.",
+            "Danube records not exported because this bridge imported them from the same Kafka topic.",
         )
         .map_err(|e| ConnectorError::fatal("define metric", e))?;
         if ctx.metrics.registry().register(Box::new(skipped.clone())).is_ok() {

@@ -74,7 +74,8 @@ impl KafkaImport {
         self.consumer.clone().ok_or_else(|| ConnectorError::fatal_msg("kafka import used before initialize"))
     }
 
-    /// Converts one Kafka message; `None` when it is skipped (loop protection). A record of
+    /// Converts one Kafka message; `None` when it is skipped (loop protection: this bridge
+    /// exported it from the Danube topic it maps to). A record of
     /// a topic no mapping matches (librdkafka's regex engine accepted a topic the mapping's
     /// regex does not) is a fatal error: skipping it would drop it silently.
     fn convert(
@@ -87,23 +88,20 @@ impl KafkaImport {
         let offset = message.offset();
         let tp: TopicPartition = (topic.to_string(), partition);
         let origin = &self.config.origin_attribute.0;
-        let from_us = message.headers().is_some_and(|headers| {
-            headers.iter().any(|h| h.key == origin.as_str() && h.value == Some(self.bridge_id.as_bytes()))
-        });
-        let danube_topic = if from_us {
-            None
-        } else {
-            match self.router.danube_topic(topic) {
-                Some(danube_topic) => Some(danube_topic),
-                None => {
-                    return Err(ConnectorError::fatal_msg(format!(
-                        "kafka topic `{topic}` matched the subscription but no connector.import.mappings entry; \
-                         librdkafka and the bridge read the pattern differently: simplify the regex"
-                    )))
-                }
-            }
+        let Some(mapped) = self.router.danube_topic(topic) else {
+            return Err(ConnectorError::fatal_msg(format!(
+                "kafka topic `{topic}` matched the subscription but no connector.import.mappings entry; \
+                 librdkafka and the bridge read the pattern differently: simplify the regex"
+            )));
         };
-        let Some(danube_topic) = danube_topic else {
+        // An echo: this bridge's export wrote the record from the very Danube topic it
+        // would be imported into. Records exported from another Danube topic are imported.
+        let header = |name: &str| {
+            message.headers().and_then(|headers| headers.iter().find(|h| h.key == name).and_then(|h| h.value))
+        };
+        let echo = header(origin.as_str()) == Some(self.bridge_id.as_bytes())
+            && header(mapping::HEADER_DANUBE_TOPIC) == Some(mapped.as_bytes());
+        if echo {
             if let Some(counter) = &self.skipped {
                 counter.inc();
             }
@@ -113,10 +111,10 @@ impl KafkaImport {
                 }
             }
             return Ok(None);
-        };
+        }
         let payload = message.payload().map(Bytes::copy_from_slice);
         let tombstone = payload.is_none();
-        let mut record = SourceRecord::new(danube_topic, payload.unwrap_or_default())
+        let mut record = SourceRecord::new(mapped, payload.unwrap_or_default())
             .with_offset(SourceOffset::new(format!("{topic}/{partition}"), offset.max(0) as u64));
         if let Some(key) = message.key() {
             let (key, hex) = mapping::routing_key(key);
@@ -183,7 +181,7 @@ impl SourceConnector for KafkaImport {
     async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
         let skipped = IntCounter::new(
             "kafka_bridge_import_loop_skipped_total",
-            "Kafka records not imported because this bridge exported them (loop protection).",
+            "Kafka records not imported because this bridge exported them from the same Danube topic (loop protection).",
         )
         .map_err(|e| ConnectorError::fatal("define metric", e))?;
         if ctx.metrics.registry().register(Box::new(skipped.clone())).is_ok() {

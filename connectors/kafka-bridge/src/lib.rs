@@ -12,8 +12,10 @@
 //! - [`kafka`]: librdkafka configuration, contexts and error classification.
 //!
 //! Loop protection: both directions stamp records with an origin attribute/header
-//! (`danube-connect-origin = <bridge id>`) and neither direction forwards a record that
-//! already carries its own bridge id, so a bidirectional setup does not echo records.
+//! (`danube-connect-origin = <bridge id>`; export also writes `danube.topic`). Neither
+//! direction sends a record carrying its own bridge id back to the topic it came from
+//! (export compares the `kafka.topic` attribute, import the `danube.topic` header), so a
+//! bidirectional setup does not echo, and records routed to other topics still flow.
 
 pub mod config;
 pub mod export;

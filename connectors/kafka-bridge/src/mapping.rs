@@ -8,8 +8,8 @@
 //! Danube → Kafka: routing key → key (hex-decoded again when flagged), attributes →
 //! headers, and the record's schema reference as `danube.schema-id` /
 //! `danube.schema-version` headers (the payload itself is passed unchanged, so a consumer
-//! fetches that schema from the Danube registry to decode it). Both directions add the origin
-//! attribute/header naming the bridge.
+//! fetches that schema from the Danube registry to decode it), and `danube.topic` naming the
+//! Danube topic. Both directions add the origin attribute/header naming the bridge.
 
 use std::collections::HashMap;
 
@@ -23,6 +23,9 @@ pub const ATTR_TOPIC: &str = "kafka.topic";
 pub const HEADER_SCHEMA_ID: &str = "danube.schema-id";
 /// Kafka header carrying the Danube schema version of an exported record.
 pub const HEADER_SCHEMA_VERSION: &str = "danube.schema-version";
+/// Kafka header naming the Danube topic an exported record came from (loop protection:
+/// the import does not send it back to that topic).
+pub const HEADER_DANUBE_TOPIC: &str = "danube.topic";
 /// Attribute with the Kafka partition.
 pub const ATTR_PARTITION: &str = "kafka.partition";
 /// Attribute with the Kafka offset.
