@@ -215,7 +215,11 @@ impl ColumnType {
                 let days = match value {
                     Value::Number(_) => self.integer(value)?,
                     Value::String(s) => {
-                        let date = s.get(..10).unwrap_or(s);
+                        // A date-time string gives its date part, provided it is a valid date-time.
+                        let date = match s.get(..10) {
+                            Some(date) if s.len() > 10 && parse_datetime(s).is_some() => date,
+                            _ => s.as_str(),
+                        };
                         let (y, m, d) = parse_date(date).ok_or_else(|| self.error(value, "expected YYYY-MM-DD"))?;
                         i128::from(days_from_civil(y, m, d))
                     }
@@ -415,7 +419,7 @@ fn normalize_decimal(text: &str, precision: u32, scale: u32) -> Result<String, &
 
 fn parse_date(s: &str) -> Option<(i64, u32, u32)> {
     let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+    if !s.is_ascii() || b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
     let y: i64 = s[..4].parse().ok()?;
@@ -439,6 +443,11 @@ enum DateTimeText {
 }
 
 fn parse_datetime(s: &str) -> Option<DateTimeText> {
+    // Every valid form is ASCII; checking first makes the byte-position slicing below
+    // safe on any input (a multi-byte character would otherwise split a char boundary).
+    if !s.is_ascii() {
+        return None;
+    }
     if s.len() == 10 {
         parse_date(s)?;
         return Some(DateTimeText::Naive(format!("{s} 00:00:00")));
@@ -573,6 +582,9 @@ mod tests {
     fn dates_and_times_convert() {
         assert_eq!(enc("Date", json!("2024-02-29")).unwrap(), "\"2024-02-29\"");
         assert!(enc("Date", json!("2023-02-29")).is_err());
+        assert_eq!(enc("Date", json!("2024-02-29 10:11:12")).unwrap(), "\"2024-02-29\"");
+        assert_eq!(enc("Date", json!("2024-02-29T10:11:12Z")).unwrap(), "\"2024-02-29\"");
+        assert!(enc("Date", json!("2024-02-29 garbage")).is_err());
         assert_eq!(enc("Date", json!(19_000)).unwrap(), "\"2022-01-08\"");
         assert_eq!(enc("DateTime", json!(1_700_000_000)).unwrap(), "1700000000");
         assert_eq!(enc("DateTime", json!("2024-01-02 03:04:05")).unwrap(), "\"2024-01-02 03:04:05\"");
@@ -599,5 +611,39 @@ mod tests {
         assert_eq!(enc("Nullable(String)", json!(null)).unwrap(), "null");
         assert_eq!(enc("Float32", json!(1.5)).unwrap(), "1.5");
         assert!(enc("Float32", json!(1e300)).is_err());
+    }
+
+    #[test]
+    fn non_ascii_date_times_are_errors_not_panics() {
+        for text in [
+            "2024-01-02 03:04:0\u{e9}",
+            "2024-01-0\u{e9} 03:04:05",
+            "2024-01-02\u{e9}03:04:05",
+            "2024-01-02T03:04:05.1\u{e9}",
+            "2024-01-02T03:04:05+0\u{e9}:00",
+            "2024-01-02T03:04:05\u{e9}",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+        ] {
+            for ty in ["DateTime", "DateTime64(3)", "Date", "Nullable(DateTime)"] {
+                assert!(enc(ty, json!(text)).is_err(), "{ty} accepted {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_multi_byte_character_anywhere_in_a_date_time_is_refused() {
+        // Every position of valid inputs, each replaced by a 2-, 3- and 4-byte character.
+        for valid in ["2024-01-02", "2024-01-02 03:04:05", "2024-01-02T03:04:05.123456+02:00", "2023-11-14T22:13:20Z"] {
+            assert!(enc("DateTime64(6)", json!(valid)).is_ok(), "{valid}");
+            for wide in ['\u{e9}', '\u{20ac}', '\u{1f600}'] {
+                for at in 0..valid.len() {
+                    let mut text = valid.to_string();
+                    text.replace_range(at..=at, &wide.to_string());
+                    for ty in ["DateTime", "DateTime64(6)", "Date"] {
+                        assert!(enc(ty, json!(text)).is_err(), "{ty} accepted {text:?}");
+                    }
+                }
+            }
+        }
     }
 }
