@@ -111,40 +111,87 @@ async fn start_position_earliest_reads_history_and_latest_only_new_records() {
     assert!(new_payloads.iter().all(|p| p.starts_with("new-")), "{new_payloads:?}");
 }
 
+/// Which bridge imported a message (its origin attribute).
+fn origin(m: &danube_dev_broker::StoredMessage) -> Option<&str> {
+    m.attributes.get("danube-connect-origin").map(String::as_str)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bridges_in_one_group_share_partitions_and_skip_nothing_across_rebalances() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     let systems = start().await;
     let bootstrap = systems.tansu.bootstrap();
     create_topic(&bootstrap, "events", 4).await;
     let mapping = r#"[{topics=["events"]}]"#;
     let env_a = bridge_env(&systems, "bridge-a", &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "shared"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", mapping)]);
     let env_b = bridge_env(&systems, "bridge-b", &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "shared"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", mapping)]);
-    let total = 1200usize;
+    // Produces until told to stop (and at least `minimum` records), so the load lasts
+    // across both rebalances however slow the machine is; returns the count.
+    let minimum = 1200usize;
+    let stop = Arc::new(AtomicBool::new(false));
     let producing = {
         let bootstrap = bootstrap.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let producer = producer(&bootstrap);
-            for chunk in 0..60 {
-                let sends = (0..20).map(|j| {
-                    let i = chunk * 20 + j;
+            let mut produced = 0usize;
+            while produced < minimum || !stop.load(Ordering::Relaxed) {
+                let sends = (produced..produced + 20).map(|i| {
                     let key = format!("key-{}", i % 16);
                     let producer = producer.clone();
                     async move { produce(&producer, "events", Some(&key), &format!("{i}"), &[]).await }
                 });
                 futures::future::join_all(sends).await;
+                produced += 20;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            produced
         })
     };
     let mut a = spawn_bridge(&env_a).await;
     systems.danube.wait_for_messages("/default/events", 100, WAIT).await;
     let b = spawn_bridge(&env_b).await;
     assert!(wait_for_log(&b, "kafka partitions assigned", 1, WAIT).await, "b joins the group; log:\n{}", b.log());
-    systems.danube.wait_for_messages("/default/events", 700, WAIT).await;
-    // A leaves (graceful): B takes over all partitions.
+    // Sharing, not a hand-over: while A is still in the group, both import.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (mut by_a, mut by_b) = (0, 0);
+    while std::time::Instant::now() < deadline {
+        let stored = systems.danube.messages("/default/events");
+        by_a = stored.iter().filter(|m| origin(m) == Some("bridge-a")).count();
+        by_b = stored.iter().filter(|m| origin(m) == Some("bridge-b")).count();
+        if by_a > 0 && by_b > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both bridges import while both are in the group (a {by_a}, b {by_b}); b log:\n{}",
+        b.log()
+    );
+    // A leaves (graceful) under load: B takes over all partitions.
     let status = a.terminate(Duration::from_secs(30)).await.expect("a exits");
     assert!(status.success(), "{}", a.log());
-    producing.await.expect("producer");
+    let committed_after_leave = committed(&bootstrap, "shared", "events", 4).await;
+    let imported_after_leave: HashSet<(i32, i64)> =
+        systems.danube.messages("/default/events").iter().map(kafka_position).collect();
+    assert_eq!(
+        first_committed_but_missing(&committed_after_leave, &imported_after_leave),
+        None,
+        "a committed kafka offset is not in danube (committed {committed_after_leave:?})"
+    );
+    // Keep producing until B imported records of its own after A left.
+    let by_b_at_leave = systems.danube.messages("/default/events").iter().filter(|m| origin(m) == Some("bridge-b")).count();
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline
+        && systems.danube.messages("/default/events").iter().filter(|m| origin(m) == Some("bridge-b")).count() <= by_b_at_leave + 100
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let total = producing.await.expect("producer");
     let deadline = std::time::Instant::now() + WAIT;
     let mut unique = HashSet::new();
     let mut stored = Vec::new();
@@ -157,11 +204,12 @@ async fn two_bridges_in_one_group_share_partitions_and_skip_nothing_across_rebal
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let duplicates = stored.len() - unique.len();
-    eprintln!("rebalance: {} records, {} unique, {duplicates} duplicates", stored.len(), unique.len());
+    eprintln!(
+        "rebalance: {total} produced, {} stored, {} unique, {duplicates} duplicates; a {by_a} and b {by_b} while sharing",
+        stored.len(),
+        unique.len()
+    );
     assert_eq!(unique.len(), total, "every kafka record is in danube; b log:\n{}", b.log());
-    let by_a = stored.iter().filter(|m| m.attributes.get("danube-connect-origin").map(String::as_str) == Some("bridge-a")).count();
-    let by_b = stored.len() - by_a;
-    assert!(by_a > 0 && by_b > 0, "both bridges imported (a {by_a}, b {by_b})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
