@@ -7,7 +7,8 @@
 //! **Push sources** (HTTP, MQTT) keep the [`Publisher`] from [`SourceContext`] in
 //! `initialize`, start their server, and call [`Publisher::publish`] per request; it
 //! returns after Danube acked the record, so they answer their client after the ack.
-//! They leave `poll` at its default, which waits forever.
+//! They leave `poll` at its default, which returns no records every second, so the
+//! runtime keeps calling their `health_check` (every 5 s) for `/readyz`.
 //!
 //! **Sinks** implement [`SinkConnector::process`] (or `process_batch`); the runtime acks
 //! each record to Danube only after it returned `Ok`.
@@ -62,9 +63,21 @@ pub trait SourceConnector: Send + Sync + 'static {
     /// Return within about a second when idle so acked offsets are committed promptly.
     /// At shutdown the future may be dropped: records not yet returned must still be
     /// readable from the outside system later (they were not committed there).
-    /// Push sources keep the default, which never returns.
+    /// Push sources keep the default, which waits a second and returns no records: the
+    /// runtime calls [`health_check`](Self::health_check) between polls (every 5 s), so a
+    /// push source must not replace it with a poll that never returns.
+    ///
+    /// Several records may carry the same [`SourceOffset`] (all rows of one transaction),
+    /// also across polls: a poll may end in the middle of an offset and the next one
+    /// continue it, as long as records of one offset are consecutive. The runtime commits
+    /// an offset only after every record carrying it was acked, including those of the
+    /// following poll: it holds the commit back until the next poll has returned and, if
+    /// that poll continues the offset, until that batch is acked too. At shutdown the last
+    /// acked offset is committed even if the interrupted poll would have continued it, so
+    /// end a poll at an offset boundary when you can.
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
-        std::future::pending().await
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        Ok(Vec::new())
     }
 
     /// Commits offsets whose every record Danube acked (called in poll order).
@@ -79,7 +92,8 @@ pub trait SourceConnector: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Whether the connector can do its work (reported on `/readyz`).
+    /// Whether the connector can do its work (reported on `/readyz`). Called by the
+    /// runtime between polls, at most every 5 s.
     async fn health_check(&self) -> ConnectorResult<()> {
         Ok(())
     }

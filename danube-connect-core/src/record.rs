@@ -46,7 +46,9 @@ pub struct SourceRecord {
     /// Routing key: records with the same key keep their order and reach the same
     /// KeyShared consumer.
     pub routing_key: Option<String>,
-    /// The source position this record comes from; committed after Danube acked it.
+    /// The source position this record comes from; committed after Danube acked it and
+    /// every other record carrying the same offset (consecutive records, possibly spread
+    /// over two polls; see [`SourceConnector::poll`](crate::SourceConnector::poll)).
     pub offset: Option<SourceOffset>,
 }
 

@@ -16,6 +16,9 @@ use crate::publisher::{wait_for_ack, PublishFailure};
 use crate::record::SourceOffset;
 use crate::retry::RetryPolicy;
 
+/// How often the source's `health_check` runs (between polls).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A batch whose records are being published, or finished.
 enum InFlight {
     Running(JoinHandle<PolledBatch>),
@@ -45,6 +48,24 @@ impl InFlight {
     }
 }
 
+/// A polled batch in the commit queue: its record count, the first offset it carries (known
+/// before it finishes, to hold back an offset it shares with the batch before it), its task.
+struct Pending {
+    count: usize,
+    first_offset: Option<SourceOffset>,
+    task: InFlight,
+}
+
+/// Offsets acked but not committed yet because records carrying them may still come.
+#[derive(Default)]
+struct CommitState {
+    /// The trailing offset of the last finished batch, held back until the next poll has
+    /// returned (the next batch may carry more records with that offset).
+    held: Option<SourceOffset>,
+    /// True from the moment a batch was queued until the next `poll` returned.
+    awaiting_poll: bool,
+}
+
 /// One polled batch: its offsets and the publish outcome of each record.
 struct PolledBatch {
     offsets: Vec<SourceOffset>,
@@ -56,14 +77,15 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
     let component = format!("source[{index}]");
     let retry = RetryPolicy::new(env.config.retry.clone());
     let max_in_flight = env.config.source.max_in_flight;
-    let mut pending: VecDeque<(usize, InFlight)> = VecDeque::new();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut commits = CommitState::default();
     let mut in_flight = 0usize;
     let mut poll_delays = retry.delays();
-    let mut last_health = Instant::now() - Duration::from_secs(60);
+    let mut last_health: Option<Instant> = None;
     let mut healthy = true;
 
     loop {
-        healthy = healthy && commit_finished(&env, &mut *source, &mut pending, &mut in_flight, false).await;
+        healthy = healthy && commit_finished(&env, &mut *source, &mut pending, &mut commits, &mut in_flight, false).await;
         if !healthy || env.shutdown.is_cancelled() {
             break;
         }
@@ -73,10 +95,12 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
                 _ = wait_front(&mut pending) => continue,
             }
         }
-        if last_health.elapsed() >= Duration::from_secs(5) {
+        // Between polls, since `poll` holds the source mutably; push sources keep the
+        // default `poll`, which returns every second, so their health is tracked too.
+        if last_health.is_none_or(|at| at.elapsed() >= HEALTH_INTERVAL) {
             let problem = source.health_check().await.err().map(|e| e.chain());
             env.health.set_component(&component, problem);
-            last_health = Instant::now();
+            last_health = Some(Instant::now());
         }
         let polled = tokio::select! {
             biased;
@@ -85,6 +109,7 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
         };
         let records = match polled {
             Ok(records) => {
+                commits.awaiting_poll = false;
                 poll_delays = retry.delays();
                 records
             }
@@ -126,9 +151,11 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
         }
         in_flight += count;
         env.metrics.buffer_depth.with_label_values(&[env.metrics.connector(), "source"]).set(in_flight as i64);
-        pending.push_back((
+        commits.awaiting_poll = true;
+        pending.push_back(Pending {
             count,
-            InFlight::Running(tokio::spawn(async move {
+            first_offset: offsets.first().cloned(),
+            task: InFlight::Running(tokio::spawn(async move {
                 let mut failures = Vec::new();
                 for rx in replies {
                     if let Err(failure) = wait_for_ack(rx).await {
@@ -137,12 +164,12 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
                 }
                 PolledBatch { offsets, records: count, failures }
             })),
-        ));
+        });
     }
 
     // Drain: everything already handed to the publisher is finished and committed.
     if healthy {
-        commit_finished(&env, &mut *source, &mut pending, &mut in_flight, true).await;
+        commit_finished(&env, &mut *source, &mut pending, &mut commits, &mut in_flight, true).await;
     }
     if let Err(error) = source.shutdown().await {
         warn!(error = %error.chain(), "source shutdown failed");
@@ -155,27 +182,42 @@ fn closed_reply(failure: PublishFailure) -> oneshot::Receiver<Result<(), Publish
     rx
 }
 
-async fn wait_front(pending: &mut VecDeque<(usize, InFlight)>) {
-    if let Some((_, batch)) = pending.front_mut() {
-        batch.wait().await;
+async fn wait_front(pending: &mut VecDeque<Pending>) {
+    if let Some(batch) = pending.front_mut() {
+        batch.task.wait().await;
+    }
+}
+
+/// Appends `offsets` to `ready`, merging an offset that continues the previous one.
+fn extend_offsets(ready: &mut Vec<SourceOffset>, offsets: Vec<SourceOffset>) {
+    for offset in offsets {
+        if ready.last() != Some(&offset) {
+            ready.push(offset);
+        }
     }
 }
 
 /// Commits finished batches from the front, in poll order. With `wait`, waits for all.
 /// Returns false when the connector must stop.
+///
+/// Records sharing one offset may span polls, so the last offset of the finished batches
+/// is held back while a later batch that may carry it is still pending: the next pending
+/// batch starts with it, or the next poll has not returned yet. It is committed once that
+/// batch is done (or the poll brought other offsets); at the final drain it is committed.
 async fn commit_finished(
     env: &Env,
     source: &mut dyn SourceConnector,
-    pending: &mut VecDeque<(usize, InFlight)>,
+    pending: &mut VecDeque<Pending>,
+    commits: &mut CommitState,
     in_flight: &mut usize,
     wait: bool,
 ) -> bool {
-    let mut ready: Vec<SourceOffset> = Vec::new();
-    while let Some((_, task)) = pending.front() {
-        if !wait && !task.is_finished() {
+    let mut ready: Vec<SourceOffset> = commits.held.take().into_iter().collect();
+    while let Some(front) = pending.front() {
+        if !wait && !front.task.is_finished() {
             break;
         }
-        let Some((count, task)) = pending.pop_front() else { break };
+        let Some(Pending { count, task, .. }) = pending.pop_front() else { break };
         *in_flight = in_flight.saturating_sub(count);
         let batch = match task.into_result().await {
             Ok(batch) => batch,
@@ -185,14 +227,27 @@ async fn commit_finished(
             }
         };
         if !handle_failures(env, batch.failures).await {
-            // Not everything of this batch is in Danube: commit what came before, stop.
+            // Not everything of this batch is in Danube: commit what came before (except an
+            // offset this batch shares with it), stop.
+            if ready.last().is_some() && ready.last() == batch.offsets.first() {
+                ready.pop();
+            }
             commit(env, source, std::mem::take(&mut ready)).await;
             return false;
         }
         env.metrics.records_acked.with_label_values(&[env.metrics.connector(), "source"]).inc_by(batch.records as u64);
-        ready.extend(batch.offsets);
+        extend_offsets(&mut ready, batch.offsets);
     }
     env.metrics.buffer_depth.with_label_values(&[env.metrics.connector(), "source"]).set(*in_flight as i64);
+    if !wait {
+        let continued = match pending.iter().find_map(|p| p.first_offset.as_ref()) {
+            Some(next) => ready.last() == Some(next),
+            None => pending.is_empty() && commits.awaiting_poll,
+        };
+        if continued {
+            commits.held = ready.pop();
+        }
+    }
     commit(env, source, ready).await
 }
 

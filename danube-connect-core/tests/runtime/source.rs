@@ -224,3 +224,162 @@ async fn ops_port_serves_metrics_health_and_readiness() {
     );
     token.cancel();
 }
+
+/// Returns `first` at once, then waits for `gate` before returning `second`, then idles.
+struct SplitOffsetSource {
+    first: Option<Vec<SourceRecord>>,
+    second: Option<Vec<SourceRecord>>,
+    gate: Arc<tokio::sync::Notify>,
+    check: Box<dyn Fn(&[SourceOffset]) + Send + Sync>,
+    commits: Arc<std::sync::Mutex<Vec<SourceOffset>>>,
+}
+
+#[danube_connect_core::async_trait]
+impl danube_connect_core::SourceConnector for SplitOffsetSource {
+    async fn initialize(&mut self, _ctx: danube_connect_core::SourceContext) -> danube_connect_core::ConnectorResult<()> {
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> danube_connect_core::ConnectorResult<Vec<SourceRecord>> {
+        if let Some(batch) = self.first.take() {
+            return Ok(batch);
+        }
+        if let Some(batch) = self.second.take() {
+            self.gate.notified().await;
+            return Ok(batch);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self, offsets: Vec<SourceOffset>) -> danube_connect_core::ConnectorResult<()> {
+        (self.check)(&offsets);
+        self.commits.lock().expect("lock").extend(offsets);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_shared_by_two_polls_is_committed_only_after_both_polls_are_acked() {
+    let broker = Arc::new(EmbeddedBroker::start_default().await.expect("broker"));
+    let topic = "/default/split-offset";
+    let record = |n: u64, offset: u64| {
+        SourceRecord::new(topic, format!("m{n}"))
+            .with_attribute("n", n.to_string())
+            .with_offset(SourceOffset::new("p", offset))
+    };
+    // Offset 2 is carried by the last record of the first poll and the first of the second.
+    let first = vec![record(1, 1), record(2, 2)];
+    let second = vec![record(3, 2), record(4, 3)];
+    let records_of = |offset: u64| -> Vec<&'static str> {
+        match offset {
+            1 => vec!["1"],
+            2 => vec!["2", "3"],
+            _ => vec!["4"],
+        }
+    };
+    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = broker.clone();
+    let found = violations.clone();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = SplitOffsetSource {
+        first: Some(first),
+        second: Some(second),
+        gate: gate.clone(),
+        check: Box::new(move |offsets: &[SourceOffset]| {
+            let stored: HashSet<String> =
+                seen.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
+            for offset in offsets {
+                for n in records_of(offset.position) {
+                    if !stored.contains(n) {
+                        found.lock().expect("lock").push(format!(
+                            "offset {} committed before record m{n} was in the broker",
+                            offset.position
+                        ));
+                    }
+                }
+            }
+        }),
+        commits: commits.clone(),
+    };
+    let mut config = runtime_config("split-offset", &broker.url());
+    config.source.producers_per_topic = 1;
+    let (token, run) = spawn_source(config, source).await;
+    assert_eq!(broker.wait_for_messages(topic, 2, Duration::from_secs(10)).await.len(), 2, "first poll published");
+    // The second poll's sends fail for a while: its records stay pending.
+    broker.fail_next_sends(6);
+    gate.notify_one();
+    assert!(
+        eventually(Duration::from_secs(10), || commits.lock().expect("lock").first() == Some(&SourceOffset::new("p", 1))).await,
+        "offset 1 is committed while the second poll is still being retried"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || commits.lock().expect("lock").len() == 3).await,
+        "every offset is committed in the end: {:?}",
+        commits.lock().expect("lock")
+    );
+    assert_eq!(
+        commits.lock().expect("lock").iter().map(|o| o.position).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "each offset committed once, in poll order"
+    );
+    assert_eq!(violations.lock().expect("lock").clone(), Vec::<String>::new());
+    token.cancel();
+    assert_eq!(run.await.expect("join").exit_code(), 0);
+}
+
+/// A push source (default `poll`) whose health the test switches.
+struct SwitchableHealthSource {
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[danube_connect_core::async_trait]
+impl danube_connect_core::SourceConnector for SwitchableHealthSource {
+    async fn initialize(&mut self, _ctx: danube_connect_core::SourceContext) -> danube_connect_core::ConnectorResult<()> {
+        Ok(())
+    }
+
+    async fn health_check(&self) -> danube_connect_core::ConnectorResult<()> {
+        if self.healthy.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(danube_connect_core::ConnectorError::retryable_msg("listener down"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_a_push_source_health_over_time() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(runtime_config("push-health", &broker.url()), token.clone()).await.expect("runtime");
+    let addr = runtime.ops_addr().expect("ops enabled");
+    let run = tokio::spawn(runtime.run_source(SwitchableHealthSource { healthy: healthy.clone() }));
+    let http = reqwest::Client::new();
+    let status = || {
+        let http = http.clone();
+        async move { http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    let wait_for = |want: u16| {
+        let status = status.clone();
+        async move {
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                if status().await == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(200).await, "ready while the source is healthy");
+    healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(wait_for(503).await, "not ready once the push source reports a problem");
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(wait_for(200).await, "ready again after it recovered");
+    token.cancel();
+    assert_eq!(run.await.expect("join").expect("run").exit_code(), 0);
+}
