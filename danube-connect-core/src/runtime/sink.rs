@@ -55,9 +55,13 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
         let mut messages = match consumer.receive().await {
             Ok(rx) => rx,
             Err(error) => {
-                warn!(topic = %topic.topic, error = %crate::error::error_chain(&error), "receive failed, re-subscribing");
+                let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(5));
+                warn!(topic = %topic.topic, error = %crate::error::error_chain(&error), retry_in = ?delay, "receive failed, re-subscribing");
                 consumer.close().await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = env.shutdown.cancelled() => return,
+                }
             }
         };
         info!(topic = %topic.topic, "consuming");
