@@ -1,30 +1,36 @@
-//! In-memory schema registry with simple structural compatibility checks.
+//! In-memory schema registry.
 //!
 //! A subject has one `schema_id` (assigned at its first registration) and
 //! numbered versions starting at 1. Registering a definition identical to an
 //! existing version returns that version.
 //!
-//! Compatibility is checked structurally and only against the latest version
-//! (all versions for the `*_transitive` modes):
-//! - JSON Schema: the top-level `properties` / `required` are compared.
-//!   Backward (new reads old) fails when the new schema requires a property
-//!   that the old one did not require, unless the new property has a
-//!   `default`; Forward is the same check in the other direction; a property
-//!   present in both with a different `type` fails both.
-//! - Avro: record `fields` are compared. Backward fails when a new field has
-//!   no `default` and did not exist in the old schema; Forward fails when an
-//!   old field has no default and is missing from the new schema; a field
-//!   present in both with a different `type` fails both (no type promotion).
-//! - Protobuf, string, number, bytes: any definition of the same type is
-//!   compatible. Changing the schema type is incompatible unless the mode is
-//!   `none`.
+//! Every definition is compiled at registration (and at a compatibility check)
+//! with [`danube_connect_common::Schema`], the code the connectors use, so an
+//! Avro schema, JSON Schema or `.proto` source that does not compile is refused
+//! with `InvalidArgument`.
 //!
-//! Full = Backward and Forward. This is far simpler than the real registry.
+//! Compatibility is [`danube_connect_common::check_compatible`] against the
+//! latest version (every version for the `*_transitive` modes):
+//! - Avro: the Avro schema-resolution rules (type promotion `int` -> `long` ->
+//!   `float` -> `double`, `string` <-> `bytes`; a reader field missing from the
+//!   writer needs a `default`; unions, enums, nested records resolved recursively).
+//! - JSON Schema: a simplification, recursive through `properties` / `items`:
+//!   `required`, `type` (`integer` widens to `number`), `enum` and a closed
+//!   `additionalProperties: false` are compared; other keywords are not.
+//! - Protobuf: field by field by number: wire-compatible types only, no change
+//!   between singular / repeated / map, proto2 `required` kept.
+//! - string, number, bytes: always compatible with themselves.
+//!
+//! Changing the schema type is incompatible unless the mode is `none`. Backward
+//! = the new schema reads data of the old; Forward = the old reads data of the
+//! new; Full = both.
 
+use danube_connect_common::{
+    check_compatible, CompatibilityMode, Schema, SchemaError as CommonSchemaError,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Schema types accepted by `RegisterSchema`.
@@ -97,8 +103,12 @@ impl CompatMode {
 pub(crate) enum SchemaError {
     #[error("unknown schema type '{0}' (expected one of json_schema, avro, protobuf, string, number, bytes)")]
     UnknownType(String),
-    #[error("invalid {schema_type} definition: {reason}")]
-    InvalidDefinition { schema_type: String, reason: String },
+    #[error("invalid {schema_type} definition: {}", error_chain(source))]
+    InvalidDefinition {
+        schema_type: String,
+        #[source]
+        source: CommonSchemaError,
+    },
     #[error("subject '{0}' not found")]
     SubjectNotFound(String),
     #[error("schema id {0} not found")]
@@ -113,6 +123,21 @@ pub(crate) enum SchemaError {
         mode: String,
         errors: Vec<String>,
     },
+}
+
+/// `err` and its sources, `: `-joined (a source already contained in the text is skipped).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
 }
 
 /// One stored version; also the persisted form.
@@ -191,143 +216,52 @@ fn normalize_type(t: &str) -> Result<String, SchemaError> {
     }
 }
 
-fn parse_json(schema_type: &str, def: &[u8]) -> Result<Value, SchemaError> {
-    serde_json::from_slice(def).map_err(|e| SchemaError::InvalidDefinition {
+/// Compiles a definition with the shared schema code, so a definition the connectors could
+/// not use (bad JSON, an Avro or JSON Schema that does not compile, `.proto` source that does
+/// not compile) is refused here rather than at the first record.
+fn compile(schema_type: &str, def: &[u8]) -> Result<Schema, SchemaError> {
+    Schema::from_registry(schema_type, def).map_err(|source| SchemaError::InvalidDefinition {
         schema_type: schema_type.to_string(),
-        reason: e.to_string(),
+        source,
     })
 }
 
-fn validate(schema_type: &str, def: &[u8]) -> Result<(), SchemaError> {
-    match schema_type {
-        "json_schema" => parse_json(schema_type, def).map(|_| ()),
-        "avro" => {
-            let v = parse_json(schema_type, def)?;
-            if v.is_object() || v.is_string() || v.is_array() {
-                Ok(())
-            } else {
-                Err(SchemaError::InvalidDefinition {
-                    schema_type: schema_type.into(),
-                    reason: "expected a JSON object, string or array".into(),
-                })
-            }
-        }
-        _ => Ok(()),
+/// The shared crate's mode for the backward/forward part of `mode`.
+fn common_mode(mode: CompatMode) -> CompatibilityMode {
+    match (mode.backward, mode.forward) {
+        (false, false) => CompatibilityMode::None,
+        (true, false) => CompatibilityMode::Backward,
+        (false, true) => CompatibilityMode::Forward,
+        (true, true) => CompatibilityMode::Full,
     }
 }
 
-/// Property name -> (required, has default, type as JSON text).
-type Shape = HashMap<String, (bool, bool, Option<String>)>;
-
-fn json_schema_shape(v: &Value) -> Shape {
-    let required: BTreeSet<&str> = v
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let mut out = Shape::new();
-    if let Some(props) = v.get("properties").and_then(Value::as_object) {
-        for (name, p) in props {
-            out.insert(
-                name.clone(),
-                (
-                    required.contains(name.as_str()),
-                    p.get("default").is_some(),
-                    p.get("type").map(Value::to_string),
-                ),
-            );
+/// Reasons why `new` may not replace the stored version `old` under `mode` (empty:
+/// compatible), per [`check_compatible`].
+fn compat_errors(mode: CompatMode, old: &SchemaVersionRecord, new: &Schema) -> Vec<String> {
+    let mode = common_mode(mode);
+    if mode == CompatibilityMode::None {
+        return Vec::new();
+    }
+    let old_schema = match Schema::from_registry(&old.schema_type, &old.definition) {
+        Ok(s) => s,
+        // A stored version that no longer compiles (e.g. restored from a data dir written by
+        // an older broker) cannot vouch for anything: say so rather than accept blindly.
+        Err(e) => {
+            return vec![format!(
+                "stored version {} does not compile: {e}",
+                old.version
+            )]
         }
-    }
-    for r in required {
-        out.entry(r.to_string()).or_insert((true, false, None));
-    }
-    out
-}
-
-fn avro_shape(v: &Value) -> Shape {
-    let mut out = Shape::new();
-    if let Some(fields) = v.get("fields").and_then(Value::as_array) {
-        for f in fields {
-            if let Some(name) = f.get("name").and_then(Value::as_str) {
-                let has_default = f.get("default").is_some();
-                // An Avro field without a default is required for a reader.
-                out.insert(
-                    name.to_string(),
-                    (
-                        !has_default,
-                        has_default,
-                        f.get("type").map(Value::to_string),
-                    ),
-                );
-            }
-        }
-    }
-    out
-}
-
-/// Errors found when `reader` reads data written with `writer`.
-fn read_errors(schema_type: &str, reader: &Shape, writer: &Shape, dir: &str) -> Vec<String> {
-    let mut errors = Vec::new();
-    let mut names: Vec<&String> = reader.keys().collect();
-    names.sort();
-    for name in names {
-        let (required, has_default, ty) = &reader[name];
-        match writer.get(name) {
-            None if *required && !has_default => errors.push(format!(
-                "{dir}: field '{name}' is required by the reader but absent from the writer schema"
-            )),
-            Some((w_required, _, _))
-                if schema_type == "json_schema" && *required && !has_default && !w_required =>
-            {
-                errors.push(format!(
-                    "{dir}: field '{name}' is required by the reader but optional in the writer schema"
-                ))
-            }
-            Some((_, _, w_ty)) if ty.is_some() && w_ty.is_some() && ty != w_ty => {
-                errors.push(format!("{dir}: field '{name}' changed type"))
-            }
-            _ => {}
-        }
-    }
-    errors
-}
-
-fn compat_errors(
-    mode: CompatMode,
-    old: &SchemaVersionRecord,
-    new_type: &str,
-    new_def: &[u8],
-) -> Result<Vec<String>, SchemaError> {
-    if !mode.backward && !mode.forward {
-        return Ok(Vec::new());
-    }
-    if old.schema_type != new_type {
-        return Ok(vec![format!(
-            "schema type changed from {} to {new_type} (version {})",
-            old.schema_type, old.version
-        )]);
-    }
-    let shape = |def: &[u8]| -> Result<Option<Shape>, SchemaError> {
-        Ok(match new_type {
-            "json_schema" => Some(json_schema_shape(&parse_json(new_type, def)?)),
-            "avro" => Some(avro_shape(&parse_json(new_type, def)?)),
-            _ => None,
-        })
     };
-    let (Some(old_shape), Some(new_shape)) = (shape(&old.definition)?, shape(new_def)?) else {
-        return Ok(Vec::new());
-    };
-    let mut errors = Vec::new();
-    if mode.backward {
-        errors.extend(read_errors(new_type, &new_shape, &old_shape, "backward"));
+    match check_compatible(&old_schema, new, mode) {
+        Ok(()) => Vec::new(),
+        Err(CommonSchemaError::Incompatible { reasons, .. }) => reasons
+            .into_iter()
+            .map(|r| format!("{r} (against version {})", old.version))
+            .collect(),
+        Err(other) => vec![format!("against version {}: {other}", old.version)],
     }
-    if mode.forward {
-        errors.extend(read_errors(new_type, &old_shape, &new_shape, "forward"));
-    }
-    Ok(errors
-        .into_iter()
-        .map(|e| format!("{e} (against version {})", old.version))
-        .collect())
 }
 
 impl SchemaRegistry {
@@ -342,13 +276,7 @@ impl SchemaRegistry {
         self.subjects.contains_key(name)
     }
 
-    fn check(
-        &self,
-        subject: &Subject,
-        mode: CompatMode,
-        schema_type: &str,
-        def: &[u8],
-    ) -> Result<Vec<String>, SchemaError> {
+    fn check(&self, subject: &Subject, mode: CompatMode, new: &Schema) -> Vec<String> {
         let against: Vec<&SchemaVersionRecord> = if mode.transitive {
             subject.versions.iter().collect()
         } else {
@@ -356,15 +284,15 @@ impl SchemaRegistry {
         };
         let mut errors = Vec::new();
         for old in against {
-            errors.extend(compat_errors(mode, old, schema_type, def)?);
+            errors.extend(compat_errors(mode, old, new));
         }
-        Ok(errors)
+        errors
     }
 
     /// Registers a schema version (or returns the identical existing one).
     pub fn register(&mut self, req: NewSchema) -> Result<Registered, SchemaError> {
         let schema_type = normalize_type(&req.schema_type)?;
-        validate(&schema_type, &req.definition)?;
+        let compiled = compile(&schema_type, &req.definition)?;
         let fp = fingerprint(&schema_type, &req.definition);
         if let Some(subject) = self.subjects.get(&req.subject) {
             if let Some(existing) = subject.versions.iter().find(|v| v.fingerprint == fp) {
@@ -373,7 +301,7 @@ impl SchemaRegistry {
                     is_new: false,
                 });
             }
-            let errors = self.check(subject, subject.mode, &schema_type, &req.definition)?;
+            let errors = self.check(subject, subject.mode, &compiled);
             if !errors.is_empty() {
                 return Err(SchemaError::Incompatible {
                     subject: req.subject,
@@ -471,7 +399,7 @@ impl SchemaRegistry {
         mode: Option<&str>,
     ) -> Result<Vec<String>, SchemaError> {
         let schema_type = normalize_type(schema_type)?;
-        validate(&schema_type, def)?;
+        let compiled = compile(&schema_type, def)?;
         let Some(s) = self.subjects.get(subject) else {
             return Ok(Vec::new());
         };
@@ -481,7 +409,7 @@ impl SchemaRegistry {
             }
             None => s.mode,
         };
-        self.check(s, mode, &schema_type, def)
+        Ok(self.check(s, mode, &compiled))
     }
 
     /// Sets the subject's compatibility mode; returns the canonical mode name.
@@ -608,5 +536,121 @@ mod tests {
             .unwrap_or(true));
         assert!(r.set_mode("s", "none").is_ok());
         assert!(r.register(new("s", "avro", v3)).is_ok());
+    }
+
+    fn compatible(r: &SchemaRegistry, t: &str, def: &str, mode: Option<&str>) -> Vec<String> {
+        r.check_compatibility("s", t, def.as_bytes(), mode)
+            .unwrap_or_else(|e| panic!("check: {e}"))
+    }
+
+    const AVRO_INT: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"int"}]}"#;
+    const AVRO_LONG: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"long"}]}"#;
+
+    #[test]
+    fn avro_int_to_long_is_backward_but_not_forward() {
+        let mut r = SchemaRegistry::default();
+        r.register(new("s", "avro", AVRO_INT))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(compatible(&r, "avro", AVRO_LONG, Some("forward")).len(), 1);
+        let errors = compatible(&r, "avro", AVRO_LONG, Some("forward"));
+        assert!(errors[0].contains("/n"), "{errors:?}");
+        let v2 = r
+            .register(new("s", "avro", AVRO_LONG))
+            .unwrap_or_else(|e| panic!("int -> long under BACKWARD: {e}"));
+        assert_eq!(v2.record.version, 2);
+        // Narrowing back is refused: data written with `long` does not fit an `int` reader.
+        let narrowed = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"int"}],"doc":"narrowed"}"#;
+        match r.register(new("s", "avro", narrowed)) {
+            Err(SchemaError::Incompatible { mode, errors, .. }) => {
+                assert_eq!(mode, "BACKWARD");
+                assert!(errors.iter().any(|e| e.contains("/n")), "{errors:?}");
+            }
+            other => panic!("expected incompatible, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn avro_type_change_and_removed_field_refused() {
+        let mut r = SchemaRegistry::default();
+        r.register(new("s", "avro", AVRO_INT))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let typed = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"n","type":"int"}]}"#;
+        let errors = compatible(&r, "avro", typed, Some("backward"));
+        assert!(
+            errors.iter().any(|e| e.contains("/a")),
+            "string -> int must be refused: {errors:?}"
+        );
+        let removed = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
+        assert!(compatible(&r, "avro", removed, Some("backward")).is_empty());
+        let errors = compatible(&r, "avro", removed, Some("forward"));
+        assert!(errors.iter().any(|e| e.contains("n")), "{errors:?}");
+        assert!(r.set_mode("s", "full").is_ok());
+        assert!(matches!(
+            r.register(new("s", "avro", removed)),
+            Err(SchemaError::Incompatible { .. })
+        ));
+    }
+
+    #[test]
+    fn json_schema_integer_widens_to_number() {
+        let mut r = SchemaRegistry::default();
+        let int = r#"{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}"#;
+        let num = r#"{"type":"object","properties":{"n":{"type":"number"}},"required":["n"]}"#;
+        r.register(new("s", "json_schema", int))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!compatible(&r, "json_schema", num, Some("forward")).is_empty());
+        r.register(new("s", "json_schema", num))
+            .unwrap_or_else(|e| panic!("integer -> number under BACKWARD: {e}"));
+        let string = r#"{"type":"object","properties":{"n":{"type":"string"}},"required":["n"]}"#;
+        let errors = compatible(&r, "json_schema", string, None);
+        assert!(errors.iter().any(|e| e.contains("/n")), "{errors:?}");
+    }
+
+    #[test]
+    fn protobuf_field_type_change_refused() {
+        let mut r = SchemaRegistry::default();
+        let v1 = "syntax = \"proto3\";\nmessage Order { string id = 1; int64 qty = 2; }\n";
+        let added = "syntax = \"proto3\";\nmessage Order { string id = 1; int64 qty = 2; string note = 3; }\n";
+        let retyped = "syntax = \"proto3\";\nmessage Order { string id = 1; string qty = 2; }\n";
+        r.register(new("s", "protobuf", v1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(compatible(&r, "protobuf", added, Some("full")).is_empty());
+        match r.register(new("s", "protobuf", retyped)) {
+            Err(SchemaError::Incompatible { errors, .. }) => {
+                assert!(errors.iter().any(|e| e.contains("qty")), "{errors:?}");
+            }
+            other => panic!("expected incompatible, got {other:?}"),
+        }
+        assert_eq!(r.versions("s").map(<[_]>::len).unwrap_or(0), 1);
+    }
+
+    #[test]
+    fn invalid_definitions_refused_at_registration() {
+        let mut r = SchemaRegistry::default();
+        let cases = [
+            (
+                "avro",
+                r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nope"}]}"#,
+            ),
+            ("avro", "not json"),
+            ("json_schema", r#"{"type": 12}"#),
+            (
+                "protobuf",
+                "syntax = \"proto3\";\nmessage Order { string id = ; }\n",
+            ),
+            ("protobuf", "syntax = \"proto3\";\n"),
+        ];
+        for (t, def) in cases {
+            match r.register(new("bad", t, def)) {
+                Err(e @ SchemaError::InvalidDefinition { .. }) => {
+                    assert!(e.to_string().contains(t), "{e}");
+                }
+                other => panic!("{t} {def:?}: expected invalid definition, got {other:?}"),
+            }
+            assert!(r
+                .check_compatibility("bad", t, def.as_bytes(), None)
+                .is_err());
+        }
+        assert!(!r.has_subject("bad"));
     }
 }

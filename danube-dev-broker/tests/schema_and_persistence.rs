@@ -360,3 +360,116 @@ async fn data_dir_survives_a_new_broker_process() {
         .expect("builder");
     p.create().await.expect("namespace persisted");
 }
+
+const ORDER_PROTO: &str =
+    "syntax = \"proto3\";\npackage shop;\nmessage Order { string id = 1; int64 qty = 2; }\n";
+const ORDER_PROTO_NOTE: &str =
+    "syntax = \"proto3\";\npackage shop;\nmessage Order { string id = 1; int64 qty = 2; string note = 3; }\n";
+const ORDER_PROTO_RETYPED: &str =
+    "syntax = \"proto3\";\npackage shop;\nmessage Order { string id = 1; double qty = 2; }\n";
+
+#[tokio::test]
+async fn registry_compiles_definitions_and_checks_real_compatibility() {
+    let b = EmbeddedBroker::start_default().await.expect("broker");
+    let c = client(&b).await;
+    let schema = c.schema();
+
+    // Avro int -> long is a promotion: accepted under the default BACKWARD mode.
+    let int = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int"}]}"#;
+    let long = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"qty","type":"long"}]}"#;
+    for def in [int, long] {
+        schema
+            .register_schema("orders-avro")
+            .with_type(SchemaType::Avro)
+            .with_schema_data(def.as_bytes())
+            .execute()
+            .await
+            .expect("avro int then long");
+    }
+    assert_eq!(
+        schema.list_versions("orders-avro").await.expect("versions"),
+        [1, 2]
+    );
+    // Changing a field's type (long -> string) is not.
+    let retyped = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"qty","type":"string"}]}"#;
+    let err = schema
+        .register_schema("orders-avro")
+        .with_type(SchemaType::Avro)
+        .with_schema_data(retyped.as_bytes())
+        .execute()
+        .await
+        .expect_err("long -> string refused");
+    let status = err.extract_status().expect("grpc status");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("/qty"), "{}", status.message());
+
+    // Protobuf: adding a field is fine, changing a field's wire type is refused.
+    for def in [ORDER_PROTO, ORDER_PROTO_NOTE] {
+        schema
+            .register_schema("orders-proto")
+            .with_type(SchemaType::Protobuf)
+            .with_schema_data(def.as_bytes())
+            .execute()
+            .await
+            .expect("protobuf v1, v2");
+    }
+    let check = schema
+        .check_compatibility(
+            "orders-proto",
+            ORDER_PROTO_RETYPED.as_bytes().to_vec(),
+            SchemaType::Protobuf,
+            None,
+        )
+        .await
+        .expect("check");
+    assert!(!check.is_compatible);
+    assert!(
+        check.errors.iter().any(|e| e.contains("qty")),
+        "{:?}",
+        check.errors
+    );
+    let err = schema
+        .register_schema("orders-proto")
+        .with_type(SchemaType::Protobuf)
+        .with_schema_data(ORDER_PROTO_RETYPED.as_bytes())
+        .execute()
+        .await
+        .expect_err("int64 -> double refused");
+    assert_eq!(
+        err.extract_status().map(|s| s.code()),
+        Some(tonic::Code::FailedPrecondition)
+    );
+
+    // Definitions that do not compile are refused at registration.
+    let invalid: [(SchemaType, &str); 3] = [
+        (
+            SchemaType::Avro,
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"no_such_type"}]}"#,
+        ),
+        (
+            SchemaType::JsonSchema,
+            r#"{"type":"object","minProperties":"x"}"#,
+        ),
+        (
+            SchemaType::Protobuf,
+            "syntax = \"proto3\";\nmessage Broken { int64 = 1; }\n",
+        ),
+    ];
+    for (ty, def) in invalid {
+        let err = schema
+            .register_schema("broken")
+            .with_type(ty)
+            .with_schema_data(def.as_bytes())
+            .execute()
+            .await
+            .expect_err("invalid definition refused");
+        let status = err.extract_status().expect("grpc status");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{def}");
+        assert!(
+            status.message().contains("definition"),
+            "{}",
+            status.message()
+        );
+    }
+    assert!(schema.get_latest_schema("broken").await.is_err());
+}
