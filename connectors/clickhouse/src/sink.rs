@@ -351,7 +351,7 @@ impl Inner {
             }
             match mapped {
                 Ok(row) => {
-                    groups.entry(row.shape).or_default().push((record_id(&record.message_id()), row.line));
+                    groups.entry(row.shape).or_default().push((record_id(&record.message_id(), record.publish_time, &record.producer_name), row.line));
                     spooled.push(index);
                 }
                 Err(error) => failures.push((

@@ -6,7 +6,8 @@
 //! Files: `{seq:016}.open` (being appended to), `{seq:016}.ready` (sealed, waiting for
 //! its insert) and `{seq:016}.done` (inserted; the newest are kept as a dedup ledger). The
 //! first line is `#` and a JSON array of the insert's columns; every other line is
-//! `{id:032x} {row}`: the record's id (a hash of its Danube message id) and the
+//! `{id:032x} {row}`: the record's id (a hash of its Danube message id, publish time and
+//! producer name) and the
 //! `JSONEachRow` row.
 //!
 //! Redelivered records are skipped by id: against every pending row, the newest `.done`
@@ -51,9 +52,18 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     move |source| SpoolError::Io { what, path: path.to_path_buf(), source }
 }
 
-/// The stable spool id of a Danube message id.
-pub fn record_id(message_id: &str) -> u128 {
-    let digest = Sha256::digest(message_id.as_bytes());
+/// The stable spool id of a Danube message: a hash of its message id (`partition:offset`),
+/// publish time and producer name. All three are the same on every redelivery; the publish
+/// time and producer tell apart a new message that reuses an offset (the topic was
+/// recreated, or the broker lost its data and restarted its offsets), which would
+/// otherwise be taken for a redelivery, acked and never inserted.
+pub fn record_id(message_id: &str, publish_time: u64, producer_name: &str) -> u128 {
+    let mut hasher = Sha256::new();
+    hasher.update((message_id.len() as u64).to_be_bytes());
+    hasher.update(message_id.as_bytes());
+    hasher.update(publish_time.to_be_bytes());
+    hasher.update(producer_name.as_bytes());
+    let digest = hasher.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     u128::from_be_bytes(bytes)
@@ -560,6 +570,15 @@ mod tests {
 
     fn rows(ids: std::ops::Range<u128>) -> RowGroup {
         (vec!["a".into()], ids.map(|i| (i, format!("{{\"a\":{i}}}").into_bytes())).collect())
+    }
+
+    #[test]
+    fn record_ids_tell_a_reused_offset_from_a_redelivery() {
+        let id = record_id("/default/t:7", 1_700_000_000_000, "producer-a");
+        assert_eq!(id, record_id("/default/t:7", 1_700_000_000_000, "producer-a"), "a redelivery keeps its id");
+        assert_ne!(id, record_id("/default/t:8", 1_700_000_000_000, "producer-a"));
+        assert_ne!(id, record_id("/default/t:7", 1_700_000_000_001, "producer-a"), "offset reused later");
+        assert_ne!(id, record_id("/default/t:7", 1_700_000_000_000, "producer-b"), "offset reused by another producer");
     }
 
     #[test]
