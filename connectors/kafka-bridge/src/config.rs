@@ -183,7 +183,8 @@ pub struct ExportConfig {
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
     /// Extra librdkafka properties for the producer only (override `kafka.properties`).
-    /// `enable.idempotence=true` and `acks=all` are set unless overridden here.
+    /// `enable.idempotence=true` and `acks=all` are set by the bridge; validation refuses
+    /// other values for them here and in `kafka.properties`.
     pub properties: KafkaProperties,
 }
 
@@ -310,6 +311,11 @@ fn flatten_properties(prefix: &str, value: &serde_json::Value, out: &mut BTreeMa
 /// Properties the bridge sets itself; overriding them would break its guarantees.
 const RESERVED_CONSUMER: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
 
+/// Producer properties the export relies on, with the only values it accepts (first: the
+/// one it sets). `request.required.acks` is librdkafka's other name for `acks`.
+const PINNED_PRODUCER: &[(&str, &[&str])] =
+    &[("enable.idempotence", &["true"]), ("acks", &["all", "-1"]), ("request.required.acks", &["all", "-1"])];
+
 fn validate_properties(field: &str, properties: &KafkaProperties) -> Result<(), ConfigError> {
     for (name, value) in properties.iter() {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.') {
@@ -347,12 +353,36 @@ impl Validate for BridgeConfig {
         validate_properties("connector.kafka.properties", &self.kafka.properties)?;
         validate_properties("connector.import.properties", &self.import.properties)?;
         validate_properties("connector.export.properties", &self.export.properties)?;
-        for props in [&self.kafka.properties, &self.import.properties] {
+        let consumer_sides = [("connector.kafka.properties", &self.kafka.properties), ("connector.import.properties", &self.import.properties)];
+        for (field, props) in consumer_sides {
             if let Some(name) = RESERVED_CONSUMER.iter().find(|name| props.0.contains_key(**name)) {
                 return Err(ConfigError::invalid(
-                    format!("connector.kafka.properties.{name}"),
+                    format!("{field}.{name}"),
                     "is set by the bridge (offsets are committed only after Danube acked); use import.group_id for the group",
                 ));
+            }
+            if props.0.contains_key("auto.offset.reset") {
+                return Err(ConfigError::invalid(
+                    format!("{field}.auto.offset.reset"),
+                    "is set by the bridge from connector.import.start_from (`earliest` or `latest`); use that instead",
+                ));
+            }
+        }
+        let producer_sides = [("connector.kafka.properties", &self.kafka.properties), ("connector.export.properties", &self.export.properties)];
+        for (field, props) in producer_sides {
+            for (name, allowed) in PINNED_PRODUCER {
+                if let Some(value) = props.0.get(*name) {
+                    if !allowed.contains(&value.trim().to_ascii_lowercase().as_str()) {
+                        return Err(ConfigError::invalid(
+                            format!("{field}.{name}"),
+                            format!(
+                                "must stay `{}` (the export acks a Danube message only after Kafka stored it durably \
+                                 and without duplicates from librdkafka retries); remove the property",
+                                allowed[0]
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if let Some(id) = &self.bridge_id {
@@ -395,6 +425,17 @@ impl Validate for BridgeConfig {
         }
         if self.export.topic_template.is_empty() {
             return Err(ConfigError::invalid("connector.export.topic_template", "must not be empty"));
+        }
+        let example = self.export.topic_template.replace("{namespace}", "default").replace("{topic}", "t");
+        if !is_kafka_topic_name(&example) {
+            return Err(ConfigError::invalid(
+                "connector.export.topic_template",
+                format!(
+                    "`{}` does not expand to a Kafka topic name (e.g. `{example}`): use letters, digits, '.', '_', '-' \
+                     around `{{namespace}}` and `{{topic}}`",
+                    self.export.topic_template
+                ),
+            ));
         }
         for (danube, kafka) in &self.export.topics {
             validate_topic(&format!("connector.export.topics.\"{danube}\""), danube)?;
@@ -466,6 +507,61 @@ mod tests {
         config.kafka.properties.0.insert("enable.auto.commit".into(), "true".into());
         let err = config.validate().expect_err("must fail");
         assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn reserved_consumer_property_in_import_properties_names_that_field() {
+        let mut config = BridgeConfig::default();
+        config.import.properties.0.insert("group.id".into(), "other".into());
+        let err = config.validate().expect_err("must fail");
+        assert!(err.to_string().contains("connector.import.properties.group.id"), "{err}");
+    }
+
+    #[test]
+    fn auto_offset_reset_is_refused_pointing_to_start_from() {
+        for field in ["kafka", "import"] {
+            let mut config = BridgeConfig::default();
+            let props = if field == "kafka" { &mut config.kafka.properties } else { &mut config.import.properties };
+            props.0.insert("auto.offset.reset".into(), "latest".into());
+            let err = config.validate().expect_err("must fail").to_string();
+            assert!(err.contains(&format!("connector.{field}.properties.auto.offset.reset")), "{err}");
+            assert!(err.contains("start_from"), "{err}");
+        }
+    }
+
+    #[test]
+    fn export_guarantee_overrides_are_refused_naming_the_field() {
+        for (name, value) in [("enable.idempotence", "false"), ("acks", "1"), ("acks", "0"), ("request.required.acks", "1")] {
+            for field in ["kafka", "export"] {
+                let mut config = BridgeConfig::default();
+                let props = if field == "kafka" { &mut config.kafka.properties } else { &mut config.export.properties };
+                props.0.insert(name.into(), value.into());
+                let err = config.validate().expect_err("must fail").to_string();
+                assert!(err.contains(&format!("connector.{field}.properties.{name}")), "{name}={value}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn export_guarantee_properties_may_repeat_the_bridge_values() {
+        let mut config = BridgeConfig::default();
+        config.export.properties.0.insert("enable.idempotence".into(), "true".into());
+        config.export.properties.0.insert("acks".into(), "all".into());
+        config.kafka.properties.0.insert("request.required.acks".into(), "-1".into());
+        config.validate().expect("the values the bridge sets itself are accepted");
+    }
+
+    #[test]
+    fn export_template_that_expands_to_an_invalid_kafka_name_is_refused() {
+        for template in ["{namespace}/{topic}", "kafka {topic}", "{topic}:x"] {
+            let mut config = BridgeConfig::default();
+            config.export.topic_template = template.into();
+            let err = config.validate().expect_err("must fail").to_string();
+            assert!(err.contains("connector.export.topic_template"), "{template}: {err}");
+        }
+        let mut config = BridgeConfig::default();
+        config.export.topic_template = "danube.{namespace}.{topic}".into();
+        config.validate().expect("a dotted template is a valid kafka name");
     }
 
     #[test]
