@@ -72,6 +72,15 @@ impl Stopper {
         self.token.cancel();
     }
 
+    /// Whether a fatal error was recorded: from then on nothing more is processed or
+    /// acked (records left unacked are redelivered after a restart, in order).
+    pub(crate) fn has_failed(&self) -> bool {
+        match self.fatal.lock() {
+            Ok(slot) => slot.is_some(),
+            Err(_) => true,
+        }
+    }
+
     fn take(&self) -> Option<ConnectorError> {
         self.fatal.lock().ok().and_then(|mut slot| slot.take())
     }

@@ -226,13 +226,20 @@ impl Lane {
         [self.env.metrics.connector(), self.topic.as_str()]
     }
 
+    /// Whether the connector stopped on a fatal error (`failure.policy = "stop"` included):
+    /// then nothing more is processed or acked, so later records of a key are not acked
+    /// ahead of the one that failed and are redelivered in order after a restart.
+    fn stopped(&self) -> bool {
+        self.env.stopper.has_failed()
+    }
+
     async fn flush(&self, messages: Vec<StreamMessage>) {
-        if messages.is_empty() {
+        if messages.is_empty() || self.stopped() {
             return;
         }
         let records: Vec<SinkRecord> = messages.iter().map(|m| SinkRecord::from_message(m, &self.topic)).collect();
         let (messages, records) = self.decode(messages, records).await;
-        if records.is_empty() {
+        if records.is_empty() || self.stopped() {
             return;
         }
         self.env.metrics.batch_size.with_label_values(&self.labels()).observe(records.len() as f64);
@@ -266,6 +273,9 @@ impl Lane {
                     }
                 }
                 for ((message, record), error) in messages.iter().zip(&records).zip(failed) {
+                    if self.stopped() {
+                        break;
+                    }
                     match error {
                         None => self.ack(message).await,
                         Some(error) if error.is_retryable() => self.retry_one(message, record).await,
@@ -276,12 +286,18 @@ impl Lane {
             Err(RetryFailure { error: ConnectorError::InvalidRecord { .. }, .. }) if records.len() > 1 => {
                 // The batch as a whole was refused: find the bad records one by one.
                 for (message, record) in messages.iter().zip(&records) {
+                    if self.stopped() {
+                        break;
+                    }
                     self.retry_one(message, record).await;
                 }
             }
             Err(RetryFailure { error, attempts }) => {
                 let error = Arc::new(error);
                 for (message, record) in messages.iter().zip(&records) {
+                    if self.stopped() {
+                        break;
+                    }
                     self.fail(message, record, clone_error(&error), attempts).await;
                 }
             }
@@ -297,6 +313,9 @@ impl Lane {
         }
         let mut kept = (Vec::with_capacity(messages.len()), Vec::with_capacity(records.len()));
         for (message, mut record) in messages.into_iter().zip(records) {
+            if self.stopped() {
+                break;
+            }
             let result = self
                 .retry
                 .run(

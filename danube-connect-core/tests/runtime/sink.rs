@@ -265,3 +265,27 @@ async fn sink_resumes_after_a_broker_restart_and_loses_nothing() {
     token.cancel();
     run.await.expect("join");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_policy_leaves_every_record_after_the_failed_one_unacked() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/stop-order";
+    broker.publish(topic, b"create".to_vec(), HashMap::new(), None);
+    let mut config = with_topics(runtime_config("stop-order", &broker.url()), &[topic]);
+    config.failure.policy = FailurePolicy::Stop;
+    config.sink.batch.linger = Duration::from_millis(300);
+    let sink = RecordingSink::new(Behaviour::RejectBad);
+    let (_token, run) = spawn_sink(config, sink.clone()).await;
+    settle().await;
+    for payload in ["a", "bad", "c", "d", "e"] {
+        broker.publish(topic, payload.as_bytes().to_vec(), HashMap::new(), None);
+    }
+    let report = tokio::time::timeout(Duration::from_secs(30), run).await.expect("stops by itself").expect("join");
+    assert_eq!(report.exit_code(), 2, "stopped by the invalid record");
+    assert!(sink.accepted_payloads().contains(&"a".to_string()), "the record before the failure was written");
+    assert_eq!(
+        broker.ack_count(topic, "stop-order"),
+        1,
+        "only the record before the failed one is acked; the later ones wait for the restart"
+    );
+}
