@@ -16,6 +16,9 @@ pub struct Table {
     pub key: Vec<usize>,
     /// The Danube topic of the table.
     pub topic: String,
+    /// Per column: the element type of an array type not known by OID (resolved from
+    /// `pg_type.typelem`), so that e.g. enum arrays become JSON arrays.
+    pub array_elements: Vec<Option<u32>>,
 }
 
 impl Table {
@@ -26,7 +29,30 @@ impl Table {
         if key.is_empty() && relation.replica_identity != b'f' {
             key = relation.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
         }
-        Self { relation, key, topic }
+        let array_elements = vec![None; relation.columns.len()];
+        Self { relation, key, topic, array_elements }
+    }
+
+    /// Column type OIDs that are neither a mapped scalar nor a known array type: candidates
+    /// for [`Table::resolve_arrays`].
+    pub fn unresolved_types(&self) -> Vec<u32> {
+        let mut oids: Vec<u32> = self
+            .relation
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|oid| crate::value::array_element(*oid).is_none())
+            .collect();
+        oids.sort_unstable();
+        oids.dedup();
+        oids
+    }
+
+    /// Records the element types of array columns (`array type -> element type`).
+    pub fn resolve_arrays(&mut self, elements: &std::collections::HashMap<u32, u32>) {
+        for (slot, column) in self.array_elements.iter_mut().zip(&self.relation.columns) {
+            *slot = elements.get(&column.type_oid).copied();
+        }
     }
 
     /// `schema.table`.
@@ -37,7 +63,7 @@ impl Table {
     /// A tuple as a JSON object; unchanged TOAST columns are left out and listed in `unchanged`.
     pub fn row(&self, tuple: &Tuple, only_present: bool, unchanged: &mut Vec<String>) -> Value {
         let mut map = Map::new();
-        for (column, value) in self.relation.columns.iter().zip(tuple.iter()) {
+        for ((column, value), element) in self.relation.columns.iter().zip(tuple.iter()).zip(&self.array_elements) {
             match value {
                 TupleValue::Null => {
                     if !only_present {
@@ -47,7 +73,11 @@ impl Table {
                 TupleValue::UnchangedToast => unchanged.push(column.name.clone()),
                 TupleValue::Text(bytes) => {
                     let text = String::from_utf8_lossy(bytes);
-                    map.insert(column.name.clone(), to_json(column.type_oid, &text));
+                    let json = match element {
+                        Some(element) => crate::value::array_to_json_text(*element, &text),
+                        None => to_json(column.type_oid, &text),
+                    };
+                    map.insert(column.name.clone(), json);
                 }
                 TupleValue::Binary(bytes) => {
                     use base64::Engine;

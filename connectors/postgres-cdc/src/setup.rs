@@ -200,33 +200,153 @@ pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>, CdcEr
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Reads the snapshot-progress marker kept in the publication's comment.
-pub async fn snapshot_marker(client: &Client, config: &PostgresCdcConfig) -> Result<Option<String>, CdcError> {
+/// Element types of the array types among `oids` (`array type -> element type`), from
+/// `pg_type.typelem`; non-array types are left out.
+pub async fn array_elements(client: &Client, oids: &[u32]) -> Result<std::collections::HashMap<u32, u32>, CdcError> {
+    if oids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let oids = oids.to_vec();
+    let rows = client
+        .query(
+            "SELECT oid, typelem FROM pg_type WHERE oid = ANY($1) AND typcategory = 'A' AND typelem <> 0",
+            &[&oids],
+        )
+        .await
+        .map_err(query("look up array element types"))?;
+    Ok(rows.iter().map(|r| (r.get::<_, u32>(0), r.get::<_, u32>(1))).collect())
+}
+
+/// Progress of the initial snapshot of one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotState {
+    /// Written before the slot is created: the snapshot has not been fully acknowledged yet.
+    Pending,
+    /// Every snapshot row was acknowledged by Danube.
+    Done,
+}
+
+impl SnapshotState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Done => "done",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "done" => Some(Self::Done),
+            _ => None,
+        }
+    }
+}
+
+/// Prefix of the publication comment that holds the snapshot markers.
+const MARKER_PREFIX: &str = "danube-cdc snapshot ";
+
+/// Parses the publication comment into `slot -> state` (the JSON map form, or the older
+/// single-slot `<slot>=<state>` form). A comment that is not ours yields `None`.
+fn parse_markers(comment: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let body = comment.strip_prefix(MARKER_PREFIX)?;
+    if body.starts_with('{') {
+        return serde_json::from_str(body).ok();
+    }
+    let (slot, state) = body.split_once('=')?;
+    let mut map = serde_json::Map::new();
+    map.insert(slot.to_string(), serde_json::Value::from(state));
+    Some(map)
+}
+
+async fn publication_comment(client: &Client, publication: &str) -> Result<Option<String>, CdcError> {
     let row = client
         .query_opt(
             "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1",
-            &[&config.publication],
+            &[&publication],
         )
         .await
         .map_err(query("read publication comment"))?;
-    let comment: Option<String> = row.and_then(|r| r.get(0));
-    let prefix = format!("danube-cdc snapshot {}=", config.slot);
-    Ok(comment.and_then(|c| c.strip_prefix(&prefix).map(str::to_string)))
+    Ok(row.and_then(|r| r.get(0)))
 }
 
-/// Writes the snapshot-progress marker (`pending` or `done`); a failure is logged, not fatal.
-pub async fn set_snapshot_marker(client: &Client, config: &PostgresCdcConfig, state: &str) {
+/// Reads this slot's snapshot-progress marker, kept in the publication's comment as
+/// `danube-cdc snapshot {"<slot>":"pending"|"done",...}` (one entry per slot, so several
+/// connectors can share a publication).
+pub async fn snapshot_marker(client: &Client, config: &PostgresCdcConfig) -> Result<Option<SnapshotState>, CdcError> {
+    let comment = publication_comment(client, &config.publication).await?;
+    Ok(comment
+        .as_deref()
+        .and_then(parse_markers)
+        .and_then(|map| map.get(&config.slot).and_then(|v| v.as_str()).and_then(SnapshotState::parse)))
+}
+
+/// Writes this slot's snapshot-progress marker, leaving other slots' entries in place
+/// (read-modify-write under an advisory lock). A failure is an error: without the marker an
+/// interrupted snapshot could not be detected.
+pub async fn set_snapshot_marker(
+    client: &Client,
+    config: &PostgresCdcConfig,
+    state: SnapshotState,
+) -> Result<(), CdcError> {
+    client.batch_execute("BEGIN").await.map_err(query("begin snapshot marker update"))?;
+    let result = write_marker(client, config, state).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = client.batch_execute(end).await.map_err(query("end snapshot marker update"));
+    result.and(ended).map_err(|error| match error {
+        CdcError::Query { source, .. } if source.as_db_error().is_some() => CdcError::Setup(format!(
+            "cannot record the snapshot progress of slot {} in the comment of publication {}: {}              (the connector user must own the publication; or set connector.snapshot = never)",
+            config.slot,
+            config.publication,
+            source.as_db_error().map_or_else(String::new, |db| db.message().to_string())
+        )),
+        other => other,
+    })
+}
+
+async fn write_marker(client: &Client, config: &PostgresCdcConfig, state: SnapshotState) -> Result<(), CdcError> {
+    client
+        .execute("SELECT pg_advisory_xact_lock(hashtext('danube-cdc snapshot marker'))", &[])
+        .await
+        .map_err(query("lock snapshot marker"))?;
+    let comment = publication_comment(client, &config.publication).await?;
+    let mut map = match comment.as_deref().map(|c| (c, parse_markers(c))) {
+        Some((_, Some(map))) => map,
+        Some((other, None)) if !other.is_empty() => {
+            warn!(publication = %config.publication, comment = %other, "replacing a publication comment that is not a danube-cdc snapshot marker");
+            serde_json::Map::new()
+        }
+        _ => serde_json::Map::new(),
+    };
+    map.insert(config.slot.clone(), serde_json::Value::from(state.as_str()));
+    let text = format!("{MARKER_PREFIX}{}", serde_json::Value::Object(map));
     let sql = format!(
-        "COMMENT ON PUBLICATION {} IS 'danube-cdc snapshot {}={state}'",
+        "COMMENT ON PUBLICATION {} IS '{}'",
         quote_ident(&config.publication),
-        config.slot
+        text.replace('\'', "''")
     );
-    if let Err(error) = client.batch_execute(&sql).await {
-        warn!(error = %error, "cannot record snapshot progress on the publication; an interrupted snapshot will not be redone");
-    }
+    client.batch_execute(&sql).await.map_err(query("write snapshot marker"))?;
+    info!(slot = %config.slot, state = state.as_str(), "snapshot progress recorded");
+    Ok(())
 }
 
 /// Quotes an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_parse_in_both_forms() {
+        let map = parse_markers(r#"danube-cdc snapshot {"a":"pending","b":"done"}"#).expect("ours");
+        assert_eq!(map.get("a").and_then(|v| v.as_str()), Some("pending"));
+        assert_eq!(map.get("b").and_then(|v| v.as_str()), Some("done"));
+        let legacy = parse_markers("danube-cdc snapshot s1=done").expect("legacy form");
+        assert_eq!(legacy.get("s1").and_then(|v| v.as_str()), Some("done"));
+        assert!(parse_markers("owned by the billing team").is_none());
+        assert!(parse_markers("danube-cdc snapshot {broken").is_none());
+    }
 }

@@ -25,7 +25,7 @@ use crate::config::{Connection, PostgresCdcConfig, SnapshotMode, TlsMode};
 use crate::error::{query, replication, CdcError};
 use crate::marks::Marks;
 use crate::pgoutput::{self, Column, Message, Relation, TupleValue};
-use crate::setup;
+use crate::setup::{self, SnapshotState};
 
 /// What the task hands to `poll`.
 #[derive(Debug)]
@@ -130,13 +130,28 @@ impl Stream {
         setup::prepare(&client, &self.config).await?;
         setup::wait_slot_free(&client, &self.config, self.config.slot_wait).await?;
         let mut slot = setup::slot(&client, &self.config).await?;
-        if slot.is_some()
-            && self.config.snapshot != SnapshotMode::Never
-            && setup::snapshot_marker(&client, &self.config).await?.as_deref() == Some("pending")
-        {
+        let snapshotting = self.config.snapshot != SnapshotMode::Never;
+        let marker = if snapshotting { setup::snapshot_marker(&client, &self.config).await? } else { None };
+        if slot.is_some() && marker == Some(SnapshotState::Pending) {
+            // "pending" is written before the slot is created and replaced by "done" only
+            // once every snapshot row is acknowledged: the snapshot must be read again, in
+            // the snapshot of a new slot.
+            if !self.config.create_slot {
+                return Err(CdcError::Setup(format!(
+                    "the initial snapshot on replication slot {slot} was interrupted and must be redone on a new slot, \
+                     but connector.create_slot is false: set it to true (the slot is dropped and created again), \
+                     or set connector.snapshot = never to stream from the slot without the pre-existing rows",
+                    slot = self.config.slot
+                )));
+            }
             warn!(slot = %self.config.slot, "the initial snapshot was interrupted; dropping the slot and starting it again");
             setup::drop_slot(&client, &self.config.slot).await?;
             slot = None;
+        }
+        let initial_only = self.config.snapshot == SnapshotMode::InitialOnly;
+        if initial_only && slot.is_none() && marker == Some(SnapshotState::Done) {
+            info!(slot = %self.config.slot, "the initial snapshot of this slot was already published; nothing to do");
+            return Ok(Ended::SnapshotOnly);
         }
         let mut repl = ReplicationClient::connect_gated(self.replication_config())
             .await
@@ -149,10 +164,20 @@ impl Stream {
                     self.config.slot
                 )));
             }
-            let export =
-                if self.config.snapshot == SnapshotMode::Never { "NOEXPORT_SNAPSHOT" } else { "EXPORT_SNAPSHOT" };
+            if snapshotting {
+                // Before the slot exists: a crash between the two can only leave "pending"
+                // without a slot (a new slot and snapshot follow), never a slot without it.
+                setup::set_snapshot_marker(&client, &self.config, SnapshotState::Pending).await?;
+            }
+            let export = if snapshotting { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+            // initial_only never streams: a temporary slot disappears with the session, so
+            // it cannot retain WAL after the snapshot (or after a crash).
+            let temporary = if initial_only { " TEMPORARY" } else { "" };
             let rows = repl
-                .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {export}", self.config.slot))
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput {export}",
+                    self.config.slot
+                ))
                 .await
                 .map_err(replication(format!("create replication slot {}", self.config.slot)))?;
             let text = |i: usize| {
@@ -162,13 +187,12 @@ impl Stream {
                     .map(|b| String::from_utf8_lossy(b).into_owned())
             };
             let point = text(1).and_then(|t| Lsn::parse(&t).ok()).map_or(0, Lsn::as_u64);
-            info!(slot = %self.config.slot, consistent_point = %format_lsn(point), "replication slot created");
+            info!(slot = %self.config.slot, consistent_point = %format_lsn(point), temporary = initial_only, "replication slot created");
             if let Some(name) = text(2).filter(|n| !n.is_empty()) {
                 exported = Some((name, point));
             }
         }
         if let Some((snapshot, point)) = exported {
-            setup::set_snapshot_marker(&client, &self.config, "pending").await;
             let Some(last) = self.snapshot(&client, &snapshot, point).await? else { return Ok(Ended::Shutdown) };
             // The stream starts only once every snapshot row is in Danube, so an interrupted
             // snapshot is redone from scratch rather than left half-published.
@@ -181,10 +205,18 @@ impl Stream {
                 }
                 _ = self.stop.cancelled() => return Ok(Ended::Shutdown),
             }
-            setup::set_snapshot_marker(&client, &self.config, "done").await;
+            setup::set_snapshot_marker(&client, &self.config, SnapshotState::Done).await?;
             info!(rows = last, "initial snapshot acknowledged by Danube");
         }
-        if self.config.snapshot == SnapshotMode::InitialOnly {
+        if initial_only {
+            if slot.is_none() {
+                repl.simple_query(&format!("DROP_REPLICATION_SLOT {}", self.config.slot))
+                    .await
+                    .map_err(replication(format!("drop temporary replication slot {}", self.config.slot)))?;
+                info!(slot = %self.config.slot, "temporary replication slot dropped");
+            } else {
+                warn!(slot = %self.config.slot, "snapshot = initial_only with an existing slot: the slot is left in place and retains WAL until it is dropped");
+            }
             return Ok(Ended::SnapshotOnly);
         }
         repl.start().await.map_err(replication("START_REPLICATION"))?;
@@ -292,7 +324,10 @@ impl Stream {
                 let key = setup::primary_key(client, relation.oid).await?;
                 let topic = self.config.topic_for(&relation.namespace, &relation.name);
                 debug!(table = %format!("{}.{}", relation.namespace, relation.name), "relation");
-                self.tables.insert(relation.oid, Table::new(relation, &key, topic));
+                let mut table = Table::new(relation, &key, topic);
+                let elements = setup::array_elements(client, &table.unresolved_types()).await?;
+                table.resolve_arrays(&elements);
+                self.tables.insert(table.relation.oid, table);
                 Vec::new()
             }
             Message::Insert { relation, new } => {
@@ -471,6 +506,8 @@ impl Stream {
             .map_err(query("import the slot's snapshot"))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
         let txn = TxnInfo { xid: 0, commit_lsn: point, commit_time: now - 946_684_800_000_000 };
+        // One counter over all tables: `(commit_lsn, seq)` identifies each snapshot row.
+        let mut seq = 0u64;
         for (schema, name) in tables {
             let row = client
                 .query_one(
@@ -498,7 +535,9 @@ impl Stream {
                 columns.iter().map(|c| format!("{}::text", setup::quote_ident(&c.name))).collect();
             let relation =
                 Relation { oid, namespace: schema.clone(), name: name.clone(), replica_identity: b'd', columns };
-            let table = Table::new(relation, &key, self.config.topic_for(&schema, &name));
+            let mut table = Table::new(relation, &key, self.config.topic_for(&schema, &name));
+            let elements = setup::array_elements(client, &table.unresolved_types()).await?;
+            table.resolve_arrays(&elements);
             client
                 .batch_execute(&format!(
                     "DECLARE danube_snapshot NO SCROLL CURSOR FOR SELECT {} FROM {}.{}",
@@ -508,7 +547,7 @@ impl Stream {
                 ))
                 .await
                 .map_err(query(format!("snapshot {schema}.{name}")))?;
-            let mut seq = 0u64;
+            let mut table_rows = 0u64;
             loop {
                 let rows = client
                     .query(&format!("FETCH {} FROM danube_snapshot", self.config.snapshot_chunk_size), &[])
@@ -535,6 +574,7 @@ impl Stream {
                     }
                     .to_record()?;
                     seq += 1;
+                    table_rows += 1;
                     if !self.emit(record).await {
                         let _ = client.batch_execute("ROLLBACK").await;
                         return Ok(None);
@@ -542,7 +582,7 @@ impl Stream {
                 }
             }
             client.batch_execute("CLOSE danube_snapshot").await.map_err(query("close snapshot cursor"))?;
-            info!(table = %format!("{schema}.{name}"), rows = seq, "table snapshot read");
+            info!(table = %format!("{schema}.{name}"), rows = table_rows, "table snapshot read");
         }
         client.batch_execute("COMMIT").await.map_err(query("end snapshot transaction"))?;
         Ok(Some(self.last_emitted))

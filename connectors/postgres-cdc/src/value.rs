@@ -12,8 +12,9 @@
 use base64::Engine;
 use serde_json::Value;
 
-/// Element type OIDs of the array types mapped here, or `None` for a non-array.
-fn array_element(oid: u32) -> Option<u32> {
+/// Element type OIDs of the built-in array types mapped here, or `None` for a non-array (or
+/// an array type not listed: those are resolved from `pg_type.typelem`, see [`array_to_json_text`]).
+pub fn array_element(oid: u32) -> Option<u32> {
     Some(match oid {
         1000 => 16,
         1001 => 17,
@@ -46,6 +47,16 @@ pub fn to_json(oid: u32, text: &str) -> Value {
         };
     }
     scalar(oid, text)
+}
+
+/// Converts the text form of an array whose element type is `element` (an array type not
+/// known by OID, e.g. of an enum, resolved through `pg_type.typelem`) to a JSON array; an
+/// unparsable literal stays text.
+pub fn array_to_json_text(element: u32, text: &str) -> Value {
+    match parse_array(text) {
+        Some(items) => array_to_json(element, &items),
+        None => Value::String(text.to_string()),
+    }
 }
 
 fn scalar(oid: u32, text: &str) -> Value {
@@ -226,6 +237,8 @@ mod tests {
         assert_eq!(to_json(1007, "{}"), json!([]));
         assert_eq!(to_json(1007, "[0:1]={5,6}"), json!([5, 6]));
         assert_eq!(to_json(1007, "{1,2"), json!("{1,2"));
+        assert_eq!(array_to_json_text(99999, "{sad,happy}"), json!(["sad", "happy"]));
+        assert_eq!(array_to_json_text(99999, "{sad"), json!("{sad"));
     }
 
     #[test]

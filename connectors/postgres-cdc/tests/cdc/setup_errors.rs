@@ -95,3 +95,45 @@ async fn slot_and_publication_are_created_and_a_busy_slot_is_refused() {
     let status = first.terminate(Duration::from_secs(30)).await.expect("exits");
     assert_eq!(status.code(), Some(0), "{}", first.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_snapshot_marker_stops_startup_before_the_slot_exists() {
+    let env = Env::start().await;
+    env.pg
+        .psql(
+            "CREATE ROLE cdc LOGIN REPLICATION; CREATE TABLE accounts (id int PRIMARY KEY);
+             INSERT INTO accounts VALUES (1); GRANT SELECT ON accounts TO cdc;
+             CREATE PUBLICATION danube_cdc FOR TABLE accounts",
+        )
+        .unwrap();
+    let url = format!("postgres://cdc@127.0.0.1:{}/postgres", env.pg.port());
+    let log = startup_error(&env, &[("POSTGRES_CDC_URL", &url)]).await;
+    assert!(
+        log.contains("cannot record the snapshot progress of slot danube_cdc in the comment of publication danube_cdc"),
+        "{log}"
+    );
+    assert_eq!(
+        env.pg.psql("SELECT count(*) FROM pg_replication_slots").unwrap(),
+        "0",
+        "no slot is created without the marker: a crash during its snapshot could not be detected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_slot_false_refuses_a_missing_slot_and_keeps_an_interrupted_one() {
+    let env = Env::start().await;
+    env.pg.psql("CREATE TABLE accounts (id int PRIMARY KEY); CREATE PUBLICATION danube_cdc FOR TABLE accounts").unwrap();
+    let log = startup_error(&env, &[("POSTGRES_CDC_CREATE_SLOT", "false")]).await;
+    assert!(log.contains("replication slot danube_cdc does not exist and connector.create_slot is false"), "{log}");
+    // A slot whose initial snapshot was interrupted: it must be redone on a new slot, which
+    // create_slot = false forbids, so the slot is left alone and startup fails.
+    env.pg
+        .psql(
+            "SELECT pg_create_logical_replication_slot('danube_cdc', 'pgoutput');
+             COMMENT ON PUBLICATION danube_cdc IS 'danube-cdc snapshot {\"danube_cdc\":\"pending\"}'",
+        )
+        .unwrap();
+    let log = startup_error(&env, &[("POSTGRES_CDC_CREATE_SLOT", "false")]).await;
+    assert!(log.contains("was interrupted and must be redone on a new slot"), "{log}");
+    assert_eq!(env.pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'danube_cdc'").unwrap(), "1");
+}
