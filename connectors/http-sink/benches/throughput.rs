@@ -163,14 +163,15 @@ async fn sink_run(broker: &EmbeddedBroker, receiver: &(String, Arc<AtomicU64>), 
     broker.publish(&topic, b"create".to_vec(), HashMap::new(), None);
     broker.set_max_unacked(&topic, name, WINDOW);
     let runtime = runtime_config(broker, name, &topic, concurrency, batch);
-    let mut connector = HttpSinkConfig { url, ..Default::default() };
+    let mut connector = HttpSinkConfig { url: url.into(), ..Default::default() };
     if batch > 1 {
         connector.body.mode = BodyMode::Batch;
     }
     let config = ConnectorConfig { runtime, connector };
     let token = CancellationToken::new();
+    let ordering = config.runtime.sink.ordering;
     let runtime = Runtime::start(config.runtime, token.clone()).await.expect("runtime");
-    let sink = HttpSink::new(config.connector).expect("sink");
+    let sink = HttpSink::new(config.connector).expect("sink").with_ordering(ordering);
     let run = tokio::spawn(async move { runtime.run_sink(sink).await });
     assert!(broker.wait_for_consumers(&topic, name, 1, Duration::from_secs(20)).await);
     let started = Instant::now();

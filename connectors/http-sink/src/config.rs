@@ -37,7 +37,9 @@ pub struct HttpSinkConfig {
     /// Target URL; may hold placeholders filled per record: `{topic}` (`default/orders`),
     /// `{namespace}`, `{topic_name}`, `{partition}`, `{offset}`, `{key}` and `{attr.NAME}`
     /// (a record attribute). Values are percent-encoded. Must be `http://` or `https://`.
-    pub url: String,
+    /// A string, `{ env = "VAR" }` or `{ file = "/path" }`; shown with its path and query
+    /// redacted in logs, errors and `--check` (they may hold a secret).
+    pub url: TargetUrl,
     /// HTTP method: `POST` (default), `PUT` or `PATCH`.
     pub method: HttpMethod,
     /// Static headers added to every request.
@@ -81,11 +83,11 @@ pub struct HttpSinkConfig {
 impl Default for HttpSinkConfig {
     fn default() -> Self {
         Self {
-            url: String::new(),
+            url: TargetUrl::default(),
             method: HttpMethod::Post,
             headers: BTreeMap::new(),
             auth: None,
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_in_flight: 256,
             follow_redirects: false,
@@ -100,6 +102,61 @@ impl Default for HttpSinkConfig {
             deny_private_targets: false,
             attempts_tracked: 100_000,
         }
+    }
+}
+
+/// The configured target URL (template). `Debug`, `Display` and `Serialize` (the `--check`
+/// output) show it redacted by [`redact_url`](crate::template::redact_url): scheme and
+/// host, not the path, query or user info, which may hold a secret. Read from a string,
+/// `{ env = "VAR" }` or `{ file = "/path" }`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TargetUrl(String);
+
+impl TargetUrl {
+    /// The URL as configured; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no URL is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for TargetUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_string())
+    }
+}
+
+impl From<String> for TargetUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl std::fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::template::redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::template::redact_url(&self.0))
+    }
+}
+
+impl Serialize for TargetUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&crate::template::redact_url(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Secret::deserialize(deserializer).map(|secret| Self(secret.expose().to_string()))
     }
 }
 
@@ -329,14 +386,22 @@ pub struct RetryAfterConfig {
     #[serde(with = "humantime_serde")]
     pub max: Duration,
     /// Hints longer than this are not waited for in process: the record is handed back to
-    /// the broker (nack with that delay), so long waits pin no memory.
+    /// the broker (nack with that delay), so long waits pin no memory. In ordered mode
+    /// (`sink.ordering = "key"`) a record with a routing key waits in process instead.
     #[serde(with = "humantime_serde")]
     pub defer_threshold: Duration,
+    /// How many times one record may be deferred for a `Retry-After` past
+    /// `defer_threshold` (counted in memory across redeliveries, like the attempt number).
+    /// Beyond it the hint is handled like a short one: retried in process within
+    /// `retry.max_attempts` / `retry.max_elapsed`, then `failure.policy` (dead-letter by
+    /// default). Unset (the default): no limit, a receiver that always answers with a long
+    /// `Retry-After` keeps the record cycling. Deferrals for an open circuit never count.
+    pub max_defers: Option<u32>,
 }
 
 impl Default for RetryAfterConfig {
     fn default() -> Self {
-        Self { max: Duration::from_secs(60), defer_threshold: Duration::from_secs(10) }
+        Self { max: Duration::from_secs(60), defer_threshold: Duration::from_secs(10), max_defers: None }
     }
 }
 
@@ -364,7 +429,7 @@ impl Validate for HttpSinkConfig {
         if self.url.is_empty() {
             return Err(ConfigError::invalid("connector.url", "is required (e.g. https://hooks.example.com/events)"));
         }
-        let template = UrlTemplate::parse(&self.url).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
+        let template = UrlTemplate::parse(self.url.expose()).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
         if self.deny_private_targets {
             if let Some(host) = template.static_host() {
                 crate::ssrf::check_host(&host).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
@@ -458,6 +523,43 @@ impl Validate for HttpSinkConfig {
     }
 }
 
+impl HttpSinkConfig {
+    /// Settings that are valid but work against each other given the runtime's retry
+    /// policy, one sentence each (the binary logs them as warnings at start):
+    ///
+    /// - `circuit_breaker.failure_threshold` above `retry.max_attempts`: a record failing
+    ///   alone uses up its attempts before the circuit can open, and is dead-lettered
+    ///   (`failure.policy`) instead of handed back.
+    /// - `timeout` × (`failure_threshold` − 1) not below `retry.max_elapsed`: against a
+    ///   receiver that hangs, the retries of one record run out of time before the circuit
+    ///   can open.
+    pub fn warnings(&self, retry: &danube_connect_core::config::RetryConfig) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.circuit_breaker.enabled {
+            return warnings;
+        }
+        let threshold = self.circuit_breaker.failure_threshold;
+        if usize::try_from(threshold).is_ok_and(|t| t > retry.max_attempts) {
+            warnings.push(format!(
+                "connector.circuit_breaker.failure_threshold ({threshold}) is above retry.max_attempts ({}): \
+                 a record failing alone runs out of attempts and follows failure.policy (dead-letter by default) \
+                 before the circuit opens",
+                retry.max_attempts
+            ));
+        }
+        let hanging = self.timeout.saturating_mul(threshold.saturating_sub(1));
+        if hanging >= retry.max_elapsed {
+            warnings.push(format!(
+                "connector.timeout ({:?}) x (failure_threshold - 1) = {hanging:?} is not below retry.max_elapsed ({:?}): \
+                 against a receiver that hangs, a record runs out of retry time and follows failure.policy \
+                 before the circuit opens",
+                self.timeout, retry.max_elapsed
+            ));
+        }
+        warnings
+    }
+}
+
 /// Decodes a Standard Webhooks secret: `whsec_` followed by the base64 key.
 pub fn decode_webhook_secret(secret: &Secret) -> Result<Vec<u8>, String> {
     let Some(encoded) = secret.expose().strip_prefix("whsec_") else {
@@ -531,6 +633,42 @@ mod tests {
         let mut config = valid();
         config.headers.insert("bad header".into(), "v".into());
         assert_eq!(field_of(&config), "connector.headers.bad header");
+    }
+
+    #[test]
+    fn breaker_settings_that_retries_would_outrun_are_warned_about() {
+        use danube_connect_core::config::RetryConfig;
+        let retry = RetryConfig::default();
+        assert!(valid().warnings(&retry).is_empty(), "the defaults agree: {:?}", valid().warnings(&retry));
+        let mut config = valid();
+        config.circuit_breaker.failure_threshold = 8;
+        let warnings = config.warnings(&RetryConfig { max_elapsed: Duration::from_secs(600), ..retry.clone() });
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("failure_threshold (8)") && warnings[0].contains("max_attempts (5)"), "{warnings:?}");
+        let mut config = valid();
+        config.timeout = Duration::from_secs(30);
+        let warnings = config.warnings(&retry);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("connector.timeout") && warnings[0].contains("hangs"), "{warnings:?}");
+        config.circuit_breaker.enabled = false;
+        assert!(config.warnings(&retry).is_empty());
+    }
+
+    #[test]
+    fn the_url_is_redacted_in_debug_display_and_serialized_output_but_read_from_env() {
+        let config = HttpSinkConfig { url: "https://hooks.slack.com/services/T0/B0/s3cr3tPath?k=s3cr3tQ".into(), ..valid() };
+        let serialized = serde_json::to_string(&config).expect("serialize");
+        for text in [format!("{config:?}"), config.url.to_string(), serialized] {
+            assert!(text.contains("hooks.slack.com") && !text.contains("s3cr3t"), "{text}");
+        }
+        assert!(config.url.expose().ends_with("?k=s3cr3tQ"));
+        let from_json: TargetUrl = serde_json::from_str(r#""http://h/x""#).expect("plain string");
+        assert_eq!(from_json.expose(), "http://h/x");
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), "http://h/from-file\n").expect("write");
+        let json = format!(r#"{{"file": {:?}}}"#, file.path().display().to_string());
+        let read: TargetUrl = serde_json::from_str(&json).expect("from a file");
+        assert_eq!(read.expose(), "http://h/from-file");
     }
 
     #[test]

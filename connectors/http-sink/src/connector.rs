@@ -7,19 +7,32 @@
 //! | success status (2xx) | `Ok` | ack |
 //! | retryable status (408, 429, 5xx), network error, timeout | `Retryable` (with the `Retry-After` hint) | retry with backoff, then the failure policy |
 //! | `Retry-After` longer than `retry_after.defer_threshold` | `Defer` | nack with that delay |
+//! | the same, once `retry_after.max_defers` is spent | `Retryable` (with the hint) | retry, then the failure policy |
 //! | circuit open (or this failure opened it) | `Defer` | nack with the remaining cool-down |
 //! | other status (4xx), unusable URL, SSRF guard | `InvalidRecord` | failure policy at once (dead-letter) |
+//!
+//! In ordered mode (`sink.ordering = "key"`, see [`HttpSink::with_ordering`]) a record with
+//! a routing key is never handed back: a nack would let the key's next record overtake it.
+//! The deferral is waited out in process instead (the hint is already cut at
+//! `retry_after.max`, a circuit's wait at its cool-down), then the record is sent again.
+//! Only at shutdown is such a record handed back; the later records of its key are then
+//! handed back too, unsent.
+//!
+//! Errors and logs show a target as `scheme://host:port/<redacted>` ([`target_of`]): the
+//! path and query of a webhook URL often hold its secret.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use danube_connect_core::config::Ordering;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
 use futures::future::join_all;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use url::Url;
 
@@ -30,7 +43,7 @@ use crate::config::{decode_webhook_secret, AuthConfig, HttpSinkConfig, RetryAfte
 use crate::outcome::{parse_retry_after, Class, Outcomes};
 use crate::signature::{self, BodySigner, WebhookSigner};
 use crate::ssrf::{check_host, GuardedResolver, SsrfError};
-use crate::template::{endpoint_of, RenderError, TemplateError, UrlTemplate};
+use crate::template::{endpoint_of, target_of, RenderError, TemplateError, UrlTemplate};
 
 /// Bytes of an error response kept for the error message (and the dead-letter record).
 const ERROR_BODY_LIMIT: usize = 512;
@@ -90,7 +103,7 @@ pub enum DeliveryError {
     Status {
         /// The method.
         method: reqwest::Method,
-        /// `scheme://host:port/path` (no query: it may hold secrets).
+        /// `scheme://host:port/<redacted>` ([`target_of`]): path and query may hold secrets.
         target: String,
         /// The status.
         status: reqwest::StatusCode,
@@ -102,11 +115,11 @@ pub enum DeliveryError {
     Transport {
         /// The method.
         method: reqwest::Method,
-        /// `scheme://host:port/path`.
+        /// `scheme://host:port/<redacted>` ([`target_of`]).
         target: String,
         /// `timed out` or `failed`.
         what: &'static str,
-        /// The client error.
+        /// The client error, its URL removed (`reqwest::Error::without_url`).
         #[source]
         source: reqwest::Error,
     },
@@ -222,6 +235,12 @@ pub struct HttpSink {
     attempts: Attempts,
     in_flight: Semaphore,
     metrics: Option<SinkMetrics>,
+    /// `sink.ordering = "key"`: keyed records wait out deferrals in process.
+    ordered: bool,
+    /// Cancelled at shutdown (from the [`SinkContext`]).
+    shutdown: Option<CancellationToken>,
+    /// Keys whose record was handed back at shutdown: their later records are not sent.
+    stalled: std::sync::Mutex<HashSet<String>>,
 }
 
 fn header_name(field: &str, name: &str) -> Result<HeaderName, BuildError> {
@@ -241,7 +260,7 @@ fn read_file(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Bui
 impl HttpSink {
     /// Builds the sink (HTTP client, TLS, headers, signers) from its configuration.
     pub fn new(config: HttpSinkConfig) -> Result<Self, BuildError> {
-        let template = UrlTemplate::parse(&config.url)?;
+        let template = UrlTemplate::parse(config.url.expose())?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
@@ -337,7 +356,19 @@ impl HttpSink {
             attempts: Attempts::new(config.attempts_tracked),
             in_flight: Semaphore::new(config.max_in_flight),
             metrics: None,
+            ordered: true,
+            shutdown: None,
+            stalled: std::sync::Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Tells the sink the runtime's `sink.ordering` (the default is `key`, like the
+    /// runtime's). With `key`, a record that has a routing key waits out a deferral
+    /// (`Retry-After` past `retry_after.defer_threshold`, open circuit) in process instead
+    /// of being handed back to the broker, so the later records of its key cannot overtake it.
+    pub fn with_ordering(mut self, ordering: Ordering) -> Self {
+        self.ordered = ordering == Ordering::Key;
+        self
     }
 
     fn outcome(&self, outcome: &str) {
@@ -356,7 +387,7 @@ impl HttpSink {
     /// Sends one request carrying `records` (one, or a batch) to `url`.
     async fn deliver(&self, records: &[&SinkRecord], url: Url) -> Result<(), Failure> {
         let endpoint = endpoint_of(&url);
-        let target = format!("{endpoint}{}", url.path());
+        let target = target_of(&url);
         if self.deny_private_targets {
             if let Some(host) = url.host() {
                 if let Err(error) = check_host(&host.to_owned()) {
@@ -491,14 +522,28 @@ impl HttpSink {
                 }
                 self.outcome("retryable");
                 match retry_after {
-                    Some(hint) if hint > self.retry_after.defer_threshold => Err(Failure::Defer {
-                        delay: hint.max(MIN_DEFER),
-                        message: format!("{error}; Retry-After {hint:?} is past the defer threshold"),
-                    }),
+                    Some(hint) if hint > self.retry_after.defer_threshold => {
+                        if self.may_defer(ids) {
+                            Err(Failure::Defer {
+                                delay: hint.max(MIN_DEFER),
+                                message: format!("{error}; Retry-After {hint:?} is past the defer threshold"),
+                            })
+                        } else {
+                            warn!(%target, ?hint, "retry_after.max_defers spent: retrying in process, then the failure policy");
+                            Err(Failure::Retry { after: Some(hint), error })
+                        }
+                    }
                     after => Err(Failure::Retry { after, error }),
                 }
             }
         }
+    }
+
+    /// Counts one more `Retry-After` deferral of `ids`; whether it stays within
+    /// `retry_after.max_defers`.
+    fn may_defer(&self, ids: &[String]) -> bool {
+        let defers = ids.iter().map(|id| self.attempts.defer(id)).max().unwrap_or(1);
+        self.retry_after.max_defers.is_none_or(|max| defers <= max)
     }
 
     fn on_transport_error(&self, error: reqwest::Error, endpoint: &str, target: &str) -> Failure {
@@ -515,7 +560,8 @@ impl HttpSink {
             method: self.method.clone(),
             target: target.to_string(),
             what: if error.is_timeout() { "timed out" } else { "failed" },
-            source: error,
+            // Its text would repeat the whole URL, query and all.
+            source: error.without_url(),
         });
         if self.report(endpoint, Report::Failed) {
             self.outcome("deferred");
@@ -543,7 +589,48 @@ impl HttpSink {
             self.outcome("permanent");
             Failure::Permanent(Arc::new(DeliveryError::Url(e)))
         })?;
-        self.deliver(&[record], url).await
+        self.deliver_keeping_order(&[record], url).await
+    }
+
+    /// [`deliver`](Self::deliver), except that in ordered mode records with a routing key
+    /// wait out a deferral in process (see the module docs) instead of being handed back.
+    async fn deliver_keeping_order(&self, records: &[&SinkRecord], url: Url) -> Result<(), Failure> {
+        let keys: Vec<&str> = if self.ordered { records.iter().filter_map(|r| r.routing_key.as_deref()).collect() } else { Vec::new() };
+        if keys.is_empty() {
+            return self.deliver(records, url).await;
+        }
+        if keys.iter().any(|key| self.stalled_keys().contains(*key)) {
+            self.outcome("deferred");
+            return Err(Failure::Defer {
+                delay: MIN_DEFER,
+                message: "held back: an earlier record of the same key was handed back at shutdown".into(),
+            });
+        }
+        loop {
+            let (delay, message) = match self.deliver(records, url.clone()).await {
+                Err(Failure::Defer { delay, message }) => (delay, message),
+                other => return other,
+            };
+            debug!(?delay, %message, "ordered mode: waiting in process instead of handing the record back");
+            let stopping = match &self.shutdown {
+                Some(token) => tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = token.cancelled() => true,
+                },
+                None => {
+                    tokio::time::sleep(delay).await;
+                    false
+                }
+            };
+            if stopping {
+                self.stalled_keys().extend(keys.iter().map(|key| key.to_string()));
+                return Err(Failure::Defer { delay, message });
+            }
+        }
+    }
+
+    fn stalled_keys(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.stalled.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records of one key, one after another; after a retryable failure or a deferral the
@@ -595,11 +682,11 @@ impl HttpSink {
             // The whole batch in one request: let the runtime retry it as a whole.
             let refs: Vec<&SinkRecord> = records.iter().collect();
             let Some((url, _)) = groups.pop() else { return Ok(()) };
-            return self.deliver(&refs, url).await.map_err(|f| f.to_error());
+            return self.deliver_keeping_order(&refs, url).await.map_err(|f| f.to_error());
         }
         let sends = groups.into_iter().map(|(url, members)| async move {
             let refs: Vec<&SinkRecord> = members.iter().map(|&i| &records[i]).collect();
-            (members.clone(), self.deliver(&refs, url).await)
+            (members.clone(), self.deliver_keeping_order(&refs, url).await)
         });
         for (members, result) in join_all(sends).await {
             if let Err(failure) = result {
@@ -640,6 +727,7 @@ impl SinkConnector for HttpSink {
         let metrics = SinkMetrics::register(&ctx.metrics)
             .map_err(|e| ConnectorError::fatal("register the HTTP sink metrics", BuildError::Metrics(e)))?;
         self.metrics = Some(metrics);
+        self.shutdown = Some(ctx.shutdown);
         Ok(())
     }
 

@@ -5,7 +5,12 @@ use danube_connector_http_sink::{HttpSink, HttpSinkConfig};
 
 fn main() -> std::process::ExitCode {
     cli::run::<HttpSinkConfig, _, _>("danube-http-sink", "HTTP_SINK", |config, runtime| async move {
-        let sink = HttpSink::new(config.connector).map_err(|e| ConnectorError::fatal("build the HTTP sink", e))?;
+        for warning in config.connector.warnings(&config.runtime.retry) {
+            tracing::warn!(%warning, "configuration works against itself");
+        }
+        let sink = HttpSink::new(config.connector)
+            .map_err(|e| ConnectorError::fatal("build the HTTP sink", e))?
+            .with_ordering(config.runtime.sink.ordering);
         runtime.run_sink(sink).await
     })
 }

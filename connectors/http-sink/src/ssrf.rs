@@ -27,7 +27,7 @@ pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return is_internal_v4(v4);
             }
             let first = v6.segments()[0];
@@ -36,8 +36,27 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0) // NAT64 prefix base
+                || (first & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
+                || v6.segments()[..3] == [0x64, 0xff9b, 0x1] // local-use NAT64 64:ff9b:1::/48
         }
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for, when it embeds one the network would
+/// reach: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (deprecated), NAT64
+/// `64:ff9b::a.b.c.d` (the well-known /96 prefix) and 6to4 `2002:AABB:CCDD::/48`.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let from = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        // `::` and `::1` are the IPv6 unspecified and loopback addresses, not IPv4 ones.
+        [0, 0, 0, 0, 0, 0, high, low] if (high, low) != (0, 0) && (high, low) != (0, 1) => Some(from(high, low)),
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => Some(from(high, low)),
+        [0x2002, high, low, ..] => Some(from(high, low)),
+        _ => None,
     }
 }
 
@@ -104,6 +123,35 @@ mod tests {
         for ip in ["93.184.215.14", "1.1.1.1", "2606:4700::1111"] {
             assert!(!is_internal(ip.parse().expect("ip")), "{ip}");
         }
+    }
+
+    #[test]
+    fn ipv6_addresses_embedding_an_ipv4_one_are_judged_by_it() {
+        // NAT64 (the whole 64:ff9b::/96), IPv4-mapped, IPv4-compatible, 6to4.
+        for ip in [
+            "64:ff9b::",
+            "64:ff9b::7f00:1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "64:ff9b:1::1",
+            "fec0::1",
+        ] {
+            assert!(is_internal(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["64:ff9b::1.1.1.1", "64:ff9b::5db8:d70e", "::ffff:1.1.1.1", "2002:5db8:d70e::1"] {
+            assert!(!is_internal(ip.parse().expect("ip")), "{ip}");
+        }
+        assert!(is_internal("::1".parse().expect("ip")) && is_internal("::".parse().expect("ip")));
+        let host = url::Host::Ipv6("64:ff9b::7f00:1".parse().expect("ip"));
+        assert!(matches!(check_host(&host), Err(SsrfError::Private(_))));
     }
 
     #[test]

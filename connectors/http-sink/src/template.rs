@@ -21,10 +21,11 @@ pub enum TemplateError {
     /// An unknown placeholder.
     #[error("unknown placeholder `{{{0}}}`; expected topic, namespace, topic_name, partition, offset, key or attr.NAME")]
     Unknown(String),
-    /// The URL (with sample values) does not parse.
+    /// The URL (with sample values) does not parse. It is shown redacted: its path or
+    /// query may hold a secret.
     #[error("`{url}` is not a valid URL")]
     Url {
-        /// The URL with sample values.
+        /// The URL with sample values, path and query redacted ([`redact_url`]).
         url: String,
         /// The parse error.
         #[source]
@@ -64,8 +65,8 @@ enum Part {
     Attr(String),
 }
 
-/// A parsed URL template.
-#[derive(Debug, Clone)]
+/// A parsed URL template. Its `Debug` output shows the redacted URL only.
+#[derive(Clone)]
 pub struct UrlTemplate {
     parts: Vec<Part>,
     /// The URL when the template has no placeholder.
@@ -116,7 +117,8 @@ impl UrlTemplate {
                 _ => "x",
             })
             .collect();
-        let sample = Url::parse(&sample_text).map_err(|source| TemplateError::Url { url: sample_text.clone(), source })?;
+        let sample =
+            Url::parse(&sample_text).map_err(|source| TemplateError::Url { url: redact_url(&sample_text), source })?;
         if !matches!(sample.scheme(), "http" | "https") {
             return Err(TemplateError::Scheme(sample.scheme().to_string()));
         }
@@ -181,6 +183,42 @@ impl UrlTemplate {
     }
 }
 
+impl std::fmt::Debug for UrlTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlTemplate").field("url", &redact_url(self.sample.as_str())).finish_non_exhaustive()
+    }
+}
+
+/// What logs, errors and `--check` show of a URL: scheme and authority, with any
+/// `user:password@` replaced, and `/<redacted>` for a path or query (Slack-style incoming
+/// webhooks carry their secret in the path, others in the query).
+///
+/// Works on text that is not a valid URL too (a template, a URL that did not parse).
+pub fn redact_url(text: &str) -> String {
+    let (scheme, rest) = match text.find("://") {
+        Some(i) => (&text[..i + 3], &text[i + 3..]),
+        None if text.is_empty() => return String::new(),
+        None => return REDACTED.to_string(),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("{REDACTED}@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let tail = if tail.is_empty() || tail == "/" { tail.to_string() } else { format!("/{REDACTED}") };
+    format!("{scheme}{authority}{tail}")
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// `scheme://host:port` followed by `/` for the root path or `/<redacted>` for any other
+/// path or a query: what errors, logs and dead-letter records show of a request target.
+pub fn target_of(url: &Url) -> String {
+    let tail = if url.path() == "/" && url.query().is_none() { "/" } else { "/<redacted>" };
+    format!("{}{tail}", endpoint_of(url))
+}
+
 /// The authority part of a URL template (between `://` and the next `/`, `?` or `#`).
 fn host_span(template: &str) -> Option<&str> {
     let start = template.find("://")? + 3;
@@ -238,6 +276,25 @@ mod tests {
         assert!(matches!(UrlTemplate::parse("http://h/{what}"), Err(TemplateError::Unknown(_))));
         assert!(matches!(UrlTemplate::parse("mailto:a@b"), Err(TemplateError::Scheme(_))));
         assert!(UrlTemplate::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn redaction_keeps_scheme_and_host_and_hides_path_query_and_userinfo() {
+        let slack = "https://hooks.slack.com/services/T0001/B0001/s3cr3tPath";
+        assert_eq!(redact_url(slack), "https://hooks.slack.com/<redacted>");
+        assert_eq!(redact_url("http://h:8080/x?token=s3cr3t"), "http://h:8080/<redacted>");
+        assert_eq!(redact_url("http://h:8080?token=s3cr3t"), "http://h:8080/<redacted>");
+        assert_eq!(redact_url("https://user:pw@h.example/"), "https://<redacted>@h.example/");
+        assert_eq!(redact_url("https://h.example"), "https://h.example");
+        assert_eq!(redact_url("not a url with s3cr3t"), "<redacted>");
+        assert_eq!(redact_url(""), "");
+        let url = Url::parse(slack).expect("url");
+        assert_eq!(target_of(&url), "https://hooks.slack.com:443/<redacted>");
+        assert_eq!(target_of(&Url::parse("http://h/").expect("url")), "http://h:80/");
+        let template = UrlTemplate::parse("https://hooks.slack.com/services/{attr.team}/s3cr3tPath").expect("parse");
+        assert!(!format!("{template:?}").contains("s3cr3t"), "{template:?}");
+        let err = UrlTemplate::parse("http://h:99999999/s3cr3t").expect_err("bad port");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 
     #[test]

@@ -87,6 +87,17 @@ struct ReceiverState {
     responder: Mutex<Responder>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Connections being served now.
+    connections: AtomicUsize,
+}
+
+/// Counts one served connection while alive (dropped when its task ends or is aborted).
+struct OpenConnection(Arc<ReceiverState>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A real HTTP server on 127.0.0.1.
@@ -170,6 +181,7 @@ impl Receiver {
             responder: Mutex::new(Box::new(|_, _| Reply::Status(200))),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
         });
         let mut receiver = Self { addr: "127.0.0.1:0".parse().expect("addr"), state, task: Mutex::new(None), tls };
         receiver.listen().expect("receiver binds");
@@ -184,6 +196,7 @@ impl Receiver {
         self.addr = listener.local_addr()?;
         let router = Router::new().fallback(handle).with_state(self.state.clone());
         let tls = self.tls.clone();
+        let state = self.state.clone();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -191,7 +204,10 @@ impl Receiver {
                 let kill = Arc::new(Notify::new());
                 let service = TowerToHyperService::new(router.clone().layer(Extension(Kill(kill.clone()))));
                 let tls = tls.clone();
+                state.connections.fetch_add(1, Ordering::SeqCst);
+                let open = OpenConnection(state.clone());
                 connections.spawn(async move {
+                    let _open = open;
                     let builder = hyper::server::conn::http1::Builder::new();
                     match tls {
                         Some(acceptor) => {
@@ -259,6 +275,17 @@ impl Receiver {
         }
     }
 
+    /// [`stop`](Self::stop), then waits until every connection it served is closed, so
+    /// no request can be answered any more (not even on a pooled connection).
+    pub async fn stop_and_wait(&self) {
+        self.stop();
+        let state = self.state.clone();
+        assert!(
+            eventually(Duration::from_secs(10), || state.connections.load(Ordering::SeqCst) == 0).await,
+            "the receiver's connections closed"
+        );
+    }
+
     /// Listens again on the same port.
     pub fn restart(&mut self) {
         self.listen().expect("receiver re-binds its port");
@@ -298,7 +325,7 @@ pub fn config(name: &str, broker: &EmbeddedBroker, topic: &str, url: &str) -> Co
     };
     runtime.shutdown.timeout = Duration::from_secs(10);
     runtime.sink.topics = vec![SinkTopicConfig::new(topic)];
-    let mut connector = HttpSinkConfig { url: url.to_string(), ..Default::default() };
+    let mut connector = HttpSinkConfig { url: url.into(), ..Default::default() };
     connector.circuit_breaker.cool_down = Duration::from_secs(1);
     ConnectorConfig { runtime, connector }
 }
@@ -329,8 +356,9 @@ pub async fn start_sink(broker: &EmbeddedBroker, config: ConnectorConfig<HttpSin
     }
     danube_connect_core::config::Validate::validate(&config.connector).expect("valid connector config");
     let token = CancellationToken::new();
+    let ordering = config.runtime.sink.ordering;
     let runtime = Runtime::start(config.runtime, token.clone()).await.expect("runtime starts");
-    let sink = HttpSink::new(config.connector).expect("sink builds");
+    let sink = HttpSink::new(config.connector).expect("sink builds").with_ordering(ordering);
     let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
     assert!(
         broker.wait_for_consumers(&topic, &subscription, 1, Duration::from_secs(20)).await,
