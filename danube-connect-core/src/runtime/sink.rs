@@ -272,13 +272,33 @@ impl Lane {
                         *slot = Some(error);
                     }
                 }
+                // The outside system's hint (Retry-After) for the records to retry: the
+                // longest one, waited once before the first of them is re-sent.
+                let retry_after = failed
+                    .iter()
+                    .filter_map(|error| match error {
+                        Some(ConnectorError::Retryable { retry_after, .. }) => *retry_after,
+                        _ => None,
+                    })
+                    .max();
+                let mut waited: Option<bool> = None;
                 for ((message, record), error) in messages.iter().zip(&records).zip(failed) {
                     if self.stopped() {
                         break;
                     }
                     match error {
                         None => self.ack(message).await,
-                        Some(error) if error.is_retryable() => self.retry_one(message, record).await,
+                        Some(error) if error.is_retryable() => {
+                            let go_on = match waited {
+                                Some(go_on) => go_on,
+                                None => *waited.insert(self.wait_before_retry(retry_after).await),
+                            };
+                            // Shut down while waiting: left unacked, redelivered later.
+                            if go_on {
+                                self.env.metrics.records_retried.with_label_values(&self.labels()).inc();
+                                self.retry_one(message, record).await;
+                            }
+                        }
                         Some(error) => self.fail(message, record, error, attempts).await,
                     }
                 }
@@ -338,6 +358,19 @@ impl Lane {
             }
         }
         kept
+    }
+
+    /// Waits before re-sending the records a partial batch failed: the first backoff delay,
+    /// or the outside system's `retry_after` hint when it is longer. Returns false when the
+    /// runtime shuts down meanwhile (the records are then left unacked).
+    async fn wait_before_retry(&self, retry_after: Option<Duration>) -> bool {
+        let backoff = self.retry.delays().next().unwrap_or(self.retry.config().initial_backoff);
+        let delay = retry_after.map_or(backoff, |hint| hint.max(backoff));
+        debug!(topic = %self.topic, retry_in = ?delay, "partial batch: waiting before re-sending the failed records");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.env.shutdown.cancelled() => false,
+        }
     }
 
     async fn retry_one(&self, message: &StreamMessage, record: &SinkRecord) {

@@ -289,3 +289,64 @@ async fn stop_policy_leaves_every_record_after_the_failed_one_unacked() {
         "only the record before the failed one is acked; the later ones wait for the restart"
     );
 }
+
+/// Fails the record `hint` of its first batch with a `retry_after` hint; records when
+/// each record was handed over.
+#[derive(Clone, Default)]
+struct RetryAfterSink {
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>,
+}
+
+#[danube_connect_core::async_trait]
+impl danube_connect_core::SinkConnector for RetryAfterSink {
+    async fn process(&self, record: &danube_connect_core::SinkRecord) -> danube_connect_core::ConnectorResult<()> {
+        self.process_batch(std::slice::from_ref(record)).await
+    }
+
+    async fn process_batch(&self, records: &[danube_connect_core::SinkRecord]) -> danube_connect_core::ConnectorResult<()> {
+        let mut calls = self.calls.lock().expect("lock");
+        let first_time = !calls.iter().any(|(p, _)| p == "hint");
+        let mut failures = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let payload = String::from_utf8_lossy(&record.payload).into_owned();
+            if payload == "hint" && first_time {
+                failures.push((
+                    index,
+                    danube_connect_core::ConnectorError::Retryable {
+                        message: "429 Too Many Requests".into(),
+                        retry_after: Some(Duration::from_millis(700)),
+                        source: None,
+                    },
+                ));
+            }
+            calls.push((payload, std::time::Instant::now()));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(danube_connect_core::ConnectorError::PartialBatch { failures })
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_batch_waits_for_the_retry_after_hint_before_re_sending() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/retry-after";
+    broker.publish(topic, b"create".to_vec(), HashMap::new(), None);
+    let mut config = with_topics(runtime_config("retry-after", &broker.url()), &[topic]);
+    config.sink.batch.linger = Duration::from_millis(200);
+    let sink = RetryAfterSink::default();
+    let (token, run) = spawn_sink(config, sink.clone()).await;
+    settle().await;
+    broker.publish(topic, b"hint".to_vec(), HashMap::new(), None);
+    broker.publish(topic, b"ok".to_vec(), HashMap::new(), None);
+    assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "retry-after") == 2).await, "both acked");
+    let calls = sink.calls.lock().expect("lock").clone();
+    let attempts: Vec<std::time::Instant> = calls.iter().filter(|(p, _)| p == "hint").map(|(_, at)| *at).collect();
+    assert_eq!(attempts.len(), 2, "failed once, re-sent once: {calls:?}");
+    let gap = attempts[1] - attempts[0];
+    assert!(gap >= Duration::from_millis(700), "re-sent after {gap:?}, before the 700 ms Retry-After");
+    token.cancel();
+    assert_eq!(run.await.expect("join").exit_code(), 0);
+}
