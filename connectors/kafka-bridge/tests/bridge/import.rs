@@ -252,3 +252,53 @@ async fn offsets_are_not_committed_while_danube_is_down() {
     }
     assert_eq!(committed(&bootstrap, "held-group", "held", 1).await[0], 10, "committed after Danube acked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_and_named_mappings_in_one_process_route_each_topic_to_its_template() {
+    let systems = start().await;
+    let bootstrap = systems.tansu.bootstrap();
+    for topic in ["logs-app", "logs-db", "metrics", "other"] {
+        create_topic(&bootstrap, topic, 2).await;
+    }
+    let producer = producer(&bootstrap);
+    for i in 0..5 {
+        for topic in ["logs-app", "logs-db", "metrics", "other"] {
+            produce(&producer, topic, Some(&format!("k{i}")), &format!("{topic}-{i}"), &[]).await;
+        }
+    }
+    let env = bridge_env(
+        &systems,
+        "multi-map",
+        &[
+            ("KAFKA_BRIDGE_IMPORT__GROUP_ID", "multi-map"),
+            (
+                "KAFKA_BRIDGE_IMPORT__MAPPINGS",
+                r#"[{pattern="^logs-.*", danube_topic="/default/l-{topic}"}, {topics=["metrics"], danube_topic="/default/m-{topic}"}]"#,
+            ),
+        ],
+    );
+    let bridge = spawn_bridge(&env).await;
+    for (kafka, danube) in [("logs-app", "/default/l-logs-app"), ("logs-db", "/default/l-logs-db"), ("metrics", "/default/m-metrics")] {
+        let stored = systems.danube.wait_for_messages(danube, 5, WAIT).await;
+        let mut payloads: Vec<String> = stored.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+        payloads.sort();
+        let expected: Vec<String> = (0..5).map(|i| format!("{kafka}-{i}")).collect();
+        assert_eq!(payloads, expected, "{kafka} lands on {danube}; log:\n{}", bridge.log());
+        assert!(stored.iter().all(|m| m.attributes.get("kafka.topic").map(String::as_str) == Some(kafka)));
+    }
+    // A topic neither mapping matches is not read at all.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for topic in ["/default/other", "/default/l-other", "/default/m-other"] {
+        assert!(systems.danube.messages(topic).is_empty(), "{topic} got records of an unmapped topic");
+    }
+    assert_eq!(systems.danube.messages("/default/l-logs-app").len(), 5, "each record once");
+    assert_eq!(committed(&bootstrap, "multi-map", "other", 2).await, vec![-1, -1], "the group never read `other`");
+    let committed_sum = |offsets: Vec<i64>| offsets.iter().map(|&c| c.max(0)).sum::<i64>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while committed_sum(committed(&bootstrap, "multi-map", "metrics", 2).await) < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed_sum(committed(&bootstrap, "multi-map", "metrics", 2).await), 5, "the named mapping's offsets are committed");
+    let mut bridge = bridge;
+    assert!(bridge.try_wait().is_none(), "the bridge is still running; log:\n{}", bridge.log());
+}
