@@ -2,12 +2,18 @@
 //! enter a topic (invalid ones dead-lettered or refused), sinks decoding by schema id, and
 //! schema evolution checked by the registry.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{eventually, runtime_config, spawn_sink, spawn_source, with_topics, Behaviour, RecordingSink, ScriptedSource};
 use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaKind};
-use danube_connect_core::{PublishError, Runtime, RuntimeError, SchemaBinding, SourceOffset, SourceRecord};
+use danube_connect_core::{
+    async_trait, ConnectorResult, PublishError, Runtime, RuntimeError, SchemaBinding, SourceConnector, SourceContext,
+    SourceOffset, SourceRecord,
+};
 use danube_dev_broker::EmbeddedBroker;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -168,6 +174,8 @@ async fn compatible_evolution_registers_a_new_version_and_an_incompatible_one_st
         Err(RuntimeError::Schema(error)) => {
             let chain = danube_connect_core::error::error_chain(&error);
             assert!(chain.contains("orders-evolve"), "{chain}");
+            assert!(chain.contains("incompatible"), "the registry refused it as incompatible: {chain}");
+            assert!(chain.contains("customer"), "the error names the field: {chain}");
         }
         Err(other) => panic!("expected a schema error, got {other:?}"),
         Ok(_) => panic!("an incompatible schema must not start"),
@@ -211,4 +219,172 @@ async fn json_input_is_encoded_into_the_avro_wire_format_before_publishing() {
     assert_ne!(stored[0].payload.first(), Some(&b'{'), "stored as Avro binary, not JSON");
     let avro = Schema::compile(SchemaKind::Avro, ORDER_AVRO_V1).expect("avro");
     assert_eq!(avro.decode_to_json(&stored[0].payload).expect("decodes"), json!({"id": "j1", "amount": 9.5}));
+}
+
+/// v1 plus `version = N`: bindings without a file use an existing version, not the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_with_a_version_uses_that_existing_version() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = "/default/orders-pinned";
+    let subject = "orders-pinned";
+    let start = |binding: SchemaBinding| {
+        let mut config = runtime_config("pinned", &broker.url());
+        config.ops.enabled = false;
+        config.schemas = vec![binding];
+        Runtime::start(config, CancellationToken::new())
+    };
+    for (file, text) in [("v1.avsc", ORDER_AVRO_V1), ("v2.avsc", ORDER_AVRO_V2)] {
+        let runtime = start(SchemaBinding::new(topic, subject).with_file(SchemaKind::Avro, schema_file(&dir, file, text)))
+            .await
+            .expect("register");
+        drop(runtime);
+    }
+
+    let mut pinned = SchemaBinding::new(topic, subject).with_json_input();
+    pinned.version = Some(1);
+    let runtime = start(pinned).await.expect("start with version 1");
+    let publisher = runtime.publisher();
+    publisher
+        .publish(SourceRecord::from_json(topic, &json!({"id": "p1", "amount": 4.0})).expect("json"))
+        .await
+        .expect("publish");
+    let stored = broker.wait_for_messages(topic, 1, Duration::from_secs(10)).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].schema_version, Some(1), "stamped with the pinned version, not the latest (2)");
+    assert!(stored[0].schema_id.is_some());
+    // Encoded with v1: it decodes with v1 exactly (a v2 encoding would carry the currency).
+    let v1 = Schema::compile(SchemaKind::Avro, ORDER_AVRO_V1).expect("v1");
+    assert_eq!(v1.decode_to_json(&stored[0].payload).expect("v1 decodes"), json!({"id": "p1", "amount": 4.0}));
+    drop(runtime);
+
+    let mut missing = SchemaBinding::new(topic, subject);
+    missing.version = Some(9);
+    match start(missing).await {
+        Err(RuntimeError::Schema(error)) => {
+            let chain = danube_connect_core::error::error_chain(&error);
+            assert!(chain.contains(subject) && chain.contains("version"), "{chain}");
+        }
+        Err(other) => panic!("expected a schema error, got {other:?}"),
+        Ok(_) => panic!("a version that does not exist must not start"),
+    }
+}
+
+const ORDER_PROTO: &str = "syntax = \"proto3\";\npackage shop.v1;\n\nmessage Order {\n  string id = 1;\n  int32 qty = 2;\n}\n";
+
+/// `qty` changes from int32 to string: a different wire type, incompatible both ways.
+const ORDER_PROTO_RETYPED: &str =
+    "syntax = \"proto3\";\npackage shop.v1;\n\nmessage Order {\n  string id = 1;\n  string qty = 2;\n}\n";
+
+/// A pull source: hands out its first batch, then the rest only once `open` is set.
+struct GatedSource {
+    batches: VecDeque<Vec<SourceRecord>>,
+    first_sent: bool,
+    open: Arc<AtomicBool>,
+    commits: Arc<Mutex<Vec<SourceOffset>>>,
+}
+
+#[async_trait]
+impl SourceConnector for GatedSource {
+    async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
+        if !self.first_sent || self.open.load(Ordering::SeqCst) {
+            self.first_sent = true;
+            if let Some(batch) = self.batches.pop_front() {
+                return Ok(batch);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {
+        self.commits.lock().expect("lock").extend(offsets);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = "/default/orders-protobuf";
+    let proto = Schema::compile(SchemaKind::Protobuf, ORDER_PROTO).expect("proto");
+    let encode = |id: &str, qty: i32| proto.encode_from_json(&json!({"id": id, "qty": qty})).expect("encode");
+    let record = |payload: Vec<u8>, offset: u64| SourceRecord::new(topic, payload).with_offset(SourceOffset::new("p", offset));
+
+    let mut config = runtime_config("protosrc", &broker.url());
+    config.schemas =
+        vec![SchemaBinding::new(topic, "orders-protobuf").with_file(SchemaKind::Protobuf, schema_file(&dir, "o.proto", ORDER_PROTO))];
+    let open = Arc::new(AtomicBool::new(false));
+    let commits: Arc<Mutex<Vec<SourceOffset>>> = Arc::default();
+    // Field 1 (`id`, length-delimited) announces 5 bytes but carries 1: not a valid Order.
+    let truncated = vec![0x0a, 0x05, b'x'];
+    let source = GatedSource {
+        batches: VecDeque::from(vec![
+            vec![record(encode("first", 1), 0)],
+            vec![record(encode("second", 2), 1), record(truncated, 2), record(encode("third", 3), 3)],
+        ]),
+        first_sent: false,
+        open: open.clone(),
+        commits: commits.clone(),
+    };
+    let (token, run) = spawn_source(config, source).await;
+
+    // The first record creates the topic; then the sink subscribes and the rest follows.
+    let first = broker.wait_for_messages(topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 1);
+    let schema_id = first[0].schema_id.expect("the published record carries the schema id");
+    assert_eq!(first[0].schema_version, Some(1));
+    assert_eq!(proto.decode_to_json(&first[0].payload).expect("decodes"), json!({"id": "first", "qty": 1}));
+
+    let sink = RecordingSink::new(Behaviour::Accept);
+    let (sink_token, sink_run) = spawn_sink(with_topics(runtime_config("protosink", &broker.url()), &[topic]), sink.clone()).await;
+    assert!(broker.wait_for_consumers(topic, "protosink", 1, Duration::from_secs(20)).await, "sink subscribed");
+    open.store(true, Ordering::SeqCst);
+
+    let stored = broker.wait_for_messages(topic, 3, Duration::from_secs(20)).await;
+    assert_eq!(stored.len(), 3, "the invalid record did not enter the topic");
+    assert!(stored.iter().all(|m| m.schema_id == Some(schema_id)), "every record carries the schema id");
+
+    let dead = broker.wait_for_messages("/default/protosrc-dlq", 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload.as_ref(), [0x0a, 0x05, b'x'].as_slice(), "dead-lettered unchanged");
+    assert_eq!(dead[0].attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"));
+    let error = dead[0].attributes.get("dlq.error").cloned().unwrap_or_default();
+    assert!(error.contains("protobuf") && error.contains("/id"), "the validation error names the field: {error}");
+    assert!(eventually(Duration::from_secs(20), || commits.lock().expect("lock").contains(&SourceOffset::new("p", 3))).await);
+
+    let arrived = eventually(Duration::from_secs(20), || sink.accepted.lock().expect("lock").len() >= 2).await;
+    assert!(arrived, "sink got {} records", sink.accepted.lock().expect("lock").len());
+    let accepted = sink.accepted.lock().expect("lock").clone();
+    let mut values: Vec<_> = accepted.iter().map(|r| (r.schema_id, r.json().expect("decoded").into_owned())).collect();
+    // Records without a routing key carry no ordering promise across sink lanes.
+    values.sort_by_key(|(_, v)| v["id"].as_str().map(str::to_string));
+    assert_eq!(
+        values,
+        vec![(Some(schema_id), json!({"id": "second", "qty": 2})), (Some(schema_id), json!({"id": "third", "qty": 3}))],
+        "the sink decoded the Protobuf payloads by schema id"
+    );
+    sink_token.cancel();
+    sink_run.await.expect("join");
+    token.cancel();
+    assert_eq!(run.await.expect("join").exit_code(), 0);
+
+    // Changing a field's wire type is refused by the registry at the next start.
+    let mut config = runtime_config("protosrc", &broker.url());
+    config.ops.enabled = false;
+    config.schemas = vec![SchemaBinding::new(topic, "orders-protobuf")
+        .with_file(SchemaKind::Protobuf, schema_file(&dir, "retyped.proto", ORDER_PROTO_RETYPED))];
+    match Runtime::start(config, CancellationToken::new()).await {
+        Err(RuntimeError::Schema(error)) => {
+            let chain = danube_connect_core::error::error_chain(&error);
+            assert!(chain.contains("incompatible") && chain.contains("qty"), "{chain}");
+        }
+        Err(other) => panic!("expected a schema error, got {other:?}"),
+        Ok(_) => panic!("an incompatible Protobuf change must not start"),
+    }
 }
