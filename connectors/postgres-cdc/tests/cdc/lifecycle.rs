@@ -2,15 +2,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{lsn, Env};
 
 const TOPIC: &str = "/default/public.events";
 
-/// Inserts one row per transaction until stopped; returns the ids whose COMMIT succeeded.
-fn start_writer(env: &Env, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<i64>> {
+/// Committed rows as `(id, WAL position read after its COMMIT returned)`: the commit's end
+/// LSN is at or before that position.
+type Written = Arc<Mutex<Vec<(i64, u64)>>>;
+
+/// Inserts one row per transaction until stopped; returns the ids whose COMMIT succeeded and
+/// records each in `written`.
+fn start_writer(env: &Env, stop: Arc<AtomicBool>, written: Written) -> tokio::task::JoinHandle<Vec<i64>> {
     let url = env.pg.url();
     tokio::spawn(async move {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
@@ -19,11 +24,37 @@ fn start_writer(env: &Env, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec
         while !stop.load(Ordering::Relaxed) {
             let row =
                 client.query_one("INSERT INTO events (payload) VALUES ('x') RETURNING id", &[]).await.expect("insert");
-            committed.push(row.get::<_, i64>(0));
+            let id = row.get::<_, i64>(0);
+            let at: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0);
+            committed.push(id);
+            written.lock().expect("writer list").push((id, lsn(&at)));
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         committed
     })
+}
+
+/// Reads the slot's confirmed LSN, then the broker: every row committed at or before that LSN
+/// must already be in Danube (the slot never confirms past an unacked record). Returns how
+/// many rows the sample covered.
+async fn check_confirmed_covers_only_acked(env: &Env, client: &tokio_postgres::Client, written: &Written) -> usize {
+    let row = client
+        .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'danube_cdc'", &[])
+        .await
+        .expect("slot query");
+    let Some(confirmed) = row.and_then(|r| r.get::<_, Option<String>>(0)) else { return 0 };
+    let confirmed = lsn(&confirmed);
+    let covered: Vec<i64> =
+        written.lock().expect("writer list").iter().filter(|(_, at)| *at <= confirmed).map(|(id, _)| *id).collect();
+    let in_danube = ids_in_danube(env);
+    let unacked: Vec<i64> = covered.iter().copied().filter(|id| !in_danube.contains_key(id)).collect();
+    assert!(
+        unacked.is_empty(),
+        "slot confirmed {confirmed:x}, past {} rows not in Danube, e.g. {:?}",
+        unacked.len(),
+        &unacked[..unacked.len().min(10)]
+    );
+    covered.len()
 }
 
 fn ids_in_danube(env: &Env) -> BTreeMap<i64, usize> {
@@ -52,20 +83,35 @@ async fn kill_9_under_insert_load_loses_no_committed_row() {
     let env = Env::start().await;
     env.pg.psql("CREATE TABLE events (id bigserial PRIMARY KEY, payload text)").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = start_writer(&env, stop.clone());
+    let written: Written = Arc::default();
+    let writer = start_writer(&env, stop.clone(), written.clone());
+    let sampler = env.client().await;
     let mut process = env.spawn(&[]).await;
     env.wait_streaming("danube_cdc", &process).await;
-    env.broker.wait_for_messages(TOPIC, 400, Duration::from_secs(60)).await;
+    // Sample the confirmed LSN against Danube's content while the connector streams.
+    let mut samples = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env.broker.messages(TOPIC).len() < 400 && tokio::time::Instant::now() < deadline {
+        samples.push(check_confirmed_covers_only_acked(&env, &sampler, &written).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     process.kill9();
     let at_kill = ids_in_danube(&env).len();
     let confirmed_at_kill = env.confirmed_flush("danube_cdc");
-    // The restart resumes at the confirmed position, so completeness below also proves the
-    // slot never confirmed past a row Danube had not acked.
+    samples.push(check_confirmed_covers_only_acked(&env, &sampler, &written).await);
     assert!(at_kill >= 400, "rows in Danube before the kill: {at_kill}");
+    assert!(
+        samples.iter().filter(|n| **n > 0).count() >= 3,
+        "the confirmed LSN covered committed rows in several samples: {samples:?}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await; // the writer keeps committing while the connector is down
 
     let mut restarted = env.spawn(&[]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let resumed = tokio::time::Instant::now();
+    while resumed.elapsed() < Duration::from_secs(1) {
+        check_confirmed_covers_only_acked(&env, &sampler, &written).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let committed = writer.await.expect("writer");
     let got = wait_for_ids(&env, &committed, Duration::from_secs(60)).await;
@@ -84,7 +130,28 @@ async fn kill_9_under_insert_load_loses_no_committed_row() {
         at_kill,
         duplicates
     );
-    // Duplicates only come from after the last confirmed position.
+    // After the restart the slot confirms again, up to every committed row.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut covered = check_confirmed_covers_only_acked(&env, &sampler, &written).await;
+    while covered < committed.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        covered = check_confirmed_covers_only_acked(&env, &sampler, &written).await;
+    }
+    assert_eq!(covered, committed.len(), "the slot confirms every committed row in the end");
+    // Duplicates only come from after the last confirmed position, and carry the same
+    // position fields as the first copy.
+    let mut positions: BTreeMap<i64, BTreeSet<(String, String, u64)>> = BTreeMap::new();
+    for payload in env.payloads(TOPIC) {
+        let id = payload["after"]["id"].as_i64().unwrap_or_default();
+        positions.entry(id).or_default().insert((
+            payload["lsn"].as_str().unwrap_or_default().to_string(),
+            payload["commit_lsn"].as_str().unwrap_or_default().to_string(),
+            payload["seq"].as_u64().unwrap_or(u64::MAX),
+        ));
+    }
+    for (id, copies) in &positions {
+        assert_eq!(copies.len(), 1, "copies of row {id} differ in lsn/commit_lsn/seq: {copies:?}");
+    }
     for payload in env.payloads(TOPIC) {
         let id = payload["after"]["id"].as_i64().unwrap_or_default();
         if got.get(&id).copied().unwrap_or(0) > 1 {
