@@ -93,6 +93,12 @@ impl EmbeddedBroker {
         self.inner.state.messages(topic)
     }
 
+    /// How many messages `topic` holds (all partitions for a partitioned topic name),
+    /// without copying them: cheap enough to poll in a benchmark.
+    pub fn message_count(&self, topic: &str) -> usize {
+        self.inner.state.message_count(topic)
+    }
+
     /// Waits until `topic` holds at least `count` messages or `timeout`
     /// elapses, and returns what it holds then.
     pub async fn wait_for_messages(

@@ -305,7 +305,7 @@ fn to_message(publish: &Publish) -> Message {
             QoS::AtLeastOnce => 1,
             QoS::ExactlyOnce => 2,
         }),
-        retain: publish.retain,
+        retain: Some(publish.retain),
         dup: Some(publish.dup),
     }
 }

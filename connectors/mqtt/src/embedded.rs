@@ -8,8 +8,11 @@
 //!   `max_in_flight`; beyond it rumqttd's own in-memory log absorbs the backlog and drops
 //!   the oldest data once its segments are full);
 //! - on a crash (kill -9, OOM, power loss) messages received but not yet acked by Danube
-//!   are lost, although the devices got their PUBACK; on SIGTERM the connector stops the
-//!   listener's intake and finishes what it holds (up to the shutdown timeout).
+//!   are lost, although the devices got their PUBACK;
+//! - on SIGTERM the connector stops taking messages from rumqttd and finishes publishing
+//!   the ones it already took (up to the shutdown timeout). rumqttd itself cannot be
+//!   stopped from outside: until the process exits it keeps accepting connections and
+//!   PUBACKing device messages, and those (with any backlog still in its memory) are lost.
 //!
 //! Use client mode with an external broker that persists sessions when that is not enough.
 
@@ -194,10 +197,22 @@ impl Forwarder {
                             topic,
                             payload: forward.publish.payload.clone(),
                             qos: None,
-                            retain: forward.publish.retain,
+                            // rumqttd clears the retain flag before it forwards a message
+                            // to a live subscription, so it carries no information here.
+                            retain: None,
                             dup: None,
                         };
                         in_flight.push_back(deliver_until_done(self.inbound.clone(), message, self.stop.clone()));
+                    }
+                    Ok(Some(Notification::Unschedule)) => {
+                        // rumqttd paused this link because its outgoing buffer filled up
+                        // (200 notifications); it stays paused until the link says it is
+                        // ready again. Everything before this marker has been taken.
+                        if let Err(e) = link.wake().await {
+                            error!(error = %e, "cannot wake the embedded broker link");
+                            self.health.set_component(HEALTH_COMPONENT, Some("embedded broker link closed".into()));
+                            open = false;
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {

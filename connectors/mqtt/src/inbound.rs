@@ -30,8 +30,8 @@ pub struct Message {
     pub payload: Bytes,
     /// The QoS it was delivered with, when known.
     pub qos: Option<u8>,
-    /// The retain flag.
-    pub retain: bool,
+    /// The retain flag, when known (rumqttd clears it before forwarding).
+    pub retain: Option<bool>,
     /// The DUP flag, when known.
     pub dup: Option<bool>,
 }
@@ -85,8 +85,10 @@ impl Inbound {
         let topic = route.template.render(&message.topic)?;
         let mut record = SourceRecord::new(topic, message.payload.clone())
             .with_key(message.topic.clone())
-            .with_attribute(ATTR_TOPIC, message.topic.clone())
-            .with_attribute(ATTR_RETAIN, message.retain.to_string());
+            .with_attribute(ATTR_TOPIC, message.topic.clone());
+        if let Some(retain) = message.retain {
+            record = record.with_attribute(ATTR_RETAIN, retain.to_string());
+        }
         if let Some(qos) = message.qos {
             record = record.with_attribute(ATTR_QOS, qos.to_string());
         }
