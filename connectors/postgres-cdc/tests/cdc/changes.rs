@@ -145,3 +145,73 @@ async fn replica_identity_full_sends_old_rows_and_unchanged_toast_is_marked() {
     let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
     assert_eq!(status.code(), Some(0), "{}", process.log());
 }
+
+const ALL_TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
+    CREATE TABLE typed (
+        id int PRIMARY KEY, name text, small smallint, big bigint, price numeric(12,4), ok boolean,
+        ratio double precision, r real, tags text[], nums int[], meta jsonb, doc json, at timestamptz,
+        local timestamp, day date, uid uuid, raw bytea, feeling mood, code varchar(8), note text,
+        span interval, uids uuid[], metas jsonb[], ats timestamptz[], moods mood[]
+    );
+    ALTER TABLE typed REPLICA IDENTITY FULL;";
+
+/// SET list (and VALUES tail) of the first image.
+const VALUES_A: &str = "'Alice', 7, 9000000000, 12.3456, true, 1.5, 2.5, '{a,\"b c\"}', '{1,NULL,3}', \
+    '{\"k\": [1, 2]}', '{\"j\": null}', '2024-01-02 03:04:05.123+00', '2024-01-02 03:04:05', '2024-01-02', \
+    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x0102ff', 'happy', 'abc', NULL, '1 day 02:03:04', \
+    '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11,00000000-0000-0000-0000-000000000000}', \
+    ARRAY['{\"a\": 1}', '[2]']::jsonb[], '{\"2024-01-02 03:04:05+00\"}', '{sad,happy}'";
+
+const UPDATE_TO_B: &str = "UPDATE typed SET name = 'Bob', small = -1, big = -5, price = 'NaN', ok = false, \
+    ratio = '-Infinity', r = 'NaN', tags = '{}', nums = '{{1,2},{3,4}}', meta = '[1, \"x\"]', doc = '\"s\"', \
+    at = '1999-12-31 23:59:59.999999+00', local = '2000-02-29 00:00:00', day = '1970-01-01', \
+    uid = '00000000-0000-0000-0000-000000000001', raw = '\\x', feeling = 'sad', code = 'xyz', note = 'n', \
+    span = '-3 months', uids = '{}', metas = '{NULL}', ats = '{NULL,\"2024-06-01 00:00:00+00\"}', \
+    moods = '{happy,NULL}' WHERE id = 1";
+
+fn image_a(id: i64) -> Value {
+    json!({
+        "id": id, "name": "Alice", "small": 7, "big": 9_000_000_000i64, "price": "12.3456", "ok": true,
+        "ratio": 1.5, "r": 2.5, "tags": ["a", "b c"], "nums": [1, null, 3], "meta": {"k": [1, 2]},
+        "doc": {"j": null}, "at": "2024-01-02T03:04:05.123+00:00", "local": "2024-01-02T03:04:05",
+        "day": "2024-01-02", "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "raw": "AQL/", "feeling": "happy",
+        "code": "abc", "note": null, "span": "P1DT2H3M4S",
+        "uids": ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "00000000-0000-0000-0000-000000000000"],
+        "metas": [{"a": 1}, [2]], "ats": ["2024-01-02T03:04:05+00:00"], "moods": ["sad", "happy"]
+    })
+}
+
+fn image_b() -> Value {
+    json!({
+        "id": 1, "name": "Bob", "small": -1, "big": -5, "price": "NaN", "ok": false,
+        "ratio": "-Infinity", "r": "NaN", "tags": [], "nums": [[1, 2], [3, 4]], "meta": [1, "x"],
+        "doc": "s", "at": "1999-12-31T23:59:59.999999+00:00", "local": "2000-02-29T00:00:00",
+        "day": "1970-01-01", "uid": "00000000-0000-0000-0000-000000000001", "raw": "", "feeling": "sad",
+        "code": "xyz", "note": "n", "span": "P-3M", "uids": [], "metas": [null],
+        "ats": [null, "2024-06-01T00:00:00+00:00"], "moods": ["happy", null]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mapped_type_in_snapshot_insert_and_full_identity_update_and_delete() {
+    let env = Env::start().await;
+    env.pg.psql(ALL_TYPES).unwrap();
+    env.pg.psql(&format!("INSERT INTO typed VALUES (0, {VALUES_A})")).unwrap();
+    let mut process = env.spawn(&[("POSTGRES_CDC_TABLES", "[\"public.typed\"]")]).await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg.psql(&format!("INSERT INTO typed VALUES (1, {VALUES_A})")).unwrap();
+    env.pg.psql(UPDATE_TO_B).unwrap();
+    env.pg.psql("DELETE FROM typed WHERE id = 1").unwrap();
+    let got = wait_payloads(&env, "/default/public.typed", 4, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 4, "{got:#?}\n{}", process.log());
+    let ops: Vec<&str> = got.iter().map(|p| p["op"].as_str().unwrap_or_default()).collect();
+    assert_eq!(ops, ["READ", "INSERT", "UPDATE", "DELETE"], "{got:#?}");
+    assert_eq!(got[0]["after"], image_a(0), "snapshot row");
+    assert_eq!(got[1]["after"], image_a(1), "streamed insert");
+    assert_eq!(got[2]["before"], image_a(1), "FULL identity: old row of the update, every type");
+    assert_eq!(got[2]["after"], image_b(), "new row of the update, every type");
+    assert_eq!(got[3]["before"], image_b(), "FULL identity: old row of the delete, every type");
+    assert_eq!(got[3]["after"], Value::Null);
+    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", process.log());
+}
