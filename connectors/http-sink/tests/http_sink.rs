@@ -1110,3 +1110,33 @@ async fn a_record_deferred_more_than_max_defers_times_follows_the_failure_policy
     assert_eq!(got.iter().map(attempt).collect::<Vec<_>>(), vec![1, 2]);
     sink.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_with_retry_after_inside_a_batch_is_resent_only_after_the_hint() {
+    let broker = broker().await;
+    let receiver = Receiver::start().await;
+    // One record of the five answers 429 with `Retry-After: 2` on its first try.
+    receiver.respond(|req, before| {
+        if req.text() == "r2" && !before.iter().any(|r| r.text() == "r2") {
+            Reply::Full(429, vec![("retry-after".into(), "2".into())], "slow down".into())
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let topic = "/default/partial-retry-after";
+    let mut cfg = config("partialra", &broker, topic, &receiver.url("/"));
+    cfg.runtime.sink.batch.max_records = 5;
+    cfg.runtime.sink.batch.linger = Duration::from_secs(30);
+    let sink = start_sink(&broker, cfg).await;
+    publish_n(&broker, topic, "r", 5);
+    assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "partialra") == 5).await);
+    let got = receiver.requests();
+    let r2: Vec<&Received> = got.iter().filter(|r| r.text() == "r2").collect();
+    assert_eq!(r2.len(), 2, "refused once, then delivered");
+    assert_eq!(r2.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Some(429), Some(200)]);
+    let gap = r2[1].at - r2[0].at;
+    assert!(gap >= Duration::from_millis(1950) && gap < Duration::from_secs(6), "the retry waited the hint: {gap:?}");
+    assert_eq!(got.len(), 6, "the four others were sent once, in the same batch");
+    assert!(broker.messages("/default/partialra-dlq").is_empty());
+    sink.stop().await;
+}
