@@ -190,7 +190,7 @@ impl SinkConnector for ClickHouseSink {
         }
         let mut flushers = Vec::new();
         for table in inner.tables.values() {
-            flushers.push(tokio::spawn(flusher(inner.clone(), table.clone(), self.stop.clone())));
+            flushers.push(tokio::spawn(supervise_flusher(inner.clone(), table.clone(), self.stop.clone())));
         }
         *self.flushers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = flushers;
         self.inner = Some(inner);
@@ -648,14 +648,57 @@ impl Inner {
     }
 }
 
-/// Seals lingering segments and inserts sealed ones, oldest first, until stopped.
+/// Runs a table's flusher until stopped, starting it again (after a backoff) when it
+/// panics: intake keeps acking records into the spool, so inserts must not stop for good.
+async fn supervise_flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) {
+    let mut delays = inner.retry.delays();
+    loop {
+        let task = tokio::spawn(flusher(inner.clone(), table.clone(), stop.clone()));
+        let join = match task.await {
+            Ok(()) => return,
+            Err(join) => join,
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        error!(table = %table.label, error = %join, restart_in = ?delay, "the flusher failed; restarting it (the rows stay in the spool)");
+        inner.set_problem(Some(format!("the flusher of {} failed: {join}", table.label)));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Seals lingering segments and inserts sealed ones, oldest first, until stopped. A spool
+/// error is reported to health and retried with backoff; it never ends the loop.
 async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) {
     let linger = inner.config.batch.max_linger;
     let label = [inner.settings.connector_name.clone(), table.label.clone()];
+    let mut spool_delays = inner.retry.delays();
+    // Waits a backoff step after a spool failure; false when stopped meanwhile.
+    let pause = |delays: &mut Box<dyn Iterator<Item = Duration> + Send + Sync>, problem: String| {
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        error!(table = %table.label, error = %problem, retry_in = ?delay, "spool operation failed; retrying");
+        inner.set_problem(Some(format!("spool of {}: {problem}", table.label)));
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => true,
+                _ = stop.cancelled() => false,
+            }
+        }
+    };
     loop {
         let spool = table.spool.clone();
-        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || spool.seal_lingering(Some(linger))).await {
-            error!(table = %table.label, error = %danube_connect_core::error::error_chain(&error), "cannot seal a spool segment");
+        match tokio::task::spawn_blocking(move || spool.seal_lingering(Some(linger))).await {
+            Ok(Ok(_)) => {}
+            // The segments are queued anyway; only the directory sync failed.
+            Ok(Err(error)) => {
+                error!(table = %table.label, error = %danube_connect_core::error::error_chain(&error), "cannot seal a spool segment")
+            }
+            Err(join) => error!(table = %table.label, error = %join, "spool seal task failed"),
         }
         while let Some(segment) = table.spool.front() {
             let spool = table.spool.clone();
@@ -663,33 +706,37 @@ async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) 
             let loaded = match tokio::task::spawn_blocking(move || spool.load(&seg)).await {
                 Ok(Ok(loaded)) => loaded,
                 Ok(Err(error)) => {
-                    error!(table = %table.label, error = %danube_connect_core::error::error_chain(&error), "cannot read a spool segment; retrying");
-                    inner.set_problem(Some(format!("spool of {}: {error}", table.label)));
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                        _ = stop.cancelled() => return,
+                    if pause(&mut spool_delays, danube_connect_core::error::error_chain(&error)).await {
+                        continue;
                     }
+                    return;
                 }
                 Err(join) => {
-                    error!(table = %table.label, error = %join, "spool read task failed");
+                    if pause(&mut spool_delays, format!("spool read task failed: {join}")).await {
+                        continue;
+                    }
                     return;
                 }
             };
             if inner.insert_segment(&table, &loaded, &stop).await.is_err() {
                 return;
             }
-            let spool = table.spool.clone();
-            match tokio::task::spawn_blocking(move || spool.complete(&loaded)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    error!(table = %table.label, error = %danube_connect_core::error::error_chain(&error), "cannot delete an inserted spool segment");
-                    return;
-                }
-                Err(join) => {
-                    error!(table = %table.label, error = %join, "spool delete task failed");
+            let loaded = Arc::new(loaded);
+            // The rows are in ClickHouse: only the bookkeeping is retried, never the insert.
+            loop {
+                let spool = table.spool.clone();
+                let done = loaded.clone();
+                let problem = match tokio::task::spawn_blocking(move || spool.complete(&done)).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(error)) => format!("cannot mark an inserted segment done: {}", danube_connect_core::error::error_chain(&error)),
+                    Err(join) => format!("spool complete task failed: {join}"),
+                };
+                if !pause(&mut spool_delays, problem).await {
                     return;
                 }
             }
+            spool_delays = inner.retry.delays();
+            inner.set_problem(None);
             inner.metrics.spool_bytes.with_label_values(&[&label[0], &label[1]]).set(table.spool.bytes() as i64);
             table.space.notify_waiters();
         }

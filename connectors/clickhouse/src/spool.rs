@@ -226,7 +226,16 @@ impl Spool {
         let last_seq = names.iter().chain(&done).map(|(seq, _)| *seq).max();
         let mut state = State { next_seq: last_seq.map_or(0, |seq| seq + 1), ..State::default() };
         for (seq, path) in done {
-            let loaded = load_file(SealedSegment { name: format!("{seq:016}"), path, recovered: true })?;
+            // A `.done` segment only serves to recognise redeliveries: one that cannot be
+            // read costs at worst a duplicate row, never a lost one, so it does not stop
+            // the start.
+            let loaded = match load_file(SealedSegment { name: format!("{seq:016}"), path: path.clone(), recovered: true }) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    warn!(segment = %path.display(), error = %danube_connect_core::error::error_chain(&error), "skipping an unreadable done spool segment (its records are no longer recognised as redeliveries)");
+                    continue;
+                }
+            };
             state.ledger.extend(loaded.ids.iter().copied());
             state.recent.extend(loaded.ids.iter().copied());
             state.done.push_back((loaded.segment.name, loaded.ids));
@@ -345,7 +354,7 @@ impl Spool {
                 if segment.rows == 0 {
                     let _ = fs::remove_file(self.dir.join(format!("{}.open", segment.name)));
                 } else {
-                    let _ = self.seal(&mut st, segment);
+                    self.seal(&mut st, segment);
                 }
             }
             return Err(error);
@@ -354,7 +363,7 @@ impl Spool {
         st.bytes += written;
         outcome.sealed = !to_seal.is_empty();
         for segment in to_seal {
-            self.seal(&mut st, segment)?;
+            self.seal(&mut st, segment);
         }
         if outcome.sealed {
             self.sync_dir()?;
@@ -380,12 +389,20 @@ impl Spool {
         Ok(OpenSegment { name, file, rows: 0, data_bytes: 0, len: header.len() as u64, opened: Instant::now() })
     }
 
-    fn seal(&self, st: &mut State, segment: OpenSegment) -> Result<(), SpoolError> {
+    /// Queues a full or lingering segment for its insert, renamed `.ready`. Its rows are
+    /// already acked, so it is queued even when the rename fails: it is then inserted
+    /// from its `.open` file (which a restart would also recover and insert).
+    fn seal(&self, st: &mut State, segment: OpenSegment) {
         let from = self.dir.join(format!("{}.open", segment.name));
         let to = self.dir.join(format!("{}.ready", segment.name));
-        fs::rename(&from, &to).map_err(io_err("seal", &from))?;
-        st.ready.push_back(SealedSegment { name: segment.name, path: to, recovered: false });
-        Ok(())
+        let path = match fs::rename(&from, &to) {
+            Ok(()) => to,
+            Err(e) => {
+                warn!(segment = %from.display(), error = %e, "cannot rename a sealed spool segment to .ready; inserting it from its .open file");
+                from
+            }
+        };
+        st.ready.push_back(SealedSegment { name: segment.name, path, recovered: false });
     }
 
     fn sync_dir(&self) -> Result<(), SpoolError> {
@@ -408,7 +425,7 @@ impl Spool {
         let sealed = !keys.is_empty();
         for key in keys {
             if let Some(segment) = st.open.remove(&key) {
-                self.seal(&mut st, segment)?;
+                self.seal(&mut st, segment);
             }
         }
         if sealed {
@@ -432,13 +449,28 @@ impl Spool {
         load_file(segment.clone())
     }
 
-    /// Marks a segment whose rows are in ClickHouse (or dead-lettered) as done: it leaves
-    /// the insert queue and joins the dedup ledger (the oldest `.done` files are deleted).
+    /// Marks a segment whose rows are in ClickHouse (or dead-lettered) as done: it is
+    /// renamed `.done` (the directory synced, so a power loss cannot bring it back as
+    /// `.ready` for a second insert), leaves the insert queue and joins the dedup ledger
+    /// (the oldest `.done` files are deleted).
+    ///
+    /// On error the segment stays queued and the call can be repeated: a repeat after
+    /// the rename itself succeeded, or after the segment was completed, is not an error.
     pub fn complete(&self, loaded: &LoadedSegment) -> Result<(), SpoolError> {
-        let size = fs::metadata(&loaded.segment.path).map(|m| m.len()).unwrap_or(0);
-        let done = loaded.segment.path.with_extension("done");
-        fs::rename(&loaded.segment.path, &done).map_err(io_err("complete", &loaded.segment.path))?;
         let mut st = self.lock();
+        if !st.ready.iter().any(|s| s.name == loaded.segment.name) {
+            return Ok(());
+        }
+        let path = &loaded.segment.path;
+        let done = path.with_extension("done");
+        let size = fs::metadata(path).or_else(|_| fs::metadata(&done)).map(|m| m.len()).unwrap_or(0);
+        match fs::rename(path, &done) {
+            Ok(()) => {}
+            // An earlier attempt renamed it, then failed to sync the directory.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && done.is_file() => {}
+            Err(e) => return Err(SpoolError::Io { what: "complete", path: path.clone(), source: e }),
+        }
+        self.sync_dir()?;
         st.ready.retain(|s| s.name != loaded.segment.name);
         for id in &loaded.ids {
             st.ids.remove(id);
@@ -650,6 +682,79 @@ mod tests {
         let loaded = s.load(&s.front().expect("recovered")).expect("load");
         assert_eq!(loaded.rows.len(), 5);
         assert_eq!(s.append(vec![rows(3..7)]).expect("append").duplicates, 2);
+    }
+
+    #[test]
+    fn complete_can_be_repeated_after_a_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = spool(dir.path(), 3);
+        s.append(vec![rows(0..3)]).expect("append");
+        let loaded = s.load(&s.front().expect("sealed")).expect("load");
+        // A directory in the way makes the rename fail, even for root.
+        let done = dir.path().join(format!("{:016}.done", 0));
+        fs::create_dir_all(done.join("blocker")).expect("blocker");
+        assert!(s.complete(&loaded).is_err());
+        assert_eq!(s.front().map(|f| f.name), Some(loaded.segment.name.clone()), "still queued after a failed complete");
+        assert_eq!(s.pending_ids(), 3);
+        fs::remove_dir_all(&done).expect("remove blocker");
+        s.complete(&loaded).expect("complete on retry");
+        assert!(s.front().is_none());
+        assert_eq!(s.pending_ids(), 0);
+        assert!(done.is_file());
+        // A repeat (e.g. after a retry whose first attempt did its work) changes nothing.
+        s.complete(&loaded).expect("repeat");
+        assert_eq!(s.append(vec![rows(0..3)]).expect("append").duplicates, 3);
+    }
+
+    #[test]
+    fn complete_after_the_rename_already_happened_finishes_the_bookkeeping() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = spool(dir.path(), 2);
+        s.append(vec![rows(0..2)]).expect("append");
+        let loaded = s.load(&s.front().expect("sealed")).expect("load");
+        fs::rename(&loaded.segment.path, loaded.segment.path.with_extension("done")).expect("rename");
+        s.complete(&loaded).expect("complete");
+        assert!(s.front().is_none());
+        assert_eq!(s.pending_ids(), 0);
+        assert_eq!(s.append(vec![rows(0..2)]).expect("append").duplicates, 2, "its ids joined the ledger");
+    }
+
+    #[test]
+    fn a_segment_whose_seal_rename_fails_stays_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = spool(dir.path(), 3);
+        let ready = dir.path().join(format!("{:016}.ready", 0));
+        fs::create_dir_all(ready.join("blocker")).expect("blocker");
+        let out = s.append(vec![rows(0..4)]).expect("rows are synced even if the rename fails");
+        assert!(out.sealed);
+        let front = s.front().expect("the full segment is queued");
+        assert_eq!(front.path.extension().and_then(|e| e.to_str()), Some("open"));
+        let loaded = s.load(&front).expect("load");
+        assert_eq!(loaded.rows.len(), 3);
+        s.complete(&loaded).expect("complete");
+        assert!(dir.path().join(format!("{:016}.done", 0)).is_file());
+        assert_eq!(s.pending_ids(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_done_segment_does_not_stop_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = spool(dir.path(), 2);
+            s.append(vec![rows(0..2)]).expect("append");
+            let loaded = s.load(&s.front().expect("sealed")).expect("load");
+            s.complete(&loaded).expect("complete");
+            s.append(vec![rows(2..3)]).expect("append");
+        }
+        fs::write(dir.path().join(format!("{:016}.done", 7)), b"not a spool segment").expect("corrupt");
+        let s = spool(dir.path(), 2);
+        assert_eq!(s.pending_ids(), 1, "the pending row is recovered");
+        assert_eq!(s.ledger_len(), 3, "the readable segments are in the ledger");
+        assert_eq!(s.append(vec![rows(0..4)]).expect("append").appended, 1);
+        assert!(s.front().is_some_and(|f| f.name.as_str() < "0000000000000007"));
+        // New segments are numbered after the corrupt one: it is never overwritten.
+        s.seal_lingering(None).expect("seal");
+        assert!(dir.path().join(format!("{:016}.ready", 8)).is_file());
     }
 
     #[test]

@@ -405,6 +405,85 @@ async fn a_batch_found_in_clickhouse_is_not_inserted_again() {
     sink.kill9();
 }
 
+/// `(status, body)` of the sink's ops endpoint `path` (`/readyz`, `/metrics`).
+async fn ops_get(sink: &ConnectorProcess, path: &str) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{}{path}", sink.ops_port);
+    match reqwest::get(&url).await {
+        Ok(resp) => (resp.status().as_u16(), resp.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Polls until `check` holds or `timeout` passes; returns whether it held.
+async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_failure_after_an_insert_is_retried_without_stopping_the_flusher() {
+    let s = setup().await;
+    s.ch.exec("CREATE TABLE stuck (id UInt32) ENGINE = MergeTree ORDER BY id").await.expect("create");
+    let topic = "/default/stuck";
+    let env = env(
+        &s,
+        topic,
+        r#"{topic="/default/stuck", table="stuck"}"#,
+        &[("CLICKHOUSE_BATCH__MAX_ROWS", "10"), ("CLICKHOUSE_BATCH__MAX_LINGER", "300s")],
+    );
+    let mut sink = spawn(&s, topic, &env).await;
+    // A directory where the first segment's `.done` file goes: after its insert, the
+    // rename `.ready -> .done` fails (even for root) until the directory is removed.
+    let blocker = s.spool.path().join("default.stuck").join(format!("{:016}.done", 0));
+    std::fs::create_dir_all(blocker.join("in-the-way")).expect("blocker");
+    for id in 0..10 {
+        publish(&s, topic, format!(r#"{{"id":{id}}}"#));
+    }
+    assert_eq!(wait_count(&s.ch, "SELECT count() FROM stuck", 10, Duration::from_secs(20)).await, 10, "{}", sink.log());
+    let unhealthy = eventually(Duration::from_secs(10), || async {
+        let (status, body) = ops_get(&sink, "/readyz").await;
+        status == 503 && body.contains("stuck")
+    })
+    .await;
+    assert!(unhealthy, "/readyz reports the spool problem: {:?} {}", ops_get(&sink, "/readyz").await, sink.log());
+    // Intake goes on into the spool meanwhile: a second full segment queues behind the first.
+    for id in 10..20 {
+        publish(&s, topic, format!(r#"{{"id":{id}}}"#));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async { s.broker.ack_count(topic, NAME) >= 20 }).await,
+        "acked once spooled: {}",
+        sink.log()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await; // several failing attempts
+    assert_eq!(count(&s.ch, "SELECT count() FROM stuck").await, 10, "the first segment is not inserted again");
+    let log = sink.log();
+    assert!(log.contains("cannot mark an inserted segment done"), "{log}");
+    assert!(log.matches("spool operation failed; retrying").count() >= 2, "retried with backoff: {log}");
+
+    std::fs::remove_dir_all(&blocker).expect("remove the blocker");
+    let n = wait_count(&s.ch, "SELECT count() FROM stuck", 20, Duration::from_secs(20)).await;
+    assert_eq!(n, 20, "the flusher went on with the next segment: {}", sink.log());
+    assert_eq!(count(&s.ch, "SELECT uniqExact(id) FROM stuck").await, 20);
+    assert!(blocker.is_file(), "the first segment was marked done");
+    let healthy = eventually(Duration::from_secs(10), || async { ops_get(&sink, "/readyz").await.0 == 200 }).await;
+    assert!(healthy, "ready again: {:?}", ops_get(&sink, "/readyz").await);
+    assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
+    assert_eq!(count(&s.ch, "SELECT count() FROM stuck").await, 20, "{}", sink.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_spool_into_clickhouse() {
     let s = setup().await;
