@@ -215,3 +215,54 @@ async fn every_mapped_type_in_snapshot_insert_and_full_identity_update_and_delet
     let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
     assert_eq!(status.code(), Some(0), "{}", process.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_topic_transaction_boundaries_and_multi_table_truncate() {
+    let env = Env::start().await;
+    env.pg.psql("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)").unwrap();
+    let mut process = env
+        .spawn(&[
+            ("POSTGRES_CDC_SNAPSHOT", "never"),
+            ("POSTGRES_CDC_TABLES", "[\"a\", \"b\"]"),
+            ("POSTGRES_CDC_TOPIC", "/default/all"),
+            ("POSTGRES_CDC_TRANSACTION_TOPIC", "/default/txns"),
+        ])
+        .await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg.psql("BEGIN; INSERT INTO a VALUES (1); INSERT INTO b VALUES (1); INSERT INTO b VALUES (2); COMMIT").unwrap();
+    env.pg.psql("TRUNCATE a, b").unwrap();
+    let got = wait_payloads(&env, "/default/all", 5, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 5, "{got:#?}\n{}", process.log());
+    let stored = env.broker.messages("/default/all");
+    let tables: Vec<(&str, &str)> = stored
+        .iter()
+        .map(|m| {
+            (
+                m.attributes.get("op").map_or("", String::as_str),
+                m.attributes.get("table").map_or("", String::as_str),
+            )
+        })
+        .collect();
+    let inserts: Vec<&(&str, &str)> = tables[..3].iter().collect();
+    assert!(inserts.iter().all(|(op, _)| *op == "INSERT"), "both tables' changes on the one topic: {tables:?}");
+    assert_eq!(inserts.iter().filter(|(_, t)| *t == "public.b").count(), 2, "{tables:?}");
+    // TRUNCATE a, b: one record per table, both after every earlier change, distinct seq.
+    let mut truncated: Vec<&str> = tables[3..].iter().map(|(op, t)| if *op == "TRUNCATE" { *t } else { "" }).collect();
+    truncated.sort_unstable();
+    assert_eq!(truncated, ["public.a", "public.b"], "{tables:?}");
+    assert_eq!(got[3]["commit_lsn"], got[4]["commit_lsn"]);
+    assert_ne!(got[3]["seq"], got[4]["seq"]);
+    // BEGIN/COMMIT records for both transactions, keyed by xid, COMMIT counting the events.
+    let txns = wait_payloads(&env, "/default/txns", 4, Duration::from_secs(30)).await;
+    for (first, events) in [(&got[0], 3), (&got[3], 2)] {
+        let mine: Vec<&Value> = txns.iter().filter(|t| t["xid"] == first["xid"]).collect();
+        assert_eq!(mine.len(), 2, "BEGIN and COMMIT of xid {}: {txns:#?}", first["xid"]);
+        assert_eq!((mine[0]["op"].as_str(), mine[1]["op"].as_str()), (Some("BEGIN"), Some("COMMIT")));
+        assert_eq!(mine[1]["commit_lsn"], first["commit_lsn"]);
+        assert_eq!(mine[1]["events"], json!(events));
+    }
+    let boundary = &env.broker.messages("/default/txns")[0];
+    assert_eq!(boundary.routing_key.as_deref(), Some(txns[0]["xid"].to_string().as_str()), "keyed by xid");
+    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", process.log());
+}
