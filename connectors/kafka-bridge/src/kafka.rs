@@ -79,6 +79,8 @@ fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::ClusterAuthorizationFailed
             | RDKafkaErrorCode::Authentication
             | RDKafkaErrorCode::InvalidConfig
+            // The producer's `acks` setting, not the record: every record would fail alike.
+            | RDKafkaErrorCode::InvalidRequiredAcks
             | RDKafkaErrorCode::UnsupportedSASLMechanism
     )
 }
@@ -92,7 +94,6 @@ fn is_invalid_record_code(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::InvalidTopic
             | RDKafkaErrorCode::MessageBatchTooLarge
-            | RDKafkaErrorCode::InvalidRequiredAcks
     )
 }
 
@@ -221,5 +222,20 @@ impl ConsumerContext for BridgeConsumerContext {
             // A lost commit means re-reading acked records after a restart, never a gap.
             Err(error) => warn!(error = %error, partitions = offsets.count(), "kafka offset commit failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_required_acks_is_fatal_not_a_bad_record() {
+        let error = KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRequiredAcks);
+        assert!(matches!(classify("deliver", error), ConnectorError::Fatal { .. }));
+        let error = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(!matches!(classify("deliver", error), ConnectorError::Fatal { .. }));
+        let error = KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut);
+        assert!(matches!(classify("deliver", error), ConnectorError::Retryable { .. }));
     }
 }
