@@ -27,8 +27,13 @@ pub async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, Runtime
         builder = builder.with_token(token.expose());
     }
     if let Some(path) = config.token_file.clone() {
-        builder = builder.with_token_supplier(move || {
-            std::fs::read_to_string(&path).map(|t| t.trim().to_string()).unwrap_or_default()
+        builder = builder.with_token_supplier(move || match std::fs::read_to_string(&path) {
+            Ok(token) => token.trim().to_string(),
+            Err(error) => {
+                // The broker will refuse the empty token; say why.
+                warn!(path = %path.display(), error = %error, "cannot read danube.token_file, sending no token");
+                String::new()
+            }
         });
     }
     builder.build().await.map_err(RuntimeError::Client)

@@ -49,6 +49,12 @@ struct Job {
     reply: Reply,
 }
 
+/// What a lane's queue carries: a record to send, or a request to create its producer now.
+enum LaneJob {
+    Send(Job),
+    Prepare(oneshot::Sender<Result<(), DanubeError>>),
+}
+
 /// Publishes records to Danube and reports the broker's ack. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -69,7 +75,7 @@ struct Inner {
 }
 
 struct TopicPool {
-    lanes: Vec<mpsc::Sender<Job>>,
+    lanes: Vec<mpsc::Sender<LaneJob>>,
     next: AtomicUsize,
     in_flight: prometheus::IntGauge,
 }
@@ -139,12 +145,21 @@ impl Publisher {
     }
 
     /// Publishes several records (pipelined across the pool, per-key order kept) and
-    /// waits until all are acked; the first failure is returned.
+    /// waits until all are acked; the first failure is returned. If a record cannot be
+    /// queued (the publisher is closing), the later ones are not sent and the call still
+    /// waits for the outcome of those already queued before it returns the error.
     pub async fn publish_batch(&self, records: Vec<SourceRecord>) -> Result<(), PublishError> {
         let deadline = Instant::now() + self.inner.config.publish_timeout;
         let mut replies = Vec::with_capacity(records.len());
+        let mut not_queued = None;
         for record in records {
-            replies.push(self.enqueue(record, Some(deadline)).await.map_err(|f| f.error)?);
+            match self.enqueue(record, Some(deadline)).await {
+                Ok(rx) => replies.push(rx),
+                Err(failure) => {
+                    not_queued = Some(failure.error);
+                    break;
+                }
+            }
         }
         let mut first_error = None;
         for rx in replies {
@@ -152,7 +167,7 @@ impl Publisher {
                 first_error.get_or_insert(failure.error);
             }
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.or(not_queued).map_or(Ok(()), Err)
     }
 
     /// Queues a record on its lane and returns the receiver of its outcome. Without a
@@ -191,10 +206,57 @@ impl Publisher {
         };
         let (reply, rx) = oneshot::channel();
         pool.in_flight.inc();
-        if let Err(mpsc::error::SendError(job)) = pool.lanes[lane].send(Job { record, deadline, reply }).await {
-            return Err(PublishFailure { error: PublishError::Closed, record: job.record });
+        if let Err(mpsc::error::SendError(job)) = pool.lanes[lane].send(LaneJob::Send(Job { record, deadline, reply })).await {
+            pool.in_flight.dec();
+            let record = match job {
+                LaneJob::Send(job) => job.record,
+                LaneJob::Prepare(_) => SourceRecord::new(String::new(), Vec::new()),
+            };
+            return Err(PublishFailure { error: PublishError::Closed, record });
         }
         Ok(rx)
+    }
+
+    /// Creates the producers of `topic` now instead of at its first record, so the topic
+    /// exists on the broker before anything is published to it (a subscription made
+    /// afterwards starts at its end and would miss records published before it). The
+    /// runtime prepares every topic bound in `[[schemas]]` at start; a push source whose
+    /// topics are known up front (static HTTP endpoints) can call it from `initialize`.
+    ///
+    /// Calling it again, or for a topic already in use, only checks the producers exist. A
+    /// failure is not final: the producers are created again at the first record, and no
+    /// record is lost either way.
+    pub async fn prepare(&self, topic: &str) -> Result<(), PublishError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        let pool = self.pool(topic);
+        let mut replies = Vec::with_capacity(pool.lanes.len());
+        for lane in &pool.lanes {
+            let (reply, rx) = oneshot::channel();
+            if lane.send(LaneJob::Prepare(reply)).await.is_err() {
+                return Err(PublishError::Closed);
+            }
+            replies.push(rx);
+        }
+        let mut first_error = None;
+        for rx in replies {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => {
+                    let error = match classify(source) {
+                        SendOutcome::Rejected(source) => PublishError::Rejected { topic: topic.to_string(), source },
+                        SendOutcome::Transient(source) => PublishError::Unavailable { topic: topic.to_string(), source },
+                        SendOutcome::Acked => continue,
+                    };
+                    first_error.get_or_insert(error);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(PublishError::Closed);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops accepting records and waits until every queued record is acked or failed.
@@ -277,8 +339,16 @@ enum SendOutcome {
 }
 
 impl Lane {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<LaneJob>) {
         while let Some(job) = rx.recv().await {
+            let job = match job {
+                LaneJob::Send(job) => job,
+                LaneJob::Prepare(reply) => {
+                    let result = self.ensure_producer().await;
+                    let _ = reply.send(result);
+                    continue;
+                }
+            };
             let started = Instant::now();
             let result = self.publish(&job).await;
             self.metrics.in_flight.dec();
@@ -350,12 +420,18 @@ impl Lane {
         }
     }
 
-    async fn try_send(&mut self, record: &SourceRecord) -> SendOutcome {
+    /// Creates the producer if there is none yet.
+    async fn ensure_producer(&mut self) -> Result<(), DanubeError> {
         if self.producer.is_none() {
-            match self.create_producer().await {
-                Ok(producer) => self.producer = Some(producer),
-                Err(error) => return classify(error),
-            }
+            let producer = self.create_producer().await?;
+            self.producer = Some(producer);
+        }
+        Ok(())
+    }
+
+    async fn try_send(&mut self, record: &SourceRecord) -> SendOutcome {
+        if let Err(error) = self.ensure_producer().await {
+            return classify(error);
         }
         let Some(producer) = self.producer.as_ref() else {
             return SendOutcome::Transient(DanubeError::Unrecoverable("producer not created".into()));

@@ -21,7 +21,7 @@ use std::time::Duration;
 use danube_client::DanubeClient;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client::{build_client, probe, wait_until_reachable};
 use crate::config::RuntimeConfig;
@@ -135,6 +135,8 @@ impl Runtime {
         let schemas = TopicSchemas::resolve(&client, &config.schemas).await?;
         let publisher =
             Publisher::new(client.clone(), config.source.clone(), &config.name, metrics.clone(), health.clone(), schemas);
+        let bound_topics: Vec<String> = config.schemas.iter().map(|binding| binding.topic.clone()).collect();
+        background.extend(prepare_topics(&publisher, bound_topics, &shutdown).await);
         let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(client.clone())));
         let stopper = Stopper { token: shutdown.clone(), fatal: Arc::new(Mutex::new(None)) };
         background.push(tokio::spawn(probe_broker(client.clone(), health.clone(), shutdown.clone())));
@@ -180,18 +182,27 @@ impl Runtime {
         self.run(vec![Box::new(source)], None).await
     }
 
-    /// Runs one sink over `sink.topics` until shutdown, then drains.
+    /// Runs one sink over `sink.topics` until shutdown, then drains. An empty `sink.topics`
+    /// is a configuration error (the sink would consume nothing).
     pub async fn run_sink<K: SinkConnector>(self, sink: K) -> Result<RunReport, RuntimeError> {
         self.run(Vec::new(), Some(Box::new(sink))).await
     }
 
     /// Runs any number of sources and at most one sink (e.g. a bridge in both directions).
+    /// With a sink, `sink.topics` must name at least one topic.
     pub async fn run(
         self,
         sources: Vec<Box<dyn SourceConnector>>,
         sink: Option<Box<dyn SinkConnector>>,
     ) -> Result<RunReport, RuntimeError> {
         let env = self.env.clone();
+        if sink.is_some() && env.config.sink.topics.is_empty() {
+            return Err(RuntimeError::Config(crate::config::ConfigError::invalid(
+                "sink.topics",
+                "is empty: name at least one topic to consume, e.g. [{topic = \"/default/orders\"}] \
+                 (CONNECTOR_SINK__TOPICS='[{topic=\"/default/orders\"}]')",
+            )));
+        }
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
 
         for (index, mut source) in sources.into_iter().enumerate() {
@@ -252,6 +263,56 @@ impl Runtime {
         let fatal = env.stopper.take();
         info!(drained, fatal = fatal.is_some(), "connector stopped");
         Ok(RunReport { drained, fatal })
+    }
+}
+
+/// How long the start waits for one topic's producers before going on without them.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Creates the producers (and so the topics) of `topics` at start, so a sink subscribing
+/// before the first record still sees it. A topic that fails (a slow broker) does not stop
+/// the start: a background task retries it, and records to it create the producers anyway.
+async fn prepare_topics(publisher: &Publisher, topics: Vec<String>, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+    let mut retries = Vec::new();
+    for topic in topics {
+        let error = match tokio::time::timeout(PREPARE_TIMEOUT, publisher.prepare(&topic)).await {
+            Ok(Ok(())) => {
+                debug!(%topic, "producers created at start");
+                continue;
+            }
+            Ok(Err(error)) if !error.is_transient() => {
+                warn!(%topic, error = %crate::error::error_chain(&error), "cannot create the producers of a schema-bound topic");
+                continue;
+            }
+            Ok(Err(error)) => crate::error::error_chain(&error),
+            Err(_) => format!("no answer within {PREPARE_TIMEOUT:?}"),
+        };
+        warn!(%topic, %error, "producers of a schema-bound topic not created yet, retrying in the background");
+        retries.push(tokio::spawn(retry_prepare(publisher.clone(), topic, shutdown.clone())));
+    }
+    retries
+}
+
+async fn retry_prepare(publisher: Publisher, topic: String, shutdown: CancellationToken) {
+    let mut backoff = crate::retry::Backoff::between(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match publisher.prepare(&topic).await {
+            Ok(()) => {
+                info!(%topic, "producers created");
+                return;
+            }
+            Err(error) if error.is_transient() && !matches!(error, crate::error::PublishError::Closed) => {
+                debug!(%topic, error = %crate::error::error_chain(&error), "producers still not created");
+            }
+            Err(error) => {
+                warn!(%topic, error = %crate::error::error_chain(&error), "giving up creating producers at start");
+                return;
+            }
+        }
     }
 }
 

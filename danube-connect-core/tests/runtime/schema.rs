@@ -388,3 +388,51 @@ async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id()
         Ok(_) => panic!("an incompatible Protobuf change must not start"),
     }
 }
+
+/// Subscribes a raw client consumer to `topic`, which fails while the topic does not exist.
+async fn subscribe_raw(client: &danube_client::DanubeClient, topic: &str, name: &str) -> Result<danube_client::Consumer, String> {
+    let mut consumer = client
+        .new_consumer()
+        .with_topic(topic.to_string())
+        .with_consumer_name(name.to_string())
+        .with_subscription(name.to_string())
+        .with_subscription_type(danube_client::SubType::Exclusive)
+        .build()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe().await.map_err(|e| e.to_string())?;
+    Ok(consumer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_bound_topics_and_prepared_topics_exist_before_their_first_record() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bound = "/default/prepared-bound";
+    let direct = "/default/prepared-direct";
+    let mut config = runtime_config("prepare", &broker.url());
+    config.schemas =
+        vec![SchemaBinding::new(bound, "prepared-bound").with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
+    let client = runtime.client().clone();
+    assert!(
+        subscribe_raw(&client, "/default/never-prepared", "probe").await.is_err(),
+        "sanity: subscribing to a topic nobody created fails"
+    );
+    let mut early = subscribe_raw(&client, bound, "early-bound").await.expect("the bound topic exists at start, before any record");
+
+    let publisher = runtime.publisher();
+    publisher.prepare(direct).await.expect("prepare");
+    publisher.prepare(direct).await.expect("preparing twice is harmless");
+    let mut early_direct = subscribe_raw(&client, direct, "early-direct").await.expect("the prepared topic exists");
+
+    // Subscribed before the first record: both see it.
+    publisher.publish(SourceRecord::from_json(bound, &json!({"id": "a", "amount": 1})).expect("json")).await.expect("publish");
+    publisher.publish(SourceRecord::new(direct, "first")).await.expect("publish");
+    for (consumer, want) in [(&mut early, "\"a\""), (&mut early_direct, "first")] {
+        let mut stream = consumer.receive().await.expect("receive");
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.recv()).await.expect("in time").expect("a message");
+        assert!(String::from_utf8_lossy(&message.payload).contains(want), "first record delivered to the early subscriber");
+    }
+    token.cancel();
+}

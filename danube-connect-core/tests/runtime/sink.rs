@@ -350,3 +350,17 @@ async fn a_partial_batch_waits_for_the_retry_after_hint_before_re_sending() {
     token.cancel();
     assert_eq!(run.await.expect("join").exit_code(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_without_topics_is_a_config_error_naming_sink_topics() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let token = tokio_util::sync::CancellationToken::new();
+    let runtime = danube_connect_core::Runtime::start(runtime_config("no-topics", &broker.url()), token.clone())
+        .await
+        .expect("runtime");
+    let error = runtime.run_sink(RecordingSink::new(Behaviour::Accept)).await.expect_err("no topics to consume");
+    let text = danube_connect_core::error::error_chain(&error);
+    assert!(matches!(error, danube_connect_core::RuntimeError::Config(_)), "{text}");
+    assert!(text.contains("sink.topics"), "the error names the field: {text}");
+    token.cancel();
+}
