@@ -117,6 +117,11 @@ pub struct EndpointConfig {
     /// Topic template: `/namespace/topic` with `{name}` (a path segment) and
     /// `{header.Header-Name}` placeholders (`/default/github-{header.X-GitHub-Event}`).
     pub topic: String,
+    /// Distinct topics a templated `topic` may render to, at most; a request that would
+    /// open one more gets 400. Header values are not covered by most signatures, and
+    /// every topic keeps producers open, so this bounds what a sender can create.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: usize,
     /// Accepted methods (`POST`, `PUT`); others get 405 with `Allow`.
     #[serde(default = "default_methods")]
     pub methods: Vec<AllowedMethod>,
@@ -150,6 +155,10 @@ pub struct EndpointConfig {
     /// Answer repeated deliveries of one delivery id within a window without publishing again.
     #[serde(default)]
     pub dedup: Option<DedupConfig>,
+}
+
+fn default_max_topics() -> usize {
+    64
 }
 
 fn default_methods() -> Vec<AllowedMethod> {
@@ -437,6 +446,9 @@ impl EndpointConfig {
             }
         }
         validate_topic(&format!("{field}.topic"), &topic.example())?;
+        if self.max_topics == 0 {
+            return Err(ConfigError::invalid(format!("{field}.max_topics"), "must be at least 1"));
+        }
         if self.methods.is_empty() {
             return Err(ConfigError::invalid(format!("{field}.methods"), "list at least one of POST, PUT"));
         }
@@ -636,6 +648,15 @@ mod tests {
         c.admin.token = Some(Secret::new("0123456789abcdef"));
         let text = error_of(&c);
         assert!(text.contains("connector.dynamic.registry_path"), "{text}");
+    }
+
+    #[test]
+    fn max_topics_defaults_to_64_and_must_be_positive() {
+        assert_eq!(endpoint("/a", "/default/{a}").max_topics, 64);
+        let mut e = endpoint("/a/{a}", "/default/{a}");
+        e.max_topics = 0;
+        let text = error_of(&config(vec![e]));
+        assert!(text.contains("connector.endpoints[0].max_topics"), "{text}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! A compiled endpoint: path and topic templates, verifier, limiter, de-dup memory.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -18,8 +20,8 @@ use crate::template::{PathTemplate, TopicTemplate};
 /// De-duplication settings of one endpoint.
 #[derive(Debug)]
 pub struct DedupSpec {
-    /// The memory of delivered ids.
-    pub memory: Dedup,
+    /// The memory of delivered ids (shared with reservations of requests in flight).
+    pub memory: Arc<Dedup>,
     /// Header holding the id (overrides the scheme's own id).
     pub id_header: Option<HeaderName>,
     /// JSON pointer to the id in the body.
@@ -46,6 +48,10 @@ pub struct Endpoint {
     pub path: PathTemplate,
     /// The topic pattern.
     pub topic: TopicTemplate,
+    /// Distinct topics a templated `topic` may render to, at most.
+    pub max_topics: usize,
+    /// The topics rendered so far (only for templates with placeholders).
+    topics: Mutex<HashSet<String>>,
     /// Accepted methods.
     pub methods: Vec<AllowedMethod>,
     /// The `Allow` header value for 405 answers.
@@ -82,6 +88,14 @@ pub struct EndpointError {
     pub message: String,
 }
 
+/// A templated topic beyond the endpoint's `max_topics` (answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this endpoint already publishes to its limit of {max} distinct topics (max_topics); a new topic is refused")]
+pub struct TopicLimit {
+    /// The endpoint's `max_topics`.
+    pub max: usize,
+}
+
 impl Endpoint {
     /// Compiles a configured endpoint (already validated).
     pub fn from_config(index: usize, config: &EndpointConfig, global: &HttpSourceConfig) -> Result<Self, EndpointError> {
@@ -98,7 +112,7 @@ impl Endpoint {
         let routing_key = routing_key(config.routing_key.as_ref()).map_err(fail)?;
         let dedup = match &config.dedup {
             Some(d) => Some(DedupSpec {
-                memory: Dedup::new(d.window, d.max_entries),
+                memory: Arc::new(Dedup::new(d.window, d.max_entries)),
                 id_header: d
                     .id_header
                     .as_ref()
@@ -119,6 +133,8 @@ impl Endpoint {
             id,
             path,
             topic,
+            max_topics: config.max_topics,
+            topics: Mutex::new(HashSet::new()),
             methods: config.methods.clone(),
             ack: config.ack,
             success,
@@ -148,6 +164,8 @@ impl Endpoint {
             metric_label: "dynamic".into(),
             path: PathTemplate::literal(&format!("/e/{}", definition.id)),
             topic: TopicTemplate::literal(&definition.topic),
+            max_topics: 1,
+            topics: Mutex::new(HashSet::new()),
             allow: allow_header(&methods),
             methods,
             ack: definition.ack,
@@ -169,6 +187,25 @@ impl Endpoint {
             Some(limiter) => limiter.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
             None => Ok(()),
         }
+    }
+
+    /// Admits a rendered topic: always for a template without placeholders; otherwise if
+    /// the topic was rendered before or fewer than `max_topics` distinct topics were.
+    /// Every admitted topic keeps producers open in the publisher, so the set is bounded
+    /// against header values nobody signed.
+    pub fn admit_topic(&self, topic: &str) -> Result<(), TopicLimit> {
+        if self.topic.is_static() {
+            return Ok(());
+        }
+        let Ok(mut topics) = self.topics.lock() else { return Err(TopicLimit { max: self.max_topics }) };
+        if topics.contains(topic) {
+            return Ok(());
+        }
+        if topics.len() >= self.max_topics {
+            return Err(TopicLimit { max: self.max_topics });
+        }
+        topics.insert(topic.to_string());
+        Ok(())
     }
 
     /// The verification scheme's name, or `none`.

@@ -255,9 +255,28 @@ async fn publish_buffered(publisher: &Publisher, record: SourceRecord, dead_lett
                 attempts: 1,
             },
         );
-        if let Err(e) = publisher.publish(dead).await {
-            error!(topic = %record.topic, error = %danube_connect_core::error::error_chain(&e), "dead-letter publish failed; buffered record lost");
-        }
+        publish_dead_letter(publisher, dead, &record.topic).await;
         return;
+    }
+}
+
+/// Publishes a dead-letter record of an `accepted` endpoint, retrying transient failures
+/// until the publisher closes at shutdown (the client was answered 202: nobody else holds
+/// the record). Only a dead-letter topic that refuses it for good, or shutdown, loses it.
+async fn publish_dead_letter(publisher: &Publisher, dead: SourceRecord, source_topic: &str) {
+    let mut backoff = Backoff::between(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let error = match publisher.publish(dead.clone()).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        let chain = danube_connect_core::error::error_chain(&error);
+        if matches!(error, PublishError::Closed) || !error.is_transient() {
+            error!(topic = %source_topic, dead_letter_topic = %dead.topic, error = %chain, "dead-letter publish failed; buffered record lost");
+            return;
+        }
+        let delay = backoff.next_delay();
+        warn!(topic = %source_topic, dead_letter_topic = %dead.topic, error = %chain, retry_in = ?delay, "dead-letter record not published yet");
+        tokio::time::sleep(delay).await;
     }
 }

@@ -20,6 +20,9 @@ use tracing::warn;
 use crate::config::{AckMode, Encoding, HttpSourceConfig, Scheme, VerificationConfig};
 use crate::endpoint::Endpoint;
 
+/// Timestamp tolerance of a dynamic endpoint that does not set one.
+const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Verification of a dynamic endpoint, as stored in the registry (secrets in clear:
 /// protect the registry file like a secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,10 +41,14 @@ pub struct StoredVerification {
     /// `hmac`: the encoding.
     #[serde(default)]
     pub encoding: Encoding,
+    /// Timestamped schemes: how far the signed timestamp may be from now (`"10m"`);
+    /// default 5 minutes.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<std::time::Duration>,
 }
 
 impl StoredVerification {
-    /// The equivalent endpoint verification config (default tolerance).
+    /// The equivalent endpoint verification config (tolerance default 5 minutes).
     pub fn to_config(&self) -> VerificationConfig {
         VerificationConfig {
             scheme: self.scheme,
@@ -49,7 +56,7 @@ impl StoredVerification {
             header: self.header.clone(),
             prefix: self.prefix.clone(),
             encoding: self.encoding,
-            tolerance: std::time::Duration::from_secs(300),
+            tolerance: self.tolerance.unwrap_or(DEFAULT_TOLERANCE),
         }
     }
 }

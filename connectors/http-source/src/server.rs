@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::config::{AckMode, AllowedMethod};
+use crate::dedup::Reserve;
 use crate::endpoint::{Endpoint, RoutingKey};
 use crate::registry::Registry;
 use crate::template::PathParams;
@@ -141,13 +142,7 @@ async fn handle_endpoint(
         response.headers_mut().insert(header::ALLOW, endpoint.allow.clone());
         return response;
     }
-    if let Err(wait) = endpoint.check_rate() {
-        return retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "rate limit exceeded");
-    }
-    if !app.health.broker_reachable() {
-        return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "danube is unreachable");
-    }
-    let Ok(_permit) = app.concurrency.clone().try_acquire_owned() else {
+    let Ok(permit) = app.concurrency.clone().try_acquire_owned() else {
         return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "too many concurrent requests");
     };
     let declared = request
@@ -175,6 +170,10 @@ async fn handle_endpoint(
         },
         None => Default::default(),
     };
+    // After verification: requests that fail it cannot drain a legitimate sender's tokens.
+    if let Err(wait) = endpoint.check_rate() {
+        return retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "rate limit exceeded");
+    }
     let needs_json = endpoint.validate_json
         || matches!(endpoint.routing_key, Some(RoutingKey::JsonPointer(_)))
         || endpoint.dedup.as_ref().is_some_and(|d| d.id_pointer.is_some());
@@ -196,15 +195,30 @@ async fn handle_endpoint(
         }
         verified.delivery_id.clone()
     });
-    if let (Some(dedup), Some(id)) = (&endpoint.dedup, &delivery_id) {
-        if dedup.memory.contains(id, Instant::now()) {
-            return json_response(StatusCode::OK, serde_json::json!({ "status": "duplicate" }));
-        }
-    }
+    // Held until the client is answered 2xx (then remembered) or dropped with this
+    // request (then released, so the sender's retry is published).
+    let reservation = match (&endpoint.dedup, &delivery_id) {
+        (Some(dedup), Some(id)) => match dedup.memory.reserve(id, Instant::now()) {
+            Reserve::Reserved(reservation) => Some(reservation),
+            Reserve::Duplicate => return json_response(StatusCode::OK, serde_json::json!({ "status": "duplicate" })),
+            Reserve::InFlight => {
+                return retry_after(
+                    StatusCode::CONFLICT,
+                    app.retry_after,
+                    "a delivery with this id is being published; retry later",
+                )
+            }
+        },
+        _ => None,
+    };
     let topic = match endpoint.topic.render(&params, &parts.headers) {
         Ok(topic) => topic,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    if let Err(e) = endpoint.admit_topic(&topic) {
+        debug!(endpoint = %endpoint.id, %topic, "topic refused: endpoint at max_topics");
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let mut record = SourceRecord::new(topic, body)
         .with_attribute("http.method", parts.method.as_str())
         .with_attribute("http.path", parts.uri.path())
@@ -248,6 +262,9 @@ async fn handle_endpoint(
         }
         None => {}
     }
+    if !app.health.broker_reachable() {
+        return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "danube is unreachable");
+    }
     match endpoint.ack {
         AckMode::Accepted => {
             let Ok(slot) = app.buffer_slots.clone().try_acquire_owned() else {
@@ -255,7 +272,12 @@ async fn handle_endpoint(
             };
             // The channel has as many places as there are slots: it cannot be full here.
             match app.buffer.try_send((record, slot)) {
-                Ok(()) => json_response(StatusCode::ACCEPTED, serde_json::json!({ "status": "accepted" })),
+                Ok(()) => {
+                    if let Some(reservation) = reservation {
+                        reservation.confirm(Instant::now());
+                    }
+                    json_response(StatusCode::ACCEPTED, serde_json::json!({ "status": "accepted" }))
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "buffer full")
                 }
@@ -265,17 +287,29 @@ async fn handle_endpoint(
             }
         }
         AckMode::Durable => {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, app.publisher.publish(record)).await {
-                Ok(Ok(())) => {
-                    if let (Some(dedup), Some(id)) = (&endpoint.dedup, &delivery_id) {
-                        dedup.memory.insert(id, Instant::now());
-                    }
-                    json_response(endpoint.success, serde_json::json!({ "status": "published" }))
+            // The publish runs to its real outcome even when this request times out or is
+            // cut: a record the client was not answered for may still reach Danube, so its
+            // delivery id stays reserved (a retry gets 409, then `duplicate` once it landed)
+            // and its concurrency permit stays taken (lingering publishes stay bounded).
+            let publisher = app.publisher.clone();
+            let publish = tokio::spawn(async move {
+                let result = publisher.publish(record).await;
+                if let (Ok(()), Some(reservation)) = (&result, reservation) {
+                    reservation.confirm(Instant::now());
                 }
-                Ok(Err(e)) => {
+                drop(permit);
+                result
+            });
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, publish).await {
+                Ok(Ok(Ok(()))) => json_response(endpoint.success, serde_json::json!({ "status": "published" })),
+                Ok(Ok(Err(e))) => {
                     warn!(endpoint = %endpoint.id, error = %danube_connect_core::error::error_chain(&e), "record not published");
                     publish_failure(&e, app.retry_after)
+                }
+                Ok(Err(e)) => {
+                    warn!(endpoint = %endpoint.id, error = %e, "publish task failed");
+                    retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "publish task failed")
                 }
                 Err(_) => retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "timed out waiting for danube"),
             }

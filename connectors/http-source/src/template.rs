@@ -164,6 +164,11 @@ impl TopicTemplate {
         Self { parts: vec![Part::Literal(topic.to_string())] }
     }
 
+    /// Whether the template has no placeholders (every request gets the same topic).
+    pub fn is_static(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+
     /// Names of the path segments the template uses.
     pub fn path_names(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
@@ -268,5 +273,12 @@ mod tests {
         assert!(TopicTemplate::parse("/default/{a").is_err());
         assert!(TopicTemplate::parse("/default/a}").is_err());
         assert_eq!(TopicTemplate::parse("/default/{a}").expect("parse").example(), "/default/x");
+    }
+
+    #[test]
+    fn only_templates_without_placeholders_are_static() {
+        assert!(TopicTemplate::parse("/default/a").expect("parse").is_static());
+        assert!(!TopicTemplate::parse("/default/{a}").expect("parse").is_static());
+        assert!(!TopicTemplate::parse("/default/x-{header.X-Event}").expect("parse").is_static());
     }
 }

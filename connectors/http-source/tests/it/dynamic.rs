@@ -1,5 +1,6 @@
 //! Dynamic endpoints: create → use → revoke → 404, survival across restart, revocation
-//! reaching another instance without restart, and readiness when the registry is unreadable.
+//! reaching another instance without restart, readiness when the registry is unreadable,
+//! the `max_endpoints` limit (409) and a per-endpoint timestamp tolerance.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use danube_dev_broker::EmbeddedBroker;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{client, settle_messages, spawn_in, spawn_with, Connector};
+use crate::common::{client, hmac_sha256, now_secs, settle_messages, spawn_in, spawn_with, Connector};
 
 const TOKEN: &str = "admin-token-0123456789";
 
@@ -183,4 +184,61 @@ async fn unreadable_registry_degrades_readiness() {
         assert!(Instant::now() < deadline, "readiness did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn dynamic_endpoints_stop_at_max_endpoints_and_take_their_own_tolerance() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("registry.jsonl").display().to_string();
+    let config = format!(
+        r#"
+admin = {{ token = "{TOKEN}" }}
+dynamic = {{ registry_path = "{registry}", refresh_interval = "200ms", max_endpoints = 2 }}
+"#
+    );
+    let connector = spawn_in(&broker, &config, &[], tempfile::tempdir().expect("tempdir")).await;
+    let http = client();
+    let url = format!("{}/admin/endpoints", connector.base);
+    let stripe = |tolerance: Option<&str>| {
+        let mut verification = json!({"scheme": "stripe", "secrets": ["dyn-stripe"]});
+        if let Some(tolerance) = tolerance {
+            verification["tolerance"] = json!(tolerance);
+        }
+        verification
+    };
+    let zero = http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .json(&json!({"topic": "/default/dyn-zero", "verification": stripe(Some("0s"))}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(zero.status(), StatusCode::BAD_REQUEST, "a zero tolerance is refused");
+    let wide = create(&connector, json!({"topic": "/default/dyn-wide", "verification": stripe(Some("20m"))})).await;
+    let narrow = create(&connector, json!({"topic": "/default/dyn-narrow", "verification": stripe(None)})).await;
+    let third = http.post(&url).bearer_auth(TOKEN).json(&json!({"topic": "/default/dyn-third"})).send().await.expect("send");
+    assert_eq!(third.status(), StatusCode::CONFLICT, "max_endpoints = 2");
+    assert!(third.text().await.expect("body").contains("limit"));
+
+    // Signed ten minutes ago: within 20m, outside the default 5m.
+    let t = (now_secs() - 600).to_string();
+    let body = r#"{"id":"evt_old"}"#;
+    let signature = hex::encode(hmac_sha256(b"dyn-stripe", &[t.as_bytes(), b".", body.as_bytes()]));
+    let post = |endpoint: &Value| {
+        http.post(format!("{}{}", connector.base, endpoint["path"].as_str().expect("path")))
+            .header("Stripe-Signature", format!("t={t},v1={signature}"))
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(&wide).await.expect("send").status(), StatusCode::OK, "tolerance 20m");
+    assert_eq!(post(&narrow).await.expect("send").status(), StatusCode::UNAUTHORIZED, "default tolerance 5m");
+
+    // Revoking one frees a place.
+    let id = narrow["id"].as_str().expect("id");
+    let revoke = http.delete(format!("{url}/{id}")).bearer_auth(TOKEN).send().await.expect("revoke");
+    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    create(&connector, json!({"topic": "/default/dyn-third"})).await;
+    assert_eq!(settle_messages(&broker, "/default/dyn-wide").await.len(), 1);
+    assert!(broker.messages("/default/dyn-narrow").is_empty());
 }

@@ -1,9 +1,10 @@
 //! Status codes for requests the gateway refuses: 404, 405 (+Allow), 413, 429
-//! (+Retry-After), 503 when concurrency is exhausted, 408 for a body that never comes.
+//! (+Retry-After, counted only for verified requests), 503 when concurrency is exhausted,
+//! 408 for a body that never comes, 502 for a record Danube refuses.
 
 use std::time::Duration;
 
-use danube_dev_broker::EmbeddedBroker;
+use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,6 +23,19 @@ id = "limited"
 path = "/limited"
 topic = "/default/limited"
 rate_limit = { per_second = 1, burst = 2 }
+
+[[connector.endpoints]]
+id = "guarded"
+path = "/guarded"
+topic = "/default/guarded"
+verification = { scheme = "token", secrets = ["guard-token"] }
+rate_limit = { per_second = 1, burst = 2 }
+
+[[connector.endpoints]]
+id = "big"
+path = "/big"
+topic = "/default/big"
+max_body_bytes = 8192
 "#;
 
 #[tokio::test]
@@ -38,6 +52,10 @@ async fn unknown_paths_get_404_and_wrong_methods_405_with_allow() {
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
         assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST, PUT"));
     }
+    let put = http.put(format!("{}/limited", connector.base)).body("x").send().await.expect("send");
+    assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED, "PUT on a POST-only endpoint");
+    assert_eq!(put.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    assert!(settle_messages(&broker, "/default/limited").await.is_empty());
     assert!(settle_messages(&broker, "/default/small").await.is_empty());
 }
 
@@ -146,4 +164,39 @@ ack = "accepted"
     // Published records free their slots.
     let again = http.post(&url).body("r4").send().await.expect("send");
     assert_eq!(again.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn requests_failing_verification_do_not_spend_rate_tokens() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let connector = spawn(&broker, CONFIG, &[]).await;
+    let http = client();
+    let url = format!("{}/guarded", connector.base);
+    for i in 0..5 {
+        let response = http.post(&url).body("forged").send().await.expect("send");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "unauthenticated request {i}");
+    }
+    for i in 0..2 {
+        let response = http.post(&url).bearer_auth("guard-token").body(format!("real-{i}")).send().await.expect("send");
+        assert_eq!(response.status(), StatusCode::OK, "the sender's burst is intact (request {i})");
+    }
+    let messages = settle_messages(&broker, "/default/guarded").await;
+    assert_eq!(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>(), vec![b"real-0".as_ref(), b"real-1"]);
+}
+
+#[tokio::test]
+async fn a_record_danube_refuses_gets_502() {
+    // The broker refuses payloads above 1 KiB for good (`InvalidArgument` → Rejected).
+    let config = BrokerConfig { max_message_size: 1024, ..BrokerConfig::default() };
+    let broker = EmbeddedBroker::start(config).await.expect("broker");
+    let connector = spawn(&broker, CONFIG, &[]).await;
+    let http = client();
+    let url = format!("{}/big", connector.base);
+    let refused = http.post(&url).body(vec![b'z'; 4096]).send().await.expect("send");
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY, "{}", connector.process.log());
+    assert!(refused.headers().get("retry-after").is_none(), "not a transient failure");
+    assert!(refused.text().await.expect("body").contains("/default/big"));
+    assert_eq!(http.post(&url).body("small").send().await.expect("send").status(), StatusCode::OK);
+    let messages = settle_messages(&broker, "/default/big").await;
+    assert_eq!(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>(), vec![b"small".as_ref()]);
 }

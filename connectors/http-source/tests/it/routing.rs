@@ -1,12 +1,16 @@
-//! Routing to several topics (path segments, headers), attributes, routing keys, JSON
-//! validation, `accepted` mode and delivery-id de-duplication.
+//! Routing to several topics (path segments, headers) and its `max_topics` bound,
+//! attributes, routing keys, JSON validation, `accepted` mode and delivery-id
+//! de-duplication (scheme defaults, `accepted` mode, in-flight reservation).
 
 use std::time::Duration;
 
-use danube_dev_broker::EmbeddedBroker;
+use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
 use reqwest::StatusCode;
 
-use crate::common::{client, hmac_sha256, settle_messages, spawn, Connector};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use crate::common::{client, hmac_sha256, now_secs, settle_messages, spawn, Connector};
 
 const CONFIG: &str = r#"
 [[connector.endpoints]]
@@ -38,7 +42,43 @@ path = "/dedup"
 topic = "/default/dedup"
 verification = { scheme = "github", secrets = ["dedup-secret"] }
 dedup = { window = "1m" }
+
+[[connector.endpoints]]
+id = "fan"
+path = "/fan"
+topic = "/default/fan-{header.X-Event}"
+max_topics = 2
+
+[[connector.endpoints]]
+id = "stripe-dedup"
+path = "/stripe-dedup"
+topic = "/default/stripe-dedup"
+verification = { scheme = "stripe", secrets = ["stripe-dedup-secret"] }
+dedup = { window = "1m" }
+
+[[connector.endpoints]]
+id = "standard-dedup"
+path = "/standard-dedup"
+topic = "/default/standard-dedup"
+verification = { scheme = "standard_webhooks", secrets = ["whsec_c3RhbmRhcmQtZGVkdXAta2V5LTAxMjM0NTY3ODlhYmM="] }
+dedup = { window = "1m" }
+
+[[connector.endpoints]]
+id = "accepted-dedup"
+path = "/accepted-dedup"
+topic = "/default/accepted-dedup"
+ack = "accepted"
+dedup = { id_header = "X-Delivery" }
+
+[[connector.endpoints]]
+id = "inflight-dedup"
+path = "/inflight-dedup"
+topic = "/default/inflight-dedup"
+dedup = { id_header = "X-Delivery" }
 "#;
+
+/// The key behind `STANDARD_DEDUP`'s `whsec_` secret.
+const STANDARD_DEDUP_KEY: &[u8] = b"standard-dedup-key-0123456789abc";
 
 async fn start() -> (EmbeddedBroker, Connector) {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
@@ -178,4 +218,158 @@ async fn repeated_delivery_ids_are_published_once() {
     let messages = settle_messages(&broker, "/default/dedup").await;
     assert_eq!(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>(), vec![b"first".as_ref(), b"second"]);
     assert_eq!(messages[0].attributes.get("http.delivery_id").map(String::as_str), Some("d-1"));
+}
+
+#[tokio::test]
+async fn templated_topics_stop_at_max_topics() {
+    let (broker, connector) = start().await;
+    let http = client();
+    let post = |event: &str| http.post(format!("{}/fan", connector.base)).header("X-Event", event).body(event.to_string()).send();
+    assert_eq!(post("a").await.expect("send").status(), StatusCode::OK);
+    assert_eq!(post("b").await.expect("send").status(), StatusCode::OK);
+    let third = post("c").await.expect("send");
+    assert_eq!(third.status(), StatusCode::BAD_REQUEST, "a third distinct topic is refused");
+    let text = third.text().await.expect("body");
+    assert!(text.contains("max_topics") && text.contains('2'), "{text}");
+    assert_eq!(post("a").await.expect("send").status(), StatusCode::OK, "known topics keep working");
+    assert_eq!(settle_messages(&broker, "/default/fan-a").await.len(), 2);
+    assert_eq!(broker.messages("/default/fan-b").len(), 1);
+    assert!(broker.messages("/default/fan-c").is_empty(), "nothing published to the refused topic");
+}
+
+#[tokio::test]
+async fn stripe_redeliveries_are_deduplicated_by_the_event_id() {
+    let (broker, connector) = start().await;
+    let http = client();
+    // A redelivery carries the same event with a new timestamp and signature.
+    let send = |body: &'static str, t: u64| {
+        let t = t.to_string();
+        let signature = hex::encode(hmac_sha256(b"stripe-dedup-secret", &[t.as_bytes(), b".", body.as_bytes()]));
+        http.post(format!("{}/stripe-dedup", connector.base))
+            .header("Stripe-Signature", format!("t={t},v1={signature}"))
+            .body(body)
+            .send()
+    };
+    let now = now_secs();
+    let first = r#"{"id":"evt_1","type":"charge.succeeded"}"#;
+    assert_eq!(send(first, now).await.expect("send").status(), StatusCode::OK);
+    let again = send(first, now + 1).await.expect("send");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.text().await.expect("body").contains("duplicate"), "the redelivery is recognised by /id");
+    let second = r#"{"id":"evt_2","type":"charge.succeeded"}"#;
+    assert_eq!(send(second, now).await.expect("send").status(), StatusCode::OK);
+    let messages = settle_messages(&broker, "/default/stripe-dedup").await;
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_ref()).collect();
+    assert_eq!(payloads, vec![first.as_bytes(), second.as_bytes()]);
+    assert_eq!(messages[0].attributes.get("http.delivery_id").map(String::as_str), Some("evt_1"));
+}
+
+#[tokio::test]
+async fn standard_webhooks_redeliveries_are_deduplicated_by_webhook_id() {
+    let (broker, connector) = start().await;
+    let http = client();
+    let send = |id: &'static str, body: &'static str| {
+        let t = now_secs().to_string();
+        let signature =
+            STANDARD.encode(hmac_sha256(STANDARD_DEDUP_KEY, &[id.as_bytes(), b".", t.as_bytes(), b".", body.as_bytes()]));
+        http.post(format!("{}/standard-dedup", connector.base))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", t)
+            .header("webhook-signature", format!("v1,{signature}"))
+            .body(body)
+            .send()
+    };
+    assert_eq!(send("msg_1", "one").await.expect("send").status(), StatusCode::OK);
+    let again = send("msg_1", "one").await.expect("send");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.text().await.expect("body").contains("duplicate"), "the redelivery is recognised by webhook-id");
+    assert_eq!(send("msg_2", "two").await.expect("send").status(), StatusCode::OK);
+    let messages = settle_messages(&broker, "/default/standard-dedup").await;
+    assert_eq!(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>(), vec![b"one".as_ref(), b"two"]);
+    assert_eq!(messages[0].attributes.get("http.delivery_id").map(String::as_str), Some("msg_1"));
+}
+
+#[tokio::test]
+async fn accepted_mode_deduplicates_delivery_ids() {
+    let (broker, connector) = start().await;
+    let http = client();
+    let send = |id: &str, body: &str| {
+        http.post(format!("{}/accepted-dedup", connector.base)).header("X-Delivery", id).body(body.to_string()).send()
+    };
+    assert_eq!(send("d-1", "a1").await.expect("send").status(), StatusCode::ACCEPTED);
+    let again = send("d-1", "a1").await.expect("send");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.text().await.expect("body").contains("duplicate"));
+    assert_eq!(send("d-2", "a2").await.expect("send").status(), StatusCode::ACCEPTED);
+    broker.wait_for_messages("/default/accepted-dedup", 2, Duration::from_secs(10)).await;
+    let messages = settle_messages(&broker, "/default/accepted-dedup").await;
+    let mut payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_ref()).collect();
+    payloads.sort();
+    assert_eq!(payloads, vec![b"a1".as_ref(), b"a2"], "the repeated delivery was not buffered again");
+}
+
+#[tokio::test]
+async fn a_delivery_id_stays_reserved_until_its_publish_ends() {
+    // The broker refuses payloads above 1 KiB for good: a definitive publish failure.
+    let broker = EmbeddedBroker::start(BrokerConfig { max_message_size: 1024, ..BrokerConfig::default() })
+        .await
+        .expect("broker");
+    let env = [
+        ("CONNECTOR_SOURCE__PUBLISH_TIMEOUT", "2s"),
+        ("HTTP_SOURCE_REQUEST_TIMEOUT", "3s"),
+        ("HTTP_SOURCE_RETRY_AFTER", "1s"),
+    ];
+    let connector = spawn(&broker, CONFIG, &env).await;
+    let url = format!("{}/inflight-dedup", connector.base);
+    let send = |id: &'static str, body: Vec<u8>| {
+        let request = client().post(&url).header("X-Delivery", id).body(body);
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status();
+            let retry_after = response.headers().contains_key("retry-after");
+            (status, retry_after, response.text().await.expect("body"))
+        }
+    };
+    // Danube takes no sends: the first delivery is in flight until its request times out;
+    // the same id arriving meanwhile is not published a second time.
+    broker.fail_next_sends(1_000_000);
+    let first = tokio::spawn(send("d-race", b"x".to_vec()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = send("d-race", b"x".to_vec()).await;
+    let first = first.await.expect("first request");
+    let mut statuses = vec![first.0, second.0];
+    statuses.sort();
+    assert_eq!(statuses, vec![StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE], "{}", connector.process.log());
+    assert!(first.1 && second.1, "both answers carry Retry-After");
+    // The timed-out publish may still land: until it ends, a retry is told to wait.
+    let retry = send("d-race", b"x".to_vec()).await;
+    assert_eq!(retry.0, StatusCode::CONFLICT, "{}", retry.2);
+    assert!(broker.messages("/default/inflight-dedup").is_empty());
+
+    // Danube takes sends again: the lingering publish lands, and the retry is a duplicate.
+    broker.fail_next_sends(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let (status, _, text) = send("d-race", b"x".to_vec()).await;
+        if status == StatusCode::OK {
+            break text;
+        }
+        assert!(
+            [StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE].contains(&status),
+            "{status} while the publish lands: {text}"
+        );
+        assert!(std::time::Instant::now() < deadline, "never answered: {}", connector.process.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(answer.contains("duplicate"), "the record is already in Danube: {answer}");
+    assert_eq!(broker.messages("/default/inflight-dedup").len(), 1, "published exactly once");
+
+    // A publish that failed for good frees its id: the sender's retry is published.
+    let refused = send("d-big", vec![b'z'; 4096]).await;
+    assert_eq!(refused.0, StatusCode::BAD_GATEWAY, "{}", refused.2);
+    let fixed = send("d-big", b"small".to_vec()).await;
+    assert_eq!(fixed.0, StatusCode::OK, "{}", fixed.2);
+    assert!(fixed.2.contains("published"), "{}", fixed.2);
+    let messages = settle_messages(&broker, "/default/inflight-dedup").await;
+    assert_eq!(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>(), vec![b"x".as_ref(), b"small"]);
 }

@@ -318,3 +318,25 @@ async fn standard_webhooks_v1a_ed25519_verifies_id_timestamp_and_body() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn standard_webhooks_refuses_a_tampered_webhook_id() {
+    let (broker, connector) = start().await;
+    let body: &[u8] = br#"{"event":"a"}"#;
+    let t = now_secs().to_string();
+    let signed_id = "msg_original";
+    let sig = STANDARD.encode(hmac_sha256(KEY_A, &[signed_id.as_bytes(), b".", t.as_bytes(), b".", body]));
+    let headers = |id: &str| {
+        vec![
+            ("webhook-id".to_string(), id.to_string()),
+            ("webhook-timestamp".to_string(), t.clone()),
+            ("webhook-signature".to_string(), format!("v1,{sig}")),
+        ]
+    };
+    // The id is signed: a replay under a new id (to slip past de-duplication) fails.
+    assert_eq!(send(&connector, "/standard", body, &headers("msg_forged")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&connector, "/standard", body, &headers(signed_id)).await, StatusCode::OK);
+    let messages = settle_messages(&broker, "/default/sig-standard").await;
+    assert_eq!(messages.len(), 1, "only the request with the signed id was published");
+    assert_eq!(messages[0].attributes.get("http.delivery_id").map(String::as_str), Some(signed_id));
+}

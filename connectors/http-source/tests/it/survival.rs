@@ -153,18 +153,33 @@ topic = "/default/buffered-drain"
 ack = "accepted"
 "#;
     let mut connector = spawn(&broker, config, &[]).await;
-    // The broker refuses the next sends, so the records stay buffered for a while.
-    broker.fail_next_sends(40);
+    // Danube refuses every send: the accepted records stay in the buffer.
+    broker.fail_next_sends(1_000_000);
     let http = crate::common::client();
     let mut accepted = Vec::new();
     for i in 0..20 {
         let body = format!("buffered-{i}");
         let response = http.post(format!("{}/buffered", connector.base)).body(body.clone()).send().await.expect("send");
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", connector.process.log());
         accepted.push(body);
     }
-    let buffered_at_sigterm = 20 - broker.messages("/default/buffered-drain").len();
-    let status = connector.process.terminate(Duration::from_secs(30)).await.expect("exited after SIGTERM");
+    assert!(broker.messages("/default/buffered-drain").is_empty(), "all 20 records are still buffered at SIGTERM");
+    let port = connector.port;
+    let release = async {
+        // SIGTERM went out: the listener is closed, the records are still held; then Danube
+        // takes sends again and the draining gateway publishes them before it exits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the listener did not close after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let held = broker.messages("/default/buffered-drain").len();
+        broker.fail_next_sends(0);
+        held
+    };
+    let (status, held) = tokio::join!(connector.process.terminate(Duration::from_secs(30)), release);
+    assert_eq!(held, 0, "records were published before the failures stopped");
+    let status = status.expect("exited after SIGTERM");
     assert!(status.success(), "exit {status:?}: {}", connector.process.log());
     let stored: HashSet<String> = broker
         .messages("/default/buffered-drain")
@@ -174,7 +189,7 @@ ack = "accepted"
     for body in &accepted {
         assert!(stored.contains(body), "{body} was answered 202 but not published before exit");
     }
-    eprintln!("accepted-buffer drain: {buffered_at_sigterm} of 20 records were still buffered at SIGTERM");
+    assert_eq!(stored.len(), 20, "nothing else was accepted after SIGTERM: {stored:?}");
 }
 
 #[tokio::test]
