@@ -50,7 +50,11 @@
 //!   code is not documented.
 //! - Incompatible schema registration fails with `FailedPrecondition`
 //!   (the real broker reports `Internal` with the reason in the message).
-//!   Compatibility checks are structural and simple; see the `schema` module.
+//!   Definitions are compiled and compatibility is checked with
+//!   `danube_connect_common` (the connectors' own codecs and rules: Avro
+//!   resolution, JSON Schema and Protobuf simplifications), which need not
+//!   match the real registry's checks exactly; see the `schema` module.
+//!   A definition that does not compile is refused with `InvalidArgument`.
 //! - A second consumer with another name on an Exclusive subscription is
 //!   refused with `PermissionDenied` while the holder has an open stream (or
 //!   subscribed less than 12 s ago without opening one yet); after that, the
