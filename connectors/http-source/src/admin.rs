@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use danube_connect_core::config::validate_topic;
+use danube_connect_core::Publisher;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -24,12 +25,16 @@ use tracing::{info, warn};
 use crate::config::{AckMode, HttpSourceConfig};
 use crate::registry::{DynamicEndpoint, Event, Registry, StoredVerification};
 
+/// How long creating an endpoint waits for its topic's producers.
+const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// State of the admin routes.
 #[derive(Clone)]
 pub struct Admin {
     token_digest: [u8; 32],
     registry: Arc<Registry>,
     config: Arc<HttpSourceConfig>,
+    publisher: Publisher,
 }
 
 /// A create request.
@@ -49,10 +54,11 @@ pub struct CreateEndpoint {
     pub description: Option<String>,
 }
 
-/// The admin routes under `{prefix}/endpoints`.
-pub fn router(token: &str, registry: Arc<Registry>, config: Arc<HttpSourceConfig>) -> Router {
+/// The admin routes under `{prefix}/endpoints`; `publisher` creates a new endpoint's
+/// topic before the endpoint is announced.
+pub fn router(token: &str, registry: Arc<Registry>, config: Arc<HttpSourceConfig>, publisher: Publisher) -> Router {
     let prefix = config.admin.path_prefix.clone();
-    let state = Admin { token_digest: Sha256::digest(token.as_bytes()).into(), registry, config };
+    let state = Admin { token_digest: Sha256::digest(token.as_bytes()).into(), registry, config, publisher };
     Router::new()
         .route(&format!("{prefix}/endpoints"), get(list).post(create))
         .route(&format!("{prefix}/endpoints/{{id}}"), delete(revoke))
@@ -132,6 +138,15 @@ async fn create(State(admin): State<Admin>, headers: HeaderMap, body: axum::body
         created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
     };
     let view = public_view(&endpoint);
+    // The topic exists before the path is handed out (a subscriber made now sees the first
+    // request). Not fatal: the first record creates it too.
+    match tokio::time::timeout(PREPARE_TIMEOUT, admin.publisher.prepare(&endpoint.topic)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(topic = %endpoint.topic, error = %danube_connect_core::error::error_chain(&e), "cannot create the dynamic endpoint's topic yet")
+        }
+        Err(_) => warn!(topic = %endpoint.topic, "the dynamic endpoint's topic was not created in time"),
+    }
     if let Err(e) = admin.registry.append(&Event::Create { endpoint }).await {
         warn!(error = %danube_connect_core::error::error_chain(&e), "cannot write the endpoint registry");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable");

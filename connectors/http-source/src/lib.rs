@@ -61,6 +61,7 @@ struct Running {
     drain: JoinHandle<()>,
     refresher: Option<JoinHandle<()>>,
     stop_refresh: CancellationToken,
+    preparer: Option<JoinHandle<()>>,
 }
 
 impl HttpSource {
@@ -132,8 +133,19 @@ impl SourceConnector for HttpSource {
         });
         let mut router: Router = Router::new().fallback(server::handle).with_state(app);
         if let (Some(token), Some(registry)) = (&config.admin.token, registry) {
-            router = router.merge(admin::router(token.expose(), registry, config.clone()));
+            router = router.merge(admin::router(token.expose(), registry, config.clone(), ctx.publisher.clone()));
         }
+
+        // Static topics exist before the first request (a subscriber made now sees it).
+        let mut static_topics: Vec<String> = Vec::new();
+        for endpoint in config.endpoints.iter().filter(|e| !e.topic.contains('{')) {
+            if !static_topics.contains(&endpoint.topic) {
+                static_topics.push(endpoint.topic.clone());
+            }
+        }
+        let pending = prepare_topics(&ctx.publisher, static_topics).await;
+        let preparer = (!pending.is_empty())
+            .then(|| tokio::spawn(retry_prepare(ctx.publisher.clone(), pending, ctx.shutdown.clone())));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -166,7 +178,7 @@ impl SourceConnector for HttpSource {
         };
         info!(%addr, tls = config.tls.is_some(), endpoints = config.endpoints.len(), "webhook server listening");
         self.local_addr = Some(addr);
-        self.running = Some(Running { server, drain, refresher, stop_refresh });
+        self.running = Some(Running { server, drain, refresher, stop_refresh, preparer });
         Ok(())
     }
 
@@ -185,9 +197,53 @@ impl SourceConnector for HttpSource {
         if let Some(refresher) = running.refresher {
             let _ = refresher.await;
         }
+        if let Some(preparer) = running.preparer {
+            // Ends with the shutdown token; a prepare stuck on the broker is cut here.
+            preparer.abort();
+            let _ = preparer.await;
+        }
         info!("webhook server stopped");
         Ok(())
     }
+}
+
+/// How long the start waits for the producers of the static topics.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Creates the producers (and so the topics) of `topics` at once; returns the topics that
+/// failed transiently (a slow or absent broker), to retry in the background. Records to a
+/// topic create its producers anyway, so a failure here loses nothing.
+async fn prepare_topics(publisher: &Publisher, topics: Vec<String>) -> Vec<String> {
+    let attempts = topics.into_iter().map(|topic| async move {
+        let error = match tokio::time::timeout(PREPARE_TIMEOUT, publisher.prepare(&topic)).await {
+            Ok(Ok(())) => return None,
+            Ok(Err(error)) if !error.is_transient() => {
+                warn!(%topic, error = %danube_connect_core::error::error_chain(&error), "cannot create the topic's producers at start");
+                return None;
+            }
+            Ok(Err(error)) => danube_connect_core::error::error_chain(&error),
+            Err(_) => format!("no answer within {PREPARE_TIMEOUT:?}"),
+        };
+        warn!(%topic, %error, "topic's producers not created yet, retrying in the background");
+        Some(topic)
+    });
+    futures::future::join_all(attempts).await.into_iter().flatten().collect()
+}
+
+/// Retries [`prepare_topics`] for `topics` until each succeeded, failed for good, or shutdown.
+async fn retry_prepare(publisher: Publisher, mut topics: Vec<String>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::between(Duration::from_millis(500), Duration::from_secs(10));
+    while !topics.is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        topics = tokio::select! {
+            pending = prepare_topics(&publisher, topics) => pending,
+            _ = shutdown.cancelled() => return,
+        };
+    }
+    info!("producers of the static topics created");
 }
 
 async fn refresh_loop(

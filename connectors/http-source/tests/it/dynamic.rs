@@ -216,6 +216,7 @@ dynamic = {{ registry_path = "{registry}", refresh_interval = "200ms", max_endpo
         .expect("send");
     assert_eq!(zero.status(), StatusCode::BAD_REQUEST, "a zero tolerance is refused");
     let wide = create(&connector, json!({"topic": "/default/dyn-wide", "verification": stripe(Some("20m"))})).await;
+    crate::routing::subscribe(&broker, "/default/dyn-wide").await.expect("the topic exists once the endpoint is created");
     let narrow = create(&connector, json!({"topic": "/default/dyn-narrow", "verification": stripe(None)})).await;
     let third = http.post(&url).bearer_auth(TOKEN).json(&json!({"topic": "/default/dyn-third"})).send().await.expect("send");
     assert_eq!(third.status(), StatusCode::CONFLICT, "max_endpoints = 2");

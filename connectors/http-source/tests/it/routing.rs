@@ -373,3 +373,39 @@ async fn a_delivery_id_stays_reserved_until_its_publish_ends() {
     let messages = settle_messages(&broker, "/default/inflight-dedup").await;
     assert_eq!(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>(), vec![b"x".as_ref(), b"small"]);
 }
+
+/// Subscribes a raw client consumer to `topic`; fails while the topic does not exist.
+pub async fn subscribe(broker: &EmbeddedBroker, topic: &str) -> Result<danube_client::Consumer, String> {
+    let client = danube_client::DanubeClient::builder().service_url(broker.url()).build().await.map_err(|e| e.to_string())?;
+    let mut consumer = client
+        .new_consumer()
+        .with_topic(topic.to_string())
+        .with_consumer_name("early".to_string())
+        .with_subscription("early".to_string())
+        .with_subscription_type(danube_client::SubType::Exclusive)
+        .build()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe().await.map_err(|e| e.to_string())?;
+    Ok(consumer)
+}
+
+#[tokio::test]
+async fn static_topics_exist_before_the_first_request() {
+    let (broker, connector) = start().await;
+    assert!(subscribe(&broker, "/default/never-used").await.is_err(), "sanity: a topic nobody created has no subscription");
+    assert!(
+        subscribe(&broker, "/default/github-push").await.is_err(),
+        "templated topics are created by their first request only"
+    );
+    let mut early = subscribe(&broker, "/default/devices").await.expect("the static topic exists at start");
+    let response = client()
+        .post(format!("{}/devices", connector.base))
+        .body(r#"{"device":{"id":"d-1"}}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let mut stream = early.receive().await.expect("receive");
+    let message = tokio::time::timeout(Duration::from_secs(10), stream.recv()).await.expect("in time").expect("a message");
+    assert_eq!(message.payload, br#"{"device":{"id":"d-1"}}"#.to_vec(), "the subscriber made before it saw the first request");
+}
