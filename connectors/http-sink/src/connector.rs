@@ -15,8 +15,10 @@
 //! a routing key is never handed back: a nack would let the key's next record overtake it.
 //! The deferral is waited out in process instead (the hint is already cut at
 //! `retry_after.max`, a circuit's wait at its cool-down), then the record is sent again.
-//! Only at shutdown is such a record handed back; the later records of its key are then
-//! handed back too, unsent.
+//! After such a wait a retryable failure gets a fresh retry budget (`retry.*`, as a
+//! redelivered record would), so the time spent waiting does not use up its retries. Only
+//! at shutdown is such a record handed back; the later records of its key are then handed
+//! back too, unsent.
 //!
 //! Errors and logs show a target as `scheme://host:port/<redacted>` ([`target_of`]): the
 //! path and query of a webhook URL often hold its secret.
@@ -25,7 +27,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use danube_connect_core::config::Ordering;
+use danube_connect_core::config::{Ordering, RetryConfig};
+use danube_connect_core::retry::RetryPolicy;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
 use futures::future::join_all;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
@@ -237,6 +240,8 @@ pub struct HttpSink {
     metrics: Option<SinkMetrics>,
     /// `sink.ordering = "key"`: keyed records wait out deferrals in process.
     ordered: bool,
+    /// The runtime's retry policy, for the retries that follow such a wait.
+    retry: RetryPolicy,
     /// Cancelled at shutdown (from the [`SinkContext`]).
     shutdown: Option<CancellationToken>,
     /// Keys whose record was handed back at shutdown: their later records are not sent.
@@ -357,6 +362,7 @@ impl HttpSink {
             in_flight: Semaphore::new(config.max_in_flight),
             metrics: None,
             ordered: true,
+            retry: RetryPolicy::new(RetryConfig::default()),
             shutdown: None,
             stalled: std::sync::Mutex::new(HashSet::new()),
         })
@@ -368,6 +374,13 @@ impl HttpSink {
     /// of being handed back to the broker, so the later records of its key cannot overtake it.
     pub fn with_ordering(mut self, ordering: Ordering) -> Self {
         self.ordered = ordering == Ordering::Key;
+        self
+    }
+
+    /// Tells the sink the runtime's `retry` settings (default: their defaults). A keyed
+    /// record that waited out a deferral in process retries within a fresh budget of them.
+    pub fn with_retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = RetryPolicy::new(retry);
         self
     }
 
@@ -606,10 +619,17 @@ impl HttpSink {
                 message: "held back: an earlier record of the same key was handed back at shutdown".into(),
             });
         }
+        let mut budget: Option<RetryBudget> = None;
         loop {
-            let (delay, message) = match self.deliver(records, url.clone()).await {
-                Err(Failure::Defer { delay, message }) => (delay, message),
-                other => return other,
+            let result = self.deliver(records, url.clone()).await;
+            let (delay, message) = match (result, budget.as_mut()) {
+                (Err(Failure::Defer { delay, message }), _) => (delay, message),
+                // Retries after a wait: a fresh budget, the wait does not count.
+                (Err(Failure::Retry { after, error }), Some(budget)) => match budget.next_delay(after) {
+                    Some(delay) => (delay, format!("retrying: {error}")),
+                    None => return Err(Failure::Retry { after, error }),
+                },
+                (other, _) => return other,
             };
             debug!(?delay, %message, "ordered mode: waiting in process instead of handing the record back");
             let stopping = match &self.shutdown {
@@ -624,7 +644,10 @@ impl HttpSink {
             };
             if stopping {
                 self.stalled_keys().extend(keys.iter().map(|key| key.to_string()));
-                return Err(Failure::Defer { delay, message });
+                return Err(Failure::Defer { delay: MIN_DEFER, message });
+            }
+            if budget.is_none() {
+                budget = Some(RetryBudget::new(&self.retry));
             }
         }
     }
@@ -698,6 +721,33 @@ impl HttpSink {
         } else {
             Err(ConnectorError::PartialBatch { failures })
         }
+    }
+}
+
+/// The retries of a record after it waited out a deferral in process: the same rules as
+/// [`RetryPolicy::run`] (attempts, backoff lengthened to the hint, elapsed time), counted
+/// from the end of the wait.
+struct RetryBudget {
+    config: RetryConfig,
+    started: Instant,
+    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    attempts: usize,
+}
+
+impl RetryBudget {
+    fn new(policy: &RetryPolicy) -> Self {
+        Self { config: policy.config().clone(), started: Instant::now(), delays: policy.delays(), attempts: 0 }
+    }
+
+    /// Counts a failed attempt; the delay before the next one, or `None` once spent.
+    fn next_delay(&mut self, hint: Option<Duration>) -> Option<Duration> {
+        self.attempts += 1;
+        if self.attempts >= self.config.max_attempts {
+            return None;
+        }
+        let backoff = self.delays.next().unwrap_or(self.config.max_backoff);
+        let delay = hint.map_or(backoff, |hint| hint.max(backoff));
+        (self.started.elapsed() + delay <= self.config.max_elapsed).then_some(delay)
     }
 }
 
@@ -788,6 +838,24 @@ mod tests {
         assert_eq!(batch_id(&a), batch_id(&a.clone()));
         assert_ne!(batch_id(&a), batch_id(&b));
         assert!(batch_id(&a).starts_with("batch_"));
+    }
+
+    #[test]
+    fn the_budget_after_a_wait_follows_the_retry_settings() {
+        let policy = RetryPolicy::new(RetryConfig {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+            max_elapsed: Duration::from_secs(5),
+            ..RetryConfig::default()
+        });
+        let mut budget = RetryBudget::new(&policy);
+        let first = budget.next_delay(None).expect("second attempt");
+        assert!(first >= Duration::from_millis(10) && first <= Duration::from_millis(40), "{first:?}");
+        assert_eq!(budget.next_delay(Some(Duration::from_secs(1))), Some(Duration::from_secs(1)), "the hint lengthens it");
+        assert_eq!(budget.next_delay(None), None, "three attempts in all");
+        let mut budget = RetryBudget::new(&policy);
+        assert_eq!(budget.next_delay(Some(Duration::from_secs(6))), None, "past max_elapsed");
     }
 
     #[test]

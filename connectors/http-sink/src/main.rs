@@ -10,7 +10,8 @@ fn main() -> std::process::ExitCode {
         }
         let sink = HttpSink::new(config.connector)
             .map_err(|e| ConnectorError::fatal("build the HTTP sink", e))?
-            .with_ordering(config.runtime.sink.ordering);
+            .with_ordering(config.runtime.sink.ordering)
+            .with_retry(config.runtime.retry.clone());
         runtime.run_sink(sink).await
     })
 }

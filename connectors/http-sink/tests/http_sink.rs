@@ -1057,16 +1057,17 @@ async fn per_key_order_holds_in_batches_of_several_records_with_retries() {
 async fn in_ordered_mode_a_long_retry_after_is_waited_in_process_so_the_key_keeps_its_order() {
     let broker = broker().await;
     let receiver = Receiver::start().await;
-    receiver.respond(|req, before| {
-        if req.text() == "k-0" && before.is_empty() {
-            Reply::Full(503, vec![("retry-after".into(), "3".into())], String::new())
-        } else {
-            Reply::Status(200)
-        }
+    // k-0: a long Retry-After, then a plain 503, then 200.
+    receiver.respond(|req, before| match (req.text().as_str(), before.len()) {
+        ("k-0", 0) => Reply::Full(503, vec![("retry-after".into(), "3".into())], String::new()),
+        ("k-0", 1) => Reply::Status(503),
+        _ => Reply::Status(200),
     });
     let topic = "/default/ordered-defer";
     let mut cfg = config("odefer", &broker, topic, &receiver.url("/"));
     cfg.runtime.sink.ordering = danube_connect_core::config::Ordering::Key;
+    // Shorter than the wait: the 503 after it is still retried (a fresh budget).
+    cfg.runtime.retry.max_elapsed = Duration::from_secs(2);
     cfg.connector.retry_after.defer_threshold = Duration::from_secs(1);
     let sink = start_sink(&broker, cfg).await;
     for n in 0..3 {
@@ -1075,10 +1076,13 @@ async fn in_ordered_mode_a_long_retry_after_is_waited_in_process_so_the_key_keep
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "odefer") == 3).await);
     let got = receiver.requests();
     let bodies: Vec<String> = got.iter().map(Received::text).collect();
-    assert_eq!(bodies, vec!["k-0", "k-0", "k-1", "k-2"], "k-1 waited for k-0");
-    assert_eq!(got.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Some(503), Some(200), Some(200), Some(200)]);
+    assert_eq!(bodies, vec!["k-0", "k-0", "k-0", "k-1", "k-2"], "k-1 waited for k-0");
+    assert_eq!(
+        got.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![Some(503), Some(503), Some(200), Some(200), Some(200)]
+    );
     assert!(got[1].at - got[0].at >= Duration::from_millis(2900), "the hint was waited: {:?}", got[1].at - got[0].at);
-    assert_eq!(attempt(&got[1]), 2);
+    assert_eq!(got[..3].iter().map(attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(broker.messages("/default/odefer-dlq").is_empty());
     sink.stop().await;
 }
@@ -1138,5 +1142,46 @@ async fn a_record_refused_with_retry_after_inside_a_batch_is_resent_only_after_t
     assert!(gap >= Duration::from_millis(1950) && gap < Duration::from_secs(6), "the retry waited the hint: {gap:?}");
     assert_eq!(got.len(), 6, "the four others were sent once, in the same batch");
     assert!(broker.messages("/default/partialra-dlq").is_empty());
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_ordered_mode_shutdown_hands_a_waiting_record_back_and_holds_its_key() {
+    let broker = broker().await;
+    let receiver = Receiver::start().await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    receiver.respond(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::Status(200)
+        } else {
+            Reply::Full(503, vec![("retry-after".into(), "30".into())], String::new())
+        }
+    });
+    let topic = "/default/ordered-stop";
+    let mut cfg = config("ostop", &broker, topic, &receiver.url("/"));
+    cfg.runtime.sink.ordering = danube_connect_core::config::Ordering::Key;
+    cfg.connector.retry_after.defer_threshold = Duration::from_secs(1);
+    let sink = start_sink(&broker, cfg.clone()).await;
+    for n in 0..3 {
+        broker.publish(topic, format!("k-{n}").into_bytes(), HashMap::new(), Some("k".into()));
+    }
+    assert!(eventually(Duration::from_secs(10), || !receiver.requests().is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Waiting out the 30 s hint in process; shutdown does not wait for it.
+    let stopping = std::time::Instant::now();
+    sink.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(8), "stopped without the 30 s wait: {:?}", stopping.elapsed());
+    let bodies: Vec<String> = receiver.requests().iter().map(Received::text).collect();
+    assert_eq!(bodies, vec!["k-0"], "the later records of the key were held back, unsent");
+    assert_eq!(broker.ack_count(topic, "ostop"), 0);
+    assert!(broker.messages("/default/ostop-dlq").is_empty());
+
+    // After a restart every record of the key arrives.
+    healthy.store(true, Ordering::SeqCst);
+    let sink = start_sink(&broker, cfg).await;
+    assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "ostop") == 3).await);
+    let delivered: HashSet<String> = receiver.delivered().iter().map(Received::text).collect();
+    assert_eq!(delivered, HashSet::from(["k-0".to_string(), "k-1".to_string(), "k-2".to_string()]));
     sink.stop().await;
 }
