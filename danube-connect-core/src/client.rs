@@ -27,11 +27,19 @@ pub async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, Runtime
         builder = builder.with_token(token.expose());
     }
     if let Some(path) = config.token_file.clone() {
+        // Read at every request (token rotation); a read failure is logged once until the
+        // file is readable again, since the client calls this for every RPC.
+        let warned = std::sync::atomic::AtomicBool::new(false);
         builder = builder.with_token_supplier(move || match std::fs::read_to_string(&path) {
-            Ok(token) => token.trim().to_string(),
+            Ok(token) => {
+                warned.store(false, std::sync::atomic::Ordering::Relaxed);
+                token.trim().to_string()
+            }
             Err(error) => {
                 // The broker will refuse the empty token; say why.
-                warn!(path = %path.display(), error = %error, "cannot read danube.token_file, sending no token");
+                if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(path = %path.display(), error = %error, "cannot read danube.token_file, sending an empty token");
+                }
                 String::new()
             }
         });
