@@ -49,6 +49,13 @@ pub enum ColumnType {
     Nullable(Box<ColumnType>),
     /// `Array(T)`.
     Array(Box<ColumnType>),
+    /// `Enum8(...)` / `Enum16(...)`: an element name, or its number (sent as the name).
+    Enum {
+        /// The type as ClickHouse spells it, for messages.
+        spelled: String,
+        /// `(name, value)` of every element.
+        elements: Vec<(String, i16)>,
+    },
     /// Any other type: the JSON value is passed through as is.
     Other(String),
 }
@@ -96,6 +103,11 @@ impl ColumnType {
                 if let Ok(scale) = args.trim().parse() {
                     return Self::Decimal { precision, scale };
                 }
+            }
+        }
+        for prefix in ["Enum8", "Enum16"] {
+            if let Some(elements) = wrapped(name, prefix).and_then(parse_enum_elements) {
+                return Self::Enum { spelled: name.to_string(), elements };
             }
         }
         if name == "DateTime" || wrapped(name, "DateTime").is_some() {
@@ -296,6 +308,25 @@ impl ColumnType {
                 out.extend_from_slice(normalized.as_bytes());
                 Ok(())
             }
+            Self::Enum { elements, .. } => {
+                // An unknown element fails the whole insert on the server (18.16 even with a
+                // LOGICAL_ERROR code), so it is checked here. Numbers are sent as their name:
+                // older servers read only names from JSON.
+                let found = match value {
+                    Value::String(s) => elements
+                        .iter()
+                        .find(|(name, _)| name == s)
+                        .or_else(|| s.trim().parse::<i16>().ok().and_then(|n| elements.iter().find(|(_, v)| *v == n))),
+                    Value::Number(n) => n
+                        .as_i64()
+                        .and_then(|n| i16::try_from(n).ok())
+                        .and_then(|n| elements.iter().find(|(_, v)| *v == n)),
+                    _ => return Err(self.error(value, "expected an element name or its number")),
+                };
+                let (name, _) = found.ok_or_else(|| self.error(value, "not an element of the enum"))?;
+                write_str(name, out);
+                Ok(())
+            }
             Self::Other(_) => {
                 out.extend_from_slice(value.to_string().as_bytes());
                 Ok(())
@@ -363,6 +394,7 @@ impl ColumnType {
             Self::Decimal { precision, scale } => format!("Decimal({precision}, {scale})"),
             Self::Nullable(inner) => format!("Nullable({})", inner.name()),
             Self::Array(inner) => format!("Array({})", inner.name()),
+            Self::Enum { spelled, .. } => spelled.clone(),
             Self::Other(name) => name.clone(),
         }
     }
@@ -370,6 +402,51 @@ impl ColumnType {
 
 fn wrapped<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
     name.strip_prefix(prefix)?.strip_prefix('(')?.strip_suffix(')')
+}
+
+/// `'a' = 1, 'b\'c' = -2` as `system.columns` spells enum elements; `None` when it is not
+/// in that form (the type is then passed through unchecked).
+fn parse_enum_elements(args: &str) -> Option<Vec<(String, i16)>> {
+    let mut elements = Vec::new();
+    let mut chars = args.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next()? != '\'' {
+            return None;
+        }
+        let mut name = String::new();
+        loop {
+            match chars.next()? {
+                '\'' => break,
+                '\\' => name.push(match chars.next()? {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    '0' => '\0',
+                    'b' => '\u{8}',
+                    'f' => '\u{c}',
+                    other => other,
+                }),
+                c => name.push(c),
+            }
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next()? != '=' {
+            return None;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut number = String::new();
+        while let Some(c) = chars.next_if(|c| *c == '-' || c.is_ascii_digit()) {
+            number.push(c);
+        }
+        elements.push((name, number.parse().ok()?));
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        match chars.next() {
+            None => return (!elements.is_empty()).then_some(elements),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
 }
 
 fn int_range(bits: u32, signed: bool) -> (i128, i128) {
@@ -552,7 +629,25 @@ mod tests {
             ColumnType::parse("Array(Nullable(Int32))"),
             ColumnType::Array(Box::new(ColumnType::Nullable(Box::new(ColumnType::Int { bits: 32, signed: true }))))
         );
-        assert_eq!(ColumnType::parse("Enum8('a' = 1)"), ColumnType::Other("Enum8('a' = 1)".into()));
+        assert_eq!(
+            ColumnType::parse("Enum8('a' = 1, 'it\\'s' = -2)"),
+            ColumnType::Enum { spelled: "Enum8('a' = 1, 'it\\'s' = -2)".into(), elements: vec![("a".into(), 1), ("it's".into(), -2)] }
+        );
+        assert_eq!(ColumnType::parse("Enum8(oops)"), ColumnType::Other("Enum8(oops)".into()));
+        assert_eq!(ColumnType::parse("Tuple(UInt8, String)"), ColumnType::Other("Tuple(UInt8, String)".into()));
+    }
+
+    #[test]
+    fn enums_accept_their_elements_only() {
+        let ty = "Enum16('a' = 1, 'b' = 1000)";
+        assert_eq!(enc(ty, json!("a")).unwrap(), "\"a\"");
+        assert_eq!(enc(ty, json!(1000)).unwrap(), "\"b\"");
+        assert_eq!(enc(ty, json!("1000")).unwrap(), "\"b\"");
+        assert!(enc(ty, json!("zzz")).is_err());
+        assert!(enc(ty, json!(2)).is_err());
+        assert!(enc(ty, json!(true)).is_err());
+        assert_eq!(enc("Nullable(Enum8('x' = 1))", json!(null)).unwrap(), "null");
+        assert_eq!(enc("Array(Enum8('x' = 1))", json!(["x", 1])).unwrap(), "[\"x\",\"x\"]");
     }
 
     #[test]

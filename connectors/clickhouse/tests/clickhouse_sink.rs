@@ -90,29 +90,28 @@ async fn every_mapped_type_is_converted_and_inserted() {
     s.ch.query_with_settings(
         "CREATE TABLE typed (i8 Int8, i64 Int64, u64 UInt64, f32 Float32, f64 Float64, s String, fs FixedString(3), \
          b UInt8, d Date, dt DateTime, dt_iso DateTime, n Nullable(Int32), a Array(String), an Array(Nullable(UInt16)), \
-         lc LowCardinality(String), u UUID, dec Decimal(10, 2), _topic String, _offset UInt64, _time DateTime) \
+         lc LowCardinality(String), u UUID, dec Decimal(10, 2), nn Nullable(Int32), en Enum8('a' = 1, 'b' = 2), \
+         en_num Enum8('a' = 1, 'b' = 2), _topic String, _offset UInt64, _time DateTime, _key Nullable(String)) \
          ENGINE = MergeTree ORDER BY tuple()",
         LOW_CARDINALITY,
     )
     .await
     .expect("create table");
     let topic = "/default/typed";
-    let table = r#"{topic="/default/typed", table="typed", topic_column="_topic", offset_column="_offset", publish_time_column="_time"}"#;
+    let table = r#"{topic="/default/typed", table="typed", topic_column="_topic", offset_column="_offset", publish_time_column="_time", key_column="_key"}"#;
     let mut sink = spawn(&s, topic, &env(&s, topic, table, &[])).await;
-    publish(
-        &s,
-        topic,
-        r#"{"i8":-128,"i64":"-9007199254740993","u64":18446744073709551615,"f32":1.5,"f64":-2.25e-3,"s":"h\u00e9 \"q\"\ttab",
+    let payload = r#"{"i8":-128,"i64":"-9007199254740993","u64":18446744073709551615,"f32":1.5,"f64":-2.25e-3,"s":"h\u00e9 \"q\"\ttab",
             "fs":"abc","b":true,"d":"2024-02-29","dt":1700000000,"dt_iso":"2023-11-15T00:13:20+02:00","n":null,
-            "a":["x","y"],"an":[1,null,3],"lc":"red","u":"123E4567-E89B-12D3-A456-426614174000","dec":"-12.5"}"#,
-    );
+            "a":["x","y"],"an":[1,null,3],"lc":"red","u":"123E4567-E89B-12D3-A456-426614174000","dec":"-12.5",
+            "nn":-7,"en":"b","en_num":1}"#;
+    s.broker.publish(topic, payload.as_bytes().to_vec(), HashMap::new(), Some("key-1".into()));
     let n = wait_count(&s.ch, "SELECT count() FROM typed", 1, Duration::from_secs(20)).await;
     assert_eq!(n, 1, "{}", sink.log());
     let row = s
         .ch
         .query(
             "SELECT i8, i64, u64, f32, f64, s, fs, b, d, toUnixTimestamp(dt), toUnixTimestamp(dt_iso), n, a, an, lc, u, dec, \
-             _topic, _offset, toUnixTimestamp(_time) > 1700000000 FROM typed FORMAT TSV",
+             nn, en, en_num, _topic, _offset, toUnixTimestamp(_time) > 1700000000, _key FROM typed FORMAT TSV",
         )
         .await
         .expect("select");
@@ -135,9 +134,13 @@ async fn every_mapped_type_is_converted_and_inserted() {
         "red",
         "123e4567-e89b-12d3-a456-426614174000",
         "-12.50",
+        "-7",
+        "b",
+        "a",
         "/default/typed",
         "1",
         "1",
+        "key-1",
     ];
     assert_eq!(fields, expected, "row: {row}");
     assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
@@ -203,6 +206,55 @@ async fn bad_records_are_dead_lettered_while_the_rest_of_their_batch_is_inserted
     }
     assert_eq!(s.broker.ack_count(topic, NAME), 8, "every record is acked: inserted or dead-lettered");
     sink.kill9();
+}
+
+/// The value of the Prometheus sample `name{...}` whose labels contain all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+        .find(|line| labels.iter().all(|l| line.contains(l)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_while_the_others_are_inserted() {
+    let s = setup().await;
+    // Tuple values are passed through unchecked: only ClickHouse finds "x" is no UInt8.
+    s.ch.exec("CREATE TABLE enums (id UInt32, e Tuple(UInt8, String)) ENGINE = MergeTree ORDER BY id")
+        .await
+        .expect("create");
+    let topic = "/default/enums";
+    let env = env(&s, topic, r#"{topic="/default/enums", table="enums"}"#, &[("CLICKHOUSE_BATCH__MAX_ROWS", "6")]);
+    let mut sink = spawn(&s, topic, &env).await;
+    for (id, e) in [(1, r#"[1,"a"]"#), (2, r#"[2,"b"]"#), (3, r#"[3,"c"]"#), (4, r#"["x","d"]"#), (5, r#"[5,"e"]"#), (6, r#"[6,"f"]"#)] {
+        publish(&s, topic, format!(r#"{{"id":{id},"e":{e}}}"#));
+    }
+    let n = wait_count(&s.ch, "SELECT count() FROM enums", 5, Duration::from_secs(30)).await;
+    assert_eq!(n, 5, "{}", sink.log());
+    assert_eq!(
+        s.ch.query("SELECT groupArray(id) FROM (SELECT id FROM enums ORDER BY id)").await.expect("ids"),
+        "[1,2,3,5,6]"
+    );
+    let dlq = s.broker.wait_for_messages(&format!("/default/{NAME}-dlq"), 1, Duration::from_secs(20)).await;
+    assert_eq!(dlq.len(), 1, "{}", sink.log());
+    assert_eq!(String::from_utf8_lossy(&dlq[0].payload), r#"{"id":4,"e":["x","d"]}"#);
+    assert_eq!(dlq[0].attributes.get("clickhouse.table").map(String::as_str), Some("default.enums"));
+    let error = dlq[0].attributes.get("dlq.error").expect("dlq.error attribute");
+    assert!(error.contains("rejected the insert"), "{error}");
+    let (_, metrics) = ops_get(&sink, "/metrics").await;
+    let table = "table=\"default.enums\"";
+    assert_eq!(metric(&metrics, "clickhouse_rows_dead_lettered_total", &[table]), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "clickhouse_rows_inserted_total", &[table]), Some(5.0), "{metrics}");
+    // The whole segment, then the half holding the bad row, then the row alone.
+    let rejected = metric(&metrics, "clickhouse_inserts_total", &[table, "outcome=\"rejected\""]).unwrap_or(0.0);
+    assert!(rejected >= 2.0, "rejected inserts counted: {metrics}");
+    assert!(
+        eventually(Duration::from_secs(10), || async { s.broker.ack_count(topic, NAME) >= 6 }).await,
+        "all six records acked"
+    );
+    assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
+    assert!(sink.log().contains("spool empty"), "nothing left to retry: {}", sink.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
