@@ -38,7 +38,7 @@ pub struct HttpSourceConfig {
     pub retry_after: Duration,
     /// Records of `accepted` endpoints answered 202 and not yet acked by Danube, at most;
     /// beyond it → 503 with `Retry-After`. These records are lost if the process crashes
-    /// (SIGTERM publishes them before exit).
+    /// (SIGTERM publishes them before exit, within the runtime's `shutdown.timeout`).
     pub accepted_buffer: usize,
     /// The admin API for dynamic endpoints (disabled without a token).
     pub admin: AdminConfig,
@@ -101,7 +101,8 @@ pub enum AckMode {
     #[default]
     Durable,
     /// Answer 202 once the record is in the bounded in-memory buffer; buffered records
-    /// are lost if the process crashes (SIGTERM still drains the buffer).
+    /// are lost if the process crashes (SIGTERM still drains the buffer, within the
+    /// runtime's `shutdown.timeout`).
     Accepted,
 }
 
