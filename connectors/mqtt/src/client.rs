@@ -9,6 +9,8 @@
 //! - each (re)connection is an epoch: an ack whose message arrived on an earlier
 //!   connection is not sent (the broker redelivers that message with DUP set, and the
 //!   redelivered copy is acked instead), so an ack never lands on a reused packet id;
+//!   packets read just before a connection failed are dropped with it, not handed out
+//!   after the reconnect;
 //! - when Danube cannot take a message (unavailable past `source.publish_timeout`), it is
 //!   not acked and the connection is closed, so the broker redelivers it on reconnect.
 //!
@@ -81,11 +83,13 @@ impl SourceConnector for ClientSource {
         ctx.health.set_component(HEALTH_COMPONENT, Some("not connected to the MQTT broker yet".into()));
         let (items_tx, items_rx) = mpsc::channel(self.config.max_in_flight);
         let epoch = Arc::new(AtomicU64::new(0));
+        // Overlapping filters are not all subscribed: the broker would send one copy per
+        // matching subscription.
         let filters: Vec<SubscribeFilter> = self
             .router
-            .routes()
-            .iter()
-            .map(|r| SubscribeFilter::new(r.mapping.filter.clone(), r.mapping.qos.into()))
+            .subscriptions()
+            .into_iter()
+            .map(|(filter, qos)| SubscribeFilter::new(filter, qos.into()))
             .collect();
         let driver = EventLoopDriver {
             eventloop,
@@ -194,6 +198,16 @@ impl EventLoopDriver {
                 Ok(_) => {}
                 Err(e) => {
                     self.epoch.fetch_add(1, Ordering::AcqRel);
+                    // A read that failed mid-batch leaves the batch's already decoded
+                    // packets in rumqttc's event buffer, and they would come out after the
+                    // next CONNACK, tagged with the new epoch and acked with packet ids of
+                    // the dead connection. Drop them: the broker redelivers every unacked
+                    // QoS 1 message of the persistent session after the reconnect.
+                    let dropped = self.eventloop.state.events.len();
+                    self.eventloop.state.events.clear();
+                    if dropped > 0 {
+                        debug!(dropped, "dropped events read before the connection failed");
+                    }
                     if self.stop.is_cancelled() {
                         debug!(error = %error_chain(&e), "connection closed while stopping");
                         break;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::Mapping;
+use crate::config::{Mapping, Qos};
 
 /// Checks a topic filter; the error says what is wrong.
 pub fn validate_filter(filter: &str) -> Result<(), String> {
@@ -54,6 +54,34 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
         }
     }
     false
+}
+
+/// Whether every topic that `narrow` matches is also matched by `wide` (both valid
+/// filters). A filter covers itself.
+pub fn filter_covers(wide: &str, narrow: &str) -> bool {
+    let wide_levels: Vec<&str> = wide.split('/').collect();
+    let narrow_levels: Vec<&str> = narrow.split('/').collect();
+    // A leading wildcard does not match `$` topics, which a literal `$...` level names.
+    let dollar = narrow_levels[0].starts_with('$');
+    for (i, w) in wide_levels.iter().enumerate() {
+        if i == 0 && dollar && (*w == "+" || *w == "#") {
+            return false;
+        }
+        if *w == "#" {
+            // `x/#` matches `x` itself too, so it covers a filter that ends at level i.
+            return true;
+        }
+        let Some(n) = narrow_levels.get(i) else {
+            return false;
+        };
+        match (*w, *n) {
+            (_, "#") => return false,
+            ("+", _) => {}
+            (w, n) if w == n => {}
+            _ => return false,
+        }
+    }
+    wide_levels.len() == narrow_levels.len()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +241,36 @@ impl Router {
     /// All routes, in configuration order.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The filters to subscribe to at an MQTT broker, with their QoS: a broker sends one
+    /// copy of a message per matching subscription, so a filter covered by another
+    /// mapping's filter is left out (of equal filters the first is kept). The covering
+    /// filter is subscribed with the highest QoS of the filters it covers, so a QoS 1
+    /// mapping keeps at-least-once even under a QoS 0 catch-all. Routing is unchanged:
+    /// the first matching mapping still wins.
+    pub fn subscriptions(&self) -> Vec<(String, Qos)> {
+        let filters: Vec<&Mapping> = self.routes.iter().map(|r| &r.mapping).collect();
+        let covered_by_other = |j: usize| {
+            filters.iter().enumerate().any(|(i, wide)| {
+                i != j
+                    && filter_covers(&wide.filter, &filters[j].filter)
+                    && (!filter_covers(&filters[j].filter, &wide.filter) || i < j)
+            })
+        };
+        (0..filters.len())
+            .filter(|&j| !covered_by_other(j))
+            .map(|j| {
+                let wide = &filters[j].filter;
+                let qos = filters
+                    .iter()
+                    .filter(|m| filter_covers(wide, &m.filter))
+                    .map(|m| m.qos)
+                    .max_by_key(|q| u8::from(*q))
+                    .unwrap_or(filters[j].qos);
+                (wide.clone(), qos)
+            })
+            .collect()
     }
 }
 
@@ -376,6 +434,66 @@ mod tests {
         assert_eq!(router.route("a/special").map(|r| r.mapping.topic.as_str()), Some("/default/special"));
         assert_eq!(router.route("a/other").map(|r| r.mapping.topic.as_str()), Some("/default/all"));
         assert!(router.route("b").is_none());
+    }
+
+    #[test]
+    fn filter_cover_table() {
+        let cases = [
+            ("#", "a", true),
+            ("#", "a/#", true),
+            ("#", "$SYS/x", false),
+            ("+/#", "$SYS/#", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/#", "a", true),
+            ("a/#", "a/special", true),
+            ("a/#", "a/+/b", true),
+            ("a/#", "b", false),
+            ("a/special", "a/#", false),
+            ("+/+", "a/b", true),
+            ("+/+", "a/+", true),
+            ("+/+", "a/#", false),
+            ("+/+", "a", false),
+            ("+/+", "a/b/c", false),
+            ("a/+", "a/+", true),
+            ("a/+", "+/+", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/c", false),
+            ("a/+/#", "a/b", true),
+            ("a/+/#", "a", false),
+        ];
+        for (wide, narrow, expected) in cases {
+            assert_eq!(filter_covers(wide, narrow), expected, "{wide} covers {narrow}");
+        }
+    }
+
+    #[test]
+    fn covered_filters_are_not_subscribed_and_lift_the_qos() {
+        let m = |filter: &str, qos: Qos| Mapping {
+            filter: filter.into(),
+            topic: "/default/x".into(),
+            qos,
+            format: crate::config::PayloadFormat::Any,
+        };
+        let router = Router::new(&[
+            m("a/special", Qos::AtLeastOnce),
+            m("a/#", Qos::AtMostOnce),
+            m("b/+", Qos::AtMostOnce),
+            m("b/+", Qos::AtLeastOnce),
+            m("$SYS/#", Qos::AtMostOnce),
+            m("c", Qos::AtMostOnce),
+        ])
+        .expect("router");
+        assert_eq!(
+            router.subscriptions(),
+            vec![
+                ("a/#".to_string(), Qos::AtLeastOnce),
+                ("b/+".to_string(), Qos::AtLeastOnce),
+                ("$SYS/#".to_string(), Qos::AtMostOnce),
+                ("c".to_string(), Qos::AtMostOnce),
+            ]
+        );
+        let catch_all = Router::new(&[m("a/special", Qos::AtMostOnce), m("#", Qos::AtMostOnce)]).expect("router");
+        assert_eq!(catch_all.subscriptions(), vec![("#".to_string(), Qos::AtMostOnce)]);
     }
 
     #[test]

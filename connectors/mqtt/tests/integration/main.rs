@@ -6,3 +6,4 @@ mod common;
 mod embedded_mode;
 mod outbound;
 mod security;
+mod wildcards;
