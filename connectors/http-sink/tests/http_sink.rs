@@ -1185,3 +1185,33 @@ async fn in_ordered_mode_shutdown_hands_a_waiting_record_back_and_holds_its_key(
     assert_eq!(delivered, HashSet::from(["k-0".to_string(), "k-1".to_string(), "k-2".to_string()]));
     sink.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_ordered_mode_an_open_circuit_is_waited_out_in_process_and_the_key_keeps_its_order() {
+    let broker = broker().await;
+    let receiver = Receiver::start().await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    receiver.respond(move |_, _| if flag.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(503) });
+    let topic = "/default/ordered-breaker";
+    let mut cfg = config("obreaker", &broker, topic, &receiver.url("/"));
+    cfg.runtime.sink.ordering = danube_connect_core::config::Ordering::Key;
+    cfg.connector.circuit_breaker.failure_threshold = 2;
+    cfg.connector.circuit_breaker.cool_down = Duration::from_secs(1);
+    let sink = start_sink(&broker, cfg).await;
+    for n in 0..5 {
+        broker.publish(topic, format!("k-{n}").into_bytes(), HashMap::new(), Some("k".into()));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during_outage = receiver.requests();
+    assert!(during_outage.iter().all(|r| r.text() == "k-0"), "only the first record of the key was tried");
+    // 2 failures open the circuit, then about one probe per second.
+    assert!((2..=6).contains(&during_outage.len()), "requests while open: {}", during_outage.len());
+    assert_eq!(broker.ack_count(topic, "obreaker"), 0);
+    healthy.store(true, Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "obreaker") == 5).await);
+    let delivered: Vec<String> = receiver.delivered().iter().map(Received::text).collect();
+    assert_eq!(delivered, (0..5).map(|n| format!("k-{n}")).collect::<Vec<_>>(), "in order, once each");
+    assert!(broker.messages("/default/obreaker-dlq").is_empty(), "an open circuit does not dead-letter");
+    sink.stop().await;
+}
