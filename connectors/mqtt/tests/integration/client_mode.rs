@@ -188,35 +188,61 @@ async fn sigterm_drains_in_flight_messages_and_exits_0() {
     assert_eq!(danube.messages("/default/drain").len(), N, "no duplicates: everything taken before SIGTERM was PUBACKed");
 }
 
-/// Mosquitto restarts mid-stream (sessions persisted); the connector reconnects,
-/// resumes its session and nothing published at QoS 1 is lost.
+/// Mosquitto restarts mid-stream (sessions persisted): a device with a persistent session
+/// keeps publishing numbered QoS 1 messages before, during and after the restart (it
+/// reconnects by itself and resends what was not acked). The restart happens while the
+/// device is still publishing and before half the messages are in Danube; the connector
+/// reconnects, resumes its session, and nothing published at QoS 1 is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_loses_nothing_at_qos1() {
-    const N: usize = 1000;
+    const N: usize = 6000;
+    const CHUNK: usize = 50;
     let mut mqtt = Mosquitto::start().expect("mosquitto");
     let danube = EmbeddedBroker::start_default().await.expect("danube");
     let env = client_env(&danube, mqtt.port(), "it-outage", r#"[{filter="grid/+", topic="/default/grid", qos=1}]"#);
     let connector = start_connector(&env).await;
 
-    {
-        let mut device = TestClient::connect(mqtt.port(), "device-outage-1");
-        device.publish_many(N / 2, QoS::AtLeastOnce, |n| (format!("grid/g{}", n % 3), n.to_string().into_bytes())).await;
+    let port = mqtt.port();
+    let publishing = Arc::new(AtomicBool::new(true));
+    let device = tokio::spawn({
+        let publishing = publishing.clone();
+        async move {
+            // Paced (about 1000 messages/s) so the stream lasts several seconds.
+            let mut device = TestClient::connect_with_session(port, "device-outage", false);
+            for chunk in 0..N / CHUNK {
+                device
+                    .publish_many(CHUNK, QoS::AtLeastOnce, |i| {
+                        let n = chunk * CHUNK + i;
+                        (format!("grid/g{}", n % 3), n.to_string().into_bytes())
+                    })
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            publishing.store(false, Ordering::Release);
+        }
+    });
+
+    // Restart once the stream is flowing into Danube.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while danube.message_count("/default/grid") < N / 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Restart while the connector is still working through the first half.
-    mqtt.restart().expect("mosquitto restarted");
-    {
-        let mut device = TestClient::connect(mqtt.port(), "device-outage-2");
-        device
-            .publish_many(N / 2, QoS::AtLeastOnce, |i| {
-                let n = N / 2 + i;
-                (format!("grid/g{}", n % 3), n.to_string().into_bytes())
-            })
-            .await;
-    }
-    let seen = wait_for_numbers(&danube, "/default/grid", N, Duration::from_secs(60)).await;
+    let before = danube.message_count("/default/grid");
+    assert!(before >= N / 10, "the stream never started ({before} in Danube)\n{}", connector.log());
+    assert!(before < N / 2, "not mid-stream: {before}/{N} already in Danube");
+    assert!(publishing.load(Ordering::Acquire), "the device had already finished publishing");
+    tokio::task::block_in_place(|| mqtt.restart()).expect("mosquitto restarted");
+    assert!(publishing.load(Ordering::Acquire), "the device was still publishing after the restart");
+
+    device.await.expect("the device published everything across the restart and Mosquitto acked it");
+    let seen = wait_for_numbers(&danube, "/default/grid", N, Duration::from_secs(90)).await;
     let missing: Vec<usize> = (0..N).filter(|n| !seen.contains(n)).take(20).collect();
     assert!(missing.is_empty(), "lost {} messages, first: {missing:?}\n{}", N - seen.len(), connector.log());
     assert!(connector.log().contains("MQTT connection lost"), "the outage was seen:\n{}", connector.log());
+    println!(
+        "broker outage: restarted with {before}/{N} in Danube; all {N} arrived, {} duplicates",
+        danube.message_count("/default/grid") - N
+    );
 }
 
 /// A bad value is refused at startup with exit code 1 and an error naming its field.
