@@ -26,17 +26,28 @@ async fn setup() -> Setup {
 }
 
 fn env(s: &Setup, topic: &str, table_json: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    base_env(&s.broker, &s.ch.url(), s.spool.path(), topic, table_json, extra)
+}
+
+fn base_env(
+    broker: &EmbeddedBroker,
+    clickhouse_url: &str,
+    spool: &Path,
+    topic: &str,
+    table_json: &str,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
-        ("DANUBE_SERVICE_URL", s.broker.url()),
+        ("DANUBE_SERVICE_URL", broker.url()),
         ("CONNECTOR_NAME", NAME.to_string()),
         ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
         ("CONNECTOR_SINK__BATCH__MAX_RECORDS", "10".into()),
         ("CONNECTOR_SINK__BATCH__LINGER", "5ms".into()),
         ("CONNECTOR_RETRY__INITIAL_BACKOFF", "50ms".into()),
         ("CONNECTOR_RETRY__MAX_BACKOFF", "500ms".into()),
-        ("CLICKHOUSE_URL", s.ch.url()),
+        ("CLICKHOUSE_URL", clickhouse_url.to_string()),
         ("CLICKHOUSE_TABLES", format!("[{table_json}]")),
-        ("CLICKHOUSE_SPOOL__DIR", s.spool.path().display().to_string()),
+        ("CLICKHOUSE_SPOOL__DIR", spool.display().to_string()),
         ("CLICKHOUSE_BATCH__MAX_LINGER", "200ms".into()),
     ]
     .into_iter()
@@ -390,6 +401,7 @@ async fn kill_9_under_load(s: &Setup, table: &str, batch_column: bool) -> (u64, 
     while s.broker.unacked_count(&topic, NAME) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(s.broker.unacked_count(&topic, NAME), 0, "every delivered record is acked: {}", sink.log());
     assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
     assert!(sink.log().contains("spool empty"), "{}", sink.log());
     let rows = count(&s.ch, &format!("SELECT count() FROM {table}")).await;
@@ -652,4 +664,181 @@ async fn avro_records_are_decoded_by_schema_id_into_typed_columns() {
     let rows = s.ch.query("SELECT id, amount, currency FROM orders ORDER BY id FORMAT TSV").await.expect("select");
     assert_eq!(rows, "o1\t1.25\tEUR\no2\t2.25\tUSD\no3\t3.25\tEUR\no4\t4.25\tUSD", "{rows}");
     assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
+}
+
+/// One HTTP request the fake ClickHouse received: its decoded URL parameters and body.
+#[derive(Debug, Clone)]
+struct SeenRequest {
+    params: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl SeenRequest {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one HTTP/1.1 request (Content-Length or chunked body); `None` at end of stream.
+async fn read_request(
+    reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+) -> Option<(String, Vec<u8>)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let target = line.split_whitespace().nth(1)?.to_string();
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).await.ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().ok()?,
+            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).await.ok()?;
+            let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await.ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        body.resize(length, 0);
+        reader.read_exact(&mut body).await.ok()?;
+    }
+    Some((target, body))
+}
+
+/// A stand-in for a ClickHouse 23.8 HTTP endpoint that knows one table `t (id UInt32)` and
+/// answers the first `fail_inserts` inserts with HTTP 500; it records every insert.
+async fn fake_clickhouse(fail_inserts: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake ClickHouse");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    let inserts: std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>> = Default::default();
+    let seen = inserts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = tokio::io::BufReader::new(read);
+                while let Some((target, body)) = read_request(&mut reader).await {
+                    let params: Vec<(String, String)> = target
+                        .split_once('?')
+                        .map(|(_, q)| q)
+                        .unwrap_or("")
+                        .split('&')
+                        .filter_map(|pair| pair.split_once('='))
+                        .map(|(k, v)| (form_decode(k), form_decode(v)))
+                        .collect();
+                    let request = SeenRequest { params, body };
+                    let sql = request.param("query").map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&request.body).into_owned());
+                    let (status, answer) = if sql.contains("version()") {
+                        ("200 OK", "{\"v\":\"23.8.1.1\"}\n".to_string())
+                    } else if sql.contains("system.columns") {
+                        ("200 OK", "{\"name\":\"id\",\"type\":\"UInt32\",\"default_kind\":\"\"}\n".to_string())
+                    } else if sql.starts_with("INSERT") {
+                        let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        seen.push(request);
+                        if seen.len() <= fail_inserts {
+                            ("500 Internal Server Error", "Code: 999. DB::Exception: simulated failure after the request arrived".to_string())
+                        } else {
+                            ("200 OK", String::new())
+                        }
+                    } else {
+                        ("400 Bad Request", format!("Code: 62. DB::Exception: the fake does not know {sql}"))
+                    };
+                    let response = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+                    if write.write_all(response.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (url, inserts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_insert_carries_the_same_deduplication_token_and_body() {
+    let broker = EmbeddedBroker::start_default().await.expect("start the embedded broker");
+    let spool = tempfile::tempdir().expect("spool dir");
+    let (url, inserts) = fake_clickhouse(1).await;
+    let topic = "/default/dedup";
+    let env = base_env(
+        &broker,
+        &url,
+        spool.path(),
+        topic,
+        r#"{topic="/default/dedup", table="t"}"#,
+        &[
+            ("CLICKHOUSE_DEDUPLICATION_TOKEN", "always"),
+            ("CLICKHOUSE_COMPRESSION", "none"),
+            ("CLICKHOUSE_BATCH__MAX_ROWS", "5"),
+            ("CLICKHOUSE_BATCH__MAX_LINGER", "300s"),
+        ],
+    );
+    broker.publish(topic, b"priming message before the subscription".to_vec(), HashMap::new(), None);
+    let mut sink = ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-clickhouse")), &env).expect("spawn");
+    sink.wait_ready(Duration::from_secs(30)).await.expect("sink ready");
+    assert!(broker.wait_for_consumers(topic, NAME, 1, Duration::from_secs(20)).await, "{}", sink.log());
+    for id in 0..5 {
+        broker.publish(topic, format!(r#"{{"id":{id}}}"#).into_bytes(), HashMap::new(), None);
+    }
+    let seen = || inserts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert!(eventually(Duration::from_secs(20), || async { seen().len() >= 2 }).await, "two insert attempts: {:?} {}", seen(), sink.log());
+    let attempts = seen();
+    assert_eq!(attempts.len(), 2, "one failed attempt, one retry: {attempts:?}");
+    let tokens: Vec<Option<&str>> = attempts.iter().map(|a| a.param("insert_deduplication_token")).collect();
+    let token = tokens[0].expect("the first attempt carries insert_deduplication_token");
+    assert_eq!(token.len(), 32, "a 128-bit hex token: {token}");
+    assert_eq!(tokens[1], Some(token), "the retry carries the same token");
+    assert_eq!(attempts[0].body, attempts[1].body, "the retry sends the same rows");
+    assert_eq!(attempts[0].param("query"), attempts[1].param("query"));
+    let body = String::from_utf8_lossy(&attempts[0].body).into_owned();
+    assert_eq!(body, "{\"id\":0}\n{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n{\"id\":4}\n");
+    assert!(sink.log().contains("insert failed; the rows stay in the spool"), "{}", sink.log());
+    assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
+    assert!(sink.log().contains("spool empty"), "{}", sink.log());
+    assert_eq!(seen().len(), 2, "nothing inserted a third time");
 }
