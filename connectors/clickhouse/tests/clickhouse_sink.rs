@@ -174,6 +174,8 @@ async fn missing_fields_take_the_column_defaults() {
     assert_eq!(n, 2, "{}", sink.log());
     let rows = s.ch.query("SELECT id, name, n, tags, score, label FROM defaults ORDER BY id FORMAT TSV").await.expect("select");
     assert_eq!(rows, "1\t\t\\N\t[]\t42\tid-1\n2\tb\t\\N\t[]\t7\tgiven", "{rows}");
+    // The tests run at the broker's default window (10): the start-up log says what that costs.
+    assert!(sink.log().contains("throughput is bounded by the dispatch window"), "{}", sink.log());
     sink.kill9();
 }
 
@@ -816,6 +818,7 @@ async fn a_retried_insert_carries_the_same_deduplication_token_and_body() {
             ("CLICKHOUSE_COMPRESSION", "none"),
             ("CLICKHOUSE_BATCH__MAX_ROWS", "5"),
             ("CLICKHOUSE_BATCH__MAX_LINGER", "300s"),
+            ("CONNECTOR_SINK__BATCH__MAX_RECORDS", "1000"),
         ],
     );
     broker.publish(topic, b"priming message before the subscription".to_vec(), HashMap::new(), None);
@@ -841,4 +844,5 @@ async fn a_retried_insert_carries_the_same_deduplication_token_and_body() {
     assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
     assert!(sink.log().contains("spool empty"), "{}", sink.log());
     assert_eq!(seen().len(), 2, "nothing inserted a third time");
+    assert!(!sink.log().contains("throughput is bounded"), "no window warning at max_records = 1000: {}", sink.log());
 }
