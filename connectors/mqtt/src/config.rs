@@ -361,6 +361,44 @@ impl Validate for MqttConfig {
     }
 }
 
+impl MqttConfig {
+    /// Checks the both-ways setup against the Danube topics the outbound direction reads
+    /// (`sink.topics`): an outbound template that is just `{attr:mqtt.topic}` (the default)
+    /// or `{key}` sends a message back to the MQTT topic it came from, so when an inbound
+    /// mapping feeds one of those Danube topics, every message would go round forever.
+    pub fn check_both_ways(&self, sink_topics: &[String]) -> Result<(), ConfigError> {
+        let Some(outbound) = &self.outbound else {
+            return Ok(());
+        };
+        if self.mode == Mode::Off {
+            return Ok(());
+        }
+        let Ok(template) = OutboundTemplate::parse(&outbound.topic) else {
+            return Ok(()); // reported by `validate`
+        };
+        if !template.is_inbound_topic() {
+            return Ok(());
+        }
+        for (i, m) in self.mappings.iter().enumerate() {
+            let Ok(inbound) = TopicTemplate::parse(&m.topic, &m.filter) else {
+                continue;
+            };
+            if let Some(topic) = sink_topics.iter().find(|t| inbound.can_render(t)) {
+                return Err(ConfigError::invalid(
+                    "connector.outbound.topic",
+                    format!(
+                        "`{}` sends each message of `{topic}` back to the MQTT topic it came from, where \
+                         connector.mappings[{i}] (`{}`) takes it in again: an endless loop; \
+                         set an MQTT topic template that no mapping's filter matches",
+                        outbound.topic, m.filter
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +450,21 @@ mod tests {
         let parsed: Result<Mapping, _> =
             serde_json::from_value(serde_json::json!({"filter": "a", "topic": "/default/a", "qos": 2}));
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn both_ways_back_to_the_source_topic_is_refused() {
+        let mut cfg = with_mapping("in/#", "/default/in-{1}");
+        cfg.outbound = serde_json::from_value(serde_json::json!({})).expect("outbound");
+        let err = cfg.check_both_ways(&["/default/in-x".to_string()]).expect_err("a loop");
+        assert_eq!(field_of(err), "connector.outbound.topic");
+        // Not fed by a mapping, another template, or no inbound: no loop.
+        cfg.check_both_ways(&["/default/commands".to_string()]).expect("no mapping renders it");
+        let mut echo = cfg.clone();
+        echo.outbound = serde_json::from_value(serde_json::json!({"topic": "echo/{key}"})).expect("outbound");
+        echo.check_both_ways(&["/default/in-x".to_string()]).expect("another MQTT topic");
+        cfg.mode = Mode::Off;
+        cfg.check_both_ways(&["/default/in-x".to_string()]).expect("outbound only");
     }
 
     #[test]

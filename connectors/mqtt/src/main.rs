@@ -12,6 +12,8 @@ fn main() -> ExitCode {
     cli::run::<MqttConfig, _, _>("danube-mqtt", "MQTT", |config, runtime| async move {
         let dead_letter_topic = config.runtime.dead_letter_topic();
         let connector = config.connector;
+        let sink_topics: Vec<String> = config.runtime.sink.topics.iter().map(|t| t.topic.clone()).collect();
+        connector.check_both_ways(&sink_topics).map_err(RuntimeError::Config)?;
         let mut sources: Vec<Box<dyn SourceConnector>> = Vec::new();
         match connector.mode {
             Mode::Client => sources.push(Box::new(ClientSource::new(connector.clone(), dead_letter_topic)?)),

@@ -139,6 +139,25 @@ impl TopicTemplate {
         }
     }
 
+    /// Whether some MQTT topic could render to `danube_topic` (each placeholder renders
+    /// one or more of the characters `sanitize` keeps).
+    pub fn can_render(&self, danube_topic: &str) -> bool {
+        fn matches(parts: &[Part], rest: &str) -> bool {
+            match parts.split_first() {
+                None => rest.is_empty(),
+                Some((Part::Literal(text), tail)) => rest.strip_prefix(text.as_str()).is_some_and(|r| matches(tail, r)),
+                Some((_, tail)) => {
+                    let run = rest
+                        .char_indices()
+                        .find(|(_, c)| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+                        .map_or(rest.len(), |(i, _)| i);
+                    (1..=run).any(|n| matches(tail, &rest[n..]))
+                }
+            }
+        }
+        matches(&self.parts, danube_topic)
+    }
+
     fn render_with(&self, mut value: impl FnMut(&Part) -> Option<String>) -> Option<String> {
         let mut out = String::new();
         for part in &self.parts {
@@ -322,6 +341,16 @@ impl OutboundTemplate {
         Ok(Self { parts })
     }
 
+    /// Whether every rendering is the inbound MQTT topic of a message this connector took
+    /// in: the template is just `{attr:mqtt.topic}` or `{key}` (the inbound routing key).
+    pub fn is_inbound_topic(&self) -> bool {
+        match self.parts.as_slice() {
+            [OutPart::Key] => true,
+            [OutPart::Attribute(attr)] => attr == crate::inbound::ATTR_TOPIC,
+            _ => false,
+        }
+    }
+
     /// The MQTT topic for a Danube message, or why there is none.
     pub fn render(
         &self,
@@ -494,6 +523,29 @@ mod tests {
         );
         let catch_all = Router::new(&[m("a/special", Qos::AtMostOnce), m("#", Qos::AtMostOnce)]).expect("router");
         assert_eq!(catch_all.subscriptions(), vec![("#".to_string(), Qos::AtMostOnce)]);
+    }
+
+    #[test]
+    fn template_can_render_table() {
+        let levels = TopicTemplate::parse("/iot/factory-{1}-temp", "factory/+/temp").expect("parse");
+        assert!(levels.can_render("/iot/factory-line1-temp"));
+        assert!(levels.can_render("/iot/factory-a-b-temp"));
+        assert!(!levels.can_render("/iot/factory--temp"), "a level renders at least one character");
+        assert!(!levels.can_render("/iot/other"));
+        let fixed = TopicTemplate::parse("/default/inbound", "in/#").expect("parse");
+        assert!(fixed.can_render("/default/inbound"));
+        assert!(!fixed.can_render("/default/inbound2"));
+        let whole = TopicTemplate::parse("/default/{topic}", "#").expect("parse");
+        assert!(whole.can_render("/default/a-b"));
+        assert!(!whole.can_render("/other/a/b"));
+    }
+
+    #[test]
+    fn outbound_template_back_to_the_inbound_topic_is_recognised() {
+        assert!(OutboundTemplate::parse("{attr:mqtt.topic}").expect("parse").is_inbound_topic());
+        assert!(OutboundTemplate::parse("{key}").expect("parse").is_inbound_topic());
+        assert!(!OutboundTemplate::parse("{attr:device}").expect("parse").is_inbound_topic());
+        assert!(!OutboundTemplate::parse("echo/{key}").expect("parse").is_inbound_topic());
     }
 
     #[test]

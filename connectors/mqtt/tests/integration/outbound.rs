@@ -98,6 +98,31 @@ async fn one_process_bridges_both_ways_round_trip() {
     assert_eq!(echoed, expected, "MQTT -> Danube -> MQTT");
 }
 
+/// Both ways with the default outbound topic `{attr:mqtt.topic}` on a Danube topic an
+/// inbound mapping feeds would send every message back where it came from, forever: the
+/// connector refuses to start (exit 1, the error names the field) instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_loop_back_to_the_source_topic_is_refused() {
+    let mqtt = Mosquitto::start().expect("mosquitto");
+    let danube = EmbeddedBroker::start_default().await.expect("danube");
+    let mut env = client_env(&danube, mqtt.port(), "it-loop", r#"[{filter="in/#", topic="/default/inbound", qos=1}]"#);
+    env.insert("MQTT_OUTBOUND".into(), "{}".into());
+    env.insert("CONNECTOR_SINK__TOPICS".into(), r#"[{topic="/default/inbound"}]"#.into());
+    let mut connector = ConnectorProcess::spawn(crate::common::binary(), &env).expect("spawn danube-mqtt");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = connector.try_wait() {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still running:\n{}", connector.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = plain(&connector.log());
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("connector.outbound.topic") && log.contains("endless loop"), "{log}");
+    assert_eq!(danube.message_count("/default/inbound"), 0);
+}
+
 /// Environment for an outbound-only connector named `name` sending `/default/commands` to
 /// MQTT topic `load/{key}` at QoS 1.
 fn outbound_env(danube: &EmbeddedBroker, mqtt_port: u16, name: &str) -> HashMap<String, String> {
