@@ -2,7 +2,11 @@
 //! Danube's ack, at QoS 0 and QoS 1, beside two baselines measured in the same run:
 //! - a raw rumqttc subscriber reading the same messages from the same Mosquitto;
 //! - raw danube-client publishes (the connector's producer pool size, reliable dispatch)
-//!   to the same in-process Danube broker.
+//!   to the same in-process Danube broker: plain, and with what the connector sends per
+//!   record (the MQTT topic as routing key and the four `mqtt.*` attributes).
+//!
+//! Progress is polled with `EmbeddedBroker::message_count` (a count under the topic lock,
+//! no copy), so the poll does not slow down the broker it measures.
 //!
 //! Also prints the connector process's resident memory (VmRSS and peak VmHWM).
 //!
@@ -32,15 +36,17 @@ async fn run(n: usize) {
     let danube = EmbeddedBroker::start_default().await.expect("in-process Danube broker");
     println!("mqtt bridge throughput: {n} messages of {PAYLOAD} bytes, Mosquitto on 127.0.0.1:{}", mqtt.port());
 
-    let raw_danube = raw_danube_rate(&danube, n).await;
-    println!("baseline  raw danube-client publish ({PRODUCERS} producers, reliable): {raw_danube:>9.0} msg/s");
+    let raw_plain = raw_danube_rate(&danube, n, false).await;
+    println!("baseline  raw danube-client publish ({PRODUCERS} producers, reliable):             {raw_plain:>9.0} msg/s");
+    let raw_danube = raw_danube_rate(&danube, n, true).await;
+    println!("baseline  raw danube-client publish, key + 4 attributes (like the connector): {raw_danube:>9.0} msg/s");
 
     for (qos, label) in [(QoS::AtMostOnce, "0"), (QoS::AtLeastOnce, "1")] {
         let raw_mqtt = raw_subscriber_rate(mqtt.port(), n, qos).await;
         println!("baseline  raw rumqttc subscriber, QoS {label}:                  {raw_mqtt:>9.0} msg/s");
         let (rate, arrived, rss, hwm) = connector_rate(&mqtt, &danube, n, qos, label).await;
         println!(
-            "connector Mosquitto -> Danube ack, QoS {label}:               {rate:>9.0} msg/s  ({arrived}/{n} arrived; {:.2}x raw subscriber, {:.2}x raw Danube publish; RSS {rss} kB, peak {hwm} kB)",
+            "connector Mosquitto -> Danube ack, QoS {label}:               {rate:>9.0} msg/s  ({arrived}/{n} arrived; {:.2}x raw subscriber, {:.2}x raw keyed Danube publish; RSS {rss} kB, peak {hwm} kB)",
             rate / raw_mqtt,
             rate / raw_danube
         );
@@ -53,14 +59,17 @@ fn payload(i: usize) -> Vec<u8> {
     p
 }
 
-async fn raw_danube_rate(danube: &EmbeddedBroker, n: usize) -> f64 {
+/// Raw publishes to Danube; `like_connector` adds the routing key and the four
+/// attributes the connector puts on each record.
+async fn raw_danube_rate(danube: &EmbeddedBroker, n: usize, like_connector: bool) -> f64 {
+    let topic = if like_connector { "/default/bench-raw-keyed" } else { "/default/bench-raw" };
     let client = DanubeClient::builder().service_url(danube.url()).build().await.expect("danube client");
     let mut producers = Vec::new();
     for i in 0..PRODUCERS {
         let mut producer = client
             .new_producer()
-            .with_topic("/default/bench-raw")
-            .with_name(format!("bench-raw-{i}"))
+            .with_topic(topic)
+            .with_name(format!("bench-raw-{like_connector}-{i}"))
             .with_reliable_dispatch()
             .build()
             .expect("producer");
@@ -75,7 +84,19 @@ async fn raw_danube_rate(danube: &EmbeddedBroker, n: usize) -> f64 {
         .map(|(p, producer)| {
             tokio::spawn(async move {
                 for i in 0..per {
-                    producer.send(payload(p * per + i), None).await.expect("send");
+                    let n = p * per + i;
+                    if like_connector {
+                        let key = format!("bench/d{}", n % 16);
+                        let attributes = HashMap::from([
+                            ("mqtt.topic".to_string(), key.clone()),
+                            ("mqtt.qos".to_string(), "1".to_string()),
+                            ("mqtt.retain".to_string(), "false".to_string()),
+                            ("mqtt.dup".to_string(), "false".to_string()),
+                        ]);
+                        producer.send_with_key(payload(n), Some(attributes), &key).await.expect("send");
+                    } else {
+                        producer.send(payload(n), None).await.expect("send");
+                    }
                 }
             })
         })
@@ -161,7 +182,7 @@ async fn connector_rate(mqtt: &Mosquitto, danube: &EmbeddedBroker, n: usize, qos
     let mut last = 0;
     let mut last_change = Instant::now();
     loop {
-        let count = danube.messages(&topic).len();
+        let count = danube.message_count(&topic);
         if count >= n || Instant::now() >= deadline {
             last = count;
             break;
