@@ -21,7 +21,8 @@ pub struct BridgeConfig {
     pub kafka: KafkaConfig,
     /// This bridge's identity for loop protection; default: the connector `name`.
     /// Records carry it in the origin attribute/header, and a record that already carries
-    /// it is not sent back to the side it came from.
+    /// it is not sent back to the topic it came from (export compares the `kafka.topic`
+    /// attribute with its target, import the `danube.topic` header with its mapping).
     pub bridge_id: Option<String>,
     /// Name of the origin attribute (Danube) and header (Kafka).
     pub origin_attribute: OriginAttribute,
