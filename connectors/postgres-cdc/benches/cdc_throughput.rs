@@ -1,6 +1,8 @@
 //! Benchmark (not a test): rows/s from COMMIT to Danube ack for a bulk insert of N rows,
 //! beside `pg_recvlogical` streaming the same transaction raw (pgoutput, to /dev/null) in the
-//! same run; then snapshot rows/s and the connector's peak RSS.
+//! same run, and beside raw `danube-client` publishing of N payloads of the same size (and
+//! attributes) with the same producer count to the same embedded broker, so the output shows
+//! which of the two bounds the connector hits; then snapshot rows/s and the connector's peak RSS.
 //!
 //! `cargo bench -p danube-connector-postgres-cdc` (rows: `CDC_BENCH_ROWS`, default 50000;
 //! producers per topic: `CDC_BENCH_PRODUCERS`, default 16).
@@ -10,17 +12,64 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use danube_client::{DanubeClient, ProducerOptions};
 use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 
+fn producers() -> usize {
+    std::env::var("CDC_BENCH_PRODUCERS").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
+}
+
+/// Raw publish: `rows` copies of `payload` (with `attributes`, routing keys spread like row
+/// keys) over `producers` producers, each sending one message at a time like the connector's
+/// lanes, reliable dispatch; seconds until the last is acked.
+async fn raw_publish(
+    url: String,
+    rows: usize,
+    producers: usize,
+    payload: Vec<u8>,
+    attributes: HashMap<String, String>,
+) -> f64 {
+    let client = DanubeClient::builder().service_url(url).build().await.expect("client");
+    let mut lanes = Vec::new();
+    for i in 0..producers {
+        let mut producer = client
+            .new_producer()
+            .with_topic("/default/raw.bench")
+            .with_name(format!("bench-raw-{i}"))
+            .with_options(ProducerOptions::new(1, 50, 500))
+            .with_reliable_dispatch()
+            .build()
+            .expect("producer");
+        producer.create().await.expect("create producer");
+        lanes.push(producer);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, producer) in lanes.into_iter().enumerate() {
+        let (payload, attributes) = (payload.clone(), attributes.clone());
+        let count = rows / producers + usize::from(i < rows % producers);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..count {
+                let key = (n * producers + i).to_string();
+                producer.send_with_key(payload.clone(), Some(attributes.clone()), &key).await.expect("send");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("producer task");
+    }
+    started.elapsed().as_secs_f64()
+}
+
 fn connector_env(pg: &Postgres, broker: &EmbeddedBroker, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("DANUBE_SERVICE_URL", broker.url()),
         ("CONNECTOR_NAME", "bench".into()),
-        ("CONNECTOR_SOURCE__PRODUCERS_PER_TOPIC", std::env::var("CDC_BENCH_PRODUCERS").unwrap_or_else(|_| "16".into())),
+        ("CONNECTOR_SOURCE__PRODUCERS_PER_TOPIC", producers().to_string()),
         ("CONNECTOR_SOURCE__MAX_IN_FLIGHT", "8192".into()),
         ("CONNECTOR_LOG__LEVEL", "warn".into()),
         ("POSTGRES_CDC_URL", pg.url()),
@@ -91,6 +140,19 @@ async fn main() {
     let stream_rss = process.pid().map_or(0, peak_rss_kib);
     let status = process.terminate(Duration::from_secs(60)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", process.log());
+    let sample = broker.messages("/default/public.bench").into_iter().nth(rows / 2).expect("a connector record");
+    let payload_len = sample.payload.len();
+
+    // Raw danube-client publish of the same payloads to the same broker, on its own runtime.
+    let url = broker.url();
+    let (payload, attributes) = (sample.payload.to_vec(), sample.attributes.clone());
+    let danube_secs = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        runtime.block_on(raw_publish(url, rows, producers(), payload, attributes))
+    })
+    .await
+    .expect("raw publish thread");
+    assert_eq!(broker.messages("/default/raw.bench").len(), rows, "raw publish stored every message");
 
     // Baseline: pg_recvlogical reads the same transaction from its own pgoutput slot.
     let end = pg.psql("SELECT pg_current_wal_lsn()").expect("lsn");
@@ -136,10 +198,13 @@ async fn main() {
 
     let connector_rate = rows as f64 / connector_secs;
     let raw_rate = rows as f64 / raw_secs;
-    println!("rows: {rows}");
+    let danube_rate = rows as f64 / danube_secs;
+    println!("rows: {rows}, payload {payload_len} bytes, producers per topic: {}", producers());
     println!("connector (commit -> Danube ack): {connector_rate:.0} rows/s ({connector_secs:.2}s)");
     println!("pg_recvlogical raw to /dev/null:  {raw_rate:.0} rows/s ({raw_secs:.2}s)");
-    println!("ratio connector/raw: {:.3}", connector_rate / raw_rate);
+    println!("danube-client raw publish:        {danube_rate:.0} msgs/s ({danube_secs:.2}s)");
+    println!("ratio connector/pg_recvlogical: {:.3}", connector_rate / raw_rate);
+    println!("ratio connector/raw-danube:     {:.3}", connector_rate / danube_rate);
     println!("snapshot: {:.0} rows/s ({snapshot_secs:.2}s, including startup)", rows as f64 / snapshot_secs);
     println!("connector peak RSS: streaming {} MiB, snapshot {} MiB", stream_rss / 1024, snapshot_rss / 1024);
 }
