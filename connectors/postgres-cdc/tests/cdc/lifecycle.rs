@@ -88,6 +88,14 @@ async fn kill_9_under_insert_load_loses_no_committed_row() {
     let sampler = env.client().await;
     let mut process = env.spawn(&[]).await;
     env.wait_streaming("danube_cdc", &process).await;
+    // The rows committed before the slot existed come from the initial snapshot; until it is
+    // acknowledged the slot sits at its consistent point (a crash then redoes the snapshot).
+    let marker = "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = 'danube_cdc'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !env.pg.psql(marker).unwrap_or_default().contains(r#""danube_cdc":"done""#) {
+        assert!(tokio::time::Instant::now() < deadline, "snapshot never acknowledged: {}", process.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Sample the confirmed LSN against Danube's content while the connector streams.
     let mut samples = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
