@@ -255,8 +255,13 @@ async fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_while_the_others
     assert_eq!(dlq[0].attributes.get("clickhouse.table").map(String::as_str), Some("default.enums"));
     let error = dlq[0].attributes.get("dlq.error").expect("dlq.error attribute");
     assert!(error.contains("rejected the insert"), "{error}");
-    let (_, metrics) = ops_get(&sink, "/metrics").await;
     let table = "table=\"default.enums\"";
+    // The counter moves just after the dead-letter publish returns.
+    eventually(Duration::from_secs(10), || async {
+        metric(&ops_get(&sink, "/metrics").await.1, "clickhouse_rows_dead_lettered_total", &[table]) == Some(1.0)
+    })
+    .await;
+    let (_, metrics) = ops_get(&sink, "/metrics").await;
     assert_eq!(metric(&metrics, "clickhouse_rows_dead_lettered_total", &[table]), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, "clickhouse_rows_inserted_total", &[table]), Some(5.0), "{metrics}");
     // The whole segment, then the half holding the bad row, then the row alone.
