@@ -116,6 +116,20 @@ async fn snapshot_seq_is_unique_across_tables_and_slots_sharing_a_publication_ke
         ])
         .await;
     env.wait_streaming("s2", &second).await;
+    // Each connector replaces its own entry by "done" once its snapshot is acknowledged.
+    let marker = || -> serde_json::Value {
+        let comment = env
+            .pg
+            .psql("SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = 'shared'")
+            .unwrap();
+        serde_json::from_str(comment.strip_prefix("danube-cdc snapshot ").expect("marker prefix")).expect("marker JSON")
+    };
+    let both_done = serde_json::json!({"s1": "done", "s2": "done"});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while marker() != both_done && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(marker(), both_done, "one entry per slot: {}\n{}", first.log(), second.log());
     for topic in ["/default/one", "/default/two"] {
         let rows = env.payloads(topic);
         assert_eq!(rows.len(), 50, "both tables into the fixed topic {topic}");
@@ -125,15 +139,6 @@ async fn snapshot_seq_is_unique_across_tables_and_slots_sharing_a_publication_ke
             .collect();
         assert_eq!(ids.len(), 50, "(commit_lsn, seq) unique over both tables of {topic}");
     }
-    let comment: serde_json::Value = serde_json::from_str(
-        env.pg
-            .psql("SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = 'shared'")
-            .unwrap()
-            .strip_prefix("danube-cdc snapshot ")
-            .expect("marker prefix"),
-    )
-    .expect("marker JSON");
-    assert_eq!(comment, serde_json::json!({"s1": "done", "s2": "done"}), "one entry per slot");
     for process in [&mut first, &mut second] {
         let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
         assert_eq!(status.code(), Some(0), "{}", process.log());
