@@ -5,8 +5,10 @@
 //! format, and check schema changes against a compatibility mode. See the crate README for the
 //! wire encodings, JSON mappings and compatibility rules.
 
+pub mod error;
 pub mod schema;
 
+pub use error::error_chain;
 pub use schema::{
     check_compatible, CompatibilityMode, Schema, SchemaError, SchemaKind, Violation, Violations,
 };

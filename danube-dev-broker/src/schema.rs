@@ -26,7 +26,7 @@
 //! new; Full = both.
 
 use danube_connect_common::{
-    check_compatible, CompatibilityMode, Schema, SchemaError as CommonSchemaError,
+    check_compatible, error_chain, CompatibilityMode, Schema, SchemaError as CommonSchemaError,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -123,21 +123,6 @@ pub(crate) enum SchemaError {
         mode: String,
         errors: Vec<String>,
     },
-}
-
-/// `err` and its sources, `: `-joined (a source already contained in the text is skipped).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 /// One stored version; also the persisted form.
