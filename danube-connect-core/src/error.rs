@@ -122,17 +122,9 @@ impl ConnectorError {
     }
 }
 
-/// Formats an error and all its sources as `outer: inner: innermost`.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut current = err.source();
-    while let Some(source) = current {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        current = source.source();
-    }
-    text
-}
+/// Formats an error and all its sources as `outer: inner: innermost` (one implementation,
+/// shared with the schema code and the development broker).
+pub use danube_connect_common::error_chain;
 
 /// Errors of the runtime itself (not of a connector).
 #[derive(Debug, thiserror::Error)]
