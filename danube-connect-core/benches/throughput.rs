@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danube_client::{DanubeClient, SubType};
+use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_common::schema::SchemaKind;
 use danube_connect_core::config::{RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{
@@ -110,21 +111,11 @@ async fn generator_rate(mut cfg: RuntimeConfig, topic: String, producers: usize,
 }
 
 async fn raw_publish_rate(broker: &EmbeddedBroker, producers: usize, n: usize) -> f64 {
-    let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
     let topic = format!("/default/bench-raw-{producers}");
     let mut handles = Vec::new();
-    let mut built = Vec::new();
-    for p in 0..producers {
-        let mut producer = client
-            .new_producer()
-            .with_topic(topic.clone())
-            .with_name(format!("raw-{producers}-{p}"))
-            .with_reliable_dispatch()
-            .build()
-            .expect("producer");
-        producer.create().await.expect("create");
-        built.push(producer);
-    }
+    let built = reliable_producers(broker.url(), &topic, &format!("raw-{producers}"), producers)
+        .await
+        .expect("raw producers");
     let started = Instant::now();
     for (p, producer) in built.into_iter().enumerate() {
         let share = n / producers + usize::from(p < n % producers);

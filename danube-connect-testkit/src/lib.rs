@@ -6,9 +6,11 @@
 //!
 //! - [`process`]: run a connector binary, wait until ready, SIGTERM or kill -9 it;
 //! - [`ports`]: free loopback ports;
+//! - [`danube`]: raw `danube-client` producers, the benchmarks' baseline;
 //! - [`postgres`], [`clickhouse`], [`mosquitto`], [`kafka`]: the outside systems.
 
 pub mod clickhouse;
+pub mod danube;
 pub mod kafka;
 pub mod mosquitto;
 pub mod ports;

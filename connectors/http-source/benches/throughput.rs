@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use danube_client::{DanubeClient, ProducerOptions};
+use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::ports::free_port;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
@@ -114,20 +114,13 @@ fn connector_like_attributes() -> HashMap<String, String> {
 /// Raw publish: `producers` producers each sending one message at a time for `seconds`
 /// (with the connector's attributes when `attributes` is set).
 async fn raw_publish(url: &str, producers: u64, seconds: u64, attributes: bool) -> (f64, Duration, Duration) {
-    let client = DanubeClient::builder().service_url(url.to_string()).build().await.expect("client");
+    let lanes = reliable_producers(url.to_string(), "/default/bench-raw", "bench-raw", producers as usize)
+        .await
+        .expect("raw producers");
     let mut tasks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    for i in 0..producers {
-        let mut producer = client
-            .new_producer()
-            .with_topic("/default/bench-raw")
-            .with_name(format!("bench-raw-{i}"))
-            .with_options(ProducerOptions::new(1, 50, 500))
-            .with_reliable_dispatch()
-            .build()
-            .expect("producer");
-        producer.create().await.expect("create producer");
+    for producer in lanes {
         let attributes = attributes.then(connector_like_attributes);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();

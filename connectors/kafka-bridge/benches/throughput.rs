@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use danube_client::DanubeClient;
+use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::kafka::Tansu;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
@@ -229,19 +229,7 @@ fn raw_danube_publish(url: &str, n: usize) -> f64 {
 }
 
 async fn raw_danube_publish_in(url: String, n: usize) -> f64 {
-    let client = DanubeClient::builder().service_url(url).build().await.expect("danube client");
-    let mut producers = Vec::new();
-    for i in 0..PUBLISH_PRODUCERS {
-        let mut producer = client
-            .new_producer()
-            .with_topic("/default/raw")
-            .with_name(format!("raw-{i}"))
-            .with_reliable_dispatch()
-            .build()
-            .expect("producer");
-        producer.create().await.expect("create producer");
-        producers.push(producer);
-    }
+    let producers = reliable_producers(url, "/default/raw", "raw", PUBLISH_PRODUCERS).await.expect("raw producers");
     let payload = vec![b'x'; PAYLOAD];
     let per = n / PUBLISH_PRODUCERS;
     let started = Instant::now();

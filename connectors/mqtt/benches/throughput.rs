@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use danube_client::DanubeClient;
+use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::mosquitto::Mosquitto;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
@@ -63,19 +63,8 @@ fn payload(i: usize) -> Vec<u8> {
 /// attributes the connector puts on each record.
 async fn raw_danube_rate(danube: &EmbeddedBroker, n: usize, like_connector: bool) -> f64 {
     let topic = if like_connector { "/default/bench-raw-keyed" } else { "/default/bench-raw" };
-    let client = DanubeClient::builder().service_url(danube.url()).build().await.expect("danube client");
-    let mut producers = Vec::new();
-    for i in 0..PRODUCERS {
-        let mut producer = client
-            .new_producer()
-            .with_topic(topic)
-            .with_name(format!("bench-raw-{like_connector}-{i}"))
-            .with_reliable_dispatch()
-            .build()
-            .expect("producer");
-        producer.create().await.expect("create producer");
-        producers.push(producer);
-    }
+    let prefix = format!("bench-raw-{like_connector}");
+    let producers = reliable_producers(danube.url(), topic, &prefix, PRODUCERS).await.expect("raw producers");
     let started = Instant::now();
     let per = n / PRODUCERS;
     let tasks: Vec<_> = producers

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use danube_client::{DanubeClient, ProducerOptions};
+use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
@@ -33,20 +33,7 @@ async fn raw_publish(
     payload: Vec<u8>,
     attributes: HashMap<String, String>,
 ) -> f64 {
-    let client = DanubeClient::builder().service_url(url).build().await.expect("client");
-    let mut lanes = Vec::new();
-    for i in 0..producers {
-        let mut producer = client
-            .new_producer()
-            .with_topic("/default/raw.bench")
-            .with_name(format!("bench-raw-{i}"))
-            .with_options(ProducerOptions::new(1, 50, 500))
-            .with_reliable_dispatch()
-            .build()
-            .expect("producer");
-        producer.create().await.expect("create producer");
-        lanes.push(producer);
-    }
+    let lanes = reliable_producers(url, "/default/raw.bench", "bench-raw", producers).await.expect("raw producers");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, producer) in lanes.into_iter().enumerate() {
