@@ -1,6 +1,7 @@
 //! Schema registry over the real client, poison policies and data-dir persistence.
 
-use danube_client::{CompatibilityMode, DanubeClient, SchemaType, SubType};
+use danube_client::errors::DanubeError;
+use danube_client::{CompatibilityMode, DanubeClient, SchemaRegistryClient, SchemaType, SubType};
 use danube_dev_broker::{BrokerConfig, EmbeddedBroker, PoisonPolicy};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +16,21 @@ async fn client(b: &EmbeddedBroker) -> DanubeClient {
         .expect("client")
 }
 
+/// Registers `definition` under `subject`; the schema id.
+async fn register(
+    schema: &SchemaRegistryClient,
+    subject: &str,
+    ty: SchemaType,
+    definition: &str,
+) -> Result<u64, DanubeError> {
+    schema
+        .register_schema(subject)
+        .with_type(ty)
+        .with_schema_data(definition.as_bytes())
+        .execute()
+        .await
+}
+
 const V1: &str = r#"{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}"#;
 const V2: &str = r#"{"type":"object","properties":{"id":{"type":"integer"},"note":{"type":"string"}},"required":["id"]}"#;
 const V3_BREAKING: &str = r#"{"type":"object","properties":{"id":{"type":"integer"},"owner":{"type":"string"}},"required":["id","owner"]}"#;
@@ -24,18 +40,10 @@ async fn schema_register_get_latest_and_compatibility() {
     let b = EmbeddedBroker::start_default().await.expect("broker");
     let c = client(&b).await;
     let schema = c.schema();
-    let id = schema
-        .register_schema("orders-value")
-        .with_type(SchemaType::JsonSchema)
-        .with_schema_data(V1.as_bytes())
-        .execute()
+    let id = register(&schema, "orders-value", SchemaType::JsonSchema, V1)
         .await
         .expect("register v1");
-    let same = schema
-        .register_schema("orders-value")
-        .with_type(SchemaType::JsonSchema)
-        .with_schema_data(V1.as_bytes())
-        .execute()
+    let same = register(&schema, "orders-value", SchemaType::JsonSchema, V1)
         .await
         .expect("register v1 again");
     assert_eq!(id, same);
@@ -47,11 +55,7 @@ async fn schema_register_get_latest_and_compatibility() {
         [1]
     );
 
-    let id2 = schema
-        .register_schema("orders-value")
-        .with_type(SchemaType::JsonSchema)
-        .with_schema_data(V2.as_bytes())
-        .execute()
+    let id2 = register(&schema, "orders-value", SchemaType::JsonSchema, V2)
         .await
         .expect("register compatible v2");
     assert_eq!(id2, id, "schema id identifies the subject");
@@ -84,11 +88,7 @@ async fn schema_register_get_latest_and_compatibility() {
         "{:?}",
         check.errors
     );
-    let err = schema
-        .register_schema("orders-value")
-        .with_type(SchemaType::JsonSchema)
-        .with_schema_data(V3_BREAKING.as_bytes())
-        .execute()
+    let err = register(&schema, "orders-value", SchemaType::JsonSchema, V3_BREAKING)
         .await
         .expect_err("incompatible registration");
     assert_eq!(
@@ -107,11 +107,7 @@ async fn schema_register_get_latest_and_compatibility() {
         .set_compatibility_mode("orders-value", CompatibilityMode::None)
         .await
         .expect("set mode");
-    schema
-        .register_schema("orders-value")
-        .with_type(SchemaType::JsonSchema)
-        .with_schema_data(V3_BREAKING.as_bytes())
-        .execute()
+    register(&schema, "orders-value", SchemaType::JsonSchema, V3_BREAKING)
         .await
         .expect("accepted with mode none");
     assert_eq!(
@@ -149,16 +145,14 @@ async fn producer_schema_reference_must_exist_and_is_attached() {
         Some(tonic::Code::FailedPrecondition)
     );
 
-    let id = c
-        .schema()
-        .register_schema("typed-value")
-        .with_type(SchemaType::Avro)
-        .with_schema_data(
-            r#"{"type":"record","name":"T","fields":[{"name":"a","type":"string"}]}"#.as_bytes(),
-        )
-        .execute()
-        .await
-        .expect("register");
+    let id = register(
+        &c.schema(),
+        "typed-value",
+        SchemaType::Avro,
+        r#"{"type":"record","name":"T","fields":[{"name":"a","type":"string"}]}"#,
+    )
+    .await
+    .expect("register");
     let mut p = c
         .new_producer()
         .with_topic("/default/typed")
@@ -279,11 +273,7 @@ async fn data_dir_survives_a_new_broker_process() {
     {
         let b = EmbeddedBroker::start(cfg()).await.expect("broker");
         let c = client(&b).await;
-        c.schema()
-            .register_schema("persisted-value")
-            .with_type(SchemaType::String)
-            .with_schema_data("utf8".as_bytes())
-            .execute()
+        register(&c.schema(), "persisted-value", SchemaType::String, "utf8")
             .await
             .expect("register");
         let mut p = c
@@ -378,11 +368,7 @@ async fn registry_compiles_definitions_and_checks_real_compatibility() {
     let int = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"qty","type":"int"}]}"#;
     let long = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"qty","type":"long"}]}"#;
     for def in [int, long] {
-        schema
-            .register_schema("orders-avro")
-            .with_type(SchemaType::Avro)
-            .with_schema_data(def.as_bytes())
-            .execute()
+        register(&schema, "orders-avro", SchemaType::Avro, def)
             .await
             .expect("avro int then long");
     }
@@ -392,11 +378,7 @@ async fn registry_compiles_definitions_and_checks_real_compatibility() {
     );
     // Changing a field's type (long -> string) is not.
     let retyped = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"qty","type":"string"}]}"#;
-    let err = schema
-        .register_schema("orders-avro")
-        .with_type(SchemaType::Avro)
-        .with_schema_data(retyped.as_bytes())
-        .execute()
+    let err = register(&schema, "orders-avro", SchemaType::Avro, retyped)
         .await
         .expect_err("long -> string refused");
     let status = err.extract_status().expect("grpc status");
@@ -405,11 +387,7 @@ async fn registry_compiles_definitions_and_checks_real_compatibility() {
 
     // Protobuf: adding a field is fine, changing a field's wire type is refused.
     for def in [ORDER_PROTO, ORDER_PROTO_NOTE] {
-        schema
-            .register_schema("orders-proto")
-            .with_type(SchemaType::Protobuf)
-            .with_schema_data(def.as_bytes())
-            .execute()
+        register(&schema, "orders-proto", SchemaType::Protobuf, def)
             .await
             .expect("protobuf v1, v2");
     }
@@ -428,13 +406,14 @@ async fn registry_compiles_definitions_and_checks_real_compatibility() {
         "{:?}",
         check.errors
     );
-    let err = schema
-        .register_schema("orders-proto")
-        .with_type(SchemaType::Protobuf)
-        .with_schema_data(ORDER_PROTO_RETYPED.as_bytes())
-        .execute()
-        .await
-        .expect_err("int64 -> double refused");
+    let err = register(
+        &schema,
+        "orders-proto",
+        SchemaType::Protobuf,
+        ORDER_PROTO_RETYPED,
+    )
+    .await
+    .expect_err("int64 -> double refused");
     assert_eq!(
         err.extract_status().map(|s| s.code()),
         Some(tonic::Code::FailedPrecondition)
@@ -456,11 +435,7 @@ async fn registry_compiles_definitions_and_checks_real_compatibility() {
         ),
     ];
     for (ty, def) in invalid {
-        let err = schema
-            .register_schema("broken")
-            .with_type(ty)
-            .with_schema_data(def.as_bytes())
-            .execute()
+        let err = register(&schema, "broken", ty, def)
             .await
             .expect_err("invalid definition refused");
         let status = err.extract_status().expect("grpc status");
