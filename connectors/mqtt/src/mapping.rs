@@ -384,6 +384,10 @@ impl OutboundTemplate {
 mod tests {
     use super::*;
 
+    fn mapping(filter: &str, topic: &str, qos: Qos) -> Mapping {
+        Mapping { filter: filter.into(), topic: topic.into(), qos, format: crate::config::PayloadFormat::Any }
+    }
+
     #[test]
     fn wildcard_matching_table() {
         let cases = [
@@ -453,12 +457,7 @@ mod tests {
 
     #[test]
     fn first_matching_mapping_wins() {
-        let m = |filter: &str, topic: &str| Mapping {
-            filter: filter.into(),
-            topic: topic.into(),
-            qos: crate::config::Qos::AtLeastOnce,
-            format: crate::config::PayloadFormat::Any,
-        };
+        let m = |filter: &str, topic: &str| mapping(filter, topic, Qos::AtLeastOnce);
         let router = Router::new(&[m("a/special", "/default/special"), m("a/#", "/default/all")]).expect("router");
         assert_eq!(router.route("a/special").map(|r| r.mapping.topic.as_str()), Some("/default/special"));
         assert_eq!(router.route("a/other").map(|r| r.mapping.topic.as_str()), Some("/default/all"));
@@ -497,12 +496,7 @@ mod tests {
 
     #[test]
     fn covered_filters_are_not_subscribed_and_lift_the_qos() {
-        let m = |filter: &str, qos: Qos| Mapping {
-            filter: filter.into(),
-            topic: "/default/x".into(),
-            qos,
-            format: crate::config::PayloadFormat::Any,
-        };
+        let m = |filter: &str, qos: Qos| mapping(filter, "/default/x", qos);
         let router = Router::new(&[
             m("a/special", Qos::AtLeastOnce),
             m("a/#", Qos::AtMostOnce),
