@@ -70,9 +70,10 @@ impl Dedup {
     }
 
     /// Whether `id` was recorded as delivered within the window.
-    pub fn contains(&self, id: &str, now: Instant) -> bool {
+    #[cfg(test)]
+    fn contains(&self, id: &str, now: Instant) -> bool {
         let Ok(seen) = self.seen.lock() else { return false };
-        seen.at.get(id).is_some_and(|at| now.duration_since(*at) < self.window)
+        seen.delivered(id, now, self.window)
     }
 
     /// Checks `id` and, if it is new, reserves it in one step (no other request can
@@ -82,7 +83,7 @@ impl Dedup {
         let Ok(mut seen) = self.seen.lock() else {
             return Reserve::Reserved(Reservation { dedup: self.clone(), id: id.to_string(), confirmed: true });
         };
-        if seen.at.get(id).is_some_and(|at| now.duration_since(*at) < self.window) {
+        if seen.delivered(id, now, self.window) {
             return Reserve::Duplicate;
         }
         if !seen.in_flight.insert(id.to_string()) {
@@ -92,7 +93,8 @@ impl Dedup {
     }
 
     /// Records `id` as delivered, forgetting expired and surplus ids.
-    pub fn insert(&self, id: &str, now: Instant) {
+    #[cfg(test)]
+    fn insert(&self, id: &str, now: Instant) {
         let Ok(mut seen) = self.seen.lock() else { return };
         seen.remember(id, now, self.window, self.max_entries);
     }
@@ -107,6 +109,10 @@ impl Dedup {
 }
 
 impl Seen {
+    fn delivered(&self, id: &str, now: Instant, window: Duration) -> bool {
+        self.at.get(id).is_some_and(|at| now.duration_since(*at) < window)
+    }
+
     fn remember(&mut self, id: &str, now: Instant, window: Duration, max_entries: usize) {
         while let Some((old, at)) = self.order.front() {
             let expired = now.duration_since(*at) >= window;
