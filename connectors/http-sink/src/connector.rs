@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use danube_connect_core::config::{Ordering, RetryConfig};
-use danube_connect_core::retry::RetryPolicy;
+use danube_connect_core::retry::{Backoff, RetryPolicy};
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
 use futures::future::join_all;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
@@ -730,13 +730,13 @@ impl HttpSink {
 struct RetryBudget {
     config: RetryConfig,
     started: Instant,
-    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    backoff: Backoff,
     attempts: usize,
 }
 
 impl RetryBudget {
     fn new(policy: &RetryPolicy) -> Self {
-        Self { config: policy.config().clone(), started: Instant::now(), delays: policy.delays(), attempts: 0 }
+        Self { config: policy.config().clone(), started: Instant::now(), backoff: policy.backoff(), attempts: 0 }
     }
 
     /// Counts a failed attempt; the delay before the next one, or `None` once spent.
@@ -745,7 +745,7 @@ impl RetryBudget {
         if self.attempts >= self.config.max_attempts {
             return None;
         }
-        let backoff = self.delays.next().unwrap_or(self.config.max_backoff);
+        let backoff = self.backoff.next_delay();
         let delay = hint.map_or(backoff, |hint| hint.max(backoff));
         (self.started.elapsed() + delay <= self.config.max_elapsed).then_some(delay)
     }
