@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use danube_connect_core::config::RetryConfig;
 use danube_connect_core::connector::SinkContext;
 use danube_connect_core::health::Health;
-use danube_connect_core::retry::RetryPolicy;
+use danube_connect_core::retry::{Backoff, RetryPolicy};
 use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Publisher, SinkConnector, SinkRecord};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
@@ -651,7 +651,7 @@ impl Inner {
 /// Runs a table's flusher until stopped, starting it again (after a backoff) when it
 /// panics: intake keeps acking records into the spool, so inserts must not stop for good.
 async fn supervise_flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) {
-    let mut delays = inner.retry.delays();
+    let mut backoff = inner.retry.backoff();
     loop {
         let task = tokio::spawn(flusher(inner.clone(), table.clone(), stop.clone()));
         let join = match task.await {
@@ -661,7 +661,7 @@ async fn supervise_flusher(inner: Arc<Inner>, table: Arc<Table>, stop: Cancellat
         if stop.is_cancelled() {
             return;
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        let delay = backoff.next_delay();
         error!(table = %table.label, error = %join, restart_in = ?delay, "the flusher failed; restarting it (the rows stay in the spool)");
         inner.set_problem(Some(format!("the flusher of {} failed: {join}", table.label)));
         tokio::select! {
@@ -676,10 +676,10 @@ async fn supervise_flusher(inner: Arc<Inner>, table: Arc<Table>, stop: Cancellat
 async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) {
     let linger = inner.config.batch.max_linger;
     let label = [inner.settings.connector_name.clone(), table.label.clone()];
-    let mut spool_delays = inner.retry.delays();
+    let mut spool_backoff = inner.retry.backoff();
     // Waits a backoff step after a spool failure; false when stopped meanwhile.
-    let pause = |delays: &mut Box<dyn Iterator<Item = Duration> + Send + Sync>, problem: String| {
-        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+    let pause = |backoff: &mut Backoff, problem: String| {
+        let delay = backoff.next_delay();
         error!(table = %table.label, error = %problem, retry_in = ?delay, "spool operation failed; retrying");
         inner.set_problem(Some(format!("spool of {}: {problem}", table.label)));
         let stop = stop.clone();
@@ -706,13 +706,13 @@ async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) 
             let loaded = match tokio::task::spawn_blocking(move || spool.load(&seg)).await {
                 Ok(Ok(loaded)) => loaded,
                 Ok(Err(error)) => {
-                    if pause(&mut spool_delays, danube_connect_core::error::error_chain(&error)).await {
+                    if pause(&mut spool_backoff, danube_connect_core::error::error_chain(&error)).await {
                         continue;
                     }
                     return;
                 }
                 Err(join) => {
-                    if pause(&mut spool_delays, format!("spool read task failed: {join}")).await {
+                    if pause(&mut spool_backoff, format!("spool read task failed: {join}")).await {
                         continue;
                     }
                     return;
@@ -731,11 +731,11 @@ async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) 
                     Ok(Err(error)) => format!("cannot mark an inserted segment done: {}", danube_connect_core::error::error_chain(&error)),
                     Err(join) => format!("spool complete task failed: {join}"),
                 };
-                if !pause(&mut spool_delays, problem).await {
+                if !pause(&mut spool_backoff, problem).await {
                     return;
                 }
             }
-            spool_delays = inner.retry.delays();
+            spool_backoff.reset();
             inner.set_problem(None);
             inner.metrics.spool_bytes.with_label_values(&[&label[0], &label[1]]).set(table.spool.bytes() as i64);
             table.space.notify_waiters();
