@@ -58,10 +58,10 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
                 let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(5));
                 warn!(topic = %topic.topic, error = %crate::error::error_chain(&error), retry_in = ?delay, "receive failed, re-subscribing");
                 consumer.close().await;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
-                    _ = env.shutdown.cancelled() => return,
+                if !pause(&env, delay).await {
+                    return;
                 }
+                continue;
             }
         };
         info!(topic = %topic.topic, "consuming");
@@ -96,11 +96,17 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
         if stopping {
             return;
         }
-        let delay = reconnect_delays.next().unwrap_or(Duration::from_secs(5));
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = env.shutdown.cancelled() => return,
+        if !pause(&env, reconnect_delays.next().unwrap_or(Duration::from_secs(5))).await {
+            return;
         }
+    }
+}
+
+/// Waits `delay` before re-subscribing; false when the runtime shuts down meanwhile.
+async fn pause(env: &Env, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = env.shutdown.cancelled() => false,
     }
 }
 
