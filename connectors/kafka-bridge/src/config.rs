@@ -309,8 +309,20 @@ fn flatten_properties(prefix: &str, value: &serde_json::Value, out: &mut BTreeMa
     }
 }
 
-/// Properties the bridge sets itself; overriding them would break its guarantees.
-const RESERVED_CONSUMER: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+const OFFSETS_REASON: &str =
+    "is set by the bridge (offsets are committed only after Danube acked); use import.group_id for the group";
+
+/// Consumer properties the bridge sets itself, with why; overriding them would break its
+/// guarantees.
+const RESERVED_CONSUMER: &[(&str, &str)] = &[
+    ("enable.auto.commit", OFFSETS_REASON),
+    ("enable.auto.offset.store", OFFSETS_REASON),
+    ("group.id", OFFSETS_REASON),
+    (
+        "auto.offset.reset",
+        "is set by the bridge from connector.import.start_from (`earliest` or `latest`); use that instead",
+    ),
+];
 
 /// Producer properties the export relies on, with the only values it accepts (first: the
 /// one it sets). `request.required.acks` is librdkafka's other name for `acks`.
@@ -356,17 +368,8 @@ impl Validate for BridgeConfig {
         validate_properties("connector.export.properties", &self.export.properties)?;
         let consumer_sides = [("connector.kafka.properties", &self.kafka.properties), ("connector.import.properties", &self.import.properties)];
         for (field, props) in consumer_sides {
-            if let Some(name) = RESERVED_CONSUMER.iter().find(|name| props.0.contains_key(**name)) {
-                return Err(ConfigError::invalid(
-                    format!("{field}.{name}"),
-                    "is set by the bridge (offsets are committed only after Danube acked); use import.group_id for the group",
-                ));
-            }
-            if props.0.contains_key("auto.offset.reset") {
-                return Err(ConfigError::invalid(
-                    format!("{field}.auto.offset.reset"),
-                    "is set by the bridge from connector.import.start_from (`earliest` or `latest`); use that instead",
-                ));
+            if let Some((name, reason)) = RESERVED_CONSUMER.iter().find(|(name, _)| props.0.contains_key(*name)) {
+                return Err(ConfigError::invalid(format!("{field}.{name}"), *reason));
             }
         }
         let producer_sides = [("connector.kafka.properties", &self.kafka.properties), ("connector.export.properties", &self.export.properties)];
