@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{wait_payloads, Env};
+use crate::common::{stop_cleanly, wait_payloads, Env};
 
 const TOPIC: &str = "/default/public.items";
 
@@ -84,8 +84,7 @@ async fn inserts_updates_deletes_arrive_in_order_per_key_with_typed_json() {
     assert_eq!(insert_1.attributes.get("op").map(String::as_str), Some("INSERT"));
     assert_eq!(insert_1.attributes.get("table").map(String::as_str), Some("public.items"));
     assert!(insert_1.attributes.contains_key("lsn"));
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
 }
 
 trait MaxOr {
@@ -142,8 +141,7 @@ async fn replica_identity_full_sends_old_rows_and_unchanged_toast_is_marked() {
     assert_eq!(dflt[1]["before"], Value::Null, "default identity, key unchanged: no old row");
     assert_eq!(dflt[1]["after"], json!({"id": 1, "name": "b"}), "unchanged TOAST value is not shown as null");
     assert_eq!(dflt[1]["unchanged_toast"], json!(["blob"]));
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
 }
 
 const ALL_TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
@@ -212,8 +210,7 @@ async fn every_mapped_type_in_snapshot_insert_and_full_identity_update_and_delet
     assert_eq!(got[2]["after"], image_b(), "new row of the update, every type");
     assert_eq!(got[3]["before"], image_b(), "FULL identity: old row of the delete, every type");
     assert_eq!(got[3]["after"], Value::Null);
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,6 +260,5 @@ async fn fixed_topic_transaction_boundaries_and_multi_table_truncate() {
     }
     let boundary = &env.broker.messages("/default/txns")[0];
     assert_eq!(boundary.routing_key.as_deref(), Some(txns[0]["xid"].to_string().as_str()), "keyed by xid");
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
 }

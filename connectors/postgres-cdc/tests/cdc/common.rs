@@ -98,3 +98,9 @@ pub async fn wait_payloads(env: &Env, topic: &str, count: usize, timeout: Durati
     env.broker.wait_for_messages(topic, count, timeout).await;
     env.payloads(topic)
 }
+
+/// Sends SIGTERM and asserts the connector exits 0 within 30 s.
+pub async fn stop_cleanly(process: &mut ConnectorProcess) {
+    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", process.log());
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{lsn, Env};
+use crate::common::{lsn, stop_cleanly, Env};
 
 const TOPIC: &str = "/default/public.events";
 
@@ -170,8 +170,7 @@ async fn kill_9_under_insert_load_loses_no_committed_row() {
             );
         }
     }
-    let status = restarted.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", restarted.log());
+    stop_cleanly(&mut restarted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,8 +202,7 @@ async fn sigterm_drains_confirms_and_restart_sends_no_duplicates() {
         duplicates.len(),
         before_restart.len()
     );
-    let status = restarted.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", restarted.log());
+    stop_cleanly(&mut restarted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,8 +247,7 @@ async fn broker_outage_pauses_streaming_and_the_slot_holds() {
         confirmed = env.confirmed_flush("danube_cdc");
     }
     assert!(confirmed > before_outage, "after recovery the slot advances again");
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,6 +267,5 @@ async fn heartbeat_advances_the_slot_while_captured_tables_are_idle() {
     }
     assert!(confirmed >= after_writes, "slot stuck at {confirmed:x}, WAL at {after_writes:x}: {}", process.log());
     assert!(env.payloads(TOPIC).is_empty());
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
 
-use crate::common::{Env, BIN};
+use crate::common::{stop_cleanly, Env, BIN};
 
 #[test]
 fn bad_config_names_the_field() {
@@ -92,8 +92,7 @@ async fn slot_and_publication_are_created_and_a_busy_slot_is_refused() {
     env.broker.wait_for_messages("/default/public.a", 1, Duration::from_secs(30)).await;
     assert_eq!(env.broker.messages("/default/public.a").len(), 1, "{}", first.log());
     assert!(env.broker.messages("/default/public.b").is_empty());
-    let status = first.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", first.log());
+    stop_cleanly(&mut first).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::common::{lsn, Env};
+use crate::common::{lsn, stop_cleanly, Env};
 
 const TOPIC: &str = "/default/public.accounts";
 
@@ -79,8 +79,7 @@ async fn snapshot_and_concurrent_writes_are_seen_exactly_once() {
     for p in payloads.iter().filter(|p| p["op"] != "READ") {
         assert!(lsn(p["commit_lsn"].as_str().unwrap()) >= lsn(&point), "{p} before the consistent point {point}");
     }
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
     assert_eq!(
         env.pg
             .psql("SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = 'danube_cdc'")
@@ -140,8 +139,7 @@ async fn snapshot_seq_is_unique_across_tables_and_slots_sharing_a_publication_ke
         assert_eq!(ids.len(), 50, "(commit_lsn, seq) unique over both tables of {topic}");
     }
     for process in [&mut first, &mut second] {
-        let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-        assert_eq!(status.code(), Some(0), "{}", process.log());
+        stop_cleanly(process).await;
     }
 }
 
@@ -163,8 +161,7 @@ async fn initial_only_publishes_the_table_and_does_not_stream() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(env.pg.psql(slots).unwrap(), "0", "slot dropped after initial_only: {}", process.log());
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
     // A restart sees the "done" marker and publishes nothing again.
     let mut again = env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "initial_only")]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -174,8 +171,7 @@ async fn initial_only_publishes_the_table_and_does_not_stream() {
     assert!(again.log().contains("already published"), "{}", again.log());
     assert_eq!(env.payloads(TOPIC).len(), 300, "no second snapshot");
     assert_eq!(env.pg.psql(slots).unwrap(), "0", "no slot left by the restart");
-    let status = again.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", again.log());
+    stop_cleanly(&mut again).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +201,5 @@ async fn kill_9_during_the_snapshot_redoes_it_and_loses_nothing() {
     }
     let missing: Vec<i64> = (1..=20000).chain([50000]).filter(|id| !seen.contains_key(id)).collect();
     assert!(missing.is_empty(), "{} rows missing after the snapshot restart: {}", missing.len(), restarted.log());
-    let status = restarted.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", restarted.log());
+    stop_cleanly(&mut restarted).await;
 }

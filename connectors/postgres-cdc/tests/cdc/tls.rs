@@ -5,7 +5,7 @@ use std::time::Duration;
 use danube_connect_testkit::postgres::Postgres;
 use danube_dev_broker::EmbeddedBroker;
 
-use crate::common::Env;
+use crate::common::{stop_cleanly, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_streams_over_tls_and_plain_tcp_is_refused() {
@@ -33,8 +33,7 @@ async fn verify_full_streams_over_tls_and_plain_tcp_is_refused() {
         .psql("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'danube-postgres-cdc'")
         .unwrap();
     assert!(encrypted.parse::<u32>().unwrap() >= 2, "query and replication connections use TLS: {encrypted}");
-    let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", process.log());
+    stop_cleanly(&mut process).await;
 
     // Without TLS the server refuses the connection and startup fails, saying why.
     let mut plain = danube_connect_testkit::process::ConnectorProcess::spawn(
