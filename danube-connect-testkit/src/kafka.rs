@@ -26,6 +26,7 @@ const TOOL_DIRS: &[&str] = &["/root/.cache/danube-connect/tools/bin"];
 /// A running tansu broker; killed when dropped.
 pub struct Tansu {
     child: Option<Child>,
+    binary: PathBuf,
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -53,7 +54,7 @@ impl Tansu {
             .stderr(Stdio::from(log_err))
             .spawn()
             .map_err(|source| HarnessError::Io { what: format!("spawn {}", binary.display()), source })?;
-        let mut tansu = Self { child: Some(child), port, log, _dir: dir };
+        let mut tansu = Self { child: Some(child), binary, port, log, _dir: dir };
         tansu.wait_ready(Duration::from_secs(30)).await?;
         Ok(tansu)
     }
@@ -61,6 +62,23 @@ impl Tansu {
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates `topic` with `partitions` partitions (`tansu topic create`, the binary this
+    /// broker runs).
+    pub fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), HarnessError> {
+        let what = format!("tansu topic create {topic}");
+        let output = Command::new(&self.binary)
+            .args(["topic", "create", topic, "--partitions", &partitions.to_string(), "--broker"])
+            .arg(format!("tcp://{}", self.bootstrap()))
+            .output()
+            .map_err(|source| HarnessError::Io { what: what.clone(), source })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let status = format!("exited with {}", output.status);
+        let what = format!("{what} {status}: {}", String::from_utf8_lossy(&output.stderr));
+        Err(HarnessError::Io { what, source: std::io::Error::other(status) })
     }
 
     /// The broker's port.
