@@ -123,14 +123,7 @@ async fn webhook_analytics_runs_end_to_end() {
         .await
         .expect("create table");
     let tansu = Tansu::start().await.expect("tansu must be installed and start (see scripts/test.sh)");
-    let tansu_bin = danube_connect_testkit::find_binary("tansu", &["/root/.cache/danube-connect/tools/bin"], "scripts/test.sh")
-        .expect("tansu binary");
-    let created = Command::new(tansu_bin)
-        .args(["topic", "create", "orders", "--partitions", "1", "--broker"])
-        .arg(format!("tcp://{}", tansu.bootstrap()))
-        .output()
-        .expect("tansu topic create");
-    assert!(created.status.success(), "create the Kafka topic: {}", String::from_utf8_lossy(&created.stderr));
+    tansu.create_topic("orders", 1).unwrap_or_else(|e| panic!("create the Kafka topic: {e}"));
     let spool = tempfile::tempdir().expect("spool dir");
     let danube = ("DANUBE_SERVICE_URL", broker.url());
     let topic = "/default/orders";
