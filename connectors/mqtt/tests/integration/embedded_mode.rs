@@ -12,16 +12,11 @@ use rumqttc::QoS;
 async fn embedded_broker_forwards_qos0_and_qos1_device_messages() {
     let danube = EmbeddedBroker::start_default().await.expect("danube");
     let port = free_port();
-    let env = HashMap::from([
-        ("DANUBE_SERVICE_URL".to_string(), danube.url()),
-        ("CONNECTOR_NAME".to_string(), "mqtt-embedded".to_string()),
-        ("MQTT_MODE".to_string(), "embedded".to_string()),
-        ("MQTT_EMBEDDED__LISTEN".to_string(), format!("127.0.0.1:{port}")),
-        (
-            "MQTT_MAPPINGS".to_string(),
-            r#"[{filter="plant/+/power", topic="/default/power-{1}"}, {filter="plant/#", topic="/default/plant"}]"#.to_string(),
-        ),
-    ]);
+    let env = embedded_env(
+        &danube,
+        port,
+        r#"[{filter="plant/+/power", topic="/default/power-{1}"}, {filter="plant/#", topic="/default/plant"}]"#,
+    );
     let _connector = start_connector(&env).await;
 
     let mut device = TestClient::connect(port, "device-embedded");
