@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -354,9 +354,7 @@ async fn max_in_flight_bounds_concurrent_requests_over_all_lanes() {
 async fn the_circuit_opens_after_consecutive_failures_and_recovers_without_dead_lettering() {
     let broker = broker().await;
     let receiver = Receiver::start().await;
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    receiver.respond(move |_, _| if flag.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(503) });
+    let healthy = receiver.fail_until_healthy(Reply::Status(503));
     let topic = "/default/breaker";
     let mut cfg = config("breaker", &broker, topic, &receiver.url("/"));
     cfg.runtime.retry.max_attempts = 10;
@@ -1149,15 +1147,7 @@ async fn a_record_refused_with_retry_after_inside_a_batch_is_resent_only_after_t
 async fn in_ordered_mode_shutdown_hands_a_waiting_record_back_and_holds_its_key() {
     let broker = broker().await;
     let receiver = Receiver::start().await;
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    receiver.respond(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::Status(200)
-        } else {
-            Reply::Full(503, vec![("retry-after".into(), "30".into())], String::new())
-        }
-    });
+    let healthy = receiver.fail_until_healthy(Reply::Full(503, vec![("retry-after".into(), "30".into())], String::new()));
     let topic = "/default/ordered-stop";
     let mut cfg = config("ostop", &broker, topic, &receiver.url("/"));
     cfg.runtime.sink.ordering = danube_connect_core::config::Ordering::Key;
@@ -1190,9 +1180,7 @@ async fn in_ordered_mode_shutdown_hands_a_waiting_record_back_and_holds_its_key(
 async fn in_ordered_mode_an_open_circuit_is_waited_out_in_process_and_the_key_keeps_its_order() {
     let broker = broker().await;
     let receiver = Receiver::start().await;
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    receiver.respond(move |_, _| if flag.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(503) });
+    let healthy = receiver.fail_until_healthy(Reply::Status(503));
     let topic = "/default/ordered-breaker";
     let mut cfg = config("obreaker", &broker, topic, &receiver.url("/"));
     cfg.runtime.sink.ordering = danube_connect_core::config::Ordering::Key;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -251,6 +251,14 @@ impl Receiver {
     /// Decides the reply per request, given the requests received before it.
     pub fn respond(&self, responder: impl Fn(&Received, &[Received]) -> Reply + Send + Sync + 'static) {
         *self.state.responder.lock().expect("lock") = Box::new(responder);
+    }
+
+    /// Replies `failing` until the returned flag is set, 200 from then on.
+    pub fn fail_until_healthy(&self, failing: Reply) -> Arc<AtomicBool> {
+        let healthy = Arc::new(AtomicBool::new(false));
+        let flag = healthy.clone();
+        self.respond(move |_, _| if flag.load(Ordering::SeqCst) { Reply::Status(200) } else { failing.clone() });
+        healthy
     }
 
     /// Every request so far.
