@@ -612,7 +612,11 @@ impl HttpSink {
         if keys.is_empty() {
             return self.deliver(records, url).await;
         }
-        if keys.iter().any(|key| self.stalled_keys().contains(*key)) {
+        let held_back = {
+            let stalled = self.stalled_keys();
+            !stalled.is_empty() && keys.iter().any(|key| stalled.contains(*key))
+        };
+        if held_back {
             self.outcome("deferred");
             return Err(Failure::Defer {
                 delay: MIN_DEFER,
