@@ -324,9 +324,7 @@ impl Stream {
                 let key = setup::primary_key(client, relation.oid).await?;
                 let topic = self.config.topic_for(&relation.namespace, &relation.name);
                 debug!(table = %format!("{}.{}", relation.namespace, relation.name), "relation");
-                let mut table = Table::new(relation, &key, topic);
-                let elements = setup::array_elements(client, &table.unresolved_types()).await?;
-                table.resolve_arrays(&elements);
+                let table = resolved_table(client, relation, &key, topic).await?;
                 self.tables.insert(table.relation.oid, table);
                 Vec::new()
             }
@@ -535,9 +533,7 @@ impl Stream {
                 columns.iter().map(|c| format!("{}::text", setup::quote_ident(&c.name))).collect();
             let relation =
                 Relation { oid, namespace: schema.clone(), name: name.clone(), replica_identity: b'd', columns };
-            let mut table = Table::new(relation, &key, self.config.topic_for(&schema, &name));
-            let elements = setup::array_elements(client, &table.unresolved_types()).await?;
-            table.resolve_arrays(&elements);
+            let table = resolved_table(client, relation, &key, self.config.topic_for(&schema, &name)).await?;
             client
                 .batch_execute(&format!(
                     "DECLARE danube_snapshot NO SCROLL CURSOR FOR SELECT {} FROM {}.{}",
@@ -590,6 +586,15 @@ impl Stream {
 }
 
 /// A transaction boundary record.
+/// A [`Table`] whose array columns of types not known by OID have their element types
+/// looked up in `pg_type`.
+async fn resolved_table(client: &Client, relation: Relation, key: &[String], topic: String) -> Result<Table, CdcError> {
+    let mut table = Table::new(relation, key, topic);
+    let elements = setup::array_elements(client, &table.unresolved_types()).await?;
+    table.resolve_arrays(&elements);
+    Ok(table)
+}
+
 fn boundary(
     topic: &str,
     op: &str,
