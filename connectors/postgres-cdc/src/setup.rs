@@ -295,7 +295,7 @@ pub async fn set_snapshot_marker(
     let ended = client.batch_execute(end).await.map_err(query("end snapshot marker update"));
     result.and(ended).map_err(|error| match error {
         CdcError::Query { source, .. } if source.as_db_error().is_some() => CdcError::Setup(format!(
-            "cannot record the snapshot progress of slot {} in the comment of publication {}: {}              (the connector user must own the publication; or set connector.snapshot = never)",
+            "cannot record the snapshot progress of slot {} in the comment of publication {}: {} (the connector user must own the publication; or set connector.snapshot = never)",
             config.slot,
             config.publication,
             source.as_db_error().map_or_else(String::new, |db| db.message().to_string())
