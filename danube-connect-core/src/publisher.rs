@@ -28,7 +28,8 @@ use crate::error::PublishError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::record::SourceRecord;
-use crate::schema::TopicSchemas;
+use crate::schema::{BoundSchema, SchemaSetupError, TopicSchemas};
+use danube_connect_common::schema::{CompatibilityMode, SchemaKind};
 
 const LANE_QUEUE: usize = 256;
 
@@ -181,7 +182,7 @@ impl Publisher {
             return Err(PublishFailure { error: PublishError::Closed, record });
         }
         let mut record = record;
-        let prepared = self.inner.schemas.get(&record.topic).map(|bound| bound.prepare(&record.payload));
+        let prepared = record_schema(&self.inner, &record.topic, &record).map(|bound| bound.prepare(&record.payload));
         match prepared {
             Some(Ok(Some(encoded))) => record.payload = encoded,
             Some(Err(error)) => {
@@ -259,6 +260,27 @@ impl Publisher {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Registers `definition` (of `kind`) under `subject` with the schema registry — a new
+    /// version when it differs from the registered ones, else the existing version — and
+    /// returns it for [`SourceRecord::with_schema`]. `compatibility`, when set, becomes the
+    /// subject's mode first. A record carrying it is validated against it (an invalid one is
+    /// answered [`PublishError::Invalid`]) and its message is stamped with its id and
+    /// version; a lane switches its producer to that subject version before sending it.
+    ///
+    /// A refused definition (incompatible with the subject's versions, or invalid) and an
+    /// unreachable registry are errors; [`SchemaSetupError::is_transient`] tells them apart.
+    pub async fn register_schema(
+        &self,
+        subject: impl Into<String>,
+        kind: SchemaKind,
+        definition: impl AsRef<[u8]>,
+        compatibility: Option<CompatibilityMode>,
+    ) -> Result<Arc<BoundSchema>, SchemaSetupError> {
+        let bound = BoundSchema::register(&self.inner.client, subject, kind, definition.as_ref(), compatibility).await?;
+        debug!(subject = %bound.subject, schema_id = bound.schema_id, version = bound.version, "schema registered at run time");
+        Ok(Arc::new(bound))
+    }
+
     /// Stops accepting records and waits until every queued record is acked or failed.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
@@ -299,6 +321,7 @@ impl Publisher {
                 topic: topic.to_string(),
                 index,
                 producer: None,
+                producer_schema: None,
                 metrics: metrics.clone(),
             };
             tasks.push(tokio::spawn(lane.run(rx)));
@@ -310,6 +333,12 @@ impl Publisher {
         pools.insert(topic.to_string(), pool.clone());
         pool
     }
+}
+
+/// The schema a record is validated against and published with: its own (registered at
+/// run time), else its topic's `[[schemas]]` binding.
+fn record_schema<'a>(inner: &'a Inner, topic: &str, record: &'a SourceRecord) -> Option<&'a BoundSchema> {
+    record.schema.as_deref().or_else(|| inner.schemas.get(topic))
 }
 
 pub(crate) async fn wait_for_ack(rx: oneshot::Receiver<Result<(), PublishFailure>>) -> Result<(), PublishFailure> {
@@ -329,6 +358,8 @@ struct Lane {
     topic: String,
     index: usize,
     producer: Option<Producer>,
+    /// The subject version the producer references (`None`: no schema).
+    producer_schema: Option<(String, u32)>,
     metrics: LaneMetrics,
 }
 
@@ -344,7 +375,14 @@ impl Lane {
             let job = match job {
                 LaneJob::Send(job) => job,
                 LaneJob::Prepare(reply) => {
-                    let result = self.ensure_producer().await;
+                    // Only makes sure a producer exists; records switch its schema as they need.
+                    let result = match self.producer {
+                        Some(_) => Ok(()),
+                        None => {
+                            let wanted = self.inner.schemas.get(&self.topic).map(|b| (b.subject.clone(), b.version));
+                            self.ensure_producer(wanted).await
+                        }
+                    };
                     let _ = reply.send(result);
                     continue;
                 }
@@ -420,18 +458,28 @@ impl Lane {
         }
     }
 
-    /// Creates the producer if there is none yet.
-    async fn ensure_producer(&mut self) -> Result<(), DanubeError> {
+    /// Creates the producer if there is none yet, or none referencing `wanted` (a subject
+    /// version): messages are stamped with the version their producer references.
+    async fn ensure_producer(&mut self, wanted: Option<(String, u32)>) -> Result<(), DanubeError> {
+        if self.producer.is_some() && self.producer_schema != wanted {
+            debug!(topic = %self.topic, lane = self.index, schema = ?wanted, "schema version changed, re-creating the producer");
+            self.producer = None;
+        }
         if self.producer.is_none() {
-            let producer = self.create_producer().await?;
+            let producer = self.create_producer(wanted.as_ref()).await?;
             self.producer = Some(producer);
+            self.producer_schema = wanted;
         }
         Ok(())
     }
 
     async fn try_send(&mut self, record: &SourceRecord) -> SendOutcome {
-        if let Err(error) = self.ensure_producer().await {
-            return classify(error);
+        let current = record_schema(&self.inner, &self.topic, record).map(|b| (b.subject.as_str(), b.version));
+        if self.producer.is_none() || self.producer_schema.as_ref().map(|(s, v)| (s.as_str(), *v)) != current {
+            let wanted = current.map(|(subject, version)| (subject.to_string(), version));
+            if let Err(error) = self.ensure_producer(wanted).await {
+                return classify(error);
+            }
         }
         let Some(producer) = self.producer.as_ref() else {
             return SendOutcome::Transient(DanubeError::Unrecoverable("producer not created".into()));
@@ -455,7 +503,7 @@ impl Lane {
         }
     }
 
-    async fn create_producer(&self) -> Result<Producer, DanubeError> {
+    async fn create_producer(&self, schema: Option<&(String, u32)>) -> Result<Producer, DanubeError> {
         let name = format!("{}-{}-{:08x}", self.inner.name, self.index, rand::random::<u32>());
         let mut builder = self
             .inner
@@ -467,13 +515,32 @@ impl Lane {
         if self.inner.config.reliable {
             builder = builder.with_reliable_dispatch();
         }
-        if let Some(bound) = self.inner.schemas.get(&self.topic) {
-            builder = builder.with_schema_version(bound.subject.clone(), bound.version);
+        if let Some((subject, version)) = schema {
+            builder = builder.with_schema_version(subject.clone(), *version);
         }
         let mut producer = builder.build()?;
         producer.create().await?;
         debug!(topic = %self.topic, lane = self.index, "producer created");
         Ok(producer)
+    }
+}
+
+/// Whether a client error may go away when the call is repeated (not a refusal).
+pub(crate) fn is_transient(error: &DanubeError) -> bool {
+    match error {
+        DanubeError::FromStatus(status) => !matches!(
+            status.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::OutOfRange
+                | tonic::Code::Unimplemented
+                | tonic::Code::NotFound
+                | tonic::Code::AlreadyExists
+        ),
+        DanubeError::SchemaError(_) | DanubeError::InvalidToken | DanubeError::UrlParseError(_) => false,
+        _ => true,
     }
 }
 

@@ -1,12 +1,14 @@
 //! Records: what a source hands to Danube and what a sink receives from it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ConnectorError;
+use crate::schema::BoundSchema;
 
 /// A position in the outside system that a source can commit once Danube acked
 /// every record up to it (a Kafka partition offset, a PostgreSQL LSN, an MQTT packet id).
@@ -50,6 +52,10 @@ pub struct SourceRecord {
     /// every other record carrying the same offset (consecutive records, possibly spread
     /// over two polls; see [`SourceConnector::poll`](crate::SourceConnector::poll)).
     pub offset: Option<SourceOffset>,
+    /// A schema registered at run time ([`Publisher::register_schema`](crate::Publisher::register_schema)):
+    /// the record is validated against it instead of the topic's `[[schemas]]` binding and
+    /// published with its subject version.
+    pub schema: Option<Arc<BoundSchema>>,
 }
 
 impl SourceRecord {
@@ -61,6 +67,7 @@ impl SourceRecord {
             attributes: HashMap::new(),
             routing_key: None,
             offset: None,
+            schema: None,
         }
     }
 
@@ -100,6 +107,13 @@ impl SourceRecord {
     /// Sets the source offset that is committed once Danube acked this record.
     pub fn with_offset(mut self, offset: SourceOffset) -> Self {
         self.offset = Some(offset);
+        self
+    }
+
+    /// Publishes the record with `schema` (registered at run time) instead of the topic's
+    /// static binding.
+    pub fn with_schema(mut self, schema: Arc<BoundSchema>) -> Self {
+        self.schema = Some(schema);
         self
     }
 

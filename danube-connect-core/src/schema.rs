@@ -14,12 +14,22 @@
 //!   once per id and version, then cached) into [`SinkRecord::value`](crate::SinkRecord::value)
 //!   before `process`; a record that does not decode follows the failure policy.
 //!
+//! - **Run-time registration**: a source that learns its record shapes while running (a CDC
+//!   source reading table metadata) registers a definition with
+//!   [`Publisher::register_schema`](crate::Publisher::register_schema) and attaches the
+//!   returned [`BoundSchema`] to its records with
+//!   [`SourceRecord::with_schema`](crate::SourceRecord::with_schema). Such a record is
+//!   validated against that schema instead of the topic's `[[schemas]]` binding, and its
+//!   producer references that subject version, so each message carries the version it was
+//!   validated against (records queued before a new version keep theirs).
+//!
 //! The codecs themselves (JSON Schema, Avro, Protobuf, string, number, bytes) live in
 //! [`danube_connect_common::schema`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use danube_client::errors::DanubeError;
 use danube_client::{DanubeClient, SchemaType};
@@ -186,6 +196,15 @@ pub enum SchemaSetupError {
         #[source]
         source: DanubeError,
     },
+    /// A definition handed in at run time does not compile.
+    #[error("schema definition for subject {subject}")]
+    InvalidDefinition {
+        /// The subject it was meant for.
+        subject: String,
+        /// The compile error.
+        #[source]
+        source: SchemaError,
+    },
     /// The registry's definition does not compile here.
     #[error("registry schema of subject {subject} version {version}")]
     Compile {
@@ -197,6 +216,17 @@ pub enum SchemaSetupError {
         #[source]
         source: SchemaError,
     },
+}
+
+impl SchemaSetupError {
+    /// Whether trying again later may help: the registry was unreachable or answered with a
+    /// transient failure. A refused definition (incompatible, invalid) is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Registry { source, .. } => crate::publisher::is_transient(source),
+            Self::Definition { .. } | Self::InvalidDefinition { .. } | Self::Compile { .. } => false,
+        }
+    }
 }
 
 /// A topic's resolved schema: what producers reference and records are validated against.
@@ -216,7 +246,37 @@ pub struct BoundSchema {
     pub input: PayloadInput,
 }
 
+/// Equal when they name the same subject version with the same definition and settings.
+impl PartialEq for BoundSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.subject == other.subject
+            && self.schema_id == other.schema_id
+            && self.version == other.version
+            && self.validate == other.validate
+            && self.input == other.input
+            && self.schema.definition() == other.schema.definition()
+    }
+}
+
 impl BoundSchema {
+    /// Registers `definition` (of `kind`) under `subject` — a new version when it differs
+    /// from every registered one, else the matching existing version — and returns it bound
+    /// for validation of wire payloads. `compatibility`, when set, becomes the subject's mode
+    /// before the registration is checked.
+    pub async fn register(
+        client: &DanubeClient,
+        subject: impl Into<String>,
+        kind: SchemaKind,
+        definition: &[u8],
+        compatibility: Option<CompatibilityMode>,
+    ) -> Result<Self, SchemaSetupError> {
+        let subject = subject.into();
+        let schema = compile(kind, definition, None)
+            .map_err(|source| SchemaSetupError::InvalidDefinition { subject: subject.clone(), source })?;
+        let (schema_id, version) = register_definition(client, &subject, &schema, compatibility).await?;
+        Ok(Self { subject, schema_id, version, schema, validate: true, input: PayloadInput::Wire })
+    }
+
     /// Prepares a payload for publishing: encodes JSON input into the wire format, or
     /// validates wire input (when `validate` is on). Errors describe the violations.
     pub fn prepare(&self, payload: &bytes::Bytes) -> Result<Option<bytes::Bytes>, SchemaError> {
@@ -238,7 +298,7 @@ impl BoundSchema {
 /// Resolved bindings by topic.
 #[derive(Debug, Clone, Default)]
 pub struct TopicSchemas {
-    by_topic: HashMap<String, BoundSchema>,
+    by_topic: HashMap<String, Arc<BoundSchema>>,
 }
 
 impl TopicSchemas {
@@ -249,14 +309,14 @@ impl TopicSchemas {
             let bound = resolve_one(client, binding, &format!("schemas[{i}]")).await?;
             info!(topic = %binding.topic, subject = %bound.subject, schema_id = bound.schema_id,
                 version = bound.version, "schema bound");
-            by_topic.insert(binding.topic.clone(), bound);
+            by_topic.insert(binding.topic.clone(), Arc::new(bound));
         }
         Ok(Self { by_topic })
     }
 
     /// The schema bound to `topic`, if any.
     pub fn get(&self, topic: &str) -> Option<&BoundSchema> {
-        self.by_topic.get(topic)
+        self.by_topic.get(topic).map(Arc::as_ref)
     }
 
     /// Whether no topic is bound.
@@ -276,27 +336,7 @@ async fn resolve_one(client: &DanubeClient, binding: &SchemaBinding, field: &str
         .load_file(field)
         .map_err(|source| SchemaSetupError::Definition { topic: binding.topic.clone(), source })?;
     if let Some(schema) = local {
-        let existing = registry.get_latest_schema(subject.clone()).await.ok();
-        if let (Some(mode), Some(_)) = (binding.compatibility, &existing) {
-            registry
-                .set_compatibility_mode(subject.clone(), client_mode(mode))
-                .await
-                .map_err(registry_error("set compatibility mode"))?;
-        }
-        let schema_id = registry
-            .register_schema(subject.clone())
-            .with_type(client_type(schema.kind()))
-            .with_schema_data(schema.definition().to_vec())
-            .execute()
-            .await
-            .map_err(registry_error("register"))?;
-        if let (Some(mode), None) = (binding.compatibility, &existing) {
-            registry
-                .set_compatibility_mode(subject.clone(), client_mode(mode))
-                .await
-                .map_err(registry_error("set compatibility mode"))?;
-        }
-        let version = matching_version(client, &subject, schema_id, schema.definition()).await?;
+        let (schema_id, version) = register_definition(client, &subject, &schema, binding.compatibility).await?;
         return Ok(BoundSchema { subject, schema_id, version, schema, validate: binding.validate, input: binding.input });
     }
     let latest = registry.get_latest_schema(subject.clone()).await.map_err(registry_error("look up latest"))?;
@@ -330,6 +370,43 @@ async fn resolve_one(client: &DanubeClient, binding: &SchemaBinding, field: &str
         validate: binding.validate,
         input: binding.input,
     })
+}
+
+/// Registers a compiled definition under `subject` (setting its compatibility mode first
+/// when the subject exists, right after its first version otherwise) and returns the
+/// subject's id and the version holding the definition.
+async fn register_definition(
+    client: &DanubeClient,
+    subject: &str,
+    schema: &Schema,
+    compatibility: Option<CompatibilityMode>,
+) -> Result<(u64, u32), SchemaSetupError> {
+    let registry = client.schema();
+    let registry_error = |action: &'static str| {
+        move |source: DanubeError| SchemaSetupError::Registry { action, subject: subject.to_string(), source }
+    };
+    let existing = registry.get_latest_schema(subject.to_string()).await.ok();
+    if let (Some(mode), Some(_)) = (compatibility, &existing) {
+        registry
+            .set_compatibility_mode(subject.to_string(), client_mode(mode))
+            .await
+            .map_err(registry_error("set compatibility mode"))?;
+    }
+    let schema_id = registry
+        .register_schema(subject.to_string())
+        .with_type(client_type(schema.kind()))
+        .with_schema_data(schema.definition().to_vec())
+        .execute()
+        .await
+        .map_err(registry_error("register"))?;
+    if let (Some(mode), None) = (compatibility, &existing) {
+        registry
+            .set_compatibility_mode(subject.to_string(), client_mode(mode))
+            .await
+            .map_err(registry_error("set compatibility mode"))?;
+    }
+    let version = matching_version(client, subject, schema_id, schema.definition()).await?;
+    Ok((schema_id, version))
 }
 
 /// The version of `subject` whose definition is `definition` (registering an existing
@@ -376,29 +453,61 @@ fn client_mode(mode: CompatibilityMode) -> danube_client::CompatibilityMode {
     }
 }
 
-/// Registry schemas by id and version, fetched once and cached (sink side).
+/// How long a "latest version" lookup is trusted before the registry is asked again.
+pub const LATEST_TTL: Duration = Duration::from_secs(30);
+
+/// Registry schemas by id and version (sink side). A schema at a given version never
+/// changes, so it is fetched once and kept; a lookup without a version ("latest") only
+/// remembers which version was the latest, for [`LATEST_TTL`], so a newly registered
+/// version is seen after that.
 pub struct SchemaCache {
     client: DanubeClient,
-    schemas: Mutex<HashMap<(u64, Option<u32>), Schema>>,
+    latest_ttl: Duration,
+    entries: Mutex<CacheEntries>,
+}
+
+#[derive(Default)]
+struct CacheEntries {
+    /// Compiled schemas by (id, version).
+    schemas: HashMap<(u64, u32), Schema>,
+    /// The latest version of an id and when the registry said so.
+    latest: HashMap<u64, (u32, Instant)>,
 }
 
 impl std::fmt::Debug for SchemaCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchemaCache").finish_non_exhaustive()
+        f.debug_struct("SchemaCache").field("latest_ttl", &self.latest_ttl).finish_non_exhaustive()
     }
 }
 
 impl SchemaCache {
-    /// An empty cache over `client`'s registry.
+    /// An empty cache over `client`'s registry; "latest" lookups are kept for [`LATEST_TTL`].
     pub fn new(client: DanubeClient) -> Self {
-        Self { client, schemas: Mutex::new(HashMap::new()) }
+        Self::with_latest_ttl(client, LATEST_TTL)
+    }
+
+    /// An empty cache whose "latest" lookups are kept for `ttl` (zero: always asked).
+    pub fn with_latest_ttl(client: DanubeClient, ttl: Duration) -> Self {
+        Self { client, latest_ttl: ttl, entries: Mutex::new(CacheEntries::default()) }
     }
 
     /// The schema of `schema_id` at `version` (latest when `None`), from the cache or the
     /// registry. A registry failure is retryable; a definition that does not compile is not.
     pub async fn get(&self, schema_id: u64, version: Option<u32>) -> Result<Schema, ConnectorError> {
-        if let Some(schema) = self.lock().get(&(schema_id, version)) {
-            return Ok(schema.clone());
+        let known = {
+            let entries = self.lock();
+            let version = match version {
+                Some(version) => Some(version),
+                None => entries
+                    .latest
+                    .get(&schema_id)
+                    .filter(|(_, at)| at.elapsed() < self.latest_ttl)
+                    .map(|(version, _)| *version),
+            };
+            version.and_then(|version| entries.schemas.get(&(schema_id, version)).cloned())
+        };
+        if let Some(schema) = known {
+            return Ok(schema);
         }
         let info = self
             .client
@@ -409,7 +518,11 @@ impl SchemaCache {
         let schema = Schema::from_registry(&info.schema_type, &info.schema_definition).map_err(|e| {
             ConnectorError::invalid(format!("schema {schema_id} version {} does not compile", info.version), e)
         })?;
-        self.lock().insert((schema_id, version), schema.clone());
+        let mut entries = self.lock();
+        if version.is_none() {
+            entries.latest.insert(schema_id, (info.version, Instant::now()));
+        }
+        entries.schemas.insert((schema_id, info.version), schema.clone());
         Ok(schema)
     }
 
@@ -425,8 +538,8 @@ impl SchemaCache {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, Option<u32>), Schema>> {
-        match self.schemas.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheEntries> {
+        match self.entries.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }

@@ -2,5 +2,6 @@
 
 mod common;
 mod sink;
+mod run_time_schema;
 mod schema;
 mod source;
