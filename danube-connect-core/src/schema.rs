@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use danube_client::errors::DanubeError;
 use danube_client::{DanubeClient, SchemaType};
-use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaError, SchemaKind};
+pub use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaError, SchemaKind};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 

@@ -1,5 +1,8 @@
 //! Row changes to Danube records: JSON payload, topic per table, primary-key routing key.
 
+use std::sync::Arc;
+
+use danube_connect_core::schema::BoundSchema;
 use danube_connect_core::SourceRecord;
 use serde_json::{Map, Value};
 
@@ -19,6 +22,8 @@ pub struct Table {
     /// Per column: the element type of an array type not known by OID (resolved from
     /// `pg_type.typelem`), so that e.g. enum arrays become JSON arrays.
     pub array_elements: Vec<Option<u32>>,
+    /// The registered schema the table's records are published with (`connector.schema`).
+    pub schema: Option<Arc<BoundSchema>>,
 }
 
 impl Table {
@@ -30,7 +35,7 @@ impl Table {
             key = relation.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
         }
         let array_elements = vec![None; relation.columns.len()];
-        Self { relation, key, topic, array_elements }
+        Self { relation, key, topic, array_elements, schema: None }
     }
 
     /// Column type OIDs that are neither a mapped scalar nor a known array type: candidates
@@ -176,6 +181,9 @@ impl Change<'_> {
             .with_attribute("seq", self.seq.to_string());
         if let Some(key) = key {
             record = record.with_key(key);
+        }
+        if let Some(schema) = &self.table.schema {
+            record = record.with_schema(schema.clone());
         }
         Ok(record)
     }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::schema::CompatibilityMode;
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,18 @@ pub enum SnapshotMode {
     Never,
     /// Read the tables once (when the slot is created) and stop; no streaming.
     InitialOnly,
+}
+
+/// Whether each table's records are published with a schema derived from its columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// Plain JSON records without a registry schema.
+    #[default]
+    None,
+    /// A JSON Schema of the change envelope per table, registered in the Danube schema
+    /// registry when the table is first seen (and again when its columns change).
+    JsonSchema,
 }
 
 /// `[connector]` settings.
@@ -88,6 +101,14 @@ pub struct PostgresCdcConfig {
     pub max_batch: usize,
     /// Decoded records buffered between the replication stream and Danube.
     pub buffer: usize,
+    /// Schema per table: `none` (default) or `json_schema` (derived from the table's columns,
+    /// registered, and every record validated against it and stamped with its version).
+    pub schema: SchemaMode,
+    /// Registry subject of a table's schema: a template with `{schema}` and `{table}`.
+    pub schema_subject: String,
+    /// Compatibility mode set on each subject before registering (`none`, `backward`,
+    /// `forward`, `full`); unset keeps the registry's (backward by default).
+    pub schema_compatibility: Option<CompatibilityMode>,
 }
 
 impl Default for PostgresCdcConfig {
@@ -115,6 +136,9 @@ impl Default for PostgresCdcConfig {
             slot_wait: Duration::from_secs(15),
             max_batch: 1000,
             buffer: 8192,
+            schema: SchemaMode::None,
+            schema_subject: "{schema}.{table}-value".into(),
+            schema_compatibility: None,
         }
     }
 }
@@ -181,6 +205,11 @@ impl PostgresCdcConfig {
         self.topic.replace("{schema}", schema).replace("{table}", table)
     }
 
+    /// The registry subject of a table's schema.
+    pub fn subject_for(&self, schema: &str, table: &str) -> String {
+        self.schema_subject.replace("{schema}", schema).replace("{table}", table)
+    }
+
     /// The configured tables as `(schema, table)`.
     pub fn table_list(&self) -> Vec<(String, String)> {
         self.tables
@@ -245,6 +274,9 @@ impl Validate for PostgresCdcConfig {
                 }
             }
         }
+        if self.schema != SchemaMode::None && self.subject_for("schema", "table").trim().is_empty() {
+            return Err(ConfigError::invalid("connector.schema_subject", "must not be empty (e.g. `{schema}.{table}-value`)"));
+        }
         if self.snapshot_chunk_size == 0 {
             return Err(ConfigError::invalid("connector.snapshot_chunk_size", "must be at least 1"));
         }
@@ -291,6 +323,10 @@ mod tests {
             (PostgresCdcConfig { topic: "no-namespace".into(), ..Default::default() }, "connector.topic"),
             (PostgresCdcConfig { max_batch: 0, ..Default::default() }, "connector.max_batch"),
             (PostgresCdcConfig { url: Some(Secret::new("not a url ::")), ..Default::default() }, "connector.url"),
+            (
+                PostgresCdcConfig { schema: SchemaMode::JsonSchema, schema_subject: " ".into(), ..Default::default() },
+                "connector.schema_subject",
+            ),
         ];
         for (config, field) in cases {
             let err = config.validate().expect_err("invalid");

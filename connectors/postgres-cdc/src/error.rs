@@ -39,6 +39,16 @@ pub enum CdcError {
     /// A record could not be serialized.
     #[error("serialize record")]
     Serialize(#[source] serde_json::Error),
+    /// A table's schema could not be registered (`connector.schema`): the registry is
+    /// unreachable (transient) or refused it, e.g. as incompatible (fatal).
+    #[error("schema of table {table}")]
+    Schema {
+        /// `schema.table`.
+        table: String,
+        /// The registry error.
+        #[source]
+        source: danube_connect_core::schema::SchemaSetupError,
+    },
 }
 
 impl CdcError {
@@ -47,6 +57,7 @@ impl CdcError {
         match self {
             Self::Query { source, .. } => source.is_closed() || source.as_db_error().is_none(),
             Self::Replication { source, .. } => source.is_transient(),
+            Self::Schema { source, .. } => source.is_transient(),
             _ => false,
         }
     }

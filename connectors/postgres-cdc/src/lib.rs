@@ -5,6 +5,7 @@
 //! - [`pgoutput`]: the protocol decoder;
 //! - [`value`]: PostgreSQL text values to JSON;
 //! - [`change`]: row changes to records;
+//! - [`schema`]: a JSON Schema per table, registered and attached to its records;
 //! - [`marks`]: which LSN may be confirmed given Danube's acks;
 //! - [`stream`]: the replication task (snapshot, stream, confirmed LSN);
 //! - [`tls`]: TLS for the query connection;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod marks;
 pub mod pgoutput;
+pub mod schema;
 pub mod setup;
 pub mod source;
 pub mod stream;

@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::config::PostgresCdcConfig;
 use crate::error::CdcError;
+use crate::schema::TableSchemas;
 use crate::setup;
 use crate::stream::{Item, Progress, Stream};
 
@@ -64,7 +65,7 @@ impl PostgresCdcSource {
 
 #[async_trait]
 impl SourceConnector for PostgresCdcSource {
-    async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
+    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
         let conn = self.config.connection().map_err(|e| ConnectorError::fatal("connector config", e))?;
         // Fail fast with a clear message on setup problems (wal_level, privileges, tables,
         // a slot held by another instance); an unreachable server is retried for a minute
@@ -86,7 +87,9 @@ impl SourceConnector for PostgresCdcSource {
         let (acked_tx, acked_rx) = watch::channel(0u64);
         self.acked = acked_tx;
         self.rx = Some(rx);
-        let stream = Stream::new(self.config.clone(), conn, tx, acked_rx, self.stop.clone(), self.progress.clone());
+        let schemas = TableSchemas::new(&self.config, ctx.publisher);
+        let stream = Stream::new(self.config.clone(), conn, tx, acked_rx, self.stop.clone(), self.progress.clone())
+            .with_schemas(schemas);
         self.task = Some(tokio::spawn(stream.run()));
         Ok(())
     }

@@ -25,6 +25,7 @@ use crate::config::{Connection, PostgresCdcConfig, SnapshotMode, TlsMode};
 use crate::error::{query, replication, CdcError};
 use crate::marks::Marks;
 use crate::pgoutput::{self, Column, Message, Relation, TupleValue};
+use crate::schema::TableSchemas;
 use crate::setup::{self, SnapshotState};
 
 /// What the task hands to `poll`.
@@ -67,6 +68,7 @@ pub(crate) struct Stream {
     tables: HashMap<u32, Table>,
     txn: Option<TxnInfo>,
     txn_seq: u64,
+    schemas: TableSchemas,
 }
 
 impl Stream {
@@ -91,7 +93,14 @@ impl Stream {
             tables: HashMap::new(),
             txn: None,
             txn_seq: 0,
+            schemas: TableSchemas::default(),
         }
+    }
+
+    /// Publishes each table's records with its registered schema (`connector.schema`).
+    pub(crate) fn with_schemas(mut self, schemas: TableSchemas) -> Self {
+        self.schemas = schemas;
+        self
     }
 
     /// Runs sessions until shutdown, reconnecting after transient failures.
@@ -325,6 +334,7 @@ impl Stream {
                 let topic = self.config.topic_for(&relation.namespace, &relation.name);
                 debug!(table = %format!("{}.{}", relation.namespace, relation.name), "relation");
                 let table = resolved_table(client, relation, &key, topic).await?;
+                let table = self.schemas.attach(table).await?;
                 self.tables.insert(table.relation.oid, table);
                 Vec::new()
             }
@@ -534,6 +544,7 @@ impl Stream {
             let relation =
                 Relation { oid, namespace: schema.clone(), name: name.clone(), replica_identity: b'd', columns };
             let table = resolved_table(client, relation, &key, self.config.topic_for(&schema, &name)).await?;
+            let table = self.schemas.attach(table).await?;
             client
                 .batch_execute(&format!(
                     "DECLARE danube_snapshot NO SCROLL CURSOR FOR SELECT {} FROM {}.{}",

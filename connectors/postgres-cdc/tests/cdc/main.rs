@@ -5,6 +5,7 @@ mod changes;
 mod common;
 mod decoder;
 mod lifecycle;
+mod schema;
 mod setup_errors;
 mod snapshot;
 mod tls;
