@@ -233,3 +233,42 @@ async fn a_refused_schema_change_stops_the_connector_without_advancing_the_slot_
     assert!(confirmed_at_stop <= commit, "the slot was at {confirmed_at_stop:x}, not past the refused commit {commit:x}");
     stop_cleanly(&mut process).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_registry_is_retried_and_the_change_arrives_with_its_new_version() {
+    let env = Env::start().await;
+    let topic = "/default/public.gauges";
+    env.pg.psql("CREATE TABLE gauges (id int PRIMARY KEY, v int)").unwrap();
+    let mut process = env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "never"), ("POSTGRES_CDC_SCHEMA", "json_schema")]).await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg.psql("INSERT INTO gauges VALUES (1, 1)").unwrap();
+    assert_eq!(wait_payloads(&env, topic, 1, Duration::from_secs(30)).await.len(), 1, "{}", process.log());
+
+    // Registry (and broker) down while the table changes: the new version cannot be registered.
+    env.broker.stop().await;
+    env.pg.psql("ALTER TABLE gauges ADD COLUMN unit text").unwrap();
+    env.pg.psql("INSERT INTO gauges VALUES (2, 2, 'kPa')").unwrap();
+    let started = std::time::Instant::now();
+    while !process.log().contains("schema of table public.gauges") {
+        assert!(started.elapsed() < Duration::from_secs(30), "no registration attempt seen: {}", process.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(process.try_wait().is_none(), "an unreachable registry is not fatal: {}", process.log());
+    env.broker.restart().await.expect("broker back");
+
+    let started = std::time::Instant::now();
+    while !env.payloads(topic).iter().any(|p| p["after"]["id"] == 2) {
+        assert!(started.elapsed() < Duration::from_secs(60), "row 2 never arrived: {}", process.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = env.payloads(topic);
+    let stored = env.broker.messages(topic);
+    let two = got.iter().position(|p| p["after"]["id"] == 2).expect("row 2");
+    assert_eq!(got[two]["after"], json!({"id": 2, "v": 2, "unit": "kPa"}));
+    assert_eq!(stored[two].schema_version, Some(2), "published with the version registered after the outage");
+    assert!(
+        got.iter().zip(&stored).all(|(p, m)| p["after"]["id"] == 2 || m.schema_version == Some(1)),
+        "row 1 (and any re-sent copy) stays version 1"
+    );
+    stop_cleanly(&mut process).await;
+}
