@@ -11,8 +11,9 @@
 //!   producers reference the subject version, so each message carries `schema_id` /
 //!   `schema_version`.
 //! - **Sinks**: a record carrying `schema_id` is decoded with the registry's schema (fetched
-//!   once per id and version, then cached) into [`SinkRecord::value`](crate::SinkRecord::value)
-//!   before `process`; a record that does not decode follows the failure policy.
+//!   once per id and version, then cached; a lookup without a version is asked again after
+//!   [`LATEST_TTL`]) into [`SinkRecord::value`](crate::SinkRecord::value) before `process`; a
+//!   record that does not decode follows the failure policy.
 //!
 //! - **Run-time registration**: a source that learns its record shapes while running (a CDC
 //!   source reading table metadata) registers a definition with
