@@ -54,9 +54,14 @@ impl EmbeddedBroker {
         } else {
             addr
         };
-        let state = BrokerState::open(config, format!("http://{host}"))?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let state = BrokerState::open(config, format!("{scheme}://{host}"))?;
+        let server = ServerHandle::spawn(Arc::clone(&state), listener)?;
         state.start_dispatchers();
-        let server = ServerHandle::spawn(Arc::clone(&state), listener);
         tracing::info!(%addr, "danube-dev-broker started");
         Ok(EmbeddedBroker {
             inner: Arc::new(Inner {
@@ -72,7 +77,7 @@ impl EmbeddedBroker {
         Self::start(BrokerConfig::default()).await
     }
 
-    /// Service URL for clients, e.g. `http://127.0.0.1:6650`.
+    /// Service URL for clients, e.g. `http://127.0.0.1:6650` (`https://` with TLS).
     pub fn url(&self) -> String {
         self.inner.state.broker_url.clone()
     }
@@ -188,7 +193,10 @@ impl EmbeddedBroker {
         }
         let addr = self.inner.addr;
         let listener = bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
-        *server = Some(ServerHandle::spawn(Arc::clone(&self.inner.state), listener));
+        *server = Some(ServerHandle::spawn(
+            Arc::clone(&self.inner.state),
+            listener,
+        )?);
         tracing::info!(%addr, "danube-dev-broker restarted");
         Ok(())
     }

@@ -30,4 +30,10 @@ pub enum BrokerError {
         /// What was wrong.
         reason: String,
     },
+    /// The TLS certificate or key of the listener cannot be used.
+    #[error("TLS setup of the listener")]
+    Tls {
+        /// Why tonic refused the certificate or key.
+        source: tonic::transport::Error,
+    },
 }

@@ -2,8 +2,10 @@
 //!
 //! An in-process, Danube-compatible **development** broker for tests,
 //! examples and local trials. It is **not** a replacement for Danube: one
-//! process, no cluster, no authentication or TLS, no retention, no admin API,
-//! and persistence (when enabled) is a pair of append-only files.
+//! process, no cluster, no retention, no admin API, and persistence (when
+//! enabled) is a pair of append-only files. TLS, mutual TLS and a bearer
+//! token are optional ([`BrokerConfig::tls`], [`BrokerConfig::auth_token`]);
+//! by default it is plaintext without authentication.
 //!
 //! It serves the Danube wire protocol (`danube-core` 0.16) so that the real
 //! `danube-client` 0.16 talks to it unchanged:
@@ -43,8 +45,18 @@
 //!   routing key to the same consumer, key filters are `*`/`?` globs).
 //! - Health checks answer `OK` for known producer/consumer ids and `CLOSE`
 //!   otherwise.
+//! - With [`TlsConfig`] the listener serves TLS and [`EmbeddedBroker::url`] is
+//!   `https://`; with a client CA, a client without a certificate signed by it
+//!   fails the handshake (mutual TLS).
+//! - With an [`AuthToken`], every call must carry `authorization: Bearer
+//!   <token>` (what `danube-client` 0.16 sends for `with_token` and
+//!   `with_token_supplier`); a call without it, with another token or another
+//!   scheme is refused with `Unauthenticated`.
 //!
 //! ## Deviations and simplifications
+//! - The bearer token is compared with one configured string; the real broker
+//!   verifies a JWT (signature, expiry) and maps it to a principal. A JWT is
+//!   accepted here when it equals the configured token, whatever its claims.
 //! - Payloads above `max_message_size` (10 MB) are refused with
 //!   `InvalidArgument` (not retried by the client); the real broker's exact
 //!   code is not documented.
@@ -75,6 +87,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod broker;
 mod config;
 mod error;
@@ -89,6 +102,8 @@ mod subscription;
 mod topic;
 
 pub use broker::EmbeddedBroker;
-pub use config::{BrokerConfig, PoisonPolicy, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNACKED};
+pub use config::{
+    AuthToken, BrokerConfig, PoisonPolicy, TlsConfig, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNACKED,
+};
 pub use error::BrokerError;
 pub use message::StoredMessage;

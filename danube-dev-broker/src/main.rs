@@ -1,14 +1,14 @@
 //! `danube-dev-broker`: run the development broker as a process.
 
 use clap::Parser;
-use danube_dev_broker::{BrokerConfig, EmbeddedBroker, DEFAULT_MAX_UNACKED};
+use danube_dev_broker::{AuthToken, BrokerConfig, EmbeddedBroker, TlsConfig, DEFAULT_MAX_UNACKED};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
 /// A single-process, Danube-compatible DEVELOPMENT broker for tests, examples
 /// and local trials. It is NOT a replacement for Danube: no cluster, no
-/// authentication or TLS, no retention, no admin API.
+/// retention, no admin API; TLS and a single bearer token are optional.
 #[derive(Debug, Parser)]
 #[command(name = "danube-dev-broker", version, about, long_about)]
 struct Args {
@@ -26,6 +26,39 @@ struct Args {
     /// Maximum unacknowledged messages per subscription (reliable topics).
     #[arg(long, default_value_t = DEFAULT_MAX_UNACKED)]
     max_unacked: usize,
+    /// Server certificate chain (PEM): serve TLS (`https://`). Needs `--tls-key`.
+    #[arg(long, env = "DANUBE_DEV_BROKER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM). Needs `--tls-cert`.
+    #[arg(long, env = "DANUBE_DEV_BROKER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: mutual TLS. Needs `--tls-cert`.
+    #[arg(long, env = "DANUBE_DEV_BROKER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Accept only calls carrying `authorization: Bearer <TOKEN>`.
+    #[arg(long, env = "DANUBE_DEV_BROKER_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+}
+
+/// Reads a PEM file named by a command-line option.
+fn read_pem(option: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{option} {}: {e}", path.display()))
+}
+
+/// The TLS settings from the command line (`None` without `--tls-cert`).
+fn tls_config(args: &Args) -> Result<Option<TlsConfig>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let client_ca_pem = match &args.tls_client_ca {
+        Some(ca) => Some(read_pem("--tls-client-ca", ca)?),
+        None => None,
+    };
+    Ok(Some(TlsConfig {
+        cert_pem: read_pem("--tls-cert", cert)?,
+        key_pem: read_pem("--tls-key", key)?,
+        client_ca_pem,
+    }))
 }
 
 async fn shutdown_signal() {
@@ -61,7 +94,16 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
+    let tls = match tls_config(&args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("danube-dev-broker: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let config = BrokerConfig {
+        tls,
+        auth_token: args.auth_token.map(AuthToken::new),
         listen: args.listen,
         data_dir: args.data_dir,
         max_unacked_messages: args.max_unacked.max(1),
@@ -70,7 +112,10 @@ async fn main() -> std::process::ExitCode {
     let broker = match EmbeddedBroker::start(config).await {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("danube-dev-broker: {e}");
+            eprintln!(
+                "danube-dev-broker: {}",
+                danube_connect_common::error_chain(&e)
+            );
             return std::process::ExitCode::FAILURE;
         }
     };

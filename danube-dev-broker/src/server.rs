@@ -4,7 +4,14 @@
 //! reads and writes once the server's kill token is cancelled. That makes
 //! `stop` close established HTTP/2 connections at once (clients see the
 //! connection drop) instead of waiting for long-lived streams to finish.
+//!
+//! With [`TlsConfig`](crate::TlsConfig) the listener speaks TLS (and verifies
+//! client certificates when a client CA is set); every call goes through
+//! [`AuthCheck`] (a no-op without a configured token).
 
+use crate::auth::AuthCheck;
+use crate::config::TlsConfig;
+use crate::error::BrokerError;
 use crate::service::consumer::ConsumerSvc;
 use crate::service::discovery::DiscoverySvc;
 use crate::service::health::HealthSvc;
@@ -29,8 +36,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::service::InterceptorLayer;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Headroom above the payload limit for the rest of a `StreamMessage`.
 const FRAME_OVERHEAD: usize = 1024 * 1024;
@@ -55,8 +63,12 @@ pub(crate) struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Serves all services on `listener` until stopped.
-    pub fn spawn(state: Arc<BrokerState>, listener: TcpListener) -> ServerHandle {
+    /// Serves all services on `listener` until stopped. Fails when the TLS
+    /// certificate or key cannot be used.
+    pub fn spawn(
+        state: Arc<BrokerState>,
+        listener: TcpListener,
+    ) -> Result<ServerHandle, BrokerError> {
         let kill = CancellationToken::new();
         let conn_kill = kill.clone();
         let incoming = TcpListenerStream::new(listener).map(move |res| {
@@ -68,7 +80,16 @@ impl ServerHandle {
             })
         });
         let limit = state.config.max_message_size + FRAME_OVERHEAD;
-        let router = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &state.config.tls {
+            builder = builder
+                .tls_config(server_tls(tls))
+                .map_err(|source| BrokerError::Tls { source })?;
+        }
+        let router = builder
+            .layer(InterceptorLayer::new(AuthCheck::new(
+                state.config.auth_token.clone(),
+            )))
             .add_service(
                 ProducerServiceServer::new(ProducerSvc {
                     state: Arc::clone(&state),
@@ -96,7 +117,7 @@ impl ServerHandle {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });
-        ServerHandle { kill, task }
+        Ok(ServerHandle { kill, task })
     }
 
     /// Stops accepting, kills open connections and waits for the server task.
@@ -115,6 +136,15 @@ impl ServerHandle {
     pub fn abort(&self) {
         self.kill.cancel();
         self.task.abort();
+    }
+}
+
+/// tonic's server TLS settings from the broker's.
+fn server_tls(tls: &TlsConfig) -> ServerTlsConfig {
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    match &tls.client_ca_pem {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
     }
 }
 
