@@ -2,13 +2,16 @@
 //!
 //! `DanubeClient::builder().build()` is lazy and a refused connection is not retried by the
 //! client, so the runtime retries the first connection itself until `danube.connect_timeout`.
+//! A broker that refuses the credentials (`Unauthenticated`, `PermissionDenied`: a wrong or
+//! expired token) ends the start at once, since retrying cannot help; when the deadline passes,
+//! the last connection error (e.g. a TLS certificate the CA does not sign) is returned.
 
 use std::time::{Duration, Instant};
 
 use danube_client::errors::DanubeError;
 use danube_client::DanubeClient;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::DanubeConfig;
 use crate::error::RuntimeError;
@@ -60,18 +63,44 @@ pub fn is_unreachable(error: &DanubeError) -> bool {
     }
 }
 
-/// One round trip to the broker: `true` if it answered (whatever it answered).
-pub async fn probe(client: &DanubeClient) -> bool {
+/// Whether an error is the broker refusing this client's credentials (retrying cannot help).
+pub fn is_refused_credentials(error: &DanubeError) -> bool {
+    matches!(
+        error,
+        DanubeError::FromStatus(status)
+            if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+    )
+}
+
+/// What one round trip to the broker showed.
+enum ProbeOutcome {
+    /// The broker answered (whatever it answered, except a credentials refusal).
+    Answered,
+    /// The broker refused the credentials.
+    Refused(DanubeError),
+    /// No answer: the error, or `None` when the probe timed out.
+    Unreachable(Option<DanubeError>),
+}
+
+async fn probe_once(client: &DanubeClient) -> ProbeOutcome {
     let call = client.resolve_topic_broker("/default/__connector_readiness_probe");
     match tokio::time::timeout(Duration::from_secs(3), call).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(error)) => !is_unreachable(&error),
-        Err(_) => false,
+        Ok(Ok(_)) => ProbeOutcome::Answered,
+        Ok(Err(error)) if is_refused_credentials(&error) => ProbeOutcome::Refused(error),
+        Ok(Err(error)) if is_unreachable(&error) => ProbeOutcome::Unreachable(Some(error)),
+        Ok(Err(_)) => ProbeOutcome::Answered,
+        Err(_) => ProbeOutcome::Unreachable(None),
     }
 }
 
+/// One round trip to the broker: `true` if it answered (whatever it answered).
+pub async fn probe(client: &DanubeClient) -> bool {
+    !matches!(probe_once(client).await, ProbeOutcome::Unreachable(_))
+}
+
 /// Waits until the broker answers, retrying with backoff until `config.connect_timeout`
-/// or cancellation.
+/// or cancellation. A refusal of the credentials fails at once; at the deadline the last
+/// connection error is returned (its chain names the cause, e.g. the TLS handshake).
 pub async fn wait_until_reachable(
     client: &DanubeClient,
     config: &DanubeConfig,
@@ -80,17 +109,28 @@ pub async fn wait_until_reachable(
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        if probe(client).await {
-            info!(url = %config.service_url, "connected to Danube");
-            return Ok(());
-        }
+        let last_error = match probe_once(client).await {
+            ProbeOutcome::Answered => {
+                info!(url = %config.service_url, "connected to Danube");
+                return Ok(());
+            }
+            ProbeOutcome::Refused(error) => {
+                error!(url = %config.service_url, error = %crate::error::error_chain(&error), "Danube broker refused the credentials (danube.token / danube.token_file)");
+                return Err(RuntimeError::Client(error));
+            }
+            ProbeOutcome::Unreachable(error) => error,
+        };
         if started.elapsed() >= config.connect_timeout {
-            return Err(RuntimeError::Client(DanubeError::Unrecoverable(format!(
-                "broker {} unreachable for {:?}",
-                config.service_url, config.connect_timeout
-            ))));
+            error!(url = %config.service_url, timeout = ?config.connect_timeout, "Danube broker unreachable until danube.connect_timeout");
+            return Err(RuntimeError::Client(last_error.unwrap_or_else(|| {
+                DanubeError::Unrecoverable(format!(
+                    "broker {} did not answer within {:?}",
+                    config.service_url, config.connect_timeout
+                ))
+            })));
         }
-        warn!(url = %config.service_url, retry_in = ?delay, "Danube broker unreachable, retrying");
+        let cause = last_error.as_ref().map(|e| crate::error::error_chain(e)).unwrap_or_else(|| "no answer".into());
+        warn!(url = %config.service_url, retry_in = ?delay, error = %cause, "Danube broker unreachable, retrying");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => {

@@ -5,3 +5,4 @@ mod sink;
 mod run_time_schema;
 mod schema;
 mod source;
+mod tls_auth;
