@@ -4,5 +4,6 @@ mod common;
 mod sink;
 mod run_time_schema;
 mod schema;
+mod shutdown;
 mod source;
 mod tls_auth;
