@@ -166,6 +166,12 @@ impl EmbeddedBroker {
         self.inner.state.fail_next_sends(n);
     }
 
+    /// Makes every later `CreateProducer` call wait `delay` before it is
+    /// answered (a slow broker); `Duration::ZERO` turns it off.
+    pub fn delay_producer_creation(&self, delay: Duration) {
+        self.inner.state.delay_producer_creation(delay);
+    }
+
     /// Ends every open `ReceiveMessages` stream; unacknowledged messages go
     /// back to their subscription. Clients re-open their streams.
     pub fn drop_streams(&self) {

@@ -149,6 +149,8 @@ pub(crate) struct BrokerState {
     next_stream: AtomicU64,
     helper_rr: AtomicUsize,
     fail_sends: AtomicUsize,
+    /// Test knob: how long `CreateProducer` waits before answering, in milliseconds.
+    producer_delay_ms: AtomicU64,
     persist: Option<Persist>,
     /// Cancelled when the broker is dropped: stops the dispatchers.
     pub shutdown: CancellationToken,
@@ -178,6 +180,7 @@ impl BrokerState {
             next_stream: AtomicU64::new(1),
             helper_rr: AtomicUsize::new(0),
             fail_sends: AtomicUsize::new(0),
+            producer_delay_ms: AtomicU64::new(0),
             persist,
             shutdown: CancellationToken::new(),
         });
@@ -396,6 +399,17 @@ impl BrokerState {
     /// Makes the next `n` sends fail with `Unavailable`.
     pub fn fail_next_sends(&self, n: usize) {
         self.fail_sends.store(n, Ordering::Release);
+    }
+
+    /// Test helper: makes every later `CreateProducer` wait `delay` before answering.
+    pub fn delay_producer_creation(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.producer_delay_ms.store(ms, Ordering::Release);
+    }
+
+    /// How long `CreateProducer` waits before answering (zero unless a test set it).
+    pub fn producer_creation_delay(&self) -> Duration {
+        Duration::from_millis(self.producer_delay_ms.load(Ordering::Acquire))
     }
 
     /// Test helper: appends a message (creating topic and namespace if needed).

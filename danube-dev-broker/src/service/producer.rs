@@ -18,6 +18,10 @@ impl ProducerService for ProducerSvc {
         &self,
         request: Request<ProducerRequest>,
     ) -> Result<Response<ProducerResponse>, Status> {
+        let delay = self.state.producer_creation_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let req = request.into_inner();
         let subject = req.schema_ref.as_ref().map(|s| s.subject.as_str());
         let producer_id = self
