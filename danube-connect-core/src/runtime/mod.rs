@@ -15,6 +15,7 @@ mod sink;
 mod source;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,28 +58,35 @@ impl RunReport {
 }
 
 /// Records the first fatal error and stops the whole runtime.
+///
+/// `has_failed` runs for every record in the sink lanes, so it reads an atomic flag set
+/// beside the stored error instead of taking the mutex.
 #[derive(Debug, Clone)]
 pub(crate) struct Stopper {
     token: CancellationToken,
+    failed: Arc<AtomicBool>,
     fatal: Arc<Mutex<Option<ConnectorError>>>,
 }
 
 impl Stopper {
+    fn new(token: CancellationToken) -> Self {
+        Self { token, failed: Arc::new(AtomicBool::new(false)), fatal: Arc::new(Mutex::new(None)) }
+    }
+
     pub(crate) fn fail(&self, error: ConnectorError) {
         error!(error = %error.chain(), "fatal connector error, stopping");
         if let Ok(mut slot) = self.fatal.lock() {
             slot.get_or_insert(error);
         }
+        // Set even when the mutex is poisoned: a failure is never lost.
+        self.failed.store(true, AtomicOrdering::Release);
         self.token.cancel();
     }
 
     /// Whether a fatal error was recorded: from then on nothing more is processed or
     /// acked (records left unacked are redelivered after a restart, in order).
     pub(crate) fn has_failed(&self) -> bool {
-        match self.fatal.lock() {
-            Ok(slot) => slot.is_some(),
-            Err(_) => true,
-        }
+        self.failed.load(AtomicOrdering::Acquire)
     }
 
     fn take(&self) -> Option<ConnectorError> {
@@ -138,7 +146,7 @@ impl Runtime {
         let bound_topics: Vec<String> = config.schemas.iter().map(|binding| binding.topic.clone()).collect();
         background.extend(prepare_topics(&publisher, bound_topics, &shutdown).await);
         let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(client.clone())));
-        let stopper = Stopper { token: shutdown.clone(), fatal: Arc::new(Mutex::new(None)) };
+        let stopper = Stopper::new(shutdown.clone());
         background.push(tokio::spawn(probe_broker(client.clone(), health.clone(), shutdown.clone())));
         Ok(Self {
             env: Env { config, client, publisher, metrics, health, shutdown, stopper, schema_cache },
@@ -323,5 +331,23 @@ async fn probe_broker(client: DanubeClient, health: Health, shutdown: Cancellati
             _ = shutdown.cancelled() => return,
         }
         health.set_broker_reachable(probe(&client).await);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopper_keeps_the_first_fatal_error_and_reports_failure_without_locking() {
+        let token = CancellationToken::new();
+        let stopper = Stopper::new(token.clone());
+        assert!(!stopper.has_failed());
+        stopper.fail(ConnectorError::fatal_msg("first"));
+        stopper.fail(ConnectorError::fatal_msg("second"));
+        assert!(stopper.clone().has_failed(), "clones share the flag");
+        assert!(token.is_cancelled());
+        let kept = stopper.take().map(|error| error.to_string());
+        assert_eq!(kept.as_deref(), Some("fatal: first"));
     }
 }

@@ -1,13 +1,11 @@
 //! Source side over real gRPC against the embedded broker: routing, key order, commits
 //! only after broker acks, retries, outages.
 
-
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{eventually, runtime_config, spawn_source, ScriptedSource};
+use crate::common::{eventually, runtime_config, spawn_source, CommitCheck, ScriptedSource};
 use danube_connect_core::{Runtime, SourceOffset, SourceRecord};
 use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
 use tokio_util::sync::CancellationToken;
@@ -230,7 +228,7 @@ struct SplitOffsetSource {
     first: Option<Vec<SourceRecord>>,
     second: Option<Vec<SourceRecord>>,
     gate: Arc<tokio::sync::Notify>,
-    check: Box<dyn Fn(&[SourceOffset]) + Send + Sync>,
+    check: CommitCheck,
     commits: Arc<std::sync::Mutex<Vec<SourceOffset>>>,
 }
 
@@ -363,7 +361,6 @@ async fn readiness_follows_a_push_source_health_over_time() {
         async move { http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
     };
     let wait_for = |want: u16| {
-        let status = status.clone();
         async move {
             let started = std::time::Instant::now();
             while started.elapsed() < Duration::from_secs(20) {
