@@ -274,16 +274,22 @@ impl Runtime {
     }
 }
 
-/// How long the start waits for one topic's producers before going on without them.
+/// How long the start waits for the producers of the schema-bound topics (prepared
+/// concurrently) before going on without the missing ones.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Creates the producers (and so the topics) of `topics` at start, so a sink subscribing
-/// before the first record still sees it. A topic that fails (a slow broker) does not stop
-/// the start: a background task retries it, and records to it create the producers anyway.
+/// Creates the producers (and so the topics) of `topics` at start, all topics at once, so a
+/// sink subscribing before the first record still sees it. A topic that fails (a slow broker)
+/// does not stop the start: a background task retries it, and records to it create the
+/// producers anyway. The start waits at most [`PREPARE_TIMEOUT`] in all.
 async fn prepare_topics(publisher: &Publisher, topics: Vec<String>, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+    let attempts = topics.into_iter().map(|topic| async move {
+        let outcome = tokio::time::timeout(PREPARE_TIMEOUT, publisher.prepare(&topic)).await;
+        (topic, outcome)
+    });
     let mut retries = Vec::new();
-    for topic in topics {
-        let error = match tokio::time::timeout(PREPARE_TIMEOUT, publisher.prepare(&topic)).await {
+    for (topic, outcome) in futures::future::join_all(attempts).await {
+        let error = match outcome {
             Ok(Ok(())) => {
                 debug!(%topic, "producers created at start");
                 continue;

@@ -437,3 +437,32 @@ async fn schema_bound_topics_and_prepared_topics_exist_before_their_first_record
     }
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_bound_topics_are_prepared_concurrently_at_start() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = schema_file(&dir, "o.json", ORDER_JSON_SCHEMA);
+    let topics: Vec<String> = (0..4).map(|i| format!("/default/concurrent-{i}")).collect();
+    let mut config = runtime_config("prepare-concurrent", &broker.url());
+    config.source.producers_per_topic = 1;
+    config.schemas = topics
+        .iter()
+        .enumerate()
+        .map(|(i, topic)| SchemaBinding::new(topic, format!("concurrent-{i}")).with_file(SchemaKind::JsonSchema, file.clone()))
+        .collect();
+    let delay = Duration::from_millis(1500);
+    broker.delay_producer_creation(delay);
+    let token = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
+    let took = started.elapsed();
+    assert!(took >= delay, "the start waited for the slow producer creation: {took:?}");
+    // One after another, the four topics would take 4 x 1.5 s = 6 s.
+    assert!(took < delay * 3, "the topics were prepared one after another: {took:?}");
+    broker.delay_producer_creation(Duration::ZERO);
+    for topic in &topics {
+        subscribe_raw(runtime.client(), topic, "check").await.expect("every bound topic exists after the start");
+    }
+    token.cancel();
+}
