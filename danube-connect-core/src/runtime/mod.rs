@@ -11,6 +11,7 @@
 //! ```
 
 pub mod dead_letter;
+mod push;
 mod sink;
 mod source;
 
@@ -55,6 +56,21 @@ impl RunReport {
             0
         }
     }
+}
+
+/// How often a source's `health_check` runs: between polls for polled sources, on its own
+/// timer for push sources.
+const SOURCE_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How the runtime drives a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceDrive {
+    /// Polled in a loop; acked offsets are committed in poll order and `health_check` runs
+    /// between polls (every 5 s), so `poll` must return about every second when idle.
+    Poll,
+    /// Never polled: the source publishes through `SourceContext::publisher` from its own
+    /// tasks; `health_check` runs every 5 s on its own timer, `shutdown` at shutdown.
+    Push,
 }
 
 /// Records the first fatal error and stops the whole runtime.
@@ -185,9 +201,15 @@ impl Runtime {
         self.env.shutdown.clone()
     }
 
-    /// Runs one source until shutdown, then drains.
+    /// Runs one source until shutdown, then drains. It is polled ([`SourceDrive::Poll`]).
     pub async fn run_source<S: SourceConnector>(self, source: S) -> Result<RunReport, RuntimeError> {
         self.run(vec![Box::new(source)], None).await
+    }
+
+    /// Runs one push source until shutdown, then drains: it is never polled and its
+    /// `health_check` runs on its own timer ([`SourceDrive::Push`]).
+    pub async fn run_push_source<S: SourceConnector>(self, source: S) -> Result<RunReport, RuntimeError> {
+        self.run_driven(vec![(SourceDrive::Push, Box::new(source))], None).await
     }
 
     /// Runs one sink over `sink.topics` until shutdown, then drains. An empty `sink.topics`
@@ -197,10 +219,20 @@ impl Runtime {
     }
 
     /// Runs any number of sources and at most one sink (e.g. a bridge in both directions).
-    /// With a sink, `sink.topics` must name at least one topic.
+    /// With a sink, `sink.topics` must name at least one topic. Every source is polled;
+    /// [`run_driven`](Self::run_driven) also takes push sources.
     pub async fn run(
         self,
         sources: Vec<Box<dyn SourceConnector>>,
+        sink: Option<Box<dyn SinkConnector>>,
+    ) -> Result<RunReport, RuntimeError> {
+        self.run_driven(sources.into_iter().map(|source| (SourceDrive::Poll, source)).collect(), sink).await
+    }
+
+    /// Like [`run`](Self::run), each source with the way it is driven.
+    pub async fn run_driven(
+        self,
+        sources: Vec<(SourceDrive, Box<dyn SourceConnector>)>,
         sink: Option<Box<dyn SinkConnector>>,
     ) -> Result<RunReport, RuntimeError> {
         let env = self.env.clone();
@@ -213,7 +245,7 @@ impl Runtime {
         }
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
 
-        for (index, mut source) in sources.into_iter().enumerate() {
+        for (index, (drive, mut source)) in sources.into_iter().enumerate() {
             let ctx = SourceContext {
                 name: env.config.name.clone(),
                 publisher: env.publisher.clone(),
@@ -222,7 +254,10 @@ impl Runtime {
                 health: env.health.clone(),
             };
             source.initialize(ctx).await?;
-            tasks.push(tokio::spawn(source::run_source_loop(env.clone(), index, source)));
+            tasks.push(match drive {
+                SourceDrive::Poll => tokio::spawn(source::run_source_loop(env.clone(), index, source)),
+                SourceDrive::Push => tokio::spawn(push::run_push_source(env.clone(), index, source)),
+            });
         }
 
         let mut sink_handle = None;

@@ -1,23 +1,20 @@
 //! The pull-source loop: poll, publish (pipelined), commit acked offsets in poll order.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::dead_letter::{dead_letter_record, Failure};
-use super::Env;
+use super::{Env, SOURCE_HEALTH_INTERVAL};
 use crate::config::FailurePolicy;
 use crate::connector::SourceConnector;
 use crate::error::{ConnectorError, PublishError};
 use crate::publisher::{wait_for_ack, PublishFailure};
 use crate::record::SourceOffset;
 use crate::retry::RetryPolicy;
-
-/// How often the source's `health_check` runs (between polls).
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A batch whose records are being published, or finished.
 enum InFlight {
@@ -97,7 +94,7 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
         }
         // Between polls, since `poll` holds the source mutably; push sources keep the
         // default `poll`, which returns every second, so their health is tracked too.
-        if last_health.is_none_or(|at| at.elapsed() >= HEALTH_INTERVAL) {
+        if last_health.is_none_or(|at| at.elapsed() >= SOURCE_HEALTH_INTERVAL) {
             let problem = source.health_check().await.err().map(|e| e.chain());
             env.health.set_component(&component, problem);
             last_health = Some(Instant::now());

@@ -380,3 +380,76 @@ async fn readiness_follows_a_push_source_health_over_time() {
     token.cancel();
     assert_eq!(run.await.expect("join").expect("run").exit_code(), 0);
 }
+
+/// A push source whose `poll` never returns; records whether it was polled and shut down.
+struct NeverPollingPushSource {
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    polled: Arc<std::sync::atomic::AtomicBool>,
+    shut_down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[danube_connect_core::async_trait]
+impl danube_connect_core::SourceConnector for NeverPollingPushSource {
+    async fn initialize(&mut self, _ctx: danube_connect_core::SourceContext) -> danube_connect_core::ConnectorResult<()> {
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> danube_connect_core::ConnectorResult<Vec<SourceRecord>> {
+        self.polled.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending().await
+    }
+
+    async fn shutdown(&mut self) -> danube_connect_core::ConnectorResult<()> {
+        self.shut_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn health_check(&self) -> danube_connect_core::ConnectorResult<()> {
+        if self.healthy.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(danube_connect_core::ConnectorError::retryable_msg("listener down"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_source_whose_poll_never_returns_is_health_checked_on_its_own_timer() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shut_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(runtime_config("push-timer", &broker.url()), token.clone()).await.expect("runtime");
+    let addr = runtime.ops_addr().expect("ops enabled");
+    let publisher = runtime.publisher();
+    let source =
+        NeverPollingPushSource { healthy: healthy.clone(), polled: polled.clone(), shut_down: shut_down.clone() };
+    let run = tokio::spawn(runtime.run_push_source(source));
+    let http = reqwest::Client::new();
+    let wait_for = |want: u16| {
+        let http = http.clone();
+        async move {
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                let status = http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16());
+                if status.ok() == Some(want) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(200).await, "ready while the source is healthy");
+    healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(wait_for(503).await, "not ready once the push source reports a problem");
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(wait_for(200).await, "ready again after it recovered");
+    publisher.publish(SourceRecord::new("/default/push-timer", "pushed")).await.expect("push sources publish");
+    assert_eq!(broker.messages("/default/push-timer").len(), 1);
+    token.cancel();
+    assert_eq!(run.await.expect("join").expect("run").exit_code(), 0);
+    assert!(!polled.load(std::sync::atomic::Ordering::SeqCst), "a push source is never polled");
+    assert!(shut_down.load(std::sync::atomic::Ordering::SeqCst), "its shutdown ran");
+}
