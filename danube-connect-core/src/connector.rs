@@ -8,7 +8,9 @@
 //! `initialize`, start their server, and call [`Publisher::publish`] per request; it
 //! returns after Danube acked the record, so they answer their client after the ack.
 //! They leave `poll` at its default, which returns no records every second, so the
-//! runtime keeps calling their `health_check` (every 5 s) for `/readyz`.
+//! runtime keeps calling their `health_check` (every 5 s) for `/readyz`. A push source
+//! can also be run with [`Runtime::run_push_source`](crate::Runtime::run_push_source):
+//! never polled, health-checked on its own timer.
 //!
 //! **Sinks** implement [`SinkConnector::process`] (or `process_batch`); the runtime acks
 //! each record to Danube only after it returned `Ok`.
@@ -65,7 +67,10 @@ pub trait SourceConnector: Send + Sync + 'static {
     /// readable from the outside system later (they were not committed there).
     /// Push sources keep the default, which waits a second and returns no records: the
     /// runtime calls [`health_check`](Self::health_check) between polls (every 5 s), so a
-    /// push source must not replace it with a poll that never returns.
+    /// source run in [`SourceDrive::Poll`](crate::runtime::SourceDrive::Poll) must not replace
+    /// it with a poll that never returns; a push source run with
+    /// [`Runtime::run_push_source`](crate::Runtime::run_push_source) is never polled and is
+    /// health-checked on its own timer.
     ///
     /// Several records may carry the same [`SourceOffset`] (all rows of one transaction),
     /// also across polls: a poll may end in the middle of an offset and the next one

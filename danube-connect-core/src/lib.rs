@@ -35,7 +35,7 @@ pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
 pub use error::{ConnectorError, ConnectorResult, PublishError, RuntimeError};
 pub use publisher::Publisher;
 pub use record::{SinkRecord, SourceOffset, SourceRecord};
-pub use runtime::{RunReport, Runtime};
+pub use runtime::{RunReport, Runtime, SourceDrive};
 pub use schema::SchemaBinding;
 
 /// Re-exported so connectors implement the traits without a direct dependency.
