@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{ConnectorConfig, LogConfig, LogFormat, Validate};
+use crate::config::{AsyncRuntimeConfig, ConnectorConfig, LogConfig, LogFormat, Validate};
 use crate::error::{error_chain, RuntimeError};
 use crate::runtime::{RunReport, Runtime};
 
@@ -81,6 +81,16 @@ pub fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
+/// Builds the process's multi-threaded tokio runtime with `runtime.worker_threads` workers
+/// (tokio's default when unset).
+pub fn build_tokio(config: &AsyncRuntimeConfig) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.worker_threads {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
 /// Parses arguments, loads and validates the config, starts the runtime and hands both to
 /// `run`. Exit codes: 0 clean, 1 bad config or startup failure, 2 fatal connector error,
 /// 3 shutdown deadline reached before the drain completed.
@@ -103,7 +113,7 @@ where
         return ExitCode::SUCCESS;
     }
     init_logging(&config.runtime.log);
-    let tokio = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let tokio = match build_tokio(&config.runtime.runtime) {
         Ok(tokio) => tokio,
         Err(e) => {
             eprintln!("{binary}: cannot start the async runtime: {e}");
@@ -136,4 +146,19 @@ where
     });
     tokio.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_gets_the_configured_worker_threads() {
+        for workers in [1, 3] {
+            let runtime = build_tokio(&AsyncRuntimeConfig { worker_threads: Some(workers) }).expect("runtime");
+            assert_eq!(runtime.metrics().num_workers(), workers);
+        }
+        let default = build_tokio(&AsyncRuntimeConfig::default()).expect("runtime");
+        assert!(default.metrics().num_workers() >= 1);
+    }
 }

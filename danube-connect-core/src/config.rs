@@ -503,6 +503,25 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// The async runtime (tokio) of the process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncRuntimeConfig {
+    /// Worker threads of the tokio runtime; default tokio's own (`TOKIO_WORKER_THREADS`,
+    /// else one per core). On a machine whose cores are shared with the broker or the
+    /// load, fewer workers mean fewer cross-thread wake-ups per record.
+    pub worker_threads: Option<usize>,
+}
+
+impl Validate for AsyncRuntimeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.worker_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
+            return Err(ConfigError::invalid("runtime.worker_threads", "must be 1 to 1024 (or unset for tokio's default)"));
+        }
+        Ok(())
+    }
+}
+
 /// The runtime's own configuration (everything but the connector's section).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -525,6 +544,8 @@ pub struct RuntimeConfig {
     pub log: LogConfig,
     /// Shutdown.
     pub shutdown: ShutdownConfig,
+    /// The async runtime (worker threads).
+    pub runtime: AsyncRuntimeConfig,
     /// Topics bound to schema-registry subjects (`[[schemas]]`).
     pub schemas: Vec<crate::schema::SchemaBinding>,
 }
@@ -541,6 +562,7 @@ impl Default for RuntimeConfig {
             ops: OpsConfig::default(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
+            runtime: AsyncRuntimeConfig::default(),
             schemas: Vec::new(),
         }
     }
@@ -567,6 +589,7 @@ impl Validate for RuntimeConfig {
         self.retry.validate()?;
         self.source.validate()?;
         self.sink.validate()?;
+        self.runtime.validate()?;
         self.schemas.validate()?;
         if let Some(topic) = &self.failure.dead_letter_topic {
             validate_topic("failure.dead_letter_topic", topic)?;
@@ -618,8 +641,10 @@ fn parse_error(error: figment::Error, section: Option<&str>) -> ConfigError {
 }
 
 /// Top-level keys a configuration may have.
-const TOP_LEVEL_KEYS: &[&str] =
-    &["name", "danube", "retry", "failure", "source", "sink", "ops", "log", "shutdown", "schemas", "connector", "config_file"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "name", "danube", "retry", "failure", "source", "sink", "ops", "log", "shutdown", "runtime", "schemas", "connector",
+    "config_file",
+];
 
 /// A whole connector configuration: runtime sections plus the connector's `[connector]` section.
 #[derive(Debug, Clone, Serialize)]
@@ -667,7 +692,7 @@ where
         if let Some(unknown) = keys.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
             return Err(ConfigError::invalid(
                 unknown.clone(),
-                format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..11].join(", ")),
+                format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..12].join(", ")),
             ));
         }
         let runtime: RuntimeConfig = figment.extract().map_err(|e| parse_error(e, None))?;
@@ -807,6 +832,17 @@ mod tests {
         let extra = Figment::new().merge(Serialized::default("retyr.max_attempts", 3));
         let err = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect_err("typo");
         assert!(err.to_string().contains("retyr"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_outside_its_range_names_the_field() {
+        let extra = Figment::new().merge(Serialized::default("runtime.worker_threads", 0));
+        let err = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect_err("zero workers");
+        assert!(err.to_string().contains("runtime.worker_threads"), "{err}");
+        let extra = Figment::new().merge(Serialized::default("runtime.worker_threads", 2));
+        let cfg = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect("two workers");
+        assert_eq!(cfg.runtime.runtime.worker_threads, Some(2));
+        assert_eq!(ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", Figment::new()).expect("default").runtime.runtime.worker_threads, None);
     }
 
     #[test]

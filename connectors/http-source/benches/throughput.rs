@@ -1,15 +1,24 @@
 //! Throughput of the HTTP source in durable mode, beside two baselines measured in the
 //! same run on the same machine:
 //!
-//! 1. raw publish rate through `danube-client` with the same producer count to the same
-//!    embedded broker (the ceiling the connector can reach);
+//! 1. raw publish rate through `danube-client` with the same producer count and the same
+//!    attributes to the same embedded broker (the ceiling the connector can reach), on a
+//!    client runtime with tokio's default worker count and on one with
+//!    `BENCH_GATEWAY_WORKERS` workers; the better of the two is the baseline;
 //! 2. a bare axum handler answering 200 without publishing (the HTTP limit).
 //!
-//! Load comes from `wrk` (loopback). Prints requests/s, p50/p99, the ratio to the raw
-//! publish rate (target ≥ 80%) and the connector's RSS idle and under load.
+//! Two gateway processes run side by side: one with the runtime's default worker threads,
+//! one with `CONNECTOR_RUNTIME__WORKER_THREADS` = `BENCH_GATEWAY_WORKERS` (default 1).
+//! `BENCH_ROUNDS` rounds each run every raw and gateway phase back to back, so a change of
+//! machine load weighs on all of them; ratios are taken within a round, then medians.
+//!
+//! Load comes from `wrk` (loopback). Prints requests/s, p50/p99, the ratio to the baseline
+//! (target >= 80%), the CPU time per request of the gateway, the broker and wrk, and the
+//! gateway's RSS idle and under load; fails if a request answered 2xx is not in the topic.
 //!
 //! Run: `cargo bench -p danube-connector-http-source` (knobs: `BENCH_SECONDS`,
-//! `BENCH_CONNECTIONS`, `BENCH_PRODUCERS`).
+//! `BENCH_ROUNDS`, `BENCH_CONNECTIONS`, `BENCH_PRODUCERS`, `BENCH_GATEWAY_WORKERS`, and
+//! `BENCH_GATEWAY_BIN` to load another build of the gateway).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -93,6 +102,19 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds a process used so far: its own (user + system) and that of its reaped
+/// children (`/proc/{pid}/stat`, clock ticks of 10 ms).
+fn cpu_seconds(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect())
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0;
+    // After the command name: state is field 0, utime 11, stime 12, cutime 13, cstime 14.
+    (tick(11) + tick(12), tick(13) + tick(14))
+}
+
 /// The attributes the connector puts on each record of the benchmark, so both sides
 /// publish the same records.
 fn connector_like_attributes() -> HashMap<String, String> {
@@ -142,14 +164,38 @@ async fn raw_publish(url: &str, producers: u64, seconds: u64, attributes: bool) 
     (latencies.len() as f64 / elapsed, pick(0.50), pick(0.99))
 }
 
-/// [`raw_publish`] on its own multi-threaded runtime and thread.
-async fn raw_publish_apart(url: String, producers: u64, seconds: u64, attributes: bool) -> (f64, Duration, Duration) {
-    tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+/// [`raw_publish`] on its own multi-threaded runtime and thread (`workers` worker threads,
+/// tokio's default when `None`).
+async fn raw_publish_apart(
+    url: String,
+    producers: u64,
+    seconds: u64,
+    attributes: bool,
+    workers: Option<usize>,
+) -> Raw {
+    let (cpu_before, _) = cpu_seconds("self");
+    let (rate, p50, p99) = tokio::task::spawn_blocking(move || {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(workers) = workers {
+            builder.worker_threads(workers);
+        }
+        let runtime = builder.enable_all().build().expect("runtime");
         runtime.block_on(raw_publish(&url, producers, seconds, attributes))
     })
     .await
-    .expect("raw publish thread")
+    .expect("raw publish thread");
+    let (cpu_after, _) = cpu_seconds("self");
+    let cpu_us = 1e6 * (cpu_after - cpu_before) / (rate * seconds as f64).max(1.0);
+    Raw { rate, p50, p99, cpu_us }
+}
+
+/// A raw publish phase: rate, latencies and CPU per message of this process (the broker
+/// and the client together).
+struct Raw {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_us: f64,
 }
 
 /// A bare axum server answering 200 to every POST, on its own runtime thread.
@@ -166,31 +212,36 @@ fn bare_axum() -> u16 {
     port
 }
 
-fn main() {
-    let seconds = env_or("BENCH_SECONDS", 10);
-    let connections = env_or("BENCH_CONNECTIONS", 32);
-    let producers = env_or("BENCH_PRODUCERS", 4);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async move {
-        let broker = EmbeddedBroker::start_default().await.expect("broker");
+/// A gateway process in durable mode on its own topic, kept running across the rounds.
+struct Gateway {
+    connector: ConnectorProcess,
+    url: String,
+    topic: String,
+    idle_rss_kib: u64,
+    peak_rss_kib: Arc<std::sync::atomic::AtomicU64>,
+    sampling: Arc<AtomicBool>,
+}
 
-        // 1. Raw publish rate through danube-client, on a runtime of its own (as the
-        //    connector is a process of its own), so the clients do not share the broker's.
-        let (plain_rate, plain_p50, plain_p99) = raw_publish_apart(broker.url(), producers, seconds, false).await;
-        let (raw_rate, raw_p50, raw_p99) = raw_publish_apart(broker.url(), producers, seconds, true).await;
-
-        // 2. The connector in durable mode.
+impl Gateway {
+    /// Starts the gateway on `topic` with `workers` runtime worker threads (the runtime's
+    /// default when `None`) and waits until it answers.
+    async fn start(broker: &EmbeddedBroker, topic: &str, workers: Option<usize>, producers: u64) -> Self {
         let port = free_port();
         let mut env = HashMap::new();
         env.insert("DANUBE_SERVICE_URL".to_string(), broker.url());
         env.insert("CONNECTOR_NAME".to_string(), "http-bench".to_string());
         env.insert("CONNECTOR_SOURCE__PRODUCERS_PER_TOPIC".to_string(), producers.to_string());
         env.insert("CONNECTOR_LOG__LEVEL".to_string(), "warn".to_string());
+        if let Some(workers) = workers {
+            env.insert("CONNECTOR_RUNTIME__WORKER_THREADS".to_string(), workers.to_string());
+        }
         env.insert("HTTP_SOURCE_LISTEN".to_string(), format!("127.0.0.1:{port}"));
-        env.insert("HTTP_SOURCE_ENDPOINTS".to_string(), "[{path=\"/bench\", topic=\"/default/bench\"}]".to_string());
+        env.insert("HTTP_SOURCE_ENDPOINTS".to_string(), format!("[{{path=\"/bench\", topic=\"{topic}\"}}]"));
         env.insert("HTTP_SOURCE_MAX_CONCURRENT_REQUESTS".to_string(), "4096".to_string());
-        let binary = Path::new(env!("CARGO_BIN_EXE_danube-http-source"));
-        let mut connector = ConnectorProcess::spawn(binary, &env).expect("spawn connector");
+        let binary = std::env::var_os("BENCH_GATEWAY_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_danube-http-source").into());
+        let mut connector = ConnectorProcess::spawn(&binary, &env).expect("spawn connector");
         connector.wait_ready(Duration::from_secs(30)).await.expect("connector ready");
         let started = Instant::now();
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -199,48 +250,185 @@ fn main() {
         }
         let pid = connector.pid().expect("pid");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle_rss = rss_kib(pid);
+        let idle_rss_kib = rss_kib(pid);
+        let peak_rss_kib = Arc::new(std::sync::atomic::AtomicU64::new(idle_rss_kib));
         let sampling = Arc::new(AtomicBool::new(true));
-        let sampler = {
-            let sampling = sampling.clone();
+        {
+            let (peak, sampling) = (peak_rss_kib.clone(), sampling.clone());
             std::thread::spawn(move || {
-                let mut peak = 0;
                 while sampling.load(Ordering::Relaxed) {
-                    peak = peak.max(rss_kib(pid));
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                peak
-            })
-        };
-        let url = format!("http://127.0.0.1:{port}/bench");
-        let durable = tokio::task::spawn_blocking(move || wrk(&url, connections, seconds)).await.expect("wrk");
-        sampling.store(false, Ordering::Relaxed);
-        let load_rss = sampler.join().expect("sampler");
-        let stored = broker.messages("/default/bench").len();
-        let _ = connector.terminate(Duration::from_secs(20)).await;
+            });
+        }
+        Self {
+            connector,
+            url: format!("http://127.0.0.1:{port}/bench"),
+            topic: topic.to_string(),
+            idle_rss_kib,
+            peak_rss_kib,
+            sampling,
+        }
+    }
 
-        // 3. The HTTP limit: bare axum answering 200.
+    /// One wrk phase against the gateway, with the CPU time per request of the gateway, of
+    /// this process (the broker) and of wrk.
+    async fn load(&self, connections: u64, seconds: u64) -> (Load, Cpu) {
+        let url = self.url.clone();
+        let pid = self.connector.pid().expect("pid").to_string();
+        let (gateway_before, _) = cpu_seconds(&pid);
+        let (broker_before, wrk_before) = cpu_seconds("self");
+        let load = tokio::task::spawn_blocking(move || wrk(&url, connections, seconds)).await.expect("wrk");
+        let (gateway_after, _) = cpu_seconds(&pid);
+        let (broker_after, wrk_after) = cpu_seconds("self");
+        let per = |seconds: f64| 1e6 * seconds / (load.requests as f64).max(1.0);
+        let cpu = Cpu {
+            gateway_us: per(gateway_after - gateway_before),
+            broker_us: per(broker_after - broker_before),
+            wrk_us: per(wrk_after - wrk_before),
+        };
+        (load, cpu)
+    }
+
+    /// Stops the gateway (SIGTERM, drain) and returns the records its topic holds.
+    async fn stop(mut self, broker: &EmbeddedBroker) -> usize {
+        self.sampling.store(false, Ordering::Relaxed);
+        let _ = self.connector.terminate(Duration::from_secs(20)).await;
+        broker.message_count(&self.topic)
+    }
+}
+
+/// CPU time per request of each process in a durable phase, in microseconds.
+struct Cpu {
+    gateway_us: f64,
+    broker_us: f64,
+    wrk_us: f64,
+}
+
+/// What one round measured, all phases back to back.
+struct Round {
+    raw: Raw,
+    raw_fewer: Raw,
+    durable: (Load, Cpu),
+    durable_fewer: (Load, Cpu),
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn main() {
+    let seconds = env_or("BENCH_SECONDS", 6);
+    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
+    let connections = env_or("BENCH_CONNECTIONS", 32);
+    let producers = env_or("BENCH_PRODUCERS", 4);
+    let workers = env_or("BENCH_GATEWAY_WORKERS", 1) as usize;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        let broker = EmbeddedBroker::start_default().await.expect("broker");
+        let load_before = load_average();
+        let default = Gateway::start(&broker, "/default/bench", None, producers).await;
+        let fewer = Gateway::start(&broker, "/default/bench-workers", Some(workers), producers).await;
+
+        // Raw publish through danube-client runs on a runtime of its own (as the connector
+        // is a process of its own), so the clients do not share the broker's.
+        let plain = raw_publish_apart(broker.url(), producers, seconds, false, None).await;
+        // Rounds: each phase once per round, back to back, so a change of machine load
+        // between phases weighs on all of them; ratios are taken within a round.
+        let mut measured = Vec::new();
+        for _ in 0..rounds {
+            let raw = raw_publish_apart(broker.url(), producers, seconds, true, None).await;
+            let raw_fewer = raw_publish_apart(broker.url(), producers, seconds, true, Some(workers)).await;
+            let durable = default.load(connections, seconds).await;
+            let durable_fewer = fewer.load(connections, seconds).await;
+            measured.push(Round { raw, raw_fewer, durable, durable_fewer });
+        }
         let bare_port = bare_axum();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let bare_url = format!("http://127.0.0.1:{bare_port}/bench");
         let bare = tokio::task::spawn_blocking(move || wrk(&bare_url, connections, seconds)).await.expect("wrk");
+        let load_after = load_average();
 
-        println!("\nhttp-source throughput ({connections} wrk connections, {producers} producers, {seconds}s each, loopback, 2 cores shared by wrk, broker and connector)");
-        println!("{:<34} {:>12} {:>10} {:>10}", "", "req/s", "p50", "p99");
-        println!("{:<34} {:>12.0} {:>10} {:>10}", "raw publish, no attributes", plain_rate, format!("{:.2?}", plain_p50), format!("{:.2?}", plain_p99));
-        println!("{:<34} {:>12.0} {:>10} {:>10}", "raw publish, same attributes", raw_rate, format!("{:.2?}", raw_p50), format!("{:.2?}", raw_p99));
-        println!("{:<34} {:>12.0} {:>10} {:>10}", "http-source durable", durable.requests_per_sec, durable.p50, durable.p99);
-        println!("{:<34} {:>12.0} {:>10} {:>10}", "bare axum 200 (HTTP limit)", bare.requests_per_sec, bare.p50, bare.p99);
+        let gateways = [("default runtime", default), ("runtime with fewer workers", fewer)];
+        let mut summary = Vec::new();
+        for (what, gateway) in gateways {
+            let (idle, peak) = (gateway.idle_rss_kib, gateway.peak_rss_kib.load(Ordering::Relaxed));
+            let stored = gateway.stop(&broker).await;
+            summary.push((what, idle, peak, stored));
+        }
+
+        let one = if workers == 1 { "1 worker".to_string() } else { format!("{workers} workers") };
         println!(
-            "durable / raw publish (same records) = {:.0}% (target >= 80%); durable / raw publish without attributes = {:.0}%; durable / bare axum = {:.0}%",
-            100.0 * durable.requests_per_sec / raw_rate.max(1.0),
-            100.0 * durable.requests_per_sec / plain_rate.max(1.0),
-            100.0 * durable.requests_per_sec / bare.requests_per_sec.max(1.0)
+            "\nhttp-source throughput ({connections} wrk connections, {producers} producers, {rounds} rounds of {seconds}s phases, loopback; load average before {load_before}, after {load_after})"
+        );
+        println!("{:<6} {:<46} {:>9} {:>10} {:>10}", "round", "", "req/s", "p50", "p99");
+        let row = |round: &str, what: &str, rate: f64, p50: String, p99: String| {
+            println!("{round:<6} {what:<46} {rate:>9.0} {p50:>10} {p99:>10}");
+        };
+        row("-", "raw publish, no attributes", plain.rate, format!("{:.2?}", plain.p50), format!("{:.2?}", plain.p99));
+        let mut ratios = Vec::new();
+        let mut ratios_fewer = Vec::new();
+        for (i, r) in measured.iter().enumerate() {
+            let round = (i + 1).to_string();
+            let (durable, durable_cpu) = &r.durable;
+            let (fewer_load, fewer_cpu) = &r.durable_fewer;
+            row(&round, "raw publish, same attributes", r.raw.rate, format!("{:.2?}", r.raw.p50), format!("{:.2?}", r.raw.p99));
+            row(&round, &format!("raw publish, same attributes, client {one}"), r.raw_fewer.rate, format!("{:.2?}", r.raw_fewer.p50), format!("{:.2?}", r.raw_fewer.p99));
+            row(&round, "http-source durable, default runtime", durable.requests_per_sec, durable.p50.clone(), durable.p99.clone());
+            row(&round, &format!("http-source durable, runtime {one}"), fewer_load.requests_per_sec, fewer_load.p50.clone(), fewer_load.p99.clone());
+            let baseline = r.raw.rate.max(r.raw_fewer.rate).max(1.0);
+            ratios.push(durable.requests_per_sec / baseline);
+            ratios_fewer.push(fewer_load.requests_per_sec / baseline);
+            println!(
+                "{round:<6} baseline (better raw) {baseline:.0}: durable default {:.0}%, durable {one} {:.0}%",
+                100.0 * durable.requests_per_sec / baseline,
+                100.0 * fewer_load.requests_per_sec / baseline
+            );
+            println!(
+                "{round:<6} CPU µs per message: raw {:.0} / {:.0} (broker + client); durable default: gateway {:.0}, broker {:.0}, wrk {:.0}; durable {one}: gateway {:.0}, broker {:.0}, wrk {:.0}",
+                r.raw.cpu_us, r.raw_fewer.cpu_us,
+                durable_cpu.gateway_us, durable_cpu.broker_us, durable_cpu.wrk_us,
+                fewer_cpu.gateway_us, fewer_cpu.broker_us, fewer_cpu.wrk_us
+            );
+        }
+        row("-", "bare axum 200 (HTTP limit)", bare.requests_per_sec, bare.p50, bare.p99);
+        let medians = |f: fn(&Round) -> f64| median(measured.iter().map(f).collect());
+        println!(
+            "medians: raw {:.0}, raw client {one} {:.0}, durable default {:.0}, durable {one} {:.0} req/s; gateway CPU per request: default {:.0} µs, {one} {:.0} µs",
+            medians(|r| r.raw.rate),
+            medians(|r| r.raw_fewer.rate),
+            medians(|r| r.durable.0.requests_per_sec),
+            medians(|r| r.durable_fewer.0.requests_per_sec),
+            medians(|r| r.durable.1.gateway_us),
+            medians(|r| r.durable_fewer.1.gateway_us)
         );
         println!(
-            "durable: {} requests answered, {} non-2xx, {} records in the topic",
-            durable.requests, durable.errors, stored
+            "median ratio durable / baseline (target >= 80%): default runtime {:.0}%, runtime {one} {:.0}%",
+            100.0 * median(ratios),
+            100.0 * median(ratios_fewer)
         );
-        println!("connector RSS: idle {} MiB, under load (peak) {} MiB", idle_rss / 1024, load_rss / 1024);
+        for ((what, idle, peak, stored), answered) in summary.into_iter().zip([
+            measured.iter().map(|r| r.durable.0.requests.saturating_sub(r.durable.0.errors)).sum::<u64>(),
+            measured.iter().map(|r| r.durable_fewer.0.requests.saturating_sub(r.durable_fewer.0.errors)).sum::<u64>(),
+        ]) {
+            println!(
+                "gateway, {what}: {answered} requests answered 2xx, {stored} records in the topic; RSS idle {} MiB, peak under load {} MiB",
+                idle / 1024,
+                peak / 1024
+            );
+            assert!(stored as u64 >= answered, "{what}: {answered} requests answered 2xx but only {stored} records stored");
+        }
     });
 }
