@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use danube_connect_testkit::postgres::Postgres;
+use danube_connect_testkit::postgres::{Postgres, PostgresOptions};
 use danube_dev_broker::EmbeddedBroker;
 
 use crate::common::{startup_error, stop_cleanly, Env};
@@ -117,4 +117,28 @@ async fn verify_ca_accepts_the_given_ca_and_refuses_a_certificate_of_another_ca(
     assert!(log.contains("invalid peer certificate: UnknownIssuer"), "{log}");
     assert!(!log.contains("postgres not reachable yet"), "a refused certificate is not retried: {log}");
     assert!(started.elapsed() < Duration::from_secs(30), "refused without startup retries: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_accepts_a_certificate_that_does_not_name_the_host() {
+    // The certificate names neither 127.0.0.1 nor localhost.
+    let options = PostgresOptions { tls: true, tls_names: vec!["DNS:db.danube.invalid".into()], ..Default::default() };
+    let pg = Postgres::start_with_options(&options).expect("postgres with TLS");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let ca = env.pg.ca_cert().display().to_string();
+
+    // verify_full checks the name, and it does not match.
+    let by_name = format!("postgres://postgres@localhost:{}/postgres", env.pg.port());
+    let log = startup_error(
+        &env,
+        &[("POSTGRES_CDC_URL", &by_name), ("POSTGRES_CDC_TLS", "verify_full"), ("POSTGRES_CDC_TLS_CA", &ca)],
+    )
+    .await;
+    assert!(log.contains("certificate not valid for name \"localhost\""), "{log}");
+
+    // verify_ca checks the chain only: both connections are accepted.
+    let by_ip = format!("postgres://postgres@127.0.0.1:{}/postgres", env.pg.port());
+    let verify_ca = [("POSTGRES_CDC_URL", by_ip.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
+    streams_one_row_over_tls(&env, "mismatch", &verify_ca).await;
 }
