@@ -9,6 +9,9 @@
 //! let url = pg.url(); // postgres://postgres@127.0.0.1:{port}/postgres
 //! # Ok(()) }
 //! ```
+//!
+//! [`Postgres::start_with_options`] adds TLS with a chosen certificate name and a role that
+//! must authenticate with SCRAM-SHA-256 ([`PostgresOptions`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,6 +22,22 @@ use crate::{find_binary, HarnessError};
 
 const INSTALL: &str = "apt-get install -y postgresql";
 const BIN_DIRS: &[&str] = &["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/14/bin"];
+
+/// How a [`Postgres::start_with_options`] cluster differs from [`Postgres::start`]'s.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// Extra `postgresql.conf` settings, e.g. `("log_connections", "on")`.
+    pub settings: Vec<(String, String)>,
+    /// Accept TCP connections only over TLS (`hostssl`), with a server certificate signed by
+    /// a test CA ([`Postgres::ca_cert`]).
+    pub tls: bool,
+    /// The server certificate's `subjectAltName` entries (`DNS:name`, `IP:address`); empty
+    /// means `DNS:localhost` and `IP:127.0.0.1`.
+    pub tls_names: Vec<String>,
+    /// A role `(name, password)` with `LOGIN REPLICATION` that must authenticate with
+    /// `scram-sha-256` over TCP (queries and replication); `postgres` keeps `trust`.
+    pub scram_user: Option<(String, String)>,
+}
 
 /// A running private PostgreSQL cluster; stopped (`pg_ctl stop -m immediate`) when dropped.
 pub struct Postgres {
@@ -39,13 +58,14 @@ impl Postgres {
 
     /// Like [`Self::start`], with extra `-c name=value` server settings (e.g. `("wal_level", "replica")`).
     pub fn start_with(settings: &[(&str, &str)]) -> Result<Self, HarnessError> {
-        Self::start_inner(settings, false)
+        let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_with_options(&PostgresOptions { settings, ..Default::default() })
     }
 
     /// A cluster that accepts TCP connections only over TLS (`hostssl` in pg_hba.conf), with a
     /// server certificate for `127.0.0.1`/`localhost` signed by a test CA ([`Self::ca_cert`]).
     pub fn start_tls() -> Result<Self, HarnessError> {
-        Self::start_inner(&[], true)
+        Self::start_with_options(&PostgresOptions { tls: true, ..Default::default() })
     }
 
     /// The test CA certificate (PEM) of a [`Self::start_tls`] cluster.
@@ -53,7 +73,36 @@ impl Postgres {
         self.dir.path().join("ca.crt")
     }
 
-    fn start_inner(settings: &[(&str, &str)], tls: bool) -> Result<Self, HarnessError> {
+    /// A CA certificate (PEM) that did not sign the server certificate (made on each call),
+    /// for tests that must see a certificate refused.
+    pub fn foreign_ca(&self) -> Result<PathBuf, HarnessError> {
+        let dir = self.dir.path();
+        let path = |name: &str| dir.join(name).display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=danube-foreign-ca",
+            "-keyout",
+            &path("foreign-ca.key"),
+            "-out",
+            &path("foreign-ca.crt"),
+        ])?;
+        Ok(dir.join("foreign-ca.crt"))
+    }
+
+    /// The server log so far (connection and authentication lines with `log_connections = on`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Initialises and starts a cluster set up as `options` says (logical replication on).
+    pub fn start_with_options(options: &PostgresOptions) -> Result<Self, HarnessError> {
         let initdb = find_binary("initdb", BIN_DIRS, INSTALL)?;
         let bin = initdb.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = tempfile::tempdir().map_err(|source| HarnessError::Io { what: "postgres tempdir".into(), source })?;
@@ -93,12 +142,16 @@ impl Postgres {
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 64MB\nlog_min_messages = warning\n",
         );
         conf.push_str(&format!("port = {}\nunix_socket_directories = '{}'\n", pg.port, pg.socket_dir.display()));
-        for (name, value) in settings {
+        for (name, value) in &options.settings {
             conf.push_str(&format!("{name} = '{value}'\n"));
         }
-        if tls {
-            pg.make_certificates()?;
+        if options.tls {
+            pg.make_certificates(&options.tls_names)?;
             conf.push_str("ssl = on\n");
+        }
+        if let Some((user, _)) = &options.scram_user {
+            conf.push_str("password_encryption = 'scram-sha-256'\n");
+            pg.write_hba(&scram_hba(user, options.tls))?;
         }
         let auto = pg.data.join("postgresql.auto.conf");
         std::fs::write(&auto, conf)
@@ -107,6 +160,13 @@ impl Postgres {
             let _ = Command::new("chown").args(["postgres:postgres"]).arg(&auto).status();
         }
         pg.spawn()?;
+        if let Some((user, password)) = &options.scram_user {
+            pg.psql(&format!(
+                "CREATE ROLE {} LOGIN REPLICATION PASSWORD '{}'",
+                quote_ident(user),
+                password.replace('\'', "''")
+            ))?;
+        }
         Ok(pg)
     }
 
@@ -212,10 +272,11 @@ impl Postgres {
     }
 
     /// A CA, a server key and certificate in the data dir, and a TLS-only pg_hba.conf.
-    fn make_certificates(&self) -> Result<(), HarnessError> {
+    fn make_certificates(&self, names: &[String]) -> Result<(), HarnessError> {
         let dir = self.dir.path();
         let ext = dir.join("server.ext");
-        std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        let names = if names.is_empty() { "DNS:localhost,IP:127.0.0.1".to_string() } else { names.join(",") };
+        std::fs::write(&ext, format!("basicConstraints=CA:FALSE\nsubjectAltName={names}\n"))
             .map_err(|source| HarnessError::Io { what: "certificate extensions".into(), source })?;
         let path = |name: &str| dir.join(name).display().to_string();
         let data = |name: &str| self.data.join(name).display().to_string();
@@ -266,30 +327,30 @@ impl Postgres {
             ],
         ];
         for args in steps {
-            let out = Command::new("openssl").args(&args).stdin(Stdio::null()).output().map_err(|source| {
-                HarnessError::Io { what: "run openssl (apt-get install -y openssl)".into(), source }
-            })?;
-            if !out.status.success() {
-                return Err(HarnessError::NotReady {
-                    what: "openssl".into(),
-                    seconds: 0,
-                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
-                });
-            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            openssl(&args)?;
         }
-        let hba =
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n";
-        std::fs::write(self.data.join("pg_hba.conf"), hba)
-            .map_err(|source| HarnessError::Io { what: "pg_hba.conf".into(), source })?;
+        self.write_hba(
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+        )?;
         if self.as_postgres {
             let _ = Command::new("chown")
                 .arg("postgres:postgres")
                 .arg(self.data.join("server.key"))
                 .arg(self.data.join("server.crt"))
-                .arg(self.data.join("pg_hba.conf"))
                 .status();
         }
         let _ = Command::new("chmod").arg("600").arg(self.data.join("server.key")).status();
+        Ok(())
+    }
+
+    /// Replaces `pg_hba.conf` (read at server start).
+    fn write_hba(&self, hba: &str) -> Result<(), HarnessError> {
+        let path = self.data.join("pg_hba.conf");
+        std::fs::write(&path, hba).map_err(|source| HarnessError::Io { what: "pg_hba.conf".into(), source })?;
+        if self.as_postgres {
+            let _ = Command::new("chown").arg("postgres:postgres").arg(&path).status();
+        }
         Ok(())
     }
 
@@ -320,6 +381,41 @@ impl Drop for Postgres {
             let _ = self.run_tool("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "-t", "30", "stop"]);
         }
     }
+}
+
+/// `pg_hba.conf` where `user` must use SCRAM-SHA-256 over TCP (TLS-only with `tls`) and
+/// `postgres` (the harness's `psql`) keeps `trust`.
+fn scram_hba(user: &str, tls: bool) -> String {
+    let host = if tls { "hostssl" } else { "host" };
+    format!(
+        "local all all trust\n\
+         {host} all postgres 127.0.0.1/32 trust\n\
+         {host} replication postgres 127.0.0.1/32 trust\n\
+         {host} all {user} 127.0.0.1/32 scram-sha-256\n\
+         {host} replication {user} 127.0.0.1/32 scram-sha-256\n"
+    )
+}
+
+/// `"name"` with inner quotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs `openssl` with `args`, failing with its stderr.
+fn openssl(args: &[&str]) -> Result<(), HarnessError> {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| HarnessError::Io { what: "run openssl (apt-get install -y openssl)".into(), source })?;
+    if !out.status.success() {
+        return Err(HarnessError::NotReady {
+            what: "openssl".into(),
+            seconds: 0,
+            detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn running_as_root() -> bool {

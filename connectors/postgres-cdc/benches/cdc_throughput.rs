@@ -1,17 +1,28 @@
-//! Benchmark (not a test): rows/s from COMMIT to Danube ack for a bulk insert of N rows,
-//! beside `pg_recvlogical` streaming the same transaction raw (pgoutput, to /dev/null) in the
-//! same run, and beside raw `danube-client` publishing of N payloads of the same size (and
-//! attributes) with the same producer count to the same embedded broker, so the output shows
-//! which of the two bounds the connector hits; then snapshot rows/s and the connector's peak RSS.
+//! Benchmark (not a test): rows/s from COMMIT to Danube ack for a bulk insert of N rows, beside
+//! two baselines measured in the same run:
 //!
-//! `cargo bench -p danube-connector-postgres-cdc` (rows: `CDC_BENCH_ROWS`, default 50000;
-//! producers per topic: `CDC_BENCH_PRODUCERS`, default 16).
+//! - `pg_recvlogical` streaming the same transaction raw (pgoutput, to /dev/null);
+//! - raw `danube-client` publishing N copies of a connector payload (same size, attributes and
+//!   routing keys, each key on the producer the runtime's key hash picks) with 16, 64 and 256
+//!   producers, one send in flight each. It runs in a child process (this binary, re-executed),
+//!   like the connector, so both reach the broker the same way: over loopback TCP, into this
+//!   process's embedded broker (its own 2-thread runtime). One in-process run (client and broker
+//!   in this process, the earlier method) is printed for comparison.
+//!
+//! Then snapshot rows/s and the connector's peak RSS.
+//!
+//! `cargo bench -p danube-connector-postgres-cdc`. Settings: `CDC_BENCH_ROWS` (default 50000);
+//! `CDC_BENCH_PRODUCERS`, the connector's producers per topic, a comma list (default `16`),
+//! one connector run each; `CDC_BENCH_RAW_PRODUCERS` (default `16,64,256`);
+//! `CDC_BENCH_PERF=<file>` records `perf record -g` of the first connector run into `<file>`.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
@@ -19,29 +30,51 @@ use danube_dev_broker::EmbeddedBroker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 
-fn producers() -> usize {
-    std::env::var("CDC_BENCH_PRODUCERS").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
+/// Set in the child process that runs one raw publish: `url|topic|rows|producers`.
+const CHILD: &str = "CDC_BENCH_RAW_CHILD";
+/// The child's payload (base64) and attributes (JSON).
+const CHILD_PAYLOAD: &str = "CDC_BENCH_RAW_PAYLOAD";
+const CHILD_ATTRIBUTES: &str = "CDC_BENCH_RAW_ATTRIBUTES";
+
+fn list(var: &str, default: &str) -> Vec<usize> {
+    let text = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    let values: Vec<usize> = text.split(',').filter_map(|v| v.trim().parse().ok()).filter(|v| *v > 0).collect();
+    assert!(!values.is_empty(), "{var}={text}: expected a comma list of counts");
+    values
 }
 
-/// Raw publish: `rows` copies of `payload` (with `attributes`, routing keys spread like row
-/// keys) over `producers` producers, each sending one message at a time like the connector's
-/// lanes, reliable dispatch; seconds until the last is acked.
+/// The lane the core publisher picks for a routing key (`DefaultHasher` modulo the pool).
+fn lane_of(key: &str, lanes: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() as usize) % lanes
+}
+
+/// Raw publish of `rows` copies of `payload` with keys `1..=rows`, each key on the producer
+/// its hash picks (like the connector's lanes), one send in flight per producer, reliable
+/// dispatch; seconds from the first send until the last ack (producers are created before),
+/// and the CPU seconds this process used meanwhile.
 async fn raw_publish(
     url: String,
+    topic: String,
     rows: usize,
     producers: usize,
     payload: Vec<u8>,
     attributes: HashMap<String, String>,
-) -> f64 {
-    let lanes = reliable_producers(url, "/default/raw.bench", "bench-raw", producers).await.expect("raw producers");
+) -> (f64, f64) {
+    let lanes = reliable_producers(url, &topic, "bench-raw", producers).await.expect("raw producers");
+    let mut keys: Vec<Vec<String>> = vec![Vec::new(); producers];
+    for id in 1..=rows {
+        let key = id.to_string();
+        keys[lane_of(&key, producers)].push(key);
+    }
     let started = Instant::now();
+    let cpu = CpuUse::start(vec![std::process::id()]);
     let mut tasks = Vec::new();
-    for (i, producer) in lanes.into_iter().enumerate() {
+    for (producer, keys) in lanes.into_iter().zip(keys) {
         let (payload, attributes) = (payload.clone(), attributes.clone());
-        let count = rows / producers + usize::from(i < rows % producers);
         tasks.push(tokio::spawn(async move {
-            for n in 0..count {
-                let key = (n * producers + i).to_string();
+            for key in keys {
                 producer.send_with_key(payload.clone(), Some(attributes.clone()), &key).await.expect("send");
             }
         }));
@@ -49,15 +82,69 @@ async fn raw_publish(
     for task in tasks {
         task.await.expect("producer task");
     }
-    started.elapsed().as_secs_f64()
+    (started.elapsed().as_secs_f64(), cpu.stop()[0])
 }
 
-fn connector_env(pg: &Postgres, broker: &EmbeddedBroker, extra: &[(&str, &str)]) -> HashMap<String, String> {
+/// The child process: one raw publish, prints the seconds it took.
+fn raw_child(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [url, topic, rows, producers] = parts[..] else { panic!("{CHILD}={spec}: expected url|topic|rows|producers") };
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(std::env::var(CHILD_PAYLOAD).expect("payload"))
+        .expect("payload base64");
+    let attributes: HashMap<String, String> =
+        serde_json::from_str(&std::env::var(CHILD_ATTRIBUTES).expect("attributes")).expect("attributes JSON");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let (secs, cpu) = runtime.block_on(raw_publish(
+        url.to_string(),
+        topic.to_string(),
+        rows.parse().expect("rows"),
+        producers.parse().expect("producers"),
+        payload,
+        attributes,
+    ));
+    println!("{secs} {cpu}");
+}
+
+/// Runs [`raw_child`] in a new process of this binary; its seconds, its CPU seconds and the
+/// broker's (this process's) CPU seconds meanwhile.
+async fn raw_publish_process(
+    url: &str,
+    topic: &str,
+    rows: usize,
+    producers: usize,
+    payload: &[u8],
+    attributes: &HashMap<String, String>,
+) -> (f64, f64, f64) {
+    let exe = std::env::current_exe().expect("bench binary");
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .env(CHILD, format!("{url}|{topic}|{rows}|{producers}"))
+        .env(CHILD_PAYLOAD, base64::engine::general_purpose::STANDARD.encode(payload))
+        .env(CHILD_ATTRIBUTES, serde_json::to_string(attributes).expect("attributes"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let broker_cpu = CpuUse::start(vec![std::process::id()]);
+    let out = command.output().await.expect("raw publish process");
+    // Includes the child's producer creation: a slight over-count for the broker.
+    let broker_cpu = broker_cpu.stop()[0];
+    assert!(out.status.success(), "raw publish process failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let numbers: Vec<f64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let [secs, cpu] = numbers[..] else { panic!("raw publish process printed {text}") };
+    (secs, cpu, broker_cpu)
+}
+
+fn connector_env(
+    pg: &Postgres,
+    broker: &EmbeddedBroker,
+    producers: usize,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("DANUBE_SERVICE_URL", broker.url()),
         ("CONNECTOR_NAME", "bench".into()),
-        ("CONNECTOR_SOURCE__PRODUCERS_PER_TOPIC", producers().to_string()),
-        ("CONNECTOR_SOURCE__MAX_IN_FLIGHT", "8192".into()),
+        ("CONNECTOR_SOURCE__PRODUCERS_PER_TOPIC", producers.to_string()),
         ("CONNECTOR_LOG__LEVEL", "warn".into()),
         ("POSTGRES_CDC_URL", pg.url()),
         ("POSTGRES_CDC_PUBLICATION", "bench_pub".into()),
@@ -82,6 +169,37 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system, all threads) a process used so far (0 when it is gone).
+fn cpu_secs(pid: u32) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+        out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state is the 3rd field, utime and stime the 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / ticks
+}
+
+/// CPU seconds used by each of `pids` between two samples.
+struct CpuUse {
+    pids: Vec<u32>,
+    start: Vec<f64>,
+}
+
+impl CpuUse {
+    fn start(pids: Vec<u32>) -> Self {
+        let start = pids.iter().map(|p| cpu_secs(*p)).collect();
+        Self { pids, start }
+    }
+
+    fn stop(&self) -> Vec<f64> {
+        self.pids.iter().zip(&self.start).map(|(p, s)| cpu_secs(*p) - s).collect()
+    }
+}
+
 async fn wait_streaming(pg: &Postgres, slot: &str) {
     for _ in 0..600 {
         if pg.psql(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'")).unwrap_or_default()
@@ -94,9 +212,90 @@ async fn wait_streaming(pg: &Postgres, slot: &str) {
     panic!("slot {slot} not streaming");
 }
 
+/// One connector run.
+struct Streamed {
+    rate: f64,
+    secs: f64,
+    rss_kib: u64,
+    /// CPU seconds during the run: connector, broker (this process), walsender.
+    cpu: Vec<f64>,
+}
+
+/// Starts a connector with `producers` on a new slot, bulk-inserts `rows` rows starting at
+/// id `first`, and measures COMMIT until Danube holds every record. Returns the run and the
+/// WAL position after the insert.
+async fn stream_run(
+    pg: &Postgres,
+    broker: &EmbeddedBroker,
+    producers: usize,
+    rows: usize,
+    first: usize,
+    perf: Option<&str>,
+) -> (Streamed, String) {
+    let slot = format!("cdc_p{producers}_{first}");
+    let topic = format!("cdc{producers}x{first}");
+    let template = format!("/default/{topic}.{{table}}");
+    let env = connector_env(
+        pg,
+        broker,
+        producers,
+        &[("POSTGRES_CDC_SLOT", &slot), ("POSTGRES_CDC_SNAPSHOT", "never"), ("POSTGRES_CDC_TOPIC", &template)],
+    );
+    let mut process = ConnectorProcess::spawn(Path::new(BIN), &env).expect("spawn");
+    process.wait_ready(Duration::from_secs(60)).await.expect("ready");
+    wait_streaming(pg, &slot).await;
+    let mut recorder = perf.map(|file| {
+        let pid = process.pid().expect("connector pid").to_string();
+        Command::new("perf")
+            .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o", file, "-p", &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf record (apt-get install -y linux-perf)")
+    });
+    let walsender: u32 = pg
+        .psql(&format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+        .expect("walsender pid")
+        .parse()
+        .expect("walsender pid number");
+    let connector_pid = process.pid().expect("connector pid");
+    let cpu = CpuUse::start(vec![connector_pid, std::process::id(), walsender]);
+    pg.psql(&format!(
+        "INSERT INTO bench (id, name, v) SELECT g, 'name-' || g, g % 1000 FROM generate_series({first}, {}) g",
+        first + rows - 1
+    ))
+    .expect("bulk insert");
+    let committed = Instant::now();
+    let end = pg.psql("SELECT pg_current_wal_lsn()").expect("lsn");
+    let topic = format!("/default/{topic}.bench");
+    while broker.message_count(&topic) < rows && committed.elapsed() < Duration::from_secs(900) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = committed.elapsed().as_secs_f64();
+    let cpu = cpu.stop();
+    assert_eq!(broker.message_count(&topic), rows, "connector delivered every row: {}", process.log());
+    if let Some(mut recorder) = recorder.take() {
+        let _ = Command::new("kill").args(["-INT", &recorder.id().to_string()]).status();
+        let _ = recorder.wait();
+    }
+    let rss_kib = process.pid().map_or(0, peak_rss_kib);
+    let status = process.terminate(Duration::from_secs(60)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", process.log());
+    (Streamed { rate: rows as f64 / secs, secs, rss_kib, cpu }, end)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        // Runs on its own runtime, outside this one's worker threads.
+        tokio::task::spawn_blocking(move || raw_child(&spec)).await.expect("raw child");
+        return;
+    }
     let rows: usize = std::env::var("CDC_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let connector_producers = list("CDC_BENCH_PRODUCERS", "16");
+    let raw_producers = list("CDC_BENCH_RAW_PRODUCERS", "16,64,256");
+    let perf = std::env::var("CDC_BENCH_PERF").ok();
+    let started_at = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().expect("date");
     let pg = Postgres::start().expect("postgres");
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     pg.psql("CREATE TABLE bench (id bigint PRIMARY KEY, name text, v int, at timestamptz DEFAULT now()); CREATE PUBLICATION bench_pub FOR TABLE bench")
@@ -111,38 +310,21 @@ async fn main() {
         .expect("pg_recvlogical");
     assert!(created.success(), "create raw slot");
 
-    // Connector: streaming a bulk insert.
-    let env = connector_env(&pg, &broker, &[("POSTGRES_CDC_SLOT", "cdc_slot"), ("POSTGRES_CDC_SNAPSHOT", "never")]);
-    let mut process = ConnectorProcess::spawn(Path::new(BIN), &env).expect("spawn");
-    process.wait_ready(Duration::from_secs(60)).await.expect("ready");
-    wait_streaming(&pg, "cdc_slot").await;
-    pg.psql(&format!(
-        "INSERT INTO bench (id, name, v) SELECT g, 'name-' || g, g % 1000 FROM generate_series(1, {rows}) g"
-    ))
-    .expect("bulk insert");
-    let committed = Instant::now();
-    let got = broker.wait_for_messages("/default/public.bench", rows, Duration::from_secs(900)).await.len();
-    let connector_secs = committed.elapsed().as_secs_f64();
-    assert_eq!(got, rows, "connector delivered every row: {}", process.log());
-    let stream_rss = process.pid().map_or(0, peak_rss_kib);
-    let status = process.terminate(Duration::from_secs(60)).await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", process.log());
-    let sample = broker.messages("/default/public.bench").into_iter().nth(rows / 2).expect("a connector record");
-    let payload_len = sample.payload.len();
-
-    // Raw danube-client publish of the same payloads to the same broker, on its own runtime.
-    let url = broker.url();
+    // Connector runs, one per producer count, each on its own slot and rows.
+    let mut runs = Vec::new();
+    let mut first_end = None;
+    for (i, &producers) in connector_producers.iter().enumerate() {
+        let (run, end) =
+            stream_run(&pg, &broker, producers, rows, 1 + i * rows, if i == 0 { perf.as_deref() } else { None }).await;
+        first_end.get_or_insert(end);
+        runs.push((producers, run));
+    }
+    let topic = format!("/default/cdc{}x1.bench", connector_producers[0]);
+    let sample = broker.messages(&topic).into_iter().nth(rows / 2).expect("a connector record");
     let (payload, attributes) = (sample.payload.to_vec(), sample.attributes.clone());
-    let danube_secs = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        runtime.block_on(raw_publish(url, rows, producers(), payload, attributes))
-    })
-    .await
-    .expect("raw publish thread");
-    assert_eq!(broker.messages("/default/raw.bench").len(), rows, "raw publish stored every message");
 
-    // Baseline: pg_recvlogical reads the same transaction from its own pgoutput slot.
-    let end = pg.psql("SELECT pg_current_wal_lsn()").expect("lsn");
+    // Baseline: pg_recvlogical reads the first run's transaction from its own pgoutput slot.
+    let end = first_end.expect("a connector run");
     let started = Instant::now();
     let raw = Command::new(&recvlogical)
         .args(base)
@@ -161,13 +343,40 @@ async fn main() {
         ])
         .status()
         .expect("pg_recvlogical");
-    let raw_secs = started.elapsed().as_secs_f64();
+    let recvlogical_rate = rows as f64 / started.elapsed().as_secs_f64();
     assert!(raw.success(), "pg_recvlogical");
 
-    // Snapshot: a fresh slot reads the table.
+    // Baseline: raw danube-client, in a separate process like the connector.
+    let url = broker.url();
+    let mut raw_rates = HashMap::new();
+    let mut raw_cpu = HashMap::new();
+    for &producers in &raw_producers {
+        let topic = format!("/default/raw{producers}.bench");
+        let (secs, cpu, broker_cpu) = raw_publish_process(&url, &topic, rows, producers, &payload, &attributes).await;
+        assert_eq!(broker.message_count(&topic), rows, "raw publish stored every message");
+        raw_rates.insert(producers, rows as f64 / secs);
+        raw_cpu.insert(producers, (cpu, broker_cpu));
+    }
+    // The earlier method: the client in this process, beside the broker.
+    let in_process_producers = connector_producers[0];
+    let in_process = {
+        let (url, payload, attributes) = (url.clone(), payload.clone(), attributes.clone());
+        let topic = format!("/default/rawlocal{in_process_producers}.bench");
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            runtime.block_on(raw_publish(url, topic, rows, in_process_producers, payload, attributes)).0
+        })
+        .await
+        .expect("in-process raw publish")
+    };
+    let in_process_rate = rows as f64 / in_process;
+
+    // Snapshot: a fresh slot reads the table (every run's rows).
+    let total = rows * connector_producers.len();
     let env = connector_env(
         &pg,
         &broker,
+        connector_producers[0],
         &[
             ("POSTGRES_CDC_SLOT", "snap_slot"),
             ("POSTGRES_CDC_SNAPSHOT", "initial_only"),
@@ -177,21 +386,53 @@ async fn main() {
     let started = Instant::now();
     let mut process = ConnectorProcess::spawn(Path::new(BIN), &env).expect("spawn");
     process.wait_ready(Duration::from_secs(60)).await.expect("ready");
-    let got = broker.wait_for_messages("/default/snap.bench", rows, Duration::from_secs(900)).await.len();
+    while broker.message_count("/default/snap.bench") < total && started.elapsed() < Duration::from_secs(900) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let snapshot_secs = started.elapsed().as_secs_f64();
-    assert_eq!(got, rows, "snapshot delivered every row: {}", process.log());
+    assert_eq!(broker.message_count("/default/snap.bench"), total, "snapshot delivered every row: {}", process.log());
     let snapshot_rss = process.pid().map_or(0, peak_rss_kib);
     let _ = process.terminate(Duration::from_secs(60)).await;
 
-    let connector_rate = rows as f64 / connector_secs;
-    let raw_rate = rows as f64 / raw_secs;
-    let danube_rate = rows as f64 / danube_secs;
-    println!("rows: {rows}, payload {payload_len} bytes, producers per topic: {}", producers());
-    println!("connector (commit -> Danube ack): {connector_rate:.0} rows/s ({connector_secs:.2}s)");
-    println!("pg_recvlogical raw to /dev/null:  {raw_rate:.0} rows/s ({raw_secs:.2}s)");
-    println!("danube-client raw publish:        {danube_rate:.0} msgs/s ({danube_secs:.2}s)");
-    println!("ratio connector/pg_recvlogical: {:.3}", connector_rate / raw_rate);
-    println!("ratio connector/raw-danube:     {:.3}", connector_rate / danube_rate);
-    println!("snapshot: {:.0} rows/s ({snapshot_secs:.2}s, including startup)", rows as f64 / snapshot_secs);
-    println!("connector peak RSS: streaming {} MiB, snapshot {} MiB", stream_rss / 1024, snapshot_rss / 1024);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("run at {} (load average {})", String::from_utf8_lossy(&started_at.stdout).trim(), load.trim());
+    println!("rows: {rows}, payload {} bytes", payload.len());
+    println!("pg_recvlogical raw to /dev/null:                 {recvlogical_rate:>8.0} rows/s");
+    let per_k = |cpu: f64| cpu * 1000.0 / rows as f64 * 1000.0;
+    for &producers in &raw_producers {
+        let rate = raw_rates[&producers];
+        let (cpu, broker_cpu) = raw_cpu[&producers];
+        println!(
+            "raw danube-client, separate process, {producers:>3} producers: {rate:>8.0} msgs/s  {:.3}x pg_recvlogical  \
+             CPU ms per 1000: client {:.0}, broker {:.0}",
+            rate / recvlogical_rate,
+            per_k(cpu),
+            per_k(broker_cpu)
+        );
+    }
+    println!(
+        "raw danube-client, in the broker's process, {in_process_producers} producers: {in_process_rate:.0} msgs/s  {:.3}x pg_recvlogical",
+        in_process_rate / recvlogical_rate
+    );
+    for (producers, run) in &runs {
+        let raw = raw_rates
+            .get(producers)
+            .map_or(String::new(), |r| format!("  {:.3}x raw client ({producers} producers)", run.rate / r));
+        println!(
+            "connector, {producers:>3} producers, COMMIT -> ack: {:>8.0} rows/s ({:.2}s)  {:.3}x pg_recvlogical{raw}  \
+             CPU ms per 1000: connector {:.0}, broker {:.0}, walsender {:.0}  peak RSS {} MiB",
+            run.rate,
+            run.secs,
+            run.rate / recvlogical_rate,
+            per_k(run.cpu[0]),
+            per_k(run.cpu[1]),
+            per_k(run.cpu[2]),
+            run.rss_kib / 1024
+        );
+    }
+    println!(
+        "snapshot of {total} rows: {:.0} rows/s ({snapshot_secs:.2}s, including startup), peak RSS {} MiB",
+        total as f64 / snapshot_secs,
+        snapshot_rss / 1024
+    );
 }

@@ -1,14 +1,22 @@
 //! Row changes to Danube records: JSON payload, topic per table, primary-key routing key.
+//!
+//! The payload is written straight into its buffer (no intermediate JSON tree): per table the
+//! escaped column names and the `schema`/`table` fields are prepared once, per transaction the
+//! commit LSN and time are formatted once.
+
+use std::collections::HashMap;
 
 use std::sync::Arc;
 
 use danube_connect_core::schema::BoundSchema;
 use danube_connect_core::SourceRecord;
-use serde_json::{Map, Value};
 
 use crate::error::CdcError;
 use crate::pgoutput::{Relation, Tuple, TupleValue};
-use crate::value::to_json;
+use crate::value::{push_json_str, write_json};
+
+/// Attributes per record (`content-type`, `table`, `op`, `lsn`, `commit_lsn`, `seq`).
+const ATTRIBUTES: usize = 6;
 
 /// A relation with the primary-key columns looked up once.
 #[derive(Debug, Clone)]
@@ -24,6 +32,11 @@ pub struct Table {
     pub array_elements: Vec<Option<u32>>,
     /// The registered schema the table's records are published with (`connector.schema`).
     pub schema: Option<Arc<BoundSchema>>,
+    full_name: String,
+    /// `,"schema":"..","table":".."`, escaped.
+    names_json: Vec<u8>,
+    /// Per column `"name":`, escaped.
+    column_keys: Vec<Vec<u8>>,
 }
 
 impl Table {
@@ -35,7 +48,22 @@ impl Table {
             key = relation.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
         }
         let array_elements = vec![None; relation.columns.len()];
-        Self { relation, key, topic, array_elements, schema: None }
+        let full_name = format!("{}.{}", relation.namespace, relation.name);
+        let mut names_json = b",\"schema\":".to_vec();
+        push_json_str(&mut names_json, &relation.namespace);
+        names_json.extend_from_slice(b",\"table\":");
+        push_json_str(&mut names_json, &relation.name);
+        let column_keys = relation
+            .columns
+            .iter()
+            .map(|column| {
+                let mut key = Vec::with_capacity(column.name.len() + 3);
+                push_json_str(&mut key, &column.name);
+                key.push(b':');
+                key
+            })
+            .collect();
+        Self { relation, key, topic, array_elements, schema: None, full_name, names_json, column_keys }
     }
 
     /// Column type OIDs that are neither a mapped scalar nor a known array type: candidates
@@ -54,46 +82,64 @@ impl Table {
     }
 
     /// Records the element types of array columns (`array type -> element type`).
-    pub fn resolve_arrays(&mut self, elements: &std::collections::HashMap<u32, u32>) {
+    pub fn resolve_arrays(&mut self, elements: &HashMap<u32, u32>) {
         for (slot, column) in self.array_elements.iter_mut().zip(&self.relation.columns) {
             *slot = elements.get(&column.type_oid).copied();
         }
     }
 
     /// `schema.table`.
-    pub fn full_name(&self) -> String {
-        format!("{}.{}", self.relation.namespace, self.relation.name)
+    pub fn full_name(&self) -> &str {
+        &self.full_name
     }
 
-    /// A tuple as a JSON object; unchanged TOAST columns are left out and listed in `unchanged`.
-    pub fn row(&self, tuple: &Tuple, only_present: bool, unchanged: &mut Vec<String>) -> Value {
-        let mut map = Map::new();
-        for ((column, value), element) in self.relation.columns.iter().zip(tuple.iter()).zip(&self.array_elements) {
+    /// Writes a tuple as a JSON object in column order; unchanged TOAST columns are left out
+    /// and their indexes pushed to `unchanged`; with `only_present`, NULLs are left out too
+    /// (a key-only old image).
+    fn write_row(
+        &self,
+        tuple: &Tuple,
+        only_present: bool,
+        unchanged: &mut Vec<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CdcError> {
+        out.push(b'{');
+        let mut first = true;
+        let columns = self.relation.columns.iter().zip(&self.array_elements).zip(&self.column_keys);
+        for (index, (((column, element), key), value)) in columns.zip(tuple.iter()).enumerate() {
             match value {
-                TupleValue::Null => {
-                    if !only_present {
-                        map.insert(column.name.clone(), Value::Null);
-                    }
+                TupleValue::Null if only_present => continue,
+                TupleValue::UnchangedToast => {
+                    unchanged.push(index);
+                    continue;
                 }
-                TupleValue::UnchangedToast => unchanged.push(column.name.clone()),
+                _ => {}
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(key);
+            match value {
                 TupleValue::Text(bytes) => {
                     let text = String::from_utf8_lossy(bytes);
-                    let json = match element {
-                        Some(element) => crate::value::array_to_json_text(*element, &text),
-                        None => to_json(column.type_oid, &text),
-                    };
-                    map.insert(column.name.clone(), json);
+                    match element {
+                        Some(element) => {
+                            let json = crate::value::array_to_json_text(*element, &text);
+                            serde_json::to_writer(&mut *out, &json).map_err(CdcError::Serialize)?;
+                        }
+                        None => write_json(column.type_oid, &text, out).map_err(CdcError::Serialize)?,
+                    }
                 }
                 TupleValue::Binary(bytes) => {
                     use base64::Engine;
-                    map.insert(
-                        column.name.clone(),
-                        Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                    );
+                    push_json_str(out, &base64::engine::general_purpose::STANDARD.encode(bytes));
                 }
+                TupleValue::Null | TupleValue::UnchangedToast => out.extend_from_slice(b"null"),
             }
         }
-        Value::Object(map)
+        out.push(b'}');
+        Ok(())
     }
 
     /// The routing key of a row: the primary-key value (one column), or a JSON array of them.
@@ -150,45 +196,62 @@ pub struct Change<'a> {
 impl Change<'_> {
     /// The Danube record.
     pub fn to_record(&self) -> Result<SourceRecord, CdcError> {
+        let table = self.table;
+        let lsn = format_lsn(self.lsn);
+        let commit_lsn = format_lsn(self.txn.commit_lsn);
+        let seq = self.seq.to_string();
+        let mut out = Vec::with_capacity(192 + 40 * table.relation.columns.len());
+        out.extend_from_slice(b"{\"op\":");
+        push_json_str(&mut out, self.op);
+        out.extend_from_slice(&table.names_json);
+        out.extend_from_slice(b",\"before\":");
+        match self.before {
+            Some((marker, tuple)) => table.write_row(tuple, marker == b'K', &mut Vec::new(), &mut out)?,
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"after\":");
         let mut unchanged = Vec::new();
-        let before = match self.before {
-            Some((marker, tuple)) => self.table.row(tuple, marker == b'K', &mut Vec::new()),
-            None => Value::Null,
-        };
-        let after = self.after.map_or(Value::Null, |t| self.table.row(t, false, &mut unchanged));
-        let mut payload = Map::new();
-        payload.insert("op".into(), Value::from(self.op));
-        payload.insert("schema".into(), Value::from(self.table.relation.namespace.as_str()));
-        payload.insert("table".into(), Value::from(self.table.relation.name.as_str()));
-        payload.insert("before".into(), before);
-        payload.insert("after".into(), after);
+        match self.after {
+            Some(tuple) => table.write_row(tuple, false, &mut unchanged, &mut out)?,
+            None => out.extend_from_slice(b"null"),
+        }
         if !unchanged.is_empty() {
-            payload.insert("unchanged_toast".into(), Value::from(unchanged));
+            out.extend_from_slice(b",\"unchanged_toast\":[");
+            for (i, &index) in unchanged.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_json_str(&mut out, &table.relation.columns[index].name);
+            }
+            out.push(b']');
         }
-        payload.insert("lsn".into(), Value::from(format_lsn(self.lsn)));
-        payload.insert("commit_lsn".into(), Value::from(format_lsn(self.txn.commit_lsn)));
-        payload.insert("seq".into(), Value::from(self.seq));
-        payload.insert("xid".into(), Value::from(self.txn.xid));
-        payload.insert("commit_ts".into(), Value::from(pg_time_iso(self.txn.commit_time)));
-        let bytes = serde_json::to_vec(&Value::Object(payload)).map_err(CdcError::Serialize)?;
-        let key = self.after.or(self.before.map(|(_, t)| t)).and_then(|t| self.table.key_of(t));
-        let mut record = SourceRecord::new(self.table.topic.clone(), bytes)
-            .with_attribute("content-type", "application/json")
-            .with_attribute("table", self.table.full_name())
-            .with_attribute("op", self.op)
-            .with_attribute("lsn", format_lsn(self.lsn))
-            .with_attribute("commit_lsn", format_lsn(self.txn.commit_lsn))
-            .with_attribute("seq", self.seq.to_string());
-        if let Some(key) = key {
-            record = record.with_key(key);
-        }
+        out.extend_from_slice(b",\"lsn\":");
+        push_json_str(&mut out, &lsn);
+        out.extend_from_slice(b",\"commit_lsn\":");
+        push_json_str(&mut out, &commit_lsn);
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(seq.as_bytes());
+        out.extend_from_slice(b",\"xid\":");
+        out.extend_from_slice(self.txn.xid.to_string().as_bytes());
+        out.extend_from_slice(b",\"commit_ts\":");
+        push_json_str(&mut out, &pg_time_iso(self.txn.commit_time));
+        out.push(b'}');
+        let key = self.after.or(self.before.map(|(_, t)| t)).and_then(|t| table.key_of(t));
+        let mut record = SourceRecord::new(table.topic.clone(), out);
+        record.attributes.reserve(ATTRIBUTES);
+        record.attributes.insert("content-type".into(), "application/json".into());
+        record.attributes.insert("table".into(), table.full_name.clone());
+        record.attributes.insert("op".into(), self.op.into());
+        record.attributes.insert("lsn".into(), lsn);
+        record.attributes.insert("commit_lsn".into(), commit_lsn);
+        record.attributes.insert("seq".into(), seq);
+        record.routing_key = key;
         if let Some(schema) = &self.table.schema {
             record = record.with_schema(schema.clone());
         }
         Ok(record)
     }
 }
-
 /// `16/B374D848` form of an LSN.
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
@@ -222,6 +285,56 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pgoutput::Column;
+    use bytes::Bytes;
+    use serde_json::json;
+
+    fn text(value: &str) -> TupleValue {
+        TupleValue::Text(Bytes::copy_from_slice(value.as_bytes()))
+    }
+
+    #[test]
+    fn record_payload_attributes_and_key() {
+        let column = |name: &str, type_oid: u32, key: bool| Column { key, name: name.into(), type_oid, type_modifier: -1 };
+        let relation = Relation {
+            oid: 1,
+            namespace: "sales".into(),
+            name: "or\"ders".into(),
+            replica_identity: b'd',
+            columns: vec![column("id", 23, true), column("note", 25, false), column("big", 25, false), column("n", 23, false)],
+        };
+        let table = Table::new(relation, &["id".to_string()], "/default/sales.orders".into());
+        let old = vec![text("7"), TupleValue::Null, TupleValue::Null, TupleValue::Null];
+        let new = vec![text("8"), text("line\nbreak \"q\""), TupleValue::UnchangedToast, TupleValue::Null];
+        let txn = TxnInfo { xid: 750, commit_lsn: 0x16B37A0, commit_time: 0 };
+        let change = Change { op: "UPDATE", table: &table, before: Some((b'K', &old)), after: Some(&new), lsn: 0x16B3748, txn: &txn, seq: 3 };
+        let record = change.to_record().expect("record");
+        let payload: serde_json::Value = serde_json::from_slice(&record.payload).expect("valid JSON");
+        assert_eq!(
+            payload,
+            json!({"op": "UPDATE", "schema": "sales", "table": "or\"ders", "before": {"id": 7},
+                   "after": {"id": 8, "note": "line\nbreak \"q\"", "n": null}, "unchanged_toast": ["big"],
+                   "lsn": "0/16B3748", "commit_lsn": "0/16B37A0", "seq": 3, "xid": 750,
+                   "commit_ts": "2000-01-01T00:00:00.000000Z"})
+        );
+        let text = String::from_utf8_lossy(&record.payload);
+        assert!(text.starts_with("{\"op\":\"UPDATE\",\"schema\""), "fields in the documented order: {text}");
+        assert_eq!(record.routing_key.as_deref(), Some("8"));
+        assert_eq!(record.topic, "/default/sales.orders");
+        let attribute = |name: &str| record.attributes.get(name).map(String::as_str);
+        assert_eq!(attribute("table"), Some("sales.or\"ders"));
+        assert_eq!(attribute("op"), Some("UPDATE"));
+        assert_eq!(attribute("lsn"), Some("0/16B3748"));
+        assert_eq!(attribute("commit_lsn"), Some("0/16B37A0"));
+        assert_eq!(attribute("seq"), Some("3"));
+        assert_eq!(attribute("content-type"), Some("application/json"));
+        assert_eq!(record.attributes.len(), 6);
+
+        let delete = Change { op: "DELETE", table: &table, before: Some((b'K', &old)), after: None, lsn: 1, txn: &txn, seq: 0 };
+        let payload: serde_json::Value = serde_json::from_slice(&delete.to_record().expect("record").payload).expect("JSON");
+        assert_eq!((payload["before"].clone(), payload["after"].clone()), (json!({"id": 7}), json!(null)));
+        assert!(payload.get("unchanged_toast").is_none());
+    }
 
     #[test]
     fn lsn_and_time_formats() {

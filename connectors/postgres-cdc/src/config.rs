@@ -160,6 +160,9 @@ pub struct Connection {
     pub tls: TlsMode,
     /// CA certificate for the verifying modes.
     pub tls_ca: Option<PathBuf>,
+    /// With `verify_ca`: the names of the certificate the query connection accepted, the TLS
+    /// server name of the replication connection (see [`crate::tls`]).
+    pub verified_names: crate::tls::VerifiedNames,
 }
 
 impl PostgresCdcConfig {
@@ -173,6 +176,7 @@ impl PostgresCdcConfig {
             password: self.password.clone().unwrap_or_else(|| Secret::new("")),
             tls: self.tls,
             tls_ca: self.tls_ca.clone(),
+            verified_names: crate::tls::VerifiedNames::default(),
         };
         if let Some(url) = &self.url {
             let parsed: tokio_postgres::Config = url.expose().parse().map_err(|_| {

@@ -52,10 +52,16 @@ pub enum CdcError {
 }
 
 impl CdcError {
-    /// Whether reconnecting may help (network, server restart).
+    /// Whether reconnecting may help (network, server restart). A refused TLS handshake (e.g.
+    /// a certificate from another CA) or a refused configuration (e.g. the server asks for a
+    /// password and none is set) is not: it needs a configuration change.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Query { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            Self::Query { source, .. } => {
+                (source.is_closed() || source.as_db_error().is_none())
+                    && !is_tls_refusal(source)
+                    && !is_config_refusal(source)
+            }
             Self::Replication { source, .. } => source.is_transient(),
             Self::Schema { source, .. } => source.is_transient(),
             _ => false,
@@ -70,6 +76,25 @@ impl CdcError {
             ConnectorError::fatal("postgres", self)
         }
     }
+}
+
+/// Whether a TLS error (a `rustls::Error`, possibly inside an `io::Error`) is in the chain.
+fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let inner = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        if error.is::<rustls::Error>() || inner.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// Whether the driver refused its configuration (`tokio-postgres` has no public error kind;
+/// its `Config` errors display as `invalid configuration: ...`, e.g. `password missing`).
+fn is_config_refusal(error: &tokio_postgres::Error) -> bool {
+    error.to_string().starts_with("invalid configuration")
 }
 
 /// Shorthand for a query error with context.

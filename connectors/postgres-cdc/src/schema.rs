@@ -66,7 +66,7 @@ impl TableSchemas {
         let bound = publisher
             .register_schema(subject.clone(), SchemaKind::JsonSchema, &definition, self.compatibility)
             .await
-            .map_err(|source| CdcError::Schema { table: table.full_name(), source })?;
+            .map_err(|source| CdcError::Schema { table: table.full_name().to_string(), source })?;
         info!(table = %table.full_name(), subject = %bound.subject, schema_id = bound.schema_id,
             version = bound.version, "table schema registered");
         table.schema = Some(bound.clone());

@@ -480,7 +480,13 @@ impl Stream {
         let tls = match self.conn.tls {
             TlsMode::Disable => TlsConfig::disabled(),
             TlsMode::Require => TlsConfig::require(),
-            TlsMode::VerifyCa => TlsConfig::verify_ca(self.conn.tls_ca.clone()),
+            TlsMode::VerifyCa => {
+                let tls = TlsConfig::verify_ca(self.conn.tls_ca.clone());
+                match self.conn.verified_names.first() {
+                    Some(name) => tls.with_sni_hostname(name),
+                    None => tls,
+                }
+            }
             TlsMode::VerifyFull => TlsConfig::verify_full(self.conn.tls_ca.clone()),
         };
         ReplicationConfig::new(

@@ -59,6 +59,64 @@ pub fn array_to_json_text(element: u32, text: &str) -> Value {
     }
 }
 
+/// Writes one text value of type `oid` as JSON into `out`: the same mapping as [`to_json`],
+/// without building a [`Value`] for the common scalar types.
+pub fn write_json(oid: u32, text: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    match oid {
+        16 => match text {
+            "t" | "true" => out.extend_from_slice(b"true"),
+            "f" | "false" => out.extend_from_slice(b"false"),
+            _ => push_json_str(out, text),
+        },
+        20 | 21 | 23 | 26 => match text.parse::<i64>() {
+            Ok(number) => serde_json::to_writer(out, &number)?,
+            Err(_) => push_json_str(out, text),
+        },
+        700 | 701 => match text.parse::<f64>() {
+            Ok(number) if number.is_finite() => serde_json::to_writer(out, &number)?,
+            _ => push_json_str(out, text),
+        },
+        17 => push_json_str(out, &bytea_base64(text)),
+        1114 | 1184 => push_json_str(out, &iso_timestamp(text)),
+        1266 => push_json_str(out, &iso_offset(text)),
+        _ if array_element(oid).is_some() || matches!(oid, 114 | 3802) => serde_json::to_writer(out, &to_json(oid, text))?,
+        _ => push_json_str(out, text),
+    }
+    Ok(())
+}
+
+/// Appends `text` as a JSON string (quoted, escaped like `serde_json`).
+pub fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let short: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
 fn scalar(oid: u32, text: &str) -> Value {
     match oid {
         16 => match text {
@@ -239,6 +297,49 @@ mod tests {
         assert_eq!(to_json(1007, "{1,2"), json!("{1,2"));
         assert_eq!(array_to_json_text(99999, "{sad,happy}"), json!(["sad", "happy"]));
         assert_eq!(array_to_json_text(99999, "{sad"), json!("{sad"));
+    }
+
+    #[test]
+    fn written_json_is_what_to_json_serializes_to() {
+        let cases: &[(u32, &str)] = &[
+            (16, "t"),
+            (16, "f"),
+            (16, "maybe"),
+            (20, "-9000000000"),
+            (23, "42"),
+            (23, "x"),
+            (26, "4294967295"),
+            (700, "1.25"),
+            (701, "-0.1"),
+            (701, "1e300"),
+            (701, "NaN"),
+            (701, "-Infinity"),
+            (1700, "3.14159265358979323846"),
+            (3802, r#"{"b": 1, "a": [true, null]}"#),
+            (114, "not json"),
+            (17, "\\x0102ff"),
+            (1184, "2024-01-02 03:04:05.5+00"),
+            (1114, "2024-01-02 03:04:05"),
+            (1266, "03:04:05+02"),
+            (1007, "{1,2,NULL}"),
+            (1009, r#"{"a b","c\"d"}"#),
+            (25, "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} del \u{7f} é 😀"),
+        ];
+        for (oid, text) in cases {
+            let mut out = Vec::new();
+            write_json(*oid, text, &mut out).expect("writes");
+            let expected = serde_json::to_vec(&to_json(*oid, text)).expect("serializes");
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expected), "oid {oid} {text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_strings_are_escaped_like_serde_json(text in "\\PC*|[\\x00-\\x20\"\\\\]*") {
+            let mut out = Vec::new();
+            push_json_str(&mut out, &text);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&text).expect("serializes"));
+        }
     }
 
     #[test]

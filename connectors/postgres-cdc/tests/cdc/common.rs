@@ -99,6 +99,20 @@ pub async fn wait_payloads(env: &Env, topic: &str, count: usize, timeout: Durati
     env.payloads(topic)
 }
 
+/// Starts the connector with `extra`, which must make startup fail within 60 s; its log.
+pub async fn startup_error(env: &Env, extra: &[(&str, &str)]) -> String {
+    let mut process = ConnectorProcess::spawn(Path::new(BIN), &env.connector_env(extra)).expect("spawn");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = process.try_wait() {
+            assert_ne!(status.code(), Some(0), "startup must fail: {}", process.log());
+            return process.log();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "connector kept running: {}", process.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends SIGTERM and asserts the connector exits 0 within 30 s.
 pub async fn stop_cleanly(process: &mut ConnectorProcess) {
     let status = process.terminate(Duration::from_secs(30)).await.expect("exits");

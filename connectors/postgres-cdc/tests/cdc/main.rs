@@ -1,6 +1,7 @@
 //! Integration tests of the PostgreSQL CDC connector against a real PostgreSQL 15 (private
 //! cluster per test) and the in-process Danube broker.
 
+mod auth;
 mod changes;
 mod common;
 mod decoder;

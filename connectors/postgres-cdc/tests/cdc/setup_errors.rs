@@ -1,13 +1,11 @@
 //! Configuration and server-setup errors are clear and name what to fix.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use danube_connect_testkit::postgres::Postgres;
-use danube_connect_testkit::process::ConnectorProcess;
 
-use crate::common::{stop_cleanly, Env, BIN};
+use crate::common::{startup_error, stop_cleanly, Env, BIN};
 
 #[test]
 fn bad_config_names_the_field() {
@@ -28,19 +26,6 @@ fn bad_config_names_the_field() {
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(stdout.contains("slot = \"danube_cdc\""), "{stdout}");
     assert!(!stdout.contains("hunter2"), "password redacted: {stdout}");
-}
-
-async fn startup_error(env: &Env, extra: &[(&str, &str)]) -> String {
-    let mut process = ConnectorProcess::spawn(Path::new(BIN), &env.connector_env(extra)).expect("spawn");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = process.try_wait() {
-            assert_ne!(status.code(), Some(0), "startup must fail: {}", process.log());
-            return process.log();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "connector kept running: {}", process.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,12 @@
-//! TLS to PostgreSQL: a server that accepts TLS only, both connections encrypted.
+//! TLS to PostgreSQL: a server that accepts TLS only, both connections encrypted, in each
+//! mode (`require`, `verify_ca`, `verify_full`), and certificates refused when they must be.
 
 use std::time::Duration;
 
-use danube_connect_testkit::postgres::Postgres;
+use danube_connect_testkit::postgres::{Postgres, PostgresOptions};
 use danube_dev_broker::EmbeddedBroker;
 
-use crate::common::{stop_cleanly, Env};
+use crate::common::{startup_error, stop_cleanly, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_streams_over_tls_and_plain_tcp_is_refused() {
@@ -47,4 +48,97 @@ async fn verify_full_streams_over_tls_and_plain_tcp_is_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(plain.log().contains("no pg_hba.conf entry"), "{}", plain.log());
+}
+
+/// How many of the connector's connections are encrypted (`pg_stat_ssl`).
+fn encrypted_connections(env: &Env) -> u32 {
+    env.pg
+        .psql("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'danube-postgres-cdc'")
+        .expect("pg_stat_ssl")
+        .parse()
+        .expect("a count")
+}
+
+/// Streams one row on `table` with the connector set up by `extra`, checking both of its
+/// connections are encrypted, then stops it.
+async fn streams_one_row_over_tls(env: &Env, table: &str, extra: &[(&str, &str)]) {
+    env.pg.psql(&format!("CREATE TABLE {table} (id int PRIMARY KEY)")).unwrap();
+    let slot = format!("{table}_slot");
+    let tables = format!("[\"public.{table}\"]");
+    let mut all = extra.to_vec();
+    all.extend([
+        ("POSTGRES_CDC_SLOT", slot.as_str()),
+        ("POSTGRES_CDC_PUBLICATION", slot.as_str()),
+        ("POSTGRES_CDC_TABLES", tables.as_str()),
+        ("POSTGRES_CDC_SNAPSHOT", "never"),
+    ]);
+    let mut process = env.spawn(&all).await;
+    env.wait_streaming(&slot, &process).await;
+    env.pg.psql(&format!("INSERT INTO {table} VALUES (7)")).unwrap();
+    let topic = format!("/default/public.{table}");
+    let got = env.broker.wait_for_messages(&topic, 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "{}", process.log());
+    assert!(encrypted_connections(env) >= 2, "query and replication connections use TLS");
+    stop_cleanly(&mut process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_encrypts_without_checking_the_certificate() {
+    let pg = Postgres::start_tls().expect("postgres with TLS");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", env.pg.port());
+    // The test CA is not a web root: a checking client refuses the certificate...
+    let log = startup_error(&env, &[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS", "verify_ca")]).await;
+    assert!(log.contains("UnknownIssuer"), "{log}");
+    // ...`require` connects anyway, encrypted.
+    streams_one_row_over_tls(&env, "req", &[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS", "require")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_accepts_the_given_ca_and_refuses_a_certificate_of_another_ca() {
+    let pg = Postgres::start_tls().expect("postgres with TLS");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let ca = env.pg.ca_cert().display().to_string();
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", env.pg.port());
+
+    let verify_ca = [("POSTGRES_CDC_URL", url.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
+    streams_one_row_over_tls(&env, "ca", &verify_ca).await;
+
+    // A certificate the given CA did not sign is refused, at once and saying so.
+    let foreign = env.pg.foreign_ca().expect("another CA").display().to_string();
+    let started = std::time::Instant::now();
+    let log = startup_error(
+        &env,
+        &[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &foreign)],
+    )
+    .await;
+    assert!(log.contains("invalid peer certificate: UnknownIssuer"), "{log}");
+    assert!(!log.contains("postgres not reachable yet"), "a refused certificate is not retried: {log}");
+    assert!(started.elapsed() < Duration::from_secs(30), "refused without startup retries: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_accepts_a_certificate_that_does_not_name_the_host() {
+    // The certificate names neither 127.0.0.1 nor localhost.
+    let options = PostgresOptions { tls: true, tls_names: vec!["DNS:db.danube.invalid".into()], ..Default::default() };
+    let pg = Postgres::start_with_options(&options).expect("postgres with TLS");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let ca = env.pg.ca_cert().display().to_string();
+
+    // verify_full checks the name, and it does not match.
+    let by_name = format!("postgres://postgres@localhost:{}/postgres", env.pg.port());
+    let log = startup_error(
+        &env,
+        &[("POSTGRES_CDC_URL", &by_name), ("POSTGRES_CDC_TLS", "verify_full"), ("POSTGRES_CDC_TLS_CA", &ca)],
+    )
+    .await;
+    assert!(log.contains("certificate not valid for name \"localhost\""), "{log}");
+
+    // verify_ca checks the chain only: both connections are accepted.
+    let by_ip = format!("postgres://postgres@127.0.0.1:{}/postgres", env.pg.port());
+    let verify_ca = [("POSTGRES_CDC_URL", by_ip.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
+    streams_one_row_over_tls(&env, "mismatch", &verify_ca).await;
 }
