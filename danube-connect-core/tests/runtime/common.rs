@@ -208,3 +208,26 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
     }
     condition()
 }
+
+/// Polls the ops port's `/readyz` until it answers `want` (true) or 20 s pass (false).
+pub async fn wait_for_readiness(addr: std::net::SocketAddr, want: u16) -> bool {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let status = http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16());
+        if status.ok() == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A `health_check` answer that follows `healthy` (a test switches it).
+pub fn switchable_health(healthy: &std::sync::atomic::AtomicBool) -> ConnectorResult<()> {
+    if healthy.load(std::sync::atomic::Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(danube_connect_core::ConnectorError::retryable_msg("listener down"))
+    }
+}

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{eventually, runtime_config, spawn_source, CommitCheck, ScriptedSource};
+use crate::common::{
+    eventually, runtime_config, spawn_source, switchable_health, wait_for_readiness, CommitCheck, ScriptedSource,
+};
 use danube_connect_core::{Runtime, SourceOffset, SourceRecord};
 use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
 use tokio_util::sync::CancellationToken;
@@ -339,11 +341,7 @@ impl danube_connect_core::SourceConnector for SwitchableHealthSource {
     }
 
     async fn health_check(&self) -> danube_connect_core::ConnectorResult<()> {
-        if self.healthy.load(std::sync::atomic::Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(danube_connect_core::ConnectorError::retryable_msg("listener down"))
-        }
+        switchable_health(&self.healthy)
     }
 }
 
@@ -355,23 +353,7 @@ async fn readiness_follows_a_push_source_health_over_time() {
     let runtime = Runtime::start(runtime_config("push-health", &broker.url()), token.clone()).await.expect("runtime");
     let addr = runtime.ops_addr().expect("ops enabled");
     let run = tokio::spawn(runtime.run_source(SwitchableHealthSource { healthy: healthy.clone() }));
-    let http = reqwest::Client::new();
-    let status = || {
-        let http = http.clone();
-        async move { http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
-    };
-    let wait_for = |want: u16| {
-        async move {
-            let started = std::time::Instant::now();
-            while started.elapsed() < Duration::from_secs(20) {
-                if status().await == want {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
-        }
-    };
+    let wait_for = |want: u16| wait_for_readiness(addr, want);
     assert!(wait_for(200).await, "ready while the source is healthy");
     healthy.store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(wait_for(503).await, "not ready once the push source reports a problem");
@@ -405,11 +387,7 @@ impl danube_connect_core::SourceConnector for NeverPollingPushSource {
     }
 
     async fn health_check(&self) -> danube_connect_core::ConnectorResult<()> {
-        if self.healthy.load(std::sync::atomic::Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(danube_connect_core::ConnectorError::retryable_msg("listener down"))
-        }
+        switchable_health(&self.healthy)
     }
 }
 
@@ -426,21 +404,7 @@ async fn a_push_source_whose_poll_never_returns_is_health_checked_on_its_own_tim
     let source =
         NeverPollingPushSource { healthy: healthy.clone(), polled: polled.clone(), shut_down: shut_down.clone() };
     let run = tokio::spawn(runtime.run_push_source(source));
-    let http = reqwest::Client::new();
-    let wait_for = |want: u16| {
-        let http = http.clone();
-        async move {
-            let started = std::time::Instant::now();
-            while started.elapsed() < Duration::from_secs(20) {
-                let status = http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16());
-                if status.ok() == Some(want) {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
-        }
-    };
+    let wait_for = |want: u16| wait_for_readiness(addr, want);
     assert!(wait_for(200).await, "ready while the source is healthy");
     healthy.store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(wait_for(503).await, "not ready once the push source reports a problem");
