@@ -18,6 +18,9 @@ use crate::error::RuntimeError;
 
 /// Builds a client from config (TLS, mTLS, JWT or token file) without connecting.
 pub async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, RuntimeError> {
+    if config.tls_ca.is_some() || config.token.is_some() || config.token_file.is_some() {
+        danube_connect_common::tls::install_default_crypto_provider();
+    }
     let mut builder = DanubeClient::builder().service_url(config.service_url.clone());
     match (&config.tls_ca, &config.tls_cert, &config.tls_key) {
         (Some(ca), Some(cert), Some(key)) => {

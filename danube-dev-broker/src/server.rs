@@ -141,6 +141,7 @@ impl ServerHandle {
 
 /// tonic's server TLS settings from the broker's.
 fn server_tls(tls: &TlsConfig) -> ServerTlsConfig {
+    danube_connect_common::tls::install_default_crypto_provider();
     let config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
     match &tls.client_ca_pem {
         Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
