@@ -231,3 +231,14 @@ pub fn switchable_health(healthy: &std::sync::atomic::AtomicBool) -> ConnectorRe
         Err(danube_connect_core::ConnectorError::retryable_msg("listener down"))
     }
 }
+
+/// Records `m{i}` for `i` in `range`, each with attribute `n = i` and offset `("p", i)`.
+pub fn numbered(topic: &str, range: std::ops::Range<u64>) -> Vec<SourceRecord> {
+    range
+        .map(|i| {
+            SourceRecord::new(topic, format!("m{i}"))
+                .with_attribute("n", i.to_string())
+                .with_offset(SourceOffset::new("p", i))
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{eventually, runtime_config, spawn_source};
+use crate::common::{eventually, numbered, runtime_config, spawn_source};
 use danube_connect_core::{async_trait, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord};
 use danube_dev_broker::EmbeddedBroker;
 
@@ -41,16 +41,6 @@ impl SourceConnector for GatedSource {
         self.commits.lock().expect("lock").extend(offsets);
         Ok(())
     }
-}
-
-fn numbered(topic: &str, range: std::ops::Range<u64>) -> Vec<SourceRecord> {
-    range
-        .map(|i| {
-            SourceRecord::new(topic, format!("m{i}"))
-                .with_attribute("n", i.to_string())
-                .with_offset(SourceOffset::new("p", i))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,21 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{
-    eventually, runtime_config, spawn_source, switchable_health, wait_for_readiness, CommitCheck, ScriptedSource,
+    eventually, numbered, runtime_config, spawn_source, switchable_health, wait_for_readiness, CommitCheck, ScriptedSource,
 };
 use danube_connect_core::{Runtime, SourceOffset, SourceRecord};
 use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
 use tokio_util::sync::CancellationToken;
-
-fn numbered(topic: &str, range: std::ops::Range<u64>) -> Vec<SourceRecord> {
-    range
-        .map(|i| {
-            SourceRecord::new(topic, format!("m{i}"))
-                .with_attribute("n", i.to_string())
-                .with_offset(SourceOffset::new("p", i))
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_routed_to_their_own_topics() {
