@@ -206,12 +206,12 @@ impl PostgresCdcConfig {
 
     /// The topic for a table.
     pub fn topic_for(&self, schema: &str, table: &str) -> String {
-        self.topic.replace("{schema}", schema).replace("{table}", table)
+        for_table(&self.topic, schema, table)
     }
 
     /// The registry subject of a table's schema.
     pub fn subject_for(&self, schema: &str, table: &str) -> String {
-        self.schema_subject.replace("{schema}", schema).replace("{table}", table)
+        for_table(&self.schema_subject, schema, table)
     }
 
     /// The configured tables as `(schema, table)`.
@@ -295,6 +295,11 @@ impl Validate for PostgresCdcConfig {
         }
         Ok(())
     }
+}
+
+/// `template` with `{schema}` and `{table}` filled in.
+fn for_table(template: &str, schema: &str, table: &str) -> String {
+    template.replace("{schema}", schema).replace("{table}", table)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use danube_connect_core::schema::{BoundSchema, CompatibilityMode, SchemaKind};
+use danube_connect_core::schema::{BoundSchema, SchemaKind};
 use danube_connect_core::Publisher;
 use serde_json::{json, Map, Value};
 use tracing::info;
@@ -33,19 +33,17 @@ use crate::error::CdcError;
 #[derive(Debug, Default)]
 pub(crate) struct TableSchemas {
     publisher: Option<Publisher>,
-    subject: String,
-    compatibility: Option<CompatibilityMode>,
+    config: Arc<PostgresCdcConfig>,
     /// Per subject: the definition last registered and what the registry made of it.
     bound: HashMap<String, (Vec<u8>, Arc<BoundSchema>)>,
 }
 
 impl TableSchemas {
     /// Schemas per `config.schema`, registered through `publisher` (disabled for `none`).
-    pub(crate) fn new(config: &PostgresCdcConfig, publisher: Publisher) -> Self {
+    pub(crate) fn new(config: Arc<PostgresCdcConfig>, publisher: Publisher) -> Self {
         Self {
             publisher: (config.schema == SchemaMode::JsonSchema).then_some(publisher),
-            subject: config.schema_subject.clone(),
-            compatibility: config.schema_compatibility,
+            config,
             bound: HashMap::new(),
         }
     }
@@ -54,8 +52,7 @@ impl TableSchemas {
     /// changed; the table is returned unchanged when schemas are off.
     pub(crate) async fn attach(&mut self, mut table: Table) -> Result<Table, CdcError> {
         let Some(publisher) = &self.publisher else { return Ok(table) };
-        let subject =
-            self.subject.replace("{schema}", &table.relation.namespace).replace("{table}", &table.relation.name);
+        let subject = self.config.subject_for(&table.relation.namespace, &table.relation.name);
         let definition = serde_json::to_vec(&json_schema(&table)).map_err(CdcError::Serialize)?;
         if let Some((known, bound)) = self.bound.get(&subject) {
             if *known == definition {
@@ -64,7 +61,7 @@ impl TableSchemas {
             }
         }
         let bound = publisher
-            .register_schema(subject.clone(), SchemaKind::JsonSchema, &definition, self.compatibility)
+            .register_schema(subject.clone(), SchemaKind::JsonSchema, &definition, self.config.schema_compatibility)
             .await
             .map_err(|source| CdcError::Schema { table: table.full_name().to_string(), source })?;
         info!(table = %table.full_name(), subject = %bound.subject, schema_id = bound.schema_id,

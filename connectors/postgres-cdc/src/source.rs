@@ -87,7 +87,7 @@ impl SourceConnector for PostgresCdcSource {
         let (acked_tx, acked_rx) = watch::channel(0u64);
         self.acked = acked_tx;
         self.rx = Some(rx);
-        let schemas = TableSchemas::new(&self.config, ctx.publisher);
+        let schemas = TableSchemas::new(self.config.clone(), ctx.publisher);
         let stream = Stream::new(self.config.clone(), conn, tx, acked_rx, self.stop.clone(), self.progress.clone())
             .with_schemas(schemas);
         self.task = Some(tokio::spawn(stream.run()));
