@@ -525,10 +525,10 @@ impl Lane {
     }
 }
 
-/// Whether a client error may go away when the call is repeated (not a refusal).
-pub(crate) fn is_transient(error: &DanubeError) -> bool {
+/// Whether the broker refused the call for good: repeating it as is cannot succeed.
+fn is_refusal(error: &DanubeError) -> bool {
     match error {
-        DanubeError::FromStatus(status) => !matches!(
+        DanubeError::FromStatus(status) => matches!(
             status.code(),
             tonic::Code::InvalidArgument
                 | tonic::Code::FailedPrecondition
@@ -536,28 +536,27 @@ pub(crate) fn is_transient(error: &DanubeError) -> bool {
                 | tonic::Code::Unauthenticated
                 | tonic::Code::OutOfRange
                 | tonic::Code::Unimplemented
-                | tonic::Code::NotFound
-                | tonic::Code::AlreadyExists
         ),
-        DanubeError::SchemaError(_) | DanubeError::InvalidToken | DanubeError::UrlParseError(_) => false,
-        _ => true,
+        DanubeError::SchemaError(_) | DanubeError::InvalidToken | DanubeError::UrlParseError(_) => true,
+        _ => false,
     }
 }
 
+/// Whether a registry call may succeed when repeated: not a refusal, nor an answer about
+/// the subject itself (`NotFound`, `AlreadyExists`). A send's `NotFound` (a producer unknown
+/// to a restarted broker) is transient instead, see [`classify`].
+pub(crate) fn is_transient(error: &DanubeError) -> bool {
+    let about_the_subject = matches!(
+        error,
+        DanubeError::FromStatus(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::AlreadyExists)
+    );
+    !is_refusal(error) && !about_the_subject
+}
+
 fn classify(error: DanubeError) -> SendOutcome {
-    match &error {
-        DanubeError::FromStatus(status) => match status.code() {
-            tonic::Code::InvalidArgument
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::PermissionDenied
-            | tonic::Code::Unauthenticated
-            | tonic::Code::OutOfRange
-            | tonic::Code::Unimplemented => SendOutcome::Rejected(error),
-            _ => SendOutcome::Transient(error),
-        },
-        DanubeError::SchemaError(_) | DanubeError::InvalidToken | DanubeError::UrlParseError(_) => {
-            SendOutcome::Rejected(error)
-        }
-        _ => SendOutcome::Transient(error),
+    if is_refusal(&error) {
+        SendOutcome::Rejected(error)
+    } else {
+        SendOutcome::Transient(error)
     }
 }
