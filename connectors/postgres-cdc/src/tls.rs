@@ -172,48 +172,25 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// The `dNSName` entries of a DER certificate's subjectAltName extension (found by its OID,
-/// 2.5.29.17); empty when there is none or the encoding is not understood. A wrong guess only
-/// makes the name check of the replication connection fail.
+/// The `dNSName` entries of a DER certificate's subjectAltName extension; empty when there is
+/// none or the certificate does not decode. A wrong guess only makes the name check of the
+/// replication connection fail.
 pub fn dns_names(der: &[u8]) -> Vec<String> {
-    const SAN_OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
-    let Some(at) = der.windows(SAN_OID.len()).position(|window| window == SAN_OID) else { return Vec::new() };
-    let mut rest = &der[at + SAN_OID.len()..];
-    if rest.first() == Some(&0x01) {
-        // `critical BOOLEAN`
-        let Some((_, _, after)) = element(rest) else { return Vec::new() };
-        rest = after;
-    }
-    let Some((0x04, value, _)) = element(rest) else { return Vec::new() };
-    let Some((0x30, mut names, _)) = element(value) else { return Vec::new() };
-    let mut found = Vec::new();
-    while let Some((tag, content, after)) = element(names) {
-        // `[2] IMPLICIT IA5String`
-        if tag == 0x82 {
-            if let Ok(name) = std::str::from_utf8(content) {
-                found.push(name.to_string());
-            }
-        }
-        names = after;
-    }
-    found
-}
+    use x509_cert::der::Decode;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
 
-/// One DER element: its tag, its content and what follows it.
-fn element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = data.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let len = rest[..count].iter().fold(0usize, |len, byte| (len << 8) | usize::from(*byte));
-        (len, &rest[count..])
+    let Ok(certificate) = x509_cert::Certificate::from_der(der) else { return Vec::new() };
+    let Ok(Some((_, SubjectAltName(names)))) = certificate.tbs_certificate.get::<SubjectAltName>() else {
+        return Vec::new();
     };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    names
+        .into_iter()
+        .filter_map(|name| match name {
+            GeneralName::DnsName(name) => Some(name.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -222,14 +199,11 @@ mod tests {
 
     #[test]
     fn dns_names_are_read_from_the_subject_alt_name_extension() {
-        // Extension { extnID 2.5.29.17, critical TRUE, extnValue { [2] "db.example", [7] 127.0.0.1, [2] "b" } }
-        let mut der = vec![0x30, 0x21];
-        der.extend([0x06, 0x03, 0x55, 0x1d, 0x11, 0x01, 0x01, 0xff, 0x04, 0x17, 0x30, 0x15]);
-        der.extend([0x82, 0x0a]);
-        der.extend(b"db.example");
-        der.extend([0x87, 0x04, 127, 0, 0, 1, 0x82, 0x01, b'b']);
-        assert_eq!(dns_names(&der), ["db.example", "b"]);
-        assert!(dns_names(&der[..der.len() - 3]).is_empty(), "a truncated extension yields nothing");
+        let names = ["db.example".to_string(), "127.0.0.1".to_string(), "b".to_string()];
+        let certified = rcgen::generate_simple_self_signed(names).expect("certificate");
+        let der = certified.cert.der().to_vec();
+        assert_eq!(dns_names(&der), ["db.example", "b"], "DNS names only, not the IP address");
+        assert!(dns_names(&der[..der.len() - 3]).is_empty(), "a truncated certificate yields nothing");
         assert!(dns_names(b"no extension here").is_empty());
     }
 }
