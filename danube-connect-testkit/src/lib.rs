@@ -7,6 +7,7 @@
 //! - [`process`]: run a connector binary, wait until ready, SIGTERM or kill -9 it;
 //! - [`ports`]: free loopback ports;
 //! - [`danube`]: raw `danube-client` producers, the benchmarks' baseline;
+//! - [`procfs`]: memory, CPU time and load of processes, for the benchmarks;
 //! - [`postgres`], [`clickhouse`], [`mosquitto`], [`kafka`]: the outside systems.
 
 pub mod clickhouse;
@@ -16,6 +17,7 @@ pub mod mosquitto;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod procfs;
 
 /// Errors starting a test dependency.
 #[derive(Debug, thiserror::Error)]

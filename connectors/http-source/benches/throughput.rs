@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danube_connect_testkit::danube::reliable_producers;
+use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 use danube_connect_testkit::ports::free_port;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
@@ -88,31 +89,6 @@ fn wrk(url: &str, connections: u64, seconds: u64) -> Load {
         requests,
         errors,
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU seconds a process used so far: its own (user + system) and that of its reaped
-/// children (`/proc/{pid}/stat`, clock ticks of 10 ms).
-fn cpu_seconds(pid: &str) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect())
-        .unwrap_or_default();
-    let tick = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0;
-    // After the command name: state is field 0, utime 11, stime 12, cutime 13, cstime 14.
-    (tick(11) + tick(12), tick(13) + tick(14))
 }
 
 /// The attributes the connector puts on each record of the benchmark, so both sides
@@ -250,14 +226,14 @@ impl Gateway {
         }
         let pid = connector.pid().expect("pid");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle_rss_kib = rss_kib(pid);
+        let idle_rss_kib = status_kib(pid, "VmRSS:");
         let peak_rss_kib = Arc::new(std::sync::atomic::AtomicU64::new(idle_rss_kib));
         let sampling = Arc::new(AtomicBool::new(true));
         {
             let (peak, sampling) = (peak_rss_kib.clone(), sampling.clone());
             std::thread::spawn(move || {
                 while sampling.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             });
@@ -323,11 +299,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
 
 fn main() {
     let seconds = env_or("BENCH_SECONDS", 6);

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use danube_connect_testkit::danube::reliable_producers;
+use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
@@ -158,31 +159,6 @@ fn connector_env(
     env
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// CPU seconds (user + system, all threads) a process used so far (0 when it is gone).
-fn cpu_secs(pid: u32) -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(|| {
-        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
-        out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
-    });
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`: state is the 3rd field, utime and stime the 14th and 15th.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / ticks
-}
-
 /// CPU seconds used by each of `pids` between two samples.
 struct CpuUse {
     pids: Vec<u32>,
@@ -191,12 +167,12 @@ struct CpuUse {
 
 impl CpuUse {
     fn start(pids: Vec<u32>) -> Self {
-        let start = pids.iter().map(|p| cpu_secs(*p)).collect();
+        let start = pids.iter().map(|p| cpu_seconds(*p).0).collect();
         Self { pids, start }
     }
 
     fn stop(&self) -> Vec<f64> {
-        self.pids.iter().zip(&self.start).map(|(p, s)| cpu_secs(*p) - s).collect()
+        self.pids.iter().zip(&self.start).map(|(p, s)| cpu_seconds(*p).0 - s).collect()
     }
 }
 
@@ -278,7 +254,7 @@ async fn stream_run(
         let _ = Command::new("kill").args(["-INT", &recorder.id().to_string()]).status();
         let _ = recorder.wait();
     }
-    let rss_kib = process.pid().map_or(0, peak_rss_kib);
+    let rss_kib = process.pid().map_or(0, |pid| status_kib(pid, "VmHWM:"));
     let status = process.terminate(Duration::from_secs(60)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", process.log());
     (Streamed { rate: rows as f64 / secs, secs, rss_kib, cpu }, end)
@@ -391,10 +367,10 @@ async fn main() {
     }
     let snapshot_secs = started.elapsed().as_secs_f64();
     assert_eq!(broker.message_count("/default/snap.bench"), total, "snapshot delivered every row: {}", process.log());
-    let snapshot_rss = process.pid().map_or(0, peak_rss_kib);
+    let snapshot_rss = process.pid().map_or(0, |pid| status_kib(pid, "VmHWM:"));
     let _ = process.terminate(Duration::from_secs(60)).await;
 
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load_average();
     println!("run at {} (load average {})", String::from_utf8_lossy(&started_at.stdout).trim(), load.trim());
     println!("rows: {rows}, payload {} bytes", payload.len());
     println!("pg_recvlogical raw to /dev/null:                 {recvlogical_rate:>8.0} rows/s");
