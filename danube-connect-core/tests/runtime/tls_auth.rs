@@ -160,8 +160,9 @@ async fn mutual_tls_without_a_client_certificate_is_refused() {
     config.danube.connect_timeout = Duration::from_secs(1);
     let error = start_fails(config).await;
     // TLS 1.3: the broker refuses the handshake after the client finished it, so the client
-    // sees its connection closed on the first call.
-    assert!(error.contains("connection closed") || error.contains("Certificate"), "{error}");
+    // sees its connection closed (or its first write hit the closed socket) on the first call.
+    let closed = ["connection closed", "broken pipe", "Certificate"];
+    assert!(closed.iter().any(|cause| error.contains(cause)), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
