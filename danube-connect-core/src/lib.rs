@@ -16,6 +16,13 @@
 //! Delivery rule: a source's `commit` is called only for offsets whose every record Danube
 //! acked; a sink record is acked only after `process` returned `Ok` or it was dead-lettered.
 
+/// The global allocator of every program built on the SDK (feature `mimalloc`, on by
+/// default): records are allocated and freed per message, where mimalloc's thread-local
+/// free lists are several times cheaper than the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -33,7 +40,7 @@ pub mod schema;
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
 pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
 pub use error::{ConnectorError, ConnectorResult, PublishError, RuntimeError};
-pub use publisher::Publisher;
+pub use publisher::{PendingPublish, Publisher};
 pub use record::{SinkRecord, SourceOffset, SourceRecord};
 pub use runtime::{RunReport, Runtime, SourceDrive};
 pub use schema::SchemaBinding;

@@ -10,9 +10,12 @@
 //! a push source answers its client after that.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use danube_client::errors::DanubeError;
@@ -140,9 +143,22 @@ impl Publisher {
     /// Publishes one record and waits for Danube's ack, retrying transient failures
     /// until `source.publish_timeout`.
     pub async fn publish(&self, record: SourceRecord) -> Result<(), PublishError> {
+        self.submit(record).await?.await
+    }
+
+    /// Queues one record on its lane and returns at once with a [`PendingPublish`] that
+    /// resolves to Danube's ack, as [`publish`](Self::publish) does. Dropping the
+    /// `PendingPublish` does not withdraw the record: once queued it is sent (and retried
+    /// until `source.publish_timeout`) whether or not anyone waits for the outcome. A push
+    /// source that must answer its client by a deadline awaits it under a timeout, without
+    /// a task of its own per record.
+    ///
+    /// Waits only while the lane's queue is full; fails with [`PublishError::Closed`] once
+    /// the publisher is closing (nothing queued then).
+    pub async fn submit(&self, record: SourceRecord) -> Result<PendingPublish, PublishError> {
         let deadline = Instant::now() + self.inner.config.publish_timeout;
-        let rx = self.enqueue(record, Some(deadline)).await.map_err(|f| f.error)?;
-        wait_for_ack(rx).await.map_err(|f| f.error)
+        let reply = self.enqueue(record, Some(deadline)).await.map_err(|f| f.error)?;
+        Ok(PendingPublish { reply })
     }
 
     /// Publishes several records (pipelined across the pool, per-key order kept) and
@@ -339,6 +355,26 @@ impl Publisher {
 /// run time), else its topic's `[[schemas]]` binding.
 fn record_schema<'a>(inner: &'a Inner, topic: &str, record: &'a SourceRecord) -> Option<&'a BoundSchema> {
     record.schema.as_deref().or_else(|| inner.schemas.get(topic))
+}
+
+/// A queued record's outcome: resolves once Danube acked it (`Ok`) or it failed for good.
+/// See [`Publisher::submit`].
+#[derive(Debug)]
+#[must_use = "the record is published either way; await this to learn whether Danube acked it"]
+pub struct PendingPublish {
+    reply: oneshot::Receiver<Result<(), PublishFailure>>,
+}
+
+impl Future for PendingPublish {
+    type Output = Result<(), PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.reply).poll(cx).map(|outcome| match outcome {
+            Ok(result) => result.map_err(|failure| failure.error),
+            // The lane went away without answering: the publisher was torn down.
+            Err(_) => Err(PublishError::Closed),
+        })
+    }
 }
 
 pub(crate) async fn wait_for_ack(rx: oneshot::Receiver<Result<(), PublishFailure>>) -> Result<(), PublishFailure> {
