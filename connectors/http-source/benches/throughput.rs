@@ -9,15 +9,21 @@
 //!
 //! Two gateway processes run side by side: one with the runtime's default worker threads,
 //! one with `CONNECTOR_RUNTIME__WORKER_THREADS` = `BENCH_GATEWAY_WORKERS` (default 1).
-//! `BENCH_ROUNDS` rounds each run every raw and gateway phase back to back, so a change of
-//! machine load weighs on all of them; ratios are taken within a round, then medians.
+//! `BENCH_ROUNDS` short rounds (default 8 of 3 s phases) each run every raw and gateway
+//! phase back to back, raw first and last, so a change of machine load weighs on all of
+//! them; ratios are taken within a round, then medians. On a shared 2-core machine the raw
+//! rate alone moves by a factor of two from minute to minute, so many short rounds give a
+//! steadier median than a few long ones.
 //!
-//! Load comes from `wrk` (loopback). Prints requests/s, p50/p99, the ratio to the baseline
+//! Load comes from `wrk` (loopback; `BENCH_WRK_THREADS`, default 1: one load thread drives
+//! well over the rates measured here and takes less of the two cores from the processes
+//! under test). Prints requests/s, p50/p99, the ratio to the baseline
 //! (target >= 80%), the CPU time per request of the gateway, the broker and wrk, and the
 //! gateway's RSS idle and under load; fails if a request answered 2xx is not in the topic.
 //!
 //! Run: `cargo bench -p danube-connector-http-source` (knobs: `BENCH_SECONDS`,
-//! `BENCH_ROUNDS`, `BENCH_CONNECTIONS`, `BENCH_PRODUCERS`, `BENCH_GATEWAY_WORKERS`, and
+//! `BENCH_ROUNDS`, `BENCH_CONNECTIONS`, `BENCH_PRODUCERS`, `BENCH_GATEWAY_WORKERS`,
+//! `BENCH_WRK_THREADS`, and
 //! `BENCH_GATEWAY_BIN` to load another build of the gateway).
 
 use std::collections::HashMap;
@@ -48,7 +54,7 @@ struct Load {
 }
 
 /// Runs wrk against `url` with POST bodies and parses its report.
-fn wrk(url: &str, connections: u64, seconds: u64) -> Load {
+fn wrk(url: &str, threads: u64, connections: u64, seconds: u64) -> Load {
     let wrk = ["/usr/bin/wrk", "/usr/local/bin/wrk"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -63,7 +69,7 @@ fn wrk(url: &str, connections: u64, seconds: u64) -> Load {
     )
     .expect("write lua");
     let output = Command::new(wrk)
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .args([&format!("-t{threads}"), &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
         .arg(&script)
         .arg(url)
         .output()
@@ -250,12 +256,12 @@ impl Gateway {
 
     /// One wrk phase against the gateway, with the CPU time per request of the gateway, of
     /// this process (the broker) and of wrk.
-    async fn load(&self, connections: u64, seconds: u64) -> (Load, Cpu) {
+    async fn load(&self, threads: u64, connections: u64, seconds: u64) -> (Load, Cpu) {
         let url = self.url.clone();
         let pid = self.connector.pid().expect("pid").to_string();
         let (gateway_before, _) = cpu_seconds(&pid);
         let (broker_before, wrk_before) = cpu_seconds("self");
-        let load = tokio::task::spawn_blocking(move || wrk(&url, connections, seconds)).await.expect("wrk");
+        let load = tokio::task::spawn_blocking(move || wrk(&url, threads, connections, seconds)).await.expect("wrk");
         let (gateway_after, _) = cpu_seconds(&pid);
         let (broker_after, wrk_after) = cpu_seconds("self");
         let per = |seconds: f64| 1e6 * seconds / (load.requests as f64).max(1.0);
@@ -301,8 +307,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 
 fn main() {
-    let seconds = env_or("BENCH_SECONDS", 6);
-    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
+    let seconds = env_or("BENCH_SECONDS", 3);
+    let rounds = env_or("BENCH_ROUNDS", 8).max(1);
+    let wrk_threads = env_or("BENCH_WRK_THREADS", 1).max(1);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let producers = env_or("BENCH_PRODUCERS", 4);
     let workers = env_or("BENCH_GATEWAY_WORKERS", 1) as usize;
@@ -321,15 +328,15 @@ fn main() {
         let mut measured = Vec::new();
         for _ in 0..rounds {
             let raw = raw_publish_apart(broker.url(), producers, seconds, true, None).await;
+            let durable = default.load(wrk_threads, connections, seconds).await;
+            let durable_fewer = fewer.load(wrk_threads, connections, seconds).await;
             let raw_fewer = raw_publish_apart(broker.url(), producers, seconds, true, Some(workers)).await;
-            let durable = default.load(connections, seconds).await;
-            let durable_fewer = fewer.load(connections, seconds).await;
             measured.push(Round { raw, raw_fewer, durable, durable_fewer });
         }
         let bare_port = bare_axum();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let bare_url = format!("http://127.0.0.1:{bare_port}/bench");
-        let bare = tokio::task::spawn_blocking(move || wrk(&bare_url, connections, seconds)).await.expect("wrk");
+        let bare = tokio::task::spawn_blocking(move || wrk(&bare_url, wrk_threads, connections, seconds)).await.expect("wrk");
         let load_after = load_average();
 
         let gateways = [("default runtime", default), ("runtime with fewer workers", fewer)];
@@ -342,7 +349,7 @@ fn main() {
 
         let one = if workers == 1 { "1 worker".to_string() } else { format!("{workers} workers") };
         println!(
-            "\nhttp-source throughput ({connections} wrk connections, {producers} producers, {rounds} rounds of {seconds}s phases, loopback; load average before {load_before}, after {load_after})"
+            "\nhttp-source throughput ({connections} wrk connections on {wrk_threads} wrk thread(s), {producers} producers, {rounds} rounds of {seconds}s phases, loopback; load average before {load_before}, after {load_after})"
         );
         println!("{:<6} {:<46} {:>9} {:>10} {:>10}", "round", "", "req/s", "p50", "p99");
         let row = |round: &str, what: &str, rate: f64, p50: String, p99: String| {
