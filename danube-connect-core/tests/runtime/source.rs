@@ -196,6 +196,34 @@ async fn publish_handle_returns_after_the_broker_ack_and_fails_while_it_is_away(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_record_is_published_whether_or_not_its_outcome_is_awaited() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/submit";
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(runtime_config("submit", &broker.url()), token.clone()).await.expect("runtime");
+    let publisher = runtime.publisher();
+
+    let pending = publisher.submit(SourceRecord::new(topic, "awaited")).await.expect("queued");
+    pending.await.expect("acked");
+    assert_eq!(broker.messages(topic).len(), 1, "the pending publish resolved before the broker had it");
+
+    // Dropped at once, as a request cut by its client or its timeout drops it.
+    for n in 0..20 {
+        drop(publisher.submit(SourceRecord::new(topic, format!("dropped-{n}"))).await.expect("queued"));
+    }
+    broker.wait_for_messages(topic, 21, Duration::from_secs(10)).await;
+    let payloads: HashSet<Vec<u8>> = broker.messages(topic).iter().map(|m| m.payload.to_vec()).collect();
+    for n in 0..20 {
+        assert!(payloads.contains(format!("dropped-{n}").as_bytes()), "dropped-{n} was withdrawn");
+    }
+
+    publisher.close().await;
+    let refused = publisher.submit(SourceRecord::new(topic, "late")).await.expect_err("closed");
+    assert!(matches!(refused, danube_connect_core::PublishError::Closed), "{refused}");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_port_serves_metrics_health_and_readiness() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let token = CancellationToken::new();
