@@ -230,8 +230,8 @@ async fn handle_endpoint(
     record = record
         .with_attribute("http.method", parts.method.as_str())
         .with_attribute("http.path", parts.uri.path())
-        .with_attribute("http.remote_addr", remote.to_string())
-        .with_attribute("http.received_at", humantime::format_rfc3339_millis(received_at).to_string())
+        .with_attribute("http.remote_addr", display_text(remote, 48))
+        .with_attribute("http.received_at", display_text(humantime::format_rfc3339_millis(received_at), 24))
         .with_attribute("http.endpoint", endpoint.id.as_str())
         .with_attribute("http.verification", endpoint.scheme_name());
     if let Some(content_type) = header_text(&parts.headers, header::CONTENT_TYPE.as_str()) {
@@ -398,6 +398,15 @@ async fn read_body(body: Body, limit: usize, deadline: Instant) -> Result<bytes:
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// `value` formatted into a string allocated once at `capacity` (`to_string` grows it
+/// several times on the way).
+fn display_text(value: impl std::fmt::Display, capacity: usize) -> String {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(capacity);
+    let _ = write!(text, "{value}");
+    text
 }
 
 fn json_text(value: &serde_json::Value) -> String {
