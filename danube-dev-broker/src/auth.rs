@@ -5,6 +5,7 @@
 
 use crate::config::AuthToken;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -32,7 +33,8 @@ impl Interceptor for AuthCheck {
             return Err(Status::unauthenticated("authorization token is missing"));
         };
         match value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
-            Some(token) if token == expected.expose() => Ok(request),
+            // Constant time: how long the check takes says nothing about the expected token.
+            Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => Ok(request),
             Some(_) => Err(Status::unauthenticated("invalid token")),
             None => Err(Status::unauthenticated(
                 "authorization is not a bearer token (`Bearer <token>`)",

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use danube_connect_core::config::SinkTopicConfig;
 use danube_connect_core::{async_trait, ConnectorResult, Runtime, RuntimeConfig, SinkConnector, SinkRecord};
 use danube_connect_testkit::clickhouse::ClickHouseServer;
+use danube_connect_testkit::procfs::status_kib;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
 
@@ -24,13 +25,6 @@ fn row(id: u64, size: usize) -> String {
     let head = format!(r#"{{"id":{id},"ts":1700000000,"kind":"click","value":{}.5,"pad":""#, id % 1000);
     let pad = "x".repeat(size.saturating_sub(head.len() + 2));
     format!("{head}{pad}\"}}")
-}
-
-fn rss_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
 }
 
 async fn wait_count(ch: &ClickHouseServer, table: &str, n: u64, timeout: Duration) -> bool {
@@ -169,7 +163,7 @@ async fn connector(
     let done = {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            peak = peak.max(rss_kb(pid, "VmRSS:"));
+            peak = peak.max(status_kib(pid, "VmRSS:"));
             if wait_count(ch, table, rows.len() as u64, Duration::from_millis(200)).await {
                 break true;
             }
@@ -180,7 +174,7 @@ async fn connector(
     };
     assert!(done, "not all rows arrived: {}", sink.log());
     let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
-    peak = peak.max(rss_kb(pid, "VmHWM:"));
+    peak = peak.max(status_kib(pid, "VmHWM:"));
     sink.kill9();
     ConnectorRun { rate, rss_mb: peak as f64 / 1024.0 }
 }

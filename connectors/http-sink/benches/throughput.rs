@@ -19,6 +19,7 @@ use danube_connect_core::config::{ConnectorConfig, RuntimeConfig, SinkTopicConfi
 use danube_connect_core::Runtime;
 use danube_connector_http_sink::config::BodyMode;
 use danube_connector_http_sink::{HttpSink, HttpSinkConfig};
+use danube_connect_testkit::procfs::status_kib;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
 use tokio_util::sync::CancellationToken;
@@ -28,17 +29,6 @@ const RECORDS: usize = 5_000;
 /// Dispatch window (unacked messages per subscription) for every run, baseline included.
 const WINDOW: usize = 1_000;
 
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn payload(i: usize) -> Vec<u8> {
     format!(r#"{{"id":{i},"table":"orders","op":"insert","row":{{"amount":{},"note":"benchmark row"}}}}"#, i * 3).into_bytes()
@@ -212,11 +202,7 @@ async fn binary_run(broker: &EmbeddedBroker, receiver: &(String, Arc<AtomicU64>)
     }
     wait_acked(broker, topic, name, RECORDS as u64).await;
     let rate = RECORDS as f64 / started.elapsed().as_secs_f64();
-    let peak = process
-        .pid()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0);
+    let peak = process.pid().map_or(0, |pid| status_kib(pid, "VmHWM:"));
     let status = process.terminate(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "the binary drains and exits 0");
     (rate, peak)
@@ -226,7 +212,7 @@ async fn binary_run(broker: &EmbeddedBroker, receiver: &(String, Arc<AtomicU64>)
 async fn main() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let receiver = start_receiver().await;
-    let rss_start = rss_kib("VmRSS:");
+    let rss_start = status_kib("self", "VmRSS:");
     let base = baseline(&broker).await;
     let raw = raw_http(&receiver.0, 16).await;
     println!("http-sink throughput, {RECORDS} records of ~100 B per run, dispatch window {WINDOW}");
@@ -257,7 +243,7 @@ async fn main() {
     println!(
         "RSS (broker + receiver + sink in one process): start {} MiB, now {} MiB, peak {} MiB",
         rss_start / 1024,
-        rss_kib("VmRSS:") / 1024,
-        rss_kib("VmHWM:") / 1024
+        status_kib("self", "VmRSS:") / 1024,
+        status_kib("self", "VmHWM:") / 1024
     );
 }
