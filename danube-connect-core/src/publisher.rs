@@ -221,16 +221,14 @@ impl Publisher {
             }
             None => pool.next.fetch_add(1, Ordering::Relaxed) % pool.lanes.len(),
         };
+        // A place in the queue first: a caller that gives up while the queue is full
+        // (`submit` under a timeout) leaves nothing behind, not even the in-flight count.
+        let Ok(place) = pool.lanes[lane].reserve().await else {
+            return Err(PublishFailure { error: PublishError::Closed, record });
+        };
         let (reply, rx) = oneshot::channel();
         pool.in_flight.inc();
-        if let Err(mpsc::error::SendError(job)) = pool.lanes[lane].send(LaneJob::Send(Job { record, deadline, reply })).await {
-            pool.in_flight.dec();
-            let record = match job {
-                LaneJob::Send(job) => job.record,
-                LaneJob::Prepare(_) => SourceRecord::new(String::new(), Vec::new()),
-            };
-            return Err(PublishFailure { error: PublishError::Closed, record });
-        }
+        place.send(LaneJob::Send(Job { record, deadline, reply }));
         Ok(rx)
     }
 

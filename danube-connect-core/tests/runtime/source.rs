@@ -224,6 +224,44 @@ async fn a_submitted_record_is_published_whether_or_not_its_outcome_is_awaited()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_given_up_while_its_lane_is_full_leaves_nothing_queued_or_counted() {
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/submit-full";
+    let mut config = runtime_config("submit-full", &broker.url());
+    config.source.producers_per_topic = 1;
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
+    let addr = runtime.ops_addr().expect("ops enabled");
+    let publisher = runtime.publisher();
+    publisher.publish(SourceRecord::new(topic, "first")).await.expect("producer ready");
+
+    // Danube takes no sends: the lane retries its first record and its queue fills up.
+    broker.fail_next_sends(usize::MAX);
+    let mut queued = Vec::new();
+    let given_up = loop {
+        let n = queued.len();
+        let submit = publisher.submit(SourceRecord::new(topic, format!("queued-{n}")));
+        match tokio::time::timeout(Duration::from_millis(200), submit).await {
+            Ok(pending) => queued.push(pending.expect("queued")),
+            Err(_) => break n,
+        }
+        assert!(queued.len() <= 1_000, "the lane queue never filled up");
+    };
+
+    broker.fail_next_sends(0);
+    for pending in queued {
+        pending.await.expect("acked once Danube takes sends again");
+    }
+    let payloads: Vec<Vec<u8>> = broker.messages(topic).iter().map(|m| m.payload.to_vec()).collect();
+    assert_eq!(payloads.len(), given_up + 1, "every queued record published once, the given-up one not at all");
+    assert!(!payloads.contains(&format!("queued-{given_up}").into_bytes()), "the given-up record was published");
+    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.expect("body");
+    let gauge = format!("connector_in_flight_records{{connector=\"submit-full\",topic=\"{topic}\"}} 0");
+    assert!(metrics.contains(&gauge), "in-flight count left behind: {metrics}");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_port_serves_metrics_health_and_readiness() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let token = CancellationToken::new();
