@@ -260,23 +260,9 @@ impl Gateway {
         }
     }
 
-    /// One wrk phase against the gateway, with the CPU time per request of the gateway, of
-    /// this process (the broker) and of wrk.
+    /// One wrk phase against the gateway, with the CPU time per request of each process.
     async fn load(&self, threads: u64, connections: u64, seconds: u64) -> (Load, Cpu) {
-        let url = self.url.clone();
-        let pid = self.connector.pid().expect("pid").to_string();
-        let (gateway_before, _) = cpu_seconds(&pid);
-        let (broker_before, wrk_before) = cpu_seconds("self");
-        let load = tokio::task::spawn_blocking(move || wrk(&url, threads, connections, seconds)).await.expect("wrk");
-        let (gateway_after, _) = cpu_seconds(&pid);
-        let (broker_after, wrk_after) = cpu_seconds("self");
-        let per = |seconds: f64| 1e6 * seconds / (load.requests as f64).max(1.0);
-        let cpu = Cpu {
-            gateway_us: per(gateway_after - gateway_before),
-            broker_us: per(broker_after - broker_before),
-            wrk_us: per(wrk_after - wrk_before),
-        };
-        (load, cpu)
+        wrk_phase(self.url.clone(), self.connector.pid(), threads, connections, seconds).await
     }
 
     /// Stops the gateway (SIGTERM, drain) and returns the records its topic holds.
@@ -287,11 +273,32 @@ impl Gateway {
     }
 }
 
-/// CPU time per request of each process in a durable phase, in microseconds.
+/// CPU time per request of each process in a wrk phase, in microseconds.
 struct Cpu {
+    /// The gateway process (0 without one).
     gateway_us: f64,
-    broker_us: f64,
+    /// This process: the broker, and in a bare phase the bare server too.
+    bench_us: f64,
+    /// wrk.
     wrk_us: f64,
+}
+
+/// One wrk phase against `url`, with the CPU time per request of the process `server_pid`
+/// (when the server is a process of its own), of this process and of wrk.
+async fn wrk_phase(url: String, server_pid: Option<u32>, threads: u64, connections: u64, seconds: u64) -> (Load, Cpu) {
+    let server = |pid: Option<u32>| pid.map_or(0.0, |pid| cpu_seconds(pid).0);
+    let server_before = server(server_pid);
+    let (bench_before, wrk_before) = cpu_seconds("self");
+    let load = tokio::task::spawn_blocking(move || wrk(&url, threads, connections, seconds)).await.expect("wrk");
+    let server_after = server(server_pid);
+    let (bench_after, wrk_after) = cpu_seconds("self");
+    let per = |seconds: f64| 1e6 * seconds / (load.requests as f64).max(1.0);
+    let cpu = Cpu {
+        gateway_us: per(server_after - server_before),
+        bench_us: per(bench_after - bench_before),
+        wrk_us: per(wrk_after - wrk_before),
+    };
+    (load, cpu)
 }
 
 /// What one round measured, all phases back to back.
@@ -312,14 +319,10 @@ struct Bare {
 }
 
 impl Bare {
-    /// One wrk phase against the bare server at `url`.
+    /// One wrk phase against the bare server at `url` (it runs in this process).
     async fn measure(url: &str, threads: u64, connections: u64, seconds: u64) -> Self {
-        let url = url.to_string();
-        let (server_before, wrk_before) = cpu_seconds("self");
-        let load = tokio::task::spawn_blocking(move || wrk(&url, threads, connections, seconds)).await.expect("wrk");
-        let (server_after, wrk_after) = cpu_seconds("self");
-        let http_us = 1e6 * ((server_after - server_before) + (wrk_after - wrk_before)) / (load.requests as f64).max(1.0);
-        Self { load, http_us }
+        let (load, cpu) = wrk_phase(url.to_string(), None, threads, connections, seconds).await;
+        Self { load, http_us: cpu.bench_us + cpu.wrk_us }
     }
 }
 
@@ -338,7 +341,6 @@ fn median(mut values: Vec<f64>) -> f64 {
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
-
 
 fn main() {
     let seconds = env_or("BENCH_SECONDS", 3);
@@ -415,8 +417,8 @@ fn main() {
             println!(
                 "{round:<6} CPU µs per message: raw {:.0} / {:.0} (broker + client); durable default: gateway {:.0}, broker {:.0}, wrk {:.0}; durable {one}: gateway {:.0}, broker {:.0}, wrk {:.0}; bare HTTP + wrk {:.0}",
                 r.raw.cpu_us, r.raw_fewer.cpu_us,
-                durable_cpu.gateway_us, durable_cpu.broker_us, durable_cpu.wrk_us,
-                fewer_cpu.gateway_us, fewer_cpu.broker_us, fewer_cpu.wrk_us,
+                durable_cpu.gateway_us, durable_cpu.bench_us, durable_cpu.wrk_us,
+                fewer_cpu.gateway_us, fewer_cpu.bench_us, fewer_cpu.wrk_us,
                 r.bare.http_us
             );
             println!(
