@@ -385,7 +385,6 @@ pub(crate) async fn wait_for_ack(rx: oneshot::Receiver<Result<(), PublishFailure
     }
 }
 
-
 /// One producer and the task that sends its queue in order.
 struct Lane {
     inner: Arc<Inner>,

@@ -29,7 +29,6 @@ const RECORDS: usize = 5_000;
 /// Dispatch window (unacked messages per subscription) for every run, baseline included.
 const WINDOW: usize = 1_000;
 
-
 fn payload(i: usize) -> Vec<u8> {
     format!(r#"{{"id":{i},"table":"orders","op":"insert","row":{{"amount":{},"note":"benchmark row"}}}}"#, i * 3).into_bytes()
 }
