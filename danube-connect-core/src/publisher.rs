@@ -223,8 +223,18 @@ impl Publisher {
         };
         // A place in the queue first: a caller that gives up while the queue is full
         // (`submit` under a timeout) leaves nothing behind, not even the in-flight count.
-        let Ok(place) = pool.lanes[lane].reserve().await else {
-            return Err(PublishFailure { error: PublishError::Closed, record });
+        // Taken at once when there is room: `reserve` spends tokio's cooperative budget,
+        // and calls polled together in one task (a pipelining source) that run out of it
+        // are woken again in reverse order, which would queue one key's records reversed.
+        let place = match pool.lanes[lane].try_reserve() {
+            Ok(place) => place,
+            Err(mpsc::error::TrySendError::Full(())) => match pool.lanes[lane].reserve().await {
+                Ok(place) => place,
+                Err(_) => return Err(PublishFailure { error: PublishError::Closed, record }),
+            },
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(PublishFailure { error: PublishError::Closed, record })
+            }
         };
         let (reply, rx) = oneshot::channel();
         pool.in_flight.inc();

@@ -224,6 +224,26 @@ async fn a_submitted_record_is_published_whether_or_not_its_outcome_is_awaited()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_of_one_key_polled_together_in_one_task_are_queued_in_call_order() {
+    // A source that pipelines publishes in one task (FuturesOrdered, join_all) polls many of
+    // them in one go; past tokio's cooperative budget a budget-aware queue wait would return
+    // Pending and be woken later in reverse order, and the records would be queued reversed.
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let topic = "/default/ordered";
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(runtime_config("ordered", &broker.url()), token.clone()).await.expect("runtime");
+    let publisher = runtime.publisher();
+    let publishes = (0..300).map(|n| publisher.publish(SourceRecord::new(topic, n.to_string()).with_key("one-key")));
+    for result in futures::future::join_all(publishes).await {
+        result.expect("acked");
+    }
+    let order: Vec<usize> =
+        broker.messages(topic).iter().filter_map(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok()).collect();
+    assert_eq!(order, (0..300).collect::<Vec<_>>(), "records of one key are stored in call order");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_given_up_while_its_lane_is_full_leaves_nothing_queued_or_counted() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let topic = "/default/submit-full";
