@@ -54,15 +54,46 @@ pub struct CreateEndpoint {
     pub description: Option<String>,
 }
 
-/// The admin routes under `{prefix}/endpoints`; `publisher` creates a new endpoint's
-/// topic before the endpoint is announced.
-pub fn router(token: &str, registry: Arc<Registry>, config: Arc<HttpSourceConfig>, publisher: Publisher) -> Router {
-    let prefix = config.admin.path_prefix.clone();
-    let state = Admin { token_digest: Sha256::digest(token.as_bytes()).into(), registry, config, publisher };
-    Router::new()
-        .route(&format!("{prefix}/endpoints"), get(list).post(create))
-        .route(&format!("{prefix}/endpoints/{{id}}"), delete(revoke))
-        .with_state(state)
+/// The admin API: its routes under `{prefix}/endpoints`, and which paths they are. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct AdminApi {
+    router: Router,
+    endpoints_path: Arc<str>,
+}
+
+impl AdminApi {
+    /// The admin routes; `publisher` creates a new endpoint's topic before the endpoint is
+    /// announced.
+    pub fn new(token: &str, registry: Arc<Registry>, config: Arc<HttpSourceConfig>, publisher: Publisher) -> Self {
+        let endpoints_path: Arc<str> = format!("{}/endpoints", config.admin.path_prefix).into();
+        let state = Admin { token_digest: Sha256::digest(token.as_bytes()).into(), registry, config, publisher };
+        let router = Router::new()
+            .route(&endpoints_path, get(list).post(create))
+            .route(&format!("{endpoints_path}/{{id}}"), delete(revoke))
+            .with_state(state);
+        Self { router, endpoints_path }
+    }
+
+    /// Whether `path` is one of the admin routes: `{prefix}/endpoints` or
+    /// `{prefix}/endpoints/{id}` (one non-empty segment).
+    pub fn serves(&self, path: &str) -> bool {
+        is_admin_route(&self.endpoints_path, path)
+    }
+
+    /// The router answering the admin routes.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+}
+
+/// Whether `path` is `endpoints_path` or `endpoints_path/{id}` (one non-empty segment).
+fn is_admin_route(endpoints_path: &str, path: &str) -> bool {
+    match path.strip_prefix(endpoints_path) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('/').is_some_and(|id| !id.is_empty() && !id.contains('/')),
+        None => false,
+    }
 }
 
 fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -168,4 +199,19 @@ async fn revoke(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<S
     }
     info!(id = %id, "dynamic endpoint revoked");
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_admin_route;
+
+    #[test]
+    fn only_the_two_admin_routes_go_to_the_admin_api() {
+        for path in ["/admin/endpoints", "/admin/endpoints/abc"] {
+            assert!(is_admin_route("/admin/endpoints", path), "{path}");
+        }
+        for path in ["/admin/endpoints/", "/admin/endpoints/a/b", "/admin/endpointsx", "/admin", "/e/abc", "/hooks"] {
+            assert!(!is_admin_route("/admin/endpoints", path), "{path}");
+        }
+    }
 }

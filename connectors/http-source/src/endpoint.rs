@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -14,6 +14,7 @@ use crate::config::{
 };
 use crate::dedup::Dedup;
 use crate::registry::DynamicEndpoint;
+use crate::server::EndpointMetrics;
 use crate::signature::Verifier;
 use crate::template::{PathTemplate, TopicTemplate};
 
@@ -76,6 +77,8 @@ pub struct Endpoint {
     pub limiter: Option<DefaultDirectRateLimiter>,
     /// De-duplication of delivery ids, if on.
     pub dedup: Option<DedupSpec>,
+    /// Metric handles, resolved at the first request.
+    pub metrics: OnceLock<EndpointMetrics>,
 }
 
 /// Why an endpoint could not be compiled.
@@ -146,6 +149,7 @@ impl Endpoint {
             max_body: config.max_body_bytes.unwrap_or(global.max_body_bytes),
             limiter: config.rate_limit.as_ref().map(limiter),
             dedup,
+            metrics: OnceLock::new(),
         })
     }
 
@@ -178,6 +182,7 @@ impl Endpoint {
             max_body: global.max_body_bytes,
             limiter: global.dynamic.rate_limit.as_ref().map(limiter),
             dedup: None,
+            metrics: OnceLock::new(),
         })
     }
 

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use axum::Router;
 use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
 use danube_connect_core::{
     async_trait, ConnectorError, ConnectorResult, PublishError, Publisher, SourceConnector, SourceContext,
@@ -40,7 +39,8 @@ use tracing::{error, info, warn};
 use crate::config::HttpSourceConfig;
 use crate::endpoint::Endpoint;
 use crate::registry::Registry;
-use crate::server::{App, Buffered, HttpMetrics};
+use crate::admin::AdminApi;
+use crate::server::{App, Buffered, HttpMetrics, MakeWebhookService};
 
 /// Records of `accepted` endpoints published at once from the buffer.
 const BUFFER_PUBLISHERS: usize = 64;
@@ -131,10 +131,12 @@ impl SourceConnector for HttpSource {
             retry_after: config.retry_after,
             metrics,
         });
-        let mut router: Router = Router::new().fallback(server::handle).with_state(app);
-        if let (Some(token), Some(registry)) = (&config.admin.token, registry) {
-            router = router.merge(admin::router(token.expose(), registry, config.clone(), ctx.publisher.clone()));
-        }
+        let admin = match (&config.admin.token, registry) {
+            (Some(token), Some(registry)) => {
+                Some(AdminApi::new(token.expose(), registry, config.clone(), ctx.publisher.clone()))
+            }
+            _ => None,
+        };
 
         // Static topics exist before the first request (a subscriber made now sees it).
         let mut static_topics: Vec<String> = Vec::new();
@@ -152,7 +154,7 @@ impl SourceConnector for HttpSource {
             .map_err(|e| ConnectorError::fatal(format!("bind {}", config.listen), e))?;
         let addr = listener.local_addr().map_err(|e| ConnectorError::fatal("listener address", e))?;
         let shutdown = ctx.shutdown.clone();
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let service = MakeWebhookService::new(app, admin);
         let server = match &config.tls {
             Some(tls) => {
                 let acceptor = tls::acceptor(tls).map_err(|e| ConnectorError::fatal("TLS", e))?;

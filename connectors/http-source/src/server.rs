@@ -2,20 +2,25 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::{IncomingStream, Listener};
 use danube_connect_core::health::Health;
 use danube_connect_core::{PendingPublish, PublishError, Publisher, SourceRecord};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tower_service::Service;
 use tracing::{debug, warn};
 
+use crate::admin::AdminApi;
 use crate::config::{AckMode, AllowedMethod};
 use crate::dedup::{Reservation, Reserve};
 use crate::endpoint::{Endpoint, RoutingKey};
@@ -47,10 +52,39 @@ impl HttpMetrics {
         Ok(Self { connector: metrics.connector().to_string(), requests, duration })
     }
 
-    fn observe(&self, endpoint: &str, status: StatusCode, started: Instant) {
-        self.requests.with_label_values(&[&self.connector, endpoint, status.as_str()]).inc();
-        self.duration.with_label_values(&[&self.connector, endpoint]).observe(started.elapsed().as_secs_f64());
+    /// Counts a request no endpoint matched.
+    fn observe_unmatched(&self, status: StatusCode, started: Instant) {
+        self.requests.with_label_values(&[&self.connector, "unmatched", status.as_str()]).inc();
+        self.duration.with_label_values(&[&self.connector, "unmatched"]).observe(started.elapsed().as_secs_f64());
     }
+
+    /// Counts a request of `endpoint`. The endpoint's duration histogram and success counter
+    /// are looked up once and kept on the endpoint; other statuses are looked up per request.
+    fn observe(&self, endpoint: &Endpoint, status: StatusCode, started: Instant) {
+        let handles = endpoint.metrics.get_or_init(|| EndpointMetrics {
+            success_status: endpoint.success,
+            success: self.requests.with_label_values(&[
+                &self.connector,
+                &endpoint.metric_label,
+                endpoint.success.as_str(),
+            ]),
+            duration: self.duration.with_label_values(&[&self.connector, &endpoint.metric_label]),
+        });
+        if status == handles.success_status {
+            handles.success.inc();
+        } else {
+            self.requests.with_label_values(&[&self.connector, &endpoint.metric_label, status.as_str()]).inc();
+        }
+        handles.duration.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// One endpoint's metric handles, resolved at its first request.
+#[derive(Debug)]
+pub struct EndpointMetrics {
+    success_status: StatusCode,
+    success: IntCounter,
+    duration: Histogram,
 }
 
 /// A record of an `accepted` endpoint with its buffer slot, released once Danube acked it
@@ -112,20 +146,79 @@ impl App {
     }
 }
 
-/// The fallback handler: every request that is not for the admin API.
-pub async fn handle(
-    State(app): State<Arc<App>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+/// Makes the [`WebhookService`] of each accepted connection, which knows its remote address.
+#[derive(Clone)]
+pub struct MakeWebhookService {
+    app: Arc<App>,
+    admin: Option<AdminApi>,
+}
+
+impl MakeWebhookService {
+    /// Serves `app`'s endpoints, and the admin API's routes when it is on.
+    pub fn new(app: Arc<App>, admin: Option<AdminApi>) -> Self {
+        Self { app, admin }
+    }
+}
+
+impl<'a, L> Service<IncomingStream<'a, L>> for MakeWebhookService
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    type Response = WebhookService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<WebhookService, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: IncomingStream<'a, L>) -> Self::Future {
+        std::future::ready(Ok(WebhookService {
+            app: self.app.clone(),
+            admin: self.admin.clone(),
+            remote: *incoming.remote_addr(),
+        }))
+    }
+}
+
+/// One connection's service: admin routes go to the admin API's router, every other request
+/// to [`handle`]. Webhook requests skip a router: one endpoint list is matched once.
+#[derive(Clone)]
+pub struct WebhookService {
+    app: Arc<App>,
+    admin: Option<AdminApi>,
+    remote: SocketAddr,
+}
+
+impl Service<Request> for WebhookService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if let Some(admin) = self.admin.as_ref().filter(|admin| admin.serves(request.uri().path())) {
+            let mut router = admin.router();
+            return Box::pin(async move { router.call(request).await });
+        }
+        let (app, remote) = (self.app.clone(), self.remote);
+        Box::pin(async move { Ok(handle(&app, remote, request).await) })
+    }
+}
+
+/// Answers a request that is not for the admin API.
+pub async fn handle(app: &App, remote: SocketAddr, request: Request) -> Response {
     let started = Instant::now();
     let Some((endpoint, params)) = app.route(request.uri().path()) else {
         let response = error(StatusCode::NOT_FOUND, "no endpoint at this path");
-        app.metrics.observe("unmatched", response.status(), started);
+        app.metrics.observe_unmatched(response.status(), started);
         return response;
     };
-    let response = handle_endpoint(&app, &endpoint, params, remote, request, started).await;
-    app.metrics.observe(&endpoint.metric_label, response.status(), started);
+    let response = handle_endpoint(app, &endpoint, params, remote, request, started).await;
+    app.metrics.observe(&endpoint, response.status(), started);
     response
 }
 
