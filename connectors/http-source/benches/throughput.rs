@@ -9,7 +9,8 @@
 //!    with the CPU time it and wrk take per request. With the two cores saturated, a durable
 //!    request costs at least a raw publish plus that, so the bench also prints the ceiling
 //!    `raw / (raw + bare HTTP + wrk)` that even a gateway whose own work cost nothing could
-//!    not pass on this machine.
+//!    not pass while the cores are saturated. They often are not (each producer has one
+//!    message in flight, so round trips bound the rate), and then the ceiling does not hold.
 //!
 //! Two gateway processes run side by side: one with the runtime's default worker threads,
 //! one with `CONNECTOR_RUNTIME__WORKER_THREADS` = `BENCH_GATEWAY_WORKERS` (default 1).
