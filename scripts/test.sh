@@ -50,7 +50,8 @@ log "protoc: $(protoc --version)"
 log "tansu: $(command -v tansu)"
 log "target dir: $CARGO_TARGET_DIR"
 
-# --- build and run every test ---------------------------------------------------------
+# --- formatting (rustfmt.toml), then build and run every test -------------------------
+cargo fmt --all --check
 mkdir -p "$CACHE"
 cargo build --workspace --all-targets
 set +e

@@ -71,9 +71,8 @@ const PROTO: &str = r#"
 
 fn record(i: usize) -> Value {
     let currency = ["EUR", "USD", "NOK"][i % 3];
-    let items: Vec<Value> = (0..1 + i % 4)
-        .map(|n| json!({"sku": format!("sku-{:05}-{n}", i * 7 % 10_000), "qty": 1 + n}))
-        .collect();
+    let items: Vec<Value> =
+        (0..1 + i % 4).map(|n| json!({"sku": format!("sku-{:05}-{n}", i * 7 % 10_000), "qty": 1 + n})).collect();
     json!({
         "order_id": format!("ord-{i:08}"),
         "customer": format!("customer-{}@example.com", i % 977),
@@ -113,17 +112,11 @@ fn rate<T>(budget: Duration, inputs: &[T], mut f: impl FnMut(&T)) -> f64 {
 }
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2.0);
+    let seconds: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
     let budget = Duration::from_secs_f64(seconds);
 
     let values: Vec<Value> = (0..RECORDS).map(record).collect();
-    let json_texts: Vec<Vec<u8>> = values
-        .iter()
-        .map(|v| serde_json::to_vec(v).unwrap())
-        .collect();
+    let json_texts: Vec<Vec<u8>> = values.iter().map(|v| serde_json::to_vec(v).unwrap()).collect();
     let avg_json = json_texts.iter().map(Vec::len).sum::<usize>() / RECORDS;
 
     let baseline = rate(budget, &json_texts, |text| {
@@ -131,41 +124,19 @@ fn main() {
     });
 
     let formats: Vec<(&str, Schema, Vec<Value>)> = vec![
-        (
-            "json_schema",
-            Schema::compile(SchemaKind::JsonSchema, JSON_SCHEMA).unwrap(),
-            values.clone(),
-        ),
-        (
-            "avro",
-            Schema::compile(SchemaKind::Avro, AVRO).unwrap(),
-            values.clone(),
-        ),
-        (
-            "protobuf",
-            Schema::compile(SchemaKind::Protobuf, PROTO).unwrap(),
-            values.iter().map(proto_record).collect(),
-        ),
+        ("json_schema", Schema::compile(SchemaKind::JsonSchema, JSON_SCHEMA).unwrap(), values.clone()),
+        ("avro", Schema::compile(SchemaKind::Avro, AVRO).unwrap(), values.clone()),
+        ("protobuf", Schema::compile(SchemaKind::Protobuf, PROTO).unwrap(), values.iter().map(proto_record).collect()),
     ];
 
     println!("schema bench: {RECORDS} distinct order records, {seconds}s per figure");
     println!("baseline serde_json parse ({avg_json} B avg): {baseline:>12.0} records/s");
     println!(
         "{:<12} {:>8} {:>18} {:>8} {:>16} {:>8} {:>16} {:>8}",
-        "format",
-        "wire B",
-        "encode+validate/s",
-        "ratio",
-        "validate/s",
-        "ratio",
-        "decode/s",
-        "ratio"
+        "format", "wire B", "encode+validate/s", "ratio", "validate/s", "ratio", "decode/s", "ratio"
     );
     for (name, schema, inputs) in &formats {
-        let payloads: Vec<Vec<u8>> = inputs
-            .iter()
-            .map(|v| schema.encode_from_json(v).unwrap())
-            .collect();
+        let payloads: Vec<Vec<u8>> = inputs.iter().map(|v| schema.encode_from_json(v).unwrap()).collect();
         for (p, v) in payloads.iter().zip(inputs) {
             schema.validate(p).unwrap();
             let back = schema.decode_to_json(p).unwrap();

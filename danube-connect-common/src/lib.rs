@@ -12,6 +12,4 @@ pub mod schema;
 pub mod tls;
 
 pub use error::error_chain;
-pub use schema::{
-    check_compatible, CompatibilityMode, Schema, SchemaError, SchemaKind, Violation, Violations,
-};
+pub use schema::{check_compatible, CompatibilityMode, Schema, SchemaError, SchemaKind, Violation, Violations};

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danube_client::{DanubeClient, SubType};
-use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_common::schema::SchemaKind;
 use danube_connect_core::config::{RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{
-    async_trait, ConnectorResult, Runtime, SchemaBinding, SinkConnector, SinkRecord, SourceConnector, SourceContext, SourceOffset,
-    SourceRecord,
+    async_trait, ConnectorResult, Runtime, SchemaBinding, SinkConnector, SinkRecord, SourceConnector, SourceContext,
+    SourceOffset, SourceRecord,
 };
+use danube_connect_testkit::danube::reliable_producers;
 use danube_dev_broker::EmbeddedBroker;
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,8 @@ async fn json_publish_rate(broker: &EmbeddedBroker, validate: bool, n: usize) ->
         std::fs::write(&file, ORDER_SCHEMA).expect("schema file");
         cfg.schemas = vec![SchemaBinding::new(&topic, name).with_file(SchemaKind::JsonSchema, file)];
     }
-    let payload = br#"{"id":"order-000001","amount":42.5,"note":"a json record of about one hundred bytes...."}"#.to_vec();
+    let payload =
+        br#"{"id":"order-000001","amount":42.5,"note":"a json record of about one hundred bytes...."}"#.to_vec();
     generator_rate(cfg, topic, 4, n, payload).await
 }
 
@@ -100,7 +101,8 @@ async fn generator_rate(mut cfg: RuntimeConfig, topic: String, producers: usize,
     let token = CancellationToken::new();
     let runtime = Runtime::start(cfg, token.clone()).await.expect("runtime");
     let started = Instant::now();
-    let run = tokio::spawn(runtime.run_source(Generator { topic, payload, next: 0, total: n, committed: committed.clone() }));
+    let run =
+        tokio::spawn(runtime.run_source(Generator { topic, payload, next: 0, total: n, committed: committed.clone() }));
     while committed.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -113,9 +115,8 @@ async fn generator_rate(mut cfg: RuntimeConfig, topic: String, producers: usize,
 async fn raw_publish_rate(broker: &EmbeddedBroker, producers: usize, n: usize) -> f64 {
     let topic = format!("/default/bench-raw-{producers}");
     let mut handles = Vec::new();
-    let built = reliable_producers(broker.url(), &topic, &format!("raw-{producers}"), producers)
-        .await
-        .expect("raw producers");
+    let built =
+        reliable_producers(broker.url(), &topic, &format!("raw-{producers}"), producers).await.expect("raw producers");
     let started = Instant::now();
     for (p, producer) in built.into_iter().enumerate() {
         let share = n / producers + usize::from(p < n % producers);
@@ -220,7 +221,11 @@ async fn main() {
     println!("publish  raw client, 1 producer : {raw1:>9.0} rec/s");
     println!("publish  source runtime, 1      : {rt1:>9.0} rec/s  ({:.2}x raw)", rt1 / raw1);
     println!("publish  raw client, 4 producers: {raw4:>9.0} rec/s");
-    println!("publish  source runtime, pool 4 : {rt4:>9.0} rec/s  ({:.2}x raw, {:.2}x the 1-producer runtime)", rt4 / raw4, rt4 / rt1);
+    println!(
+        "publish  source runtime, pool 4 : {rt4:>9.0} rec/s  ({:.2}x raw, {:.2}x the 1-producer runtime)",
+        rt4 / raw4,
+        rt4 / rt1
+    );
 
     let raw_c = raw_consume_rate(&broker, n).await;
     let sink = sink_rate(&broker, n).await;

@@ -109,14 +109,12 @@ impl<'de> Deserialize<'de> for Secret {
         }
         match Source::deserialize(deserializer)? {
             Source::Value(v) => Ok(Secret(v)),
-            Source::Env { env } => std::env::var(&env).map(Secret).map_err(|_| {
-                serde::de::Error::custom(format!("secret environment variable `{env}` is not set"))
-            }),
+            Source::Env { env } => std::env::var(&env)
+                .map(Secret)
+                .map_err(|_| serde::de::Error::custom(format!("secret environment variable `{env}` is not set"))),
             Source::File { file } => std::fs::read_to_string(&file)
                 .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_string()))
-                .map_err(|e| {
-                    serde::de::Error::custom(format!("secret file {}: {e}", file.display()))
-                }),
+                .map_err(|e| serde::de::Error::custom(format!("secret file {}: {e}", file.display()))),
         }
     }
 }
@@ -169,10 +167,7 @@ impl Validate for DanubeConfig {
             return Err(ConfigError::invalid("danube.service_url", format!("`{url}` is not a valid URL")));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError::invalid(
-                "danube.tls_cert",
-                "mutual TLS needs both `tls_cert` and `tls_key`",
-            ));
+            return Err(ConfigError::invalid("danube.tls_cert", "mutual TLS needs both `tls_cert` and `tls_key`"));
         }
         if self.tls_cert.is_some() && self.tls_ca.is_none() {
             return Err(ConfigError::invalid("danube.tls_ca", "mutual TLS needs `tls_ca` too"));
@@ -298,12 +293,7 @@ pub struct SourceConfig {
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        Self {
-            producers_per_topic: 4,
-            reliable: true,
-            max_in_flight: 1024,
-            publish_timeout: Duration::from_secs(30),
-        }
+        Self { producers_per_topic: 4, reliable: true, max_in_flight: 1024, publish_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -357,7 +347,12 @@ fn default_sub_type() -> SubscriptionType {
 impl SinkTopicConfig {
     /// A topic with default subscription settings.
     pub fn new(topic: impl Into<String>) -> Self {
-        Self { topic: topic.into(), subscription: None, subscription_type: SubscriptionType::Shared, consumer_name: None }
+        Self {
+            topic: topic.into(),
+            subscription: None,
+            subscription_type: SubscriptionType::Shared,
+            consumer_name: None,
+        }
     }
 }
 
@@ -516,7 +511,10 @@ pub struct AsyncRuntimeConfig {
 impl Validate for AsyncRuntimeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.worker_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
-            return Err(ConfigError::invalid("runtime.worker_threads", "must be 1 to 1024 (or unset for tokio's default)"));
+            return Err(ConfigError::invalid(
+                "runtime.worker_threads",
+                "must be 1 to 1024 (or unset for tokio's default)",
+            ));
         }
         Ok(())
     }
@@ -642,7 +640,18 @@ fn parse_error(error: figment::Error, section: Option<&str>) -> ConfigError {
 
 /// Top-level keys a configuration may have.
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "name", "danube", "retry", "failure", "source", "sink", "ops", "log", "shutdown", "runtime", "schemas", "connector",
+    "name",
+    "danube",
+    "retry",
+    "failure",
+    "source",
+    "sink",
+    "ops",
+    "log",
+    "shutdown",
+    "runtime",
+    "schemas",
+    "connector",
     "config_file",
 ];
 
@@ -769,8 +778,11 @@ mod tests {
     fn yaml_files_are_accepted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("c.yaml");
-        std::fs::write(&file, "name: yaml-demo\nsink:\n  batch:\n    max_records: 7\n    linger: 250ms\nconnector:\n  listen: y\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "name: yaml-demo\nsink:\n  batch:\n    max_records: 7\n    linger: 250ms\nconnector:\n  listen: y\n",
+        )
+        .expect("write");
         let cfg = ConnectorConfig::<Demo>::load_from(Some(&file), "DEMO_TEST_NONE", Figment::new()).expect("load");
         assert_eq!(cfg.runtime.name, "yaml-demo");
         assert_eq!(cfg.runtime.sink.batch.max_records, 7);
@@ -808,10 +820,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("s");
         std::fs::write(&file, "s3cret\n").expect("write");
-        let extra = Figment::new().merge(Serialized::default(
-            "connector.password",
-            serde_json::json!({ "file": file }),
-        ));
+        let extra =
+            Figment::new().merge(Serialized::default("connector.password", serde_json::json!({ "file": file })));
         let cfg = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect("load");
         assert_eq!(cfg.connector.password.as_ref().map(Secret::expose), Some("s3cret"));
     }
@@ -842,7 +852,14 @@ mod tests {
         let extra = Figment::new().merge(Serialized::default("runtime.worker_threads", 2));
         let cfg = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect("two workers");
         assert_eq!(cfg.runtime.runtime.worker_threads, Some(2));
-        assert_eq!(ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", Figment::new()).expect("default").runtime.runtime.worker_threads, None);
+        assert_eq!(
+            ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", Figment::new())
+                .expect("default")
+                .runtime
+                .runtime
+                .worker_threads,
+            None
+        );
     }
 
     #[test]

@@ -3,8 +3,7 @@
 //! Labels are bounded: `connector`, `topic` and `outcome` — never error text.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The runtime's metrics, registered in one registry.
@@ -61,15 +60,50 @@ impl Metrics {
         let seconds = exponential_buckets(0.0005, 2.0, 16).expect("static buckets");
         Self {
             records_received: counter("connector_records_received_total", "Records taken in.", &["connector", "topic"]),
-            records_published: counter("connector_records_published_total", "Records acked by Danube.", &["connector", "topic"]),
-            records_acked: counter("connector_records_acked_total", "Records acked to Danube (sinks) or committed (sources).", &["connector", "topic"]),
-            records_failed: counter("connector_records_failed_total", "Failed records.", &["connector", "topic", "outcome"]),
+            records_published: counter(
+                "connector_records_published_total",
+                "Records acked by Danube.",
+                &["connector", "topic"],
+            ),
+            records_acked: counter(
+                "connector_records_acked_total",
+                "Records acked to Danube (sinks) or committed (sources).",
+                &["connector", "topic"],
+            ),
+            records_failed: counter(
+                "connector_records_failed_total",
+                "Failed records.",
+                &["connector", "topic", "outcome"],
+            ),
             records_retried: counter("connector_records_retried_total", "Retry attempts.", &["connector", "topic"]),
-            records_dead_lettered: counter("connector_records_dead_lettered_total", "Records sent to the dead-letter topic.", &["connector", "topic"]),
-            records_nacked: counter("connector_records_nacked_total", "Records nacked for redelivery.", &["connector", "topic"]),
-            batch_size: histogram("connector_batch_size", "Records per processed batch.", &["connector", "topic"], exponential_buckets(1.0, 2.0, 15).expect("static buckets")),
-            end_to_end_latency: histogram("connector_end_to_end_latency_seconds", "Publish to sink ack.", &["connector", "topic"], seconds.clone()),
-            operation_latency: histogram("connector_operation_latency_seconds", "Duration of one operation.", &["connector", "operation"], seconds),
+            records_dead_lettered: counter(
+                "connector_records_dead_lettered_total",
+                "Records sent to the dead-letter topic.",
+                &["connector", "topic"],
+            ),
+            records_nacked: counter(
+                "connector_records_nacked_total",
+                "Records nacked for redelivery.",
+                &["connector", "topic"],
+            ),
+            batch_size: histogram(
+                "connector_batch_size",
+                "Records per processed batch.",
+                &["connector", "topic"],
+                exponential_buckets(1.0, 2.0, 15).expect("static buckets"),
+            ),
+            end_to_end_latency: histogram(
+                "connector_end_to_end_latency_seconds",
+                "Publish to sink ack.",
+                &["connector", "topic"],
+                seconds.clone(),
+            ),
+            operation_latency: histogram(
+                "connector_operation_latency_seconds",
+                "Duration of one operation.",
+                &["connector", "operation"],
+                seconds,
+            ),
             in_flight: gauge("connector_in_flight_records", "Records in flight."),
             buffer_depth: gauge("connector_buffer_depth", "Records waiting in buffers."),
             registry,

@@ -271,7 +271,9 @@ impl Publisher {
                 Ok(Err(source)) => {
                     let error = match classify(source) {
                         SendOutcome::Rejected(source) => PublishError::Rejected { topic: topic.to_string(), source },
-                        SendOutcome::Transient(source) => PublishError::Unavailable { topic: topic.to_string(), source },
+                        SendOutcome::Transient(source) => {
+                            PublishError::Unavailable { topic: topic.to_string(), source }
+                        }
                         SendOutcome::Acked => continue,
                     };
                     first_error.get_or_insert(error);
@@ -300,7 +302,8 @@ impl Publisher {
         definition: impl AsRef<[u8]>,
         compatibility: Option<CompatibilityMode>,
     ) -> Result<Arc<BoundSchema>, SchemaSetupError> {
-        let bound = BoundSchema::register(&self.inner.client, subject, kind, definition.as_ref(), compatibility).await?;
+        let bound =
+            BoundSchema::register(&self.inner.client, subject, kind, definition.as_ref(), compatibility).await?;
         debug!(subject = %bound.subject, schema_id = bound.schema_id, version = bound.version, "schema registered at run time");
         Ok(Arc::new(bound))
     }
@@ -388,10 +391,9 @@ impl Future for PendingPublish {
 pub(crate) async fn wait_for_ack(rx: oneshot::Receiver<Result<(), PublishFailure>>) -> Result<(), PublishFailure> {
     match rx.await {
         Ok(result) => result,
-        Err(_) => Err(PublishFailure {
-            error: PublishError::Closed,
-            record: SourceRecord::new(String::new(), Vec::new()),
-        }),
+        Err(_) => {
+            Err(PublishFailure { error: PublishError::Closed, record: SourceRecord::new(String::new(), Vec::new()) })
+        }
     }
 }
 

@@ -72,12 +72,8 @@ impl SourceRecord {
     }
 
     /// A record whose payload is `value` serialized as JSON; sets `content-type`.
-    pub fn from_json<T: Serialize + ?Sized>(
-        topic: impl Into<String>,
-        value: &T,
-    ) -> Result<Self, ConnectorError> {
-        let payload = serde_json::to_vec(value)
-            .map_err(|e| ConnectorError::invalid("serialize record as JSON", e))?;
+    pub fn from_json<T: Serialize + ?Sized>(topic: impl Into<String>, value: &T) -> Result<Self, ConnectorError> {
+        let payload = serde_json::to_vec(value).map_err(|e| ConnectorError::invalid("serialize record as JSON", e))?;
         Ok(Self::new(topic, payload).with_attribute("content-type", "application/json"))
     }
 
@@ -162,8 +158,7 @@ impl SinkRecord {
 
     /// The payload as UTF-8 text.
     pub fn payload_str(&self) -> Result<&str, ConnectorError> {
-        std::str::from_utf8(&self.payload)
-            .map_err(|e| ConnectorError::invalid("payload is not UTF-8", e))
+        std::str::from_utf8(&self.payload).map_err(|e| ConnectorError::invalid("payload is not UTF-8", e))
     }
 
     /// The payload parsed as JSON into `T`.

@@ -283,11 +283,15 @@ impl BoundSchema {
     pub fn prepare(&self, payload: &bytes::Bytes) -> Result<Option<bytes::Bytes>, SchemaError> {
         match self.input {
             PayloadInput::Json => {
-                let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| SchemaError::InvalidPayload {
-                    kind: self.schema.kind(),
-                    violations: danube_connect_common::schema::Violations::one("", format!("payload is not JSON: {e}")),
-                    source: None,
-                })?;
+                let value: serde_json::Value =
+                    serde_json::from_slice(payload).map_err(|e| SchemaError::InvalidPayload {
+                        kind: self.schema.kind(),
+                        violations: danube_connect_common::schema::Violations::one(
+                            "",
+                            format!("payload is not JSON: {e}"),
+                        ),
+                        source: None,
+                    })?;
                 self.schema.encode_from_json(&value).map(|encoded| Some(encoded.into()))
             }
             PayloadInput::Wire if self.validate => self.schema.validate(payload).map(|()| None),
@@ -326,7 +330,11 @@ impl TopicSchemas {
     }
 }
 
-async fn resolve_one(client: &DanubeClient, binding: &SchemaBinding, field: &str) -> Result<BoundSchema, SchemaSetupError> {
+async fn resolve_one(
+    client: &DanubeClient,
+    binding: &SchemaBinding,
+    field: &str,
+) -> Result<BoundSchema, SchemaSetupError> {
     let registry = client.schema();
     let subject = binding.subject.clone();
     let registry_error = |action: &'static str| {
@@ -338,7 +346,14 @@ async fn resolve_one(client: &DanubeClient, binding: &SchemaBinding, field: &str
         .map_err(|source| SchemaSetupError::Definition { topic: binding.topic.clone(), source })?;
     if let Some(schema) = local {
         let (schema_id, version) = register_definition(client, &subject, &schema, binding.compatibility).await?;
-        return Ok(BoundSchema { subject, schema_id, version, schema, validate: binding.validate, input: binding.input });
+        return Ok(BoundSchema {
+            subject,
+            schema_id,
+            version,
+            schema,
+            validate: binding.validate,
+            input: binding.input,
+        });
     }
     let latest = registry.get_latest_schema(subject.clone()).await.map_err(registry_error("look up latest"))?;
     let info = match binding.version {
@@ -348,21 +363,13 @@ async fn resolve_one(client: &DanubeClient, binding: &SchemaBinding, field: &str
             .map_err(registry_error("look up version"))?,
         _ => latest,
     };
-    let kind = info
-        .schema_type
-        .parse::<SchemaKind>()
-        .map_err(|e| SchemaSetupError::Compile {
-            subject: subject.clone(),
-            version: info.version,
-            source: SchemaError::InvalidDefinition {
-                kind: SchemaKind::Bytes,
-                message: e.to_string(),
-                source: None,
-            },
-        })?;
-    let schema = compile(kind, &info.schema_definition, binding.message.as_deref()).map_err(|source| {
-        SchemaSetupError::Compile { subject: subject.clone(), version: info.version, source }
+    let kind = info.schema_type.parse::<SchemaKind>().map_err(|e| SchemaSetupError::Compile {
+        subject: subject.clone(),
+        version: info.version,
+        source: SchemaError::InvalidDefinition { kind: SchemaKind::Bytes, message: e.to_string(), source: None },
     })?;
+    let schema = compile(kind, &info.schema_definition, binding.message.as_deref())
+        .map_err(|source| SchemaSetupError::Compile { subject: subject.clone(), version: info.version, source })?;
     Ok(BoundSchema {
         subject,
         schema_id: info.schema_id,
@@ -419,7 +426,8 @@ async fn matching_version(
     definition: &[u8],
 ) -> Result<u32, SchemaSetupError> {
     let registry = client.schema();
-    let lookup = |source| SchemaSetupError::Registry { action: "look up version", subject: subject.to_string(), source };
+    let lookup =
+        |source| SchemaSetupError::Registry { action: "look up version", subject: subject.to_string(), source };
     let latest = registry.get_latest_schema(subject.to_string()).await.map_err(lookup)?;
     if latest.schema_definition == definition {
         return Ok(latest.version);
@@ -532,9 +540,9 @@ impl SchemaCache {
     pub async fn decode(&self, record: &mut SinkRecord) -> Result<(), ConnectorError> {
         let Some(schema_id) = record.schema_id else { return Ok(()) };
         let schema = self.get(schema_id, record.schema_version).await?;
-        let value = schema.decode_to_json(&record.payload).map_err(|e| {
-            ConnectorError::invalid(format!("payload does not decode with schema {schema_id}"), e)
-        })?;
+        let value = schema
+            .decode_to_json(&record.payload)
+            .map_err(|e| ConnectorError::invalid(format!("payload does not decode with schema {schema_id}"), e))?;
         record.value = Some(value);
         Ok(())
     }

@@ -17,7 +17,10 @@ fn schema_bindings_and_sink_settings_come_from_the_environment() {
     std::fs::write(&file, r#"{"type":"record","name":"O","fields":[{"name":"id","type":"string"}]}"#).expect("write");
     std::env::set_var(
         "CONNECTOR_SCHEMAS",
-        format!(r#"[{{topic="/default/orders", subject="orders-value", type="avro", file="{}", input="json"}}]"#, file.display()),
+        format!(
+            r#"[{{topic="/default/orders", subject="orders-value", type="avro", file="{}", input="json"}}]"#,
+            file.display()
+        ),
     );
     std::env::set_var("CONNECTOR_SINK__DECODE_SCHEMAS", "false");
     let config = ConnectorConfig::<Empty>::load(None, "EMPTY").expect("loads");

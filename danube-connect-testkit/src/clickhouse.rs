@@ -56,16 +56,8 @@ impl ClickHouseServer {
         } else {
             None
         };
-        let mut server = Self {
-            child: None,
-            binary,
-            config,
-            account,
-            http_port,
-            tcp_port,
-            dir,
-            http: reqwest::Client::new(),
-        };
+        let mut server =
+            Self { child: None, binary, config, account, http_port, tcp_port, dir, http: reqwest::Client::new() };
         server.spawn().await?;
         Ok(server)
     }
@@ -194,9 +186,8 @@ fn io(what: impl Into<String>, source: std::io::Error) -> HarnessError {
 
 /// Copies the stock config with ports and paths pointing into `dir`.
 fn write_config(dir: &Path, http_port: u16, tcp_port: u16, interserver_port: u16) -> Result<PathBuf, HarnessError> {
-    let stock = std::fs::read_to_string(STOCK_CONFIG).map_err(|source| {
-        io(format!("read {STOCK_CONFIG} (install with: {INSTALL})"), source)
-    })?;
+    let stock = std::fs::read_to_string(STOCK_CONFIG)
+        .map_err(|source| io(format!("read {STOCK_CONFIG} (install with: {INSTALL})"), source))?;
     let users = std::fs::read_to_string(STOCK_USERS)
         .map_err(|source| io(format!("read {STOCK_USERS} (install with: {INSTALL})"), source))?;
     let d = dir.display();
@@ -206,11 +197,20 @@ fn write_config(dir: &Path, http_port: u16, tcp_port: u16, interserver_port: u16
     let replacements = [
         ("<http_port>8123</http_port>", format!("<http_port>{http_port}</http_port>")),
         ("<tcp_port>9000</tcp_port>", format!("<tcp_port>{tcp_port}</tcp_port>")),
-        ("<interserver_http_port>9009</interserver_http_port>", format!("<interserver_http_port>{interserver_port}</interserver_http_port>")),
+        (
+            "<interserver_http_port>9009</interserver_http_port>",
+            format!("<interserver_http_port>{interserver_port}</interserver_http_port>"),
+        ),
         ("<path>/var/lib/clickhouse/</path>", format!("<path>{d}/data/</path>")),
         ("<tmp_path>/var/lib/clickhouse/tmp/</tmp_path>", format!("<tmp_path>{d}/tmp/</tmp_path>")),
-        ("<user_files_path>/var/lib/clickhouse/user_files/</user_files_path>", format!("<user_files_path>{d}/user_files/</user_files_path>")),
-        ("<format_schema_path>/var/lib/clickhouse/format_schemas/</format_schema_path>", format!("<format_schema_path>{d}/format_schemas/</format_schema_path>")),
+        (
+            "<user_files_path>/var/lib/clickhouse/user_files/</user_files_path>",
+            format!("<user_files_path>{d}/user_files/</user_files_path>"),
+        ),
+        (
+            "<format_schema_path>/var/lib/clickhouse/format_schemas/</format_schema_path>",
+            format!("<format_schema_path>{d}/format_schemas/</format_schema_path>"),
+        ),
         ("/var/log/clickhouse-server/", format!("{d}/log/")),
     ];
     let mut config = stock;
@@ -252,7 +252,8 @@ fn clickhouse_account() -> Result<(u32, u32), HarnessError> {
 }
 
 fn chown_recursive(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), HarnessError> {
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|source| io(format!("chown {}", dir.display()), source))?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .map_err(|source| io(format!("chown {}", dir.display()), source))?;
     let entries = std::fs::read_dir(dir).map_err(|source| io(format!("read {}", dir.display()), source))?;
     for entry in entries {
         let entry = entry.map_err(|source| io(format!("read {}", dir.display()), source))?;

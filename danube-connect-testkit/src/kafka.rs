@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use crate::ports::free_port;
 use crate::{find_binary, HarnessError};
 
-const INSTALL: &str = "cargo install tansu --version 0.6.0 --locked --features dynostore --root /root/.cache/danube-connect/tools";
+const INSTALL: &str =
+    "cargo install tansu --version 0.6.0 --locked --features dynostore --root /root/.cache/danube-connect/tools";
 
 /// Where `scripts/test.sh` installs tansu (checked before PATH).
 const TOOL_DIRS: &[&str] = &["/root/.cache/danube-connect/tools/bin"];
@@ -43,7 +44,8 @@ impl Tansu {
         let log = dir.path().join("tansu.log");
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let log_file = std::fs::File::create(&log).map_err(|source| HarnessError::Io { what: "tansu log".into(), source })?;
+        let log_file =
+            std::fs::File::create(&log).map_err(|source| HarnessError::Io { what: "tansu log".into(), source })?;
         let log_err = log_file.try_clone().map_err(|source| HarnessError::Io { what: "tansu log".into(), source })?;
         let child = Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])

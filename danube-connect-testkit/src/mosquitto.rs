@@ -62,10 +62,12 @@ impl Mosquitto {
     pub fn start_with_options(options: &MosquittoOptions) -> Result<Self, HarnessError> {
         let persistence = options.persistence;
         let binary = find_binary("mosquitto", &["/usr/sbin", "/usr/local/sbin"], INSTALL)?;
-        let dir = tempfile::tempdir().map_err(|source| HarnessError::Io { what: "mosquitto tempdir".into(), source })?;
+        let dir =
+            tempfile::tempdir().map_err(|source| HarnessError::Io { what: "mosquitto tempdir".into(), source })?;
         let port = free_port();
         let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).map_err(|source| HarnessError::Io { what: "mosquitto data dir".into(), source })?;
+        std::fs::create_dir_all(&data)
+            .map_err(|source| HarnessError::Io { what: "mosquitto data dir".into(), source })?;
         let log = dir.path().join("mosquitto.log");
         let config = dir.path().join("mosquitto.conf");
         let mut security = String::new();
@@ -135,7 +137,9 @@ impl Mosquitto {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) if started.elapsed() < Duration::from_secs(10) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     _ => {
                         let _ = child.kill();
                         let _ = child.wait();
@@ -197,7 +201,10 @@ impl Mosquitto {
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
-                        .map_err(|source| HarnessError::Io { what: format!("spawn {}", self.binary.display()), source })?;
+                        .map_err(|source| HarnessError::Io {
+                            what: format!("spawn {}", self.binary.display()),
+                            source,
+                        })?;
                     self.child = Some(child);
                     continue;
                 }
@@ -279,16 +286,55 @@ fn make_certificates(dir: &Path) -> Result<(), HarnessError> {
     .map_err(|source| HarnessError::Io { what: "server.ext".into(), source })?;
     run_tool(
         "openssl",
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=danube-connect test CA",
-          "-keyout", &p("ca.key"), "-out", &p("ca.pem")],
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=danube-connect test CA",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+        ],
     )?;
     run_tool(
         "openssl",
-        &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", &p("server.key"), "-out", &p("server.csr")],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ],
     )?;
     run_tool(
         "openssl",
-        &["x509", "-req", "-in", &p("server.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"), "-CAcreateserial",
-          "-days", "2", "-extfile", &p("server.ext"), "-out", &p("server.pem")],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("server.ext"),
+            "-out",
+            &p("server.pem"),
+        ],
     )
 }

@@ -27,7 +27,8 @@ impl ConnectorProcess {
     pub fn spawn(binary: &Path, env: &HashMap<String, String>) -> Result<Self, HarnessError> {
         let dir = tempfile::tempdir().map_err(|source| HarnessError::Io { what: "tempdir".into(), source })?;
         let log = dir.path().join("connector.log");
-        let log_file = std::fs::File::create(&log).map_err(|source| HarnessError::Io { what: "log file".into(), source })?;
+        let log_file =
+            std::fs::File::create(&log).map_err(|source| HarnessError::Io { what: "log file".into(), source })?;
         let ops_port = free_port();
         let mut command = Command::new(binary);
         command

@@ -8,20 +8,10 @@ use std::time::{Duration, Instant};
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let b = EmbeddedBroker::start_default().await.expect("broker");
-    let c = DanubeClient::builder()
-        .service_url(b.url())
-        .build()
-        .await
-        .expect("client");
+    let c = DanubeClient::builder().service_url(b.url()).build().await.expect("client");
     let topic = "/default/throughput";
     let n = 5000usize;
-    let mut p = c
-        .new_producer()
-        .with_topic(topic)
-        .with_name("p")
-        .with_reliable_dispatch()
-        .build()
-        .expect("builder");
+    let mut p = c.new_producer().with_topic(topic).with_name("p").with_reliable_dispatch().build().expect("builder");
     p.create().await.expect("create");
     let mut cons = c
         .new_consumer()
@@ -33,10 +23,7 @@ async fn main() {
         .expect("builder");
     cons.subscribe().await.expect("subscribe");
     let mut rx = cons.receive().await.expect("receive");
-    assert!(
-        b.wait_for_consumers(topic, "s", 1, Duration::from_secs(5))
-            .await
-    );
+    assert!(b.wait_for_consumers(topic, "s", 1, Duration::from_secs(5)).await);
 
     let consumer = tokio::spawn(async move {
         let t = Instant::now();

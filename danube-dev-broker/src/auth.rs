@@ -18,9 +18,7 @@ pub(crate) struct AuthCheck {
 impl AuthCheck {
     /// Checks for `token`; `None` lets every call through.
     pub(crate) fn new(token: Option<AuthToken>) -> Self {
-        AuthCheck {
-            expected: token.map(Arc::new),
-        }
+        AuthCheck { expected: token.map(Arc::new) }
     }
 }
 
@@ -36,9 +34,7 @@ impl Interceptor for AuthCheck {
             // Constant time: how long the check takes says nothing about the expected token.
             Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => Ok(request),
             Some(_) => Err(Status::unauthenticated("invalid token")),
-            None => Err(Status::unauthenticated(
-                "authorization is not a bearer token (`Bearer <token>`)",
-            )),
+            None => Err(Status::unauthenticated("authorization is not a bearer token (`Bearer <token>`)")),
         }
     }
 }
@@ -50,9 +46,7 @@ mod tests {
     fn call(check: &mut AuthCheck, header: Option<&str>) -> Result<(), tonic::Code> {
         let mut request = Request::new(());
         if let Some(header) = header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.parse().expect("ascii"));
+            request.metadata_mut().insert("authorization", header.parse().expect("ascii"));
         }
         check.call(request).map(|_| ()).map_err(|s| s.code())
     }
@@ -69,13 +63,7 @@ mod tests {
         let mut check = AuthCheck::new(Some(AuthToken::new("s3cret")));
         assert_eq!(call(&mut check, Some("Bearer s3cret")), Ok(()));
         assert_eq!(call(&mut check, None), Err(tonic::Code::Unauthenticated));
-        assert_eq!(
-            call(&mut check, Some("Bearer other")),
-            Err(tonic::Code::Unauthenticated)
-        );
-        assert_eq!(
-            call(&mut check, Some("s3cret")),
-            Err(tonic::Code::Unauthenticated)
-        );
+        assert_eq!(call(&mut check, Some("Bearer other")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(call(&mut check, Some("s3cret")), Err(tonic::Code::Unauthenticated));
     }
 }

@@ -41,35 +41,19 @@ impl EmbeddedBroker {
     /// Loads `config.data_dir` (if any), binds `config.listen` and starts serving.
     pub async fn start(config: BrokerConfig) -> Result<EmbeddedBroker, BrokerError> {
         let requested = config.listen;
-        let listener = bind(requested).map_err(|source| BrokerError::Bind {
-            addr: requested,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-            addr: requested,
-            source,
-        })?;
+        let listener = bind(requested).map_err(|source| BrokerError::Bind { addr: requested, source })?;
+        let addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: requested, source })?;
         let host = if addr.ip().is_unspecified() {
             SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
         } else {
             addr
         };
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let state = BrokerState::open(config, format!("{scheme}://{host}"))?;
         let server = ServerHandle::spawn(Arc::clone(&state), listener)?;
         state.start_dispatchers();
         tracing::info!(%addr, "danube-dev-broker started");
-        Ok(EmbeddedBroker {
-            inner: Arc::new(Inner {
-                state,
-                addr,
-                server: tokio::sync::Mutex::new(Some(server)),
-            }),
-        })
+        Ok(EmbeddedBroker { inner: Arc::new(Inner { state, addr, server: tokio::sync::Mutex::new(Some(server)) }) })
     }
 
     /// Starts a broker with the default configuration on an ephemeral port.
@@ -106,16 +90,9 @@ impl EmbeddedBroker {
 
     /// Waits until `topic` holds at least `count` messages or `timeout`
     /// elapses, and returns what it holds then.
-    pub async fn wait_for_messages(
-        &self,
-        topic: &str,
-        count: usize,
-        timeout: Duration,
-    ) -> Vec<StoredMessage> {
+    pub async fn wait_for_messages(&self, topic: &str, count: usize, timeout: Duration) -> Vec<StoredMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.inner.state.message_count(topic) < count
-            && tokio::time::Instant::now() < deadline
-        {
+        while self.inner.state.message_count(topic) < count && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.messages(topic)
@@ -141,13 +118,7 @@ impl EmbeddedBroker {
 
     /// Waits until a subscription has at least `n` connected consumers or
     /// `timeout` elapses; returns whether it got there.
-    pub async fn wait_for_consumers(
-        &self,
-        topic: &str,
-        subscription: &str,
-        n: usize,
-        timeout: Duration,
-    ) -> bool {
+    pub async fn wait_for_consumers(&self, topic: &str, subscription: &str, n: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.connected_consumers(topic, subscription) >= n {
@@ -199,10 +170,7 @@ impl EmbeddedBroker {
         }
         let addr = self.inner.addr;
         let listener = bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
-        *server = Some(ServerHandle::spawn(
-            Arc::clone(&self.inner.state),
-            listener,
-        )?);
+        *server = Some(ServerHandle::spawn(Arc::clone(&self.inner.state), listener)?);
         tracing::info!(%addr, "danube-dev-broker restarted");
         Ok(())
     }
@@ -235,9 +203,7 @@ impl EmbeddedBroker {
         attributes: HashMap<String, String>,
         routing_key: Option<String>,
     ) -> u64 {
-        self.inner
-            .state
-            .publish(topic, payload, attributes, routing_key)
+        self.inner.state.publish(topic, payload, attributes, routing_key)
     }
 
     /// Blocks until everything written so far is flushed to the data

@@ -81,10 +81,7 @@ impl std::fmt::Debug for TlsConfig {
         f.debug_struct("TlsConfig")
             .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
             .field("key_pem", &"<redacted>")
-            .field(
-                "client_ca_pem",
-                &self.client_ca_pem.as_ref().map(|ca| ca.len()),
-            )
+            .field("client_ca_pem", &self.client_ca_pem.as_ref().map(|ca| ca.len()))
             .finish()
     }
 }

@@ -102,8 +102,6 @@ mod subscription;
 mod topic;
 
 pub use broker::EmbeddedBroker;
-pub use config::{
-    AuthToken, BrokerConfig, PoisonPolicy, TlsConfig, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNACKED,
-};
+pub use config::{AuthToken, BrokerConfig, PoisonPolicy, TlsConfig, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNACKED};
 pub use error::BrokerError;
 pub use message::StoredMessage;

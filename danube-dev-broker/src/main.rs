@@ -13,11 +13,7 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "danube-dev-broker", version, about, long_about)]
 struct Args {
     /// Address to listen on.
-    #[arg(
-        long,
-        default_value = "127.0.0.1:6650",
-        env = "DANUBE_DEV_BROKER_LISTEN"
-    )]
+    #[arg(long, default_value = "127.0.0.1:6650", env = "DANUBE_DEV_BROKER_LISTEN")]
     listen: SocketAddr,
     /// Directory where topics, messages, subscriptions and schemas are kept
     /// across restarts (append-only files). In memory only when omitted.
@@ -54,11 +50,7 @@ fn tls_config(args: &Args) -> Result<Option<TlsConfig>, String> {
         Some(ca) => Some(read_pem("--tls-client-ca", ca)?),
         None => None,
     };
-    Ok(Some(TlsConfig {
-        cert_pem: read_pem("--tls-cert", cert)?,
-        key_pem: read_pem("--tls-key", key)?,
-        client_ca_pem,
-    }))
+    Ok(Some(TlsConfig { cert_pem: read_pem("--tls-cert", cert)?, key_pem: read_pem("--tls-key", key)?, client_ca_pem }))
 }
 
 async fn shutdown_signal() {
@@ -89,9 +81,7 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let args = Args::parse();
     let tls = match tls_config(&args) {
@@ -112,10 +102,7 @@ async fn main() -> std::process::ExitCode {
     let broker = match EmbeddedBroker::start(config).await {
         Ok(b) => b,
         Err(e) => {
-            eprintln!(
-                "danube-dev-broker: {}",
-                danube_connect_common::error_chain(&e)
-            );
+            eprintln!("danube-dev-broker: {}", danube_connect_common::error_chain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };

@@ -32,46 +32,15 @@ const META_FILE: &str = "meta.jsonl";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum MetaRecord {
-    Namespace {
-        name: String,
-    },
-    Topic {
-        name: String,
-        reliable: bool,
-    },
-    Subscription {
-        topic: String,
-        name: String,
-        sub_type: i32,
-        start: u64,
-    },
-    Ack {
-        topic: String,
-        sub: String,
-        offset: u64,
-    },
-    MaxUnacked {
-        topic: String,
-        sub: String,
-        n: usize,
-    },
-    Producer {
-        id: u64,
-        topic: String,
-        name: String,
-    },
-    Consumer {
-        id: u64,
-        topic: String,
-        sub: String,
-        name: String,
-        key_filters: Vec<String>,
-    },
+    Namespace { name: String },
+    Topic { name: String, reliable: bool },
+    Subscription { topic: String, name: String, sub_type: i32, start: u64 },
+    Ack { topic: String, sub: String, offset: u64 },
+    MaxUnacked { topic: String, sub: String, n: usize },
+    Producer { id: u64, topic: String, name: String },
+    Consumer { id: u64, topic: String, sub: String, name: String, key_filters: Vec<String> },
     Schema(SchemaVersionRecord),
-    CompatMode {
-        subject: String,
-        mode: String,
-    },
+    CompatMode { subject: String, mode: String },
 }
 
 enum Op {
@@ -105,10 +74,7 @@ impl std::fmt::Debug for Op {
 }
 
 fn data_err(path: &Path, source: std::io::Error) -> BrokerError {
-    BrokerError::DataDir {
-        path: path.to_path_buf(),
-        source,
-    }
+    BrokerError::DataDir { path: path.to_path_buf(), source }
 }
 
 impl Persist {
@@ -117,17 +83,8 @@ impl Persist {
         std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e))?;
         let msg_path = dir.join(MESSAGES_FILE);
         let meta_path = dir.join(META_FILE);
-        let loaded = Loaded {
-            messages: read_messages(&msg_path)?,
-            meta: read_meta(&meta_path)?,
-        };
-        let open = |p: &PathBuf| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| data_err(p, e))
-        };
+        let loaded = Loaded { messages: read_messages(&msg_path)?, meta: read_meta(&meta_path)? };
+        let open = |p: &PathBuf| OpenOptions::new().create(true).append(true).open(p).map_err(|e| data_err(p, e));
         let msg_file = open(&msg_path)?;
         let meta_file = open(&meta_path)?;
         let (tx, rx) = mpsc::channel();
@@ -135,13 +92,7 @@ impl Persist {
             .name("danube-dev-broker-persist".into())
             .spawn(move || writer_loop(rx, msg_file, meta_file))
             .map_err(|e| data_err(dir, e))?;
-        Ok((
-            Persist {
-                tx: Some(tx),
-                thread: Some(thread),
-            },
-            loaded,
-        ))
+        Ok((Persist { tx: Some(tx), thread: Some(thread) }, loaded))
     }
 
     fn send(&self, op: Op) {
@@ -258,10 +209,7 @@ fn read_meta(path: &Path) -> Result<Vec<MetaRecord>, BrokerError> {
         Err(e) => return Err(data_err(path, e)),
     };
     let mut out = Vec::new();
-    let lines: Vec<String> = BufReader::new(f)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(|e| data_err(path, e))?;
+    let lines: Vec<String> = BufReader::new(f).lines().collect::<Result<_, _>>().map_err(|e| data_err(path, e))?;
     let last = lines.len().saturating_sub(1);
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
@@ -273,10 +221,7 @@ fn read_meta(path: &Path) -> Result<Vec<MetaRecord>, BrokerError> {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring truncated last metadata line");
             }
             Err(e) => {
-                return Err(BrokerError::Corrupt {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: {e}", i + 1),
-                })
+                return Err(BrokerError::Corrupt { path: path.to_path_buf(), reason: format!("line {}: {e}", i + 1) })
             }
         }
     }

@@ -34,14 +34,7 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Schema types accepted by `RegisterSchema`.
-pub(crate) const SCHEMA_TYPES: [&str; 6] = [
-    "json_schema",
-    "avro",
-    "protobuf",
-    "string",
-    "number",
-    "bytes",
-];
+pub(crate) const SCHEMA_TYPES: [&str; 6] = ["json_schema", "avro", "protobuf", "string", "number", "bytes"];
 
 /// Compatibility mode of a subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,11 +60,7 @@ impl CompatMode {
             "full" => (true, true),
             _ => return None,
         };
-        Some(CompatMode {
-            backward,
-            forward,
-            transitive: transitive && (backward || forward),
-        })
+        Some(CompatMode { backward, forward, transitive: transitive && (backward || forward) })
     }
 
     /// Upper-case name, e.g. `BACKWARD`.
@@ -90,11 +79,7 @@ impl CompatMode {
     }
 
     fn backward_default() -> CompatMode {
-        CompatMode {
-            backward: true,
-            forward: false,
-            transitive: false,
-        }
+        CompatMode { backward: true, forward: false, transitive: false }
     }
 }
 
@@ -118,11 +103,7 @@ pub(crate) enum SchemaError {
     #[error("invalid compatibility mode '{0}'")]
     InvalidMode(String),
     #[error("schema is incompatible with subject '{subject}' ({mode}): {}", errors.join("; "))]
-    Incompatible {
-        subject: String,
-        mode: String,
-        errors: Vec<String>,
-    },
+    Incompatible { subject: String, mode: String, errors: Vec<String> },
 }
 
 /// One stored version; also the persisted form.
@@ -181,10 +162,7 @@ fn fingerprint(schema_type: &str, def: &[u8]) -> String {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn normalize_type(t: &str) -> Result<String, SchemaError> {
@@ -205,10 +183,8 @@ fn normalize_type(t: &str) -> Result<String, SchemaError> {
 /// not use (bad JSON, an Avro or JSON Schema that does not compile, `.proto` source that does
 /// not compile) is refused here rather than at the first record.
 fn compile(schema_type: &str, def: &[u8]) -> Result<Schema, SchemaError> {
-    Schema::from_registry(schema_type, def).map_err(|source| SchemaError::InvalidDefinition {
-        schema_type: schema_type.to_string(),
-        source,
-    })
+    Schema::from_registry(schema_type, def)
+        .map_err(|source| SchemaError::InvalidDefinition { schema_type: schema_type.to_string(), source })
 }
 
 /// The shared crate's mode for the backward/forward part of `mode`.
@@ -232,28 +208,20 @@ fn compat_errors(mode: CompatMode, old: &SchemaVersionRecord, new: &Schema) -> V
         Ok(s) => s,
         // A stored version that no longer compiles (e.g. restored from a data dir written by
         // an older broker) cannot vouch for anything: say so rather than accept blindly.
-        Err(e) => {
-            return vec![format!(
-                "stored version {} does not compile: {e}",
-                old.version
-            )]
-        }
+        Err(e) => return vec![format!("stored version {} does not compile: {e}", old.version)],
     };
     match check_compatible(&old_schema, new, mode) {
         Ok(()) => Vec::new(),
-        Err(CommonSchemaError::Incompatible { reasons, .. }) => reasons
-            .into_iter()
-            .map(|r| format!("{r} (against version {})", old.version))
-            .collect(),
+        Err(CommonSchemaError::Incompatible { reasons, .. }) => {
+            reasons.into_iter().map(|r| format!("{r} (against version {})", old.version)).collect()
+        }
         Err(other) => vec![format!("against version {}: {other}", old.version)],
     }
 }
 
 impl SchemaRegistry {
     fn subject(&self, name: &str) -> Result<&Subject, SchemaError> {
-        self.subjects
-            .get(name)
-            .ok_or_else(|| SchemaError::SubjectNotFound(name.to_string()))
+        self.subjects.get(name).ok_or_else(|| SchemaError::SubjectNotFound(name.to_string()))
     }
 
     /// True when the subject has at least one version.
@@ -281,18 +249,11 @@ impl SchemaRegistry {
         let fp = fingerprint(&schema_type, &req.definition);
         if let Some(subject) = self.subjects.get(&req.subject) {
             if let Some(existing) = subject.versions.iter().find(|v| v.fingerprint == fp) {
-                return Ok(Registered {
-                    record: existing.clone(),
-                    is_new: false,
-                });
+                return Ok(Registered { record: existing.clone(), is_new: false });
             }
             let errors = self.check(subject, subject.mode, &compiled);
             if !errors.is_empty() {
-                return Err(SchemaError::Incompatible {
-                    subject: req.subject,
-                    mode: subject.mode.name(),
-                    errors,
-                });
+                return Err(SchemaError::Incompatible { subject: req.subject, mode: subject.mode.name(), errors });
             }
         }
         let id = match self.subjects.get(&req.subject) {
@@ -302,11 +263,7 @@ impl SchemaRegistry {
                 self.next_id
             }
         };
-        let version = self
-            .subjects
-            .get(&req.subject)
-            .and_then(|s| s.versions.last())
-            .map_or(1, |v| v.version + 1);
+        let version = self.subjects.get(&req.subject).and_then(|s| s.versions.last()).map_or(1, |v| v.version + 1);
         let record = SchemaVersionRecord {
             subject: req.subject,
             schema_id: id,
@@ -320,43 +277,29 @@ impl SchemaRegistry {
             tags: req.tags,
         };
         self.restore(record.clone());
-        Ok(Registered {
-            record,
-            is_new: true,
-        })
+        Ok(Registered { record, is_new: true })
     }
 
     /// Inserts a version as-is (used at load and by `register`).
     pub fn restore(&mut self, record: SchemaVersionRecord) {
         self.next_id = self.next_id.max(record.schema_id);
         self.by_id.insert(record.schema_id, record.subject.clone());
-        let subject = self
-            .subjects
-            .entry(record.subject.clone())
-            .or_insert_with(|| Subject {
-                id: record.schema_id,
-                mode: CompatMode::backward_default(),
-                versions: Vec::new(),
-            });
+        let subject = self.subjects.entry(record.subject.clone()).or_insert_with(|| Subject {
+            id: record.schema_id,
+            mode: CompatMode::backward_default(),
+            versions: Vec::new(),
+        });
         subject.versions.push(record);
     }
 
     /// Version `version` (latest when `None`) of the subject with id `id`.
-    pub fn by_id(
-        &self,
-        id: u64,
-        version: Option<u32>,
-    ) -> Result<(&SchemaVersionRecord, String), SchemaError> {
+    pub fn by_id(&self, id: u64, version: Option<u32>) -> Result<(&SchemaVersionRecord, String), SchemaError> {
         let name = self.by_id.get(&id).ok_or(SchemaError::IdNotFound(id))?;
         self.version(name, version)
     }
 
     /// Version `version` (latest when `None`) of `subject`, with its mode name.
-    pub fn version(
-        &self,
-        subject: &str,
-        version: Option<u32>,
-    ) -> Result<(&SchemaVersionRecord, String), SchemaError> {
+    pub fn version(&self, subject: &str, version: Option<u32>) -> Result<(&SchemaVersionRecord, String), SchemaError> {
         let s = self.subject(subject)?;
         let found = match version {
             None => s.versions.last(),
@@ -364,10 +307,7 @@ impl SchemaRegistry {
         };
         found
             .map(|r| (r, s.mode.name()))
-            .ok_or_else(|| SchemaError::VersionNotFound {
-                subject: subject.to_string(),
-                version: version.unwrap_or(0),
-            })
+            .ok_or_else(|| SchemaError::VersionNotFound { subject: subject.to_string(), version: version.unwrap_or(0) })
     }
 
     /// All versions of `subject`.
@@ -389,9 +329,7 @@ impl SchemaRegistry {
             return Ok(Vec::new());
         };
         let mode = match mode {
-            Some(m) => {
-                CompatMode::parse(m).ok_or_else(|| SchemaError::InvalidMode(m.to_string()))?
-            }
+            Some(m) => CompatMode::parse(m).ok_or_else(|| SchemaError::InvalidMode(m.to_string()))?,
             None => s.mode,
         };
         Ok(self.check(s, mode, &compiled))
@@ -399,29 +337,19 @@ impl SchemaRegistry {
 
     /// Sets the subject's compatibility mode; returns the canonical mode name.
     pub fn set_mode(&mut self, subject: &str, mode: &str) -> Result<String, SchemaError> {
-        let m =
-            CompatMode::parse(mode).ok_or_else(|| SchemaError::InvalidMode(mode.to_string()))?;
-        let s = self
-            .subjects
-            .get_mut(subject)
-            .ok_or_else(|| SchemaError::SubjectNotFound(subject.to_string()))?;
+        let m = CompatMode::parse(mode).ok_or_else(|| SchemaError::InvalidMode(mode.to_string()))?;
+        let s = self.subjects.get_mut(subject).ok_or_else(|| SchemaError::SubjectNotFound(subject.to_string()))?;
         s.mode = m;
         Ok(m.name())
     }
 
     /// Deletes one version; the subject disappears with its last version.
     pub fn delete_version(&mut self, subject: &str, version: u32) -> Result<(), SchemaError> {
-        let s = self
-            .subjects
-            .get_mut(subject)
-            .ok_or_else(|| SchemaError::SubjectNotFound(subject.to_string()))?;
+        let s = self.subjects.get_mut(subject).ok_or_else(|| SchemaError::SubjectNotFound(subject.to_string()))?;
         let before = s.versions.len();
         s.versions.retain(|v| v.version != version);
         if s.versions.len() == before {
-            return Err(SchemaError::VersionNotFound {
-                subject: subject.to_string(),
-                version,
-            });
+            return Err(SchemaError::VersionNotFound { subject: subject.to_string(), version });
         }
         if s.versions.is_empty() {
             let id = s.id;
@@ -471,15 +399,20 @@ mod tests {
         assert_eq!(v1.record.version, 1);
         // Adding an optional field is backward compatible.
         let v2 = r
-            .register(new("s", "json_schema", r#"{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"integer"}},"required":["a"]}"#))
+            .register(new(
+                "s",
+                "json_schema",
+                r#"{"type":"object","properties":{"a":{"type":"string"},"b":{"type":"integer"}},"required":["a"]}"#,
+            ))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            (v2.record.version, v2.record.schema_id),
-            (2, v1.record.schema_id)
-        );
+        assert_eq!((v2.record.version, v2.record.schema_id), (2, v1.record.schema_id));
         // A newly required field without default is not.
         let err = r
-            .register(new("s", "json_schema", r#"{"type":"object","properties":{"a":{"type":"string"},"c":{"type":"integer"}},"required":["a","c"]}"#))
+            .register(new(
+                "s",
+                "json_schema",
+                r#"{"type":"object","properties":{"a":{"type":"string"},"c":{"type":"integer"}},"required":["a","c"]}"#,
+            ))
             .err();
         assert!(matches!(err, Some(SchemaError::Incompatible { .. })));
         // Same definition again: same version.
@@ -499,8 +432,7 @@ mod tests {
         let mut r = SchemaRegistry::default();
         let v1 = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":"int"}]}"#;
         let v2 = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
-        r.register(new("s", "avro", v1))
-            .unwrap_or_else(|e| panic!("{e}"));
+        r.register(new("s", "avro", v1)).unwrap_or_else(|e| panic!("{e}"));
         // Removing a field without default: backward ok, forward broken.
         assert!(r
             .check_compatibility("s", "avro", v2.as_bytes(), Some("backward"))
@@ -510,38 +442,30 @@ mod tests {
             .check_compatibility("s", "avro", v2.as_bytes(), Some("forward"))
             .map(|e| e.is_empty())
             .unwrap_or(true));
-        assert!(!r
-            .check_compatibility("s", "avro", v2.as_bytes(), Some("full"))
-            .map(|e| e.is_empty())
-            .unwrap_or(true));
+        assert!(!r.check_compatibility("s", "avro", v2.as_bytes(), Some("full")).map(|e| e.is_empty()).unwrap_or(true));
         let v3 = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":"int"},{"name":"c","type":"int"}]}"#;
-        assert!(!r
-            .check_compatibility("s", "avro", v3.as_bytes(), None)
-            .map(|e| e.is_empty())
-            .unwrap_or(true));
+        assert!(!r.check_compatibility("s", "avro", v3.as_bytes(), None).map(|e| e.is_empty()).unwrap_or(true));
         assert!(r.set_mode("s", "none").is_ok());
         assert!(r.register(new("s", "avro", v3)).is_ok());
     }
 
     fn compatible(r: &SchemaRegistry, t: &str, def: &str, mode: Option<&str>) -> Vec<String> {
-        r.check_compatibility("s", t, def.as_bytes(), mode)
-            .unwrap_or_else(|e| panic!("check: {e}"))
+        r.check_compatibility("s", t, def.as_bytes(), mode).unwrap_or_else(|e| panic!("check: {e}"))
     }
 
-    const AVRO_INT: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"int"}]}"#;
-    const AVRO_LONG: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"long"}]}"#;
+    const AVRO_INT: &str =
+        r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"int"}]}"#;
+    const AVRO_LONG: &str =
+        r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"long"}]}"#;
 
     #[test]
     fn avro_int_to_long_is_backward_but_not_forward() {
         let mut r = SchemaRegistry::default();
-        r.register(new("s", "avro", AVRO_INT))
-            .unwrap_or_else(|e| panic!("{e}"));
+        r.register(new("s", "avro", AVRO_INT)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(compatible(&r, "avro", AVRO_LONG, Some("forward")).len(), 1);
         let errors = compatible(&r, "avro", AVRO_LONG, Some("forward"));
         assert!(errors[0].contains("/n"), "{errors:?}");
-        let v2 = r
-            .register(new("s", "avro", AVRO_LONG))
-            .unwrap_or_else(|e| panic!("int -> long under BACKWARD: {e}"));
+        let v2 = r.register(new("s", "avro", AVRO_LONG)).unwrap_or_else(|e| panic!("int -> long under BACKWARD: {e}"));
         assert_eq!(v2.record.version, 2);
         // Narrowing back is refused: data written with `long` does not fit an `int` reader.
         let narrowed = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"n","type":"int"}],"doc":"narrowed"}"#;
@@ -557,23 +481,16 @@ mod tests {
     #[test]
     fn avro_type_change_and_removed_field_refused() {
         let mut r = SchemaRegistry::default();
-        r.register(new("s", "avro", AVRO_INT))
-            .unwrap_or_else(|e| panic!("{e}"));
+        r.register(new("s", "avro", AVRO_INT)).unwrap_or_else(|e| panic!("{e}"));
         let typed = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"n","type":"int"}]}"#;
         let errors = compatible(&r, "avro", typed, Some("backward"));
-        assert!(
-            errors.iter().any(|e| e.contains("/a")),
-            "string -> int must be refused: {errors:?}"
-        );
+        assert!(errors.iter().any(|e| e.contains("/a")), "string -> int must be refused: {errors:?}");
         let removed = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
         assert!(compatible(&r, "avro", removed, Some("backward")).is_empty());
         let errors = compatible(&r, "avro", removed, Some("forward"));
         assert!(errors.iter().any(|e| e.contains("n")), "{errors:?}");
         assert!(r.set_mode("s", "full").is_ok());
-        assert!(matches!(
-            r.register(new("s", "avro", removed)),
-            Err(SchemaError::Incompatible { .. })
-        ));
+        assert!(matches!(r.register(new("s", "avro", removed)), Err(SchemaError::Incompatible { .. })));
     }
 
     #[test]
@@ -581,11 +498,9 @@ mod tests {
         let mut r = SchemaRegistry::default();
         let int = r#"{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}"#;
         let num = r#"{"type":"object","properties":{"n":{"type":"number"}},"required":["n"]}"#;
-        r.register(new("s", "json_schema", int))
-            .unwrap_or_else(|e| panic!("{e}"));
+        r.register(new("s", "json_schema", int)).unwrap_or_else(|e| panic!("{e}"));
         assert!(!compatible(&r, "json_schema", num, Some("forward")).is_empty());
-        r.register(new("s", "json_schema", num))
-            .unwrap_or_else(|e| panic!("integer -> number under BACKWARD: {e}"));
+        r.register(new("s", "json_schema", num)).unwrap_or_else(|e| panic!("integer -> number under BACKWARD: {e}"));
         let string = r#"{"type":"object","properties":{"n":{"type":"string"}},"required":["n"]}"#;
         let errors = compatible(&r, "json_schema", string, None);
         assert!(errors.iter().any(|e| e.contains("/n")), "{errors:?}");
@@ -597,8 +512,7 @@ mod tests {
         let v1 = "syntax = \"proto3\";\nmessage Order { string id = 1; int64 qty = 2; }\n";
         let added = "syntax = \"proto3\";\nmessage Order { string id = 1; int64 qty = 2; string note = 3; }\n";
         let retyped = "syntax = \"proto3\";\nmessage Order { string id = 1; string qty = 2; }\n";
-        r.register(new("s", "protobuf", v1))
-            .unwrap_or_else(|e| panic!("{e}"));
+        r.register(new("s", "protobuf", v1)).unwrap_or_else(|e| panic!("{e}"));
         assert!(compatible(&r, "protobuf", added, Some("full")).is_empty());
         match r.register(new("s", "protobuf", retyped)) {
             Err(SchemaError::Incompatible { errors, .. }) => {
@@ -613,16 +527,10 @@ mod tests {
     fn invalid_definitions_refused_at_registration() {
         let mut r = SchemaRegistry::default();
         let cases = [
-            (
-                "avro",
-                r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nope"}]}"#,
-            ),
+            ("avro", r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nope"}]}"#),
             ("avro", "not json"),
             ("json_schema", r#"{"type": 12}"#),
-            (
-                "protobuf",
-                "syntax = \"proto3\";\nmessage Order { string id = ; }\n",
-            ),
+            ("protobuf", "syntax = \"proto3\";\nmessage Order { string id = ; }\n"),
             ("protobuf", "syntax = \"proto3\";\n"),
         ];
         for (t, def) in cases {
@@ -632,9 +540,7 @@ mod tests {
                 }
                 other => panic!("{t} {def:?}: expected invalid definition, got {other:?}"),
             }
-            assert!(r
-                .check_compatibility("bad", t, def.as_bytes(), None)
-                .is_err());
+            assert!(r.check_compatibility("bad", t, def.as_bytes(), None).is_err());
         }
         assert!(!r.has_subject("bad"));
     }

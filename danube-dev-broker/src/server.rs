@@ -45,11 +45,7 @@ const FRAME_OVERHEAD: usize = 1024 * 1024;
 
 /// Binds `addr` with `SO_REUSEADDR`, so a restarted broker gets its port back.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
@@ -65,10 +61,7 @@ pub(crate) struct ServerHandle {
 impl ServerHandle {
     /// Serves all services on `listener` until stopped. Fails when the TLS
     /// certificate or key cannot be used.
-    pub fn spawn(
-        state: Arc<BrokerState>,
-        listener: TcpListener,
-    ) -> Result<ServerHandle, BrokerError> {
+    pub fn spawn(state: Arc<BrokerState>, listener: TcpListener) -> Result<ServerHandle, BrokerError> {
         let kill = CancellationToken::new();
         let conn_kill = kill.clone();
         let incoming = TcpListenerStream::new(listener).map(move |res| {
@@ -82,38 +75,20 @@ impl ServerHandle {
         let limit = state.config.max_message_size + FRAME_OVERHEAD;
         let mut builder = Server::builder();
         if let Some(tls) = &state.config.tls {
-            builder = builder
-                .tls_config(server_tls(tls))
-                .map_err(|source| BrokerError::Tls { source })?;
+            builder = builder.tls_config(server_tls(tls)).map_err(|source| BrokerError::Tls { source })?;
         }
         let router = builder
-            .layer(InterceptorLayer::new(AuthCheck::new(
-                state.config.auth_token.clone(),
-            )))
+            .layer(InterceptorLayer::new(AuthCheck::new(state.config.auth_token.clone())))
             .add_service(
-                ProducerServiceServer::new(ProducerSvc {
-                    state: Arc::clone(&state),
-                })
-                .max_decoding_message_size(limit),
+                ProducerServiceServer::new(ProducerSvc { state: Arc::clone(&state) }).max_decoding_message_size(limit),
             )
-            .add_service(ConsumerServiceServer::new(ConsumerSvc {
-                state: Arc::clone(&state),
-            }))
-            .add_service(DiscoveryServer::new(DiscoverySvc {
-                state: Arc::clone(&state),
-            }))
-            .add_service(HealthCheckServer::new(HealthSvc {
-                state: Arc::clone(&state),
-            }))
-            .add_service(
-                SchemaRegistryServer::new(SchemaSvc { state }).max_decoding_message_size(limit),
-            );
+            .add_service(ConsumerServiceServer::new(ConsumerSvc { state: Arc::clone(&state) }))
+            .add_service(DiscoveryServer::new(DiscoverySvc { state: Arc::clone(&state) }))
+            .add_service(HealthCheckServer::new(HealthSvc { state: Arc::clone(&state) }))
+            .add_service(SchemaRegistryServer::new(SchemaSvc { state }).max_decoding_message_size(limit));
         let shutdown = kill.clone().cancelled_owned();
         let task = tokio::spawn(async move {
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });
@@ -123,10 +98,7 @@ impl ServerHandle {
     /// Stops accepting, kills open connections and waits for the server task.
     pub async fn shutdown(mut self) {
         self.kill.cancel();
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task).await.is_err() {
             self.task.abort();
             let _ = (&mut self.task).await;
         }
@@ -157,29 +129,19 @@ pub(crate) struct KillableIo {
 
 impl KillableIo {
     fn new(io: TcpStream, kill: CancellationToken) -> Self {
-        KillableIo {
-            io,
-            killed: Box::pin(kill.cancelled_owned()),
-        }
+        KillableIo { io, killed: Box::pin(kill.cancelled_owned()) }
     }
 
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         match self.killed.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "broker stopped",
-            )),
+            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "broker stopped")),
             Poll::Pending => Ok(()),
         }
     }
 }
 
 impl AsyncRead for KillableIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.check(cx)?;
         Pin::new(&mut this.io).poll_read(cx, buf)
@@ -187,11 +149,7 @@ impl AsyncRead for KillableIo {
 }
 
 impl AsyncWrite for KillableIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.check(cx)?;
         Pin::new(&mut this.io).poll_write(cx, buf)

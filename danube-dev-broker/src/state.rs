@@ -5,9 +5,7 @@ use crate::error::BrokerError;
 use crate::message::StoredMessage;
 use crate::persist::{Loaded, MetaRecord, Persist};
 use crate::schema::{SchemaError, SchemaRegistry};
-use crate::subscription::{
-    ConsumerSlot, StepCtx, StreamTx, SubType, Subscription, NON_RELIABLE_QUEUE_LIMIT,
-};
+use crate::subscription::{ConsumerSlot, StepCtx, StreamTx, SubType, Subscription, NON_RELIABLE_QUEUE_LIMIT};
 use crate::topic::{NewMessage, Topic};
 use danube_core::proto::StreamMessage;
 use futures::Stream;
@@ -47,12 +45,10 @@ pub(crate) enum StateError {
     SubscriptionNotFound { topic: String, sub: String },
     #[error("schema subject '{0}' is not registered")]
     SchemaSubjectMissing(String),
-    #[error("Not able to subscribe to the topic {topic}: subscription {sub} is exclusive and held by consumer '{holder}'")]
-    ExclusiveBusy {
-        topic: String,
-        sub: String,
-        holder: String,
-    },
+    #[error(
+        "Not able to subscribe to the topic {topic}: subscription {sub} is exclusive and held by consumer '{holder}'"
+    )]
+    ExclusiveBusy { topic: String, sub: String, holder: String },
     #[error("message of {size} bytes exceeds the maximum message size of {max} bytes")]
     TooLarge { size: usize, max: usize },
     #[error("invalid subscription type {0}")]
@@ -73,9 +69,7 @@ impl From<StateError> for Status {
             | StateError::TooLarge { .. }
             | StateError::InvalidSubType(_)
             | StateError::InvalidDispatch(_) => Status::invalid_argument(msg),
-            StateError::NamespaceNotFound(_) | StateError::InjectedFailure => {
-                Status::unavailable(msg)
-            }
+            StateError::NamespaceNotFound(_) | StateError::InjectedFailure => Status::unavailable(msg),
             StateError::TopicNotFound(_)
             | StateError::ProducerNotFound(_)
             | StateError::ConsumerNotFound(_)
@@ -84,12 +78,12 @@ impl From<StateError> for Status {
             StateError::ExclusiveBusy { .. } => Status::permission_denied(msg),
             StateError::Schema(s) => match s {
                 SchemaError::Incompatible { .. } => Status::failed_precondition(msg),
-                SchemaError::SubjectNotFound(_)
-                | SchemaError::IdNotFound(_)
-                | SchemaError::VersionNotFound { .. } => Status::not_found(msg),
-                SchemaError::UnknownType(_)
-                | SchemaError::InvalidDefinition { .. }
-                | SchemaError::InvalidMode(_) => Status::invalid_argument(msg),
+                SchemaError::SubjectNotFound(_) | SchemaError::IdNotFound(_) | SchemaError::VersionNotFound { .. } => {
+                    Status::not_found(msg)
+                }
+                SchemaError::UnknownType(_) | SchemaError::InvalidDefinition { .. } | SchemaError::InvalidMode(_) => {
+                    Status::invalid_argument(msg)
+                }
             },
         }
     }
@@ -114,11 +108,7 @@ pub(crate) fn namespace_of(topic: &str) -> Result<&str, StateError> {
     let invalid = || StateError::InvalidTopic(topic.to_string());
     let rest = topic.strip_prefix('/').ok_or_else(invalid)?;
     let (ns, name) = rest.split_once('/').ok_or_else(invalid)?;
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok(ns) && ok(name) {
         Ok(ns)
     } else {
@@ -210,9 +200,7 @@ impl BrokerState {
     /// Creates a namespace (no-op if it exists).
     pub fn create_namespace(&self, ns: &str) {
         if self.namespaces.write().insert(ns.to_string()) {
-            self.persist_meta(MetaRecord::Namespace {
-                name: ns.to_string(),
-            });
+            self.persist_meta(MetaRecord::Namespace { name: ns.to_string() });
         }
     }
 
@@ -222,11 +210,7 @@ impl BrokerState {
     }
 
     /// Returns the topic, creating it (in an existing namespace) if needed.
-    pub fn get_or_create_topic(
-        &self,
-        name: &str,
-        reliable: bool,
-    ) -> Result<Arc<Topic>, StateError> {
+    pub fn get_or_create_topic(&self, name: &str, reliable: bool) -> Result<Arc<Topic>, StateError> {
         if let Some(t) = self.topic(name) {
             return Ok(t);
         }
@@ -248,17 +232,10 @@ impl BrokerState {
             t
         };
         if let Some((base, idx)) = partition_of(name) {
-            self.partitioned
-                .write()
-                .entry(base.to_string())
-                .or_default()
-                .insert(idx);
+            self.partitioned.write().entry(base.to_string()).or_default().insert(idx);
         }
         if persist {
-            self.persist_meta(MetaRecord::Topic {
-                name: name.to_string(),
-                reliable,
-            });
+            self.persist_meta(MetaRecord::Topic { name: name.to_string(), reliable });
         }
         tracing::info!(topic = %name, reliable, "topic created");
         topic
@@ -298,10 +275,7 @@ impl BrokerState {
 
     /// The topics a test-API name refers to (all partitions of a partitioned topic).
     fn resolve(&self, topic: &str) -> Vec<Arc<Topic>> {
-        self.partitions(topic)
-            .iter()
-            .filter_map(|n| self.topic(n))
-            .collect()
+        self.partitions(topic).iter().filter_map(|n| self.topic(n)).collect()
     }
 
     // ----- producers -------------------------------------------------------
@@ -327,26 +301,13 @@ impl BrokerState {
         }
         let topic = self.get_or_create_topic(topic, reliable)?;
         let mut producers = self.producers.write();
-        if let Some((id, _)) = producers
-            .iter()
-            .find(|(_, p)| p.name == name && p.topic.name == topic.name)
-        {
+        if let Some((id, _)) = producers.iter().find(|(_, p)| p.name == name && p.topic.name == topic.name) {
             return Ok(*id);
         }
         let id = self.new_id();
-        producers.insert(
-            id,
-            Arc::new(ProducerInfo {
-                name: name.to_string(),
-                topic: Arc::clone(&topic),
-            }),
-        );
+        producers.insert(id, Arc::new(ProducerInfo { name: name.to_string(), topic: Arc::clone(&topic) }));
         drop(producers);
-        self.persist_meta(MetaRecord::Producer {
-            id,
-            topic: topic.name.clone(),
-            name: name.to_string(),
-        });
+        self.persist_meta(MetaRecord::Producer { id, topic: topic.name.clone(), name: name.to_string() });
         tracing::info!(producer_id = id, producer = %name, topic = %topic.name, "producer created");
         Ok(id)
     }
@@ -359,26 +320,16 @@ impl BrokerState {
     /// Handles `SendMessage`.
     pub fn send(&self, msg: StreamMessage) -> Result<u64, StateError> {
         if self.fail_sends.load(Ordering::Relaxed) > 0
-            && self
-                .fail_sends
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                .is_ok()
+            && self.fail_sends.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
         {
             return Err(StateError::InjectedFailure);
         }
         let producer_id = msg.msg_id.as_ref().map_or(0, |m| m.producer_id);
-        let producer = self
-            .producers
-            .read()
-            .get(&producer_id)
-            .cloned()
-            .ok_or(StateError::ProducerNotFound(producer_id))?;
+        let producer =
+            self.producers.read().get(&producer_id).cloned().ok_or(StateError::ProducerNotFound(producer_id))?;
         let max = self.config.max_message_size;
         if msg.payload.len() > max {
-            return Err(StateError::TooLarge {
-                size: msg.payload.len(),
-                max,
-            });
+            return Err(StateError::TooLarge { size: msg.payload.len(), max });
         }
         producer.topic.append(
             NewMessage {
@@ -469,63 +420,56 @@ impl BrokerState {
     ) -> Result<u64, StateError> {
         let sub_type = SubType::from_i32(sub_type).ok_or(StateError::InvalidSubType(sub_type))?;
         namespace_of(topic_name)?;
-        let topic = self
-            .topic(topic_name)
-            .ok_or_else(|| StateError::TopicNotFound(topic_name.to_string()))?;
+        let topic = self.topic(topic_name).ok_or_else(|| StateError::TopicNotFound(topic_name.to_string()))?;
         let now = Instant::now();
         let mut created = None;
         let mut removed = Vec::new();
-        let id = {
-            let mut inner = topic.inner.lock();
-            let start = inner.log.len() as u64;
-            let sub = inner.subs.entry(sub_name.to_string()).or_insert_with(|| {
-                let s = Subscription::new(sub_name.to_string(), sub_type, start, BTreeSet::new());
-                created = Some((start, Arc::clone(&s.notify)));
-                s
-            });
-            if let Some(slot) = sub.consumers.iter_mut().find(|c| c.name == consumer_name) {
-                slot.last_seen = now;
-                slot.key_filters = key_filters;
-                return Ok(slot.id);
-            }
-            if sub.sub_type == SubType::Exclusive {
-                // A holder that still streams, or never streamed but was
-                // seen recently, keeps the subscription; others are dropped.
-                if let Some(holder) = sub.consumers.iter().find(|c| {
-                    c.stream.is_some()
-                        || (!c.had_stream && now.duration_since(c.last_seen) < CONSUMER_GRACE)
-                }) {
-                    return Err(StateError::ExclusiveBusy {
-                        topic: topic_name.to_string(),
-                        sub: sub_name.to_string(),
-                        holder: holder.name.clone(),
-                    });
+        let id =
+            {
+                let mut inner = topic.inner.lock();
+                let start = inner.log.len() as u64;
+                let sub = inner.subs.entry(sub_name.to_string()).or_insert_with(|| {
+                    let s = Subscription::new(sub_name.to_string(), sub_type, start, BTreeSet::new());
+                    created = Some((start, Arc::clone(&s.notify)));
+                    s
+                });
+                if let Some(slot) = sub.consumers.iter_mut().find(|c| c.name == consumer_name) {
+                    slot.last_seen = now;
+                    slot.key_filters = key_filters;
+                    return Ok(slot.id);
                 }
-                removed = sub.consumers.drain(..).map(|c| c.id).collect();
-            }
-            let id = self.new_id();
-            sub.consumers.push(ConsumerSlot {
-                id,
-                name: consumer_name.to_string(),
-                key_filters: key_filters.clone(),
-                stream: None,
-                last_seen: now,
-                had_stream: false,
-            });
-            id
-        };
+                if sub.sub_type == SubType::Exclusive {
+                    // A holder that still streams, or never streamed but was
+                    // seen recently, keeps the subscription; others are dropped.
+                    if let Some(holder) = sub.consumers.iter().find(|c| {
+                        c.stream.is_some() || (!c.had_stream && now.duration_since(c.last_seen) < CONSUMER_GRACE)
+                    }) {
+                        return Err(StateError::ExclusiveBusy {
+                            topic: topic_name.to_string(),
+                            sub: sub_name.to_string(),
+                            holder: holder.name.clone(),
+                        });
+                    }
+                    removed = sub.consumers.drain(..).map(|c| c.id).collect();
+                }
+                let id = self.new_id();
+                sub.consumers.push(ConsumerSlot {
+                    id,
+                    name: consumer_name.to_string(),
+                    key_filters: key_filters.clone(),
+                    stream: None,
+                    last_seen: now,
+                    had_stream: false,
+                });
+                id
+            };
         {
             let mut consumers = self.consumers.write();
             for r in &removed {
                 consumers.remove(r);
             }
-            consumers.insert(
-                id,
-                Arc::new(ConsumerInfo {
-                    topic: Arc::clone(&topic),
-                    subscription: sub_name.to_string(),
-                }),
-            );
+            consumers
+                .insert(id, Arc::new(ConsumerInfo { topic: Arc::clone(&topic), subscription: sub_name.to_string() }));
         }
         if let Some((start, notify)) = created {
             self.persist_meta(MetaRecord::Subscription {
@@ -554,11 +498,7 @@ impl BrokerState {
             return false;
         };
         let mut inner = info.topic.inner.lock();
-        match inner
-            .subs
-            .get_mut(&info.subscription)
-            .and_then(|s| s.consumers.iter_mut().find(|c| c.id == id))
-        {
+        match inner.subs.get_mut(&info.subscription).and_then(|s| s.consumers.iter_mut().find(|c| c.id == id)) {
             Some(slot) => {
                 slot.last_seen = Instant::now();
                 true
@@ -569,32 +509,20 @@ impl BrokerState {
 
     /// Opens the message stream of a consumer, replacing any previous one.
     pub fn open_stream(&self, consumer_id: u64) -> Result<ConsumerStream, StateError> {
-        let info = self
-            .consumers
-            .read()
-            .get(&consumer_id)
-            .cloned()
-            .ok_or(StateError::ConsumerNotFound(consumer_id))?;
+        let info = self.consumers.read().get(&consumer_id).cloned().ok_or(StateError::ConsumerNotFound(consumer_id))?;
         let generation = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let notify = {
             let mut inner = info.topic.inner.lock();
-            let sub = inner
-                .subs
-                .get_mut(&info.subscription)
-                .ok_or(StateError::ConsumerNotFound(consumer_id))?;
+            let sub = inner.subs.get_mut(&info.subscription).ok_or(StateError::ConsumerNotFound(consumer_id))?;
             sub.detach_stream(consumer_id, None);
             let slot = sub
                 .consumers
                 .iter_mut()
                 .find(|c| c.id == consumer_id)
                 .ok_or(StateError::ConsumerNotFound(consumer_id))?;
-            slot.stream = Some(StreamTx {
-                tx,
-                generation,
-                queued: Arc::clone(&queued),
-            });
+            slot.stream = Some(StreamTx { tx, generation, queued: Arc::clone(&queued) });
             slot.had_stream = true;
             slot.last_seen = Instant::now();
             sub.notify.notify_one();
@@ -616,39 +544,22 @@ impl BrokerState {
 
     /// Handles `Ack`.
     pub fn ack(&self, topic: &str, sub: &str, offset: u64) -> Result<(), StateError> {
-        let t = self
-            .topic(topic)
-            .ok_or_else(|| StateError::TopicNotFound(topic.to_string()))?;
+        let t = self.topic(topic).ok_or_else(|| StateError::TopicNotFound(topic.to_string()))?;
         let mut inner = t.inner.lock();
         let s = inner
             .subs
             .get_mut(sub)
-            .ok_or_else(|| StateError::SubscriptionNotFound {
-                topic: topic.to_string(),
-                sub: sub.to_string(),
-            })?;
+            .ok_or_else(|| StateError::SubscriptionNotFound { topic: topic.to_string(), sub: sub.to_string() })?;
         if s.ack(offset, t.reliable) && t.reliable {
             s.notify.notify_one();
-            self.persist_meta(MetaRecord::Ack {
-                topic: topic.to_string(),
-                sub: sub.to_string(),
-                offset,
-            });
+            self.persist_meta(MetaRecord::Ack { topic: topic.to_string(), sub: sub.to_string(), offset });
         }
         Ok(())
     }
 
     /// Handles `Nack`.
-    pub fn nack(
-        &self,
-        topic: &str,
-        sub: &str,
-        offset: u64,
-        delay: Option<Duration>,
-    ) -> Result<(), StateError> {
-        let t = self
-            .topic(topic)
-            .ok_or_else(|| StateError::TopicNotFound(topic.to_string()))?;
+    pub fn nack(&self, topic: &str, sub: &str, offset: u64, delay: Option<Duration>) -> Result<(), StateError> {
+        let t = self.topic(topic).ok_or_else(|| StateError::TopicNotFound(topic.to_string()))?;
         if !t.reliable {
             return Ok(());
         }
@@ -659,18 +570,8 @@ impl BrokerState {
             let s = inner
                 .subs
                 .get_mut(sub)
-                .ok_or_else(|| StateError::SubscriptionNotFound {
-                    topic: topic.to_string(),
-                    sub: sub.to_string(),
-                })?;
-            if s.nack(
-                offset,
-                delay,
-                &self.config,
-                &inner.log,
-                Instant::now(),
-                &mut out,
-            ) {
+                .ok_or_else(|| StateError::SubscriptionNotFound { topic: topic.to_string(), sub: sub.to_string() })?;
+            if s.nack(offset, delay, &self.config, &inner.log, Instant::now(), &mut out) {
                 s.notify.notify_one();
             }
         }
@@ -705,12 +606,8 @@ impl BrokerState {
                 let Some(s) = inner.subs.get_mut(&sub) else {
                     return;
                 };
-                let window = inner
-                    .window_overrides
-                    .get(&sub)
-                    .copied()
-                    .unwrap_or(self.config.max_unacked_messages)
-                    .max(1);
+                let window =
+                    inner.window_overrides.get(&sub).copied().unwrap_or(self.config.max_unacked_messages).max(1);
                 s.step(&StepCtx {
                     config: &self.config,
                     broker_addr: &self.broker_url,
@@ -738,11 +635,7 @@ impl BrokerState {
 
     fn apply_outcome(&self, topic: &Topic, sub: &str, out: crate::subscription::StepOutcome) {
         for offset in out.settled {
-            self.persist_meta(MetaRecord::Ack {
-                topic: topic.name.clone(),
-                sub: sub.to_string(),
-                offset,
-            });
+            self.persist_meta(MetaRecord::Ack { topic: topic.name.clone(), sub: sub.to_string(), offset });
         }
         if let crate::config::PoisonPolicy::DeadLetter(dlq) = &self.config.poison_policy {
             for entry in out.dead_letters {
@@ -769,10 +662,7 @@ impl BrokerState {
 
     /// Stored messages of a topic (all partitions, in partition order).
     pub fn messages(&self, topic: &str) -> Vec<StoredMessage> {
-        self.resolve(topic)
-            .iter()
-            .flat_map(|t| t.messages())
-            .collect()
+        self.resolve(topic).iter().flat_map(|t| t.messages()).collect()
     }
 
     /// Number of stored messages of a topic (all partitions).
@@ -781,17 +671,12 @@ impl BrokerState {
     }
 
     fn sum_subs(&self, topic: &str, sub: &str, f: impl Fn(&Subscription) -> u64) -> u64 {
-        self.resolve(topic)
-            .iter()
-            .map(|t| t.inner.lock().subs.get(sub).map_or(0, &f))
-            .sum()
+        self.resolve(topic).iter().map(|t| t.inner.lock().subs.get(sub).map_or(0, &f)).sum()
     }
 
     /// Consumers with an open stream on a subscription (all partitions).
     pub fn connected_consumers(&self, topic: &str, sub: &str) -> usize {
-        self.sum_subs(topic, sub, |s| {
-            s.consumers.iter().filter(|c| c.stream.is_some()).count() as u64
-        }) as usize
+        self.sum_subs(topic, sub, |s| s.consumers.iter().filter(|c| c.stream.is_some()).count() as u64) as usize
     }
 
     /// Acks received on a subscription (all partitions).
@@ -812,11 +697,7 @@ impl BrokerState {
             if let Some(s) = inner.subs.get(sub) {
                 s.notify.notify_one();
             }
-            self.persist_meta(MetaRecord::MaxUnacked {
-                topic: t.name.clone(),
-                sub: sub.to_string(),
-                n,
-            });
+            self.persist_meta(MetaRecord::MaxUnacked { topic: t.name.clone(), sub: sub.to_string(), n });
         }
     }
 
@@ -856,17 +737,8 @@ impl BrokerState {
         for r in loaded.meta {
             match r {
                 MetaRecord::Namespace { .. } | MetaRecord::Topic { .. } => {}
-                MetaRecord::Subscription {
-                    topic,
-                    name,
-                    sub_type,
-                    start,
-                } => {
-                    subs.entry((topic, name)).or_insert(SubLoad {
-                        sub_type,
-                        start,
-                        acked: BTreeSet::new(),
-                    });
+                MetaRecord::Subscription { topic, name, sub_type, start } => {
+                    subs.entry((topic, name)).or_insert(SubLoad { sub_type, start, acked: BTreeSet::new() });
                 }
                 MetaRecord::Ack { topic, sub, offset } => {
                     if let Some(s) = subs.get_mut(&(topic, sub)) {
@@ -881,17 +753,9 @@ impl BrokerState {
                 MetaRecord::Producer { id, topic, name } => {
                     max_id = max_id.max(id);
                     let topic = self.insert_topic(&topic, true, false);
-                    self.producers
-                        .write()
-                        .insert(id, Arc::new(ProducerInfo { name, topic }));
+                    self.producers.write().insert(id, Arc::new(ProducerInfo { name, topic }));
                 }
-                MetaRecord::Consumer {
-                    id,
-                    topic,
-                    sub,
-                    name,
-                    key_filters,
-                } => {
+                MetaRecord::Consumer { id, topic, sub, name, key_filters } => {
                     max_id = max_id.max(id);
                     consumers.push((id, topic, sub, name, key_filters));
                 }
@@ -907,11 +771,8 @@ impl BrokerState {
             };
             let sub_type = SubType::from_i32(l.sub_type).unwrap_or(SubType::Shared);
             let mut inner = t.inner.lock();
-            let (start, acked) = if t.reliable {
-                (l.start, l.acked)
-            } else {
-                (inner.log.len() as u64, BTreeSet::new())
-            };
+            let (start, acked) =
+                if t.reliable { (l.start, l.acked) } else { (inner.log.len() as u64, BTreeSet::new()) };
             let ack_count = acked.len() as u64;
             let mut s = Subscription::new(name.clone(), sub_type, start, acked);
             s.ack_count = ack_count;
@@ -930,22 +791,9 @@ impl BrokerState {
                 s.consumers.clear();
             }
             s.consumers.retain(|c| c.name != name);
-            s.consumers.push(ConsumerSlot {
-                id,
-                name,
-                key_filters,
-                stream: None,
-                last_seen: now,
-                had_stream: false,
-            });
+            s.consumers.push(ConsumerSlot { id, name, key_filters, stream: None, last_seen: now, had_stream: false });
             drop(inner);
-            self.consumers.write().insert(
-                id,
-                Arc::new(ConsumerInfo {
-                    topic: Arc::clone(&t),
-                    subscription: sub,
-                }),
-            );
+            self.consumers.write().insert(id, Arc::new(ConsumerInfo { topic: Arc::clone(&t), subscription: sub }));
         }
         // Drop registrations of consumers replaced above.
         let live: HashSet<u64> = self
@@ -964,11 +812,7 @@ impl BrokerState {
         self.consumers.write().retain(|id, _| live.contains(id));
         self.next_id.store(max_id + 1, Ordering::Relaxed);
         if n_msgs > 0 || !self.topics.read().is_empty() {
-            tracing::info!(
-                topics = self.topics.read().len(),
-                messages = n_msgs,
-                "state reloaded from data directory"
-            );
+            tracing::info!(topics = self.topics.read().len(), messages = n_msgs, "state reloaded from data directory");
         }
     }
 
@@ -976,13 +820,8 @@ impl BrokerState {
     pub fn start_dispatchers(self: &Arc<Self>) {
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         for t in topics {
-            let subs: Vec<(String, Arc<Notify>)> = t
-                .inner
-                .lock()
-                .subs
-                .iter()
-                .map(|(n, s)| (n.clone(), Arc::clone(&s.notify)))
-                .collect();
+            let subs: Vec<(String, Arc<Notify>)> =
+                t.inner.lock().subs.iter().map(|(n, s)| (n.clone(), Arc::clone(&s.notify))).collect();
             for (name, notify) in subs {
                 self.spawn_dispatcher(Arc::clone(&t), name, notify);
             }

@@ -25,9 +25,7 @@ pub(crate) const NON_RELIABLE_QUEUE_LIMIT: usize = 1024;
 
 /// FNV-1a hash (the key-to-consumer hash of Danube's KeyShared dispatcher).
 fn fnv1a(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Subscription type, as in `ConsumerRequest.SubscriptionType`.
@@ -96,11 +94,7 @@ impl ConsumerSlot {
     }
 
     fn has_room(&self, reliable: bool) -> bool {
-        reliable
-            || self
-                .stream
-                .as_ref()
-                .is_some_and(|s| s.queued.load(Ordering::Acquire) < NON_RELIABLE_QUEUE_LIMIT)
+        reliable || self.stream.as_ref().is_some_and(|s| s.queued.load(Ordering::Acquire) < NON_RELIABLE_QUEUE_LIMIT)
     }
 }
 
@@ -258,13 +252,7 @@ impl Subscription {
             }
             TrackState::Poisoned => self.poisoned += 1,
         }
-        self.tracked.insert(
-            off,
-            Tracked {
-                state,
-                redeliveries,
-            },
-        );
+        self.tracked.insert(off, Tracked { state, redeliveries });
     }
 
     /// Records an acknowledgement. Returns true when it settled a message
@@ -351,9 +339,7 @@ impl Subscription {
         }
         let redeliveries = t.redeliveries + 1;
         let backoff = config.backoff(redeliveries);
-        let delay = min_delay
-            .map_or(backoff, |d| d.max(backoff))
-            .min(config.redelivery_max_delay);
+        let delay = min_delay.map_or(backoff, |d| d.max(backoff)).min(config.redelivery_max_delay);
         self.set_state(off, redeliveries, TrackState::Scheduled(now + delay));
     }
 
@@ -364,9 +350,7 @@ impl Subscription {
             .tracked
             .iter()
             .filter_map(|(off, t)| match t.state {
-                TrackState::Inflight { consumer, .. } if consumer == consumer_id => {
-                    Some((*off, t.redeliveries))
-                }
+                TrackState::Inflight { consumer, .. } if consumer == consumer_id => Some((*off, t.redeliveries)),
                 _ => None,
             })
             .collect();
@@ -405,13 +389,11 @@ impl Subscription {
 
     fn pick(&mut self, entry: &LogEntry, reliable: bool) -> Pick {
         match self.sub_type {
-            SubType::Exclusive | SubType::Failover => {
-                match self.consumers.iter().position(ConsumerSlot::active) {
-                    Some(i) if self.consumers[i].has_room(reliable) => Pick::Slot(i),
-                    Some(_) => Pick::Busy,
-                    None => Pick::Nobody,
-                }
-            }
+            SubType::Exclusive | SubType::Failover => match self.consumers.iter().position(ConsumerSlot::active) {
+                Some(i) if self.consumers[i].has_room(reliable) => Pick::Slot(i),
+                Some(_) => Pick::Busy,
+                None => Pick::Nobody,
+            },
             SubType::Shared => {
                 let n = self.consumers.len();
                 let mut any_active = false;
@@ -521,11 +503,7 @@ impl Subscription {
                 Pick::Slot(i) => {
                     if let Some(consumer) = self.send_to(i, entry, ctx) {
                         let redeliveries = self.tracked.get(&off).map_or(0, |t| t.redeliveries);
-                        self.set_state(
-                            off,
-                            redeliveries,
-                            TrackState::Inflight { consumer, deadline },
-                        );
+                        self.set_state(off, redeliveries, TrackState::Inflight { consumer, deadline });
                     } else if !self.has_active_consumer() {
                         return;
                     }
@@ -619,23 +597,14 @@ mod tests {
             id,
             name: format!("c{id}"),
             key_filters: vec![],
-            stream: Some(StreamTx {
-                tx,
-                generation: id,
-                queued: Arc::new(AtomicUsize::new(0)),
-            }),
+            stream: Some(StreamTx { tx, generation: id, queued: Arc::new(AtomicUsize::new(0)) }),
             last_seen: Instant::now(),
             had_stream: true,
         });
         rx
     }
 
-    fn step(
-        sub: &mut Subscription,
-        cfg: &BrokerConfig,
-        log: &[Arc<LogEntry>],
-        now: Instant,
-    ) -> StepOutcome {
+    fn step(sub: &mut Subscription, cfg: &BrokerConfig, log: &[Arc<LogEntry>], now: Instant) -> StepOutcome {
         sub.step(&StepCtx {
             config: cfg,
             broker_addr: "http://127.0.0.1:1",
@@ -672,11 +641,7 @@ mod tests {
 
     #[test]
     fn timeout_backoff_then_poison_drop() {
-        let cfg = BrokerConfig {
-            max_redeliveries: 2,
-            poison_policy: PoisonPolicy::Drop,
-            ..BrokerConfig::default()
-        };
+        let cfg = BrokerConfig { max_redeliveries: 2, poison_policy: PoisonPolicy::Drop, ..BrokerConfig::default() };
         let log = log(1, None);
         let mut sub = Subscription::new("s".into(), SubType::Exclusive, 0, BTreeSet::new());
         let mut rx = attach(&mut sub, 1);

@@ -46,11 +46,7 @@ pub(crate) struct Topic {
 impl Topic {
     /// An empty topic.
     pub fn new(name: String, reliable: bool) -> Self {
-        Topic {
-            name,
-            reliable,
-            inner: Mutex::new(TopicInner::default()),
-        }
+        Topic { name, reliable, inner: Mutex::new(TopicInner::default()) }
     }
 
     /// Appends a message, wakes the subscriptions and queues it for
@@ -101,12 +97,7 @@ impl Topic {
 
     /// Copies of every stored message.
     pub fn messages(&self) -> Vec<StoredMessage> {
-        self.inner
-            .lock()
-            .log
-            .iter()
-            .map(|e| e.message.clone())
-            .collect()
+        self.inner.lock().log.iter().map(|e| e.message.clone()).collect()
     }
 
     /// Number of stored messages.

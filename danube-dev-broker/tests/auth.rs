@@ -5,21 +5,11 @@ use danube_core::proto::discovery_client::DiscoveryClient;
 use danube_core::proto::TopicLookupRequest;
 use danube_dev_broker::{AuthToken, BrokerConfig, EmbeddedBroker};
 
-async fn partitions(
-    broker: &EmbeddedBroker,
-    authorization: Option<&str>,
-) -> Result<(), tonic::Status> {
-    let mut client = DiscoveryClient::connect(broker.url())
-        .await
-        .expect("connect");
-    let mut request = tonic::Request::new(TopicLookupRequest {
-        request_id: 1,
-        topic: "/default/auth".into(),
-    });
+async fn partitions(broker: &EmbeddedBroker, authorization: Option<&str>) -> Result<(), tonic::Status> {
+    let mut client = DiscoveryClient::connect(broker.url()).await.expect("connect");
+    let mut request = tonic::Request::new(TopicLookupRequest { request_id: 1, topic: "/default/auth".into() });
     if let Some(value) = authorization {
-        request
-            .metadata_mut()
-            .insert("authorization", value.parse().expect("ascii"));
+        request.metadata_mut().insert("authorization", value.parse().expect("ascii"));
     }
     client.topic_partitions(request).await.map(|_| ())
 }
@@ -32,15 +22,11 @@ async fn calls_without_the_configured_bearer_token_are_unauthenticated() {
     })
     .await
     .expect("broker");
-    partitions(&broker, Some("Bearer dev-token"))
-        .await
-        .expect("the configured token is accepted");
+    partitions(&broker, Some("Bearer dev-token")).await.expect("the configured token is accepted");
     let missing = partitions(&broker, None).await.expect_err("no token");
     assert_eq!(missing.code(), tonic::Code::Unauthenticated);
     assert!(missing.message().contains("missing"), "{missing:?}");
-    let wrong = partitions(&broker, Some("Bearer other"))
-        .await
-        .expect_err("wrong token");
+    let wrong = partitions(&broker, Some("Bearer other")).await.expect_err("wrong token");
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
     assert!(wrong.message().contains("invalid token"), "{wrong:?}");
 }
@@ -48,7 +34,5 @@ async fn calls_without_the_configured_bearer_token_are_unauthenticated() {
 #[tokio::test]
 async fn without_a_configured_token_calls_need_no_authorization() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
-    partitions(&broker, None)
-        .await
-        .expect("plaintext, no auth by default");
+    partitions(&broker, None).await.expect("plaintext, no auth by default");
 }

@@ -10,11 +10,7 @@ use tokio::sync::mpsc::Receiver;
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn client(b: &EmbeddedBroker) -> DanubeClient {
-    DanubeClient::builder()
-        .service_url(b.url())
-        .build()
-        .await
-        .expect("client")
+    DanubeClient::builder().service_url(b.url()).build().await.expect("client")
 }
 
 async fn producer(c: &DanubeClient, topic: &str, name: &str, reliable: bool) -> Producer {
@@ -48,10 +44,7 @@ async fn consumer(
 }
 
 async fn recv(rx: &mut Receiver<StreamMessage>, timeout: Duration) -> Option<StreamMessage> {
-    tokio::time::timeout(timeout, rx.recv())
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(timeout, rx.recv()).await.ok().flatten()
 }
 
 async fn recv_n(rx: &mut Receiver<StreamMessage>, n: usize) -> Vec<StreamMessage> {
@@ -91,19 +84,12 @@ async fn produce_consume_round_trip() {
     assert!(b.wait_for_consumers(topic, "sub", 1, WAIT).await);
 
     let attrs = HashMap::from([("k".to_string(), "v".to_string())]);
-    p.send(b"one".to_vec(), Some(attrs.clone()))
-        .await
-        .expect("send");
-    p.send_with_key(b"two".to_vec(), None, "key-a")
-        .await
-        .expect("send");
+    p.send(b"one".to_vec(), Some(attrs.clone())).await.expect("send");
+    p.send_with_key(b"two".to_vec(), None, "key-a").await.expect("send");
     p.send(b"three".to_vec(), None).await.expect("send");
 
     let got = recv_n(&mut rx, 3).await;
-    assert_eq!(
-        got.iter().map(text).collect::<Vec<_>>(),
-        ["one", "two", "three"]
-    );
+    assert_eq!(got.iter().map(text).collect::<Vec<_>>(), ["one", "two", "three"]);
     for (i, m) in got.iter().enumerate() {
         assert_eq!(m.msg_id.topic_name, topic);
         assert_eq!(m.msg_id.topic_offset, i as u64);
@@ -126,10 +112,7 @@ async fn produce_consume_round_trip() {
     assert_eq!(stored[0].attributes, attrs);
     assert_eq!(stored[2].offset, 2);
     assert_eq!(stored[0].producer_name, "p1");
-    assert!(
-        stored[0].publish_time > 1_600_000_000_000,
-        "publish_time in ms"
-    );
+    assert!(stored[0].publish_time > 1_600_000_000_000, "publish_time in ms");
     assert_eq!(stored[0].schema_id, None);
 }
 
@@ -210,10 +193,7 @@ async fn dispatch_window_limits_unacked_messages() {
     }
     let got = recv_n(&mut rx, 10).await;
     assert_eq!(got.len(), 10);
-    assert!(
-        recv(&mut rx, Duration::from_millis(400)).await.is_none(),
-        "window exceeded"
-    );
+    assert!(recv(&mut rx, Duration::from_millis(400)).await.is_none(), "window exceeded");
     assert_eq!(b.unacked_count(topic, "w"), 10);
     cons.ack(&got[0]).await.expect("ack");
     let next = recv(&mut rx, WAIT).await.expect("11th after ack");
@@ -248,10 +228,7 @@ async fn ack_timeout_redelivers_with_backoff() {
     let elapsed = t0.elapsed();
     assert_eq!(again.msg_id.topic_offset, off);
     assert_eq!(first.msg_id.topic_offset, off);
-    assert!(
-        elapsed >= Duration::from_millis(450),
-        "redelivered too early: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(450), "redelivered too early: {elapsed:?}");
     cons.ack(&again).await.expect("ack");
     assert_eq!(b.unacked_count(topic, "s"), 0);
     assert!(recv(&mut rx, Duration::from_millis(900)).await.is_none());
@@ -259,10 +236,7 @@ async fn ack_timeout_redelivers_with_backoff() {
 
 #[tokio::test]
 async fn nack_redelivers_after_delay() {
-    let cfg = BrokerConfig {
-        redelivery_base_delay: Duration::from_millis(50),
-        ..BrokerConfig::default()
-    };
+    let cfg = BrokerConfig { redelivery_base_delay: Duration::from_millis(50), ..BrokerConfig::default() };
     let b = EmbeddedBroker::start(cfg).await.expect("broker");
     let c = client(&b).await;
     let topic = "/default/nack";
@@ -272,13 +246,8 @@ async fn nack_redelivers_after_delay() {
     b.publish(topic, b"x".to_vec(), HashMap::new(), None);
     let m = recv(&mut rx, WAIT).await.expect("delivery");
     let t0 = tokio::time::Instant::now();
-    cons.nack(&m, Some(700), Some("try later".into()))
-        .await
-        .expect("nack");
-    assert!(
-        recv(&mut rx, Duration::from_millis(450)).await.is_none(),
-        "nack delay ignored"
-    );
+    cons.nack(&m, Some(700), Some("try later".into())).await.expect("nack");
+    assert!(recv(&mut rx, Duration::from_millis(450)).await.is_none(), "nack delay ignored");
     let again = recv(&mut rx, WAIT).await.expect("redelivery");
     assert!(t0.elapsed() >= Duration::from_millis(650));
     assert_eq!(again.msg_id.topic_offset, m.msg_id.topic_offset);
@@ -302,18 +271,11 @@ async fn key_shared_keeps_keys_on_one_consumer_in_order() {
     let total = 64;
     for i in 0..total {
         let key = format!("key-{}", i % 16);
-        b.publish(
-            topic,
-            format!("{key}:{i}").into_bytes(),
-            HashMap::new(),
-            Some(key),
-        );
+        b.publish(topic, format!("{key}:{i}").into_bytes(), HashMap::new(), Some(key));
     }
     let mut per_consumer: Vec<Vec<StreamMessage>> = vec![Vec::new(), Vec::new()];
     let deadline = tokio::time::Instant::now() + WAIT;
-    while per_consumer[0].len() + per_consumer[1].len() < total
-        && tokio::time::Instant::now() < deadline
-    {
+    while per_consumer[0].len() + per_consumer[1].len() < total && tokio::time::Instant::now() < deadline {
         tokio::select! {
             Some(m) = rx1.recv() => { c1.ack(&m).await.expect("ack"); per_consumer[0].push(m); }
             Some(m) = rx2.recv() => { c2.ack(&m).await.expect("ack"); per_consumer[1].push(m); }
@@ -321,17 +283,9 @@ async fn key_shared_keeps_keys_on_one_consumer_in_order() {
         }
     }
     assert_eq!(per_consumer[0].len() + per_consumer[1].len(), total);
-    assert!(
-        !per_consumer[0].is_empty() && !per_consumer[1].is_empty(),
-        "keys not spread"
-    );
-    let keys = |v: &Vec<StreamMessage>| -> HashSet<String> {
-        v.iter().filter_map(|m| m.routing_key.clone()).collect()
-    };
-    assert!(
-        keys(&per_consumer[0]).is_disjoint(&keys(&per_consumer[1])),
-        "a key went to both consumers"
-    );
+    assert!(!per_consumer[0].is_empty() && !per_consumer[1].is_empty(), "keys not spread");
+    let keys = |v: &Vec<StreamMessage>| -> HashSet<String> { v.iter().filter_map(|m| m.routing_key.clone()).collect() };
+    assert!(keys(&per_consumer[0]).is_disjoint(&keys(&per_consumer[1])), "a key went to both consumers");
     for msgs in &per_consumer {
         let mut last: HashMap<String, u64> = HashMap::new();
         for m in msgs {
@@ -373,19 +327,11 @@ async fn key_shared_filters_select_keys() {
     let mut rx_us = us.receive().await.expect("receive");
     assert!(b.wait_for_consumers(topic, "kf", 2, WAIT).await);
     for k in ["eu-west", "us-1", "eu-north", "us-2"] {
-        b.publish(
-            topic,
-            k.as_bytes().to_vec(),
-            HashMap::new(),
-            Some(k.to_string()),
-        );
+        b.publish(topic, k.as_bytes().to_vec(), HashMap::new(), Some(k.to_string()));
     }
     let e = recv_n(&mut rx_eu, 2).await;
     let u = recv_n(&mut rx_us, 2).await;
-    assert_eq!(
-        e.iter().map(text).collect::<Vec<_>>(),
-        ["eu-west", "eu-north"]
-    );
+    assert_eq!(e.iter().map(text).collect::<Vec<_>>(), ["eu-west", "eu-north"]);
     assert_eq!(u.iter().map(text).collect::<Vec<_>>(), ["us-1", "us-2"]);
 }
 
@@ -405,11 +351,7 @@ async fn shared_subscription_round_robins() {
     let z = recv_n(&mut rx2, 5).await;
     assert_eq!(a.len(), 5);
     assert_eq!(z.len(), 5);
-    let offs = |v: &[StreamMessage]| {
-        v.iter()
-            .map(|m| m.msg_id.topic_offset % 2)
-            .collect::<HashSet<_>>()
-    };
+    let offs = |v: &[StreamMessage]| v.iter().map(|m| m.msg_id.topic_offset % 2).collect::<HashSet<_>>();
     assert_eq!(offs(&a).len(), 1, "not alternating");
     assert_ne!(offs(&a), offs(&z));
     for m in &a {
@@ -476,9 +418,7 @@ async fn partitioned_topic_round_trip() {
     let (mut cons, mut rx) = consumer(&c, topic, "c", "ps", SubType::Shared).await;
     assert!(b.wait_for_consumers(topic, "ps", 3, WAIT).await);
     for i in 0..9 {
-        p.send(format!("m{i}").into_bytes(), None)
-            .await
-            .expect("send");
+        p.send(format!("m{i}").into_bytes(), None).await.expect("send");
     }
     let got = recv_n(&mut rx, 9).await;
     assert_eq!(got.len(), 9);
@@ -510,9 +450,7 @@ async fn fail_next_sends_then_success() {
 
     // Raw gRPC sees the injected Unavailable.
     let mut raw =
-        danube_core::proto::producer_service_client::ProducerServiceClient::connect(b.url())
-            .await
-            .expect("raw client");
+        danube_core::proto::producer_service_client::ProducerServiceClient::connect(b.url()).await.expect("raw client");
     let req = danube_core::proto::ProducerRequest {
         request_id: 1,
         producer_name: "raw".into(),
@@ -521,12 +459,7 @@ async fn fail_next_sends_then_success() {
         producer_access_mode: 0,
         dispatch_strategy: 1,
     };
-    let producer_id = raw
-        .create_producer(req)
-        .await
-        .expect("create")
-        .into_inner()
-        .producer_id;
+    let producer_id = raw.create_producer(req).await.expect("create").into_inner().producer_id;
     let msg = |payload: &'static [u8]| danube_core::proto::StreamMessage {
         request_id: 7,
         msg_id: Some(danube_core::proto::MsgId {
@@ -541,10 +474,7 @@ async fn fail_next_sends_then_success() {
         ..Default::default()
     };
     b.fail_next_sends(1);
-    let err = raw
-        .send_message(msg(b"r1"))
-        .await
-        .expect_err("injected failure");
+    let err = raw.send_message(msg(b"r1")).await.expect_err("injected failure");
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let ok = raw.send_message(msg(b"r2")).await.expect("second send");
     assert_eq!(ok.into_inner().request_id, 7);
@@ -552,9 +482,7 @@ async fn fail_next_sends_then_success() {
 
     // The client retries Unavailable transparently.
     b.fail_next_sends(2);
-    p.send(b"after-failures".to_vec(), None)
-        .await
-        .expect("send after retries");
+    p.send(b"after-failures".to_vec(), None).await.expect("send after retries");
     let stored = b.messages(topic);
     assert_eq!(stored.len(), 2, "failed sends must not be stored");
     assert_eq!(&stored[1].payload[..], b"after-failures");
@@ -564,30 +492,18 @@ async fn fail_next_sends_then_success() {
     if let Some(id) = bad.msg_id.as_mut() {
         id.producer_id = 999_999;
     }
-    assert_eq!(
-        raw.send_message(bad).await.expect_err("unknown").code(),
-        tonic::Code::NotFound
-    );
+    assert_eq!(raw.send_message(bad).await.expect_err("unknown").code(), tonic::Code::NotFound);
 }
 
 #[tokio::test]
 async fn oversize_message_is_refused() {
-    let cfg = BrokerConfig {
-        max_message_size: 1024,
-        ..BrokerConfig::default()
-    };
+    let cfg = BrokerConfig { max_message_size: 1024, ..BrokerConfig::default() };
     let b = EmbeddedBroker::start(cfg).await.expect("broker");
     let c = client(&b).await;
     let p = producer(&c, "/default/big", "p", true).await;
     p.send(vec![0u8; 1024], None).await.expect("at the limit");
-    let err = p
-        .send(vec![0u8; 1025], None)
-        .await
-        .expect_err("over the limit");
-    assert_eq!(
-        err.extract_status().map(|s| s.code()),
-        Some(tonic::Code::InvalidArgument)
-    );
+    let err = p.send(vec![0u8; 1025], None).await.expect_err("over the limit");
+    assert_eq!(err.extract_status().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
     assert_eq!(b.messages("/default/big").len(), 1);
 }
 
@@ -605,22 +521,15 @@ async fn stop_and_restart_keep_state_on_same_port() {
     cons.ack(&m).await.expect("ack");
 
     b.stop().await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "port still open"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "port still open");
     assert_eq!(b.connected_consumers(topic, "s"), 0);
     assert_eq!(b.messages(topic).len(), 1);
 
     b.restart().await.expect("restart");
     assert_eq!(b.addr(), addr);
-    p.send(b"after".to_vec(), None)
-        .await
-        .expect("send after restart");
+    p.send(b"after".to_vec(), None).await.expect("send after restart");
     assert_eq!(b.messages(topic).len(), 2);
-    let m = recv(&mut rx, Duration::from_secs(15))
-        .await
-        .expect("consumer resumes");
+    let m = recv(&mut rx, Duration::from_secs(15)).await.expect("consumer resumes");
     assert_eq!(text(&m), "after");
     cons.ack(&m).await.expect("ack");
     assert_eq!(b.ack_count(topic, "s"), 2);
@@ -638,9 +547,7 @@ async fn drop_streams_requeues_and_clients_resume() {
     let first = recv(&mut rx, WAIT).await.expect("first");
     b.drop_streams();
     // Unacked message comes again on the re-opened stream.
-    let again = recv(&mut rx, WAIT)
-        .await
-        .expect("redelivered after stream drop");
+    let again = recv(&mut rx, WAIT).await.expect("redelivered after stream drop");
     assert_eq!(again.msg_id.topic_offset, first.msg_id.topic_offset);
     cons.ack(&again).await.expect("ack");
     b.publish(topic, b"y".to_vec(), HashMap::new(), None);
@@ -656,9 +563,7 @@ async fn non_reliable_is_fire_and_forget() {
     let (_cons, mut rx) = consumer(&c, topic, "c", "s", SubType::Shared).await;
     assert!(b.wait_for_consumers(topic, "s", 1, WAIT).await);
     for i in 0..25 {
-        p.send(format!("m{i}").into_bytes(), None)
-            .await
-            .expect("send");
+        p.send(format!("m{i}").into_bytes(), None).await.expect("send");
     }
     // No window on non-reliable topics, no ack tracking.
     assert_eq!(recv_n(&mut rx, 25).await.len(), 25);
@@ -679,10 +584,7 @@ async fn missing_namespace_is_refused() {
     let err = p.create().await.expect_err("namespace missing");
     let status = err.extract_status().expect("status");
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(
-        status.message().contains("Unable to find the namespace"),
-        "{status:?}"
-    );
+    assert!(status.message().contains("Unable to find the namespace"), "{status:?}");
     b.create_namespace("other");
     p.create().await.expect("created after namespace exists");
     p.send(b"x".to_vec(), None).await.expect("send");
@@ -697,21 +599,9 @@ async fn health_check_closes_unknown_ids() {
     let c = client(&b).await;
     let _p = producer(&c, "/default/hc", "p", true).await;
     let mut raw = HealthCheckClient::connect(b.url()).await.expect("raw");
-    let check = |client: i32, id: u64| HealthCheckRequest {
-        request_id: 1,
-        client,
-        id,
-    };
-    let unknown = raw
-        .health_check(check(0, 424_242))
-        .await
-        .expect("hc")
-        .into_inner();
+    let check = |client: i32, id: u64| HealthCheckRequest { request_id: 1, client, id };
+    let unknown = raw.health_check(check(0, 424_242)).await.expect("hc").into_inner();
     assert_eq!(unknown.status, 1, "CLOSE for unknown producer");
-    let unknown = raw
-        .health_check(check(1, 424_242))
-        .await
-        .expect("hc")
-        .into_inner();
+    let unknown = raw.health_check(check(1, 424_242)).await.expect("hc").into_inner();
     assert_eq!(unknown.status, 1, "CLOSE for unknown consumer");
 }

@@ -28,7 +28,13 @@ pub struct CounterConfig {
 
 impl Default for CounterConfig {
     fn default() -> Self {
-        Self { topic: "/default/counter".into(), batch: 10, interval: Duration::from_millis(10), limit: 0, state_file: None }
+        Self {
+            topic: "/default/counter".into(),
+            batch: 10,
+            interval: Duration::from_millis(10),
+            limit: 0,
+            state_file: None,
+        }
     }
 }
 

@@ -20,7 +20,10 @@ impl Validate for LineSinkConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(parent) = self.path.as_ref().and_then(|p| p.parent()) {
             if !parent.as_os_str().is_empty() && !parent.is_dir() {
-                return Err(ConfigError::invalid("connector.path", format!("directory {} does not exist", parent.display())));
+                return Err(ConfigError::invalid(
+                    "connector.path",
+                    format!("directory {} does not exist", parent.display()),
+                ));
             }
         }
         Ok(())

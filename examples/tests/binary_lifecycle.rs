@@ -36,7 +36,8 @@ async fn sigterm_drains_and_everything_committed_is_in_danube() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let topic = "/default/drain";
-    let mut process = ConnectorProcess::spawn(Path::new(SOURCE_BIN), &source_env(&broker, topic, &state)).expect("spawn");
+    let mut process =
+        ConnectorProcess::spawn(Path::new(SOURCE_BIN), &source_env(&broker, topic, &state)).expect("spawn");
     process.wait_ready(Duration::from_secs(30)).await.expect("ready");
     broker.wait_for_messages(topic, 2000, Duration::from_secs(30)).await;
     let status = process.terminate(Duration::from_secs(30)).await.expect("exits after SIGTERM");
@@ -86,10 +87,7 @@ async fn kill_9_under_load_loses_nothing_committed_and_restart_resumes() {
 
 #[test]
 fn bad_config_exits_non_zero_naming_the_field() {
-    let output = Command::new(SOURCE_BIN)
-        .env("CONNECTOR_RETRY__MAX_ATTEMPTS", "lots")
-        .output()
-        .expect("run");
+    let output = Command::new(SOURCE_BIN).env("CONNECTOR_RETRY__MAX_ATTEMPTS", "lots").output().expect("run");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
     assert!(stderr.contains("retry.max_attempts") && stderr.contains("lots"), "{stderr}");

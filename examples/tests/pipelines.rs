@@ -129,9 +129,12 @@ async fn webhook_analytics_runs_end_to_end() {
     let topic = "/default/orders";
 
     let http_port = free_port();
-    let mut source =
-        spawn("danube-http-source", Some("http-source.toml"), &[danube.clone(), ("HTTP_SOURCE_LISTEN", format!("127.0.0.1:{http_port}"))])
-            .await;
+    let mut source = spawn(
+        "danube-http-source",
+        Some("http-source.toml"),
+        &[danube.clone(), ("HTTP_SOURCE_LISTEN", format!("127.0.0.1:{http_port}"))],
+    )
+    .await;
     // http-source creates the schema-bound topic at start, so the sinks can subscribe before
     // the first webhook (a new subscription starts at the end of the topic).
     assert!(broker.messages(topic).is_empty());
@@ -141,16 +144,23 @@ async fn webhook_analytics_runs_end_to_end() {
         &[danube.clone(), ("CLICKHOUSE_URL", ch.url()), ("CLICKHOUSE_SPOOL__DIR", spool.path().display().to_string())],
     )
     .await;
-    let mut export =
-        spawn("danube-kafka-bridge", Some("kafka-bridge.toml"), &[danube.clone(), ("KAFKA_BRIDGE_KAFKA__BOOTSTRAP_SERVERS", tansu.bootstrap())])
-            .await;
+    let mut export = spawn(
+        "danube-kafka-bridge",
+        Some("kafka-bridge.toml"),
+        &[danube.clone(), ("KAFKA_BRIDGE_KAFKA__BOOTSTRAP_SERVERS", tansu.bootstrap())],
+    )
+    .await;
     assert!(
         broker.wait_for_consumers(topic, "orders-analytics", 1, WAIT).await,
         "clickhouse never subscribed (http-source must create {topic} at start; rebuild the binaries with \
          `cargo build --workspace` if they predate that): {}",
         analytics.log()
     );
-    assert!(broker.wait_for_consumers(topic, "orders-to-kafka", 1, WAIT).await, "kafka-bridge never subscribed: {}", export.log());
+    assert!(
+        broker.wait_for_consumers(topic, "orders-to-kafka", 1, WAIT).await,
+        "kafka-bridge never subscribed: {}",
+        export.log()
+    );
 
     let (status, body) = post(http_port, "/orders", r#"{"id":"o1","amount":12.5,"currency":"USD"}"#).await;
     assert_eq!(status, 200, "{body}\n{}", source.log());
@@ -183,7 +193,10 @@ async fn webhook_analytics_runs_end_to_end() {
             ("CONNECTOR_NAME", "kafka-reader".into()),
             ("KAFKA_BRIDGE_KAFKA__BOOTSTRAP_SERVERS", tansu.bootstrap()),
             ("KAFKA_BRIDGE_IMPORT__GROUP_ID", "pipeline-reader".into()),
-            ("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{topics=["orders"], danube_topic="/default/orders-from-kafka"}]"#.into()),
+            (
+                "KAFKA_BRIDGE_IMPORT__MAPPINGS",
+                r#"[{topics=["orders"], danube_topic="/default/orders-from-kafka"}]"#.into(),
+            ),
         ],
     )
     .await;
@@ -198,7 +211,9 @@ async fn webhook_analytics_runs_end_to_end() {
         assert_eq!(header("kafka.topic"), Some("orders"));
     }
 
-    for (name, process) in [("reader", &mut reader), ("export", &mut export), ("analytics", &mut analytics), ("source", &mut source)] {
+    for (name, process) in
+        [("reader", &mut reader), ("export", &mut export), ("analytics", &mut analytics), ("source", &mut source)]
+    {
         let status = process.terminate(Duration::from_secs(30)).await;
         assert!(status.is_some_and(|s| s.success()), "{name} drains and exits 0: {}", process.log());
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use danube_connect_core::config::SinkTopicConfig;
 use danube_connect_core::{async_trait, ConnectorResult, Runtime, RuntimeConfig, SinkConnector, SinkRecord};
 use danube_connect_testkit::clickhouse::ClickHouseServer;
-use danube_connect_testkit::procfs::status_kib;
 use danube_connect_testkit::process::ConnectorProcess;
+use danube_connect_testkit::procfs::status_kib;
 use danube_dev_broker::EmbeddedBroker;
 
 const SUB: &str = "bench";

@@ -158,12 +158,20 @@ impl ClickHouse {
         let body = self.fetch_json_lines(sql, &what).await?;
         body.split(|&b| b == b'\n')
             .filter(|line| !line.trim_ascii().is_empty())
-            .map(|line| serde_json::from_slice(line).map_err(|source| ClickHouseError::BadAnswer { what: what.clone(), source }))
+            .map(|line| {
+                serde_json::from_slice(line).map_err(|source| ClickHouseError::BadAnswer { what: what.clone(), source })
+            })
             .collect()
     }
 
     /// How many rows of `database.table` carry `token` in `column`.
-    pub async fn count_token(&self, database: &str, table: &str, column: &str, token: &str) -> Result<u64, ClickHouseError> {
+    pub async fn count_token(
+        &self,
+        database: &str,
+        table: &str,
+        column: &str,
+        token: &str,
+    ) -> Result<u64, ClickHouseError> {
         #[derive(serde::Deserialize)]
         struct Row {
             n: String,
@@ -210,7 +218,9 @@ impl ClickHouse {
         }
         let label = format!("{database}.{table}");
         let classify = |source: clickhouse::error::Error| match error_code(&source) {
-            Some(code) if DATA_ERROR_CODES.contains(&code) => ClickHouseError::Rejected { table: label.clone(), code, source },
+            Some(code) if DATA_ERROR_CODES.contains(&code) => {
+                ClickHouseError::Rejected { table: label.clone(), code, source }
+            }
             _ => ClickHouseError::Unavailable { what: format!("insert into {label}"), source },
         };
         insert.send(body.into()).await.map_err(classify)?;

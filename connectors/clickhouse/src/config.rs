@@ -221,7 +221,10 @@ impl Validate for ClickHouseSinkConfig {
         }
         for (i, mapping) in self.tables.iter().enumerate() {
             validate_topic(&format!("connector.tables[{i}].topic"), &mapping.topic)?;
-            if mapping.table.is_empty() || mapping.table.split('.').count() > 2 || mapping.table.split('.').any(str::is_empty) {
+            if mapping.table.is_empty()
+                || mapping.table.split('.').count() > 2
+                || mapping.table.split('.').any(str::is_empty)
+            {
                 return Err(ConfigError::invalid(
                     format!("connector.tables[{i}].table"),
                     format!("`{}` must be `table` or `database.table`", mapping.table),

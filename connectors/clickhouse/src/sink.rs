@@ -75,14 +75,33 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let spool_bytes = IntGaugeVec::new(Opts::new("clickhouse_spool_bytes", "Bytes waiting in the spool."), &["connector", "table"])?;
+        let spool_bytes = IntGaugeVec::new(
+            Opts::new("clickhouse_spool_bytes", "Bytes waiting in the spool."),
+            &["connector", "table"],
+        )?;
         registry.register(Box::new(spool_bytes.clone()))?;
         Ok(Self {
-            rows_inserted: counter("clickhouse_rows_inserted_total", "Rows inserted into ClickHouse.", &["connector", "table"])?,
-            inserts: counter("clickhouse_inserts_total", "Insert requests by outcome (ok, retryable, rejected).", &["connector", "table", "outcome"])?,
+            rows_inserted: counter(
+                "clickhouse_rows_inserted_total",
+                "Rows inserted into ClickHouse.",
+                &["connector", "table"],
+            )?,
+            inserts: counter(
+                "clickhouse_inserts_total",
+                "Insert requests by outcome (ok, retryable, rejected).",
+                &["connector", "table", "outcome"],
+            )?,
             spool_bytes,
-            duplicates: counter("clickhouse_spool_duplicates_total", "Redelivered records skipped because they were already spooled.", &["connector", "table"])?,
-            dead_lettered: counter("clickhouse_rows_dead_lettered_total", "Spooled rows ClickHouse refused, sent to the dead-letter topic.", &["connector", "table"])?,
+            duplicates: counter(
+                "clickhouse_spool_duplicates_total",
+                "Redelivered records skipped because they were already spooled.",
+                &["connector", "table"],
+            )?,
+            dead_lettered: counter(
+                "clickhouse_rows_dead_lettered_total",
+                "Spooled rows ClickHouse refused, sent to the dead-letter topic.",
+                &["connector", "table"],
+            )?,
         })
     }
 }
@@ -212,7 +231,10 @@ impl SinkConnector for ClickHouseSink {
             if inner.tables.contains_key(&record.topic) {
                 by_table.entry(record.topic.as_str()).or_default().push(index);
             } else {
-                failures.push((index, ConnectorError::invalid_msg(format!("no table is mapped for topic {}", record.topic))));
+                failures.push((
+                    index,
+                    ConnectorError::invalid_msg(format!("no table is mapped for topic {}", record.topic)),
+                ));
             }
         }
         for (topic, indices) in by_table {
@@ -233,7 +255,9 @@ impl SinkConnector for ClickHouseSink {
             let spool = table.spool.clone();
             match tokio::task::spawn_blocking(move || spool.seal_lingering(None)).await {
                 Ok(Ok(_)) => table.wake.notify_one(),
-                Ok(Err(e)) => warn!(table = %table.label, error = %danube_connect_core::error::error_chain(&e), "cannot seal the spool at shutdown"),
+                Ok(Err(e)) => {
+                    warn!(table = %table.label, error = %danube_connect_core::error::error_chain(&e), "cannot seal the spool at shutdown")
+                }
                 Err(e) => warn!(table = %table.label, error = %e, "cannot seal the spool at shutdown"),
             }
         }
@@ -281,9 +305,10 @@ impl Inner {
         if columns.is_empty() {
             return Err(ConnectorError::retryable_msg(format!("table {} does not exist", table.label)));
         }
-        let mapper = Arc::new(Mapper::new(columns, &table.mapping).map_err(|message| {
-            ConnectorError::fatal_msg(format!("table mapping for {}: {message}", table.label))
-        })?);
+        let mapper =
+            Arc::new(Mapper::new(columns, &table.mapping).map_err(|message| {
+                ConnectorError::fatal_msg(format!("table mapping for {}: {message}", table.label))
+            })?);
         debug!(table = %table.label, columns = mapper.columns().len(), "table columns loaded");
         *table.mapper.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mapper.clone());
         Ok(mapper)
@@ -351,7 +376,10 @@ impl Inner {
             }
             match mapped {
                 Ok(row) => {
-                    groups.entry(row.shape).or_default().push((record_id(&record.message_id(), record.publish_time, &record.producer_name), row.line));
+                    groups
+                        .entry(row.shape)
+                        .or_default()
+                        .push((record_id(&record.message_id(), record.publish_time, &record.producer_name), row.line));
                     spooled.push(index);
                 }
                 Err(error) => failures.push((
@@ -369,7 +397,8 @@ impl Inner {
             }
             return;
         }
-        let groups: Vec<RowGroup> = groups.into_iter().map(|(shape, rows)| (mapper.insert_columns(&shape), rows)).collect();
+        let groups: Vec<RowGroup> =
+            groups.into_iter().map(|(shape, rows)| (mapper.insert_columns(&shape), rows)).collect();
         let spool = table.spool.clone();
         let result = tokio::task::spawn_blocking(move || spool.append(groups)).await;
         let label = [self.settings.connector_name.as_str(), table.label.as_str()];
@@ -389,7 +418,10 @@ impl Inner {
                 let error: Arc<SpoolError> = Arc::new(error);
                 error!(table = %table.label, error = %danube_connect_core::error::error_chain(error.as_ref()), "spool append failed");
                 for index in spooled {
-                    failures.push((index, ConnectorError::retryable("append to the spool", SharedSpoolError(error.clone()))));
+                    failures.push((
+                        index,
+                        ConnectorError::retryable("append to the spool", SharedSpoolError(error.clone())),
+                    ));
                 }
             }
             Err(join) => {
@@ -523,13 +555,24 @@ impl Inner {
         }
     }
 
-    async fn insert_once(&self, table: &Table, columns: &[String], body: &[u8], token: &str) -> Result<(), ClickHouseError> {
+    async fn insert_once(
+        &self,
+        table: &Table,
+        columns: &[String],
+        body: &[u8],
+        token: &str,
+    ) -> Result<(), ClickHouseError> {
         let dedup = self.dedup_enabled().await?;
         self.ch.insert(&table.database, &table.name, columns, body.to_vec(), dedup.then_some(token)).await
     }
 
     /// Inserts one sealed segment; rows ClickHouse refuses go to the dead-letter topic.
-    async fn insert_segment(&self, table: &Table, loaded: &LoadedSegment, stop: &CancellationToken) -> Result<(), Stopped> {
+    async fn insert_segment(
+        &self,
+        table: &Table,
+        loaded: &LoadedSegment,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
         if loaded.rows.is_empty() {
             return Ok(());
         }
@@ -585,7 +628,9 @@ impl Inner {
                 .and_then(|object| mapper.map_object(&object, &[], UnknownFields::Ignore));
             match remapped {
                 Ok(encoded) => groups.entry(encoded.shape).or_default().push(encoded.line),
-                Err(error) => self.dead_letter(table, row, &danube_connect_core::error::error_chain(&error), stop).await?,
+                Err(error) => {
+                    self.dead_letter(table, row, &danube_connect_core::error::error_chain(&error), stop).await?
+                }
             }
         }
         let mut shapes: Vec<(Vec<u16>, Vec<Vec<u8>>)> = groups.into_iter().collect();
@@ -599,7 +644,8 @@ impl Inner {
                 match self.insert_with_retry(table, &columns, &rows[from..to], &part_token, uncertain, stop).await? {
                     Ok(()) => self.count_inserted(table, to - from),
                     Err(error) if to - from == 1 => {
-                        self.dead_letter(table, &rows[from], &danube_connect_core::error::error_chain(&error), stop).await?
+                        self.dead_letter(table, &rows[from], &danube_connect_core::error::error_chain(&error), stop)
+                            .await?
                     }
                     Err(_) => {
                         let mid = from + (to - from) / 2;
@@ -613,7 +659,13 @@ impl Inner {
     }
 
     /// Publishes a refused row to the dead-letter topic, retrying until the broker takes it.
-    async fn dead_letter(&self, table: &Table, row: &[u8], error: &str, stop: &CancellationToken) -> Result<(), Stopped> {
+    async fn dead_letter(
+        &self,
+        table: &Table,
+        row: &[u8],
+        error: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
         let mut attributes = HashMap::new();
         attributes.insert("clickhouse.table".to_string(), table.label.clone());
         let failure = Failure {
@@ -626,7 +678,8 @@ impl Inner {
         };
         let mut delays = self.retry.delays();
         loop {
-            let record = dead_letter_record(&self.settings.dead_letter_topic, row.to_vec().into(), &attributes, None, &failure);
+            let record =
+                dead_letter_record(&self.settings.dead_letter_topic, row.to_vec().into(), &attributes, None, &failure);
             match self.publisher.publish(record).await {
                 Ok(()) => {
                     self.metrics
@@ -728,7 +781,10 @@ async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) 
                 let done = loaded.clone();
                 let problem = match tokio::task::spawn_blocking(move || spool.complete(&done)).await {
                     Ok(Ok(())) => break,
-                    Ok(Err(error)) => format!("cannot mark an inserted segment done: {}", danube_connect_core::error::error_chain(&error)),
+                    Ok(Err(error)) => format!(
+                        "cannot mark an inserted segment done: {}",
+                        danube_connect_core::error::error_chain(&error)
+                    ),
                     Err(join) => format!("spool complete task failed: {join}"),
                 };
                 if !pause(&mut spool_backoff, problem).await {

@@ -229,7 +229,11 @@ impl Spool {
             // A `.done` segment only serves to recognise redeliveries: one that cannot be
             // read costs at worst a duplicate row, never a lost one, so it does not stop
             // the start.
-            let loaded = match load_file(SealedSegment { name: format!("{seq:016}"), path: path.clone(), recovered: true }) {
+            let loaded = match load_file(SealedSegment {
+                name: format!("{seq:016}"),
+                path: path.clone(),
+                recovered: true,
+            }) {
                 Ok(loaded) => loaded,
                 Err(error) => {
                     warn!(segment = %path.display(), error = %danube_connect_core::error::error_chain(&error), "skipping an unreadable done spool segment (its records are no longer recognised as redeliveries)");
@@ -292,7 +296,11 @@ impl Spool {
             for (columns, rows) in groups {
                 let mut pending: Vec<u8> = Vec::new();
                 for (id, line) in rows {
-                    if st.ids.contains(&id) || st.recent.contains(&id) || st.ledger.contains(&id) || !batch_ids.insert(id) {
+                    if st.ids.contains(&id)
+                        || st.recent.contains(&id)
+                        || st.ledger.contains(&id)
+                        || !batch_ids.insert(id)
+                    {
                         outcome.duplicates += 1;
                         continue;
                     }
@@ -518,10 +526,7 @@ impl Spool {
 }
 
 fn write_segment(dir: &Path, segment: &mut OpenSegment, data: &[u8]) -> Result<(), SpoolError> {
-    segment
-        .file
-        .write_all(data)
-        .map_err(io_err("write", &dir.join(format!("{}.open", segment.name))))?;
+    segment.file.write_all(data).map_err(io_err("write", &dir.join(format!("{}.open", segment.name))))?;
     segment.len += data.len() as u64;
     Ok(())
 }
@@ -694,7 +699,11 @@ mod tests {
         let done = dir.path().join(format!("{:016}.done", 0));
         fs::create_dir_all(done.join("blocker")).expect("blocker");
         assert!(s.complete(&loaded).is_err());
-        assert_eq!(s.front().map(|f| f.name), Some(loaded.segment.name.clone()), "still queued after a failed complete");
+        assert_eq!(
+            s.front().map(|f| f.name),
+            Some(loaded.segment.name.clone()),
+            "still queued after a failed complete"
+        );
         assert_eq!(s.pending_ids(), 3);
         fs::remove_dir_all(&done).expect("remove blocker");
         s.complete(&loaded).expect("complete on retry");

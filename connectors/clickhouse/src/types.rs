@@ -290,7 +290,8 @@ impl ColumnType {
             Self::Uuid => {
                 let Value::String(s) = value else { return Err(self.error(value, "expected a UUID string")) };
                 let hex: String = s.chars().filter(|c| *c != '-').collect();
-                let dashes_ok = s.len() == 32 || (s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| s.as_bytes()[i] == b'-'));
+                let dashes_ok =
+                    s.len() == 32 || (s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| s.as_bytes()[i] == b'-'));
                 if hex.len() != 32 || !dashes_ok || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
                     return Err(self.error(value, "expected 8-4-4-4-12 hex digits"));
                 }
@@ -304,7 +305,8 @@ impl ColumnType {
                     Value::Number(n) => n.to_string(),
                     _ => return Err(self.error(value, "expected a decimal string or number")),
                 };
-                let normalized = normalize_decimal(&text, *precision, *scale).map_err(|reason| self.error(value, reason))?;
+                let normalized =
+                    normalize_decimal(&text, *precision, *scale).map_err(|reason| self.error(value, reason))?;
                 out.extend_from_slice(normalized.as_bytes());
                 Ok(())
             }
@@ -471,7 +473,10 @@ fn normalize_decimal(text: &str, precision: u32, scale: u32) -> Result<String, &
         None => (false, text.strip_prefix('+').unwrap_or(text)),
     };
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    if (int.is_empty() && frac.is_empty()) || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err("expected [-]digits[.digits]");
     }
     let int = int.trim_start_matches('0');
@@ -631,7 +636,10 @@ mod tests {
         );
         assert_eq!(
             ColumnType::parse("Enum8('a' = 1, 'it\\'s' = -2)"),
-            ColumnType::Enum { spelled: "Enum8('a' = 1, 'it\\'s' = -2)".into(), elements: vec![("a".into(), 1), ("it's".into(), -2)] }
+            ColumnType::Enum {
+                spelled: "Enum8('a' = 1, 'it\\'s' = -2)".into(),
+                elements: vec![("a".into(), 1), ("it's".into(), -2)]
+            }
         );
         assert_eq!(ColumnType::parse("Enum8(oops)"), ColumnType::Other("Enum8(oops)".into()));
         assert_eq!(ColumnType::parse("Tuple(UInt8, String)"), ColumnType::Other("Tuple(UInt8, String)".into()));

@@ -172,7 +172,10 @@ async fn missing_fields_take_the_column_defaults() {
     publish(&s, topic, r#"{"id":2,"score":7,"label":"given","name":"b","n":null,"extra":"ignored"}"#);
     let n = wait_count(&s.ch, "SELECT count() FROM defaults", 2, Duration::from_secs(20)).await;
     assert_eq!(n, 2, "{}", sink.log());
-    let rows = s.ch.query("SELECT id, name, n, tags, score, label FROM defaults ORDER BY id FORMAT TSV").await.expect("select");
+    let rows =
+        s.ch.query("SELECT id, name, n, tags, score, label FROM defaults ORDER BY id FORMAT TSV")
+            .await
+            .expect("select");
     assert_eq!(rows, "1\t\t\\N\t[]\t42\tid-1\n2\tb\t\\N\t[]\t7\tgiven", "{rows}");
     // The tests run at the broker's default window (10): the start-up log says what that costs.
     assert!(sink.log().contains("throughput is bounded by the dispatch window"), "{}", sink.log());
@@ -212,7 +215,10 @@ async fn bad_records_are_dead_lettered_while_the_rest_of_their_batch_is_inserted
         let error = m.attributes.get("dlq.error").expect("dlq.error attribute");
         assert!(error.contains("events"), "{error}");
     }
-    assert_eq!(s.ch.query("SELECT groupArray(id) FROM (SELECT id FROM events ORDER BY id)").await.expect("ids"), "[1,3,5,7,8]");
+    assert_eq!(
+        s.ch.query("SELECT groupArray(id) FROM (SELECT id FROM events ORDER BY id)").await.expect("ids"),
+        "[1,3,5,7,8]"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.broker.ack_count(topic, NAME) < 8 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -240,7 +246,14 @@ async fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_while_the_others
     let topic = "/default/enums";
     let env = env(&s, topic, r#"{topic="/default/enums", table="enums"}"#, &[("CLICKHOUSE_BATCH__MAX_ROWS", "6")]);
     let mut sink = spawn(&s, topic, &env).await;
-    for (id, e) in [(1, r#"[1,"a"]"#), (2, r#"[2,"b"]"#), (3, r#"[3,"c"]"#), (4, r#"["x","d"]"#), (5, r#"[5,"e"]"#), (6, r#"[6,"f"]"#)] {
+    for (id, e) in [
+        (1, r#"[1,"a"]"#),
+        (2, r#"[2,"b"]"#),
+        (3, r#"[3,"c"]"#),
+        (4, r#"["x","d"]"#),
+        (5, r#"[5,"e"]"#),
+        (6, r#"[6,"f"]"#),
+    ] {
         publish(&s, topic, format!(r#"{{"id":{id},"e":{e}}}"#));
     }
     let n = wait_count(&s.ch, "SELECT count() FROM enums", 5, Duration::from_secs(30)).await;
@@ -326,7 +339,12 @@ async fn clickhouse_down_then_up_loses_nothing() {
     for id in 0..100 {
         publish(&s, topic, format!(r#"{{"id":{id}}}"#));
     }
-    assert_eq!(wait_count(&s.ch, "SELECT count() FROM outage", 100, Duration::from_secs(20)).await, 100, "{}", sink.log());
+    assert_eq!(
+        wait_count(&s.ch, "SELECT count() FROM outage", 100, Duration::from_secs(20)).await,
+        100,
+        "{}",
+        sink.log()
+    );
 
     s.ch.stop();
     for id in 100..400 {
@@ -395,7 +413,8 @@ async fn kill_9_under_load(s: &Setup, table: &str, batch_column: bool) -> (u64, 
             restarted = Some(spawn(s, &topic, &env).await);
         }
     }
-    let (acked_before_kill, inserted_before_kill, _) = killed_at.unwrap_or_else(|| panic!("never killed: {}", sink.log()));
+    let (acked_before_kill, inserted_before_kill, _) =
+        killed_at.unwrap_or_else(|| panic!("never killed: {}", sink.log()));
     assert!(inserted_before_kill > 0, "nothing was inserted before the kill: {}", sink.log());
     let mut sink = match restarted {
         Some(sink) => sink,
@@ -619,7 +638,12 @@ async fn settings_the_server_cannot_honour_stop_the_connector_naming_them() {
     let topic = "/default/unsupported";
     publish(&s, topic, "priming message");
     // ClickHouse 18.16 has no async inserts.
-    let env = env(&s, topic, r#"{topic="/default/unsupported", table="unsupported"}"#, &[("CLICKHOUSE_ASYNC_INSERT", "true")]);
+    let env = env(
+        &s,
+        topic,
+        r#"{topic="/default/unsupported", table="unsupported"}"#,
+        &[("CLICKHOUSE_ASYNC_INSERT", "true")],
+    );
     let mut sink = ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-clickhouse")), &env).expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -657,7 +681,8 @@ async fn avro_records_are_decoded_by_schema_id_into_typed_columns() {
     let mut config = RuntimeConfig { name: "webhooks".into(), ..RuntimeConfig::default() };
     config.danube.service_url = s.broker.url();
     config.ops.enabled = false;
-    config.schemas = vec![SchemaBinding::new(topic, "orders-value").with_file(SchemaKind::Avro, &schema_file).with_json_input()];
+    config.schemas =
+        vec![SchemaBinding::new(topic, "orders-value").with_file(SchemaKind::Avro, &schema_file).with_json_input()];
     let runtime = Runtime::start(config, tokio_util::sync::CancellationToken::new()).await.expect("runtime");
     let publisher = runtime.publisher();
     let order = |i: u32, currency: &str| {
@@ -715,9 +740,7 @@ fn form_decode(text: &str) -> String {
 }
 
 /// Reads one HTTP/1.1 request (Content-Length or chunked body); `None` at end of stream.
-async fn read_request(
-    reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-) -> Option<(String, Vec<u8>)> {
+async fn read_request(reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<(String, Vec<u8>)> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut line = String::new();
     if reader.read_line(&mut line).await.ok()? == 0 {
@@ -783,7 +806,10 @@ async fn fake_clickhouse(fail_inserts: usize) -> (String, std::sync::Arc<std::sy
                         .map(|(k, v)| (form_decode(k), form_decode(v)))
                         .collect();
                     let request = SeenRequest { params, body };
-                    let sql = request.param("query").map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&request.body).into_owned());
+                    let sql = request
+                        .param("query")
+                        .map(str::to_string)
+                        .unwrap_or_else(|| String::from_utf8_lossy(&request.body).into_owned());
                     let (status, answer) = if sql.contains("version()") {
                         ("200 OK", "{\"v\":\"23.8.1.1\"}\n".to_string())
                     } else if sql.contains("system.columns") {
@@ -792,14 +818,20 @@ async fn fake_clickhouse(fail_inserts: usize) -> (String, std::sync::Arc<std::sy
                         let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         seen.push(request);
                         if seen.len() <= fail_inserts {
-                            ("500 Internal Server Error", "Code: 999. DB::Exception: simulated failure after the request arrived".to_string())
+                            (
+                                "500 Internal Server Error",
+                                "Code: 999. DB::Exception: simulated failure after the request arrived".to_string(),
+                            )
                         } else {
                             ("200 OK", String::new())
                         }
                     } else {
                         ("400 Bad Request", format!("Code: 62. DB::Exception: the fake does not know {sql}"))
                     };
-                    let response = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
                     if write.write_all(response.as_bytes()).await.is_err() {
                         break;
                     }
@@ -838,7 +870,12 @@ async fn a_retried_insert_carries_the_same_deduplication_token_and_body() {
         broker.publish(topic, format!(r#"{{"id":{id}}}"#).into_bytes(), HashMap::new(), None);
     }
     let seen = || inserts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    assert!(eventually(Duration::from_secs(20), || async { seen().len() >= 2 }).await, "two insert attempts: {:?} {}", seen(), sink.log());
+    assert!(
+        eventually(Duration::from_secs(20), || async { seen().len() >= 2 }).await,
+        "two insert attempts: {:?} {}",
+        seen(),
+        sink.log()
+    );
     let attempts = seen();
     assert_eq!(attempts.len(), 2, "one failed attempt, one retry: {attempts:?}");
     let tokens: Vec<Option<&str>> = attempts.iter().map(|a| a.param("insert_deduplication_token")).collect();

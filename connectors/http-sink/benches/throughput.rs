@@ -17,10 +17,10 @@ use axum::Router;
 use danube_client::{ConsumerOptions, DanubeClient, SubType};
 use danube_connect_core::config::{ConnectorConfig, RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::Runtime;
+use danube_connect_testkit::process::ConnectorProcess;
+use danube_connect_testkit::procfs::status_kib;
 use danube_connector_http_sink::config::BodyMode;
 use danube_connector_http_sink::{HttpSink, HttpSinkConfig};
-use danube_connect_testkit::procfs::status_kib;
-use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,8 @@ const RECORDS: usize = 5_000;
 const WINDOW: usize = 1_000;
 
 fn payload(i: usize) -> Vec<u8> {
-    format!(r#"{{"id":{i},"table":"orders","op":"insert","row":{{"amount":{},"note":"benchmark row"}}}}"#, i * 3).into_bytes()
+    format!(r#"{{"id":{i},"table":"orders","op":"insert","row":{{"amount":{},"note":"benchmark row"}}}}"#, i * 3)
+        .into_bytes()
 }
 
 /// A receiver answering 204 to everything and counting requests.
@@ -55,7 +56,11 @@ async fn start_receiver() -> (String, Arc<AtomicU64>) {
 async fn wait_acked(broker: &EmbeddedBroker, topic: &str, subscription: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while broker.ack_count(topic, subscription) < n {
-        assert!(Instant::now() < deadline, "{subscription}: only {} of {n} acked", broker.ack_count(topic, subscription));
+        assert!(
+            Instant::now() < deadline,
+            "{subscription}: only {} of {n} acked",
+            broker.ack_count(topic, subscription)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -145,7 +150,13 @@ fn runtime_config(broker: &EmbeddedBroker, name: &str, topic: &str, concurrency:
 }
 
 /// One sink run in process: (records/s, requests sent).
-async fn sink_run(broker: &EmbeddedBroker, receiver: &(String, Arc<AtomicU64>), name: &str, concurrency: usize, batch: usize) -> (f64, u64) {
+async fn sink_run(
+    broker: &EmbeddedBroker,
+    receiver: &(String, Arc<AtomicU64>),
+    name: &str,
+    concurrency: usize,
+    batch: usize,
+) -> (f64, u64) {
     let (url, requests) = (receiver.0.clone(), receiver.1.clone());
     let before = requests.load(Ordering::Relaxed);
     let topic = format!("/default/bench-{name}");

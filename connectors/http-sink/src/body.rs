@@ -218,16 +218,19 @@ mod tests {
     #[test]
     fn envelope_embeds_json_text_or_base64() {
         let b = BodyBuilder::new(BodyConfig { mode: BodyMode::Envelope, ..Default::default() });
-        let json: serde_json::Value = serde_json::from_slice(&b.build(&[&record(3, br#"{"a":1}"#)]).expect("b").bytes).expect("json");
+        let json: serde_json::Value =
+            serde_json::from_slice(&b.build(&[&record(3, br#"{"a":1}"#)]).expect("b").bytes).expect("json");
         assert_eq!(json["payload"]["a"], 1);
         assert_eq!(json["payload_encoding"], "json");
         assert_eq!(json["id"], "/default/t:3");
         assert_eq!(json["offset"], 3);
         assert_eq!(json["attributes"]["op"], "insert");
-        let text: serde_json::Value = serde_json::from_slice(&b.build(&[&record(4, b"plain")]).expect("b").bytes).expect("json");
+        let text: serde_json::Value =
+            serde_json::from_slice(&b.build(&[&record(4, b"plain")]).expect("b").bytes).expect("json");
         assert_eq!(text["payload"], "plain");
         assert_eq!(text["payload_encoding"], "utf8");
-        let bin: serde_json::Value = serde_json::from_slice(&b.build(&[&record(5, &[0xff, 0x00])]).expect("b").bytes).expect("json");
+        let bin: serde_json::Value =
+            serde_json::from_slice(&b.build(&[&record(5, &[0xff, 0x00])]).expect("b").bytes).expect("json");
         assert_eq!(bin["payload"], "/wA=");
         assert_eq!(bin["payload_encoding"], "base64");
     }
@@ -243,7 +246,8 @@ mod tests {
             Err(BodyError::NotJson { id, .. }) => assert_eq!(id, "/default/t:8"),
             other => panic!("expected NotJson, got {other:?}"),
         }
-        let batch = BodyBuilder::new(BodyConfig { mode: BodyMode::Batch, batch_item: BatchItem::Json, ..Default::default() });
+        let batch =
+            BodyBuilder::new(BodyConfig { mode: BodyMode::Batch, batch_item: BatchItem::Json, ..Default::default() });
         assert!(batch.needs_json());
         assert_eq!(batch.build(&[&record(1, b"1"), &record(2, b"[true]")]).expect("b").bytes.as_ref(), b"[1,[true]]");
         assert!(matches!(batch.build(&[&record(1, b"1"), &record(2, b"x")]), Err(BodyError::NotJson { .. })));
@@ -258,13 +262,26 @@ mod tests {
     #[test]
     fn batch_as_json_array_and_ndjson() {
         let (a, c) = (record(1, br#"{"n":1}"#), record(2, b"two"));
-        let array = BodyBuilder::new(BodyConfig { mode: BodyMode::Batch, batch_item: BatchItem::Payload, ..Default::default() });
+        let array = BodyBuilder::new(BodyConfig {
+            mode: BodyMode::Batch,
+            batch_item: BatchItem::Payload,
+            ..Default::default()
+        });
         let body = array.build(&[&a, &c]).expect("b");
         assert_eq!(body.bytes.as_ref(), br#"[{"n":1},"two"]"#);
         assert_eq!(body.content_type, "application/json");
-        let nd = BodyBuilder::new(BodyConfig { mode: BodyMode::Batch, batch_format: BatchFormat::Ndjson, ..Default::default() });
+        let nd = BodyBuilder::new(BodyConfig {
+            mode: BodyMode::Batch,
+            batch_format: BatchFormat::Ndjson,
+            ..Default::default()
+        });
         let body = nd.build(&[&a, &c]).expect("b");
-        let lines: Vec<serde_json::Value> = body.bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("line")).collect();
+        let lines: Vec<serde_json::Value> = body
+            .bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("line"))
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["id"], "/default/t:2");
         assert_eq!(body.content_type, "application/x-ndjson");

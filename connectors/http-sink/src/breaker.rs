@@ -127,11 +127,7 @@ impl CircuitBreaker {
 
     /// Endpoints whose circuit is open or half-open.
     pub fn open_endpoints(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .filter(|(_, s)| !matches!(s, State::Closed { .. }))
-            .map(|(e, _)| e.clone())
-            .collect()
+        self.lock().iter().filter(|(_, s)| !matches!(s, State::Closed { .. })).map(|(e, _)| e.clone()).collect()
     }
 
     /// The cool-down.

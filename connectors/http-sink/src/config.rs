@@ -429,7 +429,8 @@ impl Validate for HttpSinkConfig {
         if self.url.is_empty() {
             return Err(ConfigError::invalid("connector.url", "is required (e.g. https://hooks.example.com/events)"));
         }
-        let template = UrlTemplate::parse(self.url.expose()).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
+        let template =
+            UrlTemplate::parse(self.url.expose()).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
         if self.deny_private_targets {
             if let Some(host) = template.static_host() {
                 crate::ssrf::check_host(&host).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
@@ -445,7 +446,10 @@ impl Validate for HttpSinkConfig {
         }
         if let Some(AuthConfig::Header { name, .. }) = &self.auth {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ConfigError::invalid("connector.auth.name", format!("`{name}` is not a valid header name")));
+                return Err(ConfigError::invalid(
+                    "connector.auth.name",
+                    format!("`{name}` is not a valid header name"),
+                ));
             }
         }
         if self.timeout.is_zero() {
@@ -458,7 +462,10 @@ impl Validate for HttpSinkConfig {
             return Err(ConfigError::invalid("connector.max_in_flight", "must be at least 1"));
         }
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
-            return Err(ConfigError::invalid("connector.tls.client_cert", "mutual TLS needs both `client_cert` and `client_key`"));
+            return Err(ConfigError::invalid(
+                "connector.tls.client_cert",
+                "mutual TLS needs both `client_cert` and `client_key`",
+            ));
         }
         if self.tls.ca_only && self.tls.ca_file.is_none() {
             return Err(ConfigError::invalid("connector.tls.ca_only", "needs `tls.ca_file`"));
@@ -474,7 +481,8 @@ impl Validate for HttpSinkConfig {
                 }
             }
         }
-        if self.body.content_type.is_empty() || reqwest::header::HeaderValue::from_str(&self.body.content_type).is_err() {
+        if self.body.content_type.is_empty() || reqwest::header::HeaderValue::from_str(&self.body.content_type).is_err()
+        {
             return Err(ConfigError::invalid("connector.body.content_type", "must be a valid content type"));
         }
         for (field, name) in [
@@ -491,22 +499,35 @@ impl Validate for HttpSinkConfig {
         }
         if let Some(hmac) = &self.hmac {
             if reqwest::header::HeaderName::from_bytes(hmac.header.as_bytes()).is_err() {
-                return Err(ConfigError::invalid("connector.hmac.header", format!("`{}` is not a valid header name", hmac.header)));
+                return Err(ConfigError::invalid(
+                    "connector.hmac.header",
+                    format!("`{}` is not a valid header name", hmac.header),
+                ));
             }
             if hmac.secret.expose().is_empty() {
                 return Err(ConfigError::invalid("connector.hmac.secret", "must not be empty"));
             }
         }
-        for (field, list) in [("connector.outcomes.success", &self.outcomes.success), ("connector.outcomes.retryable", &self.outcomes.retryable)] {
+        for (field, list) in [
+            ("connector.outcomes.success", &self.outcomes.success),
+            ("connector.outcomes.retryable", &self.outcomes.retryable),
+        ] {
             for (i, pattern) in list.iter().enumerate() {
-                StatusPattern::parse(pattern).map_err(|message| ConfigError::invalid(format!("{field}[{i}]"), message))?;
+                StatusPattern::parse(pattern)
+                    .map_err(|message| ConfigError::invalid(format!("{field}[{i}]"), message))?;
             }
         }
         if self.outcomes.success.is_empty() {
-            return Err(ConfigError::invalid("connector.outcomes.success", "must list at least one status (e.g. \"2xx\")"));
+            return Err(ConfigError::invalid(
+                "connector.outcomes.success",
+                "must list at least one status (e.g. \"2xx\")",
+            ));
         }
         if self.retry_after.defer_threshold > self.retry_after.max {
-            return Err(ConfigError::invalid("connector.retry_after.defer_threshold", "must not exceed `retry_after.max`"));
+            return Err(ConfigError::invalid(
+                "connector.retry_after.defer_threshold",
+                "must not exceed `retry_after.max`",
+            ));
         }
         if self.circuit_breaker.enabled {
             if self.circuit_breaker.failure_threshold == 0 {
@@ -644,7 +665,10 @@ mod tests {
         config.circuit_breaker.failure_threshold = 8;
         let warnings = config.warnings(&RetryConfig { max_elapsed: Duration::from_secs(600), ..retry.clone() });
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("failure_threshold (8)") && warnings[0].contains("max_attempts (5)"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("failure_threshold (8)") && warnings[0].contains("max_attempts (5)"),
+            "{warnings:?}"
+        );
         let mut config = valid();
         config.timeout = Duration::from_secs(30);
         let warnings = config.warnings(&retry);
@@ -656,7 +680,8 @@ mod tests {
 
     #[test]
     fn the_url_is_redacted_in_debug_display_and_serialized_output_but_read_from_env() {
-        let config = HttpSinkConfig { url: "https://hooks.slack.com/services/T0/B0/s3cr3tPath?k=s3cr3tQ".into(), ..valid() };
+        let config =
+            HttpSinkConfig { url: "https://hooks.slack.com/services/T0/B0/s3cr3tPath?k=s3cr3tQ".into(), ..valid() };
         let serialized = serde_json::to_string(&config).expect("serialize");
         for text in [format!("{config:?}"), config.url.to_string(), serialized] {
             assert!(text.contains("hooks.slack.com") && !text.contains("s3cr3t"), "{text}");

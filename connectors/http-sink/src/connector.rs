@@ -161,9 +161,10 @@ impl Failure {
     /// The failure of a record held back behind an earlier record of its key.
     fn held_back(&self) -> ConnectorError {
         match self {
-            Self::Defer { delay, .. } => {
-                ConnectorError::Defer { delay: *delay, message: "held back behind an earlier record of the same key".into() }
-            }
+            Self::Defer { delay, .. } => ConnectorError::Defer {
+                delay: *delay,
+                message: "held back behind an earlier record of the same key".into(),
+            },
             _ => ConnectorError::retryable_msg("held back behind an earlier record of the same key"),
         }
     }
@@ -197,7 +198,10 @@ struct SinkMetrics {
 impl SinkMetrics {
     fn register(metrics: &danube_connect_core::metrics::Metrics) -> Result<Self, prometheus::Error> {
         let requests = IntCounterVec::new(
-            Opts::new("http_sink_requests_total", "HTTP requests by outcome (success, retryable, permanent, network, deferred)."),
+            Opts::new(
+                "http_sink_requests_total",
+                "HTTP requests by outcome (success, retryable, permanent, network, deferred).",
+            ),
             &["connector", "outcome"],
         )?;
         let duration = HistogramVec::new(
@@ -329,7 +333,10 @@ impl HttpSink {
                 );
             }
             Some(AuthConfig::Header { name, value }) => {
-                headers.insert(header_name("connector.auth.name", name)?, header_value("connector.auth.value", value.expose(), true)?);
+                headers.insert(
+                    header_name("connector.auth.name", name)?,
+                    header_value("connector.auth.value", value.expose(), true)?,
+                );
             }
         }
         let webhook = match &config.signing.webhook_secret {
@@ -446,17 +453,21 @@ impl HttpSink {
             let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             dynamic(HeaderName::from_static(signature::headers::ID), &message_id);
             dynamic(HeaderName::from_static(signature::headers::TIMESTAMP), &timestamp.to_string());
-            dynamic(HeaderName::from_static(signature::headers::SIGNATURE), &signer.sign(&message_id, timestamp, &body.bytes));
+            dynamic(
+                HeaderName::from_static(signature::headers::SIGNATURE),
+                &signer.sign(&message_id, timestamp, &body.bytes),
+            );
         }
         if let Some((name, signer)) = &self.hmac {
             dynamic(name.clone(), &signer.sign(&body.bytes));
         }
 
         // Closing the semaphore never happens: acquire fails only when closed.
-        let _permit = self.in_flight.acquire().await.map_err(|_| Failure::Defer {
-            delay: MIN_DEFER,
-            message: "sink is shutting down".into(),
-        })?;
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| Failure::Defer { delay: MIN_DEFER, message: "sink is shutting down".into() })?;
         let started = Instant::now();
         let sent = self.client.request(self.method.clone(), url).headers(headers).body(body.bytes).send().await;
         let result = match sent {
@@ -520,7 +531,8 @@ impl HttpSink {
                 })))
             }
             Class::Retryable => {
-                let report = if status == reqwest::StatusCode::TOO_MANY_REQUESTS { Report::Neutral } else { Report::Failed };
+                let report =
+                    if status == reqwest::StatusCode::TOO_MANY_REQUESTS { Report::Neutral } else { Report::Failed };
                 let opened = self.report(endpoint, report);
                 let error = Arc::new(DeliveryError::Status {
                     method: self.method.clone(),
@@ -608,7 +620,8 @@ impl HttpSink {
     /// [`deliver`](Self::deliver), except that in ordered mode records with a routing key
     /// wait out a deferral in process (see the module docs) instead of being handed back.
     async fn deliver_keeping_order(&self, records: &[&SinkRecord], url: Url) -> Result<(), Failure> {
-        let keys: Vec<&str> = if self.ordered { records.iter().filter_map(|r| r.routing_key.as_deref()).collect() } else { Vec::new() };
+        let keys: Vec<&str> =
+            if self.ordered { records.iter().filter_map(|r| r.routing_key.as_deref()).collect() } else { Vec::new() };
         if keys.is_empty() {
             return self.deliver(records, url).await;
         }
@@ -856,7 +869,11 @@ mod tests {
         let mut budget = RetryBudget::new(&policy);
         let first = budget.next_delay(None).expect("second attempt");
         assert!(first >= Duration::from_millis(10) && first <= Duration::from_millis(40), "{first:?}");
-        assert_eq!(budget.next_delay(Some(Duration::from_secs(1))), Some(Duration::from_secs(1)), "the hint lengthens it");
+        assert_eq!(
+            budget.next_delay(Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1)),
+            "the hint lengthens it"
+        );
         assert_eq!(budget.next_delay(None), None, "three attempts in all");
         let mut budget = RetryBudget::new(&policy);
         assert_eq!(budget.next_delay(Some(Duration::from_secs(6))), None, "past max_elapsed");

@@ -19,7 +19,9 @@ pub enum TemplateError {
     #[error("unclosed `{{` at byte {0}")]
     Unclosed(usize),
     /// An unknown placeholder.
-    #[error("unknown placeholder `{{{0}}}`; expected topic, namespace, topic_name, partition, offset, key or attr.NAME")]
+    #[error(
+        "unknown placeholder `{{{0}}}`; expected topic, namespace, topic_name, partition, offset, key or attr.NAME"
+    )]
     Unknown(String),
     /// The URL (with sample values) does not parse. It is shown redacted: its path or
     /// query may hold a secret.
@@ -162,8 +164,12 @@ impl UrlTemplate {
                         out.extend(utf8_percent_encode(segment, COMPONENT));
                     }
                 }
-                Part::Namespace => out.extend(utf8_percent_encode(topic.split('/').next().unwrap_or_default(), COMPONENT)),
-                Part::TopicName => out.extend(utf8_percent_encode(topic.rsplit('/').next().unwrap_or_default(), COMPONENT)),
+                Part::Namespace => {
+                    out.extend(utf8_percent_encode(topic.split('/').next().unwrap_or_default(), COMPONENT))
+                }
+                Part::TopicName => {
+                    out.extend(utf8_percent_encode(topic.rsplit('/').next().unwrap_or_default(), COMPONENT))
+                }
                 Part::Partition => out.extend(utf8_percent_encode(
                     record.partition_topic.rsplit('/').next().unwrap_or_default(),
                     COMPONENT,
@@ -250,7 +256,8 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_and_encoded() {
-        let t = UrlTemplate::parse("https://h.example/{topic}/{topic_name}/{attr.tenant}?k={key}&o={offset}").expect("parse");
+        let t = UrlTemplate::parse("https://h.example/{topic}/{topic_name}/{attr.tenant}?k={key}&o={offset}")
+            .expect("parse");
         let url = t.render(&record()).expect("render");
         assert_eq!(url.as_str(), "https://h.example/default/orders/orders/acme%26co?k=a%20b%2Fc&o=7");
         assert!(!t.is_fixed());

@@ -158,7 +158,11 @@ async fn a_long_retry_after_hands_the_record_back_to_the_broker_instead_of_sleep
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "defer") == 1).await);
     let got = receiver.requests();
     assert_eq!(got.len(), 2);
-    assert!(got[1].at - got[0].at >= Duration::from_millis(2900), "redelivered after the hint: {:?}", got[1].at - got[0].at);
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(2900),
+        "redelivered after the hint: {:?}",
+        got[1].at - got[0].at
+    );
     assert_eq!(attempt(&got[1]), 2, "the attempt count survives the redelivery");
     assert_eq!(got[0].header("danube-message-id"), got[1].header("danube-message-id"));
     assert!(broker.messages("/default/defer-dlq").is_empty());
@@ -188,8 +192,16 @@ async fn a_permanent_client_error_is_dead_lettered_at_once_with_the_error() {
     let d = &dead[0];
     assert_eq!(d.payload.as_ref(), b"bad");
     let attr = |k: &str| d.attributes.get(k).cloned().unwrap_or_default();
-    assert!(attr("dlq.error").contains("422") && attr("dlq.error").contains("unprocessable order"), "{}", attr("dlq.error"));
-    assert!(attr("dlq.error").contains("127.0.0.1") && !attr("dlq.error").contains("/orders"), "path redacted: {}", attr("dlq.error"));
+    assert!(
+        attr("dlq.error").contains("422") && attr("dlq.error").contains("unprocessable order"),
+        "{}",
+        attr("dlq.error")
+    );
+    assert!(
+        attr("dlq.error").contains("127.0.0.1") && !attr("dlq.error").contains("/orders"),
+        "path redacted: {}",
+        attr("dlq.error")
+    );
     assert_eq!(attr("dlq.error_kind"), "invalid");
     assert_eq!(attr("dlq.source_topic"), topic);
     assert_eq!(attr("dlq.source_offset"), bad.to_string());
@@ -412,7 +424,10 @@ async fn standard_webhooks_and_hmac_signatures_verify_independently() {
         assert!(signatures.contains(&expected.as_str()), "{signatures:?} vs {expected}");
         let mut mac = Hmac::<Sha256>::new_from_slice(b"hmac-key").expect("key");
         mac.update(&r.body);
-        assert_eq!(r.header("x-signature"), Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes()))).as_deref());
+        assert_eq!(
+            r.header("x-signature"),
+            Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes()))).as_deref()
+        );
         let envelope: serde_json::Value = serde_json::from_slice(&r.body).expect("envelope");
         assert_eq!(envelope["id"], id);
         assert!(envelope["payload"]["order"].is_number());
@@ -441,7 +456,11 @@ async fn receiver_down_for_a_while_then_back_loses_nothing() {
     assert_eq!(broker.ack_count(topic, "outage"), 10, "nothing acked while the receiver is down");
     receiver.restart();
     offsets.extend(publish_n(&broker, topic, "after-", 10));
-    assert!(eventually(Duration::from_secs(40), || broker.ack_count(topic, "outage") == 40).await, "acked {}", broker.ack_count(topic, "outage"));
+    assert!(
+        eventually(Duration::from_secs(40), || broker.ack_count(topic, "outage") == 40).await,
+        "acked {}",
+        broker.ack_count(topic, "outage")
+    );
     let delivered = by_message_id(&receiver.delivered());
     let missing: Vec<&u64> = offsets.iter().filter(|o| !delivered.contains_key(&format!("{topic}:{o}"))).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
@@ -495,7 +514,8 @@ async fn url_template_routes_by_attribute_and_a_record_without_it_is_dead_letter
     broker.publish(topic, b"2".to_vec(), HashMap::from([("tenant".into(), "big co".into())]), None);
     broker.publish(topic, b"3".to_vec(), HashMap::new(), None);
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "routed") == 3).await);
-    let paths: HashSet<(String, String)> = receiver.requests().iter().map(|r| (r.method.clone(), r.path.clone())).collect();
+    let paths: HashSet<(String, String)> =
+        receiver.requests().iter().map(|r| (r.method.clone(), r.path.clone())).collect();
     assert_eq!(
         paths,
         HashSet::from([("PUT".into(), "/t/acme/routed".into()), ("PUT".into(), "/t/big%20co/routed".into())])
@@ -635,7 +655,10 @@ async fn acked_records_survive_kill_9_and_every_record_reaches_the_receiver() {
             ("CONNECTOR_SINK__CONCURRENCY", "4".to_string()),
             ("CONNECTOR_SINK__ORDERING", "none".to_string()),
             ("HTTP_SINK_BODY__MODE", "envelope".to_string()),
-            ("HTTP_SINK_SIGNING__WEBHOOK_SECRET", format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(&key))),
+            (
+                "HTTP_SINK_SIGNING__WEBHOOK_SECRET",
+                format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(&key)),
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
@@ -690,7 +713,8 @@ async fn acked_records_survive_kill_9_and_every_record_reaches_the_receiver() {
             let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("key");
             mac.update(format!("{id}.{ts}.").as_bytes());
             mac.update(&d.body);
-            let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+            let expected =
+                format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
             assert_eq!(d.header("webhook-signature"), Some(expected.as_str()));
         }
     }
@@ -766,14 +790,18 @@ fn bad_config_exits_1_naming_the_field() {
     let (code, stderr) = run(&[("HTTP_SINK_URL", "ftp://hooks.example.com/x")]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("connector.url") && stderr.contains("ftp"), "{stderr}");
-    let (code, stderr) = run(&[("HTTP_SINK_URL", "https://hooks.example.com/x"), ("HTTP_SINK_SIGNING__WEBHOOK_SECRET", "plain")]);
+    let (code, stderr) =
+        run(&[("HTTP_SINK_URL", "https://hooks.example.com/x"), ("HTTP_SINK_SIGNING__WEBHOOK_SECRET", "plain")]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("connector.signing.webhook_secret") && stderr.contains("whsec_"), "{stderr}");
     let (code, stderr) = run(&[("HTTP_SINK_URL", "https://hooks.example.com/x"), ("HTTP_SINK_METHOD", "DELETE")]);
     assert_eq!(code, Some(1));
     // A serde-level error (figment) names the key, upper-cased in its own format.
     assert!(stderr.to_lowercase().contains("method") && stderr.contains("DELETE"), "{stderr}");
-    let (code, stderr) = run(&[("HTTP_SINK_URL", "https://hooks.example.com/x"), ("HTTP_SINK_OUTCOMES__RETRYABLE", "[\"503\", \"6xx\"]")]);
+    let (code, stderr) = run(&[
+        ("HTTP_SINK_URL", "https://hooks.example.com/x"),
+        ("HTTP_SINK_OUTCOMES__RETRYABLE", "[\"503\", \"6xx\"]"),
+    ]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("connector.outcomes.retryable[1]"), "{stderr}");
 }
@@ -839,10 +867,14 @@ async fn json_body_mode_posts_avro_records_decoded_by_their_registry_schema() {
     let mut source = RuntimeConfig { name: "avro-src".into(), ..Default::default() };
     source.danube.service_url = broker.url();
     source.ops.enabled = false;
-    source.schemas = vec![SchemaBinding::new(topic, "orders-avro").with_file(SchemaKind::Avro, schema).with_json_input()];
+    source.schemas =
+        vec![SchemaBinding::new(topic, "orders-avro").with_file(SchemaKind::Avro, schema).with_json_input()];
     let producer = Runtime::start(source, tokio_util::sync::CancellationToken::new()).await.expect("source runtime");
     let publisher = producer.publisher();
-    let order = |i: usize| SourceRecord::from_json(topic, &serde_json::json!({"id": format!("o{i}"), "amount": i as f64 + 0.5})).expect("json");
+    let order = |i: usize| {
+        SourceRecord::from_json(topic, &serde_json::json!({"id": format!("o{i}"), "amount": i as f64 + 0.5}))
+            .expect("json")
+    };
     publisher.publish(order(0)).await.expect("publish creates the topic");
 
     let mut cfg = config("avrohook", &broker, topic, &receiver.url("/orders"));
@@ -905,7 +937,10 @@ async fn exhausted_retries_dead_letter_with_the_attempt_count_and_no_secret_from
     let drop_offset = broker.publish(topic, b"drop".to_vec(), HashMap::new(), None);
     let dead = broker.wait_for_messages("/default/exhausted-dlq", 2, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 2);
-    assert!(eventually(Duration::from_secs(10), || broker.ack_count(topic, "exhausted") == 2).await, "acked once dead-lettered");
+    assert!(
+        eventually(Duration::from_secs(10), || broker.ack_count(topic, "exhausted") == 2).await,
+        "acked once dead-lettered"
+    );
     let per_id = by_message_id(&receiver.requests());
     for (offset, payload, expected) in [(status_offset, "status", "503"), (drop_offset, "drop", "failed")] {
         let d = dead.iter().find(|d| d.payload.as_ref() == payload.as_bytes()).expect("dead-lettered");
@@ -915,10 +950,16 @@ async fn exhausted_retries_dead_letter_with_the_attempt_count_and_no_secret_from
         assert_eq!(attr("dlq.source_offset"), offset.to_string());
         let error = attr("dlq.error");
         assert!(error.contains(expected) && error.contains("127.0.0.1"), "{payload}: {error}");
-        assert!(!error.contains("s3cr3t") && !error.contains("services"), "{payload}: the URL path and query leaked: {error}");
+        assert!(
+            !error.contains("s3cr3t") && !error.contains("services"),
+            "{payload}: the URL path and query leaked: {error}"
+        );
         let tries = &per_id[&format!("{topic}:{offset}")];
         assert_eq!(tries.iter().map(attempt).collect::<Vec<_>>(), vec![1, 2, 3], "{payload}");
-        assert!(tries.iter().all(|r| r.path == "/services/T0/B0/s3cr3tPath?token=s3cr3tQuery"), "the real URL was used");
+        assert!(
+            tries.iter().all(|r| r.path == "/services/T0/B0/s3cr3tPath?token=s3cr3tQuery"),
+            "the real URL was used"
+        );
     }
     sink.stop().await;
 }
@@ -926,10 +967,14 @@ async fn exhausted_retries_dead_letter_with_the_attempt_count_and_no_secret_from
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_hints_are_cut_at_retry_after_max() {
     // 30 s asked, 1 s allowed: retried in process after about 1 s (not deferred for 30 s).
-    let gap = retry_after_gap_with("ra-capped", || "30".into(), |cfg| {
-        cfg.connector.retry_after.max = Duration::from_secs(1);
-        cfg.connector.retry_after.defer_threshold = Duration::from_secs(1);
-    })
+    let gap = retry_after_gap_with(
+        "ra-capped",
+        || "30".into(),
+        |cfg| {
+            cfg.connector.retry_after.max = Duration::from_secs(1);
+            cfg.connector.retry_after.defer_threshold = Duration::from_secs(1);
+        },
+    )
     .await;
     assert!(gap >= Duration::from_millis(950) && gap < Duration::from_secs(5), "{gap:?}");
 }
@@ -964,11 +1009,16 @@ async fn status_408_is_retried() {
 async fn basic_auth_and_a_custom_auth_header_with_patch_reach_the_receiver() {
     let broker = broker().await;
     // Each receiver refuses (401, permanent) a request without the expected credentials.
-    let expected_basic =
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("danube:p@ss:w0rd"));
+    let expected_basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("danube:p@ss:w0rd"));
     let basic = Receiver::start().await;
     let wanted = expected_basic.clone();
-    basic.respond(move |req, _| if req.header("authorization") == Some(wanted.as_str()) { Reply::Status(204) } else { Reply::Status(401) });
+    basic.respond(move |req, _| {
+        if req.header("authorization") == Some(wanted.as_str()) {
+            Reply::Status(204)
+        } else {
+            Reply::Status(401)
+        }
+    });
     let keyed = Receiver::start().await;
     keyed.respond(|req, _| {
         if req.header("x-api-key") == Some("key-123") && req.method == "PATCH" {
@@ -991,7 +1041,10 @@ async fn basic_auth_and_a_custom_auth_header_with_patch_reach_the_receiver() {
     assert!(eventually(Duration::from_secs(20), || broker.ack_count("/default/auth-basic", "basic") == 3).await);
     assert!(eventually(Duration::from_secs(20), || broker.ack_count("/default/auth-header", "apikey") == 3).await);
     assert_eq!(basic.delivered().len(), 3);
-    assert!(basic.requests().iter().all(|r| r.header("authorization") == Some(expected_basic.as_str()) && r.method == "POST"));
+    assert!(basic
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization") == Some(expected_basic.as_str()) && r.method == "POST"));
     assert_eq!(keyed.delivered().len(), 3);
     assert!(keyed.requests().iter().all(|r| r.method == "PATCH" && r.header("authorization").is_none()));
     assert!(broker.messages("/default/basic-dlq").is_empty() && broker.messages("/default/apikey-dlq").is_empty());
@@ -1147,7 +1200,8 @@ async fn a_record_refused_with_retry_after_inside_a_batch_is_resent_only_after_t
 async fn in_ordered_mode_shutdown_hands_a_waiting_record_back_and_holds_its_key() {
     let broker = broker().await;
     let receiver = Receiver::start().await;
-    let healthy = receiver.fail_until_healthy(Reply::Full(503, vec![("retry-after".into(), "30".into())], String::new()));
+    let healthy =
+        receiver.fail_until_healthy(Reply::Full(503, vec![("retry-after".into(), "30".into())], String::new()));
     let topic = "/default/ordered-stop";
     let mut cfg = config("ostop", &broker, topic, &receiver.url("/"));
     cfg.runtime.sink.ordering = danube_connect_core::config::Ordering::Key;

@@ -39,9 +39,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danube_connect_testkit::danube::reliable_producers;
-use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 use danube_connect_testkit::ports::free_port;
 use danube_connect_testkit::process::ConnectorProcess;
+use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 use danube_dev_broker::EmbeddedBroker;
 
 const PAYLOAD: &str = r#"{"event":"push","repository":"danube-connect","n":12345}"#;
@@ -153,13 +153,7 @@ async fn raw_publish(url: &str, producers: u64, seconds: u64, attributes: bool) 
 
 /// [`raw_publish`] on its own multi-threaded runtime and thread (`workers` worker threads,
 /// tokio's default when `None`).
-async fn raw_publish_apart(
-    url: String,
-    producers: u64,
-    seconds: u64,
-    attributes: bool,
-    workers: Option<usize>,
-) -> Raw {
+async fn raw_publish_apart(url: String, producers: u64, seconds: u64, attributes: bool, workers: Option<usize>) -> Raw {
     let (cpu_before, _) = cpu_seconds("self");
     let (rate, p50, p99) = tokio::task::spawn_blocking(move || {
         let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -458,7 +458,10 @@ impl EndpointConfig {
         }
         for (i, header) in self.headers.iter().enumerate() {
             if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                return Err(ConfigError::invalid(format!("{field}.headers[{i}]"), format!("`{header}` is not a header name")));
+                return Err(ConfigError::invalid(
+                    format!("{field}.headers[{i}]"),
+                    format!("`{header}` is not a header name"),
+                ));
             }
         }
         if let Some(verification) = &self.verification {
@@ -468,7 +471,10 @@ impl EndpointConfig {
             match (&key.header, &key.json_pointer) {
                 (Some(header), None) => {
                     if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                        return Err(ConfigError::invalid(format!("{field}.routing_key.header"), "is not a header name"));
+                        return Err(ConfigError::invalid(
+                            format!("{field}.routing_key.header"),
+                            "is not a header name",
+                        ));
                     }
                 }
                 (None, Some(pointer)) => {
@@ -544,7 +550,10 @@ impl VerificationConfig {
         }
         match self.scheme {
             Scheme::Hmac if self.header.is_none() => {
-                return Err(ConfigError::invalid(format!("{field}.header"), "the hmac scheme needs the signature header"));
+                return Err(ConfigError::invalid(
+                    format!("{field}.header"),
+                    "the hmac scheme needs the signature header",
+                ));
             }
             Scheme::Token | Scheme::Hmac => {}
             _ if self.header.is_some() || self.prefix.is_some() => {
@@ -557,7 +566,10 @@ impl VerificationConfig {
         }
         if let Some(header) = &self.header {
             if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                return Err(ConfigError::invalid(format!("{field}.header"), format!("`{header}` is not a header name")));
+                return Err(ConfigError::invalid(
+                    format!("{field}.header"),
+                    format!("`{header}` is not a header name"),
+                ));
             }
         }
         if self.scheme.is_timestamped() && self.tolerance.is_zero() {

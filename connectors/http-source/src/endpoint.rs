@@ -101,7 +101,11 @@ pub struct TopicLimit {
 
 impl Endpoint {
     /// Compiles a configured endpoint (already validated).
-    pub fn from_config(index: usize, config: &EndpointConfig, global: &HttpSourceConfig) -> Result<Self, EndpointError> {
+    pub fn from_config(
+        index: usize,
+        config: &EndpointConfig,
+        global: &HttpSourceConfig,
+    ) -> Result<Self, EndpointError> {
         let id = config.id_or(index);
         let fail = |message: String| EndpointError { endpoint: id.clone(), message };
         let path = PathTemplate::parse(&config.path).map_err(fail)?;
@@ -110,7 +114,9 @@ impl Endpoint {
         let headers = config
             .headers
             .iter()
-            .map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| fail(format!("bad header `{h}`"))))
+            .map(|h| {
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| fail(format!("bad header `{h}`")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let routing_key = routing_key(config.routing_key.as_ref()).map_err(fail)?;
         let dedup = match &config.dedup {
@@ -156,12 +162,8 @@ impl Endpoint {
     /// Compiles a dynamic endpoint from the registry (`/e/{id}`).
     pub fn from_dynamic(definition: &DynamicEndpoint, global: &HttpSourceConfig) -> Result<Self, EndpointError> {
         let fail = |message: String| EndpointError { endpoint: definition.id.clone(), message };
-        let verifier = definition
-            .verification
-            .as_ref()
-            .map(|v| Verifier::new(&v.to_config()))
-            .transpose()
-            .map_err(fail)?;
+        let verifier =
+            definition.verification.as_ref().map(|v| Verifier::new(&v.to_config())).transpose().map_err(fail)?;
         let methods = vec![AllowedMethod::Post, AllowedMethod::Put];
         Ok(Self {
             id: definition.id.clone(),
@@ -189,7 +191,9 @@ impl Endpoint {
     /// Takes one token from the bucket; `Err(wait)` when empty.
     pub fn check_rate(&self) -> Result<(), Duration> {
         match &self.limiter {
-            Some(limiter) => limiter.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
+            Some(limiter) => {
+                limiter.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            }
             None => Ok(()),
         }
     }

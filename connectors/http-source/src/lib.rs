@@ -27,8 +27,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
 use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, PublishError, Publisher, SourceConnector, SourceContext,
-    SourceRecord,
+    async_trait, ConnectorError, ConnectorResult, PublishError, Publisher, SourceConnector, SourceContext, SourceRecord,
 };
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -36,10 +35,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::AdminApi;
 use crate::config::HttpSourceConfig;
 use crate::endpoint::Endpoint;
 use crate::registry::Registry;
-use crate::admin::AdminApi;
 use crate::server::{App, Buffered, HttpMetrics, MakeWebhookService};
 
 /// Records of `accepted` endpoints published at once from the buffer.
@@ -162,7 +161,8 @@ impl SourceConnector for HttpSource {
                     .map_err(|e| ConnectorError::fatal("TLS listener", e))?
                     .tap_io(|_| {});
                 tokio::spawn(async move {
-                    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+                    let served =
+                        axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
                     if let Err(e) = served {
                         error!(error = %e, "webhook server failed");
                     }
@@ -268,7 +268,12 @@ async fn refresh_loop(
 }
 
 /// Publishes the records of `accepted` endpoints; ends when the buffer is closed and empty.
-async fn drain_buffer(buffered: mpsc::Receiver<Buffered>, publisher: Publisher, dead_letter_topic: String, name: String) {
+async fn drain_buffer(
+    buffered: mpsc::Receiver<Buffered>,
+    publisher: Publisher,
+    dead_letter_topic: String,
+    name: String,
+) {
     tokio_stream::wrappers::ReceiverStream::new(buffered)
         .for_each_concurrent(BUFFER_PUBLISHERS, |(record, slot)| {
             let publish = publish_buffered(&publisher, record, &dead_letter_topic, &name);

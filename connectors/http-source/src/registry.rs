@@ -188,9 +188,7 @@ impl Registry {
         line.push(b'\n');
         let _guard = self.write.lock().await;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || append_line(&path, &line))
-            .await
-            .map_err(RegistryError::Task)??;
+        tokio::task::spawn_blocking(move || append_line(&path, &line)).await.map_err(RegistryError::Task)??;
         self.refresh().await
     }
 

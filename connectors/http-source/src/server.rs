@@ -1,8 +1,8 @@
 //! The webhook request path: route, limit, read, verify, build the record, publish, answer.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -243,11 +243,8 @@ async fn handle_endpoint(
     let Ok(permit) = app.concurrency.clone().try_acquire_owned() else {
         return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "too many concurrent requests");
     };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > endpoint.max_body as u64) {
         return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {} bytes", endpoint.max_body));
     }
@@ -278,7 +275,9 @@ async fn handle_endpoint(
     let json: Option<serde_json::Value> = if needs_json {
         match serde_json::from_slice(&body) {
             Ok(value) => Some(value),
-            Err(e) if endpoint.validate_json => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+            Err(e) if endpoint.validate_json => {
+                return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}"))
+            }
             Err(_) => None,
         }
     } else {
@@ -328,7 +327,9 @@ async fn handle_endpoint(
         .with_attribute("http.endpoint", endpoint.id.as_str())
         .with_attribute("http.verification", endpoint.scheme_name());
     if let Some(content_type) = header_text(&parts.headers, header::CONTENT_TYPE.as_str()) {
-        record = record.with_attribute("content-type", content_type.clone()).with_attribute("http.content_type", content_type);
+        record = record
+            .with_attribute("content-type", content_type.clone())
+            .with_attribute("http.content_type", content_type);
     }
     if let Some(id) = verified.delivery_id.as_ref().or(delivery_id.as_ref()) {
         record = record.with_attribute("http.delivery_id", id.as_str());
@@ -393,7 +394,13 @@ async fn handle_endpoint(
                 Ok(Ok(pending)) => pending,
                 Ok(Err(e)) => return publish_failure(&e, app.retry_after),
                 // Not queued: the record is not published, the client may send it again.
-                Err(_) => return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "timed out waiting for danube"),
+                Err(_) => {
+                    return retry_after(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        app.retry_after,
+                        "timed out waiting for danube",
+                    )
+                }
             };
             let mut in_flight = InFlight { pending: Some(pending), reservation, permit: Some(permit) };
             match tokio::time::timeout_at(deadline, in_flight.outcome()).await {

@@ -240,8 +240,9 @@ impl Verifier {
             for key in &self.keys {
                 let ok = match (version, key) {
                     ("v1", Key::Hmac(secret)) => hmac_matches(secret, &[&signed], &signature),
-                    ("v1a", Key::Ed25519(public)) => Signature::from_slice(&signature)
-                        .is_ok_and(|sig| public.verify_strict(&signed, &sig).is_ok()),
+                    ("v1a", Key::Ed25519(public)) => {
+                        Signature::from_slice(&signature).is_ok_and(|sig| public.verify_strict(&signed, &sig).is_ok())
+                    }
                     _ => false,
                 };
                 if ok {

@@ -56,13 +56,7 @@ impl PathTemplate {
 
     /// A template of literal segments only.
     pub fn literal(path: &str) -> Self {
-        Self {
-            segments: path
-                .trim_start_matches('/')
-                .split('/')
-                .map(|s| Segment::Literal(s.to_string()))
-                .collect(),
-        }
+        Self { segments: path.trim_start_matches('/').split('/').map(|s| Segment::Literal(s.to_string())).collect() }
     }
 
     /// The names of the `{name}` segments.
@@ -220,13 +214,15 @@ impl TopicTemplate {
             if value.is_empty() || value.len() > MAX_VALUE_LEN {
                 return Err(RenderError::BadValue(name.clone()));
             }
-            topic.extend(value.chars().map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            }));
+            topic.extend(value.chars().map(
+                |c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                },
+            ));
         }
         Ok(topic)
     }

@@ -43,9 +43,7 @@ pub enum TlsError {
 
 /// Builds the rustls acceptor from PEM files.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source })
-    };
+    let read = |path: &PathBuf| std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source });
     let cert_pem = read(&config.cert)?;
     let key_pem = read(&config.key)?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(cert_pem.as_slice()))

@@ -66,7 +66,10 @@ async fn run() {
     env.insert("CONNECTOR_LOG__LEVEL".to_string(), "warn".to_string());
     env.insert("KAFKA_BRIDGE_KAFKA__BOOTSTRAP_SERVERS".to_string(), bootstrap.clone());
     env.insert("KAFKA_BRIDGE_IMPORT__GROUP_ID".to_string(), "bench".to_string());
-    env.insert("KAFKA_BRIDGE_IMPORT__MAPPINGS".to_string(), r#"[{topics=["bench-in"], danube_topic="/default/imported"}]"#.to_string());
+    env.insert(
+        "KAFKA_BRIDGE_IMPORT__MAPPINGS".to_string(),
+        r#"[{topics=["bench-in"], danube_topic="/default/imported"}]"#.to_string(),
+    );
     let mut import = spawn(&env).await;
     // Counted with the broker's cheap counter (`messages()` would copy every stored message).
     let first = danube.wait_for_messages("/default/imported", 1, Duration::from_secs(300)).await.len();

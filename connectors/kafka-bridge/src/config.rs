@@ -260,12 +260,18 @@ impl<'de> Deserialize<'de> for KafkaProperties {
     }
 }
 
-fn flatten_properties(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) -> Result<(), String> {
+fn flatten_properties(
+    prefix: &str,
+    value: &serde_json::Value,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
     use serde_json::Value;
     match value {
         // `{ env = "VAR" }` / `{ file = "/run/secrets/x" }`: the value comes from there
         // (no librdkafka property name ends in `.env` or `.file`).
-        Value::Object(map) if !prefix.is_empty() && map.len() == 1 && (map.contains_key("env") || map.contains_key("file")) => {
+        Value::Object(map)
+            if !prefix.is_empty() && map.len() == 1 && (map.contains_key("env") || map.contains_key("file")) =>
+        {
             let secret: danube_connect_core::Secret =
                 serde_json::from_value(value.clone()).map_err(|e| format!("property `{prefix}`: {e}"))?;
             out.insert(prefix.to_string(), secret.expose().to_string());
@@ -355,7 +361,8 @@ impl Validate for BridgeConfig {
         for server in self.kafka.bootstrap_servers.split(',') {
             let server = server.trim();
             let server = server.rsplit_once("://").map_or(server, |(_, rest)| rest);
-            let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            let port_ok =
+                server.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !port_ok {
                 return Err(ConfigError::invalid(
                     "connector.kafka.bootstrap_servers",
@@ -366,13 +373,19 @@ impl Validate for BridgeConfig {
         validate_properties("connector.kafka.properties", &self.kafka.properties)?;
         validate_properties("connector.import.properties", &self.import.properties)?;
         validate_properties("connector.export.properties", &self.export.properties)?;
-        let consumer_sides = [("connector.kafka.properties", &self.kafka.properties), ("connector.import.properties", &self.import.properties)];
+        let consumer_sides = [
+            ("connector.kafka.properties", &self.kafka.properties),
+            ("connector.import.properties", &self.import.properties),
+        ];
         for (field, props) in consumer_sides {
             if let Some((name, reason)) = RESERVED_CONSUMER.iter().find(|(name, _)| props.0.contains_key(*name)) {
                 return Err(ConfigError::invalid(format!("{field}.{name}"), *reason));
             }
         }
-        let producer_sides = [("connector.kafka.properties", &self.kafka.properties), ("connector.export.properties", &self.export.properties)];
+        let producer_sides = [
+            ("connector.kafka.properties", &self.kafka.properties),
+            ("connector.export.properties", &self.export.properties),
+        ];
         for (field, props) in producer_sides {
             for (name, allowed) in PINNED_PRODUCER {
                 if let Some(value) = props.0.get(*name) {
@@ -535,7 +548,9 @@ mod tests {
 
     #[test]
     fn export_guarantee_overrides_are_refused_naming_the_field() {
-        for (name, value) in [("enable.idempotence", "false"), ("acks", "1"), ("acks", "0"), ("request.required.acks", "1")] {
+        for (name, value) in
+            [("enable.idempotence", "false"), ("acks", "1"), ("acks", "0"), ("request.required.acks", "1")]
+        {
             for field in ["kafka", "export"] {
                 let mut config = BridgeConfig::default();
                 let props = if field == "kafka" { &mut config.kafka.properties } else { &mut config.export.properties };

@@ -165,11 +165,10 @@ impl SinkConnector for KafkaExport {
         }
         // librdkafka reports "all brokers down" but no "back up": ask for metadata.
         let producer = self.producer()?.clone();
-        let reachable = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let reachable =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok())
+                .await
+                .unwrap_or(false);
         if reachable {
             self.context.mark_up();
             Ok(())

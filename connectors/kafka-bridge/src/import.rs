@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord};
+use danube_connect_core::{
+    async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord,
+};
 use futures::FutureExt;
 use prometheus::IntCounter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};

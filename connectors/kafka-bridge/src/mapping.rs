@@ -91,7 +91,9 @@ impl TopicRouter {
     pub fn danube_topic(&self, kafka_topic: &str) -> Option<String> {
         self.mappings
             .iter()
-            .find(|m| m.topics.iter().any(|t| t == kafka_topic) || m.pattern.as_ref().is_some_and(|p| p.is_match(kafka_topic)))
+            .find(|m| {
+                m.topics.iter().any(|t| t == kafka_topic) || m.pattern.as_ref().is_some_and(|p| p.is_match(kafka_topic))
+            })
             .map(|m| m.template.replace("{topic}", kafka_topic))
     }
 }
@@ -183,7 +185,11 @@ mod tests {
     #[test]
     fn first_matching_mapping_names_the_danube_topic() {
         let router = TopicRouter::new(&[
-            ImportMapping { topics: vec!["orders".into()], pattern: None, danube_topic: Some("/default/k-{topic}".into()) },
+            ImportMapping {
+                topics: vec!["orders".into()],
+                pattern: None,
+                danube_topic: Some("/default/k-{topic}".into()),
+            },
             ImportMapping { topics: vec![], pattern: Some("^logs-.*".into()), danube_topic: None },
         ])
         .expect("compile");

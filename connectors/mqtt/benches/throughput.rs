@@ -37,7 +37,9 @@ async fn run(n: usize) {
     println!("mqtt bridge throughput: {n} messages of {PAYLOAD} bytes, Mosquitto on 127.0.0.1:{}", mqtt.port());
 
     let raw_plain = raw_danube_rate(&danube, n, false).await;
-    println!("baseline  raw danube-client publish ({PRODUCERS} producers, reliable):             {raw_plain:>9.0} msg/s");
+    println!(
+        "baseline  raw danube-client publish ({PRODUCERS} producers, reliable):             {raw_plain:>9.0} msg/s"
+    );
     let raw_danube = raw_danube_rate(&danube, n, true).await;
     println!("baseline  raw danube-client publish, key + 4 attributes (like the connector): {raw_danube:>9.0} msg/s");
 
@@ -149,7 +151,13 @@ async fn raw_subscriber_rate(port: u16, n: usize, qos: QoS) -> f64 {
     rate
 }
 
-async fn connector_rate(mqtt: &Mosquitto, danube: &EmbeddedBroker, n: usize, qos: QoS, label: &str) -> (f64, usize, u64, u64) {
+async fn connector_rate(
+    mqtt: &Mosquitto,
+    danube: &EmbeddedBroker,
+    n: usize,
+    qos: QoS,
+    label: &str,
+) -> (f64, usize, u64, u64) {
     let topic = format!("/default/bench-q{label}");
     let env = HashMap::from([
         ("DANUBE_SERVICE_URL".to_string(), danube.url()),
@@ -159,7 +167,8 @@ async fn connector_rate(mqtt: &Mosquitto, danube: &EmbeddedBroker, n: usize, qos
         ("MQTT_MAPPINGS".to_string(), format!(r#"[{{filter="bench{label}/#", topic="{topic}", qos={label}}}]"#)),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
-    let mut connector = ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-mqtt")), &env).expect("spawn connector");
+    let mut connector =
+        ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-mqtt")), &env).expect("spawn connector");
     if let Err(e) = connector.wait_ready(Duration::from_secs(30)).await {
         panic!("connector not ready: {e}\n{}", connector.log());
     }
@@ -190,8 +199,11 @@ async fn connector_rate(mqtt: &Mosquitto, danube: &EmbeddedBroker, n: usize, qos
     if last < n {
         let log = connector.log();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        eprintln!("connector stalled at {last}/{n}; log tail:\n{}\nmosquitto log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            mqtt.log().lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "connector stalled at {last}/{n}; log tail:\n{}\nmosquitto log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            mqtt.log().lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let _ = connector.terminate(Duration::from_secs(20)).await;
     (last as f64 / elapsed.as_secs_f64(), last, rss, hwm)

@@ -32,10 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::config::MqttConfig;
-use danube_connect_core::retry::Backoff;
 use crate::connection::{client, mqtt_options, ACK_REQUEST_CHANNEL};
 use crate::inbound::{Delivery, Inbound, Message};
 use crate::mapping::Router;
+use danube_connect_core::retry::Backoff;
 
 /// The health component this source reports.
 pub const HEALTH_COMPONENT: &str = "mqtt-client";
@@ -79,7 +79,13 @@ impl SourceConnector for ClientSource {
         let options = mqtt_options(broker, &broker.client_id, broker.clean_session, true)
             .map_err(|e| ConnectorError::fatal("MQTT client options", e))?;
         let (client, eventloop) = client(options, broker, ACK_REQUEST_CHANNEL);
-        let inbound = Inbound::new(self.router.clone(), ctx.publisher.clone(), self.dead_letter_topic.clone(), &ctx.name, &ctx.metrics);
+        let inbound = Inbound::new(
+            self.router.clone(),
+            ctx.publisher.clone(),
+            self.dead_letter_topic.clone(),
+            &ctx.name,
+            &ctx.metrics,
+        );
         ctx.health.set_component(HEALTH_COMPONENT, Some("not connected to the MQTT broker yet".into()));
         let (items_tx, items_rx) = mpsc::channel(self.config.max_in_flight);
         let epoch = Arc::new(AtomicU64::new(0));
@@ -178,7 +184,10 @@ impl EventLoopDriver {
                         self.health.set_component(HEALTH_COMPONENT, None);
                     } else {
                         error!(?refused, "the MQTT broker refused subscriptions");
-                        self.health.set_component(HEALTH_COMPONENT, Some(format!("subscriptions refused: {}", refused.join(", "))));
+                        self.health.set_component(
+                            HEALTH_COMPONENT,
+                            Some(format!("subscriptions refused: {}", refused.join(", "))),
+                        );
                     }
                 }
                 Ok(Event::Incoming(Incoming::Publish(publish))) => {

@@ -1,6 +1,5 @@
 //! Building MQTT client options (credentials, TLS, keep-alive).
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -102,9 +102,8 @@ impl SourceConnector for EmbeddedSource {
         TcpListener::bind(listen)
             .map_err(|e| ConnectorError::fatal(format!("embedded MQTT listener cannot bind {listen}"), e))?;
         let mut broker = Broker::new(broker_config(&self.config.embedded));
-        let (mut link_tx, link_rx) = broker
-            .link("danube-bridge")
-            .map_err(|e| ConnectorError::fatal("embedded broker link", e))?;
+        let (mut link_tx, link_rx) =
+            broker.link("danube-bridge").map_err(|e| ConnectorError::fatal("embedded broker link", e))?;
         // One subscription to everything: rumqttd forwards a message once per matching
         // subscription, so overlapping mapped filters would duplicate it. The mapping
         // table picks the first matching filter, and unmapped topics are skipped.
@@ -124,7 +123,13 @@ impl SourceConnector for EmbeddedSource {
         }
         info!(%listen, "embedded MQTT broker listening");
         ctx.health.set_component(HEALTH_COMPONENT, None);
-        let inbound = Inbound::new(self.router.clone(), ctx.publisher.clone(), self.dead_letter_topic.clone(), &ctx.name, &ctx.metrics);
+        let inbound = Inbound::new(
+            self.router.clone(),
+            ctx.publisher.clone(),
+            self.dead_letter_topic.clone(),
+            &ctx.name,
+            &ctx.metrics,
+        );
         // The link must live as long as the forwarder.
         let forwarder = Forwarder {
             inbound,
@@ -154,7 +159,8 @@ async fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
     let target = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     let started = Instant::now();
     while started.elapsed() < timeout {
-        let probe = tokio::task::spawn_blocking(move || TcpStream::connect_timeout(&target, Duration::from_millis(200)));
+        let probe =
+            tokio::task::spawn_blocking(move || TcpStream::connect_timeout(&target, Duration::from_millis(200)));
         if let Ok(Ok(_)) = probe.await {
             return true;
         }

@@ -60,7 +60,13 @@ pub struct Inbound {
 
 impl Inbound {
     /// An intake over `router` publishing with `publisher`.
-    pub fn new(router: Router, publisher: Publisher, dead_letter_topic: String, connector: &str, metrics: &Metrics) -> Self {
+    pub fn new(
+        router: Router,
+        publisher: Publisher,
+        dead_letter_topic: String,
+        connector: &str,
+        metrics: &Metrics,
+    ) -> Self {
         Self {
             router,
             publisher,
@@ -172,7 +178,9 @@ fn register_counter(metrics: &Metrics) -> Option<IntCounterVec> {
 pub fn check_format(format: PayloadFormat, payload: &[u8]) -> Result<(), String> {
     match format {
         PayloadFormat::Any => Ok(()),
-        PayloadFormat::Utf8 => std::str::from_utf8(payload).map(|_| ()).map_err(|e| format!("payload is not UTF-8: {e}")),
+        PayloadFormat::Utf8 => {
+            std::str::from_utf8(payload).map(|_| ()).map_err(|e| format!("payload is not UTF-8: {e}"))
+        }
         PayloadFormat::Json => serde_json::from_slice::<serde::de::IgnoredAny>(payload)
             .map(|_| ())
             .map_err(|e| format!("payload is not JSON: {e}")),

@@ -211,10 +211,7 @@ impl From<LiteralText> for Part {
 
 /// Keeps letters, digits, `-`, `_` and `.`; anything else becomes `_`.
 fn sanitize(level: &str) -> String {
-    level
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
-        .collect()
+    level.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
 }
 
 fn is_danube_topic(topic: &str) -> bool {

@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{BrokerConfig, OutboundConfig};
-use danube_connect_core::retry::Backoff;
 use crate::connection::{client, mqtt_options, PUBLISH_REQUEST_CHANNEL};
 use crate::mapping::OutboundTemplate;
+use danube_connect_core::retry::Backoff;
 
 /// The health component this sink reports.
 pub const HEALTH_COMPONENT: &str = "mqtt-outbound";

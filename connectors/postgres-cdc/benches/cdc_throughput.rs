@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use danube_connect_testkit::danube::reliable_producers;
-use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
+use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 use danube_dev_broker::EmbeddedBroker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");

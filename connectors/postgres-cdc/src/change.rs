@@ -295,19 +295,33 @@ mod tests {
 
     #[test]
     fn record_payload_attributes_and_key() {
-        let column = |name: &str, type_oid: u32, key: bool| Column { key, name: name.into(), type_oid, type_modifier: -1 };
+        let column =
+            |name: &str, type_oid: u32, key: bool| Column { key, name: name.into(), type_oid, type_modifier: -1 };
         let relation = Relation {
             oid: 1,
             namespace: "sales".into(),
             name: "or\"ders".into(),
             replica_identity: b'd',
-            columns: vec![column("id", 23, true), column("note", 25, false), column("big", 25, false), column("n", 23, false)],
+            columns: vec![
+                column("id", 23, true),
+                column("note", 25, false),
+                column("big", 25, false),
+                column("n", 23, false),
+            ],
         };
         let table = Table::new(relation, &["id".to_string()], "/default/sales.orders".into());
         let old = vec![text("7"), TupleValue::Null, TupleValue::Null, TupleValue::Null];
         let new = vec![text("8"), text("line\nbreak \"q\""), TupleValue::UnchangedToast, TupleValue::Null];
         let txn = TxnInfo { xid: 750, commit_lsn: 0x16B37A0, commit_time: 0 };
-        let change = Change { op: "UPDATE", table: &table, before: Some((b'K', &old)), after: Some(&new), lsn: 0x16B3748, txn: &txn, seq: 3 };
+        let change = Change {
+            op: "UPDATE",
+            table: &table,
+            before: Some((b'K', &old)),
+            after: Some(&new),
+            lsn: 0x16B3748,
+            txn: &txn,
+            seq: 3,
+        };
         let record = change.to_record().expect("record");
         let payload: serde_json::Value = serde_json::from_slice(&record.payload).expect("valid JSON");
         assert_eq!(
@@ -330,8 +344,10 @@ mod tests {
         assert_eq!(attribute("content-type"), Some("application/json"));
         assert_eq!(record.attributes.len(), 6);
 
-        let delete = Change { op: "DELETE", table: &table, before: Some((b'K', &old)), after: None, lsn: 1, txn: &txn, seq: 0 };
-        let payload: serde_json::Value = serde_json::from_slice(&delete.to_record().expect("record").payload).expect("JSON");
+        let delete =
+            Change { op: "DELETE", table: &table, before: Some((b'K', &old)), after: None, lsn: 1, txn: &txn, seq: 0 };
+        let payload: serde_json::Value =
+            serde_json::from_slice(&delete.to_record().expect("record").payload).expect("JSON");
         assert_eq!((payload["before"].clone(), payload["after"].clone()), (json!({"id": 7}), json!(null)));
         assert!(payload.get("unchanged_toast").is_none());
     }

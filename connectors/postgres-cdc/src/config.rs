@@ -279,7 +279,10 @@ impl Validate for PostgresCdcConfig {
             }
         }
         if self.schema != SchemaMode::None && self.subject_for("schema", "table").trim().is_empty() {
-            return Err(ConfigError::invalid("connector.schema_subject", "must not be empty (e.g. `{schema}.{table}-value`)"));
+            return Err(ConfigError::invalid(
+                "connector.schema_subject",
+                "must not be empty (e.g. `{schema}.{table}-value`)",
+            ));
         }
         if self.snapshot_chunk_size == 0 {
             return Err(ConfigError::invalid("connector.snapshot_chunk_size", "must be at least 1"));

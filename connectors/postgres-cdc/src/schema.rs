@@ -83,7 +83,8 @@ pub fn json_schema(table: &Table) -> Value {
         };
         columns.insert(column.name.clone(), schema);
     }
-    let key: Vec<&str> = table.key.iter().filter_map(|&i| table.relation.columns.get(i)).map(|c| c.name.as_str()).collect();
+    let key: Vec<&str> =
+        table.key.iter().filter_map(|&i| table.relation.columns.get(i)).map(|c| c.name.as_str()).collect();
     let row = json!({ "type": ["object", "null"], "properties": columns });
     let lsn = json!({ "type": "string", "pattern": "^[0-9A-F]+/[0-9A-F]+$" });
     json!({
@@ -157,7 +158,8 @@ mod tests {
             .iter()
             .map(|(name, oid)| Column { key: *name == "id", name: name.to_string(), type_oid: *oid, type_modifier: -1 })
             .collect();
-        let relation = Relation { oid: 1, namespace: "public".into(), name: "t".into(), replica_identity: b'd', columns };
+        let relation =
+            Relation { oid: 1, namespace: "public".into(), name: "t".into(), replica_identity: b'd', columns };
         Table::new(relation, &["id".to_string()], "/default/public.t".into())
     }
 

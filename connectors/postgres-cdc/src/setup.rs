@@ -208,10 +208,7 @@ pub async fn array_elements(client: &Client, oids: &[u32]) -> Result<std::collec
     }
     let oids = oids.to_vec();
     let rows = client
-        .query(
-            "SELECT oid, typelem FROM pg_type WHERE oid = ANY($1) AND typcategory = 'A' AND typelem <> 0",
-            &[&oids],
-        )
+        .query("SELECT oid, typelem FROM pg_type WHERE oid = ANY($1) AND typcategory = 'A' AND typelem <> 0", &[&oids])
         .await
         .map_err(query("look up array element types"))?;
     Ok(rows.iter().map(|r| (r.get::<_, u32>(0), r.get::<_, u32>(1))).collect())
@@ -320,11 +317,7 @@ async fn write_marker(client: &Client, config: &PostgresCdcConfig, state: Snapsh
     };
     map.insert(config.slot.clone(), serde_json::Value::from(state.as_str()));
     let text = format!("{MARKER_PREFIX}{}", serde_json::Value::Object(map));
-    let sql = format!(
-        "COMMENT ON PUBLICATION {} IS '{}'",
-        quote_ident(&config.publication),
-        text.replace('\'', "''")
-    );
+    let sql = format!("COMMENT ON PUBLICATION {} IS '{}'", quote_ident(&config.publication), text.replace('\'', "''"));
     client.batch_execute(&sql).await.map_err(query("write snapshot marker"))?;
     info!(slot = %config.slot, state = state.as_str(), "snapshot progress recorded");
     Ok(())

@@ -73,7 +73,8 @@ pub fn write_json(oid: u32, text: &str, out: &mut Vec<u8>) -> Result<(), serde_j
 /// Whether [`to_json`] maps every value of `oid` to its text unchanged (the last arm of
 /// [`scalar`]).
 fn is_plain_text(oid: u32) -> bool {
-    array_element(oid).is_none() && !matches!(oid, 16 | 20 | 21 | 23 | 26 | 700 | 701 | 114 | 3802 | 17 | 1114 | 1184 | 1266)
+    array_element(oid).is_none()
+        && !matches!(oid, 16 | 20 | 21 | 23 | 26 | 700 | 701 | 114 | 3802 | 17 | 1114 | 1184 | 1266)
 }
 
 /// Appends `text` as a JSON string (quoted and escaped by `serde_json`).

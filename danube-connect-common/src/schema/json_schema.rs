@@ -33,27 +33,18 @@ pub(crate) struct JsonSchemaCodec {
 impl JsonSchemaCodec {
     /// Compiles the definition; returns the codec and the canonical text of the definition.
     pub(crate) fn compile(definition: &[u8]) -> Result<(Self, Vec<u8>), SchemaError> {
-        let schema: Value = serde_json::from_slice(definition)
-            .map_err(|e| SchemaError::definition_with(KIND, "not valid JSON", e))?;
+        let schema: Value =
+            serde_json::from_slice(definition).map_err(|e| SchemaError::definition_with(KIND, "not valid JSON", e))?;
         if !matches!(schema, Value::Object(_) | Value::Bool(_)) {
-            return Err(SchemaError::definition(
-                KIND,
-                "a JSON Schema must be an object or a boolean",
-            ));
+            return Err(SchemaError::definition(KIND, "a JSON Schema must be an object or a boolean"));
         }
-        let validator = jsonschema::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .map_err(|e| {
-                let message = format!("{} (at {})", e, schema_location(&e));
-                SchemaError::definition_with(KIND, message, e.to_owned())
-            })?;
+        let validator = jsonschema::options().should_validate_formats(true).build(&schema).map_err(|e| {
+            let message = format!("{} (at {})", e, schema_location(&e));
+            SchemaError::definition_with(KIND, message, e.to_owned())
+        })?;
         let mut canonical = String::new();
         canonical_json(&schema, &mut canonical);
-        Ok((
-            JsonSchemaCodec { validator, schema },
-            canonical.into_bytes(),
-        ))
+        Ok((JsonSchemaCodec { validator, schema }, canonical.into_bytes()))
     }
 
     pub(crate) fn validate(&self, payload: &[u8]) -> Result<(), SchemaError> {
@@ -69,8 +60,7 @@ impl JsonSchemaCodec {
 
     pub(crate) fn encode_from_json(&self, value: &Value) -> Result<Vec<u8>, SchemaError> {
         self.check(value)?;
-        serde_json::to_vec(value)
-            .map_err(|e| SchemaError::payload_with(KIND, "", "value cannot be serialized", e))
+        serde_json::to_vec(value).map_err(|e| SchemaError::payload_with(KIND, "", "value cannot be serialized", e))
     }
 
     fn check(&self, value: &Value) -> Result<(), SchemaError> {
@@ -79,10 +69,7 @@ impl JsonSchemaCodec {
         }
         let mut violations = Violations::default();
         for error in self.validator.iter_errors(value) {
-            violations.push(Violation::new(
-                error.instance_path().as_str().to_string(),
-                error.to_string(),
-            ));
+            violations.push(Violation::new(error.instance_path().as_str().to_string(), error.to_string()));
         }
         if violations.list.is_empty() {
             violations.push(Violation::new("", "value does not match the schema"));
@@ -131,10 +118,7 @@ fn compare(writer: &Value, reader: &Value, path: &mut String, reasons: &mut Vec<
             } else {
                 "is not in the writer"
             };
-            reasons.push(format!(
-                "{}: property `{field}` is required by the reader but {how}",
-                display(path)
-            ));
+            reasons.push(format!("{}: property `{field}` is required by the reader but {how}", display(path)));
         }
     }
 
@@ -146,19 +130,16 @@ fn compare(writer: &Value, reader: &Value, path: &mut String, reasons: &mut Vec<
             push_segment(path, name);
             match r_props.and_then(|p| p.get(name)) {
                 Some(r_prop) => compare(w_prop, r_prop, path, reasons),
-                None if reader_closed => reasons.push(format!(
-                    "{path}: property is not allowed by the reader (additionalProperties: false)"
-                )),
+                None if reader_closed => {
+                    reasons.push(format!("{path}: property is not allowed by the reader (additionalProperties: false)"))
+                }
                 None => {}
             }
             path.truncate(len);
         }
     }
     if reader_closed && !writer_closed && w_props.is_some() | r_props.is_some() {
-        reasons.push(format!(
-            "{}: the reader forbids additional properties but the writer allows them",
-            display(path)
-        ));
+        reasons.push(format!("{}: the reader forbids additional properties but the writer allows them", display(path)));
     }
 
     if let (Some(w_items), Some(r_items)) = (w.get("items"), r.get("items")) {
@@ -169,12 +150,7 @@ fn compare(writer: &Value, reader: &Value, path: &mut String, reasons: &mut Vec<
     }
 }
 
-fn compare_types(
-    w: &Map<String, Value>,
-    r: &Map<String, Value>,
-    path: &str,
-    reasons: &mut Vec<String>,
-) {
+fn compare_types(w: &Map<String, Value>, r: &Map<String, Value>, path: &str, reasons: &mut Vec<String>) {
     let (Some(w_types), Some(r_types)) = (types(w), types(r)) else {
         return;
     };
@@ -190,12 +166,7 @@ fn compare_types(
     }
 }
 
-fn compare_enums(
-    w: &Map<String, Value>,
-    r: &Map<String, Value>,
-    path: &str,
-    reasons: &mut Vec<String>,
-) {
+fn compare_enums(w: &Map<String, Value>, r: &Map<String, Value>, path: &str, reasons: &mut Vec<String>) {
     let Some(r_enum) = r.get("enum").and_then(Value::as_array) else {
         return;
     };
@@ -203,17 +174,14 @@ fn compare_enums(
         Some(w_enum) => {
             for v in w_enum {
                 if !r_enum.contains(v) {
-                    reasons.push(format!(
-                        "{}: enum value {v} of the writer is not accepted by the reader",
-                        display(path)
-                    ));
+                    reasons
+                        .push(format!("{}: enum value {v} of the writer is not accepted by the reader", display(path)));
                 }
             }
         }
-        None => reasons.push(format!(
-            "{}: the reader restricts values to an enum the writer does not have",
-            display(path)
-        )),
+        None => {
+            reasons.push(format!("{}: the reader restricts values to an enum the writer does not have", display(path)))
+        }
     }
 }
 
@@ -265,24 +233,17 @@ mod tests {
     #[test]
     fn invalid_payload_names_the_field() {
         let schema = compile(USER);
-        let err = schema
-            .validate(br#"{"name": "ann", "age": "x"}"#)
-            .unwrap_err();
+        let err = schema.validate(br#"{"name": "ann", "age": "x"}"#).unwrap_err();
         assert!(err.is_invalid_payload());
         assert_eq!(err.violations()[0].path, "/age");
-        assert!(
-            err.to_string()
-                .contains(r#"/age: "x" is not of type "integer""#),
-            "{err}"
-        );
+        assert!(err.to_string().contains(r#"/age: "x" is not of type "integer""#), "{err}");
     }
 
     #[test]
     fn nested_array_item_path_and_format_are_checked() {
         let schema = compile(USER);
-        let err = schema
-            .encode_from_json(&json!({"name": "a", "age": 1, "tags": ["ok", 3], "email": "nope"}))
-            .unwrap_err();
+        let err =
+            schema.encode_from_json(&json!({"name": "a", "age": 1, "tags": ["ok", 3], "email": "nope"})).unwrap_err();
         let paths: Vec<&str> = err.violations().iter().map(|v| v.path.as_str()).collect();
         assert!(paths.contains(&"/tags/1"), "{paths:?}");
         assert!(paths.contains(&"/email"), "{paths:?}");
@@ -292,29 +253,18 @@ mod tests {
     fn missing_required_property_is_reported() {
         let schema = compile(USER);
         let err = schema.decode_to_json(br#"{"name": "a"}"#).unwrap_err();
-        assert!(
-            err.to_string().contains("\"age\" is a required property"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("\"age\" is a required property"), "{err}");
     }
 
     #[test]
     fn not_json_is_an_invalid_payload() {
         let schema = compile(USER);
-        assert!(schema
-            .validate(b"{not json")
-            .unwrap_err()
-            .is_invalid_payload());
+        assert!(schema.validate(b"{not json").unwrap_err().is_invalid_payload());
     }
 
     #[test]
     fn invalid_definitions_are_refused() {
-        for def in [
-            r#"{"type": 12}"#,
-            "{",
-            "[1,2]",
-            r#"{"$ref": "https://example.com/s.json"}"#,
-        ] {
+        for def in [r#"{"type": 12}"#, "{", "[1,2]", r#"{"$ref": "https://example.com/s.json"}"#] {
             let err = Schema::compile(SchemaKind::JsonSchema, def).unwrap_err();
             assert!(err.is_invalid_definition(), "{def}: {err}");
         }
@@ -342,15 +292,8 @@ mod tests {
                 "city":{"type":"string"}},"required":["name","age","city"]}"#,
         );
         let err = check_compatible(&old, &required_added, CompatibilityMode::Backward).unwrap_err();
-        assert!(
-            err.to_string().contains("`city` is required by the reader"),
-            "{err}"
-        );
-        assert!(
-            check_compatible(&old, &required_added, CompatibilityMode::Full)
-                .unwrap_err()
-                .is_incompatible()
-        );
+        assert!(err.to_string().contains("`city` is required by the reader"), "{err}");
+        assert!(check_compatible(&old, &required_added, CompatibilityMode::Full).unwrap_err().is_incompatible());
         // Old readers still read new data: forward is fine.
         check_compatible(&old, &required_added, CompatibilityMode::Forward).unwrap();
 
@@ -371,11 +314,7 @@ mod tests {
                 "properties":{"name":{"type":"string"},"nick":{"type":"string"}},"required":["name"]}"#,
         );
         check_compatible(&closed_old, &closed_new, CompatibilityMode::Backward).unwrap();
-        let err =
-            check_compatible(&closed_old, &closed_new, CompatibilityMode::Forward).unwrap_err();
-        assert!(
-            err.to_string().contains("/nick: property is not allowed"),
-            "{err}"
-        );
+        let err = check_compatible(&closed_old, &closed_new, CompatibilityMode::Forward).unwrap_err();
+        assert!(err.to_string().contains("/nick: property is not allowed"), "{err}");
     }
 }

@@ -219,10 +219,7 @@ pub struct Violation {
 impl Violation {
     /// A violation at `path` (a JSON pointer, `""` for the root).
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Violation {
-            path: path.into(),
-            message: message.into(),
-        }
+        Violation { path: path.into(), message: message.into() }
     }
 }
 
@@ -248,10 +245,7 @@ pub struct Violations {
 impl Violations {
     /// A single violation.
     pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Violations {
-            list: vec![Violation::new(path, message)],
-            omitted: 0,
-        }
+        Violations { list: vec![Violation::new(path, message)], omitted: 0 }
     }
 
     /// Adds a violation, counting it as omitted past [`MAX_VIOLATIONS`].
@@ -319,38 +313,18 @@ pub enum SchemaError {
 
 impl SchemaError {
     pub(crate) fn definition(kind: SchemaKind, message: impl Into<String>) -> Self {
-        SchemaError::InvalidDefinition {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        SchemaError::InvalidDefinition { kind, message: message.into(), source: None }
     }
 
-    pub(crate) fn definition_with(
-        kind: SchemaKind,
-        message: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
-        SchemaError::InvalidDefinition {
-            kind,
-            message: message.into(),
-            source: Some(source.into()),
-        }
+    pub(crate) fn definition_with(kind: SchemaKind, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        SchemaError::InvalidDefinition { kind, message: message.into(), source: Some(source.into()) }
     }
 
     pub(crate) fn payload(kind: SchemaKind, violations: Violations) -> Self {
-        SchemaError::InvalidPayload {
-            kind,
-            violations,
-            source: None,
-        }
+        SchemaError::InvalidPayload { kind, violations, source: None }
     }
 
-    pub(crate) fn payload_at(
-        kind: SchemaKind,
-        path: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn payload_at(kind: SchemaKind, path: impl Into<String>, message: impl Into<String>) -> Self {
         Self::payload(kind, Violations::one(path, message))
     }
 
@@ -360,11 +334,7 @@ impl SchemaError {
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        SchemaError::InvalidPayload {
-            kind,
-            violations: Violations::one(path, message),
-            source: Some(source.into()),
-        }
+        SchemaError::InvalidPayload { kind, violations: Violations::one(path, message), source: Some(source.into()) }
     }
 
     /// True when a payload (not the schema) was refused: the record is invalid and retrying it
@@ -445,17 +415,13 @@ impl Schema {
     /// Compiles a schema from a registry answer: its `schema_type` name (see
     /// [`SchemaKind::from_str`]) and definition bytes.
     pub fn from_registry(schema_type: &str, definition: &[u8]) -> Result<Self, SchemaError> {
-        let kind = schema_type.parse::<SchemaKind>().map_err(|e| {
-            SchemaError::definition_with(SchemaKind::Bytes, "unknown schema type", e)
-        })?;
+        let kind = schema_type
+            .parse::<SchemaKind>()
+            .map_err(|e| SchemaError::definition_with(SchemaKind::Bytes, "unknown schema type", e))?;
         Self::compile(kind, definition)
     }
 
-    fn build(
-        kind: SchemaKind,
-        definition: &[u8],
-        message: Option<&str>,
-    ) -> Result<Self, SchemaError> {
+    fn build(kind: SchemaKind, definition: &[u8], message: Option<&str>) -> Result<Self, SchemaError> {
         let (codec, canonical) = match kind {
             SchemaKind::JsonSchema => {
                 let (codec, canonical) = json_schema::JsonSchemaCodec::compile(definition)?;
@@ -477,14 +443,7 @@ impl Schema {
             SchemaKind::Bytes => (Codec::Bytes, Vec::new()),
         };
         let fingerprint = fingerprint_of(kind, &canonical);
-        Ok(Schema {
-            inner: Arc::new(Inner {
-                kind,
-                definition: definition.to_vec(),
-                fingerprint,
-                codec,
-            }),
-        })
+        Ok(Schema { inner: Arc::new(Inner { kind, definition: definition.to_vec(), fingerprint, codec }) })
     }
 
     /// The kind of this schema.
@@ -519,9 +478,9 @@ impl Schema {
             Codec::Json(c) => c.validate(payload),
             Codec::Avro(c) => c.validate(payload),
             Codec::Protobuf(c) => c.validate(payload),
-            Codec::String => std::str::from_utf8(payload).map(|_| ()).map_err(|e| {
-                SchemaError::payload_with(SchemaKind::String, "", "payload is not UTF-8", e)
-            }),
+            Codec::String => std::str::from_utf8(payload)
+                .map(|_| ())
+                .map_err(|e| SchemaError::payload_with(SchemaKind::String, "", "payload is not UTF-8", e)),
             Codec::Number => decode_number(payload).map(|_| ()),
             Codec::Bytes => Ok(()),
         }
@@ -535,13 +494,9 @@ impl Schema {
             Codec::Protobuf(c) => c.decode_to_json(payload),
             Codec::String => std::str::from_utf8(payload)
                 .map(|s| Value::String(s.to_string()))
-                .map_err(|e| {
-                    SchemaError::payload_with(SchemaKind::String, "", "payload is not UTF-8", e)
-                }),
+                .map_err(|e| SchemaError::payload_with(SchemaKind::String, "", "payload is not UTF-8", e)),
             Codec::Number => decode_number(payload),
-            Codec::Bytes => Ok(Value::String(
-                base64::engine::general_purpose::STANDARD.encode(payload),
-            )),
+            Codec::Bytes => Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(payload))),
         }
     }
 
@@ -567,25 +522,16 @@ impl Schema {
                     format!("expected a number, got {}", json_type_name(other)),
                 )),
             },
-            Codec::Bytes => {
-                match value {
-                    Value::String(s) => base64::engine::general_purpose::STANDARD
-                        .decode(s)
-                        .map_err(|e| {
-                            SchemaError::payload_with(
-                                SchemaKind::Bytes,
-                                "",
-                                "expected a base64 string",
-                                e,
-                            )
-                        }),
-                    other => Err(SchemaError::payload_at(
-                        SchemaKind::Bytes,
-                        "",
-                        format!("expected a base64 string, got {}", json_type_name(other)),
-                    )),
-                }
-            }
+            Codec::Bytes => match value {
+                Value::String(s) => base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| SchemaError::payload_with(SchemaKind::Bytes, "", "expected a base64 string", e)),
+                other => Err(SchemaError::payload_at(
+                    SchemaKind::Bytes,
+                    "",
+                    format!("expected a base64 string, got {}", json_type_name(other)),
+                )),
+            },
         }
     }
 }
@@ -597,11 +543,7 @@ impl Schema {
 /// A change of kind is incompatible (unless the mode is `none`). `string`, `number` and `bytes`
 /// are always compatible with themselves. For the rules per format see [`avro`],
 /// [`json_schema`] and [`protobuf`].
-pub fn check_compatible(
-    old: &Schema,
-    new: &Schema,
-    mode: CompatibilityMode,
-) -> Result<(), SchemaError> {
+pub fn check_compatible(old: &Schema, new: &Schema, mode: CompatibilityMode) -> Result<(), SchemaError> {
     if mode == CompatibilityMode::None {
         return Ok(());
     }
@@ -612,19 +554,11 @@ pub fn check_compatible(
             (Codec::Avro(w), Codec::Avro(r)) => avro::can_read(w, r),
             (Codec::Protobuf(w), Codec::Protobuf(r)) => protobuf::can_read(w, r),
             _ if writer.kind() == reader.kind() => Vec::new(),
-            _ => vec![format!(
-                "schema type changed from {} to {}",
-                old.kind(),
-                new.kind()
-            )],
+            _ => vec![format!("schema type changed from {} to {}", old.kind(), new.kind())],
         };
         for reason in found {
             // In full mode, say which direction failed.
-            let reason = if mode == CompatibilityMode::Full {
-                format!("{direction}: {reason}")
-            } else {
-                reason
-            };
+            let reason = if mode == CompatibilityMode::Full { format!("{direction}: {reason}") } else { reason };
             if !reasons.contains(&reason) {
                 reasons.push(reason);
             }
@@ -639,11 +573,7 @@ pub fn check_compatible(
     if reasons.is_empty() {
         Ok(())
     } else {
-        Err(SchemaError::Incompatible {
-            mode,
-            reasons,
-            source: None,
-        })
+        Err(SchemaError::Incompatible { mode, reasons, source: None })
     }
 }
 
@@ -655,12 +585,7 @@ fn decode_number(payload: &[u8]) -> Result<Value, SchemaError> {
             "",
             format!("expected a number, got {}", json_type_name(&other)),
         )),
-        Err(e) => Err(SchemaError::payload_with(
-            SchemaKind::Number,
-            "",
-            "payload is not a JSON number",
-            e,
-        )),
+        Err(e) => Err(SchemaError::payload_with(SchemaKind::Number, "", "payload is not a JSON number", e)),
     }
 }
 
@@ -745,10 +670,7 @@ mod tests {
         for kind in SchemaKind::ALL {
             assert_eq!(kind.as_str().parse::<SchemaKind>().unwrap(), kind);
         }
-        assert_eq!(
-            "JSONSCHEMA".parse::<SchemaKind>().unwrap(),
-            SchemaKind::JsonSchema
-        );
+        assert_eq!("JSONSCHEMA".parse::<SchemaKind>().unwrap(), SchemaKind::JsonSchema);
         assert!("xml".parse::<SchemaKind>().is_err());
     }
 
@@ -771,10 +693,7 @@ mod tests {
         assert!(schema.validate(b"\"42\"").unwrap_err().is_invalid_payload());
         assert!(schema.validate(b"4x").unwrap_err().is_invalid_payload());
         let encoded = schema.encode_from_json(&serde_json::json!(12.25)).unwrap();
-        assert_eq!(
-            schema.decode_to_json(&encoded).unwrap(),
-            serde_json::json!(12.25)
-        );
+        assert_eq!(schema.decode_to_json(&encoded).unwrap(), serde_json::json!(12.25));
     }
 
     #[test]
@@ -784,23 +703,14 @@ mod tests {
         let json = schema.decode_to_json(&[0, 1, 2]).unwrap();
         assert_eq!(json, Value::from("AAEC"));
         assert_eq!(schema.encode_from_json(&json).unwrap(), vec![0, 1, 2]);
-        assert!(schema
-            .encode_from_json(&Value::from("not base64!"))
-            .is_err());
+        assert!(schema.encode_from_json(&Value::from("not base64!")).is_err());
     }
 
     #[test]
     fn fingerprint_ignores_json_formatting_but_not_content() {
-        let a = Schema::compile(
-            SchemaKind::JsonSchema,
-            r#"{"type":"object","required":["a"]}"#,
-        )
-        .unwrap();
-        let b = Schema::compile(
-            SchemaKind::JsonSchema,
-            "{\n  \"required\": [\"a\"],\n  \"type\": \"object\"\n}",
-        )
-        .unwrap();
+        let a = Schema::compile(SchemaKind::JsonSchema, r#"{"type":"object","required":["a"]}"#).unwrap();
+        let b =
+            Schema::compile(SchemaKind::JsonSchema, "{\n  \"required\": [\"a\"],\n  \"type\": \"object\"\n}").unwrap();
         let c = Schema::compile(SchemaKind::JsonSchema, r#"{"type":"object"}"#).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
@@ -812,11 +722,7 @@ mod tests {
         let s = Schema::compile(SchemaKind::String, "").unwrap();
         let n = Schema::compile(SchemaKind::Number, "").unwrap();
         let err = check_compatible(&s, &n, CompatibilityMode::Backward).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("schema type changed from string to number"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("schema type changed from string to number"), "{err}");
         check_compatible(&s, &n, CompatibilityMode::None).unwrap();
         check_compatible(&s, &s, CompatibilityMode::Full).unwrap();
     }
@@ -835,33 +741,18 @@ mod tests {
             br#"{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}"#,
         )
         .unwrap();
-        let avro = Schema::from_registry(
-            "avro",
-            br#"{"type":"record","name":"R","fields":[{"name":"n","type":"int"}]}"#,
-        )
-        .unwrap();
-        let proto = Schema::from_registry(
-            "protobuf",
-            b"syntax = \"proto3\"; message R { int32 n = 1; }",
-        )
-        .unwrap();
-        for schema in [&json, &avro, &proto] {
-            let good = schema
-                .encode_from_json(&serde_json::json!({"n": 5}))
+        let avro =
+            Schema::from_registry("avro", br#"{"type":"record","name":"R","fields":[{"name":"n","type":"int"}]}"#)
                 .unwrap();
-            assert_eq!(
-                schema.decode_to_json(&good).unwrap()["n"],
-                serde_json::json!(5)
-            );
-            let err = schema
-                .encode_from_json(&serde_json::json!({"n": "five"}))
-                .unwrap_err();
+        let proto = Schema::from_registry("protobuf", b"syntax = \"proto3\"; message R { int32 n = 1; }").unwrap();
+        for schema in [&json, &avro, &proto] {
+            let good = schema.encode_from_json(&serde_json::json!({"n": 5})).unwrap();
+            assert_eq!(schema.decode_to_json(&good).unwrap()["n"], serde_json::json!(5));
+            let err = schema.encode_from_json(&serde_json::json!({"n": "five"})).unwrap_err();
             assert!(err.is_invalid_payload(), "{}: {err}", schema.kind());
             assert_eq!(err.violations()[0].path, "/n", "{}: {err}", schema.kind());
         }
-        assert!(Schema::from_registry("xml", b"")
-            .unwrap_err()
-            .is_invalid_definition());
+        assert!(Schema::from_registry("xml", b"").unwrap_err().is_invalid_definition());
     }
 
     #[test]

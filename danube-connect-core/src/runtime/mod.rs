@@ -157,8 +157,14 @@ impl Runtime {
         wait_until_reachable(&client, &config.danube, &shutdown).await?;
         health.set_broker_reachable(true);
         let schemas = TopicSchemas::resolve(&client, &config.schemas).await?;
-        let publisher =
-            Publisher::new(client.clone(), config.source.clone(), &config.name, metrics.clone(), health.clone(), schemas);
+        let publisher = Publisher::new(
+            client.clone(),
+            config.source.clone(),
+            &config.name,
+            metrics.clone(),
+            health.clone(),
+            schemas,
+        );
         let bound_topics: Vec<String> = config.schemas.iter().map(|binding| binding.topic.clone()).collect();
         background.extend(prepare_topics(&publisher, bound_topics, &shutdown).await);
         let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(client.clone())));
@@ -317,7 +323,11 @@ const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 /// sink subscribing before the first record still sees it. A topic that fails (a slow broker)
 /// does not stop the start: a background task retries it, and records to it create the
 /// producers anyway. The start waits at most [`PREPARE_TIMEOUT`] in all.
-async fn prepare_topics(publisher: &Publisher, topics: Vec<String>, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+async fn prepare_topics(
+    publisher: &Publisher,
+    topics: Vec<String>,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
     let attempts = topics.into_iter().map(|topic| async move {
         let outcome = tokio::time::timeout(PREPARE_TIMEOUT, publisher.prepare(&topic)).await;
         (topic, outcome)

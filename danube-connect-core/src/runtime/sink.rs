@@ -332,7 +332,11 @@ impl Lane {
 
     /// Decodes records carrying a `schema_id` (see [`crate::schema`]); a record that does not
     /// decode follows the failure policy and leaves the batch.
-    async fn decode(&self, messages: Vec<StreamMessage>, records: Vec<SinkRecord>) -> (Vec<StreamMessage>, Vec<SinkRecord>) {
+    async fn decode(
+        &self,
+        messages: Vec<StreamMessage>,
+        records: Vec<SinkRecord>,
+    ) -> (Vec<StreamMessage>, Vec<SinkRecord>) {
         let Some(cache) = &self.env.schema_cache else { return (messages, records) };
         if records.iter().all(|r| r.schema_id.is_none()) {
             return (messages, records);
@@ -443,7 +447,9 @@ impl Lane {
                 metrics.end_to_end_latency.with_label_values(&self.labels()).observe(latency);
             }
             // The record was written; the broker will redeliver it (at-least-once).
-            Err(error) => warn!(topic = %self.topic, error = %crate::error::error_chain(&error), "ack failed; the record may be redelivered"),
+            Err(error) => {
+                warn!(topic = %self.topic, error = %crate::error::error_chain(&error), "ack failed; the record may be redelivered")
+            }
         }
     }
 
@@ -465,9 +471,10 @@ fn clone_error(error: &Arc<ConnectorError>) -> ConnectorError {
             retry_after: *retry_after,
             source: Some(Box::new(SharedError(error.clone()))),
         },
-        ConnectorError::InvalidRecord { message, .. } => {
-            ConnectorError::InvalidRecord { message: message.clone(), source: Some(Box::new(SharedError(error.clone()))) }
-        }
+        ConnectorError::InvalidRecord { message, .. } => ConnectorError::InvalidRecord {
+            message: message.clone(),
+            source: Some(Box::new(SharedError(error.clone()))),
+        },
         ConnectorError::Defer { delay, message } => ConnectorError::Defer { delay: *delay, message: message.clone() },
         ConnectorError::Fatal { message, .. } => {
             ConnectorError::Fatal { message: message.clone(), source: Some(Box::new(SharedError(error.clone()))) }

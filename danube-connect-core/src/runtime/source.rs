@@ -82,7 +82,8 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
     let mut healthy = true;
 
     loop {
-        healthy = healthy && commit_finished(&env, &mut *source, &mut pending, &mut commits, &mut in_flight, false).await;
+        healthy =
+            healthy && commit_finished(&env, &mut *source, &mut pending, &mut commits, &mut in_flight, false).await;
         if !healthy || env.shutdown.is_cancelled() {
             break;
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use danube_connect_core::config::{RetryConfig, RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, Runtime, SinkConnector, SinkRecord, SourceConnector,
-    SourceContext, SourceOffset, SourceRecord,
+    async_trait, ConnectorError, ConnectorResult, Runtime, SinkConnector, SinkRecord, SourceConnector, SourceContext,
+    SourceOffset, SourceRecord,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -145,12 +145,7 @@ impl RecordingSink {
 
     /// Payloads accepted so far.
     pub fn accepted_payloads(&self) -> Vec<String> {
-        self.accepted
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
-            .collect()
+        self.accepted.lock().expect("lock").iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
     }
 }
 

@@ -1,9 +1,9 @@
 //! Runtime integration tests over real gRPC against the embedded development broker.
 
 mod common;
-mod sink;
 mod run_time_schema;
 mod schema;
 mod shutdown;
+mod sink;
 mod source;
 mod tls_auth;

@@ -39,7 +39,8 @@ async fn a_record_with_a_run_time_schema_carries_its_id_and_version_and_an_inval
     assert_eq!(bound.version, 1);
     assert_eq!(bound.subject, "rt-orders");
 
-    let valid = SourceRecord::from_json(topic, &json!({"id": "a", "amount": 1.5})).expect("json").with_schema(bound.clone());
+    let valid =
+        SourceRecord::from_json(topic, &json!({"id": "a", "amount": 1.5})).expect("json").with_schema(bound.clone());
     publisher.publish(valid).await.expect("valid record published");
     let invalid = SourceRecord::from_json(topic, &json!({"id": 7})).expect("json").with_schema(bound.clone());
     match publisher.publish(invalid).await {
@@ -126,11 +127,22 @@ async fn a_refused_run_time_registration_is_a_typed_non_transient_error() {
         other => panic!("expected InvalidDefinition, got {other:?}"),
     }
 
-    let unreachable = danube_client::DanubeClient::builder().service_url("http://127.0.0.1:1").build().await.expect("lazy client");
-    let error = danube_connect_core::schema::BoundSchema::register(&unreachable, "x", SchemaKind::JsonSchema, ORDER_V1.as_bytes(), None)
-        .await
-        .expect_err("no registry");
-    assert!(error.is_transient(), "an unreachable registry is transient: {}", danube_connect_core::error::error_chain(&error));
+    let unreachable =
+        danube_client::DanubeClient::builder().service_url("http://127.0.0.1:1").build().await.expect("lazy client");
+    let error = danube_connect_core::schema::BoundSchema::register(
+        &unreachable,
+        "x",
+        SchemaKind::JsonSchema,
+        ORDER_V1.as_bytes(),
+        None,
+    )
+    .await
+    .expect_err("no registry");
+    assert!(
+        error.is_transient(),
+        "an unreachable registry is transient: {}",
+        danube_connect_core::error::error_chain(&error)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

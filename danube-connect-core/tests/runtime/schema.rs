@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{eventually, runtime_config, spawn_sink, spawn_source, with_topics, Behaviour, RecordingSink, ScriptedSource};
+use crate::common::{
+    eventually, runtime_config, spawn_sink, spawn_source, with_topics, Behaviour, RecordingSink, ScriptedSource,
+};
 use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaKind};
 use danube_connect_core::{
     async_trait, ConnectorResult, PublishError, Runtime, RuntimeError, SchemaBinding, SourceConnector, SourceContext,
@@ -49,12 +51,18 @@ async fn valid_records_carry_the_schema_id_and_invalid_ones_are_dead_lettered() 
     let dir = tempfile::tempdir().expect("tempdir");
     let topic = "/default/orders-json";
     let mut config = runtime_config("jsonsrc", &broker.url());
-    config.schemas =
-        vec![SchemaBinding::new(topic, "orders-json").with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
+    config.schemas = vec![SchemaBinding::new(topic, "orders-json")
+        .with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
     let batch = vec![
-        SourceRecord::from_json(topic, &json!({"id": "a", "amount": 1.5})).expect("json").with_offset(SourceOffset::new("p", 0)),
-        SourceRecord::from_json(topic, &json!({"id": "b", "amount": "lots"})).expect("json").with_offset(SourceOffset::new("p", 1)),
-        SourceRecord::from_json(topic, &json!({"id": "c", "amount": 3})).expect("json").with_offset(SourceOffset::new("p", 2)),
+        SourceRecord::from_json(topic, &json!({"id": "a", "amount": 1.5}))
+            .expect("json")
+            .with_offset(SourceOffset::new("p", 0)),
+        SourceRecord::from_json(topic, &json!({"id": "b", "amount": "lots"}))
+            .expect("json")
+            .with_offset(SourceOffset::new("p", 1)),
+        SourceRecord::from_json(topic, &json!({"id": "c", "amount": 3}))
+            .expect("json")
+            .with_offset(SourceOffset::new("p", 2)),
     ];
     let source = ScriptedSource::new(vec![batch]);
     let commits = source.commits.clone();
@@ -73,7 +81,10 @@ async fn valid_records_carry_the_schema_id_and_invalid_ones_are_dead_lettered() 
     let error = dead[0].attributes.get("dlq.error").cloned().unwrap_or_default();
     assert!(error.contains("/amount"), "the error names the field: {error}");
     // Dead-lettered counts as handled: every offset is committed.
-    assert!(eventually(Duration::from_secs(10), || commits.lock().expect("lock").contains(&SourceOffset::new("p", 2))).await);
+    assert!(
+        eventually(Duration::from_secs(10), || commits.lock().expect("lock").contains(&SourceOffset::new("p", 2)))
+            .await
+    );
     token.cancel();
     assert_eq!(run.await.expect("join").exit_code(), 0);
 }
@@ -84,8 +95,8 @@ async fn push_publish_of_an_invalid_record_is_refused_with_the_validation_error(
     let dir = tempfile::tempdir().expect("tempdir");
     let topic = "/default/orders-push";
     let mut config = runtime_config("pushsrc", &broker.url());
-    config.schemas =
-        vec![SchemaBinding::new(topic, "orders-push").with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
+    config.schemas = vec![SchemaBinding::new(topic, "orders-push")
+        .with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
     let runtime = Runtime::start(config, CancellationToken::new()).await.expect("runtime");
     let publisher = runtime.publisher();
     let invalid = SourceRecord::from_json(topic, &json!({"id": 7})).expect("json");
@@ -93,7 +104,10 @@ async fn push_publish_of_an_invalid_record_is_refused_with_the_validation_error(
         Err(PublishError::Invalid { message, .. }) => assert!(message.contains("amount"), "{message}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
-    publisher.publish(SourceRecord::from_json(topic, &json!({"id": "x", "amount": 2})).expect("json")).await.expect("valid");
+    publisher
+        .publish(SourceRecord::from_json(topic, &json!({"id": "x", "amount": 2})).expect("json"))
+        .await
+        .expect("valid");
     let stored = broker.wait_for_messages(topic, 1, Duration::from_secs(5)).await;
     assert_eq!(stored.len(), 1);
     assert!(String::from_utf8_lossy(&stored[0].payload).contains("\"x\""));
@@ -107,7 +121,8 @@ async fn avro_records_are_decoded_by_schema_id_for_the_sink() {
     let avro = Schema::compile(SchemaKind::Avro, ORDER_AVRO_V1).expect("avro");
 
     let mut config = runtime_config("avrosrc", &broker.url());
-    config.schemas = vec![SchemaBinding::new(topic, "orders-avro").with_file(SchemaKind::Avro, schema_file(&dir, "o.avsc", ORDER_AVRO_V1))];
+    config.schemas = vec![SchemaBinding::new(topic, "orders-avro")
+        .with_file(SchemaKind::Avro, schema_file(&dir, "o.avsc", ORDER_AVRO_V1))];
     let runtime = Runtime::start(config, CancellationToken::new()).await.expect("runtime");
     let publisher = runtime.publisher();
     let encode = |i: usize| avro.encode_from_json(&json!({"id": format!("o{i}"), "amount": i as f64})).expect("encode");
@@ -116,7 +131,8 @@ async fn avro_records_are_decoded_by_schema_id_for_the_sink() {
     publisher.publish(SourceRecord::new(topic, encode(0))).await.expect("publish");
 
     let sink = RecordingSink::new(Behaviour::Accept);
-    let (sink_token, sink_run) = spawn_sink(with_topics(runtime_config("avrosink", &broker.url()), &[topic]), sink.clone()).await;
+    let (sink_token, sink_run) =
+        spawn_sink(with_topics(runtime_config("avrosink", &broker.url()), &[topic]), sink.clone()).await;
     assert!(broker.wait_for_consumers(topic, "avrosink", 1, Duration::from_secs(20)).await, "sink subscribed");
     for i in 1..=5 {
         publisher.publish(SourceRecord::new(topic, encode(i))).await.expect("publish");
@@ -126,8 +142,12 @@ async fn avro_records_are_decoded_by_schema_id_for_the_sink() {
 
     let arrived = eventually(Duration::from_secs(20), || sink.accepted.lock().expect("lock").len() >= 5).await;
     let dead = broker.messages("/default/avrosink-dlq");
-    assert!(arrived, "sink got {} records; dead-lettered: {:?}", sink.accepted.lock().expect("lock").len(),
-        dead.iter().map(|m| m.attributes.get("dlq.error").cloned()).collect::<Vec<_>>());
+    assert!(
+        arrived,
+        "sink got {} records; dead-lettered: {:?}",
+        sink.accepted.lock().expect("lock").len(),
+        dead.iter().map(|m| m.attributes.get("dlq.error").cloned()).collect::<Vec<_>>()
+    );
     let accepted = sink.accepted.lock().expect("lock").clone();
     for (i, record) in accepted.iter().enumerate() {
         assert!(record.schema_id.is_some());
@@ -145,7 +165,8 @@ async fn compatible_evolution_registers_a_new_version_and_an_incompatible_one_st
     let dir = tempfile::tempdir().expect("tempdir");
     let topic = "/default/orders-evolve";
     let binding = |file: &str, text: &str| {
-        let mut b = SchemaBinding::new(topic, "orders-evolve").with_file(SchemaKind::Avro, schema_file(&dir, file, text));
+        let mut b =
+            SchemaBinding::new(topic, "orders-evolve").with_file(SchemaKind::Avro, schema_file(&dir, file, text));
         b.compatibility = Some(CompatibilityMode::Backward);
         b
     };
@@ -186,7 +207,9 @@ async fn compatible_evolution_registers_a_new_version_and_an_incompatible_one_st
 async fn a_binding_with_a_broken_definition_names_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = runtime_config("broken", "http://127.0.0.1:1");
-    config.schemas = vec![SchemaBinding::new("/default/x", "x").with_file(SchemaKind::Avro, schema_file(&dir, "x.avsc", "{not json"))];
+    config.schemas = vec![
+        SchemaBinding::new("/default/x", "x").with_file(SchemaKind::Avro, schema_file(&dir, "x.avsc", "{not json"))
+    ];
     let error = danube_connect_core::config::Validate::validate(&config).expect_err("invalid");
     assert!(error.to_string().contains("schemas[0].file"), "{error}");
     let mut config = runtime_config("broken", "http://127.0.0.1:1");
@@ -204,11 +227,15 @@ async fn json_input_is_encoded_into_the_avro_wire_format_before_publishing() {
     let topic = "/default/orders-json-in";
     let mut config = runtime_config("jsonin", &broker.url());
     config.ops.enabled = false;
-    config.schemas =
-        vec![SchemaBinding::new(topic, "orders-json-in").with_file(SchemaKind::Avro, schema_file(&dir, "o.avsc", ORDER_AVRO_V1)).with_json_input()];
+    config.schemas = vec![SchemaBinding::new(topic, "orders-json-in")
+        .with_file(SchemaKind::Avro, schema_file(&dir, "o.avsc", ORDER_AVRO_V1))
+        .with_json_input()];
     let runtime = Runtime::start(config, CancellationToken::new()).await.expect("runtime");
     let publisher = runtime.publisher();
-    publisher.publish(SourceRecord::from_json(topic, &json!({"id": "j1", "amount": 9.5})).expect("json")).await.expect("publish");
+    publisher
+        .publish(SourceRecord::from_json(topic, &json!({"id": "j1", "amount": 9.5})).expect("json"))
+        .await
+        .expect("publish");
     let missing_field = publisher.publish(SourceRecord::from_json(topic, &json!({"id": "j2"})).expect("json")).await;
     assert!(matches!(missing_field, Err(PublishError::Invalid { .. })), "{missing_field:?}");
     let not_json = publisher.publish(SourceRecord::new(topic, b"{oops".to_vec())).await;
@@ -235,9 +262,10 @@ async fn a_binding_with_a_version_uses_that_existing_version() {
         Runtime::start(config, CancellationToken::new())
     };
     for (file, text) in [("v1.avsc", ORDER_AVRO_V1), ("v2.avsc", ORDER_AVRO_V2)] {
-        let runtime = start(SchemaBinding::new(topic, subject).with_file(SchemaKind::Avro, schema_file(&dir, file, text)))
-            .await
-            .expect("register");
+        let runtime =
+            start(SchemaBinding::new(topic, subject).with_file(SchemaKind::Avro, schema_file(&dir, file, text)))
+                .await
+                .expect("register");
         drop(runtime);
     }
 
@@ -270,7 +298,8 @@ async fn a_binding_with_a_version_uses_that_existing_version() {
     }
 }
 
-const ORDER_PROTO: &str = "syntax = \"proto3\";\npackage shop.v1;\n\nmessage Order {\n  string id = 1;\n  int32 qty = 2;\n}\n";
+const ORDER_PROTO: &str =
+    "syntax = \"proto3\";\npackage shop.v1;\n\nmessage Order {\n  string id = 1;\n  int32 qty = 2;\n}\n";
 
 /// `qty` changes from int32 to string: a different wire type, incompatible both ways.
 const ORDER_PROTO_RETYPED: &str =
@@ -314,11 +343,12 @@ async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id()
     let topic = "/default/orders-protobuf";
     let proto = Schema::compile(SchemaKind::Protobuf, ORDER_PROTO).expect("proto");
     let encode = |id: &str, qty: i32| proto.encode_from_json(&json!({"id": id, "qty": qty})).expect("encode");
-    let record = |payload: Vec<u8>, offset: u64| SourceRecord::new(topic, payload).with_offset(SourceOffset::new("p", offset));
+    let record =
+        |payload: Vec<u8>, offset: u64| SourceRecord::new(topic, payload).with_offset(SourceOffset::new("p", offset));
 
     let mut config = runtime_config("protosrc", &broker.url());
-    config.schemas =
-        vec![SchemaBinding::new(topic, "orders-protobuf").with_file(SchemaKind::Protobuf, schema_file(&dir, "o.proto", ORDER_PROTO))];
+    config.schemas = vec![SchemaBinding::new(topic, "orders-protobuf")
+        .with_file(SchemaKind::Protobuf, schema_file(&dir, "o.proto", ORDER_PROTO))];
     let open = Arc::new(AtomicBool::new(false));
     let commits: Arc<Mutex<Vec<SourceOffset>>> = Arc::default();
     // Field 1 (`id`, length-delimited) announces 5 bytes but carries 1: not a valid Order.
@@ -343,7 +373,8 @@ async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id()
     assert_eq!(proto.decode_to_json(&first[0].payload).expect("decodes"), json!({"id": "first", "qty": 1}));
 
     let sink = RecordingSink::new(Behaviour::Accept);
-    let (sink_token, sink_run) = spawn_sink(with_topics(runtime_config("protosink", &broker.url()), &[topic]), sink.clone()).await;
+    let (sink_token, sink_run) =
+        spawn_sink(with_topics(runtime_config("protosink", &broker.url()), &[topic]), sink.clone()).await;
     assert!(broker.wait_for_consumers(topic, "protosink", 1, Duration::from_secs(20)).await, "sink subscribed");
     open.store(true, Ordering::SeqCst);
 
@@ -357,7 +388,10 @@ async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id()
     assert_eq!(dead[0].attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"));
     let error = dead[0].attributes.get("dlq.error").cloned().unwrap_or_default();
     assert!(error.contains("protobuf") && error.contains("/id"), "the validation error names the field: {error}");
-    assert!(eventually(Duration::from_secs(20), || commits.lock().expect("lock").contains(&SourceOffset::new("p", 3))).await);
+    assert!(
+        eventually(Duration::from_secs(20), || commits.lock().expect("lock").contains(&SourceOffset::new("p", 3)))
+            .await
+    );
 
     let arrived = eventually(Duration::from_secs(20), || sink.accepted.lock().expect("lock").len() >= 2).await;
     assert!(arrived, "sink got {} records", sink.accepted.lock().expect("lock").len());
@@ -391,7 +425,11 @@ async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id()
 }
 
 /// Subscribes a raw client consumer to `topic`, which fails while the topic does not exist.
-async fn subscribe_raw(client: &danube_client::DanubeClient, topic: &str, name: &str) -> Result<danube_client::Consumer, String> {
+async fn subscribe_raw(
+    client: &danube_client::DanubeClient,
+    topic: &str,
+    name: &str,
+) -> Result<danube_client::Consumer, String> {
     let mut consumer = client
         .new_consumer()
         .with_topic(topic.to_string())
@@ -411,8 +449,8 @@ async fn schema_bound_topics_and_prepared_topics_exist_before_their_first_record
     let bound = "/default/prepared-bound";
     let direct = "/default/prepared-direct";
     let mut config = runtime_config("prepare", &broker.url());
-    config.schemas =
-        vec![SchemaBinding::new(bound, "prepared-bound").with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
+    config.schemas = vec![SchemaBinding::new(bound, "prepared-bound")
+        .with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
     let token = CancellationToken::new();
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
     let client = runtime.client().clone();
@@ -420,7 +458,8 @@ async fn schema_bound_topics_and_prepared_topics_exist_before_their_first_record
         subscribe_raw(&client, "/default/never-prepared", "probe").await.is_err(),
         "sanity: subscribing to a topic nobody created fails"
     );
-    let mut early = subscribe_raw(&client, bound, "early-bound").await.expect("the bound topic exists at start, before any record");
+    let mut early =
+        subscribe_raw(&client, bound, "early-bound").await.expect("the bound topic exists at start, before any record");
 
     let publisher = runtime.publisher();
     publisher.prepare(direct).await.expect("prepare");
@@ -428,12 +467,19 @@ async fn schema_bound_topics_and_prepared_topics_exist_before_their_first_record
     let mut early_direct = subscribe_raw(&client, direct, "early-direct").await.expect("the prepared topic exists");
 
     // Subscribed before the first record: both see it.
-    publisher.publish(SourceRecord::from_json(bound, &json!({"id": "a", "amount": 1})).expect("json")).await.expect("publish");
+    publisher
+        .publish(SourceRecord::from_json(bound, &json!({"id": "a", "amount": 1})).expect("json"))
+        .await
+        .expect("publish");
     publisher.publish(SourceRecord::new(direct, "first")).await.expect("publish");
     for (consumer, want) in [(&mut early, "\"a\""), (&mut early_direct, "first")] {
         let mut stream = consumer.receive().await.expect("receive");
-        let message = tokio::time::timeout(Duration::from_secs(10), stream.recv()).await.expect("in time").expect("a message");
-        assert!(String::from_utf8_lossy(&message.payload).contains(want), "first record delivered to the early subscriber");
+        let message =
+            tokio::time::timeout(Duration::from_secs(10), stream.recv()).await.expect("in time").expect("a message");
+        assert!(
+            String::from_utf8_lossy(&message.payload).contains(want),
+            "first record delivered to the early subscriber"
+        );
     }
     token.cancel();
 }
@@ -449,7 +495,9 @@ async fn schema_bound_topics_are_prepared_concurrently_at_start() {
     config.schemas = topics
         .iter()
         .enumerate()
-        .map(|(i, topic)| SchemaBinding::new(topic, format!("concurrent-{i}")).with_file(SchemaKind::JsonSchema, file.clone()))
+        .map(|(i, topic)| {
+            SchemaBinding::new(topic, format!("concurrent-{i}")).with_file(SchemaKind::JsonSchema, file.clone())
+        })
         .collect();
     let delay = Duration::from_millis(1500);
     broker.delay_producer_creation(delay);

@@ -68,7 +68,8 @@ async fn records_danube_never_acked_by_the_drain_deadline_exit_3_and_stay_uncomm
     open.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel();
-    let report = tokio::time::timeout(Duration::from_secs(10), run).await.expect("run ends after the deadline").expect("join");
+    let report =
+        tokio::time::timeout(Duration::from_secs(10), run).await.expect("run ends after the deadline").expect("join");
     assert!(!report.drained);
     assert!(report.fatal.is_none(), "{:?}", report.fatal);
     assert_eq!(report.exit_code(), 3);

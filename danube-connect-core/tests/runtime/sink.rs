@@ -1,8 +1,6 @@
 //! Sink side over real gRPC against the embedded broker: acks only after `Ok`, batching
 //! by size and by linger under the dispatch window, failure policies, retries.
 
-
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -218,7 +216,8 @@ async fn a_slow_topic_does_not_stall_the_others() {
         }
     }
     let gate = Gate { release: Default::default(), fast_seen: Default::default() };
-    let (token, run) = spawn_sink(with_topics(runtime_config("slowfast", &broker.url()), &[slow, fast]), gate.clone()).await;
+    let (token, run) =
+        spawn_sink(with_topics(runtime_config("slowfast", &broker.url()), &[slow, fast]), gate.clone()).await;
     settle().await;
     publish_n(&broker, slow, 5);
     publish_n(&broker, fast, 20);
@@ -303,7 +302,10 @@ impl danube_connect_core::SinkConnector for RetryAfterSink {
         self.process_batch(std::slice::from_ref(record)).await
     }
 
-    async fn process_batch(&self, records: &[danube_connect_core::SinkRecord]) -> danube_connect_core::ConnectorResult<()> {
+    async fn process_batch(
+        &self,
+        records: &[danube_connect_core::SinkRecord],
+    ) -> danube_connect_core::ConnectorResult<()> {
         let mut calls = self.calls.lock().expect("lock");
         let first_time = !calls.iter().any(|(p, _)| p == "hint");
         let mut failures = Vec::new();

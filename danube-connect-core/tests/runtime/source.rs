@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{
-    eventually, numbered, runtime_config, spawn_source, switchable_health, wait_for_readiness, CommitCheck, ScriptedSource,
+    eventually, numbered, runtime_config, spawn_source, switchable_health, wait_for_readiness, CommitCheck,
+    ScriptedSource,
 };
 use danube_connect_core::{Runtime, SourceOffset, SourceRecord};
 use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
@@ -79,13 +80,14 @@ async fn commit_is_called_only_for_records_the_broker_has() {
     let mut source = ScriptedSource::new(batches);
     let seen = broker.clone();
     source.on_commit = Some(Box::new(move |offsets: &[SourceOffset]| {
-        let stored: HashSet<String> = seen
-            .messages(topic)
-            .iter()
-            .filter_map(|m| m.attributes.get("n").cloned())
-            .collect();
+        let stored: HashSet<String> =
+            seen.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
         for offset in offsets {
-            assert!(stored.contains(&offset.position.to_string()), "offset {} committed before the broker had it", offset.position);
+            assert!(
+                stored.contains(&offset.position.to_string()),
+                "offset {} committed before the broker had it",
+                offset.position
+            );
         }
     }));
     let commits = source.commits.clone();
@@ -110,7 +112,8 @@ async fn failed_sends_are_retried_and_nothing_is_dropped() {
     let commits = source.commits.clone();
     let (token, run) = spawn_source(runtime_config("retries", &broker.url()), source).await;
     assert!(eventually(Duration::from_secs(30), || commits.lock().expect("lock").len() == 100).await);
-    let stored: HashSet<String> = broker.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
+    let stored: HashSet<String> =
+        broker.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
     for i in 0..100 {
         assert!(stored.contains(&i.to_string()), "record {i} missing");
     }
@@ -125,7 +128,8 @@ async fn runtime_waits_for_a_broker_that_is_down_at_startup() {
     let topic = "/default/late-broker";
     let starter = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let config = BrokerConfig { listen: format!("127.0.0.1:{port}").parse().expect("addr"), ..BrokerConfig::default() };
+        let config =
+            BrokerConfig { listen: format!("127.0.0.1:{port}").parse().expect("addr"), ..BrokerConfig::default() };
         EmbeddedBroker::start(config).await.expect("broker")
     });
     let source = ScriptedSource::new(vec![numbered(topic, 0..20)]);
@@ -155,7 +159,8 @@ async fn broker_restart_mid_stream_loses_nothing() {
         "committed {}",
         commits.lock().expect("lock").len()
     );
-    let stored: HashSet<String> = broker.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
+    let stored: HashSet<String> =
+        broker.messages(topic).iter().filter_map(|m| m.attributes.get("n").cloned()).collect();
     for i in 0..400 {
         assert!(stored.contains(&i.to_string()), "record {i} missing after restart");
     }
@@ -312,7 +317,10 @@ struct SplitOffsetSource {
 
 #[danube_connect_core::async_trait]
 impl danube_connect_core::SourceConnector for SplitOffsetSource {
-    async fn initialize(&mut self, _ctx: danube_connect_core::SourceContext) -> danube_connect_core::ConnectorResult<()> {
+    async fn initialize(
+        &mut self,
+        _ctx: danube_connect_core::SourceContext,
+    ) -> danube_connect_core::ConnectorResult<()> {
         Ok(())
     }
 
@@ -369,10 +377,10 @@ async fn an_offset_shared_by_two_polls_is_committed_only_after_both_polls_are_ac
             for offset in offsets {
                 for n in records_of(offset.position) {
                     if !stored.contains(n) {
-                        found.lock().expect("lock").push(format!(
-                            "offset {} committed before record m{n} was in the broker",
-                            offset.position
-                        ));
+                        found
+                            .lock()
+                            .expect("lock")
+                            .push(format!("offset {} committed before record m{n} was in the broker", offset.position));
                     }
                 }
             }
@@ -387,7 +395,9 @@ async fn an_offset_shared_by_two_polls_is_committed_only_after_both_polls_are_ac
     broker.fail_next_sends(6);
     gate.notify_one();
     assert!(
-        eventually(Duration::from_secs(10), || commits.lock().expect("lock").first() == Some(&SourceOffset::new("p", 1))).await,
+        eventually(Duration::from_secs(10), || commits.lock().expect("lock").first()
+            == Some(&SourceOffset::new("p", 1)))
+        .await,
         "offset 1 is committed while the second poll is still being retried"
     );
     assert!(
@@ -412,7 +422,10 @@ struct SwitchableHealthSource {
 
 #[danube_connect_core::async_trait]
 impl danube_connect_core::SourceConnector for SwitchableHealthSource {
-    async fn initialize(&mut self, _ctx: danube_connect_core::SourceContext) -> danube_connect_core::ConnectorResult<()> {
+    async fn initialize(
+        &mut self,
+        _ctx: danube_connect_core::SourceContext,
+    ) -> danube_connect_core::ConnectorResult<()> {
         Ok(())
     }
 
@@ -448,7 +461,10 @@ struct NeverPollingPushSource {
 
 #[danube_connect_core::async_trait]
 impl danube_connect_core::SourceConnector for NeverPollingPushSource {
-    async fn initialize(&mut self, _ctx: danube_connect_core::SourceContext) -> danube_connect_core::ConnectorResult<()> {
+    async fn initialize(
+        &mut self,
+        _ctx: danube_connect_core::SourceContext,
+    ) -> danube_connect_core::ConnectorResult<()> {
         Ok(())
     }
 

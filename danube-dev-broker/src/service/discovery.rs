@@ -21,18 +21,11 @@ impl Discovery for DiscoverySvc {
     ) -> Result<Response<TopicLookupResponse>, Status> {
         // Answer with the address the client reached, so that a broker
         // listening on 0.0.0.0 still hands out a connectable URL.
-        let scheme = if self.state.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if self.state.config.tls.is_some() { "https" } else { "http" };
         let url = request
             .local_addr()
             .filter(|a| !a.ip().is_unspecified())
-            .map_or_else(
-                || self.state.broker_url.clone(),
-                |a| format!("{scheme}://{a}"),
-            );
+            .map_or_else(|| self.state.broker_url.clone(), |a| format!("{scheme}://{a}"));
         let req = request.into_inner();
         Ok(Response::new(TopicLookupResponse {
             request_id: req.request_id,

@@ -26,13 +26,7 @@ impl HealthCheck for HealthSvc {
             Ok(ClientType::Consumer) => self.state.touch_consumer(req.id),
             Err(_) => false,
         };
-        let status = if known {
-            ClientStatus::Ok
-        } else {
-            ClientStatus::Close
-        };
-        Ok(Response::new(HealthCheckResponse {
-            status: status as i32,
-        }))
+        let status = if known { ClientStatus::Ok } else { ClientStatus::Close };
+        Ok(Response::new(HealthCheckResponse { status: status as i32 }))
     }
 }

@@ -14,10 +14,7 @@ pub(crate) struct ProducerSvc {
 
 #[tonic::async_trait]
 impl ProducerService for ProducerSvc {
-    async fn create_producer(
-        &self,
-        request: Request<ProducerRequest>,
-    ) -> Result<Response<ProducerResponse>, Status> {
+    async fn create_producer(&self, request: Request<ProducerRequest>) -> Result<Response<ProducerResponse>, Status> {
         let delay = self.state.producer_creation_delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -35,10 +32,7 @@ impl ProducerService for ProducerSvc {
         }))
     }
 
-    async fn send_message(
-        &self,
-        request: Request<StreamMessage>,
-    ) -> Result<Response<MessageResponse>, Status> {
+    async fn send_message(&self, request: Request<StreamMessage>) -> Result<Response<MessageResponse>, Status> {
         let request_id = self.state.send(request.into_inner())?;
         Ok(Response::new(MessageResponse { request_id }))
     }

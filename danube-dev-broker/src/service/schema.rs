@@ -8,12 +8,11 @@ use crate::schema::{NewSchema, SchemaVersionRecord};
 use crate::state::{BrokerState, StateError};
 use danube_core::proto::danube_schema::schema_registry_server::SchemaRegistry;
 use danube_core::proto::danube_schema::{
-    CheckCompatibilityRequest, CheckCompatibilityResponse, ConfigureTopicSchemaRequest,
-    ConfigureTopicSchemaResponse, DeleteSchemaVersionRequest, DeleteSchemaVersionResponse,
-    GetLatestSchemaRequest, GetSchemaRequest, GetSchemaResponse, GetTopicSchemaConfigRequest,
-    GetTopicSchemaConfigResponse, ListSubjectsRequest, ListSubjectsResponse, ListVersionsRequest,
-    ListVersionsResponse, RegisterSchemaRequest, RegisterSchemaResponse, SchemaVersionInfo,
-    SetCompatibilityModeRequest, SetCompatibilityModeResponse, SubjectSummary,
+    CheckCompatibilityRequest, CheckCompatibilityResponse, ConfigureTopicSchemaRequest, ConfigureTopicSchemaResponse,
+    DeleteSchemaVersionRequest, DeleteSchemaVersionResponse, GetLatestSchemaRequest, GetSchemaRequest,
+    GetSchemaResponse, GetTopicSchemaConfigRequest, GetTopicSchemaConfigResponse, ListSubjectsRequest,
+    ListSubjectsResponse, ListVersionsRequest, ListVersionsResponse, RegisterSchemaRequest, RegisterSchemaResponse,
+    SchemaVersionInfo, SetCompatibilityModeRequest, SetCompatibilityModeResponse, SubjectSummary,
     UpdateTopicValidationPolicyRequest, UpdateTopicValidationPolicyResponse,
 };
 use std::sync::Arc;
@@ -78,10 +77,7 @@ impl SchemaRegistry for SchemaSvc {
         }))
     }
 
-    async fn get_schema(
-        &self,
-        request: Request<GetSchemaRequest>,
-    ) -> Result<Response<GetSchemaResponse>, Status> {
+    async fn get_schema(&self, request: Request<GetSchemaRequest>) -> Result<Response<GetSchemaResponse>, Status> {
         let req = request.into_inner();
         let reg = self.state.schemas.lock();
         let (r, mode) = reg.by_id(req.schema_id, req.version).map_err(to_status)?;
@@ -136,10 +132,7 @@ impl SchemaRegistry for SchemaSvc {
                 req.compatibility_mode.as_deref(),
             )
             .map_err(to_status)?;
-        Ok(Response::new(CheckCompatibilityResponse {
-            is_compatible: errors.is_empty(),
-            errors,
-        }))
+        Ok(Response::new(CheckCompatibilityResponse { is_compatible: errors.is_empty(), errors }))
     }
 
     async fn delete_schema_version(
@@ -147,17 +140,10 @@ impl SchemaRegistry for SchemaSvc {
         request: Request<DeleteSchemaVersionRequest>,
     ) -> Result<Response<DeleteSchemaVersionResponse>, Status> {
         let req = request.into_inner();
-        self.state
-            .schemas
-            .lock()
-            .delete_version(&req.subject, req.version)
-            .map_err(to_status)?;
+        self.state.schemas.lock().delete_version(&req.subject, req.version).map_err(to_status)?;
         Ok(Response::new(DeleteSchemaVersionResponse {
             success: true,
-            message: format!(
-                "Deleted version {} for subject {} (not persisted)",
-                req.version, req.subject
-            ),
+            message: format!("Deleted version {} for subject {} (not persisted)", req.version, req.subject),
         }))
     }
 
@@ -166,22 +152,11 @@ impl SchemaRegistry for SchemaSvc {
         request: Request<SetCompatibilityModeRequest>,
     ) -> Result<Response<SetCompatibilityModeResponse>, Status> {
         let req = request.into_inner();
-        let mode = self
-            .state
-            .schemas
-            .lock()
-            .set_mode(&req.subject, &req.compatibility_mode)
-            .map_err(to_status)?;
-        self.state.persist_schema(MetaRecord::CompatMode {
-            subject: req.subject.clone(),
-            mode: mode.clone(),
-        });
+        let mode = self.state.schemas.lock().set_mode(&req.subject, &req.compatibility_mode).map_err(to_status)?;
+        self.state.persist_schema(MetaRecord::CompatMode { subject: req.subject.clone(), mode: mode.clone() });
         Ok(Response::new(SetCompatibilityModeResponse {
             success: true,
-            message: format!(
-                "Set compatibility mode to {mode} for subject {}",
-                req.subject
-            ),
+            message: format!("Set compatibility mode to {mode} for subject {}", req.subject),
         }))
     }
 
@@ -189,27 +164,21 @@ impl SchemaRegistry for SchemaSvc {
         &self,
         _request: Request<ConfigureTopicSchemaRequest>,
     ) -> Result<Response<ConfigureTopicSchemaResponse>, Status> {
-        Err(Status::unimplemented(
-            "ConfigureTopicSchema is not supported by danube-dev-broker",
-        ))
+        Err(Status::unimplemented("ConfigureTopicSchema is not supported by danube-dev-broker"))
     }
 
     async fn update_topic_validation_policy(
         &self,
         _request: Request<UpdateTopicValidationPolicyRequest>,
     ) -> Result<Response<UpdateTopicValidationPolicyResponse>, Status> {
-        Err(Status::unimplemented(
-            "UpdateTopicValidationPolicy is not supported by danube-dev-broker",
-        ))
+        Err(Status::unimplemented("UpdateTopicValidationPolicy is not supported by danube-dev-broker"))
     }
 
     async fn get_topic_schema_config(
         &self,
         _request: Request<GetTopicSchemaConfigRequest>,
     ) -> Result<Response<GetTopicSchemaConfigResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetTopicSchemaConfig is not supported by danube-dev-broker",
-        ))
+        Err(Status::unimplemented("GetTopicSchemaConfig is not supported by danube-dev-broker"))
     }
 
     async fn list_subjects(

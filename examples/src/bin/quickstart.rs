@@ -75,10 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("counter source -> {TOPIC}: {published} records acked by the broker in {publish_secs:.2}s");
     println!("{TOPIC} -> line sink: {written} records written to {} in {total_secs:.2}s", out.display());
     println!("acks seen by the broker for the sink's subscription: {}", broker.ack_count(TOPIC, "quickstart-sink"));
-    println!(
-        "clean shutdown: source drained={} sink drained={}",
-        source_report.drained, sink_report.drained
-    );
+    println!("clean shutdown: source drained={} sink drained={}", source_report.drained, sink_report.drained);
     let _ = std::fs::remove_file(&out);
     if written < published || published < RECORDS as usize {
         return Err(format!("pipeline incomplete: published {published}, written {written}").into());

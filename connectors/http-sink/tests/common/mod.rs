@@ -1,7 +1,6 @@
 //! Shared test pieces: a real HTTP receiver on loopback that can be told to answer given
 //! statuses, delay, or drop the connection; broker and connector set-up helpers.
 
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -368,10 +367,7 @@ pub async fn start_sink(broker: &EmbeddedBroker, config: ConnectorConfig<HttpSin
     let runtime = Runtime::start(config.runtime, token.clone()).await.expect("runtime starts");
     let sink = HttpSink::new(config.connector).expect("sink builds").with_ordering(ordering).with_retry(retry);
     let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
-    assert!(
-        broker.wait_for_consumers(&topic, &subscription, 1, Duration::from_secs(20)).await,
-        "the sink subscribed"
-    );
+    assert!(broker.wait_for_consumers(&topic, &subscription, 1, Duration::from_secs(20)).await, "the sink subscribed");
     RunningSink { token, run }
 }
 

@@ -26,7 +26,12 @@ pub async fn spawn(broker: &EmbeddedBroker, connector_toml: &str, env: &[(&str, 
 }
 
 /// Like [`spawn`], reusing a directory (its files survive a restart).
-pub async fn spawn_in(broker: &EmbeddedBroker, connector_toml: &str, env: &[(&str, &str)], dir: tempfile::TempDir) -> Connector {
+pub async fn spawn_in(
+    broker: &EmbeddedBroker,
+    connector_toml: &str,
+    env: &[(&str, &str)],
+    dir: tempfile::TempDir,
+) -> Connector {
     spawn_with(broker, connector_toml, env, dir, true).await
 }
 

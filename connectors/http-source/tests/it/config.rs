@@ -33,17 +33,26 @@ fn bad_config_exits_1_naming_the_field() {
         "must start with /",
     );
     assert_rejected(
-        &[("HTTP_SOURCE_ENDPOINTS", r#"[{path="/a", topic="/default/a"}, {path="/b/{repo}", topic="/default/{rep}"}]"#)],
+        &[(
+            "HTTP_SOURCE_ENDPOINTS",
+            r#"[{path="/a", topic="/default/a"}, {path="/b/{repo}", topic="/default/{rep}"}]"#,
+        )],
         "connector.endpoints[1].topic",
         "{rep}",
     );
     assert_rejected(
-        &[("HTTP_SOURCE_ENDPOINTS", r#"[{path="/a", topic="/default/a", verification={scheme="hmac", secrets=["s"]}}]"#)],
+        &[(
+            "HTTP_SOURCE_ENDPOINTS",
+            r#"[{path="/a", topic="/default/a", verification={scheme="hmac", secrets=["s"]}}]"#,
+        )],
         "connector.endpoints[0].verification.header",
         "signature header",
     );
     assert_rejected(
-        &[("HTTP_SOURCE_ENDPOINTS", r#"[{path="/a", topic="/default/a", verification={scheme="stripe", secrets=[]}}]"#)],
+        &[(
+            "HTTP_SOURCE_ENDPOINTS",
+            r#"[{path="/a", topic="/default/a", verification={scheme="stripe", secrets=[]}}]"#,
+        )],
         "connector.endpoints[0].verification.secrets",
         "at least one secret",
     );
@@ -108,10 +117,8 @@ fn the_compose_file_configuration_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docker/http-source.compose.yml");
     let text = std::fs::read_to_string(path).expect("compose file");
     let compose: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
-    let environment: HashMap<String, String> = serde_yaml::from_value(
-        compose["services"]["http-source"]["environment"].clone(),
-    )
-    .expect("environment map");
+    let environment: HashMap<String, String> =
+        serde_yaml::from_value(compose["services"]["http-source"]["environment"].clone()).expect("environment map");
     let env: Vec<(String, String)> = environment.iter().map(|(k, v)| (k.clone(), compose_defaults(v))).collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let output = run(&["--check"], &env);

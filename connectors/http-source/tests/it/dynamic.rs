@@ -59,7 +59,11 @@ async fn dynamic_endpoint_create_use_revoke_and_survive_restart() {
     let bad_ns = http.post(&url).bearer_auth(TOKEN).json(&json!({"topic": "/other/x"})).send().await.expect("send");
     assert_eq!(bad_ns.status(), StatusCode::BAD_REQUEST);
 
-    let a = create(&connector, json!({"topic": "/default/dyn-a", "verification": {"scheme": "token", "secrets": ["dyn-secret"]}})).await;
+    let a = create(
+        &connector,
+        json!({"topic": "/default/dyn-a", "verification": {"scheme": "token", "secrets": ["dyn-secret"]}}),
+    )
+    .await;
     let b = create(&connector, json!({"topic": "/default/dyn-b"})).await;
     let path_a = a["path"].as_str().expect("path").to_string();
     let path_b = b["path"].as_str().expect("path").to_string();
@@ -136,12 +140,8 @@ async fn revocation_reaches_another_instance_without_restart() {
         }
     };
     assert_eq!(wait_for(&two, StatusCode::OK).await, StatusCode::OK, "created on one, served by two");
-    let revoke = client()
-        .delete(format!("{}/admin/endpoints/{id}", one.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("revoke");
+    let revoke =
+        client().delete(format!("{}/admin/endpoints/{id}", one.base)).bearer_auth(TOKEN).send().await.expect("revoke");
     assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
     assert_eq!(wait_for(&two, StatusCode::NOT_FOUND).await, StatusCode::NOT_FOUND, "revoked on one, gone on two");
 }
@@ -152,9 +152,14 @@ async fn unreadable_registry_degrades_readiness() {
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = dir.path().join("registry");
     std::fs::create_dir(&registry).expect("a directory where the file should be");
-    let connector =
-        spawn_with(&broker, &config(&registry.display().to_string()), &[], tempfile::tempdir().expect("tempdir"), false)
-            .await;
+    let connector = spawn_with(
+        &broker,
+        &config(&registry.display().to_string()),
+        &[],
+        tempfile::tempdir().expect("tempdir"),
+        false,
+    )
+    .await;
     let readyz = format!("http://127.0.0.1:{}/readyz", connector.process.ops_port);
     let deadline = Instant::now() + Duration::from_secs(10);
     let degraded = loop {
@@ -216,9 +221,12 @@ dynamic = {{ registry_path = "{registry}", refresh_interval = "200ms", max_endpo
         .expect("send");
     assert_eq!(zero.status(), StatusCode::BAD_REQUEST, "a zero tolerance is refused");
     let wide = create(&connector, json!({"topic": "/default/dyn-wide", "verification": stripe(Some("20m"))})).await;
-    crate::routing::subscribe(&broker, "/default/dyn-wide").await.expect("the topic exists once the endpoint is created");
+    crate::routing::subscribe(&broker, "/default/dyn-wide")
+        .await
+        .expect("the topic exists once the endpoint is created");
     let narrow = create(&connector, json!({"topic": "/default/dyn-narrow", "verification": stripe(None)})).await;
-    let third = http.post(&url).bearer_auth(TOKEN).json(&json!({"topic": "/default/dyn-third"})).send().await.expect("send");
+    let third =
+        http.post(&url).bearer_auth(TOKEN).json(&json!({"topic": "/default/dyn-third"})).send().await.expect("send");
     assert_eq!(third.status(), StatusCode::CONFLICT, "max_endpoints = 2");
     assert!(third.text().await.expect("body").contains("limit"));
 

@@ -66,7 +66,10 @@ async fn oversized_bodies_get_413_with_or_without_content_length() {
     let http = client();
     let url = format!("{}/small", connector.base);
     assert_eq!(http.post(&url).body(vec![b'a'; 64]).send().await.expect("send").status(), StatusCode::OK);
-    assert_eq!(http.post(&url).body(vec![b'a'; 65]).send().await.expect("send").status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        http.post(&url).body(vec![b'a'; 65]).send().await.expect("send").status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     // Chunked: no Content-Length, the limit applies while reading.
     let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", connector.port)).await.expect("connect");
     let mut request = b"POST /small HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -113,10 +116,7 @@ async fn exhausted_concurrency_gets_503_and_a_stalled_body_gets_408() {
     let connector = spawn(&broker, CONFIG, &env).await;
     // A client that sends the headers and part of the body, then stalls.
     let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", connector.port)).await.expect("connect");
-    stalled
-        .write_all(b"POST /small HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .expect("write");
+    stalled.write_all(b"POST /small HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc").await.expect("write");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let busy = client().post(format!("{}/small", connector.base)).body("x").send().await.expect("send");
     assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -55,11 +55,8 @@ async fn broker_outage_gets_503_then_recovers() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(recovered, "no success after the broker returned: {}", connector.process.log());
-    let stored: Vec<String> = broker
-        .messages("/default/outage")
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect();
+    let stored: Vec<String> =
+        broker.messages("/default/outage").iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
     for body in &acked {
         assert!(stored.contains(body), "acked {body} missing from {stored:?}");
     }

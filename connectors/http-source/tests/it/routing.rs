@@ -154,7 +154,11 @@ async fn requests_are_routed_to_topics_from_path_segments_and_headers() {
         .expect("text");
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("http_source_requests_total") && l.contains("endpoint=\"hooks\"") && l.contains("status=\"200\""))
+        .find(|l| {
+            l.starts_with("http_source_requests_total")
+                && l.contains("endpoint=\"hooks\"")
+                && l.contains("status=\"200\"")
+        })
         .unwrap_or_else(|| panic!("no request counter for hooks/200 in {metrics}"));
     assert!(line.ends_with(" 5"), "five requests answered 200: {line}");
 }
@@ -170,12 +174,8 @@ async fn json_pointer_routing_key_and_json_validation() {
         .await
         .expect("send");
     assert_eq!(ok.status(), StatusCode::ACCEPTED, "success_status = 202");
-    let numeric = http
-        .post(format!("{}/devices", connector.base))
-        .body(r#"{"device":{"id":42}}"#)
-        .send()
-        .await
-        .expect("send");
+    let numeric =
+        http.post(format!("{}/devices", connector.base)).body(r#"{"device":{"id":42}}"#).send().await.expect("send");
     assert_eq!(numeric.status(), StatusCode::ACCEPTED);
     let bad = http.post(format!("{}/devices", connector.base)).body("{not json").send().await.expect("send");
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
@@ -224,7 +224,9 @@ async fn repeated_delivery_ids_are_published_once() {
 async fn templated_topics_stop_at_max_topics() {
     let (broker, connector) = start().await;
     let http = client();
-    let post = |event: &str| http.post(format!("{}/fan", connector.base)).header("X-Event", event).body(event.to_string()).send();
+    let post = |event: &str| {
+        http.post(format!("{}/fan", connector.base)).header("X-Event", event).body(event.to_string()).send()
+    };
     assert_eq!(post("a").await.expect("send").status(), StatusCode::OK);
     assert_eq!(post("b").await.expect("send").status(), StatusCode::OK);
     let third = post("c").await.expect("send");
@@ -270,8 +272,8 @@ async fn standard_webhooks_redeliveries_are_deduplicated_by_webhook_id() {
     let http = client();
     let send = |id: &'static str, body: &'static str| {
         let t = now_secs().to_string();
-        let signature =
-            STANDARD.encode(hmac_sha256(STANDARD_DEDUP_KEY, &[id.as_bytes(), b".", t.as_bytes(), b".", body.as_bytes()]));
+        let signature = STANDARD
+            .encode(hmac_sha256(STANDARD_DEDUP_KEY, &[id.as_bytes(), b".", t.as_bytes(), b".", body.as_bytes()]));
         http.post(format!("{}/standard-dedup", connector.base))
             .header("webhook-id", id)
             .header("webhook-timestamp", t)
@@ -376,7 +378,8 @@ async fn a_delivery_id_stays_reserved_until_its_publish_ends() {
 
 /// Subscribes a raw client consumer to `topic`; fails while the topic does not exist.
 pub async fn subscribe(broker: &EmbeddedBroker, topic: &str) -> Result<danube_client::Consumer, String> {
-    let client = danube_client::DanubeClient::builder().service_url(broker.url()).build().await.map_err(|e| e.to_string())?;
+    let client =
+        danube_client::DanubeClient::builder().service_url(broker.url()).build().await.map_err(|e| e.to_string())?;
     let mut consumer = client
         .new_consumer()
         .with_topic(topic.to_string())
@@ -392,7 +395,10 @@ pub async fn subscribe(broker: &EmbeddedBroker, topic: &str) -> Result<danube_cl
 #[tokio::test]
 async fn static_topics_exist_before_the_first_request() {
     let (broker, connector) = start().await;
-    assert!(subscribe(&broker, "/default/never-used").await.is_err(), "sanity: a topic nobody created has no subscription");
+    assert!(
+        subscribe(&broker, "/default/never-used").await.is_err(),
+        "sanity: a topic nobody created has no subscription"
+    );
     assert!(
         subscribe(&broker, "/default/github-push").await.is_err(),
         "templated topics are created by their first request only"
@@ -406,6 +412,11 @@ async fn static_topics_exist_before_the_first_request() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let mut stream = early.receive().await.expect("receive");
-    let message = tokio::time::timeout(Duration::from_secs(10), stream.recv()).await.expect("in time").expect("a message");
-    assert_eq!(message.payload, br#"{"device":{"id":"d-1"}}"#.to_vec(), "the subscriber made before it saw the first request");
+    let message =
+        tokio::time::timeout(Duration::from_secs(10), stream.recv()).await.expect("in time").expect("a message");
+    assert_eq!(
+        message.payload,
+        br#"{"device":{"id":"d-1"}}"#.to_vec(),
+        "the subscriber made before it saw the first request"
+    );
 }

@@ -54,7 +54,8 @@ async fn accepted_body_failing_the_schema_goes_to_the_dead_letter_topic() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("orders.schema.json"), SCHEMA).expect("write schema");
-    let config = CONFIG.replace("topic = \"/default/orders\"\n\n", "topic = \"/default/orders\"\nack = \"accepted\"\n\n");
+    let config =
+        CONFIG.replace("topic = \"/default/orders\"\n\n", "topic = \"/default/orders\"\nack = \"accepted\"\n\n");
     assert!(config.contains("ack = \"accepted\""));
     let connector = spawn_in(&broker, &config, &[], dir).await;
     let url = format!("{}/orders", connector.base);

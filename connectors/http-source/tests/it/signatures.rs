@@ -220,9 +220,7 @@ async fn github_signature_256_verifies_the_body() {
     run_case(Case {
         path: "/github",
         topic: "/default/sig-github",
-        sign: |body, secret, _| {
-            vec![("X-Hub-Signature-256".into(), format!("sha256={}", hex_hmac(secret, &[body])))]
-        },
+        sign: |body, secret, _| vec![("X-Hub-Signature-256".into(), format!("sha256={}", hex_hmac(secret, &[body])))],
         secrets: [b"secret-one", b"secret-two"],
         wrong: b"secret-three",
         timestamped: false,

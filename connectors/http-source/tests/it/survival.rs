@@ -20,7 +20,12 @@ topic = "/default/load"
 
 /// Concurrent clients posting numbered bodies until `stop`; each returns the bodies that
 /// got a 2xx answer and how many requests got none (connection cut by the kill).
-fn start_load(url: &str, clients: usize, prefix: &str, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(Vec<String>, usize)>> {
+fn start_load(
+    url: &str,
+    clients: usize,
+    prefix: &str,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(Vec<String>, usize)>> {
     (0..clients)
         .map(|c| {
             let stop = stop.clone();
@@ -127,7 +132,10 @@ async fn sigterm_finishes_in_flight_requests_with_their_real_answer() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         // SIGTERM went out: the listener no longer accepts new requests.
         let late = reqwest::Client::new().post(format!("{base}/load")).body("late").send().await;
-        assert!(!late.as_ref().is_ok_and(|r| r.status().is_success()), "a request after SIGTERM was accepted: {late:?}");
+        assert!(
+            !late.as_ref().is_ok_and(|r| r.status().is_success()),
+            "a request after SIGTERM was accepted: {late:?}"
+        );
         slow.write_all(b"ight!").await.expect("write rest");
         slow.write_all(b"!").await.expect("write rest");
         let mut answer = vec![0u8; 1024];

@@ -42,7 +42,12 @@ async fn bidirectional_bridge_does_not_echo_records() {
     let producer = producer(&bootstrap);
     for i in 0..10 {
         produce(&producer, "mirror", Some("k"), &format!("from-kafka-{i}"), &[]).await;
-        systems.danube.publish("/default/mirror", format!("from-danube-{i}").into_bytes(), HashMap::new(), Some("d".into()));
+        systems.danube.publish(
+            "/default/mirror",
+            format!("from-danube-{i}").into_bytes(),
+            HashMap::new(),
+            Some("d".into()),
+        );
     }
     let danube = systems.danube.wait_for_messages("/default/mirror", 21, WAIT).await;
     let kafka = read_all(&bootstrap, "mirror", 2, 20, WAIT).await;
@@ -51,7 +56,11 @@ async fn bidirectional_bridge_does_not_echo_records() {
     // Give an echo time to show up, then check nothing came back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(systems.danube.messages("/default/mirror").len(), 21, "no record echoed back into danube");
-    assert_eq!(read_all(&bootstrap, "mirror", 2, 21, Duration::from_secs(3)).await.len(), 20, "no record echoed back into kafka");
+    assert_eq!(
+        read_all(&bootstrap, "mirror", 2, 21, Duration::from_secs(3)).await.len(),
+        20,
+        "no record echoed back into kafka"
+    );
     let imported: Vec<String> = danube.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
     assert_eq!(imported.iter().filter(|p| p.starts_with("from-kafka-")).count(), 10);
     assert_eq!(metric(&bridge, "kafka_bridge_import_loop_skipped_total").await, 10.0);

@@ -1,7 +1,6 @@
 //! Shared harness: a real tansu, the embedded Danube broker, the bridge binary, and small
 //! Kafka helpers (create topic, produce, read everything back).
 
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -148,7 +147,13 @@ pub fn read_all_blocking(
 }
 
 /// Reads every record of `topic` until `expected` were read or `timeout` passed.
-pub async fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<KafkaRecord> {
+pub async fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<KafkaRecord> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || read_all_blocking(&bootstrap, &topic, partitions, expected, timeout, None))
         .await
@@ -162,7 +167,14 @@ pub async fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: u
 pub async fn read_everything(bootstrap: &str, topic: &str, partitions: i32) -> Vec<KafkaRecord> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        read_all_blocking(&bootstrap, &topic, partitions, usize::MAX, Duration::from_secs(60), Some(Duration::from_secs(3)))
+        read_all_blocking(
+            &bootstrap,
+            &topic,
+            partitions,
+            usize::MAX,
+            Duration::from_secs(60),
+            Some(Duration::from_secs(3)),
+        )
     })
     .await
     .expect("reader task")
@@ -197,7 +209,8 @@ pub async fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i3
 pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{}-{}-{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
 }
 

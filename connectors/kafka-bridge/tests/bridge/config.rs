@@ -1,6 +1,5 @@
 //! Configuration errors name the field; secrets are redacted.
 
-
 #[test]
 fn check_names_the_bad_field() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_danube-kafka-bridge"))
@@ -76,7 +75,8 @@ fn reserved_consumer_property_stops_startup_naming_the_field() {
 
 #[test]
 fn invalid_import_regex_stops_startup_naming_the_field() {
-    let (code, stderr) = run_to_exit(&[("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{pattern="orders.(", danube_topic="/default/x"}]"#)]);
+    let (code, stderr) =
+        run_to_exit(&[("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{pattern="orders.(", danube_topic="/default/x"}]"#)]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("connector.import.mappings[0].pattern"), "{stderr}");
 }

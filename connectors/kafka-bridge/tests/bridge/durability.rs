@@ -16,7 +16,12 @@ use crate::common::*;
 
 /// Waits until the imported messages of `topic` cover `total` distinct Kafka positions;
 /// returns (stored, distinct positions).
-async fn wait_imported(danube: &EmbeddedBroker, topic: &str, total: usize, timeout: Duration) -> (usize, HashSet<(i32, i64)>) {
+async fn wait_imported(
+    danube: &EmbeddedBroker,
+    topic: &str,
+    total: usize,
+    timeout: Duration,
+) -> (usize, HashSet<(i32, i64)>) {
     let deadline = Instant::now() + timeout;
     loop {
         let stored = danube.messages(topic);
@@ -34,7 +39,13 @@ async fn kafka_payloads(bootstrap: &str, topic: &str, partitions: i32) -> Vec<St
 }
 
 /// Waits until Kafka holds `total` distinct payloads; returns (records, distinct).
-async fn wait_exported(bootstrap: &str, topic: &str, partitions: i32, total: usize, timeout: Duration) -> (usize, HashSet<String>) {
+async fn wait_exported(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    total: usize,
+    timeout: Duration,
+) -> (usize, HashSet<String>) {
     let deadline = Instant::now() + timeout;
     loop {
         let payloads = kafka_payloads(bootstrap, topic, partitions).await;
@@ -47,7 +58,11 @@ async fn wait_exported(bootstrap: &str, topic: &str, partitions: i32, total: usi
 }
 
 /// Publishes `total` keyed messages (`payload = i`) to a Danube topic in paced chunks.
-fn publish_in_background(danube: Arc<EmbeddedBroker>, topic: &'static str, total: usize) -> tokio::task::JoinHandle<()> {
+fn publish_in_background(
+    danube: Arc<EmbeddedBroker>,
+    topic: &'static str,
+    total: usize,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for i in 0..total {
             danube.publish(topic, format!("{i}").into_bytes(), HashMap::new(), Some(format!("key-{}", i % 32)));
@@ -66,7 +81,10 @@ async fn imported_records_survive_kill_9_under_load() {
     let env = bridge_env(
         &systems,
         "kill-import",
-        &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "kill-import"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{topics=["load"]}]"#)],
+        &[
+            ("KAFKA_BRIDGE_IMPORT__GROUP_ID", "kill-import"),
+            ("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{topics=["load"]}]"#),
+        ],
     );
     let total = 3000usize;
     let producing = produce_in_background(&bootstrap, "load", total);
@@ -106,7 +124,10 @@ async fn import_drains_on_sigterm_and_commits_exactly_what_danube_has() {
     let env = bridge_env(
         &systems,
         "drain-import",
-        &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "drain-import"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{topics=["drain-in"]}]"#)],
+        &[
+            ("KAFKA_BRIDGE_IMPORT__GROUP_ID", "drain-import"),
+            ("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{topics=["drain-in"]}]"#),
+        ],
     );
     let total = 3000usize;
     let producing = produce_in_background(&bootstrap, "drain-in", total);

@@ -30,7 +30,12 @@ async fn export_carries_routing_keys_and_attributes_to_kafka_in_key_order() {
         let mut attributes = HashMap::new();
         attributes.insert("seq".to_string(), i.to_string());
         attributes.insert("source".to_string(), "danube".to_string());
-        systems.danube.publish("/default/payments", format!("{key}:{i}").into_bytes(), attributes, Some(key.to_string()));
+        systems.danube.publish(
+            "/default/payments",
+            format!("{key}:{i}").into_bytes(),
+            attributes,
+            Some(key.to_string()),
+        );
     }
     let records = read_all(&bootstrap, "payments", 3, total, WAIT).await;
     assert_eq!(records.len(), total, "every record exported; log:\n{}", bridge.log());
@@ -58,7 +63,9 @@ async fn export_carries_routing_keys_and_attributes_to_kafka_in_key_order() {
     }
     // Every Danube message (the warm-up one came before the subscription) was acked.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while systems.danube.ack_count("/default/payments", "export-basic") < total as u64 && std::time::Instant::now() < deadline {
+    while systems.danube.ack_count("/default/payments", "export-basic") < total as u64
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(systems.danube.ack_count("/default/payments", "export-basic"), total as u64);
@@ -146,10 +153,12 @@ async fn schema_records_are_exported_unchanged_with_the_schema_id_as_a_header() 
         .with_json_input()];
     let runtime = Runtime::start(config, tokio_util::sync::CancellationToken::new()).await.expect("runtime");
     let publisher = runtime.publisher();
-    let order = |i: usize| SourceRecord::new("/default/orders-avro", format!(r#"{{"id":"o{i}","amount":{i}.5}}"#).into_bytes());
+    let order =
+        |i: usize| SourceRecord::new("/default/orders-avro", format!(r#"{{"id":"o{i}","amount":{i}.5}}"#).into_bytes());
     publisher.publish(order(0)).await.expect("creates the topic");
 
-    let env = bridge_env(&systems, "export-schema", &[("CONNECTOR_SINK__TOPICS", r#"[{topic="/default/orders-avro"}]"#)]);
+    let env =
+        bridge_env(&systems, "export-schema", &[("CONNECTOR_SINK__TOPICS", r#"[{topic="/default/orders-avro"}]"#)]);
     let bridge = spawn_bridge(&env).await;
     assert!(systems.danube.wait_for_consumers("/default/orders-avro", "export-schema", 1, WAIT).await);
     for i in 1..=5 {

@@ -15,7 +15,8 @@ async fn import_carries_keys_headers_and_metadata_and_commits_only_acked_offsets
     let total = 60;
     for i in 0..total {
         let key = keys[i % keys.len()];
-        produce(&producer, "orders", Some(key), &format!("{key}:{i}"), &[("tenant", "acme"), ("seq", &i.to_string())]).await;
+        produce(&producer, "orders", Some(key), &format!("{key}:{i}"), &[("tenant", "acme"), ("seq", &i.to_string())])
+            .await;
     }
     let group = format!("g-{}", rand_suffix());
     let env = bridge_env(
@@ -105,8 +106,12 @@ async fn start_position_earliest_reads_history_and_latest_only_new_records() {
     assert_eq!(all.len(), 10, "earliest reads the history; log:\n{}", earliest.log());
     let new = systems.danube.wait_for_messages("/default/latest-history", 5, WAIT).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let new_payloads: Vec<String> =
-        systems.danube.messages("/default/latest-history").iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    let new_payloads: Vec<String> = systems
+        .danube
+        .messages("/default/latest-history")
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
     assert_eq!(new.len(), 5, "latest imports only new records; log:\n{}", latest.log());
     assert!(new_payloads.iter().all(|p| p.starts_with("new-")), "{new_payloads:?}");
 }
@@ -139,8 +144,16 @@ async fn two_bridges_share_then_one_leaves(kill: bool) {
     let bootstrap = systems.tansu.bootstrap();
     create_topic(&bootstrap, "events", 4).await;
     let mapping = r#"[{topics=["events"]}]"#;
-    let env_a = bridge_env(&systems, "bridge-a", &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "shared"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", mapping)]);
-    let env_b = bridge_env(&systems, "bridge-b", &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "shared"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", mapping)]);
+    let env_a = bridge_env(
+        &systems,
+        "bridge-a",
+        &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "shared"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", mapping)],
+    );
+    let env_b = bridge_env(
+        &systems,
+        "bridge-b",
+        &[("KAFKA_BRIDGE_IMPORT__GROUP_ID", "shared"), ("KAFKA_BRIDGE_IMPORT__MAPPINGS", mapping)],
+    );
     // Produces until told to stop (and at least `minimum` records), so the load lasts
     // across both rebalances however slow the machine is; returns the count.
     let minimum = 1200usize;
@@ -201,10 +214,12 @@ async fn two_bridges_share_then_one_leaves(kill: bool) {
         "a committed kafka offset is not in danube (committed {committed_after_leave:?})"
     );
     // Keep producing until B imported records of its own after A left.
-    let by_b_at_leave = systems.danube.messages("/default/events").iter().filter(|m| origin(m) == Some("bridge-b")).count();
+    let by_b_at_leave =
+        systems.danube.messages("/default/events").iter().filter(|m| origin(m) == Some("bridge-b")).count();
     let deadline = std::time::Instant::now() + WAIT;
     while std::time::Instant::now() < deadline
-        && systems.danube.messages("/default/events").iter().filter(|m| origin(m) == Some("bridge-b")).count() <= by_b_at_leave + 100
+        && systems.danube.messages("/default/events").iter().filter(|m| origin(m) == Some("bridge-b")).count()
+            <= by_b_at_leave + 100
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -261,11 +276,7 @@ async fn offsets_are_not_committed_while_danube_is_down() {
         produce(&producer, "held", None, &format!("second-{i}"), &[]).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        committed(&bootstrap, "held-group", "held", 1).await[0],
-        5,
-        "nothing Danube did not ack is committed"
-    );
+    assert_eq!(committed(&bootstrap, "held-group", "held", 1).await[0], 5, "nothing Danube did not ack is committed");
     systems.danube.restart().await.expect("restart danube");
     assert_eq!(systems.danube.wait_for_messages("/default/held", 10, WAIT).await.len(), 10, "{}", bridge.log());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -300,9 +311,12 @@ async fn regex_and_named_mappings_in_one_process_route_each_topic_to_its_templat
         ],
     );
     let bridge = spawn_bridge(&env).await;
-    for (kafka, danube) in [("logs-app", "/default/l-logs-app"), ("logs-db", "/default/l-logs-db"), ("metrics", "/default/m-metrics")] {
+    for (kafka, danube) in
+        [("logs-app", "/default/l-logs-app"), ("logs-db", "/default/l-logs-db"), ("metrics", "/default/m-metrics")]
+    {
         let stored = systems.danube.wait_for_messages(danube, 5, WAIT).await;
-        let mut payloads: Vec<String> = stored.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+        let mut payloads: Vec<String> =
+            stored.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
         payloads.sort();
         let expected: Vec<String> = (0..5).map(|i| format!("{kafka}-{i}")).collect();
         assert_eq!(payloads, expected, "{kafka} lands on {danube}; log:\n{}", bridge.log());
@@ -317,10 +331,16 @@ async fn regex_and_named_mappings_in_one_process_route_each_topic_to_its_templat
     assert_eq!(committed(&bootstrap, "multi-map", "other", 2).await, vec![-1, -1], "the group never read `other`");
     let committed_sum = |offsets: Vec<i64>| offsets.iter().map(|&c| c.max(0)).sum::<i64>();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while committed_sum(committed(&bootstrap, "multi-map", "metrics", 2).await) < 5 && std::time::Instant::now() < deadline {
+    while committed_sum(committed(&bootstrap, "multi-map", "metrics", 2).await) < 5
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(committed_sum(committed(&bootstrap, "multi-map", "metrics", 2).await), 5, "the named mapping's offsets are committed");
+    assert_eq!(
+        committed_sum(committed(&bootstrap, "multi-map", "metrics", 2).await),
+        5,
+        "the named mapping's offsets are committed"
+    );
     let mut bridge = bridge;
     assert!(bridge.try_wait().is_none(), "the bridge is still running; log:\n{}", bridge.log());
 }

@@ -13,7 +13,12 @@ use rumqttc::QoS;
 async fn qos1_messages_reach_mapped_topics_in_order_with_attributes() {
     let mqtt = Mosquitto::start().expect("mosquitto");
     let danube = EmbeddedBroker::start_default().await.expect("danube");
-    let env = client_env(&danube, mqtt.port(), "it-qos1", r#"[{filter="factory/+/temp", topic="/default/factory-{1}-temp", qos=1}]"#);
+    let env = client_env(
+        &danube,
+        mqtt.port(),
+        "it-qos1",
+        r#"[{filter="factory/+/temp", topic="/default/factory-{1}-temp", qos=1}]"#,
+    );
     let _connector = start_connector(&env).await;
 
     let mut device = TestClient::connect(mqtt.port(), "device-qos1");
@@ -75,7 +80,12 @@ async fn retained_message_is_delivered_with_retain_flag() {
 async fn payload_failing_the_format_check_is_dead_lettered_not_dropped() {
     let mqtt = Mosquitto::start().expect("mosquitto");
     let danube = EmbeddedBroker::start_default().await.expect("danube");
-    let env = client_env(&danube, mqtt.port(), "it-format", r#"[{filter="json/#", topic="/default/json", qos=1, format="json"}]"#);
+    let env = client_env(
+        &danube,
+        mqtt.port(),
+        "it-format",
+        r#"[{filter="json/#", topic="/default/json", qos=1, format="json"}]"#,
+    );
     let mut connector = start_connector(&env).await;
 
     let mut device = TestClient::connect(mqtt.port(), "device-format");
@@ -185,7 +195,11 @@ async fn sigterm_drains_in_flight_messages_and_exits_0() {
     let seen = wait_for_numbers(&danube, "/default/drain", N, Duration::from_secs(60)).await;
     assert_eq!(seen.len(), N, "every message is in Danube after the restart");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(danube.messages("/default/drain").len(), N, "no duplicates: everything taken before SIGTERM was PUBACKed");
+    assert_eq!(
+        danube.messages("/default/drain").len(),
+        N,
+        "no duplicates: everything taken before SIGTERM was PUBACKed"
+    );
 }
 
 /// Mosquitto restarts mid-stream (sessions persisted): a device with a persistent session
@@ -257,7 +271,10 @@ async fn bad_config_names_the_field() {
             "connector.broker.keep_alive",
         ),
         (
-            &[("MQTT_MAPPINGS", r#"[{filter="a", topic="/default/a"}]"#), ("MQTT_BROKER__TLS", r#"{ca="/nonexistent/ca.pem"}"#)],
+            &[
+                ("MQTT_MAPPINGS", r#"[{filter="a", topic="/default/a"}]"#),
+                ("MQTT_BROKER__TLS", r#"{ca="/nonexistent/ca.pem"}"#),
+            ],
             "connector.broker.tls.ca",
         ),
     ];

@@ -40,11 +40,7 @@ pub async fn start_connector(env: &HashMap<String, String>) -> ConnectorProcess 
 
 /// Numbers carried by the payloads stored on `topic`.
 pub fn numbers(danube: &EmbeddedBroker, topic: &str) -> BTreeSet<usize> {
-    danube
-        .messages(topic)
-        .iter()
-        .filter_map(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok())
-        .collect()
+    danube.messages(topic).iter().filter_map(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok()).collect()
 }
 
 /// Waits until `topic` holds every number in `0..n` (duplicates allowed).

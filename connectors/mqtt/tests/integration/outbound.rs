@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{client_env, plain, start_connector, TestClient};
-use danube_connect_testkit::process::ConnectorProcess;
 use danube_connect_testkit::mosquitto::Mosquitto;
+use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
 use rumqttc::QoS;
 
@@ -172,7 +172,12 @@ async fn outbound_acked_messages_survive_kill_9() {
         let danube = danube.clone();
         async move {
             for n in 0..N {
-                danube.publish("/default/commands", n.to_string().into_bytes(), HashMap::new(), Some(format!("k{}", n % 4)));
+                danube.publish(
+                    "/default/commands",
+                    n.to_string().into_bytes(),
+                    HashMap::new(),
+                    Some(format!("k{}", n % 4)),
+                );
                 if n % 25 == 24 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -279,7 +284,12 @@ async fn outbound_survives_an_mqtt_broker_restart() {
         let danube = danube.clone();
         async move {
             for n in 0..N {
-                danube.publish("/default/commands", n.to_string().into_bytes(), HashMap::new(), Some(format!("k{}", n % 3)));
+                danube.publish(
+                    "/default/commands",
+                    n.to_string().into_bytes(),
+                    HashMap::new(),
+                    Some(format!("k{}", n % 3)),
+                );
                 if n % 20 == 19 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -301,6 +311,10 @@ async fn outbound_survives_an_mqtt_broker_restart() {
     producer.await.expect("producer");
     let missing: Vec<usize> = (0..N).filter(|n| !got.contains(n)).take(20).collect();
     assert!(missing.is_empty(), "lost {} messages, first: {missing:?}\n{}", N - got.len(), connector.log());
-    assert!(plain(&connector.log()).contains("outbound MQTT connection lost"), "the outage was seen:\n{}", connector.log());
+    assert!(
+        plain(&connector.log()).contains("outbound MQTT connection lost"),
+        "the outage was seen:\n{}",
+        connector.log()
+    );
     assert!(danube.messages("/default/mqtt-out-outage-dlq").is_empty(), "nothing dead-lettered");
 }

@@ -24,7 +24,8 @@ fn mosquitto_pub(port: u16, topic: &str, count: usize, extra: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_protected_broker_needs_the_configured_credentials() {
-    let options = MosquittoOptions { persistence: true, credentials: Some(("bridge".into(), "s3cret-pw".into())), tls: false };
+    let options =
+        MosquittoOptions { persistence: true, credentials: Some(("bridge".into(), "s3cret-pw".into())), tls: false };
     let mqtt = Mosquitto::start_with_options(&options).expect("mosquitto");
     let danube = EmbeddedBroker::start_default().await.expect("danube");
     let mut env = client_env(&danube, mqtt.port(), "it-auth", r#"[{filter="auth/#", topic="/default/auth", qos=1}]"#);
@@ -41,7 +42,8 @@ async fn password_protected_broker_needs_the_configured_credentials() {
     refused.kill9();
 
     env.insert("MQTT_BROKER__PASSWORD".into(), "s3cret-pw".into());
-    let check = std::process::Command::new(crate::common::binary()).arg("--check").envs(&env).output().expect("--check");
+    let check =
+        std::process::Command::new(crate::common::binary()).arg("--check").envs(&env).output().expect("--check");
     let printed = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success() && !printed.contains("s3cret-pw"), "--check redacts the password:\n{printed}");
 

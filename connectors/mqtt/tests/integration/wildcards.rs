@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::common::{client_env, start_connector, TestClient};
 use crate::embedded_mode::embedded_env;
 use danube_connect_testkit::mosquitto::Mosquitto;
+use danube_connect_testkit::ports::free_port;
 use danube_connector_mqtt::config::EmbeddedConfig;
 use danube_connector_mqtt::embedded::broker_config;
-use danube_connect_testkit::ports::free_port;
 use danube_dev_broker::EmbeddedBroker;
 use rumqttc::QoS;
 
@@ -27,15 +27,15 @@ const DANUBE_TOPICS: [&str; 4] = ["/default/wc-special", "/default/wc-a", "/defa
 
 /// (MQTT topic, Danube topic it must land on; None = nowhere).
 const CASES: [(&str, Option<&str>); 9] = [
-    ("a", Some("/default/wc-a")),                 // `a/#` also matches `a`
-    ("a/special", Some("/default/wc-special")),   // first match, though all four match
-    ("a/x", Some("/default/wc-a")),               // `a/#` is before `+/+`
+    ("a", Some("/default/wc-a")),               // `a/#` also matches `a`
+    ("a/special", Some("/default/wc-special")), // first match, though all four match
+    ("a/x", Some("/default/wc-a")),             // `a/#` is before `+/+`
     ("a/x/y", Some("/default/wc-a")),
-    ("b/c", Some("/default/wc-two")),             // `+/+`
-    ("/c", Some("/default/wc-two")),              // `+` matches an empty level
-    ("b", Some("/default/wc-all")),               // `#` only
+    ("b/c", Some("/default/wc-two")), // `+/+`
+    ("/c", Some("/default/wc-two")),  // `+` matches an empty level
+    ("b", Some("/default/wc-all")),   // `#` only
     ("b/c/d", Some("/default/wc-all")),
-    ("$SYS/x", None),                             // a leading wildcard never matches `$...`
+    ("$SYS/x", None), // a leading wildcard never matches `$...`
 ];
 
 /// Publishes every case (QoS 1, waiting for each PUBACK) through `port` and checks where
@@ -57,11 +57,8 @@ async fn check_table(danube: &EmbeddedBroker, port: u16, broker: &str, dead_lett
     // Give a wrong extra copy time to show up before the exact comparison.
     tokio::time::sleep(Duration::from_millis(700)).await;
     for (danube_topic, want) in expected {
-        let mut got: Vec<String> = danube
-            .messages(danube_topic)
-            .iter()
-            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            .collect();
+        let mut got: Vec<String> =
+            danube.messages(danube_topic).iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
         got.sort();
         let mut want: Vec<String> = want.into_iter().map(String::from).collect();
         want.sort();
@@ -125,7 +122,12 @@ async fn overlapping_client_filters_deliver_exactly_one_copy() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let special = danube.messages("/default/special");
         let order: Vec<String> = special.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
-        assert_eq!(order, (0..20).map(|i| i.to_string()).collect::<Vec<_>>(), "{broker}: one copy each, in order\n{}", connector.log());
+        assert_eq!(
+            order,
+            (0..20).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "{broker}: one copy each, in order\n{}",
+            connector.log()
+        );
         // The QoS 1 mapping keeps QoS 1 although only the QoS 0 `a/#` is subscribed.
         assert!(
             special.iter().all(|m| m.attributes.get("mqtt.qos").map(String::as_str) == Some("1")),

@@ -234,10 +234,7 @@ async fn fixed_topic_transaction_boundaries_and_multi_table_truncate() {
     let tables: Vec<(&str, &str)> = stored
         .iter()
         .map(|m| {
-            (
-                m.attributes.get("op").map_or("", String::as_str),
-                m.attributes.get("table").map_or("", String::as_str),
-            )
+            (m.attributes.get("op").map_or("", String::as_str), m.attributes.get("table").map_or("", String::as_str))
         })
         .collect();
     let inserts: Vec<&(&str, &str)> = tables[..3].iter().collect();

@@ -25,7 +25,8 @@ fn start_writer(env: &Env, stop: Arc<AtomicBool>, written: Written) -> tokio::ta
             let row =
                 client.query_one("INSERT INTO events (payload) VALUES ('x') RETURNING id", &[]).await.expect("insert");
             let id = row.get::<_, i64>(0);
-            let at: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn").get(0);
+            let at: String =
+                client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn").get(0);
             committed.push(id);
             written.lock().expect("writer list").push((id, lsn(&at)));
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -230,7 +230,10 @@ async fn a_refused_schema_change_stops_the_connector_without_advancing_the_slot_
     );
     let two = got.iter().find(|p| p["after"]["id"] == 2).expect("row 2");
     let commit = lsn(two["commit_lsn"].as_str().expect("commit_lsn"));
-    assert!(confirmed_at_stop <= commit, "the slot was at {confirmed_at_stop:x}, not past the refused commit {commit:x}");
+    assert!(
+        confirmed_at_stop <= commit,
+        "the slot was at {confirmed_at_stop:x}, not past the refused commit {commit:x}"
+    );
     stop_cleanly(&mut process).await;
 }
 

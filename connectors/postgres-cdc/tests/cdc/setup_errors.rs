@@ -106,7 +106,9 @@ async fn an_unwritable_snapshot_marker_stops_startup_before_the_slot_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_slot_false_refuses_a_missing_slot_and_keeps_an_interrupted_one() {
     let env = Env::start().await;
-    env.pg.psql("CREATE TABLE accounts (id int PRIMARY KEY); CREATE PUBLICATION danube_cdc FOR TABLE accounts").unwrap();
+    env.pg
+        .psql("CREATE TABLE accounts (id int PRIMARY KEY); CREATE PUBLICATION danube_cdc FOR TABLE accounts")
+        .unwrap();
     let log = startup_error(&env, &[("POSTGRES_CDC_CREATE_SLOT", "false")]).await;
     assert!(log.contains("replication slot danube_cdc does not exist and connector.create_slot is false"), "{log}");
     // A slot whose initial snapshot was interrupted: it must be redone on a new slot, which

@@ -132,10 +132,8 @@ async fn snapshot_seq_is_unique_across_tables_and_slots_sharing_a_publication_ke
     for topic in ["/default/one", "/default/two"] {
         let rows = env.payloads(topic);
         assert_eq!(rows.len(), 50, "both tables into the fixed topic {topic}");
-        let ids: BTreeSet<(String, u64)> = rows
-            .iter()
-            .map(|p| (p["commit_lsn"].as_str().unwrap().to_string(), p["seq"].as_u64().unwrap()))
-            .collect();
+        let ids: BTreeSet<(String, u64)> =
+            rows.iter().map(|p| (p["commit_lsn"].as_str().unwrap().to_string(), p["seq"].as_u64().unwrap())).collect();
         assert_eq!(ids.len(), 50, "(commit_lsn, seq) unique over both tables of {topic}");
     }
     for process in [&mut first, &mut second] {

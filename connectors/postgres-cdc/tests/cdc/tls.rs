@@ -103,7 +103,8 @@ async fn verify_ca_accepts_the_given_ca_and_refuses_a_certificate_of_another_ca(
     let ca = env.pg.ca_cert().display().to_string();
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", env.pg.port());
 
-    let verify_ca = [("POSTGRES_CDC_URL", url.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
+    let verify_ca =
+        [("POSTGRES_CDC_URL", url.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
     streams_one_row_over_tls(&env, "ca", &verify_ca).await;
 
     // A certificate the given CA did not sign is refused, at once and saying so.
@@ -139,6 +140,7 @@ async fn verify_ca_accepts_a_certificate_that_does_not_name_the_host() {
 
     // verify_ca checks the chain only: both connections are accepted.
     let by_ip = format!("postgres://postgres@127.0.0.1:{}/postgres", env.pg.port());
-    let verify_ca = [("POSTGRES_CDC_URL", by_ip.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
+    let verify_ca =
+        [("POSTGRES_CDC_URL", by_ip.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
     streams_one_row_over_tls(&env, "mismatch", &verify_ca).await;
 }

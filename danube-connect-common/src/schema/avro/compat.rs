@@ -13,12 +13,7 @@ use crate::schema::push_segment;
 /// following the Avro schema-resolution rules (see the module docs), each with the JSON pointer
 /// of the field.
 pub(crate) fn can_read(writer: &AvroCodec, reader: &AvroCodec) -> Vec<String> {
-    let mut checker = Checker {
-        writer,
-        reader,
-        seen: HashSet::new(),
-        reasons: Vec::new(),
-    };
+    let mut checker = Checker { writer, reader, seen: HashSet::new(), reasons: Vec::new() };
     let mut path = String::new();
     checker.check(&writer.schema, &None, &reader.schema, &None, &mut path);
     checker.reasons
@@ -105,14 +100,7 @@ impl Checker<'_> {
         }
     }
 
-    fn check(
-        &mut self,
-        w: &AvroSchema,
-        w_ns: &Namespace,
-        r: &AvroSchema,
-        r_ns: &Namespace,
-        path: &mut String,
-    ) {
+    fn check(&mut self, w: &AvroSchema, w_ns: &Namespace, r: &AvroSchema, r_ns: &Namespace, path: &mut String) {
         let w = self.writer.resolve(w, w_ns);
         let r = self.reader.resolve(r, r_ns);
         let w_ns = &named_ns(w, w_ns);
@@ -158,25 +146,16 @@ impl Checker<'_> {
                         }
                     }
                     None => {
-                        let names: Vec<String> = ru
-                            .variants()
-                            .iter()
-                            .map(|b| type_name(self.reader.resolve(b, r_ns)))
-                            .collect();
+                        let names: Vec<String> =
+                            ru.variants().iter().map(|b| type_name(self.reader.resolve(b, r_ns))).collect();
                         self.reason(
                             path,
-                            format!(
-                                "writer type {} is not in the reader's union [{}]",
-                                type_name(w),
-                                names.join(", ")
-                            ),
+                            format!("writer type {} is not in the reader's union [{}]", type_name(w), names.join(", ")),
                         );
                     }
                 }
             }
-            (AvroSchema::Record(wr), AvroSchema::Record(rr)) => {
-                self.check_record(wr, w_ns, rr, r_ns, path)
-            }
+            (AvroSchema::Record(wr), AvroSchema::Record(rr)) => self.check_record(wr, w_ns, rr, r_ns, path),
             (AvroSchema::Enum(we), AvroSchema::Enum(re)) => {
                 self.check_name(&we.name, &re.name, re.aliases.as_deref(), path);
                 if re.default.is_none() {
@@ -229,10 +208,9 @@ impl Checker<'_> {
                 .find_map(|name| wr.lookup.get(name).and_then(|i| wr.fields.get(*i)));
             match found {
                 Some(w_field) => self.check(&w_field.schema, w_ns, &field.schema, r_ns, path),
-                None if field.default.is_none() => self.reason(
-                    path,
-                    "field is not in the writer and has no default in the reader".into(),
-                ),
+                None if field.default.is_none() => {
+                    self.reason(path, "field is not in the writer and has no default in the reader".into())
+                }
                 None => {}
             }
             path.truncate(len);
@@ -240,17 +218,9 @@ impl Checker<'_> {
         self.seen.remove(&key);
     }
 
-    fn check_name(
-        &mut self,
-        w: &Name,
-        r: &Name,
-        r_aliases: Option<&[apache_avro::schema::Alias]>,
-        path: &str,
-    ) {
-        let aliased = r_aliases
-            .unwrap_or_default()
-            .iter()
-            .any(|a| a.name() == w.name || a.fullname(None) == w.fullname(None));
+    fn check_name(&mut self, w: &Name, r: &Name, r_aliases: Option<&[apache_avro::schema::Alias]>, path: &str) {
+        let aliased =
+            r_aliases.unwrap_or_default().iter().any(|a| a.name() == w.name || a.fullname(None) == w.fullname(None));
         if w.name != r.name && !aliased {
             self.reason(
                 path,
@@ -266,22 +236,12 @@ impl Checker<'_> {
     fn check_leaf(&mut self, w: &AvroSchema, r: &AvroSchema, path: &str) {
         let (wb, rb) = (base_of(w), base_of(r));
         if !promotes(wb, rb) {
-            self.reason(
-                path,
-                format!(
-                    "writer type {} cannot be read as {}",
-                    type_name(w),
-                    type_name(r)
-                ),
-            );
+            self.reason(path, format!("writer type {} cannot be read as {}", type_name(w), type_name(r)));
             return;
         }
         if let (Some((w_name, w_size)), Some((r_name, r_size))) = (fixed_of(w), fixed_of(r)) {
             if w_size != r_size {
-                self.reason(
-                    path,
-                    format!("fixed size changed from {w_size} to {r_size}"),
-                );
+                self.reason(path, format!("fixed size changed from {w_size} to {r_size}"));
             } else if let (Some(w_name), Some(r_name)) = (w_name, r_name) {
                 self.check_name(w_name, r_name, None, path);
             }
@@ -291,19 +251,10 @@ impl Checker<'_> {
         // would change the numbers).
         if let (AvroSchema::Decimal(wd), AvroSchema::Decimal(rd)) = (w, r) {
             if wd.scale != rd.scale {
-                self.reason(
-                    path,
-                    format!("decimal scale changed from {} to {}", wd.scale, rd.scale),
-                );
+                self.reason(path, format!("decimal scale changed from {} to {}", wd.scale, rd.scale));
             }
             if rd.precision < wd.precision {
-                self.reason(
-                    path,
-                    format!(
-                        "decimal precision shrank from {} to {}",
-                        wd.precision, rd.precision
-                    ),
-                );
+                self.reason(path, format!("decimal precision shrank from {} to {}", wd.precision, rd.precision));
             }
         }
     }

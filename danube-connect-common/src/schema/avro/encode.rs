@@ -6,9 +6,7 @@
 
 use serde_json::Value;
 
-use super::json::{
-    branch_names, decimal_from_json, decode_base64, int_in_range, json_to_float, type_name,
-};
+use super::json::{branch_names, decimal_from_json, decode_base64, int_in_range, json_to_float, type_name};
 use super::{AvroCodec, Form};
 use apache_avro::schema::{Namespace, RecordSchema, UnionSchema};
 use apache_avro::Schema as AvroSchema;
@@ -134,10 +132,7 @@ impl AvroCodec {
                     }
                     Err(e) => enc.fail(format!("not a UUID: {e}")),
                 },
-                other => enc.fail(format!(
-                    "expected a UUID string, got {}",
-                    json_type_name(other)
-                )),
+                other => enc.fail(format!("expected a UUID string, got {}", json_type_name(other))),
             },
             AvroSchema::Decimal(d) => match decimal_from_json(value, d, ns, self, form) {
                 Ok((bytes, fixed)) => {
@@ -154,12 +149,7 @@ impl AvroCodec {
                 let text = match value {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
-                    other => {
-                        return enc.fail(format!(
-                            "expected a decimal string, got {}",
-                            json_type_name(other)
-                        ))
-                    }
+                    other => return enc.fail(format!("expected a decimal string, got {}", json_type_name(other))),
                 };
                 match text.parse::<apache_avro::BigDecimal>() {
                     Ok(d) => {
@@ -187,10 +177,7 @@ impl AvroCodec {
                         e.symbols.join(", ")
                     )),
                 },
-                other => enc.fail(format!(
-                    "expected an enum symbol string, got {}",
-                    json_type_name(other)
-                )),
+                other => enc.fail(format!("expected an enum symbol string, got {}", json_type_name(other))),
             },
             AvroSchema::Array(a) => match value {
                 Value::Array(items) => {
@@ -229,21 +216,13 @@ impl AvroCodec {
             },
             AvroSchema::Record(r) => self.encode_record(r, ns, value, form, enc),
             AvroSchema::Union(u) => self.encode_union(u, ns, value, form, enc),
-            AvroSchema::Ref { name } => enc.fail(format!(
-                "schema reference `{}` cannot be resolved",
-                name.fullname(None)
-            )),
+            AvroSchema::Ref { name } => {
+                enc.fail(format!("schema reference `{}` cannot be resolved", name.fullname(None)))
+            }
         }
     }
 
-    fn encode_record(
-        &self,
-        r: &RecordSchema,
-        ns: &Namespace,
-        value: &Value,
-        form: Form,
-        enc: &mut Enc,
-    ) -> bool {
+    fn encode_record(&self, r: &RecordSchema, ns: &Namespace, value: &Value, form: Form, enc: &mut Enc) -> bool {
         let Value::Object(map) = value else {
             return enc.fail(format!(
                 "expected an object for record `{}`, got {}",
@@ -266,9 +245,7 @@ impl AvroCodec {
                 (None, None) => None,
             };
             ok &= match item {
-                Some((item, item_form)) => {
-                    self.encode_json(&field.schema, &inner_ns, item, item_form, enc)
-                }
+                Some((item, item_form)) => self.encode_json(&field.schema, &inner_ns, item, item_form, enc),
                 None => enc.fail("required field is missing (it has no default)".into()),
             };
             enc.path.truncate(len);
@@ -278,10 +255,7 @@ impl AvroCodec {
                 if !r.lookup.contains_key(key) {
                     let len = enc.path.len();
                     push_segment(&mut enc.path, key);
-                    enc.fail(format!(
-                        "field is not in record `{}`",
-                        r.name.fullname(None)
-                    ));
+                    enc.fail(format!("field is not in record `{}`", r.name.fullname(None)));
                     enc.path.truncate(len);
                     ok = false;
                 }
@@ -290,14 +264,7 @@ impl AvroCodec {
         ok
     }
 
-    fn encode_union(
-        &self,
-        u: &UnionSchema,
-        ns: &Namespace,
-        value: &Value,
-        form: Form,
-        enc: &mut Enc,
-    ) -> bool {
+    fn encode_union(&self, u: &UnionSchema, ns: &Namespace, value: &Value, form: Form, enc: &mut Enc) -> bool {
         let variants = u.variants();
         let start = enc.out.len();
         let outer = std::mem::take(&mut enc.violations);
@@ -332,12 +299,8 @@ impl AvroCodec {
             }
         }
         // A nullable type: report why the value does not fit the non-null branch.
-        let non_null: Vec<usize> = variants
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| !matches!(b, AvroSchema::Null))
-            .map(|(i, _)| i)
-            .collect();
+        let non_null: Vec<usize> =
+            variants.iter().enumerate().filter(|(_, b)| !matches!(b, AvroSchema::Null)).map(|(i, _)| i).collect();
         if let [only] = non_null.as_slice() {
             if !value.is_null() {
                 for v in std::mem::take(&mut per_branch[*only]).list {
@@ -346,31 +309,19 @@ impl AvroCodec {
                 return false;
             }
         }
-        let names: Vec<String> = variants
-            .iter()
-            .map(|b| type_name(self.resolve(b, ns)))
-            .collect();
-        enc.fail(format!(
-            "{} matches none of the union branches [{}]",
-            json_type_name(value),
-            names.join(", ")
-        ))
+        let names: Vec<String> = variants.iter().map(|b| type_name(self.resolve(b, ns))).collect();
+        enc.fail(format!("{} matches none of the union branches [{}]", json_type_name(value), names.join(", ")))
     }
 
     fn encode_duration(&self, value: &Value, enc: &mut Enc) -> bool {
         let Value::Object(map) = value else {
-            return enc.fail(format!(
-                "expected an object {{months, days, millis}}, got {}",
-                json_type_name(value)
-            ));
+            return enc.fail(format!("expected an object {{months, days, millis}}, got {}", json_type_name(value)));
         };
         let mut ok = true;
         for key in ["months", "days", "millis"] {
             let item = map.get(key).unwrap_or(&Value::Null);
             match int_in_range(item, 0, i64::from(u32::MAX)) {
-                Ok(n) => enc
-                    .out
-                    .extend_from_slice(&u32::try_from(n).unwrap_or_default().to_le_bytes()),
+                Ok(n) => enc.out.extend_from_slice(&u32::try_from(n).unwrap_or_default().to_le_bytes()),
                 Err(message) => {
                     let len = enc.path.len();
                     push_segment(&mut enc.path, key);
@@ -398,8 +349,7 @@ pub(super) struct Enc {
 impl Enc {
     /// Records a violation at the current path; returns false (the value does not fit).
     fn fail(&mut self, message: String) -> bool {
-        self.violations
-            .push(Violation::new(self.path.clone(), message));
+        self.violations.push(Violation::new(self.path.clone(), message));
         false
     }
 }

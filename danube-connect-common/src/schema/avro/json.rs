@@ -21,18 +21,12 @@ impl AvroCodec {
     ) -> Result<Value, SchemaError> {
         let schema = self.resolve(schema, ns);
         let unexpected = |path: &str| {
-            SchemaError::payload_at(
-                KIND,
-                path.to_string(),
-                format!("decoded value {value:?} does not fit the schema"),
-            )
+            SchemaError::payload_at(KIND, path.to_string(), format!("decoded value {value:?} does not fit the schema"))
         };
         Ok(match (schema, value) {
             (_, AvroValue::Null) => Value::Null,
             (_, AvroValue::Boolean(b)) => Value::Bool(*b),
-            (_, AvroValue::Int(i)) | (_, AvroValue::Date(i)) | (_, AvroValue::TimeMillis(i)) => {
-                Value::from(*i)
-            }
+            (_, AvroValue::Int(i)) | (_, AvroValue::Date(i)) | (_, AvroValue::TimeMillis(i)) => Value::from(*i),
             (_, AvroValue::Long(i))
             | (_, AvroValue::TimeMicros(i))
             | (_, AvroValue::TimestampMillis(i))
@@ -49,13 +43,9 @@ impl AvroCodec {
             (_, AvroValue::Uuid(u)) => Value::String(u.to_string()),
             (_, AvroValue::BigDecimal(d)) => Value::String(d.to_string()),
             (AvroSchema::Decimal(d), AvroValue::Decimal(dec)) => {
-                let bytes = <Vec<u8>>::try_from(dec).map_err(|e| {
-                    SchemaError::payload_with(KIND, path.clone(), "invalid decimal", e)
-                })?;
-                Value::String(format_decimal(
-                    &BigInt::from_signed_bytes_be(&bytes),
-                    d.scale,
-                ))
+                let bytes = <Vec<u8>>::try_from(dec)
+                    .map_err(|e| SchemaError::payload_with(KIND, path.clone(), "invalid decimal", e))?;
+                Value::String(format_decimal(&BigInt::from_signed_bytes_be(&bytes), d.scale))
             }
             (_, AvroValue::Duration(d)) => {
                 let mut map = Map::new();
@@ -65,10 +55,8 @@ impl AvroCodec {
                 Value::Object(map)
             }
             (AvroSchema::Union(u), AvroValue::Union(index, inner)) => {
-                let branch = usize::try_from(*index)
-                    .ok()
-                    .and_then(|i| u.variants().get(i))
-                    .ok_or_else(|| unexpected(path))?;
+                let branch =
+                    usize::try_from(*index).ok().and_then(|i| u.variants().get(i)).ok_or_else(|| unexpected(path))?;
                 self.avro_to_json(branch, ns, inner, path)?
             }
             (AvroSchema::Array(a), AvroValue::Array(items)) => {
@@ -103,10 +91,7 @@ impl AvroCodec {
                         .ok_or_else(|| unexpected(path))?;
                     let len = path.len();
                     push_segment(path, name);
-                    out.insert(
-                        name.clone(),
-                        self.avro_to_json(field_schema, &inner_ns, item, path)?,
-                    );
+                    out.insert(name.clone(), self.avro_to_json(field_schema, &inner_ns, item, path)?);
                     path.truncate(len);
                 }
                 Value::Object(out)
@@ -162,10 +147,7 @@ pub(super) fn type_name(schema: &AvroSchema) -> String {
 
 pub(super) fn int_in_range(value: &Value, min: i64, max: i64) -> Result<i64, String> {
     let Value::Number(n) = value else {
-        return Err(format!(
-            "expected an integer, got {}",
-            json_type_name(value)
-        ));
+        return Err(format!("expected an integer, got {}", json_type_name(value)));
     };
     match n.as_i64() {
         Some(i) if (min..=max).contains(&i) => Ok(i),
@@ -215,13 +197,8 @@ pub(super) fn decode_base64(value: &Value, form: Form) -> Result<Vec<u8>, String
                     .map_err(|_| format!("default byte string has a character above U+00FF: {c:?}"))
             })
             .collect(),
-        Value::String(s) => B64
-            .decode(s)
-            .map_err(|e| format!("expected a base64 string: {e}")),
-        other => Err(format!(
-            "expected a base64 string, got {}",
-            json_type_name(other)
-        )),
+        Value::String(s) => B64.decode(s).map_err(|e| format!("expected a base64 string: {e}")),
+        other => Err(format!("expected a base64 string, got {}", json_type_name(other))),
     }
 }
 
@@ -261,9 +238,7 @@ pub(super) fn parse_decimal(text: &str, scale: usize, precision: usize) -> Resul
     }
     let frac = frac.trim_end_matches('0');
     if frac.len() > scale {
-        return Err(format!(
-            "`{text}` has more than {scale} fractional digits (the decimal's scale)"
-        ));
+        return Err(format!("`{text}` has more than {scale} fractional digits (the decimal's scale)"));
     }
     let mut digits = String::with_capacity(int.len() + scale);
     digits.push_str(int.trim_start_matches('0'));
@@ -271,16 +246,12 @@ pub(super) fn parse_decimal(text: &str, scale: usize, precision: usize) -> Resul
     digits.extend(std::iter::repeat_n('0', scale - frac.len()));
     let significant = digits.trim_start_matches('0');
     if significant.len() > precision {
-        return Err(format!(
-            "`{text}` has more than {precision} digits (the decimal's precision)"
-        ));
+        return Err(format!("`{text}` has more than {precision} digits (the decimal's precision)"));
     }
     let magnitude: BigInt = if significant.is_empty() {
         BigInt::from(0)
     } else {
-        significant
-            .parse()
-            .map_err(|e| format!("`{text}` is not a decimal number: {e}"))?
+        significant.parse().map_err(|e| format!("`{text}` is not a decimal number: {e}"))?
     };
     Ok(if negative { -magnitude } else { magnitude })
 }
@@ -300,22 +271,16 @@ pub(super) fn decimal_from_json(
         // Defaults hold the raw two's-complement bytes.
         let bytes = decode_base64(value, form)?;
         return match fixed_size {
-            Some(size) if size != bytes.len() => Err(format!(
-                "default decimal has {} bytes, the fixed has {size}",
-                bytes.len()
-            )),
+            Some(size) if size != bytes.len() => {
+                Err(format!("default decimal has {} bytes, the fixed has {size}", bytes.len()))
+            }
             _ => Ok((bytes, fixed_size.is_some())),
         };
     }
     let text = match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
-        other => {
-            return Err(format!(
-                "expected a decimal string or number, got {}",
-                json_type_name(other)
-            ))
-        }
+        other => return Err(format!("expected a decimal string or number, got {}", json_type_name(other))),
     };
     let unscaled = parse_decimal(&text, d.scale, d.precision)?;
     let bytes = unscaled.to_signed_bytes_be();
@@ -324,11 +289,7 @@ pub(super) fn decimal_from_json(
             if bytes.len() > size {
                 return Err(format!("`{text}` does not fit in {size} bytes"));
             }
-            let sign = if unscaled.sign() == num_bigint::Sign::Minus {
-                0xff
-            } else {
-                0
-            };
+            let sign = if unscaled.sign() == num_bigint::Sign::Minus { 0xff } else { 0 };
             let mut padded = vec![sign; size - bytes.len()];
             padded.extend_from_slice(&bytes);
             Ok((padded, true))

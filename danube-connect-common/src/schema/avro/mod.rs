@@ -88,8 +88,8 @@ impl AvroCodec {
     pub(crate) fn compile(definition: &[u8]) -> Result<(Self, Vec<u8>), SchemaError> {
         let text = std::str::from_utf8(definition)
             .map_err(|e| SchemaError::definition_with(KIND, "definition is not UTF-8", e))?;
-        let json: Value = serde_json::from_str(text)
-            .map_err(|e| SchemaError::definition_with(KIND, "not valid JSON", e))?;
+        let json: Value =
+            serde_json::from_str(text).map_err(|e| SchemaError::definition_with(KIND, "not valid JSON", e))?;
         let schema = AvroSchema::parse_str(text).map_err(|e| {
             let message = error_chain(&e);
             SchemaError::definition_with(KIND, message, e)
@@ -98,11 +98,7 @@ impl AvroCodec {
             let message = error_chain(&e);
             SchemaError::definition_with(KIND, message, e)
         })?;
-        let names = resolved
-            .get_names()
-            .iter()
-            .map(|(name, schema)| (name.clone(), (*schema).clone()))
-            .collect();
+        let names = resolved.get_names().iter().map(|(name, schema)| (name.clone(), (*schema).clone())).collect();
         let mut canonical = String::new();
         canonical_json(&json, &mut canonical);
         Ok((AvroCodec { schema, names }, canonical.into_bytes()))
@@ -152,10 +148,7 @@ impl AvroCodec {
         match schema {
             AvroSchema::Ref { name } => {
                 let full = name.fully_qualified_name(ns);
-                self.names
-                    .get(&full)
-                    .or_else(|| self.names.get(name))
-                    .unwrap_or(schema)
+                self.names.get(&full).or_else(|| self.names.get(name)).unwrap_or(schema)
             }
             other => other,
         }

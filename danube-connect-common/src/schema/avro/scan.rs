@@ -62,12 +62,8 @@ impl AvroCodec {
                 Some(_) => Ok(()),
                 None => fail(path, "truncated or invalid varint".into()),
             },
-            AvroSchema::Float => take(buf, 4)
-                .map(|_| ())
-                .ok_or_else(|| (path.clone(), "truncated float".into())),
-            AvroSchema::Double => take(buf, 8)
-                .map(|_| ())
-                .ok_or_else(|| (path.clone(), "truncated double".into())),
+            AvroSchema::Float => take(buf, 4).map(|_| ()).ok_or_else(|| (path.clone(), "truncated float".into())),
+            AvroSchema::Double => take(buf, 8).map(|_| ()).ok_or_else(|| (path.clone(), "truncated double".into())),
             AvroSchema::Bytes => read_bytes(buf, path).map(|_| ()),
             AvroSchema::BigDecimal => {
                 // bytes holding `bytes(unscaled) long(scale)`.
@@ -80,17 +76,13 @@ impl AvroCodec {
             }
             AvroSchema::String => {
                 let bytes = read_bytes(buf, path)?;
-                std::str::from_utf8(bytes)
-                    .map(|_| ())
-                    .map_err(|_| (path.clone(), "string is not valid UTF-8".into()))
+                std::str::from_utf8(bytes).map(|_| ()).map_err(|_| (path.clone(), "string is not valid UTF-8".into()))
             }
             AvroSchema::Uuid => {
                 let bytes = read_bytes(buf, path)?;
                 // 16 raw bytes, or the UUID text, as the decoder accepts.
                 let text = std::str::from_utf8(bytes).ok();
-                if bytes.len() == 16
-                    || text.is_some_and(|t| apache_avro::Uuid::parse_str(t).is_ok())
-                {
+                if bytes.len() == 16 || text.is_some_and(|t| apache_avro::Uuid::parse_str(t).is_ok()) {
                     Ok(())
                 } else {
                     fail(path, "not a UUID string".into())
@@ -99,31 +91,19 @@ impl AvroCodec {
             AvroSchema::Fixed(f) => take(buf, f.size)
                 .map(|_| ())
                 .ok_or_else(|| (path.clone(), format!("truncated fixed of {} bytes", f.size))),
-            AvroSchema::Duration => take(buf, 12)
-                .map(|_| ())
-                .ok_or_else(|| (path.clone(), "truncated duration".into())),
+            AvroSchema::Duration => {
+                take(buf, 12).map(|_| ()).ok_or_else(|| (path.clone(), "truncated duration".into()))
+            }
             AvroSchema::Decimal(d) => self.scan_value(&d.inner, ns, buf, path, depth + 1),
             AvroSchema::Enum(e) => match read_long(buf) {
                 Some(i) if usize::try_from(i).is_ok_and(|i| i < e.symbols.len()) => Ok(()),
-                Some(i) => fail(
-                    path,
-                    format!(
-                        "enum index {i} is out of range for {} symbols",
-                        e.symbols.len()
-                    ),
-                ),
+                Some(i) => fail(path, format!("enum index {i} is out of range for {} symbols", e.symbols.len())),
                 None => fail(path, "truncated or invalid varint".into()),
             },
             AvroSchema::Union(u) => match read_long(buf) {
                 Some(i) => match usize::try_from(i).ok().and_then(|i| u.variants().get(i)) {
                     Some(branch) => self.scan_value(branch, ns, buf, path, depth + 1),
-                    None => fail(
-                        path,
-                        format!(
-                            "union branch {i} is out of range for {} branches",
-                            u.variants().len()
-                        ),
-                    ),
+                    None => fail(path, format!("union branch {i} is out of range for {} branches", u.variants().len())),
                 },
                 None => fail(path, "truncated or invalid varint".into()),
             },
@@ -150,21 +130,17 @@ impl AvroCodec {
             }
             AvroSchema::Map(m) => self.scan_blocks(buf, path, |codec, buf, path| {
                 let key = read_bytes(buf, path)?;
-                let key = std::str::from_utf8(key)
-                    .map_err(|_| (path.clone(), "map key is not valid UTF-8".to_string()))?;
+                let key =
+                    std::str::from_utf8(key).map_err(|_| (path.clone(), "map key is not valid UTF-8".to_string()))?;
                 let len = path.len();
                 push_segment(path, key);
                 codec.scan_value(&m.types, ns, buf, path, depth + 1)?;
                 path.truncate(len);
                 Ok(())
             }),
-            AvroSchema::Ref { name } => fail(
-                path,
-                format!(
-                    "schema reference `{}` cannot be resolved",
-                    name.fullname(None)
-                ),
-            ),
+            AvroSchema::Ref { name } => {
+                fail(path, format!("schema reference `{}` cannot be resolved", name.fullname(None)))
+            }
         }
     }
 
@@ -177,8 +153,7 @@ impl AvroCodec {
     ) -> Result<(), (String, String)> {
         let mut total = 0usize;
         loop {
-            let count = read_long(buf)
-                .ok_or_else(|| (path.clone(), "truncated or invalid block count".to_string()))?;
+            let count = read_long(buf).ok_or_else(|| (path.clone(), "truncated or invalid block count".to_string()))?;
             if count == 0 {
                 return Ok(());
             }
@@ -189,13 +164,7 @@ impl AvroCodec {
             total = total.saturating_add(count);
             // Items of zero bytes (null, empty records) make any count fit; bound it.
             if total > buf.len().max(MAX_EMPTY_ITEMS) {
-                return Err((
-                    path.clone(),
-                    format!(
-                        "block count {count} exceeds the {} remaining bytes",
-                        buf.len()
-                    ),
-                ));
+                return Err((path.clone(), format!("block count {count} exceeds the {} remaining bytes", buf.len())));
             }
             for _ in 0..count {
                 item(self, buf, path)?;
@@ -235,14 +204,7 @@ fn read_long(buf: &mut &[u8]) -> Option<i64> {
 
 /// A length-prefixed byte string, bounds-checked.
 fn read_bytes<'a>(buf: &mut &'a [u8], path: &str) -> Result<&'a [u8], (String, String)> {
-    let len = read_long(buf)
-        .ok_or_else(|| (path.to_string(), "truncated or invalid length".to_string()))?;
-    let n =
-        usize::try_from(len).map_err(|_| (path.to_string(), format!("negative length {len}")))?;
-    take(buf, n).ok_or_else(|| {
-        (
-            path.to_string(),
-            format!("length {n} exceeds the {} remaining bytes", buf.len()),
-        )
-    })
+    let len = read_long(buf).ok_or_else(|| (path.to_string(), "truncated or invalid length".to_string()))?;
+    let n = usize::try_from(len).map_err(|_| (path.to_string(), format!("negative length {len}")))?;
+    take(buf, n).ok_or_else(|| (path.to_string(), format!("length {n} exceeds the {} remaining bytes", buf.len())))
 }

@@ -76,15 +76,10 @@ fn wire_format_is_a_plain_avro_datum() {
             {"name":"c","type":["null","long"]}]}"#,
     )
     .unwrap();
-    let bytes = schema
-        .encode_from_json(&json!({"a": 1, "b": "x", "c": -1}))
-        .unwrap();
+    let bytes = schema.encode_from_json(&json!({"a": 1, "b": "x", "c": -1})).unwrap();
     // zigzag(1)=2, len 1 + "x", union branch 1 then zigzag(-1)=1.
     assert_eq!(bytes, vec![2, 2, b'x', 2, 1]);
-    assert_eq!(
-        schema.decode_to_json(&[4, 0, 0]).unwrap(),
-        json!({"a": 2, "b": "", "c": null})
-    );
+    assert_eq!(schema.decode_to_json(&[4, 0, 0]).unwrap(), json!({"a": 2, "b": "", "c": null}));
 }
 
 #[test]
@@ -98,24 +93,11 @@ fn invalid_json_values_name_the_field() {
     let err = schema.encode_from_json(&value).unwrap_err();
     assert!(err.is_invalid_payload(), "{err}");
     let paths: Vec<&str> = err.violations().iter().map(|v| v.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        ["/qty", "/status", "/address/zip", "/extra"],
-        "{err}"
-    );
+    assert_eq!(paths, ["/qty", "/status", "/address/zip", "/extra"], "{err}");
     let text = err.to_string();
-    assert!(
-        text.contains("/qty: expected an integer, got a string"),
-        "{text}"
-    );
-    assert!(
-        text.contains("`LOST` is not a symbol of enum `shop.v1.Status`"),
-        "{text}"
-    );
-    assert!(
-        text.contains("/extra: field is not in record `shop.v1.Order`"),
-        "{text}"
-    );
+    assert!(text.contains("/qty: expected an integer, got a string"), "{text}");
+    assert!(text.contains("`LOST` is not a symbol of enum `shop.v1.Status`"), "{text}");
+    assert!(text.contains("/extra: field is not in record `shop.v1.Order`"), "{text}");
 }
 
 #[test]
@@ -126,10 +108,7 @@ fn missing_field_without_default_and_out_of_range_int_are_refused() {
     value["qty"] = json!(i64::from(i32::MAX) + 1);
     let err = schema.encode_from_json(&value).unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.contains("/customer: required field is missing"),
-        "{text}"
-    );
+    assert!(text.contains("/customer: required field is missing"), "{text}");
     assert!(text.contains("/qty: 2147483648 is out of range"), "{text}");
 }
 
@@ -139,16 +118,8 @@ fn decimals_keep_scale_and_refuse_lost_digits() {
     let mut value = full_order();
     value["price"] = json!("-0.05");
     let bytes = schema.encode_from_json(&value).unwrap();
-    assert_eq!(
-        schema.decode_to_json(&bytes).unwrap()["price"],
-        json!("-0.05")
-    );
-    for bad in [
-        json!("1.234"),
-        json!("1234567890"),
-        json!("1e3"),
-        json!("abc"),
-    ] {
+    assert_eq!(schema.decode_to_json(&bytes).unwrap()["price"], json!("-0.05"));
+    for bad in [json!("1.234"), json!("1234567890"), json!("1e3"), json!("abc")] {
         value["price"] = bad.clone();
         let err = schema.encode_from_json(&value).unwrap_err();
         assert_eq!(err.violations()[0].path, "/price", "{bad}: {err}");
@@ -163,17 +134,10 @@ fn unions_accept_plain_and_tagged_values() {
     let mut value = full_order();
     value["note"] = json!({"string": "tagged"});
     let bytes = schema.encode_from_json(&value).unwrap();
-    assert_eq!(
-        schema.decode_to_json(&bytes).unwrap()["note"],
-        json!("tagged")
-    );
+    assert_eq!(schema.decode_to_json(&bytes).unwrap()["note"], json!("tagged"));
     value["note"] = json!(12);
     let err = schema.encode_from_json(&value).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/note: expected a string, got a number"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/note: expected a string, got a number"), "{err}");
 }
 
 #[test]
@@ -197,20 +161,10 @@ fn corrupt_binary_payloads_are_invalid() {
     let err = schema.validate(&longer).unwrap_err();
     assert!(err.to_string().contains("1 trailing bytes"), "{err}");
     // Enum index 9 of 3 symbols.
-    let enum_schema = Schema::compile(
-        SchemaKind::Avro,
-        r#"{"type":"enum","name":"E","symbols":["A"]}"#,
-    )
-    .unwrap();
-    assert!(enum_schema
-        .validate(&[18])
-        .unwrap_err()
-        .is_invalid_payload());
+    let enum_schema = Schema::compile(SchemaKind::Avro, r#"{"type":"enum","name":"E","symbols":["A"]}"#).unwrap();
+    assert!(enum_schema.validate(&[18]).unwrap_err().is_invalid_payload());
     let string_schema = Schema::compile(SchemaKind::Avro, r#""string""#).unwrap();
-    assert!(string_schema
-        .validate(&[4, 0xff, 0xfe])
-        .unwrap_err()
-        .is_invalid_payload());
+    assert!(string_schema.validate(&[4, 0xff, 0xfe]).unwrap_err().is_invalid_payload());
 }
 
 #[test]
@@ -224,28 +178,18 @@ fn corrupt_binary_payloads_name_the_field() {
     )
     .unwrap();
     // items[1].s has invalid UTF-8.
-    let err = schema
-        .decode_to_json(&[2, 4, 2, b'x', 2, 0xff, 0, 0])
-        .unwrap_err();
+    let err = schema.decode_to_json(&[2, 4, 2, b'x', 2, 0xff, 0, 0]).unwrap_err();
     assert_eq!(err.violations()[0].path, "/items/1/s", "{err}");
     assert!(err.to_string().contains("not valid UTF-8"), "{err}");
     // m["k"] selects union branch 5 of 2.
     let err = schema.validate(&[2, 0, 2, 2, b'k', 10, 0]).unwrap_err();
     assert_eq!(err.violations()[0].path, "/m/k", "{err}");
-    assert!(
-        err.to_string().contains("union branch 5 is out of range"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("union branch 5 is out of range"), "{err}");
     // m["k"] = boolean byte 7.
     let err = schema.validate(&[2, 0, 2, 2, b'k', 2, 7, 0]).unwrap_err();
-    assert!(
-        err.to_string().contains("/m/k: invalid boolean byte 7"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/m/k: invalid boolean byte 7"), "{err}");
     // a does not fit an int.
-    let err = schema
-        .validate(&[0x80, 0x80, 0x80, 0x80, 0x20, 0, 0])
-        .unwrap_err();
+    let err = schema.validate(&[0x80, 0x80, 0x80, 0x80, 0x20, 0, 0]).unwrap_err();
     assert_eq!(err.violations()[0].path, "/a", "{err}");
 }
 
@@ -257,22 +201,12 @@ fn huge_counts_and_lengths_are_refused_without_allocating() {
     let err = nulls.decode_to_json(&huge).unwrap_err();
     assert!(err.to_string().contains("exceeds the"), "{err}");
     // A small legitimate array of nulls still decodes.
-    assert_eq!(
-        nulls.decode_to_json(&[6, 0]).unwrap(),
-        serde_json::json!([null, null, null])
-    );
+    assert_eq!(nulls.decode_to_json(&[6, 0]).unwrap(), serde_json::json!([null, null, null]));
     let longs = Schema::compile(SchemaKind::Avro, r#"{"type":"array","items":"long"}"#).unwrap();
-    assert!(longs
-        .decode_to_json(&[0xfe, 0xff, 0xff, 0x7f, 2, 0])
-        .is_err());
+    assert!(longs.decode_to_json(&[0xfe, 0xff, 0xff, 0x7f, 2, 0]).is_err());
     let bytes = Schema::compile(SchemaKind::Avro, r#""bytes""#).unwrap();
-    let err = bytes
-        .decode_to_json(&[0xfe, 0xff, 0xff, 0xff, 0x0f, 1])
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("exceeds the 1 remaining bytes"),
-        "{err}"
-    );
+    let err = bytes.decode_to_json(&[0xfe, 0xff, 0xff, 0xff, 0x0f, 1]).unwrap_err();
+    assert!(err.to_string().contains("exceeds the 1 remaining bytes"), "{err}");
 }
 
 #[test]
@@ -291,11 +225,7 @@ fn invalid_definitions_are_refused() {
 #[test]
 fn fingerprint_ignores_formatting() {
     let a = Schema::compile(SchemaKind::Avro, r#"{"type":"fixed","name":"F","size":2}"#).unwrap();
-    let b = Schema::from_registry(
-        "avro",
-        b"{ \"size\": 2, \"name\": \"F\", \"type\": \"fixed\" }",
-    )
-    .unwrap();
+    let b = Schema::from_registry("avro", b"{ \"size\": 2, \"name\": \"F\", \"type\": \"fixed\" }").unwrap();
     assert_eq!(a.fingerprint(), b.fingerprint());
 }
 
@@ -312,14 +242,8 @@ const V1: &str = r#"{"name":"id","type":"long"},{"name":"name","type":"string"}"
 #[test]
 fn adding_a_field_with_default_is_fully_compatible() {
     let v1 = user(V1);
-    let v2 = user(&format!(
-        r#"{V1},{{"name":"email","type":["null","string"],"default":null}}"#
-    ));
-    for mode in [
-        CompatibilityMode::Backward,
-        CompatibilityMode::Forward,
-        CompatibilityMode::Full,
-    ] {
+    let v2 = user(&format!(r#"{V1},{{"name":"email","type":["null","string"],"default":null}}"#));
+    for mode in [CompatibilityMode::Backward, CompatibilityMode::Forward, CompatibilityMode::Full] {
         check_compatible(&v1, &v2, mode).unwrap();
     }
     // And the resolution really works: a v1 datum read with v2 gets the default.
@@ -327,10 +251,7 @@ fn adding_a_field_with_default_is_fully_compatible() {
     let AvroCodec { schema: w, .. } = &avro_codec(&v1);
     let AvroCodec { schema: r, .. } = &avro_codec(&v2);
     let read = apache_avro::from_avro_datum(w, &mut datum.as_slice(), Some(r)).unwrap();
-    assert!(
-        matches!(read, AvroValue::Record(ref f) if f.len() == 3),
-        "{read:?}"
-    );
+    assert!(matches!(read, AvroValue::Record(ref f) if f.len() == 3), "{read:?}");
 }
 
 fn avro_codec(schema: &Schema) -> AvroCodec {
@@ -343,11 +264,7 @@ fn adding_a_field_without_default_breaks_backward_only() {
     let v2 = user(&format!(r#"{V1},{{"name":"age","type":"int"}}"#));
     let err = check_compatible(&v1, &v2, CompatibilityMode::Backward).unwrap_err();
     assert!(err.is_incompatible());
-    assert!(
-        err.to_string()
-            .contains("/age: field is not in the writer and has no default in the reader"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/age: field is not in the writer and has no default in the reader"), "{err}");
     check_compatible(&v1, &v2, CompatibilityMode::Forward).unwrap();
     assert!(check_compatible(&v1, &v2, CompatibilityMode::Full).is_err());
     check_compatible(&v1, &v2, CompatibilityMode::None).unwrap();
@@ -359,39 +276,24 @@ fn removing_a_field_without_default_breaks_forward_only() {
     let v2 = user(r#"{"name":"id","type":"long"}"#);
     check_compatible(&v1, &v2, CompatibilityMode::Backward).unwrap();
     let err = check_compatible(&v1, &v2, CompatibilityMode::Forward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/name: field is not in the writer"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/name: field is not in the writer"), "{err}");
     assert!(check_compatible(&v1, &v2, CompatibilityMode::Full).is_err());
 }
 
 #[test]
 fn a_schema_is_compatible_with_itself_including_named_references() {
     let schema = order();
-    for mode in [
-        CompatibilityMode::Backward,
-        CompatibilityMode::Forward,
-        CompatibilityMode::Full,
-    ] {
+    for mode in [CompatibilityMode::Backward, CompatibilityMode::Forward, CompatibilityMode::Full] {
         check_compatible(&schema, &order(), mode).unwrap();
     }
     // A change inside the referenced record is seen where it is defined.
     let changed = Schema::compile(
         SchemaKind::Avro,
-        ORDER.replace(
-            r#"{"name": "zip", "type": "int"}"#,
-            r#"{"name": "zip", "type": "string"}"#,
-        ),
+        ORDER.replace(r#"{"name": "zip", "type": "int"}"#, r#"{"name": "zip", "type": "string"}"#),
     )
     .unwrap();
     let err = check_compatible(&schema, &changed, CompatibilityMode::Backward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/address/zip: writer type int cannot be read as string"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/address/zip: writer type int cannot be read as string"), "{err}");
     assert!(err.to_string().contains("/billing/zip"), "{err}");
 }
 
@@ -399,11 +301,7 @@ fn a_schema_is_compatible_with_itself_including_named_references() {
 fn float_overflow_is_refused() {
     let float = Schema::compile(SchemaKind::Avro, r#""float""#).unwrap();
     let err = float.encode_from_json(&json!(1e300)).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("out of the range of an Avro float"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("out of the range of an Avro float"), "{err}");
     let bytes = float.encode_from_json(&json!(0.1)).unwrap();
     assert_eq!(float.decode_to_json(&bytes).unwrap(), json!(0.1));
 }
@@ -413,25 +311,16 @@ fn type_promotion_is_one_way() {
     let v1 = user(r#"{"name":"n","type":"int"}"#);
     let v2 = user(r#"{"name":"n","type":"long"}"#);
     check_compatible(&v1, &v2, CompatibilityMode::Backward).unwrap();
-    assert!(check_compatible(&v1, &v2, CompatibilityMode::Forward)
-        .unwrap_err()
-        .is_incompatible());
+    assert!(check_compatible(&v1, &v2, CompatibilityMode::Forward).unwrap_err().is_incompatible());
     let v3 = user(r#"{"name":"n","type":"string"}"#);
     let err = check_compatible(&v1, &v3, CompatibilityMode::Backward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/n: writer type int cannot be read as string"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/n: writer type int cannot be read as string"), "{err}");
 }
 
 #[test]
 fn enum_symbols_can_only_grow_for_backward() {
-    let e = |symbols: &str| {
-        user(&format!(
-            r#"{{"name":"s","type":{{"type":"enum","name":"S","symbols":[{symbols}]}}}}"#
-        ))
-    };
+    let e =
+        |symbols: &str| user(&format!(r#"{{"name":"s","type":{{"type":"enum","name":"S","symbols":[{symbols}]}}}}"#));
     let v1 = e(r#""A","B""#);
     let v2 = e(r#""A","B","C""#);
     check_compatible(&v1, &v2, CompatibilityMode::Backward).unwrap();
@@ -447,56 +336,31 @@ fn logical_types_aliases_unions_and_enum_defaults() {
     };
     check_compatible(&dec(2, 9), &dec(2, 12), CompatibilityMode::Backward).unwrap();
     let err = check_compatible(&dec(2, 9), &dec(3, 9), CompatibilityMode::Backward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/p: decimal scale changed from 2 to 3"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/p: decimal scale changed from 2 to 3"), "{err}");
     let err = check_compatible(&dec(2, 9), &dec(2, 12), CompatibilityMode::Full).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("forward: /p: decimal precision shrank from 12 to 9"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("forward: /p: decimal precision shrank from 12 to 9"), "{err}");
 
     // A renamed field that lists the old name as an alias reads old data.
-    let renamed = user(
-        r#"{"name":"id","type":"long"},{"name":"full_name","aliases":["name"],"type":"string"}"#,
-    );
+    let renamed = user(r#"{"name":"id","type":"long"},{"name":"full_name","aliases":["name"],"type":"string"}"#);
     check_compatible(&user(V1), &renamed, CompatibilityMode::Backward).unwrap();
 
     // Widening to a union is backward compatible, narrowing back is not forward.
-    let nullable = user(
-        r#"{"name":"id","type":"long"},{"name":"name","type":["null","string"],"default":null}"#,
-    );
+    let nullable = user(r#"{"name":"id","type":"long"},{"name":"name","type":["null","string"],"default":null}"#);
     check_compatible(&user(V1), &nullable, CompatibilityMode::Backward).unwrap();
     let err = check_compatible(&user(V1), &nullable, CompatibilityMode::Forward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/name: writer type null cannot be read as string"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/name: writer type null cannot be read as string"), "{err}");
 
     // An enum reader with a default reads unknown symbols.
-    let with_default =
-        user(r#"{"name":"s","type":{"type":"enum","name":"S","symbols":["A","Z"],"default":"Z"}}"#);
+    let with_default = user(r#"{"name":"s","type":{"type":"enum","name":"S","symbols":["A","Z"],"default":"Z"}}"#);
     let three = user(r#"{"name":"s","type":{"type":"enum","name":"S","symbols":["A","B","C"]}}"#);
     check_compatible(&three, &with_default, CompatibilityMode::Backward).unwrap();
     let err = check_compatible(&three, &with_default, CompatibilityMode::Forward).unwrap_err();
     assert!(err.to_string().contains("enum symbol `Z`"), "{err}");
 
     // Fixed keeps its size; timestamps resolve as their long.
-    let fixed = |size: u32| {
-        user(&format!(
-            r#"{{"name":"f","type":{{"type":"fixed","name":"F","size":{size}}}}}"#
-        ))
-    };
+    let fixed = |size: u32| user(&format!(r#"{{"name":"f","type":{{"type":"fixed","name":"F","size":{size}}}}}"#));
     let err = check_compatible(&fixed(4), &fixed(8), CompatibilityMode::Backward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/f: fixed size changed from 4 to 8"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/f: fixed size changed from 4 to 8"), "{err}");
     let ts = user(r#"{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}}"#);
     let long = user(r#"{"name":"t","type":"long"}"#);
     check_compatible(&ts, &long, CompatibilityMode::Full).unwrap();
@@ -517,17 +381,9 @@ fn recursive_records_are_checked_without_looping() {
     check_compatible(&list(""), &list(""), CompatibilityMode::Full).unwrap();
     let grown = list(r#",{"name":"w","type":"int"}"#);
     let err = check_compatible(&list(""), &grown, CompatibilityMode::Backward).unwrap_err();
-    assert!(
-        err.to_string().contains("/w: field is not in the writer"),
-        "{err}"
-    );
-    let bytes = list("")
-        .encode_from_json(&json!({"v": 1, "next": {"v": 2}}))
-        .unwrap();
-    assert_eq!(
-        list("").decode_to_json(&bytes).unwrap(),
-        json!({"v": 1, "next": {"v": 2, "next": null}})
-    );
+    assert!(err.to_string().contains("/w: field is not in the writer"), "{err}");
+    let bytes = list("").encode_from_json(&json!({"v": 1, "next": {"v": 2}})).unwrap();
+    assert_eq!(list("").decode_to_json(&bytes).unwrap(), json!({"v": 1, "next": {"v": 2, "next": null}}));
 }
 
 #[test]
@@ -553,8 +409,7 @@ fn direct_encoder_matches_apache_avro_byte_for_byte() {
         let schema = Schema::compile(SchemaKind::Avro, def).unwrap();
         let ours = schema.encode_from_json(&value).unwrap();
         let codec = avro_codec(&schema);
-        let decoded =
-            apache_avro::from_avro_datum(&codec.schema, &mut ours.as_slice(), None).unwrap();
+        let decoded = apache_avro::from_avro_datum(&codec.schema, &mut ours.as_slice(), None).unwrap();
         let theirs = apache_avro::to_avro_datum(&codec.schema, decoded).unwrap();
         assert_eq!(ours, theirs, "{def}");
         let back = schema.decode_to_json(&ours).unwrap();

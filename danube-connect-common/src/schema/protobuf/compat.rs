@@ -28,13 +28,7 @@ pub(crate) fn can_read(writer: &ProtobufCodec, reader: &ProtobufCodec) -> Vec<St
     let mut reasons = Vec::new();
     let mut seen = HashSet::new();
     let mut path = String::new();
-    compare_messages(
-        &writer.message,
-        &reader.message,
-        &mut path,
-        &mut seen,
-        &mut reasons,
-    );
+    compare_messages(&writer.message, &reader.message, &mut path, &mut seen, &mut reasons);
     reasons
 }
 
@@ -45,10 +39,7 @@ fn compare_messages(
     seen: &mut HashSet<(String, String)>,
     reasons: &mut Vec<String>,
 ) {
-    if !seen.insert((
-        writer.full_name().to_string(),
-        reader.full_name().to_string(),
-    )) {
+    if !seen.insert((writer.full_name().to_string(), reader.full_name().to_string())) {
         return;
     }
     for r_field in reader.fields() {
@@ -56,10 +47,8 @@ fn compare_messages(
         push_segment(path, r_field.name());
         match writer.get_field(r_field.number()) {
             Some(w_field) => compare_fields(&w_field, &r_field, path, seen, reasons),
-            None if r_field.cardinality() == Cardinality::Required => reasons.push(format!(
-                "{path}: field {} is required by the reader but not in the writer",
-                r_field.number()
-            )),
+            None if r_field.cardinality() == Cardinality::Required => reasons
+                .push(format!("{path}: field {} is required by the reader but not in the writer", r_field.number())),
             None => {}
         }
         path.truncate(len);
@@ -83,19 +72,11 @@ fn compare_fields(
         }
     };
     if shape(w) != shape(r) {
-        reasons.push(format!(
-            "{path}: field {} changed from {} to {}",
-            r.number(),
-            shape(w),
-            shape(r)
-        ));
+        reasons.push(format!("{path}: field {} changed from {} to {}", r.number(), shape(w), shape(r)));
         return;
     }
     if r.cardinality() == Cardinality::Required && w.cardinality() != Cardinality::Required {
-        reasons.push(format!(
-            "{path}: field {} is required by the reader but optional in the writer",
-            r.number()
-        ));
+        reasons.push(format!("{path}: field {} is required by the reader but optional in the writer", r.number()));
     }
     if w.is_map() {
         if let (Kind::Message(wm), Kind::Message(rm)) = (w.kind(), r.kind()) {

@@ -40,8 +40,8 @@ use std::collections::HashSet;
 use base64::Engine as _;
 use prost::Message as _;
 use prost_reflect::{
-    Cardinality, DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor,
-    ReflectMessage, SerializeOptions, Value as ProtoValue,
+    Cardinality, DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage,
+    SerializeOptions, Value as ProtoValue,
 };
 use serde_json::Value;
 
@@ -78,31 +78,20 @@ impl ProtobufCodec {
             Some(name) => {
                 let name = name.trim_start_matches('.');
                 pool.get_message_by_name(name).ok_or_else(|| {
-                    let known: Vec<String> = pool
-                        .all_messages()
-                        .map(|m| m.full_name().to_string())
-                        .collect();
+                    let known: Vec<String> = pool.all_messages().map(|m| m.full_name().to_string()).collect();
                     SchemaError::definition(
                         KIND,
-                        format!(
-                            "message `{name}` is not defined (defined: {})",
-                            known.join(", ")
-                        ),
+                        format!("message `{name}` is not defined (defined: {})", known.join(", ")),
                     )
                 })?
             }
             None => pool
                 .get_file_by_name(&main_file)
                 .and_then(|f| f.messages().next())
-                .ok_or_else(|| {
-                    SchemaError::definition(KIND, format!("file `{main_file}` defines no message"))
-                })?,
+                .ok_or_else(|| SchemaError::definition(KIND, format!("file `{main_file}` defines no message")))?,
         };
         let has_required = reaches_required(&descriptor, &mut HashSet::new());
-        Ok(ProtobufCodec {
-            message: descriptor,
-            has_required,
-        })
+        Ok(ProtobufCodec { message: descriptor, has_required })
     }
 
     /// Full name of the payload message (`shop.v1.Order`).
@@ -116,43 +105,28 @@ impl ProtobufCodec {
 
     pub(crate) fn decode_to_json(&self, payload: &[u8]) -> Result<Value, SchemaError> {
         let message = self.decode(payload)?;
-        let options = SerializeOptions::new()
-            .use_proto_field_name(true)
-            .skip_default_fields(false);
+        let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
         message
             .serialize_with_options(serde_json::value::Serializer, &options)
-            .map_err(|e| {
-                SchemaError::payload_with(KIND, "", "message cannot be represented as JSON", e)
-            })
+            .map_err(|e| SchemaError::payload_with(KIND, "", "message cannot be represented as JSON", e))
     }
 
     pub(crate) fn encode_from_json(&self, value: &Value) -> Result<Vec<u8>, SchemaError> {
         let options = DeserializeOptions::new().deny_unknown_fields(true);
         // Fast path without path tracking; an invalid value is deserialized again with it.
-        let message =
-            match DynamicMessage::deserialize_with_options(self.message.clone(), value, &options) {
-                Ok(message) => message,
-                Err(_) => {
-                    let mut track = serde_path_to_error::Track::new();
-                    let deserializer = serde_path_to_error::Deserializer::new(value, &mut track);
-                    let err = match DynamicMessage::deserialize_with_options(
-                        self.message.clone(),
-                        deserializer,
-                        &options,
-                    ) {
-                        Ok(_) => {
-                            return Err(SchemaError::payload_at(
-                                KIND,
-                                "",
-                                "value does not match the message",
-                            ))
-                        }
-                        Err(e) => e,
-                    };
-                    let path = pointer_of(&track.path());
-                    return Err(SchemaError::payload_with(KIND, path, err.to_string(), err));
-                }
-            };
+        let message = match DynamicMessage::deserialize_with_options(self.message.clone(), value, &options) {
+            Ok(message) => message,
+            Err(_) => {
+                let mut track = serde_path_to_error::Track::new();
+                let deserializer = serde_path_to_error::Deserializer::new(value, &mut track);
+                let err = match DynamicMessage::deserialize_with_options(self.message.clone(), deserializer, &options) {
+                    Ok(_) => return Err(SchemaError::payload_at(KIND, "", "value does not match the message")),
+                    Err(e) => e,
+                };
+                let path = pointer_of(&track.path());
+                return Err(SchemaError::payload_with(KIND, path, err.to_string(), err));
+            }
+        };
         if self.has_required {
             check_required(&message)?;
         }
@@ -161,8 +135,8 @@ impl ProtobufCodec {
 
     fn decode(&self, payload: &[u8]) -> Result<DynamicMessage, SchemaError> {
         let message = DynamicMessage::decode(self.message.clone(), payload).map_err(|e| {
-            let (path, detail) = locate_wire_error(&self.message, payload)
-                .unwrap_or_else(|| (String::new(), e.to_string()));
+            let (path, detail) =
+                locate_wire_error(&self.message, payload).unwrap_or_else(|| (String::new(), e.to_string()));
             SchemaError::payload_with(KIND, path, detail, e)
         })?;
         if self.has_required {
@@ -174,16 +148,11 @@ impl ProtobufCodec {
 
 /// Loads the definition into a pool; returns it and the name of the main file.
 fn load_pool(definition: &[u8]) -> Result<(DescriptorPool, String), SchemaError> {
-    let from_set =
-        |bytes: &[u8]| -> Result<(DescriptorPool, String), prost_reflect::DescriptorError> {
-            let pool = DescriptorPool::decode(bytes)?;
-            let main = pool
-                .files()
-                .last()
-                .map(|f| f.name().to_string())
-                .unwrap_or_default();
-            Ok((pool, main))
-        };
+    let from_set = |bytes: &[u8]| -> Result<(DescriptorPool, String), prost_reflect::DescriptorError> {
+        let pool = DescriptorPool::decode(bytes)?;
+        let main = pool.files().last().map(|f| f.name().to_string()).unwrap_or_default();
+        Ok((pool, main))
+    };
     let raw_error = match from_set(definition) {
         Ok((pool, main)) if !main.is_empty() => return Ok((pool, main)),
         Ok(_) => None,
@@ -191,11 +160,9 @@ fn load_pool(definition: &[u8]) -> Result<(DescriptorPool, String), SchemaError>
     };
     let Ok(text) = std::str::from_utf8(definition) else {
         return Err(match raw_error {
-            Some(e) => SchemaError::definition_with(
-                KIND,
-                format!("not a valid FileDescriptorSet: {}", error_chain(&e)),
-                e,
-            ),
+            Some(e) => {
+                SchemaError::definition_with(KIND, format!("not a valid FileDescriptorSet: {}", error_chain(&e)), e)
+            }
             None => SchemaError::definition(KIND, "the FileDescriptorSet has no file"),
         });
     };
@@ -253,9 +220,7 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
     let mut out = String::new();
     for segment in path.iter() {
         match segment {
-            serde_path_to_error::Segment::Seq { index } => {
-                push_segment(&mut out, &index.to_string())
-            }
+            serde_path_to_error::Segment::Seq { index } => push_segment(&mut out, &index.to_string()),
             serde_path_to_error::Segment::Map { key } => push_segment(&mut out, key),
             serde_path_to_error::Segment::Enum { variant } => push_segment(&mut out, variant),
             serde_path_to_error::Segment::Unknown => {}

@@ -61,29 +61,20 @@ fn json_names_are_accepted_and_defaults_are_emitted() {
     assert_eq!(back["amount_cents"], json!("0"));
     assert_eq!(back["items"], json!([]));
     assert_eq!(back["status"], json!("STATUS_UNSPECIFIED"));
-    assert!(
-        back.get("note").is_none(),
-        "unset optional field is absent: {back}"
-    );
+    assert!(back.get("note").is_none(), "unset optional field is absent: {back}");
 }
 
 #[test]
 fn invalid_json_values_name_the_field() {
     let schema = order();
-    let err = schema
-        .encode_from_json(&json!({"order_id": "o", "items": [{"sku": "a"}, {"qty": "many"}]}))
-        .unwrap_err();
+    let err = schema.encode_from_json(&json!({"order_id": "o", "items": [{"sku": "a"}, {"qty": "many"}]})).unwrap_err();
     assert!(err.is_invalid_payload(), "{err}");
     assert_eq!(err.violations()[0].path, "/items/1/qty", "{err}");
 
-    let err = schema
-        .encode_from_json(&json!({"status": "STATUS_LOST"}))
-        .unwrap_err();
+    let err = schema.encode_from_json(&json!({"status": "STATUS_LOST"})).unwrap_err();
     assert_eq!(err.violations()[0].path, "/status", "{err}");
 
-    let err = schema
-        .encode_from_json(&json!({"order_id": "o", "colour": "red"}))
-        .unwrap_err();
+    let err = schema.encode_from_json(&json!({"order_id": "o", "colour": "red"})).unwrap_err();
     assert!(err.is_invalid_payload());
     assert!(err.to_string().contains("colour"), "{err}");
 }
@@ -127,24 +118,14 @@ const PROTO2: &str = r#"
 #[test]
 fn proto2_required_fields_are_enforced_with_paths() {
     let schema = Schema::compile(SchemaKind::Protobuf, PROTO2).unwrap();
-    let err = schema
-        .encode_from_json(&json!({"customer": {"name": "x"}}))
-        .unwrap_err();
+    let err = schema.encode_from_json(&json!({"customer": {"name": "x"}})).unwrap_err();
     assert_eq!(err.violations()[0].path, "/customer/id", "{err}");
-    assert!(
-        err.to_string().contains("required field is missing"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("required field is missing"), "{err}");
     // Binary: customer present but empty.
     let err = schema.validate(&[0x0a, 0]).unwrap_err();
     assert_eq!(err.violations()[0].path, "/customer/id", "{err}");
-    let ok = schema
-        .encode_from_json(&json!({"customer": {"id": "5"}}))
-        .unwrap();
-    assert_eq!(
-        schema.decode_to_json(&ok).unwrap()["customer"]["id"],
-        json!("5")
-    );
+    let ok = schema.encode_from_json(&json!({"customer": {"id": "5"}})).unwrap();
+    assert_eq!(schema.decode_to_json(&ok).unwrap()["customer"]["id"], json!("5"));
 }
 
 #[test]
@@ -186,11 +167,7 @@ fn msg(fields: &str) -> Schema {
     .unwrap()
 }
 
-const ALL: [CompatibilityMode; 3] = [
-    CompatibilityMode::Backward,
-    CompatibilityMode::Forward,
-    CompatibilityMode::Full,
-];
+const ALL: [CompatibilityMode; 3] = [CompatibilityMode::Backward, CompatibilityMode::Forward, CompatibilityMode::Full];
 
 #[test]
 fn adding_or_removing_optional_fields_and_widening_ints_is_compatible() {
@@ -214,18 +191,10 @@ fn changing_a_field_type_or_shape_is_refused() {
     for mode in ALL {
         let err = check_compatible(&v1, &retyped, mode).unwrap_err();
         assert!(err.to_string().contains("/n: type changed from"), "{err}");
-        assert!(
-            err.to_string().contains("int32") && err.to_string().contains("string"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("int32") && err.to_string().contains("string"), "{err}");
         let err = check_compatible(&v1, &repeated, mode).unwrap_err();
-        assert!(
-            err.to_string().contains("/n: field 2 changed from"),
-            "{err}"
-        );
-        assert!(check_compatible(&v1, &zigzag, mode)
-            .unwrap_err()
-            .is_incompatible());
+        assert!(err.to_string().contains("/n: field 2 changed from"), "{err}");
+        assert!(check_compatible(&v1, &zigzag, mode).unwrap_err().is_incompatible());
     }
     check_compatible(&v1, &retyped, CompatibilityMode::None).unwrap();
     // Nested message fields are compared too.
@@ -235,11 +204,7 @@ fn changing_a_field_type_or_shape_is_refused() {
     )
     .unwrap();
     let err = check_compatible(&v1, &nested, CompatibilityMode::Backward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/sub/s: type changed from string to int64"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/sub/s: type changed from string to int64"), "{err}");
 }
 
 #[test]
@@ -247,25 +212,14 @@ fn proto2_required_and_closed_enums_are_directional() {
     let v1 = Schema::compile(SchemaKind::Protobuf, PROTO2).unwrap();
     let with_required = Schema::compile(
         SchemaKind::Protobuf,
-        PROTO2.replace(
-            "optional Kind kind = 2;",
-            "optional Kind kind = 2; required string region = 3;",
-        ),
+        PROTO2.replace("optional Kind kind = 2;", "optional Kind kind = 2; required string region = 3;"),
     )
     .unwrap();
     let err = check_compatible(&v1, &with_required, CompatibilityMode::Backward).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("/region: field 3 is required by the reader"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/region: field 3 is required by the reader"), "{err}");
     check_compatible(&v1, &with_required, CompatibilityMode::Forward).unwrap();
 
-    let more_kinds = Schema::compile(
-        SchemaKind::Protobuf,
-        PROTO2.replace("B = 1;", "B = 1; C = 2;"),
-    )
-    .unwrap();
+    let more_kinds = Schema::compile(SchemaKind::Protobuf, PROTO2.replace("B = 1;", "B = 1; C = 2;")).unwrap();
     check_compatible(&v1, &more_kinds, CompatibilityMode::Backward).unwrap();
     let err = check_compatible(&v1, &more_kinds, CompatibilityMode::Forward).unwrap_err();
     assert!(err.to_string().contains("enum value C (2)"), "{err}");

@@ -6,10 +6,7 @@ use crate::schema::push_segment;
 
 /// Walks the wire format of a payload that failed to decode to find the failing field.
 /// Returns the JSON pointer of the field and what is wrong, or None when not found.
-pub(super) fn locate_wire_error(
-    message: &MessageDescriptor,
-    payload: &[u8],
-) -> Option<(String, String)> {
+pub(super) fn locate_wire_error(message: &MessageDescriptor, payload: &[u8]) -> Option<(String, String)> {
     let mut path = String::new();
     walk_message(message, payload, &mut path, 0).err()
 }
@@ -27,8 +24,7 @@ fn walk_message(
     }
     let mut occurrences: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     while !buf.is_empty() {
-        let key = read_varint(&mut buf)
-            .ok_or_else(|| (path.clone(), "invalid field key varint".to_string()))?;
+        let key = read_varint(&mut buf).ok_or_else(|| (path.clone(), "invalid field key varint".to_string()))?;
         let number = u32::try_from(key >> 3).unwrap_or(0);
         let wire = (key & 7) as u8;
         if number == 0 {
@@ -67,10 +63,7 @@ fn walk_message(
                     .and_then(|n| usize::try_from(n).ok())
                     .ok_or_else(|| (path.clone(), "invalid length varint".to_string()))?;
                 if buf.len() < size {
-                    return fail(
-                        path,
-                        format!("length {size} exceeds the {} remaining bytes", buf.len()),
-                    );
+                    return fail(path, format!("length {size} exceeds the {} remaining bytes", buf.len()));
                 }
                 let (body, rest) = buf.split_at(size);
                 buf = rest;
@@ -80,10 +73,7 @@ fn walk_message(
             }
             3 | 4 => {
                 // Groups (deprecated) are left to the decoder's own message.
-                return Err((
-                    path.clone(),
-                    "group-encoded field could not be decoded".into(),
-                ));
+                return Err((path.clone(), "group-encoded field could not be decoded".into()));
             }
             other => return fail(path, format!("invalid wire type {other}")),
         }
@@ -113,9 +103,9 @@ fn check_delimited(
     depth: usize,
 ) -> Result<(), (String, String)> {
     match field.kind() {
-        Kind::String => std::str::from_utf8(body)
-            .map(|_| ())
-            .map_err(|_| (path.clone(), "string is not valid UTF-8".to_string())),
+        Kind::String => {
+            std::str::from_utf8(body).map(|_| ()).map_err(|_| (path.clone(), "string is not valid UTF-8".to_string()))
+        }
         Kind::Message(inner) => walk_message(&inner, body, path, depth + 1),
         _ => Ok(()),
     }
