@@ -139,7 +139,7 @@ pub struct DanubeConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// The broker's Prometheus exporter (`danube-broker --prom-exporter`), e.g.
-    /// `http://127.0.0.1:9040`: sinks read their subscription's lag from it to detect a
+    /// `http://127.0.0.1:9040` (`/metrics` is appended unless given): sinks read their subscription's lag from it to detect a
     /// subscription the broker stopped feeding (`sink.stall_timeout`). Unset: no detection.
     pub broker_metrics_url: Option<String>,
 }
@@ -417,9 +417,16 @@ pub struct SinkConfig {
     pub decode_schemas: bool,
     /// How long a subscription may have a backlog at the broker while nothing of it reaches
     /// the sink before the sink reports itself stalled (not ready, metric, one error log).
-    /// Needs `danube.broker_metrics_url`. Default 30 s.
+    /// Needs `danube.broker_metrics_url`. Default 20 s (detection then fires within about
+    /// 24 s of the cursor stopping).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Records a topic's lanes may hold queued ahead of processing. The broker never sends
+    /// more than its dispatch window (`max_unacked_messages`, default 10, at most 10000)
+    /// unacked, so this costs memory only when the broker's window is raised; it must be at
+    /// least that window, or the broker's dispatcher blocks on this sink and skips messages
+    /// after a burst (see `docs/running-on-danube.md`). Default 10000.
+    pub prefetch: usize,
 }
 
 impl Default for SinkConfig {
@@ -430,7 +437,8 @@ impl Default for SinkConfig {
             concurrency: 1,
             ordering: Ordering::Key,
             decode_schemas: true,
-            stall_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(20),
+            prefetch: 10_000,
         }
     }
 }
@@ -448,6 +456,9 @@ impl Validate for SinkConfig {
         }
         if !(1..=1024).contains(&self.concurrency) {
             return Err(ConfigError::invalid("sink.concurrency", "must be 1 to 1024"));
+        }
+        if !(1..=1_000_000).contains(&self.prefetch) {
+            return Err(ConfigError::invalid("sink.prefetch", "must be 1 to 1000000"));
         }
         if self.stall_timeout < Duration::from_secs(1) {
             return Err(ConfigError::invalid("sink.stall_timeout", "must be at least 1s"));

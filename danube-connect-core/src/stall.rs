@@ -270,7 +270,8 @@ impl StallWatch {
     pub(crate) async fn run(self, progress: std::sync::Arc<Progress>, shutdown: tokio_util::sync::CancellationToken) {
         let interval = (self.timeout / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
         let component = format!("stall {}", self.topic);
-        let url = format!("{}/metrics", self.metrics_url.trim_end_matches('/'));
+        let base = self.metrics_url.trim_end_matches('/');
+        let url = if base.ends_with("/metrics") { base.to_string() } else { format!("{base}/metrics") };
         let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
             Ok(client) => client,
             Err(e) => {

@@ -26,8 +26,6 @@ use crate::record::SinkRecord;
 use crate::retry::{RetryFailure, RetryPolicy};
 use crate::stall::{Progress, StallWatch};
 
-const LANE_QUEUE: usize = 64;
-
 /// Everything a lane needs to process and ack.
 struct Lane {
     env: Env,
@@ -211,7 +209,9 @@ fn spawn_lanes(
 ) -> Vec<(mpsc::Sender<StreamMessage>, JoinHandle<()>)> {
     (0..env.config.sink.concurrency)
         .map(|_| {
-            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            // Tokio's bounded channel allocates as it fills: a large `prefetch` costs nothing
+            // until the broker's dispatch window lets that many records through.
+            let (tx, rx) = mpsc::channel(env.config.sink.prefetch);
             let lane = Lane {
                 env: env.clone(),
                 topic: topic.to_string(),
