@@ -473,7 +473,27 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     if parts.len() != 3 || !parts[0].is_empty() || parts[1].is_empty() || parts[2].is_empty() {
         return Err(ConfigError::invalid(field, format!("`{topic}` must have the form /namespace/topic")));
     }
+    if let Some(bad) = parts[1..].iter().flat_map(|part| part.chars()).find(|c| !is_topic_char(*c)) {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "`{topic}` contains `{bad}`: Danube accepts only letters, digits, `_` and `-` in a namespace or topic name"
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Whether Danube accepts `c` in a namespace or topic name (the broker's
+/// `validate_topic_format`: alphanumeric, `_` or `-`).
+pub fn is_topic_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '-'
+}
+
+/// `segment` with every character Danube refuses in a topic name replaced by `_`, for text
+/// from outside (a table, an MQTT topic level, a Kafka topic) that becomes part of a topic.
+pub fn sanitize_topic_segment(segment: &str) -> String {
+    segment.chars().map(|c| if is_topic_char(c) { c } else { '_' }).collect()
 }
 
 /// The ops HTTP port: `/metrics`, `/healthz`, `/readyz`.
@@ -610,12 +630,11 @@ impl RuntimeConfig {
 
 impl Validate for RuntimeConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.name.is_empty()
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
+        // The name becomes part of the dead-letter topic, so it follows Danube's topic rules.
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(ConfigError::invalid(
                 "name",
-                format!("`{}` must be non-empty and use only letters, digits, '-', '_' and '.'", self.name),
+                format!("`{}` must be non-empty and use only letters, digits, '-' and '_'", self.name),
             ));
         }
         self.danube.validate()?;
@@ -902,5 +921,9 @@ mod tests {
         assert!(validate_topic("f", "/default/t").is_ok());
         assert!(validate_topic("f", "default/t").is_err());
         assert!(validate_topic("f", "/t").is_err());
+        let error = validate_topic("connector.topic", "/default/public.users").unwrap_err().to_string();
+        assert!(error.contains("connector.topic") && error.contains("`.`"), "{error}");
+        assert!(validate_topic("f", "/default/a_b-9").is_ok());
+        assert_eq!(sanitize_topic_segment("x/y.z"), "x_y_z");
     }
 }

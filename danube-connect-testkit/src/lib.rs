@@ -4,12 +4,15 @@
 //! a temp dir, and stopped when its handle drops. A binary that is missing makes the test
 //! fail with the install command to run (`scripts/test.sh` installs everything).
 //!
+//! - [`broker`]: the Danube broker a test runs on, the development one or the real one
+//!   (`DANUBE_BROKER_BIN`), with one test body for both;
 //! - [`process`]: run a connector binary, wait until ready, SIGTERM or kill -9 it;
 //! - [`ports`]: free loopback ports;
 //! - [`danube`]: raw `danube-client` producers, the benchmarks' baseline;
 //! - [`procfs`]: memory, CPU time and load of processes, for the benchmarks;
 //! - [`postgres`], [`clickhouse`], [`mosquitto`], [`kafka`]: the outside systems.
 
+pub mod broker;
 pub mod clickhouse;
 pub mod danube;
 pub mod kafka;

@@ -31,8 +31,18 @@ const CONSUMER_GRACE: Duration = Duration::from_secs(12);
 /// Errors of broker operations, mapped to gRPC status codes.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StateError {
-    #[error("invalid topic name '{0}': expected /namespace/topic")]
+    #[error("The topic: {0} has an invalid format, should be: /namespace_name/topic_name")]
     InvalidTopic(String),
+    #[error(
+        "Cannot create topic '{topic}': partitioned topics with this base name already exist (found {found} partitions). Delete the partitioned topics first."
+    )]
+    PrefixTaken { topic: String, found: usize },
+    #[error(
+        "Cannot create partitioned topic '{topic}': a non-partitioned topic '{base}' already exists. Delete the non-partitioned topic first."
+    )]
+    BaseTaken { topic: String, base: String },
+    #[error("Producer requested dispatch strategy does not match topic strategy")]
+    DispatchMismatch,
     #[error("Unable to find the namespace {0}")]
     NamespaceNotFound(String),
     #[error("topic {0} not found")]
@@ -74,7 +84,8 @@ impl From<StateError> for Status {
             | StateError::ProducerNotFound(_)
             | StateError::ConsumerNotFound(_)
             | StateError::SubscriptionNotFound { .. } => Status::not_found(msg),
-            StateError::SchemaSubjectMissing(_) => Status::failed_precondition(msg),
+            StateError::SchemaSubjectMissing(_) | StateError::DispatchMismatch => Status::failed_precondition(msg),
+            StateError::PrefixTaken { .. } | StateError::BaseTaken { .. } => Status::already_exists(msg),
             StateError::ExclusiveBusy { .. } => Status::permission_denied(msg),
             StateError::Schema(s) => match s {
                 SchemaError::Incompatible { .. } => Status::failed_precondition(msg),
@@ -103,12 +114,13 @@ pub(crate) struct ConsumerInfo {
     pub subscription: String,
 }
 
-/// Parses `/namespace/topic`, returning the namespace.
+/// Parses `/namespace/topic`, returning the namespace. Like Danube's `validate_topic_format`,
+/// each part holds letters, digits, `_` and `-` only (a `.` is refused).
 pub(crate) fn namespace_of(topic: &str) -> Result<&str, StateError> {
     let invalid = || StateError::InvalidTopic(topic.to_string());
     let rest = topic.strip_prefix('/').ok_or_else(invalid)?;
     let (ns, name) = rest.split_once('/').ok_or_else(invalid)?;
-    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'));
     if ok(ns) && ok(name) {
         Ok(ns)
     } else {
@@ -218,7 +230,26 @@ impl BrokerState {
         if !self.namespaces.read().contains(ns) {
             return Err(StateError::NamespaceNotFound(ns.to_string()));
         }
+        self.check_name_collision(name)?;
         Ok(self.insert_topic(name, reliable, true))
+    }
+
+    /// Danube keeps topics in a key-ordered store and finds "partitions" of `X` by a prefix
+    /// scan, so it refuses to create `X` while any topic whose name starts with `X` exists
+    /// (`X-dlq`, `Xy`, ...), and refuses `X-part-N` while a plain topic `X` exists.
+    fn check_name_collision(&self, name: &str) -> Result<(), StateError> {
+        let topics = self.topics.read();
+        if let Some((base, _)) = name.rsplit_once("-part-") {
+            if topics.contains_key(base) {
+                return Err(StateError::BaseTaken { topic: name.to_string(), base: base.to_string() });
+            }
+            return Ok(());
+        }
+        let found = topics.keys().filter(|existing| existing.starts_with(name) && existing.as_str() != name).count();
+        if found > 0 {
+            return Err(StateError::PrefixTaken { topic: name.to_string(), found });
+        }
+        Ok(())
     }
 
     fn insert_topic(&self, name: &str, reliable: bool, persist: bool) -> Arc<Topic> {
@@ -300,6 +331,9 @@ impl BrokerState {
             }
         }
         let topic = self.get_or_create_topic(topic, reliable)?;
+        if topic.reliable != reliable {
+            return Err(StateError::DispatchMismatch);
+        }
         let mut producers = self.producers.write();
         if let Some((id, _)) = producers.iter().find(|(_, p)| p.name == name && p.topic.name == topic.name) {
             return Ok(*id);

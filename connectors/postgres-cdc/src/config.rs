@@ -129,7 +129,7 @@ impl Default for PostgresCdcConfig {
             create_publication: true,
             snapshot: SnapshotMode::Initial,
             snapshot_chunk_size: 5000,
-            topic: "/default/{schema}.{table}".into(),
+            topic: "/default/{schema}_{table}".into(),
             transaction_topic: None,
             status_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn topic_template_expands_schema_and_table() {
         let config = PostgresCdcConfig::default();
-        assert_eq!(config.topic_for("public", "users"), "/default/public.users");
+        assert_eq!(config.topic_for("public", "users"), "/default/public_users");
         assert_eq!(config.table_list(), Vec::<(String, String)>::new());
         let config = PostgresCdcConfig { tables: vec!["users".into(), "sales.orders".into()], ..Default::default() };
         assert_eq!(config.table_list()[0], ("public".into(), "users".into()));

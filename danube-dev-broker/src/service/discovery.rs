@@ -1,6 +1,6 @@
 //! `danube.Discovery`: this broker owns every topic.
 
-use crate::state::BrokerState;
+use crate::state::{namespace_of, BrokerState};
 use danube_core::proto::discovery_server::Discovery;
 use danube_core::proto::topic_lookup_response::LookupType;
 use danube_core::proto::{TopicLookupRequest, TopicLookupResponse, TopicPartitionsResponse};
@@ -27,6 +27,7 @@ impl Discovery for DiscoverySvc {
             .filter(|a| !a.ip().is_unspecified())
             .map_or_else(|| self.state.broker_url.clone(), |a| format!("{scheme}://{a}"));
         let req = request.into_inner();
+        namespace_of(&req.topic)?;
         Ok(Response::new(TopicLookupResponse {
             request_id: req.request_id,
             response_type: LookupType::Connect as i32,
@@ -41,6 +42,7 @@ impl Discovery for DiscoverySvc {
         request: Request<TopicLookupRequest>,
     ) -> Result<Response<TopicPartitionsResponse>, Status> {
         let req = request.into_inner();
+        namespace_of(&req.topic)?;
         Ok(Response::new(TopicPartitionsResponse {
             request_id: req.request_id,
             partitions: self.state.partitions(&req.topic),

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::common::{stop_cleanly, wait_payloads, Env};
 
-const TOPIC: &str = "/default/public.items";
+const TOPIC: &str = "/default/public_items";
 
 const TYPES_TABLE: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
     CREATE TABLE items (
@@ -200,7 +200,7 @@ async fn every_mapped_type_in_snapshot_insert_and_full_identity_update_and_delet
     env.pg.psql(&format!("INSERT INTO typed VALUES (1, {VALUES_A})")).unwrap();
     env.pg.psql(UPDATE_TO_B).unwrap();
     env.pg.psql("DELETE FROM typed WHERE id = 1").unwrap();
-    let got = wait_payloads(&env, "/default/public.typed", 4, Duration::from_secs(30)).await;
+    let got = wait_payloads(&env, "/default/public_typed", 4, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 4, "{got:#?}\n{}", process.log());
     let ops: Vec<&str> = got.iter().map(|p| p["op"].as_str().unwrap_or_default()).collect();
     assert_eq!(ops, ["READ", "INSERT", "UPDATE", "DELETE"], "{got:#?}");
