@@ -6,7 +6,8 @@
 //! sink has not acked grows past about window + 256 messages (a burst), the broadcast
 //! overflows: the dispatcher skips the messages it lagged by and its ack cursor stays at the
 //! first one it skipped. The skipped messages stay in the WAL but this subscription will not
-//! deliver them until the topic is loaded again; newer messages still flow. See
+//! deliver them until the topic is loaded again (which a single v0.15 broker cannot do:
+//! UnloadTopic is refused, a restart fails); newer messages still flow. See
 //! `docs/running-on-danube.md`, "Known broker defects".
 //!
 //! What the sink sees: nothing, or only newer records. What the broker sees: the
@@ -334,7 +335,7 @@ impl StallWatch {
                         partition = %stall.partition,
                         broker_lag = stall.lag,
                         stalled_for = ?self.timeout,
-                        "sink stalled: the broker reports {} messages not acked on this subscription while this sink holds none and the cursor has not moved for {:?}; {cause} (Danube 0.15 reliable-dispatch defect after a burst larger than the dispatch window + 256). The messages are in the WAL; they are delivered again only after the topic is reloaded (UnloadTopic on a cluster of 2+ brokers). To prevent it raise `dispatch.max_unacked_messages` on the broker and keep bursts below it. See docs/running-on-danube.md, Known broker defects",
+                        "sink stalled: the broker reports {} messages not acked on this subscription while this sink holds none and its cursor has not moved for {:?}; {cause}. This is a Danube 0.15 reliable-dispatch defect after a burst larger than the dispatch window + 256 messages. The messages are in the broker's WAL but this subscription will not deliver them: only a reload of the topic re-reads them, which a single v0.15 broker cannot do. Operator action: re-send the missing records from their origin; to prevent it, raise `dispatch.max_unacked_messages` in the broker config (up to 10000) and keep `sink.prefetch` at least as large. See docs/running-on-danube.md, Known broker defects",
                         stall.lag,
                         self.timeout,
                     );
