@@ -4,7 +4,8 @@
 //! `cargo run -p danube-connect-core --example stall_probe -- SERVICE_URL PROM_URL ADMIN_URL TOPIC N P MODE [WAIT_S] [WINDOW]`
 //! MODE: `ack` (ack each message at once), `noack` (never ack: shows the effective window),
 //! `slow` (ack each after 1 ms).
-//! WINDOW: when given, `SetSubscriptionDispatchConfig` is sent before subscribing.
+//! WINDOW: when given, `SetSubscriptionDispatchConfig` is sent before subscribing (v0.15.1
+//! stores it and ignores it). The figures in `docs/running-on-danube.md` were taken with it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,15 @@ use danube_core::admin_proto::{
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() < 8 {
+        eprintln!(
+            "usage: stall_probe SERVICE_URL PROM_URL ADMIN_URL TOPIC N PRODUCERS ack|noack|slow [WAIT_S] [WINDOW]"
+        );
+        eprintln!(
+            "env: PROBE_SUB (subscription), PROBE_EXPECT (count to wait for), PROBE_RATE (msg/s), PROBE_PARTITIONS"
+        );
+        std::process::exit(2);
+    }
     let service = args[1].clone();
     let prom = args[2].clone();
     let admin = args[3].clone();

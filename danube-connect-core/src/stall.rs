@@ -369,6 +369,21 @@ impl StallWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{RuntimeConfig, Validate};
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let mut config = RuntimeConfig::default();
+        config.danube.broker_metrics_url = Some("127.0.0.1:9040".into());
+        let error = config.validate().expect_err("no scheme").to_string();
+        assert!(error.contains("danube.broker_metrics_url"), "{error}");
+        let mut config = RuntimeConfig::default();
+        config.sink.prefetch = 0;
+        assert!(config.validate().expect_err("zero").to_string().contains("sink.prefetch"));
+        let mut config = RuntimeConfig::default();
+        config.sink.stall_timeout = Duration::from_millis(10);
+        assert!(config.validate().expect_err("too short").to_string().contains("sink.stall_timeout"));
+    }
 
     const TEXT: &str = r#"# HELP danube_subscription_lag_messages lag
 # TYPE danube_subscription_lag_messages gauge
