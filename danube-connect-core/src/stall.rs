@@ -214,6 +214,8 @@ pub(crate) struct Stall {
     /// Records of this partition the sink acked meanwhile (cursor stuck on a skipped one),
     /// zero when it received nothing at all.
     pub(crate) acked_meanwhile: u64,
+    /// The cursor as the broker's figures give it (messages in minus lag).
+    pub(crate) cursor: f64,
 }
 
 /// The decision rule (see the module docs), from the oldest sample at least `timeout` old.
@@ -244,7 +246,8 @@ fn find_stall(old: &Sample, now: &Sample, last_unsettled_return: Option<Instant>
         let acked_meanwhile = sink_now.acked - sink_then.acked;
         let received_meanwhile = sink_now.received - sink_then.received;
         if acked_meanwhile > 0 || received_meanwhile == 0 {
-            return Some(Stall { partition: name.clone(), lag: figures.lag, acked_meanwhile });
+            let cursor = figures.messages_in - figures.lag;
+            return Some(Stall { partition: name.clone(), lag: figures.lag, acked_meanwhile, cursor });
         }
     }
     None
@@ -281,7 +284,9 @@ impl StallWatch {
             }
         };
         let mut samples: VecDeque<Sample> = VecDeque::new();
-        let mut stalled = false;
+        // While stalled: the partition and its cursor then; cleared only when that cursor moves
+        // (or the lag is gone), not when a sample merely lacks evidence.
+        let mut stalled: Option<(String, f64)> = None;
         let mut scrape_failing = false;
         loop {
             tokio::select! {
@@ -319,10 +324,13 @@ impl StallWatch {
                 Some(old) if old.at + self.timeout <= now.at => Some(find_stall(old, &now, last_return)),
                 _ => None,
             };
+            let resumed = stalled.as_ref().is_some_and(|(partition, cursor)| {
+                now.broker.get(partition).is_some_and(|f| f.lag <= 0.0 || f.messages_in - f.lag > *cursor)
+            });
             samples.push_back(now);
             match verdict {
-                Some(Some(stall)) if !stalled => {
-                    stalled = true;
+                Some(Some(stall)) if stalled.is_none() => {
+                    stalled = Some((stall.partition.clone(), stall.cursor));
                     self.gauge.set(1);
                     let cause = if stall.acked_meanwhile > 0 {
                         "the broker skipped messages this subscription lagged by and its ack cursor is stuck on them"
@@ -347,8 +355,8 @@ impl StallWatch {
                         )),
                     );
                 }
-                Some(None) if stalled => {
-                    stalled = false;
+                _ if resumed => {
+                    stalled = None;
                     self.gauge.set(0);
                     info!(topic = %self.topic, subscription = %self.subscription, "sink delivery resumed: the subscription's cursor moves again");
                     self.health.set_component(&component, None);
