@@ -261,7 +261,8 @@ pub enum FailurePolicy {
 pub struct FailureConfig {
     /// `dead_letter` (default), `nack` or `stop`.
     pub policy: FailurePolicy,
-    /// Dead-letter topic; default `/default/{name}-dlq`.
+    /// Dead-letter topic; default `/default/dlq-{name}` (not `{name}-dlq`: Danube would then
+    /// refuse a data topic `/default/{name}` created after it, see docs/running-on-danube.md).
     pub dead_letter_topic: Option<String>,
     /// Redelivery delay asked for with `nack`.
     #[serde(with = "humantime_serde")]
@@ -289,11 +290,22 @@ pub struct SourceConfig {
     /// (an HTTP client then gets 503).
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Topics created partitioned, with their partition count (`{"/default/orders" = 8}`):
+    /// the topic becomes `{topic}-part-0 .. {topic}-part-{n-1}`, records with a routing key
+    /// always go to the key's partition (per-key order holds), others round robin. Sinks
+    /// read every partition of a topic without any setting.
+    pub partitions: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        Self { producers_per_topic: 4, reliable: true, max_in_flight: 1024, publish_timeout: Duration::from_secs(30) }
+        Self {
+            producers_per_topic: 4,
+            reliable: true,
+            max_in_flight: 1024,
+            publish_timeout: Duration::from_secs(30),
+            partitions: std::collections::BTreeMap::new(),
+        }
     }
 }
 
@@ -304,6 +316,13 @@ impl Validate for SourceConfig {
         }
         if self.max_in_flight == 0 {
             return Err(ConfigError::invalid("source.max_in_flight", "must be at least 1"));
+        }
+        for (topic, count) in &self.partitions {
+            let field = format!("source.partitions.\"{topic}\"");
+            validate_topic(&field, topic)?;
+            if !(1..=1024).contains(count) {
+                return Err(ConfigError::invalid(&field, "must be 1 to 1024 partitions"));
+            }
         }
         Ok(())
     }
@@ -589,7 +608,7 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// The dead-letter topic in effect.
     pub fn dead_letter_topic(&self) -> String {
-        self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/{}-dlq", self.name))
+        self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/dlq-{}", self.name))
     }
 }
 

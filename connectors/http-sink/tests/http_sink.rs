@@ -85,7 +85,7 @@ async fn retryable_statuses_are_retried_until_success_with_a_stable_message_id()
         assert_eq!(tries.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Some(503), Some(500), Some(200)]);
         assert!(tries.iter().all(|r| r.body == tries[0].body));
     }
-    assert!(broker.messages("/default/retry-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-retry").is_empty());
     sink.stop().await;
 }
 
@@ -165,7 +165,7 @@ async fn a_long_retry_after_hands_the_record_back_to_the_broker_instead_of_sleep
     );
     assert_eq!(attempt(&got[1]), 2, "the attempt count survives the redelivery");
     assert_eq!(got[0].header("danube-message-id"), got[1].header("danube-message-id"));
-    assert!(broker.messages("/default/defer-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-defer").is_empty());
     sink.stop().await;
 }
 
@@ -187,7 +187,7 @@ async fn a_permanent_client_error_is_dead_lettered_at_once_with_the_error() {
     let bad = broker.publish(topic, b"bad".to_vec(), attrs, Some("k1".into()));
     broker.publish(topic, b"good-2".to_vec(), HashMap::new(), None);
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "perm") == 3).await);
-    let dead = broker.wait_for_messages("/default/perm-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-perm", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
     assert_eq!(d.payload.as_ref(), b"bad");
@@ -380,11 +380,11 @@ async fn the_circuit_opens_after_consecutive_failures_and_recovers_without_dead_
     // With it: 3 failures, then about one probe per cool-down.
     assert!((3..=9).contains(&during_outage), "requests while open: {during_outage}");
     assert_eq!(broker.ack_count(topic, "breaker"), 0);
-    assert!(broker.messages("/default/breaker-dlq").is_empty(), "an open circuit does not dead-letter");
+    assert!(broker.messages("/default/dlq-breaker").is_empty(), "an open circuit does not dead-letter");
     healthy.store(true, Ordering::SeqCst);
     assert!(eventually(Duration::from_secs(30), || broker.ack_count(topic, "breaker") == 5).await);
     assert_eq!(by_message_id(&receiver.delivered()).len(), 5);
-    assert!(broker.messages("/default/breaker-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-breaker").is_empty());
     sink.stop().await;
 }
 
@@ -469,7 +469,7 @@ async fn receiver_down_for_a_while_then_back_loses_nothing() {
     // The receiver went away with no request in flight (all 10 were acked first), and a
     // record is only sent again after a failure: nothing was delivered twice.
     assert_eq!(duplicates, 0, "duplicate deliveries");
-    assert!(broker.messages("/default/outage-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-outage").is_empty());
     sink.stop().await;
 }
 
@@ -498,7 +498,7 @@ async fn dropped_connections_and_timeouts_are_retried() {
         assert!(tries.len() >= 3, "dropped, timed out, then delivered: {}", tries.len());
         assert_eq!(attempt(tries.last().expect("last")), tries.len() as u32);
     }
-    assert!(broker.messages("/default/flaky-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-flaky").is_empty());
     sink.stop().await;
 }
 
@@ -520,7 +520,7 @@ async fn url_template_routes_by_attribute_and_a_record_without_it_is_dead_letter
         paths,
         HashSet::from([("PUT".into(), "/t/acme/routed".into()), ("PUT".into(), "/t/big%20co/routed".into())])
     );
-    let dead = broker.wait_for_messages("/default/routed-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-routed", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].attributes.get("dlq.error").is_some_and(|e| e.contains("tenant")), "{:?}", dead[0].attributes);
     sink.stop().await;
@@ -536,7 +536,7 @@ async fn ssrf_guard_refuses_a_templated_loopback_target() {
     let sink = start_sink(&broker, cfg).await;
     broker.publish(topic, b"a".to_vec(), HashMap::from([("host".into(), "127.0.0.1".into())]), None);
     broker.publish(topic, b"b".to_vec(), HashMap::from([("host".into(), "localhost".into())]), None);
-    let dead = broker.wait_for_messages("/default/ssrf-dlq", 2, Duration::from_secs(20)).await;
+    let dead = broker.wait_for_messages("/default/dlq-ssrf", 2, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 2);
     assert!(dead.iter().all(|d| d.attributes.get("dlq.error").is_some_and(|e| e.contains("deny_private_targets"))));
     assert!(receiver.requests().is_empty(), "nothing reached the loopback receiver");
@@ -726,7 +726,7 @@ async fn acked_records_survive_kill_9_and_every_record_reaches_the_receiver() {
         "duplicates {duplicates} > delivered-but-unacked at the kill {}",
         delivered_at_kill - acked_at_kill
     );
-    assert!(broker.messages("/default/killed-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-killed").is_empty());
     let status = process.terminate(Duration::from_secs(20)).await.expect("exits on SIGTERM");
     assert!(status.success(), "clean exit after the drain: {status}");
 }
@@ -841,7 +841,7 @@ async fn json_body_mode_posts_the_decoded_value_and_dead_letters_what_does_not_d
     let bodies: HashSet<String> = got.iter().map(Received::text).collect();
     assert_eq!(bodies, HashSet::from([r#"{"items":["a"],"order":1}"#.to_string(), "42".to_string()]));
     assert!(got.iter().all(|r| r.header("content-type") == Some("application/json")));
-    let dead = broker.wait_for_messages("/default/jsonbody-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-jsonbody", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attributes.get("dlq.source_offset"), Some(&bad.to_string()));
     assert!(dead[0].attributes.get("dlq.error").is_some_and(|e| e.contains("JSON")), "{:?}", dead[0].attributes);
@@ -892,7 +892,7 @@ async fn json_body_mode_posts_avro_records_decoded_by_their_registry_schema() {
     let expected: Vec<serde_json::Value> =
         (1..=3).map(|i| serde_json::json!({"id": format!("o{i}"), "amount": i as f64 + 0.5})).collect();
     assert_eq!(bodies, expected, "the receiver gets the decoded record as JSON");
-    assert!(broker.messages("/default/avrohook-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-avrohook").is_empty());
     sink.stop().await;
 }
 
@@ -915,7 +915,7 @@ async fn a_json_batch_delivers_the_decodable_records_and_dead_letters_the_rest()
     assert_eq!(got.len(), 1);
     let items: serde_json::Value = serde_json::from_slice(&got[0].body).expect("JSON array");
     assert_eq!(items, serde_json::json!([1, {"x": 3}, 4]));
-    let dead = broker.wait_for_messages("/default/jsonbatch-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-jsonbatch", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload.as_ref(), b"oops");
     sink.stop().await;
@@ -935,7 +935,7 @@ async fn exhausted_retries_dead_letter_with_the_attempt_count_and_no_secret_from
     let sink = start_sink(&broker, cfg).await;
     let status_offset = broker.publish(topic, b"status".to_vec(), HashMap::new(), None);
     let drop_offset = broker.publish(topic, b"drop".to_vec(), HashMap::new(), None);
-    let dead = broker.wait_for_messages("/default/exhausted-dlq", 2, Duration::from_secs(20)).await;
+    let dead = broker.wait_for_messages("/default/dlq-exhausted", 2, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 2);
     assert!(
         eventually(Duration::from_secs(10), || broker.ack_count(topic, "exhausted") == 2).await,
@@ -1001,7 +1001,7 @@ async fn status_408_is_retried() {
         assert_eq!(tries.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Some(408), Some(200)]);
         assert_eq!(tries.iter().map(attempt).collect::<Vec<_>>(), vec![1, 2]);
     }
-    assert!(broker.messages("/default/t408-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-t408").is_empty());
     sink.stop().await;
 }
 
@@ -1047,7 +1047,7 @@ async fn basic_auth_and_a_custom_auth_header_with_patch_reach_the_receiver() {
         .all(|r| r.header("authorization") == Some(expected_basic.as_str()) && r.method == "POST"));
     assert_eq!(keyed.delivered().len(), 3);
     assert!(keyed.requests().iter().all(|r| r.method == "PATCH" && r.header("authorization").is_none()));
-    assert!(broker.messages("/default/basic-dlq").is_empty() && broker.messages("/default/apikey-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-basic").is_empty() && broker.messages("/default/dlq-apikey").is_empty());
     basic_sink.stop().await;
     keyed_sink.stop().await;
 }
@@ -1100,7 +1100,7 @@ async fn per_key_order_holds_in_batches_of_several_records_with_retries() {
     }
     assert_eq!(requests.iter().filter(|r| r.status == Some(503)).count(), 15, "n = 1, 5, 9 of each key failed once");
     assert!(receiver.max_in_flight() >= 2, "keys of one batch overlapped: {}", receiver.max_in_flight());
-    assert!(broker.messages("/default/obatch-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-obatch").is_empty());
     sink.stop().await;
 }
 
@@ -1134,7 +1134,7 @@ async fn in_ordered_mode_a_long_retry_after_is_waited_in_process_so_the_key_keep
     );
     assert!(got[1].at - got[0].at >= Duration::from_millis(2900), "the hint was waited: {:?}", got[1].at - got[0].at);
     assert_eq!(got[..3].iter().map(attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(broker.messages("/default/odefer-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-odefer").is_empty());
     sink.stop().await;
 }
 
@@ -1151,7 +1151,7 @@ async fn a_record_deferred_more_than_max_defers_times_follows_the_failure_policy
     cfg.connector.retry_after.max_defers = Some(1);
     let sink = start_sink(&broker, cfg).await;
     let offset = broker.publish(topic, b"r".to_vec(), HashMap::new(), None);
-    let dead = broker.wait_for_messages("/default/maxdefers-dlq", 1, Duration::from_secs(20)).await;
+    let dead = broker.wait_for_messages("/default/dlq-maxdefers", 1, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 1);
     let attr = |k: &str| dead[0].attributes.get(k).cloned().unwrap_or_default();
     assert_eq!(attr("dlq.source_offset"), offset.to_string());
@@ -1192,7 +1192,7 @@ async fn a_record_refused_with_retry_after_inside_a_batch_is_resent_only_after_t
     let gap = r2[1].at - r2[0].at;
     assert!(gap >= Duration::from_millis(1950) && gap < Duration::from_secs(6), "the retry waited the hint: {gap:?}");
     assert_eq!(got.len(), 6, "the four others were sent once, in the same batch");
-    assert!(broker.messages("/default/partialra-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-partialra").is_empty());
     sink.stop().await;
 }
 
@@ -1219,7 +1219,7 @@ async fn in_ordered_mode_shutdown_hands_a_waiting_record_back_and_holds_its_key(
     let bodies: Vec<String> = receiver.requests().iter().map(Received::text).collect();
     assert_eq!(bodies, vec!["k-0"], "the later records of the key were held back, unsent");
     assert_eq!(broker.ack_count(topic, "ostop"), 0);
-    assert!(broker.messages("/default/ostop-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-ostop").is_empty());
 
     // After a restart every record of the key arrives.
     healthy.store(true, Ordering::SeqCst);
@@ -1254,6 +1254,6 @@ async fn in_ordered_mode_an_open_circuit_is_waited_out_in_process_and_the_key_ke
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "obreaker") == 5).await);
     let delivered: Vec<String> = receiver.delivered().iter().map(Received::text).collect();
     assert_eq!(delivered, (0..5).map(|n| format!("k-{n}")).collect::<Vec<_>>(), "in order, once each");
-    assert!(broker.messages("/default/obreaker-dlq").is_empty(), "an open circuit does not dead-letter");
+    assert!(broker.messages("/default/dlq-obreaker").is_empty(), "an open circuit does not dead-letter");
     sink.stop().await;
 }
