@@ -88,13 +88,15 @@ impl TopicRouter {
     }
 
     /// The Danube topic for records of `kafka_topic`, or `None` if no mapping matches.
+    /// Characters Danube refuses in a topic name (a Kafka topic's `.`) become `_`:
+    /// `orders.v1` is published to `/default/orders_v1`.
     pub fn danube_topic(&self, kafka_topic: &str) -> Option<String> {
         self.mappings
             .iter()
             .find(|m| {
                 m.topics.iter().any(|t| t == kafka_topic) || m.pattern.as_ref().is_some_and(|p| p.is_match(kafka_topic))
             })
-            .map(|m| m.template.replace("{topic}", kafka_topic))
+            .map(|m| m.template.replace("{topic}", &danube_connect_core::config::sanitize_topic_segment(kafka_topic)))
     }
 }
 
@@ -195,6 +197,7 @@ mod tests {
         .expect("compile");
         assert_eq!(router.danube_topic("orders").as_deref(), Some("/default/k-orders"));
         assert_eq!(router.danube_topic("logs-a").as_deref(), Some("/default/logs-a"));
+        assert_eq!(router.danube_topic("logs-a.v1").as_deref(), Some("/default/logs-a_v1"), "Danube refuses `.`");
         assert_eq!(router.danube_topic("other"), None);
         assert_eq!(router.subscription(), vec!["orders".to_string(), "^logs-.*".to_string()]);
     }
