@@ -588,6 +588,33 @@ async fn ssrf_opt_outs_reach_internal_targets_they_name() {
     sink.stop().await;
 }
 
+/// Through a proxy the guard checks the target, not the proxy: the proxy (here the
+/// receiver, answering proxied requests itself) is on loopback and not permitted, yet it is
+/// used; a target the guard permits (listed) goes through it, refused targets never reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_guard_checks_the_target_not_the_proxy() {
+    let broker = broker().await;
+    let proxy = Receiver::start().await;
+    let topic = "/default/ssrf-proxy";
+    let mut cfg = config("ssrf-proxy", &broker, topic, "http://{attr.host}:9/x");
+    cfg.connector.allow_private_targets = false;
+    cfg.connector.allowed_target_networks = vec!["127.0.0.2/32".into()];
+    cfg.connector.proxy = Some(Secret::new(proxy.base()));
+    let sink = start_sink(&broker, cfg).await;
+    for host in ["127.0.0.3", "localhost", "127.0.0.2", "169.254.169.254"] {
+        broker.publish(topic, host.as_bytes().to_vec(), HashMap::from([("host".into(), host.into())]), None);
+    }
+    let dead = broker.wait_for_messages("/default/ssrf-proxy-dlq", 3, Duration::from_secs(20)).await;
+    let refused: HashSet<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
+    assert_eq!(refused, HashSet::from([&b"127.0.0.3"[..], b"localhost", b"169.254.169.254"]));
+    assert!(eventually(Duration::from_secs(20), || proxy.delivered().len() == 1).await);
+    let through = &proxy.delivered()[0];
+    assert_eq!(through.header("host"), Some("127.0.0.2:9"), "the proxy got the permitted target's request");
+    assert_eq!(through.text(), "127.0.0.2");
+    assert_eq!(proxy.requests().len(), 1, "no refused target reached the proxy");
+    sink.stop().await;
+}
+
 /// A static internal URL is refused when the configuration is checked (the field named);
 /// with the opt-out it is accepted.
 #[test]
