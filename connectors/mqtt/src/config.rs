@@ -283,6 +283,8 @@ pub fn default_max_topics() -> usize {
 pub struct OutboundConfig {
     /// MQTT topic template: `{attr:NAME}` an attribute of the Danube message, `{key}` its
     /// routing key, `{topic}` the Danube topic's name and `{namespace}` its namespace.
+    /// An attribute or key fills one level (`/`, `+`, `#` become `_`) unless written
+    /// `{attr:NAME:levels}` / `{key:levels}` or it is the whole template.
     /// Default `{attr:mqtt.topic}` (the topic an inbound message came from).
     #[serde(default = "default_outbound_topic")]
     pub topic: String,

@@ -299,8 +299,10 @@ impl Router {
 #[derive(Debug, Clone, PartialEq)]
 enum OutPart {
     Literal(String),
-    Attribute(String),
-    Key,
+    /// An attribute; `true`: its `/` are kept (`:levels`).
+    Attribute(String, bool),
+    /// The routing key; `true`: its `/` are kept (`:levels`).
+    Key(bool),
     TopicName,
     Namespace,
 }
@@ -324,11 +326,16 @@ impl OutboundTemplate {
             return Err("must not be empty".into());
         }
         let parts = parse_parts(template, |name| match name {
-            "key" => Ok(OutPart::Key),
+            "key" => Ok(OutPart::Key(false)),
+            "key:levels" => Ok(OutPart::Key(true)),
             "topic" => Ok(OutPart::TopicName),
             "namespace" => Ok(OutPart::Namespace),
             other => match other.strip_prefix("attr:") {
-                Some(attr) if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string())),
+                Some(attr) => match attr.strip_suffix(":levels") {
+                    Some(attr) if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string(), true)),
+                    None if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string(), false)),
+                    _ => Err(format!("`{{{other}}}` names no attribute")),
+                },
                 _ => Err(format!(
                     "unknown placeholder `{{{other}}}` (use `{{attr:NAME}}`, `{{key}}`, `{{topic}}` or `{{namespace}}`)"
                 )),
@@ -348,8 +355,8 @@ impl OutboundTemplate {
     /// in: the template is just `{attr:mqtt.topic}` or `{key}` (the inbound routing key).
     pub fn is_inbound_topic(&self) -> bool {
         match self.parts.as_slice() {
-            [OutPart::Key] => true,
-            [OutPart::Attribute(attr)] => attr == crate::inbound::ATTR_TOPIC,
+            [OutPart::Key(_)] => true,
+            [OutPart::Attribute(attr, _)] => attr == crate::inbound::ATTR_TOPIC,
             _ => false,
         }
     }
@@ -357,11 +364,11 @@ impl OutboundTemplate {
     /// The MQTT topic for a Danube message, or why there is none.
     ///
     /// A value from the message (`{attr:NAME}`, `{key}`) fills one topic level: `/`, `+`,
-    /// `#` and NUL in it become `_`, so it cannot add levels or wildcards. Only a template
-    /// that is that value alone ([`is_inbound_topic`](Self::is_inbound_topic), the
-    /// default `{attr:mqtt.topic}`) keeps its `/`, as it names a whole MQTT topic; a
-    /// wildcard or NUL in it is refused. A topic starting with `$` (reserved for the broker,
-    /// e.g. `$SYS`) and one longer than 65535 bytes are refused.
+    /// `#` and NUL in it become `_`, so it cannot add levels or wildcards. It keeps its `/`
+    /// (several levels) when asked with `:levels` (`{key:levels}`, `{attr:NAME:levels}`)
+    /// or when it is the whole template (the default `{attr:mqtt.topic}` names a whole MQTT
+    /// topic); a wildcard or NUL in it is then refused. A topic starting with `$` (reserved
+    /// for the broker, e.g. `$SYS`) and one longer than 65535 bytes are refused.
     pub fn render(
         &self,
         danube_topic: &str,
@@ -371,9 +378,9 @@ impl OutboundTemplate {
         let mut segments = danube_topic.trim_start_matches('/').splitn(2, '/');
         let namespace = segments.next().unwrap_or_default();
         let name = segments.next().unwrap_or_default();
-        let whole_topic = self.is_inbound_topic();
-        let level = |value: &str| -> String {
-            if whole_topic {
+        let whole_topic = matches!(self.parts.as_slice(), [OutPart::Key(_)] | [OutPart::Attribute(..)]);
+        let level = |value: &str, levels: bool| -> String {
+            if whole_topic || levels {
                 value.to_string()
             } else {
                 value.chars().map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c }).collect()
@@ -383,10 +390,13 @@ impl OutboundTemplate {
         for part in &self.parts {
             match part {
                 OutPart::Literal(text) => out.push_str(text),
-                OutPart::Attribute(attr) => {
-                    out.push_str(&level(attributes.get(attr).ok_or_else(|| format!("attribute `{attr}` is missing"))?))
+                OutPart::Attribute(attr, levels) => out.push_str(&level(
+                    attributes.get(attr).ok_or_else(|| format!("attribute `{attr}` is missing"))?,
+                    *levels,
+                )),
+                OutPart::Key(levels) => {
+                    out.push_str(&level(routing_key.ok_or("the message has no routing key")?, *levels))
                 }
-                OutPart::Key => out.push_str(&level(routing_key.ok_or("the message has no routing key")?)),
                 OutPart::TopicName => out.push_str(name),
                 OutPart::Namespace => out.push_str(namespace),
             }
@@ -597,6 +607,11 @@ mod tests {
         let leading = OutboundTemplate::parse("{key}/cmd").expect("parse");
         assert!(leading.render("/default/cmd", Some("$SYS"), &HashMap::new()).is_err(), "broker topics refused");
         // The whole-topic default keeps the levels of the inbound topic, never wildcards.
+        let prefixed = OutboundTemplate::parse("echo/{key:levels}/{attr:device:levels}").expect("parse");
+        let device = HashMap::from([("device".to_string(), "d/1".to_string())]);
+        assert_eq!(prefixed.render("/default/x", Some("in/a"), &device).expect("render"), "echo/in/a/d/1");
+        assert!(prefixed.render("/default/x", Some("in/#"), &device).is_err(), "still no wildcard");
+        assert!(OutboundTemplate::parse("a/{attr::levels}").is_err());
         let whole = OutboundTemplate::parse("{attr:mqtt.topic}").expect("parse");
         let attrs = |v: &str| HashMap::from([("mqtt.topic".to_string(), v.to_string())]);
         assert_eq!(whole.render("/default/x", None, &attrs("a/b/c")).expect("render"), "a/b/c");
