@@ -622,12 +622,14 @@ fn a_bad_config_is_refused_naming_the_field() {
     for (key, value, field) in [
         ("CLICKHOUSE_BATCH__MAX_ROWS", "0", "connector.batch.max_rows"),
         ("CLICKHOUSE_URL", "127.0.0.1:8123", "connector.url"),
+        ("CLICKHOUSE_URL", "http://default:in-url-pw@127.0.0.1:8123", "connector.url"),
         ("CLICKHOUSE_TABLES", r#"[{topic="/default/events", table="a.b.c"}]"#, "connector.tables[0].table"),
     ] {
         let out = run(&[(key, value)]);
         assert_eq!(out.status.code(), Some(1), "{key}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(field), "{key}={value}: {stderr}");
+        assert!(!stderr.contains("in-url-pw") && !stderr.contains("hunter2"), "no secret in the error: {stderr}");
     }
 }
 

@@ -32,7 +32,7 @@ async fn every_record_is_delivered_with_its_payload_headers_and_message_id_then_
     let receiver = Receiver::start().await;
     let topic = "/default/plain";
     let mut cfg = config("plain", &broker, topic, &receiver.url("/hook"));
-    cfg.connector.headers.insert("x-team".into(), "data".into());
+    cfg.connector.headers.insert("x-team".into(), danube_connect_core::Secret::new("data"));
     cfg.connector.auth = Some(AuthConfig::Bearer { token: Secret::new("tok-1") });
     let sink = start_sink(&broker, cfg).await;
 
@@ -526,21 +526,116 @@ async fn url_template_routes_by_attribute_and_a_record_without_it_is_dead_letter
     sink.stop().await;
 }
 
+/// The SSRF guard is on by default: records whose (templated) target is loopback, the
+/// cloud metadata address or another internal one are dead-lettered with the reason, at
+/// once (no retries), and nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ssrf_guard_refuses_a_templated_loopback_target() {
+async fn ssrf_guard_refuses_internal_targets_by_default() {
     let broker = broker().await;
     let receiver = Receiver::start().await;
     let topic = "/default/ssrf";
     let mut cfg = config("ssrf", &broker, topic, &format!("http://{{attr.host}}:{}/x", receiver.port()));
-    cfg.connector.deny_private_targets = true;
+    cfg.connector.allow_private_targets = false;
+    // Retries would show as a delay: make them slow enough to notice.
+    cfg.runtime.retry.initial_backoff = Duration::from_secs(2);
+    cfg.runtime.retry.max_backoff = Duration::from_secs(2);
     let sink = start_sink(&broker, cfg).await;
-    broker.publish(topic, b"a".to_vec(), HashMap::from([("host".into(), "127.0.0.1".into())]), None);
-    broker.publish(topic, b"b".to_vec(), HashMap::from([("host".into(), "localhost".into())]), None);
-    let dead = broker.wait_for_messages("/default/dlq-ssrf", 2, Duration::from_secs(20)).await;
-    assert_eq!(dead.len(), 2);
-    assert!(dead.iter().all(|d| d.attributes.get("dlq.error").is_some_and(|e| e.contains("deny_private_targets"))));
+    let started = std::time::Instant::now();
+    // (Bracketed IPv6 literals cannot come from a placeholder: it is percent-encoded.)
+    for host in ["127.0.0.1", "localhost", "169.254.169.254", "0.0.0.0", "127.1.2.3"] {
+        broker.publish(topic, host.as_bytes().to_vec(), HashMap::from([("host".into(), host.into())]), None);
+    }
+    let dead = broker.wait_for_messages("/default/dlq-ssrf", 5, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 5);
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not retried: {:?}", started.elapsed());
+    for d in &dead {
+        let error = d.attributes.get("dlq.error").cloned().unwrap_or_default();
+        assert!(error.contains("SSRF") && error.contains("allow_private_targets"), "the reason: {error}");
+        assert_eq!(d.attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"), "{:?}", d.attributes);
+    }
+    let metadata = dead.iter().find(|d| &d.payload[..] == b"169.254.169.254").expect("metadata record");
+    assert!(metadata.attributes["dlq.error"].contains("169.254.169.254"), "{:?}", metadata.attributes);
+    assert!(eventually(Duration::from_secs(10), || broker.ack_count(topic, "ssrf") == 5).await, "acked after the DLQ");
     assert!(receiver.requests().is_empty(), "nothing reached the loopback receiver");
     sink.stop().await;
+}
+
+/// The opt-outs: `allow_private_targets` reaches the loopback receiver; an allow-list of
+/// networks reaches it too while the metadata address stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_opt_outs_reach_internal_targets_they_name() {
+    let broker = broker().await;
+    let receiver = Receiver::start().await;
+    let topic = "/default/ssrf-open";
+    let cfg = config("ssrf-open", &broker, topic, &format!("http://{{attr.host}}:{}/x", receiver.port()));
+    assert!(cfg.connector.allow_private_targets);
+    let sink = start_sink(&broker, cfg).await;
+    broker.publish(topic, b"open".to_vec(), HashMap::from([("host".into(), "127.0.0.1".into())]), None);
+    assert!(eventually(Duration::from_secs(20), || receiver.delivered().len() == 1).await);
+    sink.stop().await;
+
+    let topic = "/default/ssrf-listed";
+    let mut cfg = config("ssrf-listed", &broker, topic, &format!("http://{{attr.host}}:{}/x", receiver.port()));
+    cfg.connector.allow_private_targets = false;
+    cfg.connector.allowed_target_networks = vec!["127.0.0.0/8".into()];
+    let sink = start_sink(&broker, cfg).await;
+    broker.publish(topic, b"listed".to_vec(), HashMap::from([("host".into(), "127.0.0.1".into())]), None);
+    broker.publish(topic, b"meta".to_vec(), HashMap::from([("host".into(), "169.254.169.254".into())]), None);
+    let dead = broker.wait_for_messages("/default/dlq-ssrf-listed", 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(&dead[0].payload[..], b"meta", "the metadata address is not in the list");
+    assert!(eventually(Duration::from_secs(20), || receiver.delivered().len() == 2).await, "the listed one arrives");
+    sink.stop().await;
+}
+
+/// Through a proxy the guard checks the target, not the proxy: the proxy (here the
+/// receiver, answering proxied requests itself) is on loopback and not permitted, yet it is
+/// used; a target the guard permits (listed) goes through it, refused targets never reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_guard_checks_the_target_not_the_proxy() {
+    let broker = broker().await;
+    let proxy = Receiver::start().await;
+    let topic = "/default/ssrf-proxy";
+    let mut cfg = config("ssrf-proxy", &broker, topic, "http://{attr.host}:9/x");
+    cfg.connector.allow_private_targets = false;
+    cfg.connector.allowed_target_networks = vec!["127.0.0.2/32".into()];
+    cfg.connector.proxy = Some(Secret::new(proxy.base()));
+    let sink = start_sink(&broker, cfg).await;
+    for host in ["127.0.0.3", "localhost", "127.0.0.2", "169.254.169.254"] {
+        broker.publish(topic, host.as_bytes().to_vec(), HashMap::from([("host".into(), host.into())]), None);
+    }
+    let dead = broker.wait_for_messages("/default/dlq-ssrf-proxy", 3, Duration::from_secs(20)).await;
+    let refused: HashSet<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
+    assert_eq!(refused, HashSet::from([&b"127.0.0.3"[..], b"localhost", b"169.254.169.254"]));
+    assert!(eventually(Duration::from_secs(20), || proxy.delivered().len() == 1).await);
+    let through = &proxy.delivered()[0];
+    assert_eq!(through.header("host"), Some("127.0.0.2:9"), "the proxy got the permitted target's request");
+    assert_eq!(through.text(), "127.0.0.2");
+    assert_eq!(proxy.requests().len(), 1, "no refused target reached the proxy");
+    sink.stop().await;
+}
+
+/// A static internal URL is refused when the configuration is checked (the field named);
+/// with the opt-out it is accepted.
+#[test]
+fn static_internal_url_is_refused_at_start() {
+    for url in ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data/"] {
+        let output = std::process::Command::new(BINARY)
+            .arg("--check")
+            .env("HTTP_SINK_URL", url)
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains("connector.url") && stderr.contains("allow_private_targets"), "{stderr}");
+    }
+    let output = std::process::Command::new(BINARY)
+        .arg("--check")
+        .env("HTTP_SINK_URL", "http://127.0.0.1:9/hook")
+        .env("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true")
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -625,6 +720,8 @@ fn binary_env(broker: &EmbeddedBroker, name: &str, topic: &str, url: &str) -> Ha
         ("CONNECTOR_NAME", name.to_string()),
         ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
         ("HTTP_SINK_URL", url.to_string()),
+        // The receivers listen on 127.0.0.1: opt out of the SSRF guard.
+        ("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -814,9 +911,14 @@ fn check_prints_the_config_with_secrets_redacted() {
         .env("HOOK_URL", "https://hooks.example.com/services/T0/B0/s3cr3tPath?token=s3cr3tQuery")
         .env("HTTP_SINK_AUTH", "{type=\"bearer\", token=\"tok-very-secret\"}")
         .env("HTTP_SINK_SIGNING__WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("HTTP_SINK_HEADERS", "{x-api-key=\"hdr-very-secret\", x-from-env={env=\"HDR_VALUE\"}}")
+        .env("HDR_VALUE", "env-hdr-secret")
+        .env("HTTP_SINK_PROXY", "http://user:proxy-secret@127.0.0.1:3128")
         .output()
         .expect("run the binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("x-api-key") && !stdout.contains("hdr-very-secret"), "{stdout}");
+    assert!(!stdout.contains("env-hdr-secret") && !stdout.contains("proxy-secret"), "{stdout}");
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("hooks.example.com"), "{stdout}");
     assert!(!stdout.contains("tok-very-secret") && !stdout.contains("MfKQ9r8G"), "{stdout}");

@@ -72,7 +72,8 @@ async fn one_process_bridges_both_ways_round_trip() {
     let mqtt = Mosquitto::start().expect("mosquitto");
     let danube = EmbeddedBroker::start_default().await.expect("danube");
     let mut env = client_env(&danube, mqtt.port(), "it-both", r#"[{filter="in/#", topic="/default/inbound", qos=1}]"#);
-    env.insert("MQTT_OUTBOUND".into(), r#"{topic="echo/{key}", qos=1}"#.into());
+    // `:levels`: the inbound topic's levels are kept under `echo/`.
+    env.insert("MQTT_OUTBOUND".into(), r#"{topic="echo/{key:levels}", qos=1}"#.into());
     env.insert("CONNECTOR_SINK__TOPICS".into(), r#"[{topic="/default/inbound"}]"#.into());
     danube.publish("/default/inbound", b"before".to_vec(), HashMap::new(), None);
     let connector = start_connector(&env).await;

@@ -91,7 +91,7 @@ async fn wildcard_mapping_table_against_the_embedded_broker() {
 fn start_rumqttd() -> u16 {
     let port = free_port();
     let embedded = EmbeddedConfig { listen: SocketAddr::from(([127, 0, 0, 1], port)), ..EmbeddedConfig::default() };
-    let mut broker = rumqttd::Broker::new(broker_config(&embedded));
+    let mut broker = rumqttd::Broker::new(broker_config(&embedded, embedded.listen));
     std::thread::spawn(move || {
         let _ = broker.start();
     });
