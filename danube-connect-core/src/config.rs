@@ -457,7 +457,7 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     if parts.len() != 3 || !parts[0].is_empty() || parts[1].is_empty() || parts[2].is_empty() {
         return Err(ConfigError::invalid(field, format!("`{topic}` must have the form /namespace/topic")));
     }
-    if let Some(bad) = parts[1..].iter().flat_map(|part| part.chars()).find(|c| !is_topic_char(*c)) {
+    if let Some(bad) = parts[1..].iter().flat_map(|part| part.chars()).find(|c| !crate::naming::is_topic_char(*c)) {
         return Err(ConfigError::invalid(
             field,
             format!(
@@ -468,17 +468,6 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether Danube accepts `c` in a namespace or topic name (the broker's
-/// `validate_topic_format`: alphanumeric, `_` or `-`).
-pub fn is_topic_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_' || c == '-'
-}
-
-/// `segment` with every character Danube refuses in a topic name replaced by `_`, for text
-/// from outside (a table, an MQTT topic level, a Kafka topic) that becomes part of a topic.
-pub fn sanitize_topic_segment(segment: &str) -> String {
-    segment.chars().map(|c| if is_topic_char(c) { c } else { '_' }).collect()
-}
 
 /// The ops HTTP port: `/metrics`, `/healthz`, `/readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -908,6 +897,5 @@ mod tests {
         let error = validate_topic("connector.topic", "/default/public.users").unwrap_err().to_string();
         assert!(error.contains("connector.topic") && error.contains("`.`"), "{error}");
         assert!(validate_topic("f", "/default/a_b-9").is_ok());
-        assert_eq!(sanitize_topic_segment("x/y.z"), "x_y_z");
     }
 }

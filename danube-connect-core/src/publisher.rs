@@ -288,7 +288,7 @@ impl Publisher {
 
     /// Prepares several topics at start ([`prepare`](Self::prepare) each, at most `timeout`
     /// per topic), shorter names first: Danube refuses to create a topic while a topic whose
-    /// name starts with it exists (it takes `/default/dlq-orders` for a partition of
+    /// name starts with it exists (it takes `/default/orders-dlq` for a partition of
     /// `/default/orders`), so creating the shorter name first keeps both possible.
     ///
     /// Returns the topics that failed for a reason that may pass (a slow or absent broker),

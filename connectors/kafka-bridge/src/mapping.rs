@@ -96,7 +96,7 @@ impl TopicRouter {
             .find(|m| {
                 m.topics.iter().any(|t| t == kafka_topic) || m.pattern.as_ref().is_some_and(|p| p.is_match(kafka_topic))
             })
-            .map(|m| m.template.replace("{topic}", &danube_connect_core::config::sanitize_topic_segment(kafka_topic)))
+            .map(|m| m.template.replace("{topic}", &danube_connect_core::naming::sanitize_topic_part(kafka_topic)))
     }
 }
 

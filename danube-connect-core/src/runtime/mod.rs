@@ -284,7 +284,7 @@ impl Runtime {
         }
         // The dead-letter topic is created after the connectors prepared their own topics: a
         // dead-letter topic whose name extends a data topic's name (`/default/x` and a custom
-        // `/default/dlq-x`) would make Danube refuse the data topic for good if it came first.
+        // `/default/x-dlq`) would make Danube refuse the data topic for good if it came first.
         let mut background = self.background;
         if env.config.failure.policy == crate::config::FailurePolicy::DeadLetter {
             let dead_letter = vec![env.config.dead_letter_topic()];
