@@ -138,6 +138,10 @@ pub struct DanubeConfig {
     /// How long to keep retrying the first connection before giving up.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The broker's Prometheus exporter (`danube-broker --prom-exporter`), e.g.
+    /// `http://127.0.0.1:9040` (`/metrics` is appended unless given): sinks read their subscription's lag from it to detect a
+    /// subscription the broker stopped feeding (`sink.stall_timeout`). Unset: no detection.
+    pub broker_metrics_url: Option<String>,
 }
 
 impl Default for DanubeConfig {
@@ -150,6 +154,7 @@ impl Default for DanubeConfig {
             token: None,
             token_file: None,
             connect_timeout: Duration::from_secs(300),
+            broker_metrics_url: None,
         }
     }
 }
@@ -165,6 +170,16 @@ impl Validate for DanubeConfig {
         }
         if url.parse::<tonic::transport::Uri>().is_err() {
             return Err(ConfigError::invalid("danube.service_url", format!("`{url}` is not a valid URL")));
+        }
+        if let Some(url) = &self.broker_metrics_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<tonic::transport::Uri>().is_err()
+            {
+                return Err(ConfigError::invalid(
+                    "danube.broker_metrics_url",
+                    format!("`{url}` must be an http:// or https:// URL (e.g. http://127.0.0.1:9040)"),
+                ));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::invalid("danube.tls_cert", "mutual TLS needs both `tls_cert` and `tls_key`"));
@@ -419,6 +434,18 @@ pub struct SinkConfig {
     /// Decode records carrying a `schema_id` with the registry's schema into
     /// `SinkRecord::value` before `process` (default true).
     pub decode_schemas: bool,
+    /// How long a subscription may have a backlog at the broker while nothing of it reaches
+    /// the sink before the sink reports itself stalled (not ready, metric, one error log).
+    /// Needs `danube.broker_metrics_url`. Default 20 s (detection then fires within about
+    /// 24 s of the cursor stopping).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Records a topic's lanes may hold queued ahead of processing. The broker never sends
+    /// more than its dispatch window (`max_unacked_messages`, default 10, at most 10000)
+    /// unacked, so this costs memory only when the broker's window is raised; it must be at
+    /// least that window, or the broker's dispatcher blocks on this sink and skips messages
+    /// after a burst (see `docs/running-on-danube.md`). Default 10000.
+    pub prefetch: usize,
 }
 
 impl Default for SinkConfig {
@@ -429,6 +456,8 @@ impl Default for SinkConfig {
             concurrency: 1,
             ordering: Ordering::Key,
             decode_schemas: true,
+            stall_timeout: Duration::from_secs(20),
+            prefetch: 10_000,
         }
     }
 }
@@ -446,6 +475,12 @@ impl Validate for SinkConfig {
         }
         if !(1..=1024).contains(&self.concurrency) {
             return Err(ConfigError::invalid("sink.concurrency", "must be 1 to 1024"));
+        }
+        if !(1..=1_000_000).contains(&self.prefetch) {
+            return Err(ConfigError::invalid("sink.prefetch", "must be 1 to 1000000"));
+        }
+        if self.stall_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("sink.stall_timeout", "must be at least 1s"));
         }
         Ok(())
     }

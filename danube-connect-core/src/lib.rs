@@ -37,6 +37,7 @@ pub mod record;
 pub mod retry;
 pub mod runtime;
 pub mod schema;
+pub mod stall;
 
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
 pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
