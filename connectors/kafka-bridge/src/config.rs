@@ -515,6 +515,16 @@ impl Validate for BridgeConfig {
             }
             let example = mapping.template().replace("{topic}", "t");
             validate_topic(&format!("{field}.danube_topic"), &example)?;
+            if !danube_connect_core::naming::is_valid_topic(&example) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.danube_topic"),
+                    format!(
+                        "`{}`: the Danube broker accepts only letters, digits, `_` and `-` in the namespace and \
+                         the topic name (`{{topic}}` is sanitized to them)",
+                        mapping.template()
+                    ),
+                ));
+            }
         }
         if self.export.topic_template.is_empty() {
             return Err(ConfigError::invalid("connector.export.topic_template", "must not be empty"));
@@ -580,6 +590,18 @@ mod tests {
             .validate()
             .expect_err("must fail");
         assert!(err.to_string().contains("connector.import.mappings[0].pattern"), "{err}");
+    }
+
+    #[test]
+    fn danube_template_the_broker_would_refuse_is_rejected() {
+        let err = with_mapping(ImportMapping {
+            topics: vec!["a".into()],
+            danube_topic: Some("/default/kafka.{topic}".into()),
+            ..Default::default()
+        })
+        .validate()
+        .expect_err("`.` is refused by the broker");
+        assert!(err.to_string().contains("connector.import.mappings[0].danube_topic"), "{err}");
     }
 
     #[test]

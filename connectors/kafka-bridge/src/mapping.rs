@@ -88,8 +88,8 @@ impl TopicRouter {
     }
 
     /// The Danube topic for records of `kafka_topic`, or `None` if no mapping matches.
-    /// Characters Danube refuses in a topic name (a Kafka topic's `.`) become `_`:
-    /// `orders.v1` is published to `/default/orders_v1`.
+    /// The Kafka name is sanitized first: the Danube broker accepts only letters, digits,
+    /// `_` and `-` in a topic name, so `orders.v1` becomes `orders_v1`.
     pub fn danube_topic(&self, kafka_topic: &str) -> Option<String> {
         self.mappings
             .iter()
@@ -197,8 +197,12 @@ mod tests {
         .expect("compile");
         assert_eq!(router.danube_topic("orders").as_deref(), Some("/default/k-orders"));
         assert_eq!(router.danube_topic("logs-a").as_deref(), Some("/default/logs-a"));
-        assert_eq!(router.danube_topic("logs-a.v1").as_deref(), Some("/default/logs-a_v1"), "Danube refuses `.`");
         assert_eq!(router.danube_topic("other"), None);
+        assert_eq!(
+            router.danube_topic("logs-app.v1").as_deref(),
+            Some("/default/logs-app_v1"),
+            "the broker refuses `.`"
+        );
         assert_eq!(router.subscription(), vec!["orders".to_string(), "^logs-.*".to_string()]);
     }
 
