@@ -276,7 +276,8 @@ pub enum FailurePolicy {
 pub struct FailureConfig {
     /// `dead_letter` (default), `nack` or `stop`.
     pub policy: FailurePolicy,
-    /// Dead-letter topic; default `/default/{name}-dlq`.
+    /// Dead-letter topic; default `/default/dlq-{name}` (not `{name}-dlq`: Danube would then
+    /// refuse a data topic `/default/{name}` created after it, see docs/running-on-danube.md).
     pub dead_letter_topic: Option<String>,
     /// Redelivery delay asked for with `nack`.
     #[serde(with = "humantime_serde")]
@@ -304,11 +305,22 @@ pub struct SourceConfig {
     /// (an HTTP client then gets 503).
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Topics created partitioned, with their partition count (`{"/default/orders" = 8}`):
+    /// the topic becomes `{topic}-part-0 .. {topic}-part-{n-1}`, records with a routing key
+    /// always go to the key's partition (per-key order holds), others round robin. Sinks
+    /// read every partition of a topic without any setting.
+    pub partitions: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        Self { producers_per_topic: 4, reliable: true, max_in_flight: 1024, publish_timeout: Duration::from_secs(30) }
+        Self {
+            producers_per_topic: 4,
+            reliable: true,
+            max_in_flight: 1024,
+            publish_timeout: Duration::from_secs(30),
+            partitions: std::collections::BTreeMap::new(),
+        }
     }
 }
 
@@ -319,6 +331,13 @@ impl Validate for SourceConfig {
         }
         if self.max_in_flight == 0 {
             return Err(ConfigError::invalid("source.max_in_flight", "must be at least 1"));
+        }
+        for (topic, count) in &self.partitions {
+            let field = format!("source.partitions.\"{topic}\"");
+            validate_topic(&field, topic)?;
+            if !(1..=1024).contains(count) {
+                return Err(ConfigError::invalid(&field, "must be 1 to 1024 partitions"));
+            }
         }
         Ok(())
     }
@@ -473,7 +492,7 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     if parts.len() != 3 || !parts[0].is_empty() || parts[1].is_empty() || parts[2].is_empty() {
         return Err(ConfigError::invalid(field, format!("`{topic}` must have the form /namespace/topic")));
     }
-    if let Some(bad) = parts[1..].iter().flat_map(|part| part.chars()).find(|c| !is_topic_char(*c)) {
+    if let Some(bad) = parts[1..].iter().flat_map(|part| part.chars()).find(|c| !crate::naming::is_topic_char(*c)) {
         return Err(ConfigError::invalid(
             field,
             format!(
@@ -484,17 +503,6 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether Danube accepts `c` in a namespace or topic name (the broker's
-/// `validate_topic_format`: alphanumeric, `_` or `-`).
-pub fn is_topic_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_' || c == '-'
-}
-
-/// `segment` with every character Danube refuses in a topic name replaced by `_`, for text
-/// from outside (a table, an MQTT topic level, a Kafka topic) that becomes part of a topic.
-pub fn sanitize_topic_segment(segment: &str) -> String {
-    segment.chars().map(|c| if is_topic_char(c) { c } else { '_' }).collect()
-}
 
 /// The ops HTTP port: `/metrics`, `/healthz`, `/readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -624,7 +632,7 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// The dead-letter topic in effect.
     pub fn dead_letter_topic(&self) -> String {
-        self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/{}-dlq", self.name))
+        self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/dlq-{}", self.name))
     }
 }
 
@@ -924,6 +932,5 @@ mod tests {
         let error = validate_topic("connector.topic", "/default/public.users").unwrap_err().to_string();
         assert!(error.contains("connector.topic") && error.contains("`.`"), "{error}");
         assert!(validate_topic("f", "/default/a_b-9").is_ok());
-        assert_eq!(sanitize_topic_segment("x/y.z"), "x_y_z");
     }
 }

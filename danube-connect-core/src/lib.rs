@@ -30,6 +30,7 @@ pub mod connector;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod naming;
 pub mod ops;
 pub mod publisher;
 pub mod record;

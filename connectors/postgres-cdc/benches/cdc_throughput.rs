@@ -210,7 +210,7 @@ async fn stream_run(
 ) -> (Streamed, String) {
     let slot = format!("cdc_p{producers}_{first}");
     let topic = format!("cdc{producers}x{first}");
-    let template = format!("/default/{topic}.{{table}}");
+    let template = format!("/default/{topic}_{{table}}");
     let env = connector_env(
         pg,
         broker,
@@ -243,7 +243,7 @@ async fn stream_run(
     .expect("bulk insert");
     let committed = Instant::now();
     let end = pg.psql("SELECT pg_current_wal_lsn()").expect("lsn");
-    let topic = format!("/default/{topic}.bench");
+    let topic = format!("/default/{topic}_bench");
     while broker.message_count(&topic) < rows && committed.elapsed() < Duration::from_secs(900) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -295,7 +295,7 @@ async fn main() {
         first_end.get_or_insert(end);
         runs.push((producers, run));
     }
-    let topic = format!("/default/cdc{}x1.bench", connector_producers[0]);
+    let topic = format!("/default/cdc{}x1_bench", connector_producers[0]);
     let sample = broker.messages(&topic).into_iter().nth(rows / 2).expect("a connector record");
     let (payload, attributes) = (sample.payload.to_vec(), sample.attributes.clone());
 
@@ -327,7 +327,7 @@ async fn main() {
     let mut raw_rates = HashMap::new();
     let mut raw_cpu = HashMap::new();
     for &producers in &raw_producers {
-        let topic = format!("/default/raw{producers}.bench");
+        let topic = format!("/default/raw{producers}_bench");
         let (secs, cpu, broker_cpu) = raw_publish_process(&url, &topic, rows, producers, &payload, &attributes).await;
         assert_eq!(broker.message_count(&topic), rows, "raw publish stored every message");
         raw_rates.insert(producers, rows as f64 / secs);
@@ -337,7 +337,7 @@ async fn main() {
     let in_process_producers = connector_producers[0];
     let in_process = {
         let (url, payload, attributes) = (url.clone(), payload.clone(), attributes.clone());
-        let topic = format!("/default/rawlocal{in_process_producers}.bench");
+        let topic = format!("/default/rawlocal{in_process_producers}_bench");
         tokio::task::spawn_blocking(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
             runtime.block_on(raw_publish(url, topic, rows, in_process_producers, payload, attributes)).0
@@ -356,17 +356,17 @@ async fn main() {
         &[
             ("POSTGRES_CDC_SLOT", "snap_slot"),
             ("POSTGRES_CDC_SNAPSHOT", "initial_only"),
-            ("POSTGRES_CDC_TOPIC", "/default/snap.{table}"),
+            ("POSTGRES_CDC_TOPIC", "/default/snap_{table}"),
         ],
     );
     let started = Instant::now();
     let mut process = ConnectorProcess::spawn(Path::new(BIN), &env).expect("spawn");
     process.wait_ready(Duration::from_secs(60)).await.expect("ready");
-    while broker.message_count("/default/snap.bench") < total && started.elapsed() < Duration::from_secs(900) {
+    while broker.message_count("/default/snap_bench") < total && started.elapsed() < Duration::from_secs(900) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let snapshot_secs = started.elapsed().as_secs_f64();
-    assert_eq!(broker.message_count("/default/snap.bench"), total, "snapshot delivered every row: {}", process.log());
+    assert_eq!(broker.message_count("/default/snap_bench"), total, "snapshot delivered every row: {}", process.log());
     let snapshot_rss = process.pid().map_or(0, |pid| status_kib(pid, "VmHWM:"));
     let _ = process.terminate(Duration::from_secs(60)).await;
 

@@ -309,7 +309,7 @@ mod tests {
                 column("n", 23, false),
             ],
         };
-        let table = Table::new(relation, &["id".to_string()], "/default/sales.orders".into());
+        let table = Table::new(relation, &["id".to_string()], "/default/sales_orders".into());
         let old = vec![text("7"), TupleValue::Null, TupleValue::Null, TupleValue::Null];
         let new = vec![text("8"), text("line\nbreak \"q\""), TupleValue::UnchangedToast, TupleValue::Null];
         let txn = TxnInfo { xid: 750, commit_lsn: 0x16B37A0, commit_time: 0 };
@@ -334,7 +334,7 @@ mod tests {
         let text = String::from_utf8_lossy(&record.payload);
         assert!(text.starts_with("{\"op\":\"UPDATE\",\"schema\""), "fields in the documented order: {text}");
         assert_eq!(record.routing_key.as_deref(), Some("8"));
-        assert_eq!(record.topic, "/default/sales.orders");
+        assert_eq!(record.topic, "/default/sales_orders");
         let attribute = |name: &str| record.attributes.get(name).map(String::as_str);
         assert_eq!(attribute("table"), Some("sales.or\"ders"));
         assert_eq!(attribute("op"), Some("UPDATE"));
