@@ -430,6 +430,8 @@ impl RealBroker {
     }
 
     /// Sets a subscription's dispatch window (`max_unacked_messages`) through the admin API.
+    /// Danube v0.15.1 stores the value but its dispatchers keep the broker-wide window
+    /// ([`RealBrokerOptions::max_unacked_messages`] is the setting that takes effect).
     pub async fn set_dispatch_window(&self, topic: &str, subscription: &str, window: u32) -> Result<(), HarnessError> {
         let mut admin = self.admin().await?;
         admin
