@@ -97,7 +97,7 @@ fn check_prints_the_config_with_secrets_redacted() {
     assert!(stdout.contains("<redacted>"), "{stdout}");
 }
 
-/// Replaces compose's `${VAR:-default}` with the default.
+/// Replaces compose's `${VAR:-default}` with the default and `${VAR:?message}` with a stand-in.
 fn compose_defaults(value: &str) -> String {
     let mut out = String::new();
     let mut rest = value;
@@ -105,7 +105,13 @@ fn compose_defaults(value: &str) -> String {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}').expect("closing brace") + start;
         let inner = &rest[start + 2..end];
-        out.push_str(inner.split_once(":-").map_or("", |(_, default)| default));
+        // `${VAR:-default}` takes its default; `${VAR:?message}` (a secret the operator must
+        // set) takes a stand-in value, as if it had been set.
+        match (inner.split_once(":-"), inner.split_once(":?")) {
+            (Some((_, default)), _) => out.push_str(default),
+            (None, Some((name, _))) => out.push_str(&format!("test-value-of-{name}")),
+            (None, None) => {}
+        }
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
