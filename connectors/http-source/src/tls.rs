@@ -1,12 +1,13 @@
 //! HTTPS: a rustls listener for `axum::serve`. Handshakes run in their own tasks (bounded
 //! by a timeout) so a slow client cannot hold up accepting others.
 
-use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -30,6 +31,15 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
+    /// A PEM file could not be parsed.
+    #[error("parse PEM in {path}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     /// The key file holds no private key.
     #[error("{0} holds no private key")]
     NoKey(PathBuf),
@@ -46,15 +56,17 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let read = |path: &PathBuf| std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source });
     let cert_pem = read(&config.cert)?;
     let key_pem = read(&config.key)?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(cert_pem.as_slice()))
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read { path: config.cert.clone(), source })?;
+        .map_err(|source| TlsError::Pem { path: config.cert.clone(), source })?;
     if certs.is_empty() {
         return Err(TlsError::NoCert(config.cert.clone()));
     }
-    let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
-        .map_err(|source| TlsError::Read { path: config.key.clone(), source })?
-        .ok_or_else(|| TlsError::NoKey(config.key.clone()))?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(key) => key,
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => return Err(TlsError::NoKey(config.key.clone())),
+        Err(source) => return Err(TlsError::Pem { path: config.key.clone(), source }),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
