@@ -594,7 +594,8 @@ async fn hostile_phase(gateway: &Gateway) -> (u32, f64) {
             ("/standard", standard(format!("v1,{wrong} ").repeat(8))),
         ];
         for (path, signature) in heads {
-            let head = format!("POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n{signature}\r\n", body.len());
+            let head =
+                format!("POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n{signature}\r\n", body.len());
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await.expect("connect");
             let (mut read, mut write) = stream.into_split();
             let body = body.clone();

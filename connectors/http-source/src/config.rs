@@ -388,6 +388,12 @@ impl Validate for HttpSourceConfig {
             ));
         }
         self.connections.validate("connector.connections")?;
+        if self.admin.listen.is_some() && self.admin.token.is_none() {
+            return Err(ConfigError::invalid(
+                "connector.admin.listen",
+                "needs connector.admin.token (the admin API is off)",
+            ));
+        }
         if self.admin.listen.is_some_and(|admin| admin == self.listen) {
             return Err(ConfigError::invalid("connector.admin.listen", "must differ from connector.listen"));
         }
@@ -705,6 +711,21 @@ mod tests {
         e.max_topics = 0;
         let text = error_of(&config(vec![e]));
         assert!(text.contains("connector.endpoints[0].max_topics"), "{text}");
+    }
+
+    #[test]
+    fn new_limits_name_their_fields() {
+        let mut c = config(vec![endpoint("/a", "/default/a")]);
+        c.connections.idle_timeout = Duration::from_secs(60);
+        assert!(error_of(&c).contains("connector.connections.idle_timeout"));
+        let mut c = config(vec![endpoint("/a", "/default/a")]);
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 9999)));
+        assert!(error_of(&c).contains("connector.admin.listen"));
+        let mut e = endpoint("/a", "/default/a");
+        e.ack = AckMode::Accepted;
+        let mut c = config(vec![e]);
+        c.accepted_buffer_bytes = 1000;
+        assert!(error_of(&c).contains("connector.accepted_buffer_bytes"));
     }
 
     #[test]

@@ -214,8 +214,8 @@ impl SourceConnector for HttpSource {
         let server = match &config.tls {
             Some(tls) => {
                 let acceptor = tls::acceptor(tls).map_err(|e| ConnectorError::fatal("TLS", e))?;
-                let listener =
-                    tls::TlsListener::new(listener, acceptor).map_err(|e| ConnectorError::fatal("TLS listener", e))?;
+                let listener = tls::TlsListener::new(listener, acceptor, limits.max)
+                    .map_err(|e| ConnectorError::fatal("TLS listener", e))?;
                 tokio::spawn(serve_http1(listener, make, limits, shutdown))
             }
             None => {

@@ -1,5 +1,6 @@
-//! HTTPS: a rustls listener for `axum::serve`. Handshakes run in their own tasks (bounded
-//! by a timeout) so a slow client cannot hold up accepting others.
+//! HTTPS: a rustls listener for the serving loop. Handshakes run in their own tasks (bounded
+//! by a timeout, and in number) so a slow client cannot hold up accepting others, nor open
+//! connections without bound while handshaking.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,12 +87,15 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Wraps a bound TCP listener.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+    /// Wraps a bound TCP listener; at most `max_handshakes` connections are accepted and
+    /// not yet handed to the serving loop (more wait in the kernel's accept queue).
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, max_handshakes: usize) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
+        let pending = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
         let accept_task = tokio::spawn(async move {
             loop {
+                let Ok(permit) = pending.clone().acquire_owned().await else { return };
                 let (stream, remote) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -107,6 +111,7 @@ impl TlsListener {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, remote)).await;
+                            drop(permit);
                         }
                         Ok(Err(error)) => debug!(%remote, %error, "TLS handshake failed"),
                         Err(_) => debug!(%remote, "TLS handshake timed out"),
