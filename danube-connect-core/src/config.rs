@@ -512,11 +512,17 @@ pub struct OpsConfig {
     pub enabled: bool,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Connection limits (`[ops.connections]`); at most 64 connections by default.
+    pub connections: crate::ops::ConnectionLimits,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([0, 0, 0, 0], 9090)) }
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            connections: crate::ops::ConnectionLimits { max: 64, ..Default::default() },
+        }
     }
 }
 
@@ -651,6 +657,7 @@ impl Validate for RuntimeConfig {
         self.sink.validate()?;
         self.runtime.validate()?;
         self.schemas.validate()?;
+        self.ops.connections.validate("ops.connections")?;
         if let Some(topic) = &self.failure.dead_letter_topic {
             validate_topic("failure.dead_letter_topic", topic)?;
         }

@@ -26,10 +26,20 @@
 //! (target >= 80%), the CPU time per request of the gateway, the broker and wrk, and the
 //! gateway's RSS idle and under load; fails if a request answered 2xx is not in the topic.
 //!
+//! With `BENCH_PREVIOUS_GATEWAY_BIN` (a build of an earlier commit), a third gateway process
+//! runs that build with the default runtime, and each round also measures it (durable,
+//! unsigned and GitHub-signed), next to the current build in alternating order: the bench
+//! prints the current build's rate as a share of the previous build's (the cost of a
+//! change, e.g. the listener hardening: target >= 97%).
+//!
+//! Last, a hostile phase sends Stripe and Standard Webhooks requests with 100,000 empty
+//! signature candidates (and with the most allowed candidates) and a 1 MiB body to the
+//! current build and asserts at most 50 ms of gateway CPU per request.
+//!
 //! Run: `cargo bench -p danube-connector-http-source` (knobs: `BENCH_SECONDS`,
 //! `BENCH_ROUNDS`, `BENCH_CONNECTIONS`, `BENCH_PRODUCERS`, `BENCH_GATEWAY_WORKERS`,
-//! `BENCH_WRK_THREADS`, and
-//! `BENCH_GATEWAY_BIN` to load another build of the gateway).
+//! `BENCH_WRK_THREADS`, `BENCH_GATEWAY_BIN` to load another build of the gateway, and
+//! `BENCH_PREVIOUS_GATEWAY_BIN` to compare with an earlier build).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -58,7 +68,20 @@ struct Load {
     errors: u64,
 }
 
-/// Runs wrk against `url` with POST bodies and parses its report.
+/// The GitHub webhook secret of the benchmark's signed endpoint.
+const GITHUB_SECRET: &str = "bench-github-secret";
+
+/// `X-Hub-Signature-256` of [`PAYLOAD`] under [`GITHUB_SECRET`] (GitHub signs only the body,
+/// so one fixed signature serves every request).
+fn github_signature() -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(GITHUB_SECRET.as_bytes()).expect("any key length");
+    mac.update(PAYLOAD.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Runs wrk against `url` with POST bodies and parses its report; a `/github` URL gets the
+/// body's GitHub signature header.
 fn wrk(url: &str, threads: u64, connections: u64, seconds: u64) -> Load {
     let wrk = ["/usr/bin/wrk", "/usr/local/bin/wrk"]
         .into_iter()
@@ -69,7 +92,12 @@ fn wrk(url: &str, threads: u64, connections: u64, seconds: u64) -> Load {
     std::fs::write(
         &script,
         format!(
-            "wrk.method = \"POST\"\nwrk.body = '{PAYLOAD}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+            "wrk.method = \"POST\"\nwrk.body = '{PAYLOAD}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{}",
+            if url.ends_with("/github") {
+                format!("wrk.headers[\"X-Hub-Signature-256\"] = \"{}\"\n", github_signature())
+            } else {
+                String::new()
+            }
         ),
     )
     .expect("write lua");
@@ -199,6 +227,7 @@ fn bare_axum(workers: usize) -> u16 {
 struct Gateway {
     connector: ConnectorProcess,
     url: String,
+    port: u16,
     topic: String,
     idle_rss_kib: u64,
     peak_rss_kib: Arc<std::sync::atomic::AtomicU64>,
@@ -207,8 +236,15 @@ struct Gateway {
 
 impl Gateway {
     /// Starts the gateway on `topic` with `workers` runtime worker threads (the runtime's
-    /// default when `None`) and waits until it answers.
-    async fn start(broker: &EmbeddedBroker, topic: &str, workers: Option<usize>, producers: u64) -> Self {
+    /// default when `None`) and waits until it answers; `binary` is another build (else
+    /// `BENCH_GATEWAY_BIN` or this one).
+    async fn start(
+        broker: &EmbeddedBroker,
+        topic: &str,
+        workers: Option<usize>,
+        producers: u64,
+        binary: Option<std::path::PathBuf>,
+    ) -> Self {
         let port = free_port();
         let mut env = HashMap::new();
         env.insert("DANUBE_SERVICE_URL".to_string(), broker.url());
@@ -219,11 +255,21 @@ impl Gateway {
             env.insert("CONNECTOR_RUNTIME__WORKER_THREADS".to_string(), workers.to_string());
         }
         env.insert("HTTP_SOURCE_LISTEN".to_string(), format!("127.0.0.1:{port}"));
-        env.insert("HTTP_SOURCE_ENDPOINTS".to_string(), format!("[{{path=\"/bench\", topic=\"{topic}\"}}]"));
+        env.insert(
+            "HTTP_SOURCE_ENDPOINTS".to_string(),
+            format!(
+                "[{{path=\"/bench\", topic=\"{topic}\"}}, \
+                 {{path=\"/github\", topic=\"{topic}-github\", verification={{scheme=\"github\", secrets=[\"{GITHUB_SECRET}\"]}}}}, \
+                 {{path=\"/stripe\", topic=\"{topic}-stripe\", verification={{scheme=\"stripe\", secrets=[\"bench-stripe-one\", \"bench-stripe-two\"]}}}}, \
+                 {{path=\"/standard\", topic=\"{topic}-standard\", verification={{scheme=\"standard_webhooks\", secrets=[\"whsec_YmVuY2gta2V5LW9uZQ==\", \"whsec_YmVuY2gta2V5LXR3bw==\"]}}}}]"
+            ),
+        );
         env.insert("HTTP_SOURCE_MAX_CONCURRENT_REQUESTS".to_string(), "4096".to_string());
-        let binary = std::env::var_os("BENCH_GATEWAY_BIN")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_danube-http-source").into());
+        let binary = binary.unwrap_or_else(|| {
+            std::env::var_os("BENCH_GATEWAY_BIN")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_danube-http-source").into())
+        });
         let mut connector = ConnectorProcess::spawn(&binary, &env).expect("spawn connector");
         connector.wait_ready(Duration::from_secs(30)).await.expect("connector ready");
         let started = Instant::now();
@@ -248,6 +294,7 @@ impl Gateway {
         Self {
             connector,
             url: format!("http://127.0.0.1:{port}/bench"),
+            port,
             topic: topic.to_string(),
             idle_rss_kib,
             peak_rss_kib,
@@ -258,6 +305,12 @@ impl Gateway {
     /// One wrk phase against the gateway, with the CPU time per request of each process.
     async fn load(&self, threads: u64, connections: u64, seconds: u64) -> (Load, Cpu) {
         wrk_phase(self.url.clone(), self.connector.pid(), threads, connections, seconds).await
+    }
+
+    /// Like [`load`](Self::load), GitHub-signed requests to the verified endpoint.
+    async fn load_signed(&self, threads: u64, connections: u64, seconds: u64) -> (Load, Cpu) {
+        let url = format!("http://127.0.0.1:{}/github", self.port);
+        wrk_phase(url, self.connector.pid(), threads, connections, seconds).await
     }
 
     /// Stops the gateway (SIGTERM, drain) and returns the records its topic holds.
@@ -303,6 +356,9 @@ struct Round {
     durable: (Load, Cpu),
     durable_fewer: (Load, Cpu),
     bare: Bare,
+    /// With a previous build: (current unsigned, previous unsigned, current signed,
+    /// previous signed) rates.
+    versus: Option<[f64; 4]>,
 }
 
 /// A bare axum phase: what the HTTP stack and the load generator cost with nothing behind
@@ -348,8 +404,14 @@ fn main() {
     runtime.block_on(async move {
         let broker = EmbeddedBroker::start_default().await.expect("broker");
         let load_before = load_average();
-        let default = Gateway::start(&broker, "/default/bench", None, producers).await;
-        let fewer = Gateway::start(&broker, "/default/bench-workers", Some(workers), producers).await;
+        let default = Gateway::start(&broker, "/default/bench", None, producers, None).await;
+        let fewer = Gateway::start(&broker, "/default/bench-workers", Some(workers), producers, None).await;
+        let previous = match std::env::var_os("BENCH_PREVIOUS_GATEWAY_BIN") {
+            Some(binary) => {
+                Some(Gateway::start(&broker, "/default/bench-previous", None, producers, Some(binary.into())).await)
+            }
+            None => None,
+        };
         let bare_port = bare_axum(workers);
         let bare_url = format!("http://127.0.0.1:{bare_port}/bench");
 
@@ -359,16 +421,49 @@ fn main() {
         // Rounds: each phase once per round, back to back, so a change of machine load
         // between phases weighs on all of them; ratios are taken within a round.
         let mut measured = Vec::new();
-        for _ in 0..rounds {
+        for round in 0..rounds {
             let raw = raw_publish_apart(broker.url(), producers, seconds, true, None).await;
+            // The previous build right before or after the current one, alternating.
+            let versus_before = match (&previous, round % 2) {
+                (Some(previous), 1) => Some(previous.load(wrk_threads, connections, seconds).await.0.requests_per_sec),
+                _ => None,
+            };
             let durable = default.load(wrk_threads, connections, seconds).await;
+            let versus_after = match (&previous, round % 2) {
+                (Some(previous), 0) => Some(previous.load(wrk_threads, connections, seconds).await.0.requests_per_sec),
+                _ => None,
+            };
+            let versus = match (&previous, versus_before.or(versus_after)) {
+                (Some(previous), Some(previous_rate)) => {
+                    let (current_signed, previous_signed) = if round % 2 == 0 {
+                        let current = default.load_signed(wrk_threads, connections, seconds).await.0;
+                        (current, previous.load_signed(wrk_threads, connections, seconds).await.0)
+                    } else {
+                        let previous = previous.load_signed(wrk_threads, connections, seconds).await.0;
+                        (default.load_signed(wrk_threads, connections, seconds).await.0, previous)
+                    };
+                    assert_eq!(current_signed.errors, 0, "signed requests refused by the current build");
+                    assert_eq!(previous_signed.errors, 0, "signed requests refused by the previous build");
+                    Some([
+                        durable.0.requests_per_sec,
+                        previous_rate,
+                        current_signed.requests_per_sec,
+                        previous_signed.requests_per_sec,
+                    ])
+                }
+                _ => None,
+            };
             let durable_fewer = fewer.load(wrk_threads, connections, seconds).await;
             let raw_fewer = raw_publish_apart(broker.url(), producers, seconds, true, Some(workers)).await;
             let bare = Bare::measure(&bare_url, wrk_threads, connections, seconds).await;
-            measured.push(Round { raw, raw_fewer, durable, durable_fewer, bare });
+            measured.push(Round { raw, raw_fewer, durable, durable_fewer, bare, versus });
         }
         let load_after = load_average();
+        let hostile = hostile_phase(&default).await;
 
+        if let Some(previous) = previous {
+            let _ = previous.stop(&broker).await;
+        }
         let gateways = [("default runtime", default), ("runtime with fewer workers", fewer)];
         let mut summary = Vec::new();
         for (what, gateway) in gateways {
@@ -439,6 +534,28 @@ fn main() {
             100.0 * median(ratios_fewer),
             100.0 * median(ceilings)
         );
+        let versus: Vec<[f64; 4]> = measured.iter().filter_map(|r| r.versus).collect();
+        if !versus.is_empty() {
+            for (i, [current, previous, current_signed, previous_signed]) in versus.iter().enumerate() {
+                println!(
+                    "{:<6} current vs previous build, default runtime: unsigned {current:.0} / {previous:.0} req/s = {:.1}%, github-signed {current_signed:.0} / {previous_signed:.0} req/s = {:.1}%",
+                    i + 1,
+                    100.0 * current / previous.max(1.0),
+                    100.0 * current_signed / previous_signed.max(1.0)
+                );
+            }
+            let ratio = |a: usize, b: usize| median(versus.iter().map(|v| v[a] / v[b].max(1.0)).collect());
+            println!(
+                "median ratio current / previous build (target >= 97%): unsigned durable {:.1}%, github-signed durable {:.1}%",
+                100.0 * ratio(0, 1),
+                100.0 * ratio(2, 3)
+            );
+        }
+        println!(
+            "hostile signature headers (100,000 empty candidates, the most allowed candidates; 1 MiB body): {} requests refused, gateway CPU {:.1} ms per request (target <= 50 ms)",
+            hostile.0, hostile.1
+        );
+        assert!(hostile.1 <= 50.0, "{:.1} ms of gateway CPU per hostile request", hostile.1);
         for ((what, idle, peak, stored), answered) in summary.into_iter().zip([
             measured.iter().map(|r| r.durable.0.requests.saturating_sub(r.durable.0.errors)).sum::<u64>(),
             measured.iter().map(|r| r.durable_fewer.0.requests.saturating_sub(r.durable_fewer.0.errors)).sum::<u64>(),
@@ -451,4 +568,53 @@ fn main() {
             assert!(stored as u64 >= answered, "{what}: {answered} requests answered 2xx but only {stored} records stored");
         }
     });
+}
+
+/// Sends hostile signature headers with a 1 MiB body to `gateway`: Stripe and Standard
+/// Webhooks with 100,000 empty candidates, and with the most candidates allowed (8
+/// well-formed wrong ones, so the body is read and each secret's MAC computed). Returns the
+/// requests sent (all refused with 400/401) and the gateway's CPU per request in ms.
+async fn hostile_phase(gateway: &Gateway) -> (u32, f64) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pid = gateway.connector.pid().expect("pid");
+    let body = vec![b'x'; 1 << 20];
+    let mut requests = 0u32;
+    let before = cpu_seconds(pid).0;
+    for _ in 0..10 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let standard = |signatures: String| {
+            format!("webhook-id: msg_hostile\r\nwebhook-timestamp: {now}\r\nwebhook-signature: {signatures}\r\n")
+        };
+        let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let heads = [
+            ("/stripe", format!("Stripe-Signature: t={now}{}\r\n", ",v1=".repeat(100_000))),
+            ("/standard", standard("v1, ".repeat(100_000))),
+            ("/stripe", format!("Stripe-Signature: t={now}{}\r\n", format!(",v1={}", "ab".repeat(32)).repeat(8))),
+            ("/standard", standard(format!("v1,{wrong} ").repeat(8))),
+        ];
+        for (path, signature) in heads {
+            let head =
+                format!("POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n{signature}\r\n", body.len());
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await.expect("connect");
+            let (mut read, mut write) = stream.into_split();
+            let body = body.clone();
+            let writer = tokio::spawn(async move {
+                let _ = write.write_all(head.as_bytes()).await;
+                let _ = write.write_all(&body).await;
+                write
+            });
+            let mut answer = vec![0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(30), read.read(&mut answer))
+                .await
+                .expect("answered within 30 s")
+                .unwrap_or(0);
+            let text = String::from_utf8_lossy(&answer[..n]);
+            assert!(text.starts_with("HTTP/1.1 401") || text.starts_with("HTTP/1.1 400"), "{path}: {text}");
+            let _ = writer.await;
+            requests += 1;
+        }
+    }
+    let cpu_ms = 1e3 * (cpu_seconds(pid).0 - before) / f64::from(requests);
+    (requests, cpu_ms)
 }

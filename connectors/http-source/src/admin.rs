@@ -5,10 +5,18 @@
 //! - `GET {prefix}/endpoints` → 200 list (secrets left out);
 //! - `DELETE {prefix}/endpoints/{id}` → 204 (404 if unknown). Takes effect at once here and
 //!   at the next registry refresh on other instances.
+//!
+//! Served on the webhook listener, or on a listener of its own (`admin.listen`). Every
+//! admin request takes a permit of `max_concurrent_requests` and is bounded by
+//! `request_timeout`; the token is checked before any body is read, and bodies larger than
+//! [`ADMIN_MAX_BODY`] are refused. Failed authentications are logged and throttled (at most
+//! [`AUTH_FAILURES_PER_SECOND`] a second, burst [`AUTH_FAILURE_BURST`]; beyond → 429).
 
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -17,13 +25,25 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use danube_connect_core::config::validate_topic;
 use danube_connect_core::Publisher;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tracing::{info, warn};
+use tower_service::Service;
+use tracing::{debug, info, warn};
 
 use crate::config::{AckMode, HttpSourceConfig};
-use crate::registry::{DynamicEndpoint, Event, Registry, StoredVerification};
+use crate::registry::{alias, DynamicEndpoint, Event, Registry, StoredVerification};
+use crate::server::App;
+
+/// The largest admin request body (a create request is a few hundred bytes).
+pub const ADMIN_MAX_BODY: usize = 64 * 1024;
+
+/// Failed admin authentications answered 401 (and logged) per second; beyond → 429.
+pub const AUTH_FAILURES_PER_SECOND: u32 = 5;
+
+/// Failed admin authentications allowed in a burst.
+pub const AUTH_FAILURE_BURST: u32 = 10;
 
 /// How long creating an endpoint waits for its topic's producers.
 const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,7 +51,6 @@ const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// State of the admin routes.
 #[derive(Clone)]
 pub struct Admin {
-    token_digest: [u8; 32],
     registry: Arc<Registry>,
     config: Arc<HttpSourceConfig>,
     publisher: Publisher,
@@ -60,6 +79,8 @@ pub struct CreateEndpoint {
 pub struct AdminApi {
     router: Router,
     endpoints_path: Arc<str>,
+    token_digest: [u8; 32],
+    failures: Arc<DefaultDirectRateLimiter>,
 }
 
 impl AdminApi {
@@ -67,12 +88,69 @@ impl AdminApi {
     /// announced.
     pub fn new(token: &str, registry: Arc<Registry>, config: Arc<HttpSourceConfig>, publisher: Publisher) -> Self {
         let endpoints_path: Arc<str> = format!("{}/endpoints", config.admin.path_prefix).into();
-        let state = Admin { token_digest: Sha256::digest(token.as_bytes()).into(), registry, config, publisher };
+        let state = Admin { registry, config, publisher };
         let router = Router::new()
             .route(&endpoints_path, get(list).post(create))
             .route(&format!("{endpoints_path}/{{id}}"), delete(revoke))
+            .layer(DefaultBodyLimit::max(ADMIN_MAX_BODY))
             .with_state(state);
-        Self { router, endpoints_path }
+        let quota = Quota::per_second(NonZeroU32::new(AUTH_FAILURES_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(AUTH_FAILURE_BURST).unwrap_or(NonZeroU32::MIN));
+        Self {
+            router,
+            endpoints_path,
+            token_digest: Sha256::digest(token.as_bytes()).into(),
+            failures: Arc::new(RateLimiter::direct(quota)),
+        }
+    }
+
+    /// Answers an admin request from `remote`: a permit of `max_concurrent_requests`, the
+    /// token checked before the body is read, then the route within `request_timeout`.
+    pub async fn handle(&self, app: &App, remote: SocketAddr, request: Request) -> Response {
+        let Ok(_permit) = app.concurrency.clone().try_acquire_owned() else {
+            return crate::server::retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                app.retry_after,
+                "too many concurrent requests",
+            );
+        };
+        if let Err(response) = self.authorize(remote, request.method(), request.headers()) {
+            return *response;
+        }
+        let mut router = self.router.clone();
+        match tokio::time::timeout(app.request_timeout, router.call(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(never)) => match never {},
+            Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "admin request did not finish in time"),
+        }
+    }
+
+    /// Checks the bearer token in constant time; a failure is logged and counted against
+    /// the failure rate (429 beyond it, logged at debug level only).
+    fn authorize(
+        &self,
+        remote: SocketAddr,
+        method: &axum::http::Method,
+        headers: &HeaderMap,
+    ) -> Result<(), Box<Response>> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]))
+            .unwrap_or_default();
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        if bool::from(digest.ct_eq(&self.token_digest)) {
+            return Ok(());
+        }
+        if self.failures.check().is_err() {
+            debug!(%remote, %method, "admin authentication failed (throttled)");
+            let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, "too many failed admin authentications");
+            response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            return Err(Box::new(response));
+        }
+        // The path is not logged: it may hold an endpoint id.
+        warn!(%remote, %method, "admin authentication failed");
+        Err(Box::new(json_error(StatusCode::UNAUTHORIZED, "admin token required")))
     }
 
     /// Whether `path` is one of the admin routes: `{prefix}/endpoints` or
@@ -100,25 +178,10 @@ fn json_error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
 }
 
-impl Admin {
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]))
-            .unwrap_or_default();
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(&self.token_digest)) {
-            Ok(())
-        } else {
-            Err(Box::new(json_error(StatusCode::UNAUTHORIZED, "admin token required")))
-        }
-    }
-}
-
 fn public_view(endpoint: &DynamicEndpoint) -> serde_json::Value {
     serde_json::json!({
         "id": endpoint.id,
+        "alias": alias(&endpoint.id),
         "path": format!("/e/{}", endpoint.id),
         "topic": endpoint.topic,
         "ack": endpoint.ack,
@@ -128,18 +191,12 @@ fn public_view(endpoint: &DynamicEndpoint) -> serde_json::Value {
     })
 }
 
-async fn list(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Err(response) = admin.authorize(&headers) {
-        return *response;
-    }
+async fn list(State(admin): State<Admin>) -> Response {
     let endpoints: Vec<serde_json::Value> = admin.registry.list().iter().map(public_view).collect();
     Json(serde_json::json!({ "endpoints": endpoints })).into_response()
 }
 
-async fn create(State(admin): State<Admin>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(response) = admin.authorize(&headers) {
-        return *response;
-    }
+async fn create(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
     let request: CreateEndpoint = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
@@ -182,14 +239,11 @@ async fn create(State(admin): State<Admin>, headers: HeaderMap, body: axum::body
         warn!(error = %danube_connect_core::error::error_chain(&e), "cannot write the endpoint registry");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable");
     }
-    info!(id = %id, "dynamic endpoint created");
+    info!(alias = %alias(&id), "dynamic endpoint created");
     (StatusCode::CREATED, Json(view)).into_response()
 }
 
-async fn revoke(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = admin.authorize(&headers) {
-        return *response;
-    }
+async fn revoke(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
     if admin.registry.get(&id).is_none() {
         return json_error(StatusCode::NOT_FOUND, "no such endpoint");
     }
@@ -197,7 +251,7 @@ async fn revoke(State(admin): State<Admin>, headers: HeaderMap, Path(id): Path<S
         warn!(error = %danube_connect_core::error::error_chain(&e), "cannot write the endpoint registry");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "registry unavailable");
     }
-    info!(id = %id, "dynamic endpoint revoked");
+    info!(alias = %alias(&id), "dynamic endpoint revoked");
     StatusCode::NO_CONTENT.into_response()
 }
 

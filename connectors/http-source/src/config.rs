@@ -40,6 +40,12 @@ pub struct HttpSourceConfig {
     /// beyond it → 503 with `Retry-After`. These records are lost if the process crashes
     /// (SIGTERM publishes them before exit, within the runtime's `shutdown.timeout`).
     pub accepted_buffer: usize,
+    /// Bytes (payload, attributes, key) of those records, at most; beyond it → 503 with
+    /// `Retry-After`. At least `max_body_bytes` of every `accepted` endpoint.
+    pub accepted_buffer_bytes: usize,
+    /// Connection limits of the webhook listener (and of the admin listener):
+    /// header-read timeout, idle keep-alive timeout, open connections.
+    pub connections: danube_connect_core::ops::ConnectionLimits,
     /// The admin API for dynamic endpoints (disabled without a token).
     pub admin: AdminConfig,
     /// Dynamic endpoints (`/e/{id}`) created through the admin API.
@@ -57,6 +63,8 @@ impl Default for HttpSourceConfig {
             max_concurrent_requests: 1024,
             retry_after: Duration::from_secs(5),
             accepted_buffer: 10_000,
+            accepted_buffer_bytes: 64 << 20,
+            connections: danube_connect_core::ops::ConnectionLimits::default(),
             admin: AdminConfig::default(),
             dynamic: DynamicConfig::default(),
         }
@@ -307,11 +315,14 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// Path prefix of the admin API (`{prefix}/endpoints`).
     pub path_prefix: String,
+    /// Serve the admin API on this address of its own (plain HTTP: bind it to loopback or
+    /// a private network) instead of on the webhook listener.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { token: None, path_prefix: "/admin".into() }
+        Self { token: None, path_prefix: "/admin".into(), listen: None }
     }
 }
 
@@ -355,6 +366,36 @@ impl Validate for HttpSourceConfig {
         }
         if self.accepted_buffer == 0 {
             return Err(ConfigError::invalid("connector.accepted_buffer", "must be at least 1"));
+        }
+        if self.accepted_buffer_bytes == 0 {
+            return Err(ConfigError::invalid("connector.accepted_buffer_bytes", "must be at least 1"));
+        }
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let max_body = endpoint.max_body_bytes.unwrap_or(self.max_body_bytes);
+            if endpoint.ack == AckMode::Accepted && max_body > self.accepted_buffer_bytes {
+                return Err(ConfigError::invalid(
+                    "connector.accepted_buffer_bytes",
+                    format!(
+                        "must be at least the body limit ({max_body} bytes) of the accepted endpoint connector.endpoints[{index}]"
+                    ),
+                ));
+            }
+        }
+        if self.admin.token.is_some() && self.max_body_bytes > self.accepted_buffer_bytes {
+            return Err(ConfigError::invalid(
+                "connector.accepted_buffer_bytes",
+                "must be at least max_body_bytes (dynamic endpoints may be `accepted`)",
+            ));
+        }
+        self.connections.validate("connector.connections")?;
+        if self.admin.listen.is_some() && self.admin.token.is_none() {
+            return Err(ConfigError::invalid(
+                "connector.admin.listen",
+                "needs connector.admin.token (the admin API is off)",
+            ));
+        }
+        if self.admin.listen.is_some_and(|admin| admin == self.listen) {
+            return Err(ConfigError::invalid("connector.admin.listen", "must differ from connector.listen"));
         }
         if self.request_timeout.is_zero() {
             return Err(ConfigError::invalid("connector.request_timeout", "must be more than 0s"));
@@ -670,6 +711,21 @@ mod tests {
         e.max_topics = 0;
         let text = error_of(&config(vec![e]));
         assert!(text.contains("connector.endpoints[0].max_topics"), "{text}");
+    }
+
+    #[test]
+    fn new_limits_name_their_fields() {
+        let mut c = config(vec![endpoint("/a", "/default/a")]);
+        c.connections.idle_timeout = Duration::from_secs(60);
+        assert!(error_of(&c).contains("connector.connections.idle_timeout"));
+        let mut c = config(vec![endpoint("/a", "/default/a")]);
+        c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 9999)));
+        assert!(error_of(&c).contains("connector.admin.listen"));
+        let mut e = endpoint("/a", "/default/a");
+        e.ack = AckMode::Accepted;
+        let mut c = config(vec![e]);
+        c.accepted_buffer_bytes = 1000;
+        assert!(error_of(&c).contains("connector.accepted_buffer_bytes"));
     }
 
     #[test]

@@ -41,8 +41,12 @@ pub enum RoutingKey {
 /// One endpoint, ready to serve.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// Id in logs and the `http.endpoint` attribute.
+    /// Id in logs and the `http.endpoint` attribute; for a dynamic endpoint its alias
+    /// (its id is a credential and stays out of logs and records).
     pub id: String,
+    /// For a dynamic endpoint, the `http.path` attribute (`/e/{alias}`) in place of the
+    /// request path, which holds the id.
+    public_path: Option<String>,
     /// Bounded metric label: the configured id, or `dynamic`.
     pub metric_label: String,
     /// The path pattern.
@@ -62,7 +66,7 @@ pub struct Endpoint {
     /// The success status in durable mode.
     pub success: StatusCode,
     /// Request verification, if any.
-    pub verifier: Option<Verifier>,
+    pub verifier: Option<Arc<Verifier>>,
     /// Headers copied into attributes.
     pub headers: Vec<HeaderName>,
     /// Query parameters copied into attributes.
@@ -110,7 +114,7 @@ impl Endpoint {
         let fail = |message: String| EndpointError { endpoint: id.clone(), message };
         let path = PathTemplate::parse(&config.path).map_err(fail)?;
         let topic = TopicTemplate::parse(&config.topic).map_err(fail)?;
-        let verifier = config.verification.as_ref().map(Verifier::new).transpose().map_err(fail)?;
+        let verifier = config.verification.as_ref().map(Verifier::new).transpose().map_err(fail)?.map(Arc::new);
         let headers = config
             .headers
             .iter()
@@ -138,6 +142,7 @@ impl Endpoint {
         let success = StatusCode::from_u16(config.success_status).map_err(|_| fail("bad success_status".into()))?;
         Ok(Self {
             metric_label: id.clone(),
+            public_path: None,
             allow: allow_header(&config.methods),
             id,
             path,
@@ -161,14 +166,24 @@ impl Endpoint {
 
     /// Compiles a dynamic endpoint from the registry (`/e/{id}`).
     pub fn from_dynamic(definition: &DynamicEndpoint, global: &HttpSourceConfig) -> Result<Self, EndpointError> {
-        let fail = |message: String| EndpointError { endpoint: definition.id.clone(), message };
-        let verifier =
-            definition.verification.as_ref().map(|v| Verifier::new(&v.to_config())).transpose().map_err(fail)?;
+        let alias = crate::registry::alias(&definition.id);
+        let fail = |message: String| EndpointError { endpoint: alias.clone(), message };
+        let verifier = definition
+            .verification
+            .as_ref()
+            .map(|v| Verifier::new(&v.to_config()))
+            .transpose()
+            .map_err(fail)?
+            .map(Arc::new);
         let methods = vec![AllowedMethod::Post, AllowedMethod::Put];
+        // Requests reach a dynamic endpoint through the registry (by id); the path template
+        // only describes it, with the alias.
+        let public_path = format!("/e/{alias}");
         Ok(Self {
-            id: definition.id.clone(),
+            id: alias,
             metric_label: "dynamic".into(),
-            path: PathTemplate::literal(&format!("/e/{}", definition.id)),
+            path: PathTemplate::literal(&public_path),
+            public_path: Some(public_path),
             topic: TopicTemplate::literal(&definition.topic),
             max_topics: 1,
             topics: Mutex::new(HashSet::new()),
@@ -215,6 +230,12 @@ impl Endpoint {
         }
         topics.insert(topic.to_string());
         Ok(())
+    }
+
+    /// The `http.path` attribute of a request to `path`: the path itself, or for a dynamic
+    /// endpoint `/e/{alias}`.
+    pub fn record_path<'a>(&'a self, path: &'a str) -> &'a str {
+        self.public_path.as_deref().unwrap_or(path)
     }
 
     /// The verification scheme's name, or `none`.

@@ -39,10 +39,47 @@ use crate::admin::AdminApi;
 use crate::config::HttpSourceConfig;
 use crate::endpoint::Endpoint;
 use crate::registry::Registry;
-use crate::server::{App, Buffered, HttpMetrics, MakeWebhookService};
+use crate::server::{App, Buffered, HttpMetrics, WebhookService};
+use danube_connect_core::ops::serve_http1;
 
 /// Records of `accepted` endpoints published at once from the buffer.
 const BUFFER_PUBLISHERS: usize = 64;
+
+/// Large-body signature checks running at once on the blocking pool: one per core.
+fn verify_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// One connection's service on the admin listener (`admin.listen`): only admin routes.
+#[derive(Clone)]
+struct AdminService {
+    admin: AdminApi,
+    app: Arc<App>,
+    remote: SocketAddr,
+}
+
+impl tower_service::Service<axum::extract::Request> for AdminService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if !this.admin.serves(request.uri().path()) {
+                return Ok(axum::response::IntoResponse::into_response((
+                    axum::http::StatusCode::NOT_FOUND,
+                    "no admin route at this path",
+                )));
+            }
+            Ok(this.admin.handle(&this.app, this.remote, request).await)
+        })
+    }
+}
 
 /// Readiness component name of the dynamic-endpoint registry.
 const REGISTRY_COMPONENT: &str = "dynamic-endpoints";
@@ -57,6 +94,7 @@ pub struct HttpSource {
 
 struct Running {
     server: JoinHandle<()>,
+    admin_server: Option<JoinHandle<()>>,
     drain: JoinHandle<()>,
     refresher: Option<JoinHandle<()>>,
     stop_refresh: CancellationToken,
@@ -126,6 +164,8 @@ impl SourceConnector for HttpSource {
             concurrency: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             buffer,
             buffer_slots: Arc::new(Semaphore::new(config.accepted_buffer)),
+            buffer_bytes: Arc::new(Semaphore::new(config.accepted_buffer_bytes.min(Semaphore::MAX_PERMITS))),
+            verify_slots: Arc::new(Semaphore::new(verify_slots())),
             request_timeout: config.request_timeout,
             retry_after: config.retry_after,
             metrics,
@@ -159,34 +199,41 @@ impl SourceConnector for HttpSource {
             .map_err(|e| ConnectorError::fatal(format!("bind {}", config.listen), e))?;
         let addr = listener.local_addr().map_err(|e| ConnectorError::fatal("listener address", e))?;
         let shutdown = ctx.shutdown.clone();
-        let service = MakeWebhookService::new(app, admin);
+        let limits = config.connections;
+        // The admin API on a listener of its own, or on the webhook listener.
+        let (public_admin, admin_server) = match (config.admin.listen, admin) {
+            (Some(admin_listen), Some(admin)) => {
+                let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+                    .await
+                    .map_err(|e| ConnectorError::fatal(format!("bind {admin_listen} (connector.admin.listen)"), e))?;
+                let admin_addr =
+                    admin_listener.local_addr().map_err(|e| ConnectorError::fatal("admin listener address", e))?;
+                info!(addr = %admin_addr, "admin API listening on its own address");
+                let app = app.clone();
+                let make =
+                    move |remote: &SocketAddr| AdminService { admin: admin.clone(), app: app.clone(), remote: *remote };
+                (None, Some(tokio::spawn(serve_http1(admin_listener, make, limits, shutdown.clone()))))
+            }
+            (_, admin) => (admin, None),
+        };
+        let make = move |remote: &SocketAddr| WebhookService::new(app.clone(), public_admin.clone(), *remote);
         let server = match &config.tls {
             Some(tls) => {
                 let acceptor = tls::acceptor(tls).map_err(|e| ConnectorError::fatal("TLS", e))?;
-                let listener = tls::TlsListener::new(listener, acceptor)
-                    .map_err(|e| ConnectorError::fatal("TLS listener", e))?
-                    .tap_io(|_| {});
-                tokio::spawn(async move {
-                    let served =
-                        axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-                    if let Err(e) = served {
-                        error!(error = %e, "webhook server failed");
-                    }
-                })
+                let listener = tls::TlsListener::new(listener, acceptor, limits.max)
+                    .map_err(|e| ConnectorError::fatal("TLS listener", e))?;
+                tokio::spawn(serve_http1(listener, make, limits, shutdown))
             }
-            None => tokio::spawn(async move {
+            None => {
                 let listener = listener.tap_io(|stream| {
                     let _ = stream.set_nodelay(true);
                 });
-                let served = axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-                if let Err(e) = served {
-                    error!(error = %e, "webhook server failed");
-                }
-            }),
+                tokio::spawn(serve_http1(listener, make, limits, shutdown))
+            }
         };
         info!(%addr, tls = config.tls.is_some(), endpoints = config.endpoints.len(), "webhook server listening");
         self.local_addr = Some(addr);
-        self.running = Some(Running { server, drain, refresher, stop_refresh, preparer });
+        self.running = Some(Running { server, admin_server, drain, refresher, stop_refresh, preparer });
         Ok(())
     }
 
@@ -196,6 +243,11 @@ impl SourceConnector for HttpSource {
         // until every in-flight request got its answer.
         if let Err(e) = running.server.await {
             warn!(error = %e, "webhook server task ended abnormally");
+        }
+        if let Some(admin_server) = running.admin_server {
+            if let Err(e) = admin_server.await {
+                warn!(error = %e, "admin server task ended abnormally");
+            }
         }
         // The buffer's sender went away with the server: publish what is buffered.
         if let Err(e) = running.drain.await {

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -23,9 +24,18 @@ use crate::endpoint::Endpoint;
 /// Timestamp tolerance of a dynamic endpoint that does not set one.
 const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The non-secret alias of a dynamic endpoint (`dyn-` and 12 hex digits of SHA-256 of its
+/// id), used in logs, record attributes and dead-letter records: the id itself is the
+/// endpoint's credential (whoever knows `/e/{id}` can post to it).
+pub fn alias(id: &str) -> String {
+    use sha2::Digest;
+    format!("dyn-{}", hex::encode(&sha2::Sha256::digest(id.as_bytes())[..6]))
+}
+
 /// Verification of a dynamic endpoint, as stored in the registry (secrets in clear:
-/// protect the registry file like a secret).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// protect the registry file like a secret; it is created with mode 0600). `Debug` shows
+/// no secret.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredVerification {
     /// The scheme.
@@ -47,6 +57,19 @@ pub struct StoredVerification {
     pub tolerance: Option<std::time::Duration>,
 }
 
+impl std::fmt::Debug for StoredVerification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredVerification")
+            .field("scheme", &self.scheme)
+            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
+            .field("header", &self.header)
+            .field("prefix", &self.prefix)
+            .field("encoding", &self.encoding)
+            .field("tolerance", &self.tolerance)
+            .finish()
+    }
+}
+
 impl StoredVerification {
     /// The equivalent endpoint verification config (tolerance default 5 minutes).
     pub fn to_config(&self) -> VerificationConfig {
@@ -61,8 +84,8 @@ impl StoredVerification {
     }
 }
 
-/// A dynamic endpoint as stored in the registry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A dynamic endpoint as stored in the registry. `Debug` shows its alias, not its id.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicEndpoint {
     /// The random id; the endpoint's path is `/e/{id}`.
@@ -82,8 +105,21 @@ pub struct DynamicEndpoint {
     pub created_at: String,
 }
 
-/// One registry line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl std::fmt::Debug for DynamicEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicEndpoint")
+            .field("alias", &alias(&self.id))
+            .field("topic", &self.topic)
+            .field("verification", &self.verification)
+            .field("ack", &self.ack)
+            .field("description", &self.description)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// One registry line. `Debug` shows no secret and no id.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Event {
     /// An endpoint was created.
@@ -96,6 +132,15 @@ pub enum Event {
         /// Its id.
         id: String,
     },
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Create { endpoint } => f.debug_struct("Create").field("endpoint", endpoint).finish(),
+            Self::Revoke { id } => f.debug_struct("Revoke").field("alias", &alias(id)).finish(),
+        }
+    }
 }
 
 /// Errors reading or writing the registry file.
@@ -246,7 +291,62 @@ impl Registry {
 
 fn append_line(path: &Path, line: &[u8]) -> Result<(), RegistryError> {
     let io = |source| RegistryError::Io { path: path.to_path_buf(), source };
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    // 0600: the file holds every dynamic endpoint's id and secrets.
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
     file.write_all(line).map_err(io)?;
     file.sync_data().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> DynamicEndpoint {
+        DynamicEndpoint {
+            id: "the-secret-endpoint-id".into(),
+            topic: "/default/x".into(),
+            verification: Some(StoredVerification {
+                scheme: Scheme::Token,
+                secrets: vec!["the-secret-token".into()],
+                header: None,
+                prefix: None,
+                encoding: Encoding::Hex,
+                tolerance: None,
+            }),
+            ack: AckMode::Durable,
+            description: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn debug_of_registry_types_shows_no_secret_and_no_id() {
+        let endpoint = endpoint();
+        for text in [
+            format!("{endpoint:?}"),
+            format!("{:?}", Event::Create { endpoint: endpoint.clone() }),
+            format!("{:?}", Event::Revoke { id: endpoint.id.clone() }),
+        ] {
+            assert!(!text.contains("the-secret"), "{text}");
+            assert!(text.contains(&alias(&endpoint.id)), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_registry_file_is_created_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.jsonl");
+        append_line(&path, b"{}\n").expect("append");
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+    }
+
+    #[test]
+    fn aliases_are_stable_and_do_not_contain_the_id() {
+        let a = alias("abc");
+        assert_eq!(a, alias("abc"));
+        assert_ne!(a, alias("abd"));
+        assert!(a.starts_with("dyn-") && a.len() == 16 && !a.contains("abc"), "{a}");
+    }
 }

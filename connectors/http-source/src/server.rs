@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::extract::{Query, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::serve::{IncomingStream, Listener};
 use danube_connect_core::health::Health;
 use danube_connect_core::{PendingPublish, PublishError, Publisher, SourceRecord};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -25,6 +24,7 @@ use crate::config::{AckMode, AllowedMethod};
 use crate::dedup::{Reservation, Reserve};
 use crate::endpoint::{Endpoint, RoutingKey};
 use crate::registry::Registry;
+use crate::signature::{Checked, Verified, Verifier, VerifyError};
 use crate::template::PathParams;
 
 /// The HTTP source's own metrics (labels bounded: endpoint id or `dynamic`, status code).
@@ -89,7 +89,23 @@ pub struct EndpointMetrics {
 
 /// A record of an `accepted` endpoint with its buffer slot, released once Danube acked it
 /// (or it was dead-lettered).
-pub type Buffered = (SourceRecord, OwnedSemaphorePermit);
+pub type Buffered = (SourceRecord, BufferSlot);
+
+/// A place in the `accepted` buffer: one of `accepted_buffer` records and the record's
+/// bytes of `accepted_buffer_bytes`; both are given back on drop.
+#[derive(Debug)]
+pub struct BufferSlot {
+    _record: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// Bodies up to this size are verified on the request's task (microseconds); larger ones
+/// on the blocking pool, a bounded number at once, so hashing megabytes never holds a
+/// worker that other requests (and `/healthz`) need.
+const INLINE_VERIFY_BYTES: usize = 64 * 1024;
+
+/// The longest delivery id (dedup) accepted; longer → 400.
+pub const MAX_DELIVERY_ID_BYTES: usize = 256;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -107,6 +123,10 @@ pub struct App {
     pub buffer: mpsc::Sender<Buffered>,
     /// One permit per record accepted and not yet acked by Danube (`accepted_buffer` in all).
     pub buffer_slots: Arc<Semaphore>,
+    /// One permit per byte of those records (`accepted_buffer_bytes` in all).
+    pub buffer_bytes: Arc<Semaphore>,
+    /// Verifications of large bodies running on the blocking pool at once.
+    pub verify_slots: Arc<Semaphore>,
     /// Whole-request deadline.
     pub request_timeout: Duration,
     /// `Retry-After` for 503 answers.
@@ -128,7 +148,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     json_response(status, serde_json::json!({ "error": message.to_string() }))
 }
 
-fn retry_after(status: StatusCode, wait: Duration, message: impl std::fmt::Display) -> Response {
+pub(crate) fn retry_after(status: StatusCode, wait: Duration, message: impl std::fmt::Display) -> Response {
     let mut response = error(status, message);
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
@@ -146,48 +166,22 @@ impl App {
     }
 }
 
-/// Makes the [`WebhookService`] of each accepted connection, which knows its remote address.
-#[derive(Clone)]
-pub struct MakeWebhookService {
-    app: Arc<App>,
-    admin: Option<AdminApi>,
-}
-
-impl MakeWebhookService {
-    /// Serves `app`'s endpoints, and the admin API's routes when it is on.
-    pub fn new(app: Arc<App>, admin: Option<AdminApi>) -> Self {
-        Self { app, admin }
-    }
-}
-
-impl<'a, L> Service<IncomingStream<'a, L>> for MakeWebhookService
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    type Response = WebhookService;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<WebhookService, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, incoming: IncomingStream<'a, L>) -> Self::Future {
-        std::future::ready(Ok(WebhookService {
-            app: self.app.clone(),
-            admin: self.admin.clone(),
-            remote: *incoming.remote_addr(),
-        }))
-    }
-}
-
-/// One connection's service: admin routes go to the admin API's router, every other request
-/// to [`handle`]. Webhook requests skip a router: one endpoint list is matched once.
+/// One connection's service on the webhook listener: admin routes (when the admin API
+/// shares this listener) go to the admin API, every other request to [`handle`]. Webhook
+/// requests skip a router: one endpoint list is matched once.
 #[derive(Clone)]
 pub struct WebhookService {
     app: Arc<App>,
     admin: Option<AdminApi>,
     remote: SocketAddr,
+}
+
+impl WebhookService {
+    /// The service of a connection from `remote`; `admin` when the admin API shares the
+    /// webhook listener.
+    pub fn new(app: Arc<App>, admin: Option<AdminApi>, remote: SocketAddr) -> Self {
+        Self { app, admin, remote }
+    }
 }
 
 impl Service<Request> for WebhookService {
@@ -201,8 +195,8 @@ impl Service<Request> for WebhookService {
 
     fn call(&mut self, request: Request) -> Self::Future {
         if let Some(admin) = self.admin.as_ref().filter(|admin| admin.serves(request.uri().path())) {
-            let mut router = admin.router();
-            return Box::pin(async move { router.call(request).await });
+            let (admin, app, remote) = (admin.clone(), self.app.clone(), self.remote);
+            return Box::pin(async move { Ok(admin.handle(&app, remote, request).await) });
         }
         let (app, remote) = (self.app.clone(), self.remote);
         Box::pin(async move { Ok(handle(&app, remote, request).await) })
@@ -250,17 +244,29 @@ async fn handle_endpoint(
     }
     let deadline = started + app.request_timeout;
     let (parts, body) = request.into_parts();
+    let received_at = SystemTime::now();
+    // Headers first: a malformed, over-long or unauthenticated (token) request is refused
+    // before its body is read.
+    let checked = match &endpoint.verifier {
+        Some(verifier) => match verifier.check_headers(&parts.headers, received_at) {
+            Ok(checked) => Some((verifier.clone(), checked)),
+            Err(e) => {
+                debug!(endpoint = %endpoint.id, %remote, error = %e, "verification failed");
+                return error(StatusCode::UNAUTHORIZED, e);
+            }
+        },
+        None => None,
+    };
     let body = match read_body(body, endpoint.max_body, deadline).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let received_at = SystemTime::now();
-    let verified = match &endpoint.verifier {
-        Some(verifier) => match verifier.verify(&parts.headers, &body, received_at) {
+    let verified = match checked {
+        Some((verifier, checked)) => match verify_body(app, verifier, checked, &body, deadline).await {
             Ok(verified) => verified,
-            Err(e) => {
-                debug!(endpoint = %endpoint.id, %remote, error = %e, "verification failed");
-                return error(StatusCode::UNAUTHORIZED, e);
+            Err(response) => {
+                debug!(endpoint = %endpoint.id, %remote, status = %response.status(), "verification failed");
+                return response;
             }
         },
         None => Default::default(),
@@ -294,6 +300,9 @@ async fn handle_endpoint(
     });
     // Held until the client is answered 2xx (then remembered) or dropped with this
     // request (then released, so the sender's retry is published).
+    if delivery_id.as_ref().is_some_and(|id| id.len() > MAX_DELIVERY_ID_BYTES) {
+        return error(StatusCode::BAD_REQUEST, format!("delivery id longer than {MAX_DELIVERY_ID_BYTES} bytes"));
+    }
     let reservation = match (&endpoint.dedup, &delivery_id) {
         (Some(dedup), Some(id)) => match dedup.memory.reserve(id, Instant::now()) {
             Reserve::Reserved(reservation) => Some(reservation),
@@ -321,7 +330,7 @@ async fn handle_endpoint(
     record.attributes.reserve(9 + params.len() + endpoint.headers.len() + endpoint.query.len());
     record = record
         .with_attribute("http.method", parts.method.as_str())
-        .with_attribute("http.path", parts.uri.path())
+        .with_attribute("http.path", endpoint.record_path(parts.uri.path()))
         .with_attribute("http.remote_addr", display_text(remote, 48))
         .with_attribute("http.received_at", display_text(humantime::format_rfc3339_millis(received_at), 24))
         .with_attribute("http.endpoint", endpoint.id.as_str())
@@ -369,9 +378,14 @@ async fn handle_endpoint(
     }
     match endpoint.ack {
         AckMode::Accepted => {
-            let Ok(slot) = app.buffer_slots.clone().try_acquire_owned() else {
+            let Ok(record_slot) = app.buffer_slots.clone().try_acquire_owned() else {
                 return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "buffer full");
             };
+            let size = u32::try_from(record_size(&record)).unwrap_or(u32::MAX);
+            let Ok(bytes_slot) = app.buffer_bytes.clone().try_acquire_many_owned(size) else {
+                return retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "buffer full (bytes)");
+            };
+            let slot = BufferSlot { _record: record_slot, _bytes: bytes_slot };
             // The channel has as many places as there are slots: it cannot be full here.
             match app.buffer.try_send((record, slot)) {
                 Ok(()) => {
@@ -481,6 +495,44 @@ pub fn publish_failure(error: &PublishError, wait: Duration) -> Response {
         retry_after(StatusCode::SERVICE_UNAVAILABLE, wait, "danube is unavailable")
     } else {
         self::error(StatusCode::BAD_GATEWAY, error)
+    }
+}
+
+/// The bytes a buffered record holds: payload, attributes and key.
+fn record_size(record: &SourceRecord) -> usize {
+    let attributes: usize = record.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    record.payload.len() + attributes + record.routing_key.as_ref().map_or(0, |k| k.len())
+}
+
+/// Checks the body against the signature candidates: on this task for small bodies, on the
+/// blocking pool (at most `verify_slots` at once) for large ones, within the deadline.
+async fn verify_body(
+    app: &App,
+    verifier: Arc<Verifier>,
+    checked: Checked,
+    body: &bytes::Bytes,
+    deadline: Instant,
+) -> Result<Verified, Response> {
+    let unauthorized = |e: VerifyError| error(StatusCode::UNAUTHORIZED, e);
+    if !checked.needs_body() || body.len() <= INLINE_VERIFY_BYTES {
+        return checked.verify_body(&verifier, body).map_err(unauthorized);
+    }
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let too_slow =
+        || retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "verification did not finish in time");
+    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, app.verify_slots.clone().acquire_owned()).await else {
+        return Err(too_slow());
+    };
+    let body = body.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let result = checked.verify_body(&verifier, &body);
+        drop(slot);
+        result
+    });
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(Ok(result)) => result.map_err(unauthorized),
+        Ok(Err(_)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "verification failed to run")),
+        Err(_) => Err(too_slow()),
     }
 }
 

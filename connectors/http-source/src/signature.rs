@@ -1,9 +1,16 @@
 //! Request verification: shared tokens, generic HMAC-SHA256, GitHub, Stripe, Slack and
 //! Standard Webhooks (v1 HMAC and v1a ed25519).
 //!
-//! Every scheme accepts several secrets (rotation), compares in constant time (HMAC
-//! `verify_slice`, `subtle` for tokens) and, where the scheme signs a timestamp, refuses
-//! requests whose timestamp is further than the tolerance from now (replays).
+//! Every scheme accepts several secrets (rotation), compares in constant time (`subtle`)
+//! and, where the scheme signs a timestamp, refuses requests whose timestamp is further than
+//! the tolerance from now (replays).
+//!
+//! Cost is bounded whatever a sender puts in the headers: verification is split into
+//! [`Verifier::check_headers`] (parses the headers, refuses empty signatures and more than
+//! [`MAX_CANDIDATES`] of them, checks the timestamp; no body needed, so a bad request is
+//! refused before its body is read) and [`Checked::verify_body`], which computes each
+//! configured HMAC secret's MAC once and compares it with every candidate. Only ed25519
+//! (`v1a`) costs one verification per candidate and public key, bounded by the cap.
 //!
 //! Strings to sign, as documented by each provider:
 //!
@@ -23,11 +30,18 @@ use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::{Encoding, Scheme, VerificationConfig};
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Signatures one header may carry, at most (Stripe `v1=` items, Standard Webhooks
+/// `v1,`/`v1a,` items); more → 401 before the body is read.
+pub const MAX_CANDIDATES: usize = 8;
+
+/// Items of any kind one header may carry, at most (Stripe's `t=`, `v0=`, unknown items).
+const MAX_ITEMS: usize = 2 * MAX_CANDIDATES;
 
 /// Why a request failed verification (answered with 401; the text names no secret).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +52,17 @@ pub enum VerifyError {
     /// A header is present but not in the scheme's form.
     #[error("header `{0}` is malformed")]
     Malformed(String),
+    /// A header carries an empty signature.
+    #[error("header `{0}` carries an empty signature")]
+    EmptySignature(String),
+    /// A header carries more signatures (or items) than allowed.
+    #[error("header `{header}` carries more than {max} signatures")]
+    TooManySignatures {
+        /// The header.
+        header: String,
+        /// The cap.
+        max: usize,
+    },
     /// The signed timestamp is outside the tolerance (a replay, or a skewed clock).
     #[error("timestamp is outside the tolerance")]
     StaleTimestamp,
@@ -77,6 +102,71 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier").field("scheme", &self.scheme).field("keys", &self.keys.len()).finish()
+    }
+}
+
+/// A request whose headers passed [`Verifier::check_headers`]; the body check remains.
+#[derive(Debug)]
+pub struct Checked {
+    /// Bytes signed before the body (`{t}.` for Stripe, `{id}.{ts}.` for Standard Webhooks).
+    signed_prefix: Vec<u8>,
+    /// Candidate HMAC-SHA256 values (wrong lengths never match).
+    hmac: Vec<Vec<u8>>,
+    /// Candidate ed25519 signatures (Standard Webhooks `v1a`).
+    ed25519: Vec<Signature>,
+    /// Nothing left to check (token schemes).
+    done: bool,
+    delivery_id: Option<String>,
+}
+
+impl Checked {
+    fn done(delivery_id: Option<String>) -> Self {
+        Self { signed_prefix: Vec::new(), hmac: Vec::new(), ed25519: Vec::new(), done: true, delivery_id }
+    }
+
+    fn signed(prefix: Vec<u8>, hmac: Vec<Vec<u8>>, delivery_id: Option<String>) -> Self {
+        Self { signed_prefix: prefix, hmac, ed25519: Vec::new(), done: false, delivery_id }
+    }
+
+    /// Whether the body still has to be checked (false for token schemes).
+    pub fn needs_body(&self) -> bool {
+        !self.done
+    }
+
+    /// Checks the body against the candidates: each HMAC secret's MAC is computed once over
+    /// `{prefix}{body}` and compared in constant time with every candidate.
+    pub fn verify_body(self, verifier: &Verifier, body: &[u8]) -> Result<Verified, VerifyError> {
+        if self.done {
+            return Ok(Verified { delivery_id: self.delivery_id });
+        }
+        let mut matched = Choice::from(0);
+        if !self.hmac.is_empty() {
+            for key in &verifier.keys {
+                let Key::Hmac(secret) = key else { continue };
+                let Ok(mut mac) = HmacSha256::new_from_slice(secret) else { continue };
+                mac.update(&self.signed_prefix);
+                mac.update(body);
+                let expected = mac.finalize().into_bytes();
+                for candidate in &self.hmac {
+                    if candidate.len() == expected.len() {
+                        matched |= expected.as_slice().ct_eq(candidate);
+                    }
+                }
+            }
+        }
+        if !bool::from(matched) && !self.ed25519.is_empty() {
+            let message = [self.signed_prefix.as_slice(), body].concat();
+            let ok = verifier.keys.iter().any(|key| match key {
+                Key::Ed25519(public) => self.ed25519.iter().any(|sig| public.verify_strict(&message, sig).is_ok()),
+                _ => false,
+            });
+            matched |= Choice::from(u8::from(ok));
+        }
+        if bool::from(matched) {
+            Ok(Verified { delivery_id: self.delivery_id })
+        } else {
+            Err(VerifyError::Mismatch)
+        }
     }
 }
 
@@ -133,70 +223,93 @@ impl Verifier {
         self.scheme
     }
 
-    /// Verifies one request against every active secret.
+    /// Verifies one request against every active secret (headers, then body).
     pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
+        self.check_headers(headers, now)?.verify_body(self, body)
+    }
+
+    /// Everything that can be checked without the body: header presence and form, the
+    /// number of signatures, the timestamp, and the whole token scheme.
+    pub fn check_headers(&self, headers: &HeaderMap, now: SystemTime) -> Result<Checked, VerifyError> {
         match self.scheme {
-            Scheme::Token => self.verify_token(headers),
-            Scheme::Hmac => self.verify_hmac(headers, body),
-            Scheme::Github => self.verify_github(headers, body),
-            Scheme::Stripe => self.verify_stripe(headers, body, now),
-            Scheme::Slack => self.verify_slack(headers, body, now),
-            Scheme::StandardWebhooks => self.verify_standard(headers, body, now),
+            Scheme::Token => self.verify_token(headers).map(|()| Checked::done(None)),
+            Scheme::Hmac => self.check_hmac(headers),
+            Scheme::Github => self.check_github(headers),
+            Scheme::Stripe => self.check_stripe(headers, now),
+            Scheme::Slack => self.check_slack(headers, now),
+            Scheme::StandardWebhooks => self.check_standard(headers, now),
         }
     }
 
-    fn verify_token(&self, headers: &HeaderMap) -> Result<Verified, VerifyError> {
+    fn verify_token(&self, headers: &HeaderMap) -> Result<(), VerifyError> {
         let value = header_str(headers, self.header.as_str())?;
         let token = strip_prefix_ignore_case(value, &self.prefix)
             .ok_or_else(|| VerifyError::Malformed(self.header.to_string()))?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        let mut matched = subtle::Choice::from(0);
+        let mut matched = Choice::from(0);
         for key in &self.keys {
             if let Key::Token(expected) = key {
                 matched |= expected.ct_eq(&digest);
             }
         }
         if bool::from(matched) {
-            Ok(Verified::default())
+            Ok(())
         } else {
             Err(VerifyError::Mismatch)
         }
     }
 
-    fn verify_hmac(&self, headers: &HeaderMap, body: &[u8]) -> Result<Verified, VerifyError> {
+    fn check_hmac(&self, headers: &HeaderMap) -> Result<Checked, VerifyError> {
         let value = header_str(headers, self.header.as_str())?;
         let encoded = strip_prefix_ignore_case(value.trim(), &self.prefix)
             .ok_or_else(|| VerifyError::Malformed(self.header.to_string()))?;
+        if encoded.is_empty() {
+            return Err(VerifyError::EmptySignature(self.header.to_string()));
+        }
         let signature = match self.encoding {
             Encoding::Hex => hex::decode(encoded).ok(),
             Encoding::Base64 => STANDARD.decode(encoded).or_else(|_| STANDARD_NO_PAD.decode(encoded)).ok(),
         }
         .ok_or_else(|| VerifyError::Malformed(self.header.to_string()))?;
-        self.any_hmac(&[body], &signature)?;
-        Ok(Verified::default())
+        Ok(Checked::signed(Vec::new(), vec![signature], None))
     }
 
-    fn verify_github(&self, headers: &HeaderMap, body: &[u8]) -> Result<Verified, VerifyError> {
-        let value = header_str(headers, "x-hub-signature-256")?;
-        let signature = value
+    fn check_github(&self, headers: &HeaderMap) -> Result<Checked, VerifyError> {
+        let name = "x-hub-signature-256";
+        let encoded = header_str(headers, name)?
             .trim()
             .strip_prefix("sha256=")
-            .and_then(|hex_sig| hex::decode(hex_sig).ok())
-            .ok_or_else(|| VerifyError::Malformed("x-hub-signature-256".into()))?;
-        self.any_hmac(&[body], &signature)?;
-        Ok(Verified { delivery_id: optional_header(headers, "x-github-delivery") })
+            .ok_or_else(|| VerifyError::Malformed(name.into()))?;
+        if encoded.is_empty() {
+            return Err(VerifyError::EmptySignature(name.into()));
+        }
+        let signature = hex::decode(encoded).map_err(|_| VerifyError::Malformed(name.into()))?;
+        Ok(Checked::signed(Vec::new(), vec![signature], optional_header(headers, "x-github-delivery")))
     }
 
-    fn verify_stripe(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
-        let value = header_str(headers, "stripe-signature")?;
-        let malformed = || VerifyError::Malformed("stripe-signature".into());
+    fn check_stripe(&self, headers: &HeaderMap, now: SystemTime) -> Result<Checked, VerifyError> {
+        let name = "stripe-signature";
+        let value = header_str(headers, name)?;
+        let malformed = || VerifyError::Malformed(name.into());
+        let too_many = || VerifyError::TooManySignatures { header: name.into(), max: MAX_CANDIDATES };
         let mut timestamp = None;
         let mut signatures = Vec::new();
-        for item in value.split(',') {
-            let (name, val) = item.trim().split_once('=').ok_or_else(malformed)?;
-            match name {
+        for (index, item) in value.split(',').enumerate() {
+            if index >= MAX_ITEMS {
+                return Err(too_many());
+            }
+            let (key, val) = item.trim().split_once('=').ok_or_else(malformed)?;
+            match key {
                 "t" => timestamp = Some(val),
-                "v1" => signatures.push(hex::decode(val).map_err(|_| malformed())?),
+                "v1" => {
+                    if val.is_empty() {
+                        return Err(VerifyError::EmptySignature(name.into()));
+                    }
+                    if signatures.len() == MAX_CANDIDATES {
+                        return Err(too_many());
+                    }
+                    signatures.push(hex::decode(val).map_err(|_| malformed())?);
+                }
                 _ => {}
             }
         }
@@ -204,68 +317,59 @@ impl Verifier {
         if signatures.is_empty() {
             return Err(malformed());
         }
-        self.check_timestamp(timestamp, "stripe-signature", now)?;
-        for signature in &signatures {
-            if self.any_hmac(&[timestamp.as_bytes(), b".", body], signature).is_ok() {
-                return Ok(Verified::default());
-            }
-        }
-        Err(VerifyError::Mismatch)
+        self.check_timestamp(timestamp, name, now)?;
+        Ok(Checked::signed(format!("{timestamp}.").into_bytes(), signatures, None))
     }
 
-    fn verify_slack(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
+    fn check_slack(&self, headers: &HeaderMap, now: SystemTime) -> Result<Checked, VerifyError> {
+        let name = "x-slack-signature";
         let timestamp = header_str(headers, "x-slack-request-timestamp")?.trim();
-        let value = header_str(headers, "x-slack-signature")?;
-        let signature = value
-            .trim()
-            .strip_prefix("v0=")
-            .and_then(|s| hex::decode(s).ok())
-            .ok_or_else(|| VerifyError::Malformed("x-slack-signature".into()))?;
+        let encoded =
+            header_str(headers, name)?.trim().strip_prefix("v0=").ok_or_else(|| VerifyError::Malformed(name.into()))?;
+        if encoded.is_empty() {
+            return Err(VerifyError::EmptySignature(name.into()));
+        }
+        let signature = hex::decode(encoded).map_err(|_| VerifyError::Malformed(name.into()))?;
         self.check_timestamp(timestamp, "x-slack-request-timestamp", now)?;
-        self.any_hmac(&[b"v0:", timestamp.as_bytes(), b":", body], &signature)?;
-        Ok(Verified::default())
+        Ok(Checked::signed(format!("v0:{timestamp}:").into_bytes(), vec![signature], None))
     }
 
-    fn verify_standard(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
+    fn check_standard(&self, headers: &HeaderMap, now: SystemTime) -> Result<Checked, VerifyError> {
+        let name = "webhook-signature";
         let id = header_str(headers, "webhook-id")?.trim();
         let timestamp = header_str(headers, "webhook-timestamp")?.trim();
-        let value = header_str(headers, "webhook-signature")?;
-        self.check_timestamp(timestamp, "webhook-timestamp", now)?;
-        let signed: Vec<u8> = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body].concat();
-        let mut saw_any = false;
-        for item in value.split_whitespace() {
-            let Some((version, encoded)) = item.split_once(',') else { continue };
-            let Ok(signature) = STANDARD.decode(encoded) else { continue };
-            saw_any = true;
-            for key in &self.keys {
-                let ok = match (version, key) {
-                    ("v1", Key::Hmac(secret)) => hmac_matches(secret, &[&signed], &signature),
-                    ("v1a", Key::Ed25519(public)) => {
-                        Signature::from_slice(&signature).is_ok_and(|sig| public.verify_strict(&signed, &sig).is_ok())
+        let value = header_str(headers, name)?;
+        let mut hmac = Vec::new();
+        let mut ed25519 = Vec::new();
+        for (index, item) in value.split_whitespace().enumerate() {
+            if index >= MAX_CANDIDATES {
+                return Err(VerifyError::TooManySignatures { header: name.into(), max: MAX_CANDIDATES });
+            }
+            let Some((version, encoded)) = item.split_once(',') else {
+                return Err(VerifyError::Malformed(name.into()));
+            };
+            if encoded.is_empty() {
+                return Err(VerifyError::EmptySignature(name.into()));
+            }
+            let Ok(signature) = STANDARD.decode(encoded) else { return Err(VerifyError::Malformed(name.into())) };
+            match version {
+                "v1" => hmac.push(signature),
+                "v1a" => {
+                    if let Ok(signature) = Signature::from_slice(&signature) {
+                        ed25519.push(signature);
                     }
-                    _ => false,
-                };
-                if ok {
-                    return Ok(Verified { delivery_id: Some(id.to_string()) });
                 }
+                // Versions this gateway does not know (a newer sender) are skipped.
+                _ => {}
             }
         }
-        if saw_any {
-            Err(VerifyError::Mismatch)
-        } else {
-            Err(VerifyError::Malformed("webhook-signature".into()))
+        if hmac.is_empty() && ed25519.is_empty() {
+            return Err(VerifyError::Malformed(name.into()));
         }
-    }
-
-    fn any_hmac(&self, parts: &[&[u8]], signature: &[u8]) -> Result<(), VerifyError> {
-        for key in &self.keys {
-            if let Key::Hmac(secret) = key {
-                if hmac_matches(secret, parts, signature) {
-                    return Ok(());
-                }
-            }
-        }
-        Err(VerifyError::Mismatch)
+        self.check_timestamp(timestamp, "webhook-timestamp", now)?;
+        let mut checked = Checked::signed(format!("{id}.{timestamp}.").into_bytes(), hmac, Some(id.to_string()));
+        checked.ed25519 = ed25519;
+        Ok(checked)
     }
 
     fn check_timestamp(&self, timestamp: &str, header: &str, now: SystemTime) -> Result<(), VerifyError> {
@@ -276,14 +380,6 @@ impl Verifier {
         }
         Ok(())
     }
-}
-
-fn hmac_matches(key: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool {
-    let Ok(mut mac) = HmacSha256::new_from_slice(key) else { return false };
-    for part in parts {
-        mac.update(part);
-    }
-    mac.verify_slice(signature).is_ok()
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, VerifyError> {
@@ -355,5 +451,63 @@ mod tests {
         headers.insert("x-slack-signature", "v0=00".parse().expect("header"));
         let now = UNIX_EPOCH + Duration::from_secs(1000 + 301);
         assert_eq!(v.verify(&headers, b"", now), Err(VerifyError::StaleTimestamp));
+    }
+
+    fn stripe_header(ts: u64, candidates: &[String]) -> HeaderMap {
+        let mut value = format!("t={ts}");
+        for c in candidates {
+            value.push_str(&format!(",v1={c}"));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("stripe-signature", value.parse().expect("header"));
+        headers
+    }
+
+    #[test]
+    fn stripe_accepts_a_right_candidate_among_the_cap_and_refuses_more_or_empty_ones() {
+        let v = verifier(Scheme::Stripe, &["old", "new"]);
+        let now = SystemTime::now();
+        let ts = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let mut mac = HmacSha256::new_from_slice(b"new").expect("key");
+        mac.update(format!("{ts}.").as_bytes());
+        mac.update(b"body");
+        let right = hex::encode(mac.finalize().into_bytes());
+        let mut candidates = vec!["00".repeat(32); MAX_CANDIDATES - 1];
+        candidates.push(right.clone());
+        assert!(v.verify(&stripe_header(ts, &candidates), b"body", now).is_ok());
+        assert_eq!(v.verify(&stripe_header(ts, &candidates), b"other", now), Err(VerifyError::Mismatch));
+        candidates.push(right);
+        assert!(matches!(
+            v.check_headers(&stripe_header(ts, &candidates), now),
+            Err(VerifyError::TooManySignatures { max: MAX_CANDIDATES, .. })
+        ));
+        let empty = stripe_header(ts, &vec![String::new(); 100_000]);
+        assert!(matches!(v.check_headers(&empty, now), Err(VerifyError::EmptySignature(_))));
+    }
+
+    #[test]
+    fn standard_webhooks_caps_candidates_and_refuses_empty_ones() {
+        let key = STANDARD.encode(b"a-standard-webhooks-key");
+        let v = verifier(Scheme::StandardWebhooks, &[&format!("whsec_{key}")]);
+        let now = SystemTime::now();
+        let ts = now.duration_since(UNIX_EPOCH).expect("clock").as_secs().to_string();
+        let mut mac = HmacSha256::new_from_slice(b"a-standard-webhooks-key").expect("key");
+        mac.update(format!("msg_1.{ts}.").as_bytes());
+        mac.update(b"body");
+        let right = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+        let headers = |signature: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("webhook-id", "msg_1".parse().expect("header"));
+            headers.insert("webhook-timestamp", ts.parse().expect("header"));
+            headers.insert("webhook-signature", signature.parse().expect("header"));
+            headers
+        };
+        let wrong = format!("v1,{}", STANDARD.encode([0u8; 32]));
+        let seven_wrong = [wrong.as_str(); MAX_CANDIDATES - 1].join(" ");
+        let verified = v.verify(&headers(&format!("{seven_wrong} {right}")), b"body", now).expect("right one");
+        assert_eq!(verified.delivery_id.as_deref(), Some("msg_1"));
+        let nine = format!("{seven_wrong} {wrong} {right}");
+        assert!(matches!(v.check_headers(&headers(&nine), now), Err(VerifyError::TooManySignatures { .. })));
+        assert!(matches!(v.check_headers(&headers("v1, v1,"), now), Err(VerifyError::EmptySignature(_))));
     }
 }

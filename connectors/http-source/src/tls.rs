@@ -1,12 +1,14 @@
-//! HTTPS: a rustls listener for `axum::serve`. Handshakes run in their own tasks (bounded
-//! by a timeout) so a slow client cannot hold up accepting others.
+//! HTTPS: a rustls listener for the serving loop. Handshakes run in their own tasks (bounded
+//! by a timeout, and in number) so a slow client cannot hold up accepting others, nor open
+//! connections without bound while handshaking.
 
-use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -30,6 +32,15 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
+    /// A PEM file could not be parsed.
+    #[error("parse PEM in {path}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     /// The key file holds no private key.
     #[error("{0} holds no private key")]
     NoKey(PathBuf),
@@ -46,15 +57,17 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let read = |path: &PathBuf| std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source });
     let cert_pem = read(&config.cert)?;
     let key_pem = read(&config.key)?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(cert_pem.as_slice()))
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read { path: config.cert.clone(), source })?;
+        .map_err(|source| TlsError::Pem { path: config.cert.clone(), source })?;
     if certs.is_empty() {
         return Err(TlsError::NoCert(config.cert.clone()));
     }
-    let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
-        .map_err(|source| TlsError::Read { path: config.key.clone(), source })?
-        .ok_or_else(|| TlsError::NoKey(config.key.clone()))?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(key) => key,
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => return Err(TlsError::NoKey(config.key.clone())),
+        Err(source) => return Err(TlsError::Pem { path: config.key.clone(), source }),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -74,12 +87,15 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Wraps a bound TCP listener.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+    /// Wraps a bound TCP listener; at most `max_handshakes` connections are accepted and
+    /// not yet handed to the serving loop (more wait in the kernel's accept queue).
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, max_handshakes: usize) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
+        let pending = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
         let accept_task = tokio::spawn(async move {
             loop {
+                let Ok(permit) = pending.clone().acquire_owned().await else { return };
                 let (stream, remote) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -95,6 +111,7 @@ impl TlsListener {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, remote)).await;
+                            drop(permit);
                         }
                         Ok(Err(error)) => debug!(%remote, %error, "TLS handshake failed"),
                         Err(_) => debug!(%remote, "TLS handshake timed out"),

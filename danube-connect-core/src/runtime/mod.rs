@@ -146,7 +146,7 @@ impl Runtime {
         let health = Health::default();
         let mut background = Vec::new();
         let ops_addr = if config.ops.enabled {
-            let (addr, task) = ops::serve(config.ops.listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
+            let (addr, task) = ops::serve(&config.ops, metrics.clone(), health.clone(), shutdown.clone()).await?;
             info!(%addr, "ops port serving /metrics, /healthz, /readyz");
             background.push(task);
             Some(addr)

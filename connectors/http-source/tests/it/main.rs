@@ -3,6 +3,7 @@
 mod common;
 mod config;
 mod dynamic;
+mod hardening;
 mod limits;
 mod outage;
 mod routing;
