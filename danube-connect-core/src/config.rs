@@ -503,7 +503,6 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-
 /// The ops HTTP port: `/metrics`, `/healthz`, `/readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -670,7 +669,7 @@ impl Validate for RuntimeConfig {
 
 /// Keys of `[danube]` settable as `DANUBE_*` (other `DANUBE_*` variables are ignored).
 const DANUBE_KEYS: &[&str] =
-    &["service_url", "tls_ca", "tls_cert", "tls_key", "token", "token_file", "connect_timeout"];
+    &["service_url", "tls_ca", "tls_cert", "tls_key", "token", "token_file", "connect_timeout", "broker_metrics_url"];
 
 /// An environment layer: `{prefix}{KEY}` → `{section}.{key}`, `__` separating levels;
 /// variables whose first level `accept` refuses are ignored.
