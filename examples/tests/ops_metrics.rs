@@ -373,12 +373,21 @@ async fn every_series_of_the_dashboard_and_the_alerts_is_exported() {
     let broker = EmbeddedBroker::start_default().await.expect("embedded broker");
     let danube = ("DANUBE_SERVICE_URL", broker.url());
     let topic = "/default/ops-hook";
+    let refused = "/default/ops-refused";
     let (receiver_port, receiver_requests) = start_receiver().await;
     let ch = ClickHouseServer::start().await.expect("start ClickHouse (scripts/test.sh installs it)");
     ch.exec("CREATE TABLE ops (v String) ENGINE = MergeTree ORDER BY v").await.expect("create table");
+    // Tuple values reach ClickHouse unchecked: a row with "x" for a UInt8 is refused by
+    // ClickHouse itself, after it was spooled (clickhouse_rows_dead_lettered_total).
+    ch.exec("CREATE TABLE refused (id UInt32, e Tuple(UInt8, String)) ENGINE = MergeTree ORDER BY id")
+        .await
+        .expect("create table");
     let mosquitto = Mosquitto::start().expect("start mosquitto (scripts/test.sh installs it)");
     let pg = Postgres::start().expect("start PostgreSQL (scripts/test.sh installs it)");
     pg.psql("CREATE TABLE items (id int PRIMARY KEY, name text)").expect("create table");
+    // The sinks subscribe to existing topics: http-source creates `topic`, a first (valid,
+    // never delivered: a subscription starts at the end) row creates `refused`.
+    broker.publish(refused, br#"{"id":0,"e":[0,"z"]}"#.to_vec(), HashMap::new(), None);
     let spool = tempfile::tempdir().expect("spool dir");
     let config_dir = tempfile::tempdir().expect("config dir");
 
@@ -425,15 +434,20 @@ async fn every_series_of_the_dashboard_and_the_alerts_is_exported() {
         &[
             danube.clone(),
             ("CONNECTOR_NAME", "ops-analytics".into()),
-            ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
+            ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}, {{topic=\"{refused}\"}}]")),
             ("CLICKHOUSE_URL", ch.url()),
-            ("CLICKHOUSE_TABLES", format!("[{{topic=\"{topic}\", table=\"ops\"}}]")),
+            (
+                "CLICKHOUSE_TABLES",
+                format!("[{{topic=\"{topic}\", table=\"ops\"}}, {{topic=\"{refused}\", table=\"refused\"}}]"),
+            ),
             ("CLICKHOUSE_SPOOL__DIR", spool.path().display().to_string()),
             ("CLICKHOUSE_BATCH__MAX_LINGER", "200ms".into()),
         ],
     )
     .await;
-    for (subscription, process) in [("ops-hook", &hook), ("ops-analytics", &analytics)] {
+    for (topic, subscription, process) in
+        [(topic, "ops-hook", &hook), (topic, "ops-analytics", &analytics), (refused, "ops-analytics", &analytics)]
+    {
         assert!(
             broker.wait_for_consumers(topic, subscription, 1, WAIT).await,
             "{subscription} never subscribed: {}",
@@ -471,6 +485,7 @@ async fn every_series_of_the_dashboard_and_the_alerts_is_exported() {
         let (status, body) = http(webhook_port, "POST", "/hook", &format!(r#"{{"v":"{v}"}}"#)).await;
         assert!((200..300).contains(&status), "webhook {v} accepted: {status} {body}\n{}", webhooks.log());
     }
+    broker.publish(refused, br#"{"id":1,"e":["x","d"]}"#.to_vec(), HashMap::new(), None);
     let mosquitto_pub = danube_connect_testkit::find_binary("mosquitto_pub", &[], "apt-get install mosquitto-clients")
         .expect("mosquitto_pub (scripts/test.sh installs mosquitto-clients)");
     let published = Command::new(mosquitto_pub)
@@ -538,6 +553,8 @@ async fn every_series_of_the_dashboard_and_the_alerts_is_exported() {
     // The traffic did what the dead-letter alert watches: `bad` and `retry` were dead-lettered.
     let dlq = broker.wait_for_messages("/default/dlq-ops-hook", 2, WAIT).await;
     assert_eq!(dlq.len(), 2, "bad and retry dead-lettered: {}", hook.log());
+    let refused_rows = broker.wait_for_messages("/default/dlq-ops-analytics", 1, WAIT).await;
+    assert_eq!(refused_rows.len(), 1, "the refused row dead-lettered: {}", analytics.log());
     println!("ops series checked: {} used, {} exported by the connectors", used.len(), exported.len());
 }
 
