@@ -26,6 +26,7 @@ APT_PACKAGES=(
   mosquitto mosquitto-clients  # mqtt tests
   wrk                          # http-source benchmark
   openssl                      # test certificates (TLS tests of postgres-cdc, mqtt)
+  prometheus                   # promtool: checks and unit-tests docs/ops/alerts.yml
   make gcc g++ zlib1g-dev libssl-dev pkg-config   # rdkafka's bundled librdkafka build
 )
 missing=()
@@ -58,6 +59,10 @@ fi
 log "protoc: $(protoc --version)"
 log "tansu: $(command -v tansu)"
 log "target dir: $CARGO_TARGET_DIR"
+
+# --- alert rules (docs/ops): valid, and firing when they should ---------------------------
+promtool check rules docs/ops/alerts.yml
+promtool test rules docs/ops/alerts.test.yml
 
 # --- formatting (rustfmt.toml), then build and run every test -------------------------
 cargo fmt --all --check

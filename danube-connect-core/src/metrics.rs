@@ -37,6 +37,8 @@ pub struct Metrics {
     pub buffer_depth: IntGaugeVec,
     /// 1 while a sink topic's subscription is stalled by the broker (see [`crate::stall`]).
     pub sink_stalled: IntGaugeVec,
+    /// 1 while the connector is ready (what `/readyz` answers), else 0 (see [`crate::health`]).
+    pub ready: IntGaugeVec,
 }
 
 impl Metrics {
@@ -115,6 +117,15 @@ impl Metrics {
                         "1 while the broker has a backlog for the sink's subscription but delivers nothing of it.",
                     ),
                     &["connector", "topic", "subscription"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            ready: {
+                let g = IntGaugeVec::new(
+                    Opts::new("connector_ready", "1 while the connector is ready (/readyz answers 200), else 0."),
+                    &["connector"],
                 )
                 .expect("static metric definition");
                 registry.register(Box::new(g.clone())).expect("metric registered once");

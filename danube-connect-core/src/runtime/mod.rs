@@ -143,7 +143,7 @@ impl Runtime {
     pub async fn start(config: RuntimeConfig, shutdown: CancellationToken) -> Result<Self, RuntimeError> {
         let config = Arc::new(config);
         let metrics = Metrics::new(&config.name);
-        let health = Health::default();
+        let health = Health::exported_to(&metrics);
         let mut background = Vec::new();
         let ops_addr = if config.ops.enabled {
             let (addr, task) = ops::serve(&config.ops, metrics.clone(), health.clone(), shutdown.clone()).await?;
