@@ -138,6 +138,10 @@ pub struct DanubeConfig {
     /// How long to keep retrying the first connection before giving up.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The broker's Prometheus exporter (`danube-broker --prom-exporter`), e.g.
+    /// `http://127.0.0.1:9040` (`/metrics` is appended unless given): sinks read their subscription's lag from it to detect a
+    /// subscription the broker stopped feeding (`sink.stall_timeout`). Unset: no detection.
+    pub broker_metrics_url: Option<String>,
 }
 
 impl Default for DanubeConfig {
@@ -150,6 +154,7 @@ impl Default for DanubeConfig {
             token: None,
             token_file: None,
             connect_timeout: Duration::from_secs(300),
+            broker_metrics_url: None,
         }
     }
 }
@@ -165,6 +170,16 @@ impl Validate for DanubeConfig {
         }
         if url.parse::<tonic::transport::Uri>().is_err() {
             return Err(ConfigError::invalid("danube.service_url", format!("`{url}` is not a valid URL")));
+        }
+        if let Some(url) = &self.broker_metrics_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<tonic::transport::Uri>().is_err()
+            {
+                return Err(ConfigError::invalid(
+                    "danube.broker_metrics_url",
+                    format!("`{url}` must be an http:// or https:// URL (e.g. http://127.0.0.1:9040)"),
+                ));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::invalid("danube.tls_cert", "mutual TLS needs both `tls_cert` and `tls_key`"));
@@ -261,7 +276,8 @@ pub enum FailurePolicy {
 pub struct FailureConfig {
     /// `dead_letter` (default), `nack` or `stop`.
     pub policy: FailurePolicy,
-    /// Dead-letter topic; default `/default/{name}-dlq`.
+    /// Dead-letter topic; default `/default/dlq-{name}` (not `{name}-dlq`: Danube would then
+    /// refuse a data topic `/default/{name}` created after it, see docs/running-on-danube.md).
     pub dead_letter_topic: Option<String>,
     /// Redelivery delay asked for with `nack`.
     #[serde(with = "humantime_serde")]
@@ -289,11 +305,22 @@ pub struct SourceConfig {
     /// (an HTTP client then gets 503).
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Topics created partitioned, with their partition count (`{"/default/orders" = 8}`):
+    /// the topic becomes `{topic}-part-0 .. {topic}-part-{n-1}`, records with a routing key
+    /// always go to the key's partition (per-key order holds), others round robin. Sinks
+    /// read every partition of a topic without any setting.
+    pub partitions: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        Self { producers_per_topic: 4, reliable: true, max_in_flight: 1024, publish_timeout: Duration::from_secs(30) }
+        Self {
+            producers_per_topic: 4,
+            reliable: true,
+            max_in_flight: 1024,
+            publish_timeout: Duration::from_secs(30),
+            partitions: std::collections::BTreeMap::new(),
+        }
     }
 }
 
@@ -304,6 +331,13 @@ impl Validate for SourceConfig {
         }
         if self.max_in_flight == 0 {
             return Err(ConfigError::invalid("source.max_in_flight", "must be at least 1"));
+        }
+        for (topic, count) in &self.partitions {
+            let field = format!("source.partitions.\"{topic}\"");
+            validate_topic(&field, topic)?;
+            if !(1..=1024).contains(count) {
+                return Err(ConfigError::invalid(&field, "must be 1 to 1024 partitions"));
+            }
         }
         Ok(())
     }
@@ -400,6 +434,18 @@ pub struct SinkConfig {
     /// Decode records carrying a `schema_id` with the registry's schema into
     /// `SinkRecord::value` before `process` (default true).
     pub decode_schemas: bool,
+    /// How long a subscription may have a backlog at the broker while nothing of it reaches
+    /// the sink before the sink reports itself stalled (not ready, metric, one error log).
+    /// Needs `danube.broker_metrics_url`. Default 20 s (detection then fires within about
+    /// 24 s of the cursor stopping).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Records a topic's lanes may hold queued ahead of processing. The broker never sends
+    /// more than its dispatch window (`max_unacked_messages`, default 10, at most 10000)
+    /// unacked, so this costs memory only when the broker's window is raised; it must be at
+    /// least that window, or the broker's dispatcher blocks on this sink and skips messages
+    /// after a burst (see `docs/running-on-danube.md`). Default 10000.
+    pub prefetch: usize,
 }
 
 impl Default for SinkConfig {
@@ -410,6 +456,8 @@ impl Default for SinkConfig {
             concurrency: 1,
             ordering: Ordering::Key,
             decode_schemas: true,
+            stall_timeout: Duration::from_secs(20),
+            prefetch: 10_000,
         }
     }
 }
@@ -428,6 +476,12 @@ impl Validate for SinkConfig {
         if !(1..=1024).contains(&self.concurrency) {
             return Err(ConfigError::invalid("sink.concurrency", "must be 1 to 1024"));
         }
+        if !(1..=1_000_000).contains(&self.prefetch) {
+            return Err(ConfigError::invalid("sink.prefetch", "must be 1 to 1000000"));
+        }
+        if self.stall_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("sink.stall_timeout", "must be at least 1s"));
+        }
         Ok(())
     }
 }
@@ -438,7 +492,7 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     if parts.len() != 3 || !parts[0].is_empty() || parts[1].is_empty() || parts[2].is_empty() {
         return Err(ConfigError::invalid(field, format!("`{topic}` must have the form /namespace/topic")));
     }
-    if let Some(bad) = parts[1..].iter().flat_map(|part| part.chars()).find(|c| !is_topic_char(*c)) {
+    if let Some(bad) = parts[1..].iter().flat_map(|part| part.chars()).find(|c| !crate::naming::is_topic_char(*c)) {
         return Err(ConfigError::invalid(
             field,
             format!(
@@ -449,17 +503,6 @@ pub fn validate_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether Danube accepts `c` in a namespace or topic name (the broker's
-/// `validate_topic_format`: alphanumeric, `_` or `-`).
-pub fn is_topic_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_' || c == '-'
-}
-
-/// `segment` with every character Danube refuses in a topic name replaced by `_`, for text
-/// from outside (a table, an MQTT topic level, a Kafka topic) that becomes part of a topic.
-pub fn sanitize_topic_segment(segment: &str) -> String {
-    segment.chars().map(|c| if is_topic_char(c) { c } else { '_' }).collect()
-}
 
 /// The ops HTTP port: `/metrics`, `/healthz`, `/readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -589,7 +632,7 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// The dead-letter topic in effect.
     pub fn dead_letter_topic(&self) -> String {
-        self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/{}-dlq", self.name))
+        self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/dlq-{}", self.name))
     }
 }
 
@@ -889,6 +932,5 @@ mod tests {
         let error = validate_topic("connector.topic", "/default/public.users").unwrap_err().to_string();
         assert!(error.contains("connector.topic") && error.contains("`.`"), "{error}");
         assert!(validate_topic("f", "/default/a_b-9").is_ok());
-        assert_eq!(sanitize_topic_segment("x/y.z"), "x_y_z");
     }
 }

@@ -176,6 +176,19 @@ pub enum PublishError {
         #[source]
         source: danube_client::errors::DanubeError,
     },
+    /// Danube refuses the topic itself (its name, its dispatch strategy, a name that clashes
+    /// with another topic, a missing namespace): nothing can be published to it until the
+    /// topic or the configuration changes. `fix` says what to change.
+    #[error("Danube refuses topic {topic}: {fix}")]
+    TopicRefused {
+        /// The refused topic.
+        topic: String,
+        /// What the operator can do about it.
+        fix: &'static str,
+        /// The broker's answer.
+        #[source]
+        source: danube_client::errors::DanubeError,
+    },
     /// The record failed validation before publishing.
     #[error("invalid record for topic {topic}: {message}")]
     Invalid {

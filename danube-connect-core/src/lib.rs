@@ -30,12 +30,14 @@ pub mod connector;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod naming;
 pub mod ops;
 pub mod publisher;
 pub mod record;
 pub mod retry;
 pub mod runtime;
 pub mod schema;
+pub mod stall;
 
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
 pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};

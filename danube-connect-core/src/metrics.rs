@@ -35,6 +35,8 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// Records waiting in buffers.
     pub buffer_depth: IntGaugeVec,
+    /// 1 while a sink topic's subscription is stalled by the broker (see [`crate::stall`]).
+    pub sink_stalled: IntGaugeVec,
 }
 
 impl Metrics {
@@ -106,6 +108,18 @@ impl Metrics {
             ),
             in_flight: gauge("connector_in_flight_records", "Records in flight."),
             buffer_depth: gauge("connector_buffer_depth", "Records waiting in buffers."),
+            sink_stalled: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "connector_sink_stalled",
+                        "1 while the broker has a backlog for the sink's subscription but delivers nothing of it.",
+                    ),
+                    &["connector", "topic", "subscription"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             registry,
             connector: connector.to_string(),
         }

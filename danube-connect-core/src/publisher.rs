@@ -270,7 +270,7 @@ impl Publisher {
                 Ok(Ok(())) => {}
                 Ok(Err(source)) => {
                     let error = match classify(source) {
-                        SendOutcome::Rejected(source) => PublishError::Rejected { topic: topic.to_string(), source },
+                        SendOutcome::Rejected(source) => rejection(topic, source),
                         SendOutcome::Transient(source) => {
                             PublishError::Unavailable { topic: topic.to_string(), source }
                         }
@@ -284,6 +284,47 @@ impl Publisher {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Prepares several topics at start ([`prepare`](Self::prepare) each, at most `timeout`
+    /// per topic), shorter names first: Danube refuses to create a topic while a topic whose
+    /// name starts with it exists (it takes `/default/orders-dlq` for a partition of
+    /// `/default/orders`), so creating the shorter name first keeps both possible.
+    ///
+    /// Returns the topics that failed for a reason that may pass (a slow or absent broker),
+    /// to retry later; a topic Danube refuses for good ([`PublishError::TopicRefused`],
+    /// [`PublishError::Rejected`]) is an error, so a connector fails at start with the topic
+    /// and the fix instead of failing every record later.
+    pub async fn prepare_all(
+        &self,
+        topics: impl IntoIterator<Item = String>,
+        timeout: Duration,
+    ) -> Result<Vec<String>, PublishError> {
+        let mut topics: Vec<String> = topics.into_iter().collect();
+        topics.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        topics.dedup();
+        let mut pending = Vec::new();
+        // Topics of one length cannot be prefixes of each other: each wave runs at once.
+        for wave in topics.chunk_by(|a, b| a.len() == b.len()) {
+            let attempts = wave
+                .iter()
+                .map(|topic| async move { (topic, tokio::time::timeout(timeout, self.prepare(topic)).await) });
+            for (topic, outcome) in futures::future::join_all(attempts).await {
+                match outcome {
+                    Ok(Ok(())) => debug!(%topic, "producers created at start"),
+                    Ok(Err(error)) if !error.is_transient() => return Err(error),
+                    Ok(Err(error)) => {
+                        warn!(%topic, error = %crate::error::error_chain(&error), "producers not created yet, retrying in the background");
+                        pending.push(topic.clone());
+                    }
+                    Err(_) => {
+                        warn!(%topic, ?timeout, "producers not created in time, retrying in the background");
+                        pending.push(topic.clone());
+                    }
+                }
+            }
+        }
+        Ok(pending)
     }
 
     /// Registers `definition` (of `kind`) under `subject` with the schema registry — a new
@@ -472,9 +513,7 @@ impl Lane {
                     self.inner.health.set_broker_reachable(true);
                     return Ok(());
                 }
-                SendOutcome::Rejected(source) => {
-                    return Err(PublishError::Rejected { topic: self.topic.clone(), source });
-                }
+                SendOutcome::Rejected(source) => return Err(rejection(&self.topic, source)),
                 SendOutcome::Transient(error) => error,
             };
             if is_unreachable(&error) {
@@ -560,6 +599,9 @@ impl Lane {
         if self.inner.config.reliable {
             builder = builder.with_reliable_dispatch();
         }
+        if let Some(&partitions) = self.inner.config.partitions.get(&self.topic) {
+            builder = builder.with_partitions(partitions as usize);
+        }
         if let Some((subject, version)) = schema {
             builder = builder.with_schema_version(subject.clone(), *version);
         }
@@ -570,8 +612,49 @@ impl Lane {
     }
 }
 
+/// What to change when Danube refuses a topic itself, recognised by the broker's message
+/// (Danube v0.15 answers these with `InvalidArgument`, `FailedPrecondition`,
+/// `AlreadyExists` and `Unavailable`).
+fn topic_refusal(error: &DanubeError) -> Option<&'static str> {
+    let DanubeError::FromStatus(status) = error else {
+        return None;
+    };
+    let message = status.message();
+    if message.contains("has an invalid format") {
+        Some("a topic is /namespace/topic, each part made of letters, digits, `_` and `-` only")
+    } else if message.contains("dispatch strategy does not match") {
+        Some(
+            "the topic exists with the other dispatch strategy (it was first created by a producer with \
+             the other `reliable` setting); delete the topic or set `source.reliable` to match it",
+        )
+    } else if message.contains("partitioned topics with this base name") {
+        Some(
+            "a topic whose name starts with this one exists, and Danube takes it for a partition of this \
+             topic; rename one of them, or make sure the shorter name is created first (docs/running-on-danube.md)",
+        )
+    } else if message.contains("a non-partitioned topic") {
+        Some("a plain topic of the base name exists; delete it, or drop the topic from `source.partitions`")
+    } else if message.contains("Unable to find the namespace") {
+        Some("the namespace does not exist on the broker; create it (danube-admin namespaces create NAME)")
+    } else {
+        None
+    }
+}
+
+/// The error for a refused publish or producer: [`PublishError::TopicRefused`] with the fix
+/// when Danube refused the topic itself, else [`PublishError::Rejected`].
+fn rejection(topic: &str, source: DanubeError) -> PublishError {
+    match topic_refusal(&source) {
+        Some(fix) => PublishError::TopicRefused { topic: topic.to_string(), fix, source },
+        None => PublishError::Rejected { topic: topic.to_string(), source },
+    }
+}
+
 /// Whether the broker refused the call for good: repeating it as is cannot succeed.
 fn is_refusal(error: &DanubeError) -> bool {
+    if topic_refusal(error).is_some() {
+        return true;
+    }
     match error {
         DanubeError::FromStatus(status) => matches!(
             status.code(),

@@ -41,6 +41,12 @@ use crate::HarnessError;
 /// The environment variable naming the real `danube-broker` binary.
 pub const BROKER_BIN_ENV: &str = "DANUBE_BROKER_BIN";
 
+/// The environment variable naming an already running Danube broker (e.g. a staging cluster)
+/// to run the real-broker suite against instead of starting one: its client URL. Its admin
+/// API and Prometheus exporter come from `DANUBE_BROKER_ADMIN_URL` and
+/// `DANUBE_BROKER_METRICS_URL`.
+pub const BROKER_URL_ENV: &str = "DANUBE_BROKER_URL";
+
 /// Which broker a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
@@ -55,7 +61,7 @@ impl BrokerKind {
     /// one when [`BROKER_BIN_ENV`] is set. When it is not, one loud line says so (once per
     /// test binary).
     pub fn all() -> Vec<BrokerKind> {
-        if real_broker_binary().is_some() {
+        if real_broker_configured() {
             vec![BrokerKind::Dev, BrokerKind::Real]
         } else {
             announce_real_suite_skipped();
@@ -65,7 +71,7 @@ impl BrokerKind {
 
     /// The real broker alone, or nothing (with the loud line) when it is not configured.
     pub fn real_only() -> Vec<BrokerKind> {
-        if real_broker_binary().is_some() {
+        if real_broker_configured() {
             vec![BrokerKind::Real]
         } else {
             announce_real_suite_skipped();
@@ -81,6 +87,15 @@ impl fmt::Display for BrokerKind {
             BrokerKind::Real => "real broker",
         })
     }
+}
+
+/// Whether a real broker is at hand: a binary to start, or a running one.
+fn real_broker_configured() -> bool {
+    external_broker_url().is_some() || real_broker_binary().is_some()
+}
+
+fn external_broker_url() -> Option<String> {
+    std::env::var(BROKER_URL_ENV).ok().filter(|url| !url.is_empty())
 }
 
 /// The real broker's binary, when [`BROKER_BIN_ENV`] names an existing file.
@@ -101,7 +116,7 @@ fn announce_real_suite_skipped() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         eprintln!(
-            "REAL BROKER SUITE DID NOT RUN: {BROKER_BIN_ENV} is unset; these tests ran on the development broker only"
+            "REAL BROKER SUITE DID NOT RUN: {BROKER_BIN_ENV} and {BROKER_URL_ENV} are unset; these tests ran on the development broker only"
         );
     });
 }
@@ -116,8 +131,10 @@ pub struct RealBrokerOptions {
     pub namespaces: Vec<String>,
 }
 
-/// A real Danube broker process on free 127.0.0.1 ports with a temp data dir; killed on drop.
+/// A real Danube broker process on free 127.0.0.1 ports with a temp data dir, killed on drop;
+/// or, with [`BROKER_URL_ENV`] set, a broker that is already running elsewhere.
 pub struct RealBroker {
+    external: Option<ExternalBroker>,
     binary: PathBuf,
     options: Option<RealBrokerOptions>,
     broker_port: u16,
@@ -127,6 +144,13 @@ pub struct RealBroker {
     child: Option<Child>,
     runs: u32,
     dir: tempfile::TempDir,
+}
+
+/// The URLs of a broker this process did not start.
+struct ExternalBroker {
+    url: String,
+    admin_url: String,
+    metrics_url: String,
 }
 
 impl RealBroker {
@@ -142,12 +166,32 @@ impl RealBroker {
     }
 
     async fn launch(options: Option<RealBrokerOptions>) -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir().map_err(|source| HarnessError::Io { what: "broker tempdir".into(), source })?;
+        if let Some(url) = external_broker_url() {
+            let external = ExternalBroker {
+                url,
+                admin_url: std::env::var("DANUBE_BROKER_ADMIN_URL").unwrap_or_default(),
+                metrics_url: std::env::var("DANUBE_BROKER_METRICS_URL").unwrap_or_default(),
+            };
+            return Ok(Self {
+                external: Some(external),
+                binary: PathBuf::new(),
+                options,
+                broker_port: 0,
+                admin_port: 0,
+                prometheus_port: 0,
+                raft_port: 0,
+                child: None,
+                runs: 0,
+                dir,
+            });
+        }
         let binary = real_broker_binary().ok_or_else(|| HarnessError::Missing {
             binary: "danube-broker".into(),
             install: format!("set {BROKER_BIN_ENV} to the real Danube broker binary"),
         })?;
-        let dir = tempfile::tempdir().map_err(|source| HarnessError::Io { what: "broker tempdir".into(), source })?;
         let mut broker = Self {
+            external: None,
             binary,
             options,
             broker_port: free_port(),
@@ -164,17 +208,32 @@ impl RealBroker {
 
     /// `http://127.0.0.1:PORT`, the client URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.broker_port)
+        match &self.external {
+            Some(external) => external.url.clone(),
+            None => format!("http://127.0.0.1:{}", self.broker_port),
+        }
     }
 
     /// The admin gRPC endpoint (`danube_core::admin_proto`).
     pub fn admin_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        match &self.external {
+            Some(external) => external.admin_url.clone(),
+            None => format!("http://127.0.0.1:{}", self.admin_port),
+        }
     }
 
     /// The Prometheus exporter's `/metrics` URL.
     pub fn metrics_url(&self) -> String {
-        format!("http://127.0.0.1:{}/metrics", self.prometheus_port)
+        match &self.external {
+            Some(external) => external.metrics_url.clone(),
+            None => format!("http://127.0.0.1:{}/metrics", self.prometheus_port),
+        }
+    }
+
+    /// Whether this is a broker the suite did not start ([`BROKER_URL_ENV`]): it cannot be
+    /// restarted or frozen.
+    pub fn is_external(&self) -> bool {
+        self.external.is_some()
     }
 
     /// The broker's process id.
@@ -230,6 +289,12 @@ impl RealBroker {
     /// restart on the same data fails ("Failed to get log entries") once the broker has run
     /// for more than a few seconds. [`Self::freeze`] is the outage that works on it.
     pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        if self.is_external() {
+            return Err(HarnessError::Missing {
+                binary: "danube-broker".into(),
+                install: format!("a broker given by {BROKER_URL_ENV} cannot be restarted by the suite"),
+            });
+        }
         self.stop().await;
         self.spawn().await
     }
@@ -237,6 +302,11 @@ impl RealBroker {
     /// Freezes the broker (SIGSTOP) for `duration`, then lets it go on (SIGCONT): an outage
     /// in which every connection stays open but nothing is answered.
     pub async fn freeze(&mut self, duration: Duration) {
+        if self.is_external() {
+            eprintln!("OUTAGE NOT TESTED: the broker given by {BROKER_URL_ENV} is not ours to freeze");
+            tokio::time::sleep(duration).await;
+            return;
+        }
         if let Some(pid) = self.pid() {
             let pid = Pid::from_raw(pid as i32);
             let _ = kill(pid, Signal::SIGSTOP);

@@ -126,6 +126,10 @@ async fn a_new_subscription_starts_at_the_end_and_a_durable_one_keeps_what_came_
 async fn real_broker_cannot_restart_on_its_data_after_its_first_raft_snapshot() {
     for kind in BrokerKind::real_only() {
         let TestBroker::Real(mut broker) = TestBroker::start(kind).await.expect("broker") else { unreachable!() };
+        if broker.is_external() {
+            eprintln!("RESTART DEFECT NOT CHECKED: the broker given by DANUBE_BROKER_URL is not ours to restart");
+            continue;
+        }
         tokio::time::sleep(Duration::from_secs(12)).await;
         let restarted = broker.restart().await;
         let error = restarted.expect_err("a restart after 12 s of uptime fails on Danube v0.15.1");

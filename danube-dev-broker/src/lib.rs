@@ -29,7 +29,17 @@
 //!   `TopicPartitions` returns `[topic]`, the `-part-N` names of a partitioned
 //!   topic, or an empty list for an unknown topic.
 //! - `SendMessage` with an unknown producer id is `NotFound`. The topic's
-//!   dispatch strategy is the one of the producer that created it.
+//!   dispatch strategy is the one of the producer that created it; a producer
+//!   asking for the other one is refused with `FailedPrecondition` ("Producer
+//!   requested dispatch strategy does not match topic strategy").
+//! - Topic names: each part of `/namespace/topic` holds letters, digits, `_`
+//!   and `-` only (`InvalidArgument`, "has an invalid format"), also in
+//!   `Discovery` look-ups.
+//! - Like Danube, which finds a topic's partitions by a prefix scan of its
+//!   metadata store, a topic `X` cannot be created while any topic whose name
+//!   starts with `X` exists (`X-dlq`, `Xy`: `AlreadyExists`, "partitioned
+//!   topics with this base name already exist"), and `X-part-N` cannot be
+//!   created while a plain topic `X` exists.
 //! - A new subscription starts at the end of the topic; subscriptions on
 //!   reliable topics are durable.
 //! - Reliable dispatch: at most `max_unacked_messages` (default 10)
@@ -54,6 +64,18 @@
 //!   scheme is refused with `Unauthenticated`.
 //!
 //! ## Deviations and simplifications
+//! The conformance suite (`danube-connect-testkit` `broker`, and each
+//! connector's `tests/conformance.rs`) runs the same test bodies on this broker
+//! and on Danube v0.15.1; what it found that this broker deliberately does not
+//! copy (see `docs/running-on-danube.md`):
+//! - Danube v0.15.1 cannot restart on its own data once it has run for a few
+//!   seconds (its Raft state machine lives in memory and its log is purged
+//!   after the first snapshot); this broker restarts with its state.
+//! - Danube's reliable subscriptions stop receiving for good when their
+//!   backlog outgrows the WAL's live broadcast and replay cache (about 2,000
+//!   messages beyond the dispatch window); this broker keeps dispatching.
+//! - No admin API and no Prometheus exporter.
+//!
 //! - The bearer token is compared with one configured string; the real broker
 //!   verifies a JWT (signature, expiry) and maps it to a principal. A JWT is
 //!   accepted here when it equals the configured token, whatever its claims.

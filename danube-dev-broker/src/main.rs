@@ -31,9 +31,30 @@ struct Args {
     /// CA (PEM) that client certificates must chain to: mutual TLS. Needs `--tls-cert`.
     #[arg(long, env = "DANUBE_DEV_BROKER_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// Accept only calls carrying `authorization: Bearer <TOKEN>`.
-    #[arg(long, env = "DANUBE_DEV_BROKER_AUTH_TOKEN", hide_env_values = true)]
+    /// Accept only calls carrying `authorization: Bearer <TOKEN>`. Prefer the environment
+    /// variable or `--auth-token-file`: a command-line argument is visible to every local
+    /// user in the process list.
+    #[arg(long, env = "DANUBE_DEV_BROKER_AUTH_TOKEN", hide_env_values = true, conflicts_with = "auth_token_file")]
     auth_token: Option<String>,
+    /// A file holding the token (trailing newline trimmed), e.g. a mounted secret.
+    #[arg(long, env = "DANUBE_DEV_BROKER_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+}
+
+/// The bearer token from `--auth-token` / its variable, or from `--auth-token-file`.
+fn auth_token(args: &Args) -> Result<Option<AuthToken>, String> {
+    let token = match (&args.auth_token, &args.auth_token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if token.trim().is_empty() {
+        return Err("the auth token is empty (--auth-token, DANUBE_DEV_BROKER_AUTH_TOKEN or --auth-token-file)".into());
+    }
+    Ok(Some(AuthToken::new(token)))
 }
 
 /// Reads a PEM file named by a command-line option.
@@ -84,8 +105,8 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let args = Args::parse();
-    let tls = match tls_config(&args) {
-        Ok(tls) => tls,
+    let (tls, auth_token) = match tls_config(&args).and_then(|tls| Ok((tls, auth_token(&args)?))) {
+        Ok(settings) => settings,
         Err(e) => {
             eprintln!("danube-dev-broker: {e}");
             return std::process::ExitCode::FAILURE;
@@ -93,7 +114,7 @@ async fn main() -> std::process::ExitCode {
     };
     let config = BrokerConfig {
         tls,
-        auth_token: args.auth_token.map(AuthToken::new),
+        auth_token,
         listen: args.listen,
         data_dir: args.data_dir,
         max_unacked_messages: args.max_unacked.max(1),

@@ -210,6 +210,15 @@ impl Validate for ClickHouseSinkConfig {
                 format!("`{}` must start with http:// or https:// (e.g. http://127.0.0.1:8123)", self.url),
             ));
         }
+        let authority =
+            self.url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        if authority.contains('@') {
+            // Credentials in the URL would be shown wherever the URL is (`--check`, logs).
+            return Err(ConfigError::invalid(
+                "connector.url",
+                "must not hold credentials (user:password@); set `user` and `password` (a secret) instead",
+            ));
+        }
         if self.database.is_empty() {
             return Err(ConfigError::invalid("connector.database", "must not be empty"));
         }
@@ -318,6 +327,10 @@ mod tests {
         let mut c = valid();
         c.url = "127.0.0.1:8123".into();
         assert!(c.validate().unwrap_err().to_string().contains("connector.url"));
+        let mut c = valid();
+        c.url = "http://default:hunter2@127.0.0.1:8123".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("connector.url") && !err.contains("hunter2"), "{err}");
         let mut c = valid();
         c.tables[0].table = "a.b.c".into();
         assert!(c.validate().unwrap_err().to_string().contains("connector.tables[0].table"));

@@ -206,7 +206,7 @@ async fn bad_records_are_dead_lettered_while_the_rest_of_their_batch_is_inserted
     }
     let n = wait_count(&s.ch, "SELECT count() FROM events", 5, Duration::from_secs(20)).await;
     assert_eq!(n, 5, "{}", sink.log());
-    let dlq = s.broker.wait_for_messages(&format!("/default/{NAME}-dlq"), 3, Duration::from_secs(20)).await;
+    let dlq = s.broker.wait_for_messages(&format!("/default/dlq-{NAME}"), 3, Duration::from_secs(20)).await;
     assert_eq!(dlq.len(), 3, "{}", sink.log());
     let mut dead: Vec<String> = dlq.iter().map(|m| String::from_utf8_lossy(&m.payload).to_string()).collect();
     dead.sort();
@@ -262,7 +262,7 @@ async fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_while_the_others
         s.ch.query("SELECT groupArray(id) FROM (SELECT id FROM enums ORDER BY id)").await.expect("ids"),
         "[1,2,3,5,6]"
     );
-    let dlq = s.broker.wait_for_messages(&format!("/default/{NAME}-dlq"), 1, Duration::from_secs(20)).await;
+    let dlq = s.broker.wait_for_messages(&format!("/default/dlq-{NAME}"), 1, Duration::from_secs(20)).await;
     assert_eq!(dlq.len(), 1, "{}", sink.log());
     assert_eq!(String::from_utf8_lossy(&dlq[0].payload), r#"{"id":4,"e":["x","d"]}"#);
     assert_eq!(dlq[0].attributes.get("clickhouse.table").map(String::as_str), Some("default.enums"));
@@ -622,12 +622,14 @@ fn a_bad_config_is_refused_naming_the_field() {
     for (key, value, field) in [
         ("CLICKHOUSE_BATCH__MAX_ROWS", "0", "connector.batch.max_rows"),
         ("CLICKHOUSE_URL", "127.0.0.1:8123", "connector.url"),
+        ("CLICKHOUSE_URL", "http://default:in-url-pw@127.0.0.1:8123", "connector.url"),
         ("CLICKHOUSE_TABLES", r#"[{topic="/default/events", table="a.b.c"}]"#, "connector.tables[0].table"),
     ] {
         let out = run(&[(key, value)]);
         assert_eq!(out.status.code(), Some(1), "{key}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(field), "{key}={value}: {stderr}");
+        assert!(!stderr.contains("in-url-pw") && !stderr.contains("hunter2"), "no secret in the error: {stderr}");
     }
 }
 

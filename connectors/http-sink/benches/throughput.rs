@@ -170,7 +170,7 @@ async fn sink_run(
     broker.publish(&topic, b"create".to_vec(), HashMap::new(), None);
     broker.set_max_unacked(&topic, name, WINDOW);
     let runtime = runtime_config(broker, name, &topic, concurrency, batch);
-    let mut connector = HttpSinkConfig { url: url.into(), ..Default::default() };
+    let mut connector = HttpSinkConfig { url: url.into(), allow_private_targets: true, ..Default::default() };
     if batch > 1 {
         connector.body.mode = BodyMode::Batch;
     }

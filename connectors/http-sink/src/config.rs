@@ -42,8 +42,9 @@ pub struct HttpSinkConfig {
     pub url: TargetUrl,
     /// HTTP method: `POST` (default), `PUT` or `PATCH`.
     pub method: HttpMethod,
-    /// Static headers added to every request.
-    pub headers: BTreeMap<String, String>,
+    /// Static headers added to every request. Values are a string, `{ env = "VAR" }` or
+    /// `{ file = "/path" }`, and redacted in `--check` and logs (they often carry a key).
+    pub headers: BTreeMap<String, Secret>,
     /// Authentication.
     pub auth: Option<AuthConfig>,
     /// Time allowed for one whole request (connect, send, response head and body).
@@ -72,9 +73,18 @@ pub struct HttpSinkConfig {
     pub retry_after: RetryAfterConfig,
     /// Per-endpoint circuit breaker.
     pub circuit_breaker: CircuitBreakerConfig,
-    /// Refuse targets that resolve to private, loopback or link-local addresses
-    /// (SSRF guard). Off by default.
-    pub deny_private_targets: bool,
+    /// SSRF guard opt-out: also deliver to private, loopback, link-local, metadata and
+    /// other internal addresses. Off by default: such a target is refused (the record goes
+    /// to the failure policy), checked on the address actually connected to.
+    pub allow_private_targets: bool,
+    /// Internal networks (CIDR, e.g. `10.20.0.0/16`, `fd12::/64`) that may be reached
+    /// while the rest of the SSRF guard stays on.
+    pub allowed_target_networks: Vec<String>,
+    /// An HTTP(S) proxy for every request (`http://proxy:3128`; a string,
+    /// `{ env = "VAR" }` or `{ file = "/path" }`, redacted in output). The SSRF guard then
+    /// checks the target (resolved here), not the proxy. Unset: direct connections;
+    /// `HTTP_PROXY` and the like are ignored.
+    pub proxy: Option<Secret>,
     /// Delivery attempts are counted per message id across redeliveries, for at most this
     /// many records at a time (the oldest are forgotten beyond it).
     pub attempts_tracked: usize,
@@ -99,7 +109,9 @@ impl Default for HttpSinkConfig {
             outcomes: OutcomesConfig::default(),
             retry_after: RetryAfterConfig::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
-            deny_private_targets: false,
+            allow_private_targets: false,
+            allowed_target_networks: Vec::new(),
+            proxy: None,
             attempts_tracked: 100_000,
         }
     }
@@ -416,11 +428,21 @@ pub struct CircuitBreakerConfig {
     /// How long it stays open before one probe request is let through.
     #[serde(with = "humantime_serde")]
     pub cool_down: Duration,
+    /// Endpoints tracked at most (only those with recent failures take room). Beyond it a
+    /// closed entry is forgotten first, then an open circuit (which then lets requests
+    /// through until it opens again). Bounds memory when a URL template spreads records
+    /// over many hosts.
+    pub max_endpoints: usize,
 }
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
-        Self { enabled: true, failure_threshold: 5, cool_down: Duration::from_secs(10) }
+        Self {
+            enabled: true,
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(10),
+            max_endpoints: crate::breaker::DEFAULT_MAX_ENDPOINTS,
+        }
     }
 }
 
@@ -431,16 +453,22 @@ impl Validate for HttpSinkConfig {
         }
         let template =
             UrlTemplate::parse(self.url.expose()).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
-        if self.deny_private_targets {
-            if let Some(host) = template.static_host() {
-                crate::ssrf::check_host(&host).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
+        let policy = self.target_policy()?;
+        if let Some(host) = template.static_host() {
+            policy.check_host(&host).map_err(|e| ConfigError::invalid("connector.url", e.to_string()))?;
+        }
+        if let Some(proxy) = &self.proxy {
+            let url = url::Url::parse(proxy.expose())
+                .map_err(|e| ConfigError::invalid("connector.proxy", format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(ConfigError::invalid("connector.proxy", "must be http://host:port or https://host:port"));
             }
         }
         for (name, value) in &self.headers {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(ConfigError::invalid(format!("connector.headers.{name}"), "is not a valid header name"));
             }
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
+            if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
                 return Err(ConfigError::invalid(format!("connector.headers.{name}"), "is not a valid header value"));
             }
         }
@@ -536,6 +564,9 @@ impl Validate for HttpSinkConfig {
             if self.circuit_breaker.cool_down.is_zero() {
                 return Err(ConfigError::invalid("connector.circuit_breaker.cool_down", "must be above zero"));
             }
+            if self.circuit_breaker.max_endpoints == 0 {
+                return Err(ConfigError::invalid("connector.circuit_breaker.max_endpoints", "must be at least 1"));
+            }
         }
         if self.attempts_tracked == 0 {
             return Err(ConfigError::invalid("connector.attempts_tracked", "must be at least 1"));
@@ -545,6 +576,24 @@ impl Validate for HttpSinkConfig {
 }
 
 impl HttpSinkConfig {
+    /// The SSRF guard's policy from `allow_private_targets` and `allowed_target_networks`.
+    pub fn target_policy(&self) -> Result<crate::ssrf::TargetPolicy, ConfigError> {
+        let networks = self
+            .allowed_target_networks
+            .iter()
+            .enumerate()
+            .map(|(i, net)| {
+                net.parse::<ipnet::IpNet>().map_err(|e| {
+                    ConfigError::invalid(
+                        format!("connector.allowed_target_networks[{i}]"),
+                        format!("`{net}` is not a network in CIDR form (e.g. 10.20.0.0/16): {e}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::ssrf::TargetPolicy::new(self.allow_private_targets, networks))
+    }
+
     /// Settings that are valid but work against each other given the runtime's retry
     /// policy, one sentence each (the binary logs them as warnings at start):
     ///
@@ -600,7 +649,7 @@ mod tests {
     use super::*;
 
     fn valid() -> HttpSinkConfig {
-        HttpSinkConfig { url: "http://127.0.0.1:8080/hook".into(), ..Default::default() }
+        HttpSinkConfig { url: "http://127.0.0.1:8080/hook".into(), allow_private_targets: true, ..Default::default() }
     }
 
     fn field_of(config: &HttpSinkConfig) -> String {
@@ -624,13 +673,29 @@ mod tests {
     }
 
     #[test]
-    fn ssrf_guard_refuses_loopback_at_start() {
-        let config = HttpSinkConfig { deny_private_targets: true, ..valid() };
-        assert_eq!(field_of(&config), "connector.url");
-        let config = HttpSinkConfig { deny_private_targets: true, url: "http://localhost:1/x".into(), ..valid() };
-        assert_eq!(field_of(&config), "connector.url");
-        let config = HttpSinkConfig { deny_private_targets: true, url: "https://93.184.215.14/x".into(), ..valid() };
-        assert!(config.validate().is_ok());
+    fn ssrf_guard_refuses_internal_static_targets_at_start_by_default() {
+        let strict = |url: &str| HttpSinkConfig { url: url.into(), allow_private_targets: false, ..valid() };
+        assert_eq!(field_of(&strict("http://127.0.0.1:8080/hook")), "connector.url");
+        assert_eq!(field_of(&strict("http://localhost:1/x")), "connector.url");
+        assert_eq!(field_of(&strict("http://169.254.169.254/latest/meta-data/")), "connector.url");
+        assert!(strict("https://93.184.215.14/x").validate().is_ok());
+        assert!(strict("http://{attr.host}/x").validate().is_ok(), "templated hosts are checked per record");
+        let listed =
+            HttpSinkConfig { allowed_target_networks: vec!["127.0.0.0/8".into()], ..strict("http://127.0.0.1/") };
+        assert!(listed.validate().is_ok());
+        let bad = HttpSinkConfig { allowed_target_networks: vec!["10.0.0.0/33".into()], ..strict("http://h/") };
+        assert_eq!(field_of(&bad), "connector.allowed_target_networks[0]");
+        let proxy = HttpSinkConfig { proxy: Some(Secret::new("socks9://p")), ..valid() };
+        assert_eq!(field_of(&proxy), "connector.proxy");
+    }
+
+    #[test]
+    fn static_header_values_are_redacted_in_check_output() {
+        let mut config = valid();
+        config.headers.insert("x-api-key".into(), Secret::new("hdr-s3cret"));
+        let serialized = serde_json::to_string(&config).expect("serialize");
+        assert!(serialized.contains("x-api-key") && !serialized.contains("hdr-s3cret"), "{serialized}");
+        assert!(!format!("{config:?}").contains("hdr-s3cret"));
     }
 
     #[test]
@@ -652,7 +717,7 @@ mod tests {
     #[test]
     fn bad_header_names_the_header() {
         let mut config = valid();
-        config.headers.insert("bad header".into(), "v".into());
+        config.headers.insert("bad header".into(), Secret::new("v"));
         assert_eq!(field_of(&config), "connector.headers.bad header");
     }
 

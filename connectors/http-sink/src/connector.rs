@@ -45,7 +45,7 @@ use crate::breaker::{Admission, CircuitBreaker, Report};
 use crate::config::{decode_webhook_secret, AuthConfig, HttpSinkConfig, RetryAfterConfig};
 use crate::outcome::{parse_retry_after, Class, Outcomes};
 use crate::signature::{self, BodySigner, WebhookSigner};
-use crate::ssrf::{check_host, GuardedResolver, SsrfError};
+use crate::ssrf::{GuardedResolver, SsrfError, TargetPolicy};
 use crate::template::{endpoint_of, target_of, RenderError, TemplateError, UrlTemplate};
 
 /// Bytes of an error response kept for the error message (and the dead-letter record).
@@ -96,6 +96,12 @@ pub enum BuildError {
     /// A metric could not be registered.
     #[error("registering metrics")]
     Metrics(#[source] prometheus::Error),
+    /// A setting is not valid (the SSRF guard's networks).
+    #[error("invalid configuration")]
+    Config(#[source] danube_connect_core::config::ConfigError),
+    /// `connector.proxy` is not a usable proxy URL.
+    #[error("connector.proxy: not a usable proxy URL")]
+    Proxy(#[source] Option<reqwest::Error>),
 }
 
 /// Why one delivery failed.
@@ -130,8 +136,17 @@ pub enum DeliveryError {
     #[error("no target URL for the record")]
     Url(#[source] RenderError),
     /// The SSRF guard refused the target.
-    #[error("target refused")]
+    #[error("target refused by the SSRF guard")]
     Refused(#[source] SsrfError),
+    /// Through a proxy, the target's name could not be resolved for the SSRF check.
+    #[error("resolving {target} for the SSRF check")]
+    Lookup {
+        /// `scheme://host:port/<redacted>` ([`target_of`]).
+        target: String,
+        /// The lookup error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The body could not be built (e.g. the payload does not decode as JSON).
     #[error("building the request body")]
     Body(#[source] BodyError),
@@ -200,7 +215,7 @@ impl SinkMetrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "http_sink_requests_total",
-                "HTTP requests by outcome (success, retryable, permanent, network, deferred).",
+                "HTTP requests by outcome (success, retryable, permanent, network, deferred, refused by the SSRF guard).",
             ),
             &["connector", "outcome"],
         )?;
@@ -238,7 +253,11 @@ pub struct HttpSink {
     outcomes: Outcomes,
     retry_after: RetryAfterConfig,
     breaker: Option<CircuitBreaker>,
-    deny_private_targets: bool,
+    /// The SSRF guard's policy.
+    policy: Arc<TargetPolicy>,
+    /// Whether requests go through `connector.proxy` (the target is then resolved and
+    /// checked before each request).
+    proxied: bool,
     attempts: Attempts,
     in_flight: Semaphore,
     metrics: Option<SinkMetrics>,
@@ -275,11 +294,33 @@ impl HttpSink {
             .connect_timeout(config.connect_timeout)
             .pool_max_idle_per_host(config.max_in_flight)
             .user_agent(concat!("danube-http-sink/", env!("CARGO_PKG_VERSION")));
-        let deny = config.deny_private_targets;
+        let policy = Arc::new(config.target_policy().map_err(BuildError::Config)?);
+        let proxy_host = match &config.proxy {
+            Some(proxy) => {
+                let url = Url::parse(proxy.expose()).map_err(|_| BuildError::Proxy(None))?;
+                builder = builder.proxy(reqwest::Proxy::all(url.as_str()).map_err(|e| BuildError::Proxy(Some(e)))?);
+                url.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            }
+            // No proxy from HTTP_PROXY and the like: the guard must know which host is
+            // the proxy and which the target.
+            None => {
+                builder = builder.no_proxy();
+                None
+            }
+        };
+        let proxied = config.proxy.is_some();
+        let redirect_policy = policy.clone();
         builder = builder.redirect(if config.follow_redirects {
             reqwest::redirect::Policy::custom(move |attempt| {
-                let refused = deny && attempt.url().host().is_some_and(|h| check_host(&h.to_owned()).is_err());
-                if attempt.previous().len() >= 5 || refused {
+                let refused = attempt.url().host().is_some_and(|h| redirect_policy.check_host(&h.to_owned()).is_err());
+                // Through a proxy a redirect's host name cannot be resolved here (this
+                // callback is synchronous): follow only to the same host, or to a
+                // literal address the guard permits.
+                let unchecked = proxied
+                    && !redirect_policy.allows_all()
+                    && matches!(attempt.url().host(), Some(url::Host::Domain(_)))
+                    && attempt.previous().last().map(Url::host_str) != Some(attempt.url().host_str());
+                if attempt.previous().len() >= 5 || refused || unchecked {
                     attempt.stop()
                 } else {
                     attempt.follow()
@@ -288,8 +329,8 @@ impl HttpSink {
         } else {
             reqwest::redirect::Policy::none()
         });
-        if deny {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+        if !policy.allows_all() {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), proxy_host)));
         }
         if let Some(path) = &config.tls.ca_file {
             let pem = read_file("connector.tls.ca_file", path)?;
@@ -315,7 +356,7 @@ impl HttpSink {
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             let field = format!("connector.headers.{name}");
-            headers.insert(header_name(&field, name)?, header_value(&field, value, false)?);
+            headers.insert(header_name(&field, name)?, header_value(&field, value.expose(), true)?);
         }
         match &config.auth {
             None => {}
@@ -347,10 +388,13 @@ impl HttpSink {
             Some(hmac) => Some((header_name("connector.hmac.header", &hmac.header)?, BodySigner::new(hmac))),
             None => None,
         };
-        let breaker = config
-            .circuit_breaker
-            .enabled
-            .then(|| CircuitBreaker::new(config.circuit_breaker.failure_threshold, config.circuit_breaker.cool_down));
+        let breaker = config.circuit_breaker.enabled.then(|| {
+            CircuitBreaker::with_max_endpoints(
+                config.circuit_breaker.failure_threshold,
+                config.circuit_breaker.cool_down,
+                config.circuit_breaker.max_endpoints,
+            )
+        });
         Ok(Self {
             client,
             method: config.method.as_reqwest(),
@@ -364,7 +408,8 @@ impl HttpSink {
             outcomes: Outcomes::new(&config.outcomes),
             retry_after: config.retry_after.clone(),
             breaker,
-            deny_private_targets: deny,
+            policy,
+            proxied,
             attempts: Attempts::new(config.attempts_tracked),
             in_flight: Semaphore::new(config.max_in_flight),
             metrics: None,
@@ -399,7 +444,7 @@ impl HttpSink {
 
     fn update_open_circuits(&self) {
         if let (Some(metrics), Some(breaker)) = (&self.metrics, &self.breaker) {
-            let open = i64::try_from(breaker.open_endpoints().len()).unwrap_or(i64::MAX);
+            let open = i64::try_from(breaker.open_count()).unwrap_or(i64::MAX);
             metrics.open_circuits.with_label_values(&[&metrics.connector]).set(open);
         }
     }
@@ -408,10 +453,24 @@ impl HttpSink {
     async fn deliver(&self, records: &[&SinkRecord], url: Url) -> Result<(), Failure> {
         let endpoint = endpoint_of(&url);
         let target = target_of(&url);
-        if self.deny_private_targets {
+        if !self.policy.allows_all() {
             if let Some(host) = url.host() {
-                if let Err(error) = check_host(&host.to_owned()) {
-                    self.outcome("permanent");
+                let host = host.to_owned();
+                let mut verdict = self.policy.check_host(&host);
+                if verdict.is_ok() && self.proxied {
+                    verdict = match self.policy.check_proxied(&host).await {
+                        Ok(verdict) => verdict,
+                        Err(error) => {
+                            self.outcome("network");
+                            return Err(Failure::Retry {
+                                after: None,
+                                error: Arc::new(DeliveryError::Lookup { target: target.clone(), source: error }),
+                            });
+                        }
+                    };
+                }
+                if let Err(error) = verdict {
+                    self.outcome("refused");
                     return Err(Failure::Permanent(Arc::new(DeliveryError::Refused(error))));
                 }
             }
@@ -574,10 +633,9 @@ impl HttpSink {
     fn on_transport_error(&self, error: reqwest::Error, endpoint: &str, target: &str) -> Failure {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(current) = source {
-            if current.downcast_ref::<SsrfError>().is_some() {
-                self.outcome("permanent");
-                let refused = SsrfError::ResolvesPrivate(endpoint.to_string());
-                return Failure::Permanent(Arc::new(DeliveryError::Refused(refused)));
+            if let Some(refused) = current.downcast_ref::<SsrfError>() {
+                self.outcome("refused");
+                return Failure::Permanent(Arc::new(DeliveryError::Refused(refused.clone())));
             }
             source = current.source();
         }
@@ -835,11 +893,14 @@ impl SinkConnector for HttpSink {
 
     async fn health_check(&self) -> ConnectorResult<()> {
         self.update_open_circuits();
-        match self.breaker.as_ref().map(CircuitBreaker::open_endpoints) {
-            Some(open) if !open.is_empty() => {
-                Err(ConnectorError::retryable_msg(format!("circuit open for {}", open.join(", "))))
+        let Some(breaker) = &self.breaker else { return Ok(()) };
+        match breaker.open_count() {
+            0 => Ok(()),
+            count => {
+                let some = breaker.open_endpoints(5).join(", ");
+                let more = if count > 5 { format!(" and {} more", count - 5) } else { String::new() };
+                Err(ConnectorError::retryable_msg(format!("circuit open for {some}{more}")))
             }
-            _ => Ok(()),
         }
     }
 }

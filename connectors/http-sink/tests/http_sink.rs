@@ -32,7 +32,7 @@ async fn every_record_is_delivered_with_its_payload_headers_and_message_id_then_
     let receiver = Receiver::start().await;
     let topic = "/default/plain";
     let mut cfg = config("plain", &broker, topic, &receiver.url("/hook"));
-    cfg.connector.headers.insert("x-team".into(), "data".into());
+    cfg.connector.headers.insert("x-team".into(), danube_connect_core::Secret::new("data"));
     cfg.connector.auth = Some(AuthConfig::Bearer { token: Secret::new("tok-1") });
     let sink = start_sink(&broker, cfg).await;
 
@@ -85,7 +85,7 @@ async fn retryable_statuses_are_retried_until_success_with_a_stable_message_id()
         assert_eq!(tries.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Some(503), Some(500), Some(200)]);
         assert!(tries.iter().all(|r| r.body == tries[0].body));
     }
-    assert!(broker.messages("/default/retry-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-retry").is_empty());
     sink.stop().await;
 }
 
@@ -165,7 +165,7 @@ async fn a_long_retry_after_hands_the_record_back_to_the_broker_instead_of_sleep
     );
     assert_eq!(attempt(&got[1]), 2, "the attempt count survives the redelivery");
     assert_eq!(got[0].header("danube-message-id"), got[1].header("danube-message-id"));
-    assert!(broker.messages("/default/defer-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-defer").is_empty());
     sink.stop().await;
 }
 
@@ -187,7 +187,7 @@ async fn a_permanent_client_error_is_dead_lettered_at_once_with_the_error() {
     let bad = broker.publish(topic, b"bad".to_vec(), attrs, Some("k1".into()));
     broker.publish(topic, b"good-2".to_vec(), HashMap::new(), None);
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "perm") == 3).await);
-    let dead = broker.wait_for_messages("/default/perm-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-perm", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
     assert_eq!(d.payload.as_ref(), b"bad");
@@ -380,11 +380,11 @@ async fn the_circuit_opens_after_consecutive_failures_and_recovers_without_dead_
     // With it: 3 failures, then about one probe per cool-down.
     assert!((3..=9).contains(&during_outage), "requests while open: {during_outage}");
     assert_eq!(broker.ack_count(topic, "breaker"), 0);
-    assert!(broker.messages("/default/breaker-dlq").is_empty(), "an open circuit does not dead-letter");
+    assert!(broker.messages("/default/dlq-breaker").is_empty(), "an open circuit does not dead-letter");
     healthy.store(true, Ordering::SeqCst);
     assert!(eventually(Duration::from_secs(30), || broker.ack_count(topic, "breaker") == 5).await);
     assert_eq!(by_message_id(&receiver.delivered()).len(), 5);
-    assert!(broker.messages("/default/breaker-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-breaker").is_empty());
     sink.stop().await;
 }
 
@@ -469,7 +469,7 @@ async fn receiver_down_for_a_while_then_back_loses_nothing() {
     // The receiver went away with no request in flight (all 10 were acked first), and a
     // record is only sent again after a failure: nothing was delivered twice.
     assert_eq!(duplicates, 0, "duplicate deliveries");
-    assert!(broker.messages("/default/outage-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-outage").is_empty());
     sink.stop().await;
 }
 
@@ -498,7 +498,7 @@ async fn dropped_connections_and_timeouts_are_retried() {
         assert!(tries.len() >= 3, "dropped, timed out, then delivered: {}", tries.len());
         assert_eq!(attempt(tries.last().expect("last")), tries.len() as u32);
     }
-    assert!(broker.messages("/default/flaky-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-flaky").is_empty());
     sink.stop().await;
 }
 
@@ -520,27 +520,122 @@ async fn url_template_routes_by_attribute_and_a_record_without_it_is_dead_letter
         paths,
         HashSet::from([("PUT".into(), "/t/acme/routed".into()), ("PUT".into(), "/t/big%20co/routed".into())])
     );
-    let dead = broker.wait_for_messages("/default/routed-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-routed", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].attributes.get("dlq.error").is_some_and(|e| e.contains("tenant")), "{:?}", dead[0].attributes);
     sink.stop().await;
 }
 
+/// The SSRF guard is on by default: records whose (templated) target is loopback, the
+/// cloud metadata address or another internal one are dead-lettered with the reason, at
+/// once (no retries), and nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ssrf_guard_refuses_a_templated_loopback_target() {
+async fn ssrf_guard_refuses_internal_targets_by_default() {
     let broker = broker().await;
     let receiver = Receiver::start().await;
     let topic = "/default/ssrf";
     let mut cfg = config("ssrf", &broker, topic, &format!("http://{{attr.host}}:{}/x", receiver.port()));
-    cfg.connector.deny_private_targets = true;
+    cfg.connector.allow_private_targets = false;
+    // Retries would show as a delay: make them slow enough to notice.
+    cfg.runtime.retry.initial_backoff = Duration::from_secs(2);
+    cfg.runtime.retry.max_backoff = Duration::from_secs(2);
     let sink = start_sink(&broker, cfg).await;
-    broker.publish(topic, b"a".to_vec(), HashMap::from([("host".into(), "127.0.0.1".into())]), None);
-    broker.publish(topic, b"b".to_vec(), HashMap::from([("host".into(), "localhost".into())]), None);
-    let dead = broker.wait_for_messages("/default/ssrf-dlq", 2, Duration::from_secs(20)).await;
-    assert_eq!(dead.len(), 2);
-    assert!(dead.iter().all(|d| d.attributes.get("dlq.error").is_some_and(|e| e.contains("deny_private_targets"))));
+    let started = std::time::Instant::now();
+    // (Bracketed IPv6 literals cannot come from a placeholder: it is percent-encoded.)
+    for host in ["127.0.0.1", "localhost", "169.254.169.254", "0.0.0.0", "127.1.2.3"] {
+        broker.publish(topic, host.as_bytes().to_vec(), HashMap::from([("host".into(), host.into())]), None);
+    }
+    let dead = broker.wait_for_messages("/default/dlq-ssrf", 5, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 5);
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not retried: {:?}", started.elapsed());
+    for d in &dead {
+        let error = d.attributes.get("dlq.error").cloned().unwrap_or_default();
+        assert!(error.contains("SSRF") && error.contains("allow_private_targets"), "the reason: {error}");
+        assert_eq!(d.attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"), "{:?}", d.attributes);
+    }
+    let metadata = dead.iter().find(|d| &d.payload[..] == b"169.254.169.254").expect("metadata record");
+    assert!(metadata.attributes["dlq.error"].contains("169.254.169.254"), "{:?}", metadata.attributes);
+    assert!(eventually(Duration::from_secs(10), || broker.ack_count(topic, "ssrf") == 5).await, "acked after the DLQ");
     assert!(receiver.requests().is_empty(), "nothing reached the loopback receiver");
     sink.stop().await;
+}
+
+/// The opt-outs: `allow_private_targets` reaches the loopback receiver; an allow-list of
+/// networks reaches it too while the metadata address stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_opt_outs_reach_internal_targets_they_name() {
+    let broker = broker().await;
+    let receiver = Receiver::start().await;
+    let topic = "/default/ssrf-open";
+    let cfg = config("ssrf-open", &broker, topic, &format!("http://{{attr.host}}:{}/x", receiver.port()));
+    assert!(cfg.connector.allow_private_targets);
+    let sink = start_sink(&broker, cfg).await;
+    broker.publish(topic, b"open".to_vec(), HashMap::from([("host".into(), "127.0.0.1".into())]), None);
+    assert!(eventually(Duration::from_secs(20), || receiver.delivered().len() == 1).await);
+    sink.stop().await;
+
+    let topic = "/default/ssrf-listed";
+    let mut cfg = config("ssrf-listed", &broker, topic, &format!("http://{{attr.host}}:{}/x", receiver.port()));
+    cfg.connector.allow_private_targets = false;
+    cfg.connector.allowed_target_networks = vec!["127.0.0.0/8".into()];
+    let sink = start_sink(&broker, cfg).await;
+    broker.publish(topic, b"listed".to_vec(), HashMap::from([("host".into(), "127.0.0.1".into())]), None);
+    broker.publish(topic, b"meta".to_vec(), HashMap::from([("host".into(), "169.254.169.254".into())]), None);
+    let dead = broker.wait_for_messages("/default/dlq-ssrf-listed", 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(&dead[0].payload[..], b"meta", "the metadata address is not in the list");
+    assert!(eventually(Duration::from_secs(20), || receiver.delivered().len() == 2).await, "the listed one arrives");
+    sink.stop().await;
+}
+
+/// Through a proxy the guard checks the target, not the proxy: the proxy (here the
+/// receiver, answering proxied requests itself) is on loopback and not permitted, yet it is
+/// used; a target the guard permits (listed) goes through it, refused targets never reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_guard_checks_the_target_not_the_proxy() {
+    let broker = broker().await;
+    let proxy = Receiver::start().await;
+    let topic = "/default/ssrf-proxy";
+    let mut cfg = config("ssrf-proxy", &broker, topic, "http://{attr.host}:9/x");
+    cfg.connector.allow_private_targets = false;
+    cfg.connector.allowed_target_networks = vec!["127.0.0.2/32".into()];
+    cfg.connector.proxy = Some(Secret::new(proxy.base()));
+    let sink = start_sink(&broker, cfg).await;
+    for host in ["127.0.0.3", "localhost", "127.0.0.2", "169.254.169.254"] {
+        broker.publish(topic, host.as_bytes().to_vec(), HashMap::from([("host".into(), host.into())]), None);
+    }
+    let dead = broker.wait_for_messages("/default/dlq-ssrf-proxy", 3, Duration::from_secs(20)).await;
+    let refused: HashSet<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
+    assert_eq!(refused, HashSet::from([&b"127.0.0.3"[..], b"localhost", b"169.254.169.254"]));
+    assert!(eventually(Duration::from_secs(20), || proxy.delivered().len() == 1).await);
+    let through = &proxy.delivered()[0];
+    assert_eq!(through.header("host"), Some("127.0.0.2:9"), "the proxy got the permitted target's request");
+    assert_eq!(through.text(), "127.0.0.2");
+    assert_eq!(proxy.requests().len(), 1, "no refused target reached the proxy");
+    sink.stop().await;
+}
+
+/// A static internal URL is refused when the configuration is checked (the field named);
+/// with the opt-out it is accepted.
+#[test]
+fn static_internal_url_is_refused_at_start() {
+    for url in ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data/"] {
+        let output = std::process::Command::new(BINARY)
+            .arg("--check")
+            .env("HTTP_SINK_URL", url)
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains("connector.url") && stderr.contains("allow_private_targets"), "{stderr}");
+    }
+    let output = std::process::Command::new(BINARY)
+        .arg("--check")
+        .env("HTTP_SINK_URL", "http://127.0.0.1:9/hook")
+        .env("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true")
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -625,6 +720,8 @@ fn binary_env(broker: &EmbeddedBroker, name: &str, topic: &str, url: &str) -> Ha
         ("CONNECTOR_NAME", name.to_string()),
         ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
         ("HTTP_SINK_URL", url.to_string()),
+        // The receivers listen on 127.0.0.1: opt out of the SSRF guard.
+        ("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -726,7 +823,7 @@ async fn acked_records_survive_kill_9_and_every_record_reaches_the_receiver() {
         "duplicates {duplicates} > delivered-but-unacked at the kill {}",
         delivered_at_kill - acked_at_kill
     );
-    assert!(broker.messages("/default/killed-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-killed").is_empty());
     let status = process.terminate(Duration::from_secs(20)).await.expect("exits on SIGTERM");
     assert!(status.success(), "clean exit after the drain: {status}");
 }
@@ -814,9 +911,14 @@ fn check_prints_the_config_with_secrets_redacted() {
         .env("HOOK_URL", "https://hooks.example.com/services/T0/B0/s3cr3tPath?token=s3cr3tQuery")
         .env("HTTP_SINK_AUTH", "{type=\"bearer\", token=\"tok-very-secret\"}")
         .env("HTTP_SINK_SIGNING__WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("HTTP_SINK_HEADERS", "{x-api-key=\"hdr-very-secret\", x-from-env={env=\"HDR_VALUE\"}}")
+        .env("HDR_VALUE", "env-hdr-secret")
+        .env("HTTP_SINK_PROXY", "http://user:proxy-secret@127.0.0.1:3128")
         .output()
         .expect("run the binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("x-api-key") && !stdout.contains("hdr-very-secret"), "{stdout}");
+    assert!(!stdout.contains("env-hdr-secret") && !stdout.contains("proxy-secret"), "{stdout}");
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("hooks.example.com"), "{stdout}");
     assert!(!stdout.contains("tok-very-secret") && !stdout.contains("MfKQ9r8G"), "{stdout}");
@@ -841,7 +943,7 @@ async fn json_body_mode_posts_the_decoded_value_and_dead_letters_what_does_not_d
     let bodies: HashSet<String> = got.iter().map(Received::text).collect();
     assert_eq!(bodies, HashSet::from([r#"{"items":["a"],"order":1}"#.to_string(), "42".to_string()]));
     assert!(got.iter().all(|r| r.header("content-type") == Some("application/json")));
-    let dead = broker.wait_for_messages("/default/jsonbody-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-jsonbody", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attributes.get("dlq.source_offset"), Some(&bad.to_string()));
     assert!(dead[0].attributes.get("dlq.error").is_some_and(|e| e.contains("JSON")), "{:?}", dead[0].attributes);
@@ -892,7 +994,7 @@ async fn json_body_mode_posts_avro_records_decoded_by_their_registry_schema() {
     let expected: Vec<serde_json::Value> =
         (1..=3).map(|i| serde_json::json!({"id": format!("o{i}"), "amount": i as f64 + 0.5})).collect();
     assert_eq!(bodies, expected, "the receiver gets the decoded record as JSON");
-    assert!(broker.messages("/default/avrohook-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-avrohook").is_empty());
     sink.stop().await;
 }
 
@@ -915,7 +1017,7 @@ async fn a_json_batch_delivers_the_decodable_records_and_dead_letters_the_rest()
     assert_eq!(got.len(), 1);
     let items: serde_json::Value = serde_json::from_slice(&got[0].body).expect("JSON array");
     assert_eq!(items, serde_json::json!([1, {"x": 3}, 4]));
-    let dead = broker.wait_for_messages("/default/jsonbatch-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-jsonbatch", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload.as_ref(), b"oops");
     sink.stop().await;
@@ -935,7 +1037,7 @@ async fn exhausted_retries_dead_letter_with_the_attempt_count_and_no_secret_from
     let sink = start_sink(&broker, cfg).await;
     let status_offset = broker.publish(topic, b"status".to_vec(), HashMap::new(), None);
     let drop_offset = broker.publish(topic, b"drop".to_vec(), HashMap::new(), None);
-    let dead = broker.wait_for_messages("/default/exhausted-dlq", 2, Duration::from_secs(20)).await;
+    let dead = broker.wait_for_messages("/default/dlq-exhausted", 2, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 2);
     assert!(
         eventually(Duration::from_secs(10), || broker.ack_count(topic, "exhausted") == 2).await,
@@ -1001,7 +1103,7 @@ async fn status_408_is_retried() {
         assert_eq!(tries.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Some(408), Some(200)]);
         assert_eq!(tries.iter().map(attempt).collect::<Vec<_>>(), vec![1, 2]);
     }
-    assert!(broker.messages("/default/t408-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-t408").is_empty());
     sink.stop().await;
 }
 
@@ -1047,7 +1149,7 @@ async fn basic_auth_and_a_custom_auth_header_with_patch_reach_the_receiver() {
         .all(|r| r.header("authorization") == Some(expected_basic.as_str()) && r.method == "POST"));
     assert_eq!(keyed.delivered().len(), 3);
     assert!(keyed.requests().iter().all(|r| r.method == "PATCH" && r.header("authorization").is_none()));
-    assert!(broker.messages("/default/basic-dlq").is_empty() && broker.messages("/default/apikey-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-basic").is_empty() && broker.messages("/default/dlq-apikey").is_empty());
     basic_sink.stop().await;
     keyed_sink.stop().await;
 }
@@ -1100,7 +1202,7 @@ async fn per_key_order_holds_in_batches_of_several_records_with_retries() {
     }
     assert_eq!(requests.iter().filter(|r| r.status == Some(503)).count(), 15, "n = 1, 5, 9 of each key failed once");
     assert!(receiver.max_in_flight() >= 2, "keys of one batch overlapped: {}", receiver.max_in_flight());
-    assert!(broker.messages("/default/obatch-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-obatch").is_empty());
     sink.stop().await;
 }
 
@@ -1134,7 +1236,7 @@ async fn in_ordered_mode_a_long_retry_after_is_waited_in_process_so_the_key_keep
     );
     assert!(got[1].at - got[0].at >= Duration::from_millis(2900), "the hint was waited: {:?}", got[1].at - got[0].at);
     assert_eq!(got[..3].iter().map(attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(broker.messages("/default/odefer-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-odefer").is_empty());
     sink.stop().await;
 }
 
@@ -1151,7 +1253,7 @@ async fn a_record_deferred_more_than_max_defers_times_follows_the_failure_policy
     cfg.connector.retry_after.max_defers = Some(1);
     let sink = start_sink(&broker, cfg).await;
     let offset = broker.publish(topic, b"r".to_vec(), HashMap::new(), None);
-    let dead = broker.wait_for_messages("/default/maxdefers-dlq", 1, Duration::from_secs(20)).await;
+    let dead = broker.wait_for_messages("/default/dlq-maxdefers", 1, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 1);
     let attr = |k: &str| dead[0].attributes.get(k).cloned().unwrap_or_default();
     assert_eq!(attr("dlq.source_offset"), offset.to_string());
@@ -1192,7 +1294,7 @@ async fn a_record_refused_with_retry_after_inside_a_batch_is_resent_only_after_t
     let gap = r2[1].at - r2[0].at;
     assert!(gap >= Duration::from_millis(1950) && gap < Duration::from_secs(6), "the retry waited the hint: {gap:?}");
     assert_eq!(got.len(), 6, "the four others were sent once, in the same batch");
-    assert!(broker.messages("/default/partialra-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-partialra").is_empty());
     sink.stop().await;
 }
 
@@ -1219,7 +1321,7 @@ async fn in_ordered_mode_shutdown_hands_a_waiting_record_back_and_holds_its_key(
     let bodies: Vec<String> = receiver.requests().iter().map(Received::text).collect();
     assert_eq!(bodies, vec!["k-0"], "the later records of the key were held back, unsent");
     assert_eq!(broker.ack_count(topic, "ostop"), 0);
-    assert!(broker.messages("/default/ostop-dlq").is_empty());
+    assert!(broker.messages("/default/dlq-ostop").is_empty());
 
     // After a restart every record of the key arrives.
     healthy.store(true, Ordering::SeqCst);
@@ -1254,6 +1356,6 @@ async fn in_ordered_mode_an_open_circuit_is_waited_out_in_process_and_the_key_ke
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "obreaker") == 5).await);
     let delivered: Vec<String> = receiver.delivered().iter().map(Received::text).collect();
     assert_eq!(delivered, (0..5).map(|n| format!("k-{n}")).collect::<Vec<_>>(), "in order, once each");
-    assert!(broker.messages("/default/obreaker-dlq").is_empty(), "an open circuit does not dead-letter");
+    assert!(broker.messages("/default/dlq-obreaker").is_empty(), "an open circuit does not dead-letter");
     sink.stop().await;
 }

@@ -144,7 +144,13 @@ impl SourceConnector for HttpSource {
                 static_topics.push(endpoint.topic.clone());
             }
         }
-        let pending = prepare_topics(&ctx.publisher, static_topics).await;
+        // A static topic Danube refuses (its name, its dispatch strategy, a name clash) stops
+        // the start with the topic and the fix, instead of a 502 for every webhook.
+        let pending = ctx
+            .publisher
+            .prepare_all(static_topics, PREPARE_TIMEOUT)
+            .await
+            .map_err(|e| ConnectorError::fatal("creating the producers of the static topics", e))?;
         let preparer = (!pending.is_empty())
             .then(|| tokio::spawn(retry_prepare(ctx.publisher.clone(), pending, ctx.shutdown.clone())));
 
@@ -212,27 +218,8 @@ impl SourceConnector for HttpSource {
 /// How long the start waits for the producers of the static topics.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Creates the producers (and so the topics) of `topics` at once; returns the topics that
-/// failed transiently (a slow or absent broker), to retry in the background. Records to a
-/// topic create its producers anyway, so a failure here loses nothing.
-async fn prepare_topics(publisher: &Publisher, topics: Vec<String>) -> Vec<String> {
-    let attempts = topics.into_iter().map(|topic| async move {
-        let error = match tokio::time::timeout(PREPARE_TIMEOUT, publisher.prepare(&topic)).await {
-            Ok(Ok(())) => return None,
-            Ok(Err(error)) if !error.is_transient() => {
-                warn!(%topic, error = %danube_connect_core::error::error_chain(&error), "cannot create the topic's producers at start");
-                return None;
-            }
-            Ok(Err(error)) => danube_connect_core::error::error_chain(&error),
-            Err(_) => format!("no answer within {PREPARE_TIMEOUT:?}"),
-        };
-        warn!(%topic, %error, "topic's producers not created yet, retrying in the background");
-        Some(topic)
-    });
-    futures::future::join_all(attempts).await.into_iter().flatten().collect()
-}
-
-/// Retries [`prepare_topics`] for `topics` until each succeeded, failed for good, or shutdown.
+/// Retries [`Publisher::prepare_all`] for `topics` until each succeeded, failed for good, or
+/// shutdown.
 async fn retry_prepare(publisher: Publisher, mut topics: Vec<String>, shutdown: CancellationToken) {
     let mut backoff = Backoff::between(Duration::from_millis(500), Duration::from_secs(10));
     while !topics.is_empty() {
@@ -241,7 +228,13 @@ async fn retry_prepare(publisher: Publisher, mut topics: Vec<String>, shutdown: 
             _ = shutdown.cancelled() => return,
         }
         topics = tokio::select! {
-            pending = prepare_topics(&publisher, topics) => pending,
+            pending = publisher.prepare_all(topics, PREPARE_TIMEOUT) => match pending {
+                Ok(pending) => pending,
+                Err(error) => {
+                    error!(error = %danube_connect_core::error::error_chain(&error), "a static topic is refused by Danube");
+                    return;
+                }
+            },
             _ = shutdown.cancelled() => return,
         };
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The attribute (Danube) and header (Kafka) that names the bridge a record came through.
@@ -52,8 +53,10 @@ pub struct KafkaConfig {
     /// Any librdkafka property, passed through to both the consumer and the producer
     /// (`security.protocol`, `sasl.mechanisms`, `ssl.ca.location`, ...). By environment:
     /// `KAFKA_BRIDGE_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL` (`_` in the last part
-    /// becomes `.`; librdkafka property names contain no `_`). Values of properties whose
-    /// name contains `password`, `secret` or `key` are redacted in `--check` output.
+    /// becomes `.`; librdkafka property names contain no `_`). The values of librdkafka's
+    /// sensitive properties ([`SENSITIVE_PROPERTIES`]: `sasl.password`,
+    /// `ssl.key.password`, ...) and every value read from `{ env = "VAR" }` or
+    /// `{ file = "/path" }` are held as a [`Secret`]: redacted in `--check`, logs and `Debug`.
     pub properties: KafkaProperties,
 }
 
@@ -215,55 +218,128 @@ impl ExportConfig {
     }
 }
 
+/// The librdkafka properties whose values are secrets (those librdkafka itself marks
+/// sensitive, and the OAuth/OIDC client secrets): always held as a [`Secret`].
+pub const SENSITIVE_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+];
+
+/// One property value: plain, or a [`Secret`] (redacted in `Debug` and serialized output).
+#[derive(Clone, PartialEq, Eq)]
+pub enum PropertyValue {
+    /// A value that may be shown.
+    Plain(String),
+    /// A secret: a sensitive property, or a value read from the environment or a file.
+    Secret(Secret),
+}
+
+impl PropertyValue {
+    /// The value; never log it.
+    pub fn expose(&self) -> &str {
+        match self {
+            Self::Plain(value) => value,
+            Self::Secret(secret) => secret.expose(),
+        }
+    }
+
+    /// Whether the value is redacted wherever it is shown.
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Self::Secret(_))
+    }
+}
+
+impl From<&str> for PropertyValue {
+    fn from(value: &str) -> Self {
+        Self::Plain(value.to_string())
+    }
+}
+
+impl std::fmt::Debug for PropertyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain(value) => value.fmt(f),
+            Self::Secret(secret) => secret.fmt(f),
+        }
+    }
+}
+
+impl Serialize for PropertyValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Plain(value) => serializer.serialize_str(value),
+            Self::Secret(secret) => secret.serialize(serializer),
+        }
+    }
+}
+
 /// librdkafka properties: a flat `name → value` map.
 ///
 /// Accepts nested tables (`security = { protocol = "SSL" }` → `security.protocol`), and
 /// turns `_` into `.` (for environment variables, which cannot hold dots), so
 /// `SECURITY_PROTOCOL` becomes `security.protocol`. Numbers and booleans become strings.
-/// A value may be read from elsewhere: `{ env = "VAR" }` or `{ file = "/run/secrets/x" }`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KafkaProperties(/** Property name → value. */ pub BTreeMap<String, String>);
+/// A value may be read from elsewhere: `{ env = "VAR" }` or `{ file = "/run/secrets/x" }`
+/// (then it is a secret, as are the values of [`SENSITIVE_PROPERTIES`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KafkaProperties(/** Property name → value. */ pub BTreeMap<String, PropertyValue>);
 
 impl KafkaProperties {
-    /// Whether a property value must not be printed.
+    /// Whether a property's value is always a secret (librdkafka's sensitive properties).
     pub fn is_sensitive(name: &str) -> bool {
-        name.contains("password") || name.contains("secret") || name.contains("key")
+        SENSITIVE_PROPERTIES.contains(&name)
     }
 
     /// The properties as `(name, value)` pairs.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &str)> {
+        self.0.iter().map(|(name, value)| (name, value.expose()))
     }
-}
 
-impl Serialize for KafkaProperties {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, value) in &self.0 {
-            if Self::is_sensitive(name) {
-                map.serialize_entry(name, "<redacted>")?;
-            } else {
-                map.serialize_entry(name, value)?;
-            }
-        }
-        map.end()
+    /// The value of property `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(PropertyValue::expose)
+    }
+
+    /// Sets property `name` (a secret when [`is_sensitive`](Self::is_sensitive)).
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        let value = if Self::is_sensitive(&name) {
+            PropertyValue::Secret(Secret::new(value))
+        } else {
+            PropertyValue::Plain(value)
+        };
+        self.0.insert(name, value);
     }
 }
 
 impl<'de> Deserialize<'de> for KafkaProperties {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = serde_json::Value::deserialize(deserializer)?;
-        let mut out = BTreeMap::new();
-        flatten_properties("", &raw, &mut out).map_err(serde::de::Error::custom)?;
-        Ok(Self(out))
+        let mut flat = BTreeMap::new();
+        flatten_properties("", &raw, &mut flat).map_err(serde::de::Error::custom)?;
+        let mut out = Self::default();
+        for (name, value) in flat {
+            match value {
+                PropertyValue::Plain(value) => out.insert(name, value),
+                secret => {
+                    out.0.insert(name, secret);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
 fn flatten_properties(
     prefix: &str,
     value: &serde_json::Value,
-    out: &mut BTreeMap<String, String>,
+    out: &mut BTreeMap<String, PropertyValue>,
 ) -> Result<(), String> {
     use serde_json::Value;
     match value {
@@ -272,9 +348,9 @@ fn flatten_properties(
         Value::Object(map)
             if !prefix.is_empty() && map.len() == 1 && (map.contains_key("env") || map.contains_key("file")) =>
         {
-            let secret: danube_connect_core::Secret =
+            let secret: Secret =
                 serde_json::from_value(value.clone()).map_err(|e| format!("property `{prefix}`: {e}"))?;
-            out.insert(prefix.to_string(), secret.expose().to_string());
+            out.insert(prefix.to_string(), PropertyValue::Secret(secret));
             Ok(())
         }
         Value::Object(map) => {
@@ -288,15 +364,15 @@ fn flatten_properties(
         Value::Null if prefix.is_empty() => Ok(()),
         _ if prefix.is_empty() => Err("expected a table of librdkafka properties".into()),
         Value::String(s) => {
-            out.insert(prefix.to_string(), s.clone());
+            out.insert(prefix.to_string(), PropertyValue::Plain(s.clone()));
             Ok(())
         }
         Value::Bool(b) => {
-            out.insert(prefix.to_string(), b.to_string());
+            out.insert(prefix.to_string(), PropertyValue::Plain(b.to_string()));
             Ok(())
         }
         Value::Number(n) => {
-            out.insert(prefix.to_string(), n.to_string());
+            out.insert(prefix.to_string(), PropertyValue::Plain(n.to_string()));
             Ok(())
         }
         Value::Array(items) => {
@@ -308,7 +384,7 @@ fn flatten_properties(
                     _ => return Err(format!("property `{prefix}`: list items must be scalars")),
                 }
             }
-            out.insert(prefix.to_string(), parts.join(","));
+            out.insert(prefix.to_string(), PropertyValue::Plain(parts.join(",")));
             Ok(())
         }
         Value::Null => Err(format!("property `{prefix}` has no value")),
@@ -388,7 +464,7 @@ impl Validate for BridgeConfig {
         ];
         for (field, props) in producer_sides {
             for (name, allowed) in PINNED_PRODUCER {
-                if let Some(value) = props.0.get(*name) {
+                if let Some(value) = props.get(name) {
                     if !allowed.contains(&value.trim().to_ascii_lowercase().as_str()) {
                         return Err(ConfigError::invalid(
                             format!("{field}.{name}"),
@@ -439,6 +515,16 @@ impl Validate for BridgeConfig {
             }
             let example = mapping.template().replace("{topic}", "t");
             validate_topic(&format!("{field}.danube_topic"), &example)?;
+            if !danube_connect_core::naming::is_valid_topic(&example) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.danube_topic"),
+                    format!(
+                        "`{}`: the Danube broker accepts only letters, digits, `_` and `-` in the namespace and \
+                         the topic name (`{{topic}}` is sanitized to them)",
+                        mapping.template()
+                    ),
+                ));
+            }
         }
         if self.export.topic_template.is_empty() {
             return Err(ConfigError::invalid("connector.export.topic_template", "must not be empty"));
@@ -507,6 +593,18 @@ mod tests {
     }
 
     #[test]
+    fn danube_template_the_broker_would_refuse_is_rejected() {
+        let err = with_mapping(ImportMapping {
+            topics: vec!["a".into()],
+            danube_topic: Some("/default/kafka.{topic}".into()),
+            ..Default::default()
+        })
+        .validate()
+        .expect_err("`.` is refused by the broker");
+        assert!(err.to_string().contains("connector.import.mappings[0].danube_topic"), "{err}");
+    }
+
+    #[test]
     fn danube_template_without_namespace_is_rejected() {
         let err = with_mapping(ImportMapping {
             topics: vec!["a".into()],
@@ -521,7 +619,7 @@ mod tests {
     #[test]
     fn auto_commit_cannot_be_turned_on() {
         let mut config = BridgeConfig::default();
-        config.kafka.properties.0.insert("enable.auto.commit".into(), "true".into());
+        config.kafka.properties.insert("enable.auto.commit", "true");
         let err = config.validate().expect_err("must fail");
         assert!(err.to_string().contains("enable.auto.commit"), "{err}");
     }
@@ -529,7 +627,7 @@ mod tests {
     #[test]
     fn reserved_consumer_property_in_import_properties_names_that_field() {
         let mut config = BridgeConfig::default();
-        config.import.properties.0.insert("group.id".into(), "other".into());
+        config.import.properties.insert("group.id", "other");
         let err = config.validate().expect_err("must fail");
         assert!(err.to_string().contains("connector.import.properties.group.id"), "{err}");
     }
@@ -599,11 +697,30 @@ mod tests {
             "fetch.max.bytes": 1048576,
         }))
         .expect("parse");
-        assert_eq!(props.0.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
-        assert_eq!(props.0.get("sasl.mechanisms").map(String::as_str), Some("PLAIN"));
-        assert_eq!(props.0.get("fetch.max.bytes").map(String::as_str), Some("1048576"));
+        assert_eq!(props.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(props.get("sasl.mechanisms"), Some("PLAIN"));
+        assert_eq!(props.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(props.get("sasl.password"), Some("hunter2"));
         let shown = serde_json::to_string(&props).expect("serialize");
         assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+        assert!(!format!("{props:?}").contains("hunter2"), "Debug redacts too");
+    }
+
+    #[test]
+    fn secrets_are_typed_not_guessed_from_the_name() {
+        let props: KafkaProperties = serde_json::from_value(serde_json::json!({
+            "ssl.key.password": "k-pass",
+            "sasl.oauthbearer.client.secret": "oidc-secret",
+            "ssl.key.location": "/etc/kafka/client.key",
+            "client.id": { "env": "PATH" },
+        }))
+        .expect("parse");
+        assert!(props.0["ssl.key.password"].is_secret() && props.0["sasl.oauthbearer.client.secret"].is_secret());
+        assert!(!props.0["ssl.key.location"].is_secret(), "a path is not a secret because its name holds `key`");
+        assert!(props.0["client.id"].is_secret(), "a value read from the environment is");
+        let shown = serde_json::to_string(&props).expect("serialize");
+        assert!(shown.contains("/etc/kafka/client.key"), "{shown}");
+        assert!(!shown.contains("k-pass") && !shown.contains("oidc-secret"), "{shown}");
     }
 
     #[test]
@@ -613,7 +730,8 @@ mod tests {
         std::fs::write(&file, "s3cret\n").expect("write");
         let props: KafkaProperties =
             serde_json::from_value(serde_json::json!({ "sasl.password": { "file": file } })).expect("parse");
-        assert_eq!(props.0.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(props.get("sasl.password"), Some("s3cret"));
+        assert!(props.0["sasl.password"].is_secret());
     }
 
     #[test]

@@ -88,13 +88,15 @@ impl TopicRouter {
     }
 
     /// The Danube topic for records of `kafka_topic`, or `None` if no mapping matches.
+    /// The Kafka name is sanitized first: the Danube broker accepts only letters, digits,
+    /// `_` and `-` in a topic name, so `orders.v1` becomes `orders_v1`.
     pub fn danube_topic(&self, kafka_topic: &str) -> Option<String> {
         self.mappings
             .iter()
             .find(|m| {
                 m.topics.iter().any(|t| t == kafka_topic) || m.pattern.as_ref().is_some_and(|p| p.is_match(kafka_topic))
             })
-            .map(|m| m.template.replace("{topic}", kafka_topic))
+            .map(|m| m.template.replace("{topic}", &danube_connect_core::naming::sanitize_topic_part(kafka_topic)))
     }
 }
 
@@ -196,6 +198,11 @@ mod tests {
         assert_eq!(router.danube_topic("orders").as_deref(), Some("/default/k-orders"));
         assert_eq!(router.danube_topic("logs-a").as_deref(), Some("/default/logs-a"));
         assert_eq!(router.danube_topic("other"), None);
+        assert_eq!(
+            router.danube_topic("logs-app.v1").as_deref(),
+            Some("/default/logs-app_v1"),
+            "the broker refuses `.`"
+        );
         assert_eq!(router.subscription(), vec!["orders".to_string(), "^logs-.*".to_string()]);
     }
 

@@ -20,6 +20,7 @@
 //! qos = 1
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -148,8 +149,18 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddedConfig {
-    /// Where devices connect (MQTT 3.1.1, plain TCP).
+    /// Where devices connect (MQTT 3.1.1; TCP, or TLS with `tls`). Default `127.0.0.1:1883`.
+    /// A non-loopback address needs `users`, or `allow_anonymous = true`.
     pub listen: SocketAddr,
+    /// Device logins, user name to password (a string, `{ env = "VAR" }` or
+    /// `{ file = "/path" }`; redacted in `--check`). When set, a device must send one of
+    /// them in CONNECT; others are disconnected.
+    pub users: BTreeMap<String, Secret>,
+    /// Run without `users` on a non-loopback `listen` (anyone who reaches the port may
+    /// publish). Off by default: the connector then refuses to start.
+    pub allow_anonymous: bool,
+    /// TLS for device connections; when set, `listen` speaks MQTT over TLS only.
+    pub tls: Option<ServerTlsConfig>,
     /// Connections at most.
     pub max_connections: usize,
     /// Largest accepted payload, in bytes.
@@ -161,10 +172,23 @@ pub struct EmbeddedConfig {
     pub connection_timeout: Duration,
 }
 
+/// TLS of the embedded broker's listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM: PKCS#8, RSA or SEC1).
+    pub key: PathBuf,
+}
+
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            users: BTreeMap::new(),
+            allow_anonymous: false,
+            tls: None,
             max_connections: 10_000,
             max_payload_size: 1 << 20,
             max_inflight_count: 100,
@@ -241,6 +265,16 @@ pub struct Mapping {
     /// Payload check; a message that fails it goes to the dead-letter topic.
     #[serde(default)]
     pub format: PayloadFormat,
+    /// Distinct Danube topics a template with placeholders may render to, at most (each
+    /// keeps producers open). A message for a further topic goes to the dead-letter
+    /// topic (`mqtt_messages_total{outcome="topic_limit"}`). Default 64.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: usize,
+}
+
+/// The default of [`Mapping::max_topics`].
+pub fn default_max_topics() -> usize {
+    64
 }
 
 /// Danube -> MQTT publishing.
@@ -249,6 +283,8 @@ pub struct Mapping {
 pub struct OutboundConfig {
     /// MQTT topic template: `{attr:NAME}` an attribute of the Danube message, `{key}` its
     /// routing key, `{topic}` the Danube topic's name and `{namespace}` its namespace.
+    /// An attribute or key fills one level (`/`, `+`, `#` become `_`) unless written
+    /// `{attr:NAME:levels}` / `{key:levels}` or it is the whole template.
     /// Default `{attr:mqtt.topic}` (the topic an inbound message came from).
     #[serde(default = "default_outbound_topic")]
     pub topic: String,
@@ -334,6 +370,43 @@ impl Validate for MqttConfig {
             if e.connection_timeout.as_millis() == 0 || e.connection_timeout.as_millis() > u16::MAX as u128 {
                 return Err(ConfigError::invalid("connector.embedded.connection_timeout", "must be 1ms to 65s"));
             }
+            for (user, password) in &e.users {
+                if user.is_empty() {
+                    return Err(ConfigError::invalid("connector.embedded.users", "a user name must not be empty"));
+                }
+                if password.expose().is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("connector.embedded.users.{user}"),
+                        "the password must not be empty",
+                    ));
+                }
+            }
+            if e.allow_anonymous && !e.users.is_empty() {
+                return Err(ConfigError::invalid(
+                    "connector.embedded.allow_anonymous",
+                    "contradicts `users`: with users set, every device must log in",
+                ));
+            }
+            if !e.listen.ip().is_loopback() && e.users.is_empty() && !e.allow_anonymous {
+                return Err(ConfigError::invalid(
+                    "connector.embedded.allow_anonymous",
+                    format!(
+                        "listen {} is not a loopback address and no `connector.embedded.users` are set: anyone \
+                         reaching the port could publish; set users (and tls), or allow_anonymous = true to run \
+                         open on purpose",
+                        e.listen
+                    ),
+                ));
+            }
+            if let Some(tls) = &e.tls {
+                for (field, path) in
+                    [("connector.embedded.tls.cert", &tls.cert), ("connector.embedded.tls.key", &tls.key)]
+                {
+                    if !path.is_file() {
+                        return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
+                    }
+                }
+            }
         }
         if self.mode != Mode::Off && self.mappings.is_empty() {
             return Err(ConfigError::invalid(
@@ -346,6 +419,9 @@ impl Validate for MqttConfig {
                 .map_err(|message| ConfigError::invalid(format!("connector.mappings[{i}].filter"), message))?;
             TopicTemplate::parse(&m.topic, &m.filter)
                 .map_err(|message| ConfigError::invalid(format!("connector.mappings[{i}].topic"), message))?;
+            if m.max_topics == 0 {
+                return Err(ConfigError::invalid(format!("connector.mappings[{i}].max_topics"), "must be at least 1"));
+            }
         }
         if self.max_in_flight == 0 {
             return Err(ConfigError::invalid("connector.max_in_flight", "must be at least 1"));
@@ -410,6 +486,7 @@ mod tests {
                 topic: topic.into(),
                 qos: Qos::AtLeastOnce,
                 format: PayloadFormat::Any,
+                max_topics: default_max_topics(),
             }],
             ..MqttConfig::default()
         }
@@ -465,6 +542,24 @@ mod tests {
         echo.check_both_ways(&["/default/in-x".to_string()]).expect("another MQTT topic");
         cfg.mode = Mode::Off;
         cfg.check_both_ways(&["/default/in-x".to_string()]).expect("outbound only");
+    }
+
+    #[test]
+    fn embedded_on_a_public_address_needs_users_or_the_explicit_opt_in() {
+        let mut cfg = with_mapping("a", "/default/a");
+        cfg.mode = Mode::Embedded;
+        assert_eq!(cfg.embedded.listen.to_string(), "127.0.0.1:1883", "loopback by default");
+        cfg.validate().expect("loopback without users is fine");
+        cfg.embedded.listen = "0.0.0.0:1883".parse().expect("addr");
+        assert_eq!(field_of(cfg.validate().expect_err("open on 0.0.0.0")), "connector.embedded.allow_anonymous");
+        cfg.embedded.allow_anonymous = true;
+        cfg.validate().expect("explicitly open");
+        cfg.embedded.users.insert("dev".into(), Secret::new("pw"));
+        assert_eq!(field_of(cfg.validate().expect_err("both")), "connector.embedded.allow_anonymous");
+        cfg.embedded.allow_anonymous = false;
+        cfg.validate().expect("with users");
+        cfg.embedded.users.insert("empty".into(), Secret::new(""));
+        assert_eq!(field_of(cfg.validate().expect_err("empty password")), "connector.embedded.users.empty");
     }
 
     #[test]

@@ -15,9 +15,18 @@
 //!   PUBACKing device messages, and those (with any backlog still in its memory) are lost.
 //!
 //! Use client mode with an external broker that persists sessions when that is not enough.
+//!
+//! Access: `embedded.users` makes every device log in (rumqttd compares the password in
+//! constant time); without users the connector refuses to listen on a non-loopback
+//! address unless `embedded.allow_anonymous = true`. With `embedded.tls` the connector
+//! terminates TLS itself (rustls) on `listen` and hands the plain MQTT stream to rumqttd
+//! on a loopback port of its own (`127.0.0.1`, ephemeral), at most `max_connections` at a
+//! time; a handshake must finish within `connection_timeout`. That loopback port is
+//! reachable by local processes without TLS, but not without a login when users are set.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danube_connect_core::error::error_chain;
@@ -28,9 +37,9 @@ use rumqttd::local::LinkRx;
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{EmbeddedConfig, MqttConfig};
+use crate::config::{EmbeddedConfig, MqttConfig, ServerTlsConfig};
 use crate::inbound::{Delivery, Inbound, Message};
 use crate::mapping::Router;
 
@@ -63,23 +72,21 @@ impl EmbeddedSource {
     }
 }
 
-/// The rumqttd configuration for `embedded`: one MQTT 3.1.1 listener, in-memory log.
-pub fn broker_config(embedded: &EmbeddedConfig) -> Config {
+/// The rumqttd configuration for `embedded`: one MQTT 3.1.1 listener on `listen` (the
+/// configured address, or the loopback port behind the TLS front), in-memory log, the
+/// configured logins.
+pub fn broker_config(embedded: &EmbeddedConfig, listen: SocketAddr) -> Config {
+    let auth = (!embedded.users.is_empty())
+        .then(|| embedded.users.iter().map(|(user, password)| (user.clone(), password.expose().to_string())).collect());
     let connections = ConnectionSettings {
         connection_timeout_ms: u16::try_from(embedded.connection_timeout.as_millis()).unwrap_or(u16::MAX),
         max_payload_size: embedded.max_payload_size,
         max_inflight_count: embedded.max_inflight_count,
-        auth: None,
+        auth,
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
-        name: "v4".into(),
-        listen: embedded.listen,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
+    let server = ServerSettings { name: "v4".into(), listen, tls: None, next_connection_delay_ms: 1, connections };
     Config {
         id: 0,
         router: RouterConfig {
@@ -97,11 +104,28 @@ pub fn broker_config(embedded: &EmbeddedConfig) -> Config {
 #[async_trait]
 impl SourceConnector for EmbeddedSource {
     async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
-        let listen = self.config.embedded.listen;
+        let embedded = &self.config.embedded;
+        let listen = embedded.listen;
         // rumqttd only logs a bind failure from its server thread: check first.
-        TcpListener::bind(listen)
+        let probe = TcpListener::bind(listen)
             .map_err(|e| ConnectorError::fatal(format!("embedded MQTT listener cannot bind {listen}"), e))?;
-        let mut broker = Broker::new(broker_config(&self.config.embedded));
+        let (broker_listen, front) = match &embedded.tls {
+            None => {
+                drop(probe);
+                (listen, None)
+            }
+            Some(tls) => {
+                let acceptor = tls_acceptor(tls)?;
+                probe.set_nonblocking(true).map_err(|e| ConnectorError::fatal("embedded TLS listener", e))?;
+                let listener = tokio::net::TcpListener::from_std(probe)
+                    .map_err(|e| ConnectorError::fatal("embedded TLS listener", e))?;
+                let backend = TcpListener::bind(("127.0.0.1", 0))
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| ConnectorError::fatal("a loopback port for the embedded broker", e))?;
+                (backend, Some((listener, acceptor, backend)))
+            }
+        };
+        let mut broker = Broker::new(broker_config(embedded, broker_listen));
         let (mut link_tx, link_rx) =
             broker.link("danube-bridge").map_err(|e| ConnectorError::fatal("embedded broker link", e))?;
         // One subscription to everything: rumqttd forwards a message once per matching
@@ -117,11 +141,26 @@ impl SourceConnector for EmbeddedSource {
             })
             .map_err(|e| ConnectorError::fatal("start the embedded broker thread", e))?;
         ctx.health.set_component(HEALTH_COMPONENT, Some("embedded broker starting".into()));
-        let waited = wait_listening(listen, Duration::from_secs(10)).await;
+        let waited = wait_listening(broker_listen, Duration::from_secs(10)).await;
         if !waited {
-            return Err(ConnectorError::fatal_msg(format!("embedded MQTT broker not listening on {listen}")));
+            return Err(ConnectorError::fatal_msg(format!("embedded MQTT broker not listening on {broker_listen}")));
         }
-        info!(%listen, "embedded MQTT broker listening");
+        if let Some((listener, acceptor, backend)) = front {
+            let front = TlsFront {
+                acceptor,
+                backend,
+                connections: Arc::new(tokio::sync::Semaphore::new(self.config.embedded.max_connections)),
+                handshake_timeout: self.config.embedded.connection_timeout,
+                stop: self.stop.clone(),
+            };
+            tokio::spawn(front.run(listener));
+        }
+        info!(
+            %listen,
+            tls = self.config.embedded.tls.is_some(),
+            users = self.config.embedded.users.len(),
+            "embedded MQTT broker listening"
+        );
         ctx.health.set_component(HEALTH_COMPONENT, None);
         let inbound = Inbound::new(
             self.router.clone(),
@@ -152,6 +191,89 @@ impl SourceConnector for EmbeddedSource {
             }
         }
         Ok(())
+    }
+}
+
+/// A TLS acceptor from the server certificate and key files (PEM).
+fn tls_acceptor(tls: &ServerTlsConfig) -> ConnectorResult<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConnectorError::fatal(format!("connector.embedded.tls.cert: {}", tls.cert.display()), e))?;
+    if certs.is_empty() {
+        return Err(ConnectorError::fatal_msg(format!(
+            "connector.embedded.tls.cert: no certificate in {}",
+            tls.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| ConnectorError::fatal(format!("connector.embedded.tls.key: {}", tls.key.display()), e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectorError::fatal("TLS protocol versions", e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ConnectorError::fatal("connector.embedded.tls: certificate and key do not match", e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Terminates TLS on the public listener and relays each connection to rumqttd.
+struct TlsFront {
+    acceptor: tokio_rustls::TlsAcceptor,
+    backend: SocketAddr,
+    connections: Arc<tokio::sync::Semaphore>,
+    handshake_timeout: Duration,
+    stop: CancellationToken,
+}
+
+impl TlsFront {
+    async fn run(self, listener: tokio::net::TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    warn!(error = %e, "embedded TLS listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                debug!(%peer, "embedded TLS listener: max_connections reached, connection closed");
+                continue;
+            };
+            let acceptor = self.acceptor.clone();
+            let (backend, timeout) = (self.backend, self.handshake_timeout);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = stream.set_nodelay(true);
+                let mut tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "embedded TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "embedded TLS handshake timed out");
+                        return;
+                    }
+                };
+                let mut plain = match tokio::net::TcpStream::connect(backend).await {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        warn!(error = %e, "embedded broker unreachable behind the TLS listener");
+                        return;
+                    }
+                };
+                let _ = plain.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! What client and embedded mode share: turning an MQTT message into a Danube record,
 //! the payload check, publishing and dead-lettering.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use danube_connect_core::error::error_chain;
 use danube_connect_core::metrics::Metrics;
@@ -48,10 +51,31 @@ pub enum Delivery {
     NotDelivered(PublishError),
 }
 
+/// The Danube topics one mapping rendered so far.
+#[derive(Debug, Default)]
+struct TopicSet {
+    topics: HashSet<String>,
+    /// Whether reaching the limit was logged (once per mapping).
+    warned: bool,
+}
+
+/// Why a message gets no Danube record of its own (it is dead-lettered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmappable {
+    /// What is wrong, for the dead-letter record.
+    pub reason: String,
+    /// The dead-letter kind and the `mqtt_messages_total` outcome: `invalid` or
+    /// `topic_limit`.
+    pub kind: &'static str,
+}
+
 /// Maps and publishes messages; shared by the intake tasks.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     router: Router,
+    /// Per mapping, the Danube topics its template rendered so far (bounded by the
+    /// mapping's `max_topics`).
+    topics: Arc<Vec<Mutex<TopicSet>>>,
     publisher: Publisher,
     dead_letter_topic: String,
     connector: String,
@@ -67,8 +91,10 @@ impl Inbound {
         connector: &str,
         metrics: &Metrics,
     ) -> Self {
+        let topics = Arc::new(router.routes().iter().map(|_| Mutex::new(TopicSet::default())).collect());
         Self {
             router,
+            topics,
             publisher,
             dead_letter_topic,
             connector: connector.to_string(),
@@ -82,13 +108,17 @@ impl Inbound {
     }
 
     /// The Danube record for `message`, or why it cannot have one.
-    pub fn record(&self, message: &Message) -> Result<SourceRecord, String> {
+    pub fn record(&self, message: &Message) -> Result<SourceRecord, Unmappable> {
+        let invalid = |reason: String| Unmappable { reason, kind: "invalid" };
         let route = self
             .router
             .route(&message.topic)
-            .ok_or_else(|| format!("no mapping matches MQTT topic `{}`", message.topic))?;
-        check_format(route.mapping.format, &message.payload)?;
-        let topic = route.template.render(&message.topic)?;
+            .ok_or_else(|| invalid(format!("no mapping matches MQTT topic `{}`", message.topic)))?;
+        check_format(route.mapping.format, &message.payload).map_err(invalid)?;
+        let topic = route.template.render(&message.topic).map_err(invalid)?;
+        if !route.template.is_static() {
+            self.admit_topic(route.index, route.mapping.max_topics, &topic)?;
+        }
         let mut record = SourceRecord::new(topic, message.payload.clone())
             .with_key(message.topic.clone())
             .with_attribute(ATTR_TOPIC, message.topic.clone());
@@ -112,9 +142,13 @@ impl Inbound {
                 Err(error) if error.is_transient() => Delivery::NotDelivered(error),
                 Err(error) => self.dead_letter(&message, error_chain(&error), "rejected").await,
             },
-            Err(reason) => {
+            Err(Unmappable { reason, kind }) => {
+                if kind == "topic_limit" {
+                    // Also counted as `dead_lettered` (or `not_delivered`) below.
+                    self.count(kind);
+                }
                 debug!(topic = %message.topic, %reason, "message cannot be mapped");
-                self.dead_letter(&message, reason, "invalid").await
+                self.dead_letter(&message, reason, kind).await
             }
         };
         self.count(match &outcome {
@@ -123,6 +157,36 @@ impl Inbound {
             Delivery::NotDelivered(_) => "not_delivered",
         });
         outcome
+    }
+
+    /// Admits `topic` for mapping `index`: known already, or fewer than `max` distinct
+    /// topics so far. Every admitted topic keeps producers open in the publisher, so the
+    /// set is bounded against devices publishing on ever new MQTT topics.
+    fn admit_topic(&self, index: usize, max: usize, topic: &str) -> Result<(), Unmappable> {
+        let limit = || Unmappable {
+            reason: format!(
+                "connector.mappings[{index}] already publishes to its limit of {max} distinct Danube topics \
+                 (max_topics); `{topic}` is refused"
+            ),
+            kind: "topic_limit",
+        };
+        let Some(set) = self.topics.get(index) else { return Err(limit()) };
+        let mut set = set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if set.topics.contains(topic) {
+            return Ok(());
+        }
+        if set.topics.len() >= max {
+            if !set.warned {
+                set.warned = true;
+                warn!(
+                    mapping = index,
+                    max, "mapping reached max_topics: messages for further Danube topics are dead-lettered"
+                );
+            }
+            return Err(limit());
+        }
+        set.topics.insert(topic.to_string());
+        Ok(())
     }
 
     async fn dead_letter(&self, message: &Message, error: String, kind: &str) -> Delivery {
@@ -151,7 +215,8 @@ impl Inbound {
         }
     }
 
-    /// Counts a message by outcome (`published`, `dead_lettered`, `not_delivered`, ...).
+    /// Counts a message by outcome (`published`, `dead_lettered`, `not_delivered`, ...;
+    /// `topic_limit` is counted besides the `dead_lettered` of the same message).
     pub fn count(&self, outcome: &str) {
         if let Some(counter) = &self.messages {
             counter.with_label_values(&[self.connector.as_str(), outcome]).inc();

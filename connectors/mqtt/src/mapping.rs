@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use danube_connect_core::naming;
+
 use crate::config::{Mapping, Qos};
 
 /// Checks a topic filter; the error says what is wrong.
@@ -122,6 +124,11 @@ impl TopicTemplate {
         }
     }
 
+    /// Whether the template has no placeholder (it always renders the same topic).
+    pub fn is_static(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+
     /// The Danube topic for MQTT `topic`, or why there is none.
     pub fn render(&self, topic: &str) -> Result<String, String> {
         let levels: Vec<&str> = topic.split('/').collect();
@@ -147,10 +154,8 @@ impl TopicTemplate {
                 None => rest.is_empty(),
                 Some((Part::Literal(text), tail)) => rest.strip_prefix(text.as_str()).is_some_and(|r| matches(tail, r)),
                 Some((_, tail)) => {
-                    let run = rest
-                        .char_indices()
-                        .find(|(_, c)| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
-                        .map_or(rest.len(), |(i, _)| i);
+                    let run =
+                        rest.char_indices().find(|(_, c)| !naming::is_topic_char(*c)).map_or(rest.len(), |(i, _)| i);
                     (1..=run).any(|n| matches(tail, &rest[n..]))
                 }
             }
@@ -209,16 +214,14 @@ impl From<LiteralText> for Part {
     }
 }
 
-/// Keeps letters, digits, `-`, `_` and `.`; anything else becomes `_`.
+/// Keeps what the broker accepts in a topic part (letters, digits, `-`, `_`); anything
+/// else, `/` and `.` included, becomes `_`.
 fn sanitize(level: &str) -> String {
-    level.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+    naming::sanitize_topic_part(level)
 }
 
 fn is_danube_topic(topic: &str) -> bool {
-    let parts: Vec<&str> = topic.split('/').collect();
-    parts.len() == 3
-        && parts[0].is_empty()
-        && parts[1..].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    naming::is_valid_topic(topic)
 }
 
 /// The compiled mapping table: first matching filter wins.
@@ -230,6 +233,8 @@ pub struct Router {
 /// One compiled mapping.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// Its position in the configuration (`connector.mappings[index]`).
+    pub index: usize,
     /// The mapping as configured.
     pub mapping: Mapping,
     /// Its compiled Danube topic template.
@@ -241,9 +246,10 @@ impl Router {
     pub fn new(mappings: &[Mapping]) -> Result<Self, String> {
         let routes = mappings
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(index, m)| {
                 validate_filter(&m.filter)?;
-                Ok(Route { mapping: m.clone(), template: TopicTemplate::parse(&m.topic, &m.filter)? })
+                Ok(Route { index, mapping: m.clone(), template: TopicTemplate::parse(&m.topic, &m.filter)? })
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self { routes })
@@ -293,8 +299,10 @@ impl Router {
 #[derive(Debug, Clone, PartialEq)]
 enum OutPart {
     Literal(String),
-    Attribute(String),
-    Key,
+    /// An attribute; `true`: its `/` are kept (`:levels`).
+    Attribute(String, bool),
+    /// The routing key; `true`: its `/` are kept (`:levels`).
+    Key(bool),
     TopicName,
     Namespace,
 }
@@ -318,11 +326,16 @@ impl OutboundTemplate {
             return Err("must not be empty".into());
         }
         let parts = parse_parts(template, |name| match name {
-            "key" => Ok(OutPart::Key),
+            "key" => Ok(OutPart::Key(false)),
+            "key:levels" => Ok(OutPart::Key(true)),
             "topic" => Ok(OutPart::TopicName),
             "namespace" => Ok(OutPart::Namespace),
             other => match other.strip_prefix("attr:") {
-                Some(attr) if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string())),
+                Some(attr) => match attr.strip_suffix(":levels") {
+                    Some(attr) if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string(), true)),
+                    None if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string(), false)),
+                    _ => Err(format!("`{{{other}}}` names no attribute")),
+                },
                 _ => Err(format!(
                     "unknown placeholder `{{{other}}}` (use `{{attr:NAME}}`, `{{key}}`, `{{topic}}` or `{{namespace}}`)"
                 )),
@@ -342,13 +355,20 @@ impl OutboundTemplate {
     /// in: the template is just `{attr:mqtt.topic}` or `{key}` (the inbound routing key).
     pub fn is_inbound_topic(&self) -> bool {
         match self.parts.as_slice() {
-            [OutPart::Key] => true,
-            [OutPart::Attribute(attr)] => attr == crate::inbound::ATTR_TOPIC,
+            [OutPart::Key(_)] => true,
+            [OutPart::Attribute(attr, _)] => attr == crate::inbound::ATTR_TOPIC,
             _ => false,
         }
     }
 
     /// The MQTT topic for a Danube message, or why there is none.
+    ///
+    /// A value from the message (`{attr:NAME}`, `{key}`) fills one topic level: `/`, `+`,
+    /// `#` and NUL in it become `_`, so it cannot add levels or wildcards. It keeps its `/`
+    /// (several levels) when asked with `:levels` (`{key:levels}`, `{attr:NAME:levels}`)
+    /// or when it is the whole template (the default `{attr:mqtt.topic}` names a whole MQTT
+    /// topic); a wildcard or NUL in it is then refused. A topic starting with `$` (reserved
+    /// for the broker, e.g. `$SYS`) and one longer than 65535 bytes are refused.
     pub fn render(
         &self,
         danube_topic: &str,
@@ -358,20 +378,38 @@ impl OutboundTemplate {
         let mut segments = danube_topic.trim_start_matches('/').splitn(2, '/');
         let namespace = segments.next().unwrap_or_default();
         let name = segments.next().unwrap_or_default();
+        let whole_topic = matches!(self.parts.as_slice(), [OutPart::Key(_)] | [OutPart::Attribute(..)]);
+        let level = |value: &str, levels: bool| -> String {
+            if whole_topic || levels {
+                value.to_string()
+            } else {
+                value.chars().map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c }).collect()
+            }
+        };
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 OutPart::Literal(text) => out.push_str(text),
-                OutPart::Attribute(attr) => {
-                    out.push_str(attributes.get(attr).ok_or_else(|| format!("attribute `{attr}` is missing"))?)
+                OutPart::Attribute(attr, levels) => out.push_str(&level(
+                    attributes.get(attr).ok_or_else(|| format!("attribute `{attr}` is missing"))?,
+                    *levels,
+                )),
+                OutPart::Key(levels) => {
+                    out.push_str(&level(routing_key.ok_or("the message has no routing key")?, *levels))
                 }
-                OutPart::Key => out.push_str(routing_key.ok_or("the message has no routing key")?),
                 OutPart::TopicName => out.push_str(name),
                 OutPart::Namespace => out.push_str(namespace),
             }
         }
+        let shown: String = out.chars().take(200).collect();
         if out.is_empty() || out.contains('+') || out.contains('#') || out.contains('\0') {
-            return Err(format!("`{out}` is not a valid MQTT topic name"));
+            return Err(format!("`{shown}` is not a valid MQTT topic name"));
+        }
+        if out.starts_with('$') {
+            return Err(format!("`{shown}` starts with `$`, which is reserved for the broker's own topics"));
+        }
+        if out.len() > u16::MAX as usize {
+            return Err(format!("`{shown}...` is longer than 65535 bytes"));
         }
         Ok(out)
     }
@@ -382,7 +420,13 @@ mod tests {
     use super::*;
 
     fn mapping(filter: &str, topic: &str, qos: Qos) -> Mapping {
-        Mapping { filter: filter.into(), topic: topic.into(), qos, format: crate::config::PayloadFormat::Any }
+        Mapping {
+            filter: filter.into(),
+            topic: topic.into(),
+            qos,
+            format: crate::config::PayloadFormat::Any,
+            max_topics: crate::config::default_max_topics(),
+        }
     }
 
     #[test]
@@ -548,7 +592,39 @@ mod tests {
         assert!(t.render("/default/cmd", Some("k"), &HashMap::new()).is_err());
         assert!(OutboundTemplate::parse("a/#").is_err());
         assert!(OutboundTemplate::parse("a/{nope}").is_err());
-        let bad_value = HashMap::from([("device".to_string(), "+".to_string())]);
-        assert!(t.render("/default/cmd", Some("k"), &bad_value).is_err());
+        let wildcard = HashMap::from([("device".to_string(), "+".to_string())]);
+        assert_eq!(t.render("/default/cmd", Some("k"), &wildcard).expect("render"), "devices/_/cmd/k");
+    }
+
+    #[test]
+    fn outbound_values_from_the_message_fill_one_level() {
+        let t = OutboundTemplate::parse("devices/{attr:device}/cmd").expect("parse");
+        let render =
+            |device: &str| t.render("/default/cmd", None, &HashMap::from([("device".to_string(), device.to_string())]));
+        assert_eq!(render("x/y").expect("render"), "devices/x_y/cmd", "a `/` cannot add a level");
+        assert_eq!(render("../#").expect("render"), "devices/..__/cmd");
+        assert_eq!(render("a\0b").expect("render"), "devices/a_b/cmd");
+        let leading = OutboundTemplate::parse("{key}/cmd").expect("parse");
+        assert!(leading.render("/default/cmd", Some("$SYS"), &HashMap::new()).is_err(), "broker topics refused");
+        // The whole-topic default keeps the levels of the inbound topic, never wildcards.
+        let prefixed = OutboundTemplate::parse("echo/{key:levels}/{attr:device:levels}").expect("parse");
+        let device = HashMap::from([("device".to_string(), "d/1".to_string())]);
+        assert_eq!(prefixed.render("/default/x", Some("in/a"), &device).expect("render"), "echo/in/a/d/1");
+        assert!(prefixed.render("/default/x", Some("in/#"), &device).is_err(), "still no wildcard");
+        assert!(OutboundTemplate::parse("a/{attr::levels}").is_err());
+        let whole = OutboundTemplate::parse("{attr:mqtt.topic}").expect("parse");
+        let attrs = |v: &str| HashMap::from([("mqtt.topic".to_string(), v.to_string())]);
+        assert_eq!(whole.render("/default/x", None, &attrs("a/b/c")).expect("render"), "a/b/c");
+        assert!(whole.render("/default/x", None, &attrs("a/#")).is_err());
+        assert!(whole.render("/default/x", None, &attrs("a/+/c")).is_err());
+        assert!(whole.render("/default/x", None, &attrs(&"x".repeat(70_000))).is_err());
+    }
+
+    #[test]
+    fn inbound_levels_are_sanitized_for_the_broker() {
+        let t = TopicTemplate::parse("/default/dev-{1}", "dev/+").expect("parse");
+        assert_eq!(t.render("dev/a.b").expect("render"), "/default/dev-a_b", "the broker refuses `.`");
+        assert!(TopicTemplate::parse("/default/a.b", "dev/+").is_err(), "a literal the broker refuses");
+        assert!(!t.can_render("/default/dev-a.b"));
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::naming::{is_valid_topic, sanitize_topic_part};
 use danube_connect_core::schema::CompatibilityMode;
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
@@ -129,7 +130,7 @@ impl Default for PostgresCdcConfig {
             create_publication: true,
             snapshot: SnapshotMode::Initial,
             snapshot_chunk_size: 5000,
-            topic: "/default/{schema}_{table}".into(),
+            topic: "/default/{schema}-{table}".into(),
             transaction_topic: None,
             status_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
@@ -204,9 +205,12 @@ impl PostgresCdcConfig {
         Ok(conn)
     }
 
-    /// The topic for a table.
+    /// The topic for a table. The schema and table names come from the database, where
+    /// a quoted identifier may hold any character (`"x/y"`, `"a.b"`): they are sanitized
+    /// to what the broker accepts in a topic part (letters, digits, `_`, `-`; anything
+    /// else becomes `_`) so they can neither add a level nor make every publish fail.
     pub fn topic_for(&self, schema: &str, table: &str) -> String {
-        for_table(&self.topic, schema, table)
+        for_table(&self.topic, &sanitize_topic_part(schema), &sanitize_topic_part(table))
     }
 
     /// The registry subject of a table's schema.
@@ -267,7 +271,18 @@ impl Validate for PostgresCdcConfig {
                 ));
             }
         }
-        validate_topic("connector.topic", &self.topic_for("schema", "table"))?;
+        let sample = self.topic_for("schema", "table");
+        validate_topic("connector.topic", &sample)?;
+        if !is_valid_topic(&sample) {
+            return Err(ConfigError::invalid(
+                "connector.topic",
+                format!(
+                    "`{}` renders `{sample}`: the broker accepts only letters, digits, `_` and `-` in the namespace \
+                     and the topic name (e.g. /default/{{schema}}-{{table}})",
+                    self.topic
+                ),
+            ));
+        }
         if let Some(topic) = &self.transaction_topic {
             validate_topic("connector.transaction_topic", topic)?;
         }
@@ -347,9 +362,20 @@ mod tests {
     }
 
     #[test]
+    fn names_from_the_database_are_sanitized_before_they_become_a_topic() {
+        let config = PostgresCdcConfig::default();
+        assert_eq!(config.topic_for("public", "x/y"), "/default/public-x_y", "a `/` cannot add a level");
+        assert_eq!(config.topic_for("my.schema", "a b.c"), "/default/my_schema-a_b_c");
+        assert_eq!(config.topic_for("public", "../../etc"), "/default/public-______etc");
+        let dotted = PostgresCdcConfig { topic: "/default/{schema}.{table}".into(), ..Default::default() };
+        let err = dotted.validate().expect_err("the broker refuses `.` in a topic");
+        assert!(err.to_string().contains("connector.topic"), "{err}");
+    }
+
+    #[test]
     fn topic_template_expands_schema_and_table() {
         let config = PostgresCdcConfig::default();
-        assert_eq!(config.topic_for("public", "users"), "/default/public_users");
+        assert_eq!(config.topic_for("public", "users"), "/default/public-users");
         assert_eq!(config.table_list(), Vec::<(String, String)>::new());
         let config = PostgresCdcConfig { tables: vec!["users".into(), "sales.orders".into()], ..Default::default() };
         assert_eq!(config.table_list()[0], ("public".into(), "users".into()));

@@ -160,7 +160,7 @@ mod tests {
             .collect();
         let relation =
             Relation { oid: 1, namespace: "public".into(), name: "t".into(), replica_identity: b'd', columns };
-        Table::new(relation, &["id".to_string()], "/default/public_t".into())
+        Table::new(relation, &["id".to_string()], "/default/public-t".into())
     }
 
     #[test]

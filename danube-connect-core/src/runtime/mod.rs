@@ -165,8 +165,7 @@ impl Runtime {
             health.clone(),
             schemas,
         );
-        let bound_topics: Vec<String> = config.schemas.iter().map(|binding| binding.topic.clone()).collect();
-        background.extend(prepare_topics(&publisher, bound_topics, &shutdown).await);
+        background.extend(prepare_topics(&publisher, topics_known_at_start(&config), &shutdown).await?);
         let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(client.clone())));
         let stopper = Stopper::new(shutdown.clone());
         background.push(tokio::spawn(probe_broker(client.clone(), health.clone(), shutdown.clone())));
@@ -283,6 +282,24 @@ impl Runtime {
             tasks.push(tokio::spawn(sink::health_loop(env.clone(), sink.clone())));
             sink_handle = Some(sink);
         }
+        // The dead-letter topic is created after the connectors prepared their own topics: a
+        // dead-letter topic whose name extends a data topic's name (`/default/x` and a custom
+        // `/default/x-dlq`) would make Danube refuse the data topic for good if it came first.
+        let mut background = self.background;
+        if env.config.failure.policy == crate::config::FailurePolicy::DeadLetter {
+            let dead_letter = vec![env.config.dead_letter_topic()];
+            match prepare_topics(&env.publisher, dead_letter, &env.shutdown).await {
+                Ok(retries) => background.extend(retries),
+                Err(error) => {
+                    // Stop what the connectors started before failing the start.
+                    env.shutdown.cancel();
+                    for task in tasks.into_iter().chain(background) {
+                        task.abort();
+                    }
+                    return Err(error);
+                }
+            }
+        }
         info!(name = %env.config.name, "connector running");
 
         env.shutdown.cancelled().await;
@@ -306,7 +323,7 @@ impl Runtime {
             warn!("shutdown deadline reached before the drain completed");
             env.publisher.abort();
         }
-        for task in self.background {
+        for task in background {
             task.abort();
         }
         let fatal = env.stopper.take();
@@ -315,41 +332,35 @@ impl Runtime {
     }
 }
 
-/// How long the start waits for the producers of the schema-bound topics (prepared
-/// concurrently) before going on without the missing ones.
+/// How long the start waits for the producers of one topic known at start before going on
+/// without them (they are retried in the background).
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Creates the producers (and so the topics) of `topics` at start, all topics at once, so a
-/// sink subscribing before the first record still sees it. A topic that fails (a slow broker)
-/// does not stop the start: a background task retries it, and records to it create the
-/// producers anyway. The start waits at most [`PREPARE_TIMEOUT`] in all.
+/// The topics whose producers are created at start: the schema-bound and partitioned
+/// topics. The dead-letter topic follows once the connectors are initialized (see
+/// [`Runtime::run_driven`]).
+fn topics_known_at_start(config: &RuntimeConfig) -> Vec<String> {
+    let mut topics: Vec<String> = config.schemas.iter().map(|binding| binding.topic.clone()).collect();
+    topics.extend(config.source.partitions.keys().cloned());
+    topics
+}
+
+/// Creates the producers (and so the topics) of `topics` at start, so a sink subscribing
+/// before the first record still sees it, and so a topic Danube refuses (its name, its
+/// dispatch strategy, a clash with another topic's name) stops the start with the fix
+/// instead of failing every record later. A topic that fails for a passing reason (a slow
+/// broker) does not stop the start: a background task retries it, and records to it create
+/// the producers anyway.
 async fn prepare_topics(
     publisher: &Publisher,
     topics: Vec<String>,
     shutdown: &CancellationToken,
-) -> Vec<JoinHandle<()>> {
-    let attempts = topics.into_iter().map(|topic| async move {
-        let outcome = tokio::time::timeout(PREPARE_TIMEOUT, publisher.prepare(&topic)).await;
-        (topic, outcome)
-    });
-    let mut retries = Vec::new();
-    for (topic, outcome) in futures::future::join_all(attempts).await {
-        let error = match outcome {
-            Ok(Ok(())) => {
-                debug!(%topic, "producers created at start");
-                continue;
-            }
-            Ok(Err(error)) if !error.is_transient() => {
-                warn!(%topic, error = %crate::error::error_chain(&error), "cannot create the producers of a schema-bound topic");
-                continue;
-            }
-            Ok(Err(error)) => crate::error::error_chain(&error),
-            Err(_) => format!("no answer within {PREPARE_TIMEOUT:?}"),
-        };
-        warn!(%topic, %error, "producers of a schema-bound topic not created yet, retrying in the background");
-        retries.push(tokio::spawn(retry_prepare(publisher.clone(), topic, shutdown.clone())));
-    }
-    retries
+) -> Result<Vec<JoinHandle<()>>, RuntimeError> {
+    let pending = publisher.prepare_all(topics, PREPARE_TIMEOUT).await?;
+    Ok(pending
+        .into_iter()
+        .map(|topic| tokio::spawn(retry_prepare(publisher.clone(), topic, shutdown.clone())))
+        .collect())
 }
 
 async fn retry_prepare(publisher: Publisher, topic: String, shutdown: CancellationToken) {

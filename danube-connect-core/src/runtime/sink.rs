@@ -24,8 +24,7 @@ use crate::connector::SinkConnector;
 use crate::error::ConnectorError;
 use crate::record::SinkRecord;
 use crate::retry::{RetryFailure, RetryPolicy};
-
-const LANE_QUEUE: usize = 64;
+use crate::stall::{Progress, StallWatch};
 
 /// Everything a lane needs to process and ack.
 struct Lane {
@@ -34,6 +33,8 @@ struct Lane {
     consumer: Arc<Mutex<Consumer>>,
     connector: Arc<dyn SinkConnector>,
     retry: RetryPolicy,
+    /// What this topic holds and settled, for stall detection.
+    progress: Arc<Progress>,
 }
 
 pub(super) async fn health_loop(env: Env, sink: Arc<dyn SinkConnector>) {
@@ -50,6 +51,9 @@ pub(super) async fn health_loop(env: Env, sink: Arc<dyn SinkConnector>) {
 pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, connector: Arc<dyn SinkConnector>) {
     let retry = RetryPolicy::new(env.config.retry.clone());
     let mut reconnect_delays = retry.delays();
+    let progress = Arc::new(Progress::default());
+    let watch = start_stall_watch(&env, &topic, &progress);
+    let _stop_watch = watch.map(|token| token.drop_guard());
     loop {
         let Some(mut consumer) = subscribe(&env, index, &topic).await else { return };
         let mut messages = match consumer.receive().await {
@@ -66,7 +70,7 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
         };
         info!(topic = %topic.topic, "consuming");
         let consumer = Arc::new(Mutex::new(consumer));
-        let lanes = spawn_lanes(&env, &topic.topic, &consumer, &connector, &retry);
+        let lanes = spawn_lanes(&env, &topic.topic, &consumer, &connector, &retry, &progress);
         let senders: Vec<mpsc::Sender<StreamMessage>> = lanes.iter().map(|(tx, _)| tx.clone()).collect();
         let round_robin = AtomicUsize::new(0);
         let stopping = loop {
@@ -80,6 +84,7 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
                 break false;
             };
             reconnect_delays = retry.delays();
+            progress.received(&message);
             env.metrics.records_received.with_label_values(&[env.metrics.connector(), &topic.topic]).inc();
             let lane = pick_lane(&env, &message, senders.len(), &round_robin);
             if senders[lane].send(message).await.is_err() {
@@ -93,6 +98,8 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
             let _ = task.await;
         }
         consumer.lock().await.close().await;
+        // Whatever was left unacked is the broker's to redeliver.
+        progress.forget_held();
         if stopping {
             return;
         }
@@ -100,6 +107,35 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
             return;
         }
     }
+}
+
+/// The subscription name a topic consumes with.
+fn subscription_name(env: &Env, topic: &SinkTopicConfig) -> String {
+    topic.subscription.clone().unwrap_or_else(|| env.config.name.clone())
+}
+
+/// Starts stall detection for `topic` when `danube.broker_metrics_url` is set; the returned
+/// token stops it.
+fn start_stall_watch(
+    env: &Env,
+    topic: &SinkTopicConfig,
+    progress: &Arc<Progress>,
+) -> Option<tokio_util::sync::CancellationToken> {
+    let url = env.config.danube.broker_metrics_url.clone()?;
+    let subscription = subscription_name(env, topic);
+    let gauge = env.metrics.sink_stalled.with_label_values(&[env.metrics.connector(), &topic.topic, &subscription]);
+    gauge.set(0);
+    let watch = StallWatch {
+        metrics_url: url,
+        topic: topic.topic.clone(),
+        subscription,
+        timeout: env.config.sink.stall_timeout,
+        health: env.health.clone(),
+        gauge,
+    };
+    let token = env.shutdown.child_token();
+    tokio::spawn(watch.run(progress.clone(), token.clone()));
+    Some(token)
 }
 
 /// Waits `delay` before re-subscribing; false when the runtime shuts down meanwhile.
@@ -143,7 +179,7 @@ async fn subscribe(env: &Env, index: usize, topic: &SinkTopicConfig) -> Option<C
             .new_consumer()
             .with_topic(topic.topic.clone())
             .with_consumer_name(topic.consumer_name.clone().unwrap_or_else(|| format!("{}-{index}", env.config.name)))
-            .with_subscription(topic.subscription.clone().unwrap_or_else(|| env.config.name.clone()))
+            .with_subscription(subscription_name(env, topic))
             .with_subscription_type(sub_type)
             .with_options(ConsumerOptions::new(3, 100, 1000))
             .build();
@@ -169,16 +205,20 @@ fn spawn_lanes(
     consumer: &Arc<Mutex<Consumer>>,
     connector: &Arc<dyn SinkConnector>,
     retry: &RetryPolicy,
+    progress: &Arc<Progress>,
 ) -> Vec<(mpsc::Sender<StreamMessage>, JoinHandle<()>)> {
     (0..env.config.sink.concurrency)
         .map(|_| {
-            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            // Tokio's bounded channel allocates as it fills: a large `prefetch` costs nothing
+            // until the broker's dispatch window lets that many records through.
+            let (tx, rx) = mpsc::channel(env.config.sink.prefetch);
             let lane = Lane {
                 env: env.clone(),
                 topic: topic.to_string(),
                 consumer: consumer.clone(),
                 connector: connector.clone(),
                 retry: retry.clone(),
+                progress: progress.clone(),
             };
             (tx, tokio::spawn(lane.run(rx)))
         })
@@ -441,6 +481,7 @@ impl Lane {
         let result = self.consumer.lock().await.ack(message).await;
         match result {
             Ok(()) => {
+                self.progress.settled(message, true);
                 metrics.records_acked.with_label_values(&self.labels()).inc();
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
                 let latency = now.saturating_sub(message.publish_time) as f64 / 1000.0;
@@ -448,6 +489,7 @@ impl Lane {
             }
             // The record was written; the broker will redeliver it (at-least-once).
             Err(error) => {
+                self.progress.settled(message, false);
                 warn!(topic = %self.topic, error = %crate::error::error_chain(&error), "ack failed; the record may be redelivered")
             }
         }
@@ -455,6 +497,7 @@ impl Lane {
 
     async fn nack(&self, message: &StreamMessage, delay: Duration, reason: &str) {
         self.env.metrics.records_nacked.with_label_values(&self.labels()).inc();
+        self.progress.settled(message, false);
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         let result = self.consumer.lock().await.nack(message, Some(delay_ms), Some(reason.to_string())).await;
         if let Err(error) = result {

@@ -7,3 +7,4 @@ mod shutdown;
 mod sink;
 mod source;
 mod tls_auth;
+mod topics;

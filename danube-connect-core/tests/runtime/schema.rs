@@ -74,7 +74,7 @@ async fn valid_records_carry_the_schema_id_and_invalid_ones_are_dead_lettered() 
     assert!(ids.iter().any(|p| p.contains("\"a\"")) && ids.iter().any(|p| p.contains("\"c\"")), "{ids:?}");
     assert!(stored.iter().all(|m| m.schema_id.is_some() && m.schema_version == Some(1)), "schema id stamped");
 
-    let dead = broker.wait_for_messages("/default/jsonsrc-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-jsonsrc", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert!(String::from_utf8_lossy(&dead[0].payload).contains("lots"));
     assert_eq!(dead[0].attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"));
@@ -141,7 +141,7 @@ async fn avro_records_are_decoded_by_schema_id_for_the_sink() {
     assert!(matches!(refused, Err(PublishError::Invalid { .. })), "{refused:?}");
 
     let arrived = eventually(Duration::from_secs(20), || sink.accepted.lock().expect("lock").len() >= 5).await;
-    let dead = broker.messages("/default/avrosink-dlq");
+    let dead = broker.messages("/default/dlq-avrosink");
     assert!(
         arrived,
         "sink got {} records; dead-lettered: {:?}",
@@ -382,7 +382,7 @@ async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id()
     assert_eq!(stored.len(), 3, "the invalid record did not enter the topic");
     assert!(stored.iter().all(|m| m.schema_id == Some(schema_id)), "every record carries the schema id");
 
-    let dead = broker.wait_for_messages("/default/protosrc-dlq", 1, Duration::from_secs(20)).await;
+    let dead = broker.wait_for_messages("/default/dlq-protosrc", 1, Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload.as_ref(), [0x0a, 0x05, b'x'].as_slice(), "dead-lettered unchanged");
     assert_eq!(dead[0].attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"));

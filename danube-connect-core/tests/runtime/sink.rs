@@ -119,7 +119,7 @@ async fn invalid_record_is_dead_lettered_with_its_error_and_the_rest_is_written(
     let bad_offset = broker.publish(topic, b"bad".to_vec(), attrs, Some("key-1".into()));
     broker.publish(topic, b"good-2".to_vec(), HashMap::new(), None);
     assert!(eventually(Duration::from_secs(20), || broker.ack_count(topic, "dlqsink") >= 3).await);
-    let dead = broker.wait_for_messages("/default/dlqsink-dlq", 1, Duration::from_secs(10)).await;
+    let dead = broker.wait_for_messages("/default/dlq-dlqsink", 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
     assert_eq!(d.payload.as_ref(), b"bad");
@@ -154,7 +154,7 @@ async fn exhausted_retries_follow_the_nack_policy_and_the_record_stays_unacked()
     // The record is processed, nacked, redelivered, processed again — never acked.
     assert!(eventually(Duration::from_secs(20), || *sink.calls.lock().expect("lock") >= 4).await);
     assert_eq!(broker.ack_count(topic, "nacker"), 0);
-    assert!(broker.messages("/default/nacker-dlq").is_empty(), "nack policy does not dead-letter");
+    assert!(broker.messages("/default/dlq-nacker").is_empty(), "nack policy does not dead-letter");
     token.cancel();
     run.await.expect("join");
 }

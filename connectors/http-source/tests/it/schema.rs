@@ -61,7 +61,7 @@ async fn accepted_body_failing_the_schema_goes_to_the_dead_letter_topic() {
     let url = format!("{}/orders", connector.base);
     let bad = client().post(&url).body(r#"{"id":"o-9","amount":"lots"}"#).send().await.expect("send");
     assert_eq!(bad.status(), StatusCode::ACCEPTED, "answered before validation in accepted mode");
-    let dead = broker.wait_for_messages("/default/http-test-dlq", 1, std::time::Duration::from_secs(20)).await;
+    let dead = broker.wait_for_messages("/default/dlq-http-test", 1, std::time::Duration::from_secs(20)).await;
     assert_eq!(dead.len(), 1, "{}", connector.process.log());
     assert_eq!(dead[0].payload.as_ref(), br#"{"id":"o-9","amount":"lots"}"#);
     assert_eq!(dead[0].attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"));

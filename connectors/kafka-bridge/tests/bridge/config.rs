@@ -18,12 +18,18 @@ fn check_redacts_secret_properties() {
         .arg("--check")
         .env("KAFKA_BRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2")
         .env("KAFKA_BRIDGE_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+        .env("KAFKA_BRIDGE_KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "key-pass-42")
+        .env("KAFKA_BRIDGE_EXPORT__PROPERTIES__SASL_USERNAME", r#"{env="KAFKA_TEST_USER"}"#)
+        .env("KAFKA_TEST_USER", "user-from-env-7")
+        .env("KAFKA_BRIDGE_KAFKA__PROPERTIES__SSL_KEY_LOCATION", "/etc/kafka/client.key")
         .output()
         .expect("run --check");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("security.protocol") && stdout.contains("SASL_PLAINTEXT"), "{stdout}");
-    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stdout.contains("key-pass-42"), "{stdout}");
+    assert!(!stdout.contains("user-from-env-7"), "a value read from the environment is a secret: {stdout}");
+    assert!(stdout.contains("/etc/kafka/client.key"), "a path is shown: {stdout}");
 }
 
 /// Runs the bridge (no `--check`) with `env` and returns (exit code, stderr); fails the test

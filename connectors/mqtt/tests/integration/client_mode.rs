@@ -40,7 +40,7 @@ async fn qos1_messages_reach_mapped_topics_in_order_with_attributes() {
     assert_eq!(first.attributes.get("mqtt.dup").map(String::as_str), Some("false"));
     assert_eq!(first.routing_key.as_deref(), Some("factory/line1/temp"));
     // The filter does not match `humidity`: the broker never sent it to the connector.
-    assert!(danube.messages("/default/mqtt-test-dlq").is_empty());
+    assert!(danube.messages("/default/dlq-mqtt-test").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +93,7 @@ async fn payload_failing_the_format_check_is_dead_lettered_not_dropped() {
     device.publish("json/a", QoS::AtLeastOnce, false, r#"{"ok":true}"#).await;
 
     let good = danube.wait_for_messages("/default/json", 1, Duration::from_secs(20)).await;
-    let bad = danube.wait_for_messages("/default/mqtt-test-dlq", 1, Duration::from_secs(20)).await;
+    let bad = danube.wait_for_messages("/default/dlq-mqtt-test", 1, Duration::from_secs(20)).await;
     assert_eq!(good.len(), 1);
     assert_eq!(bad.len(), 1, "the bad payload is on the dead-letter topic");
     assert_eq!(&bad[0].payload[..], b"{not json");
@@ -104,7 +104,7 @@ async fn payload_failing_the_format_check_is_dead_lettered_not_dropped() {
     assert!(connector.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", connector.log());
     let _again = start_connector(&env).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(danube.messages("/default/mqtt-test-dlq").len(), 1, "not redelivered");
+    assert_eq!(danube.messages("/default/dlq-mqtt-test").len(), 1, "not redelivered");
     assert_eq!(danube.messages("/default/json").len(), 1, "not redelivered");
 }
 

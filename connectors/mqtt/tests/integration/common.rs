@@ -77,7 +77,13 @@ impl TestClient {
     /// messages at the broker across reconnects (the event loop reconnects by itself).
     pub fn connect_with_session(port: u16, id: &str, clean_session: bool) -> Self {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options.set_keep_alive(Duration::from_secs(5)).set_inflight(100).set_clean_session(clean_session);
+        options.set_keep_alive(Duration::from_secs(5)).set_clean_session(clean_session);
+        Self::connect_with(options)
+    }
+
+    /// Connects with `options` (login, TLS, ...); at most 100 QoS 1 publishes in flight.
+    pub fn connect_with(mut options: MqttOptions) -> Self {
+        options.set_inflight(100);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let (rx_tx, received) = mpsc::unbounded_channel();

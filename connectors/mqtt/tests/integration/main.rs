@@ -4,6 +4,7 @@
 mod client_mode;
 mod common;
 mod embedded_mode;
+mod embedded_security;
 mod outbound;
 mod security;
 mod wildcards;

@@ -50,7 +50,7 @@ async fn danube_messages_are_published_to_mqtt_and_acked_after_puback() {
     assert_eq!(got.len(), 20, "every Danube message reached MQTT");
     let d0: Vec<&str> = got.iter().filter(|(t, _)| t == "devices/d0/cmd").map(|(_, p)| p.as_str()).collect();
     assert_eq!(d0, ["0", "2", "4", "6", "8", "10", "12", "14", "16", "18"]);
-    let dlq = danube.wait_for_messages("/default/mqtt-out-dlq", 1, Duration::from_secs(20)).await;
+    let dlq = danube.wait_for_messages("/default/dlq-mqtt-out", 1, Duration::from_secs(20)).await;
     assert_eq!(dlq.len(), 1);
     assert_eq!(&dlq[0].payload[..], b"no-device");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -72,7 +72,8 @@ async fn one_process_bridges_both_ways_round_trip() {
     let mqtt = Mosquitto::start().expect("mosquitto");
     let danube = EmbeddedBroker::start_default().await.expect("danube");
     let mut env = client_env(&danube, mqtt.port(), "it-both", r#"[{filter="in/#", topic="/default/inbound", qos=1}]"#);
-    env.insert("MQTT_OUTBOUND".into(), r#"{topic="echo/{key}", qos=1}"#.into());
+    // `:levels`: the inbound topic's levels are kept under `echo/`.
+    env.insert("MQTT_OUTBOUND".into(), r#"{topic="echo/{key:levels}", qos=1}"#.into());
     env.insert("CONNECTOR_SINK__TOPICS".into(), r#"[{topic="/default/inbound"}]"#.into());
     danube.publish("/default/inbound", b"before".to_vec(), HashMap::new(), None);
     let connector = start_connector(&env).await;
@@ -316,5 +317,5 @@ async fn outbound_survives_an_mqtt_broker_restart() {
         "the outage was seen:\n{}",
         connector.log()
     );
-    assert!(danube.messages("/default/mqtt-out-outage-dlq").is_empty(), "nothing dead-lettered");
+    assert!(danube.messages("/default/dlq-mqtt-out-outage").is_empty(), "nothing dead-lettered");
 }

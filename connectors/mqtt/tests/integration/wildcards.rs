@@ -73,7 +73,7 @@ async fn wildcard_mapping_table_against_mosquitto() {
     let danube = EmbeddedBroker::start_default().await.expect("danube");
     let env = client_env(&danube, mqtt.port(), "it-wildcards", MAPPINGS);
     let _connector = start_connector(&env).await;
-    check_table(&danube, mqtt.port(), "mosquitto", "/default/mqtt-test-dlq").await;
+    check_table(&danube, mqtt.port(), "mosquitto", "/default/dlq-mqtt-test").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +82,7 @@ async fn wildcard_mapping_table_against_the_embedded_broker() {
     let port = free_port();
     let env = embedded_env(&danube, port, MAPPINGS);
     let _connector = start_connector(&env).await;
-    check_table(&danube, port, "embedded", "/default/mqtt-embedded-dlq").await;
+    check_table(&danube, port, "embedded", "/default/dlq-mqtt-embedded").await;
 }
 
 /// Starts a standalone rumqttd (the embedded mode's configuration) on a free port: an
@@ -91,7 +91,7 @@ async fn wildcard_mapping_table_against_the_embedded_broker() {
 fn start_rumqttd() -> u16 {
     let port = free_port();
     let embedded = EmbeddedConfig { listen: SocketAddr::from(([127, 0, 0, 1], port)), ..EmbeddedConfig::default() };
-    let mut broker = rumqttd::Broker::new(broker_config(&embedded));
+    let mut broker = rumqttd::Broker::new(broker_config(&embedded, embedded.listen));
     std::thread::spawn(move || {
         let _ = broker.start();
     });

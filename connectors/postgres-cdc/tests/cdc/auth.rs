@@ -59,7 +59,7 @@ async fn scram_password_from_env_and_from_file_snapshots_and_streams() {
     let mut process = env.spawn(&extra).await;
     env.wait_streaming("danube_cdc", &process).await;
     env.pg.psql("INSERT INTO accounts VALUES (2, 'streamed')").unwrap();
-    let got = wait_payloads(&env, "/default/public_accounts", 2, Duration::from_secs(30)).await;
+    let got = wait_payloads(&env, "/default/public-accounts", 2, Duration::from_secs(30)).await;
     let rows: Vec<(&str, i64)> =
         got.iter().map(|p| (p["op"].as_str().unwrap_or(""), p["after"]["id"].as_i64().unwrap_or(-1))).collect();
     assert_eq!(rows, [("READ", 1), ("INSERT", 2)], "{}", process.log());
@@ -80,7 +80,7 @@ async fn scram_password_from_env_and_from_file_snapshots_and_streams() {
     let mut process = env.spawn(&extra).await;
     env.wait_streaming("danube_cdc", &process).await;
     env.pg.psql("INSERT INTO accounts VALUES (3, 'after restart')").unwrap();
-    let got = wait_payloads(&env, "/default/public_accounts", 3, Duration::from_secs(30)).await;
+    let got = wait_payloads(&env, "/default/public-accounts", 3, Duration::from_secs(30)).await;
     let ids: Vec<i64> = got.iter().map(|p| p["after"]["id"].as_i64().unwrap_or(-1)).collect();
     assert_eq!(ids, [1, 2, 3], "no duplicate, nothing missing: {}", process.log());
     stop_cleanly(&mut process).await;

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::common::{stop_cleanly, wait_payloads, Env};
 
-const TOPIC: &str = "/default/public_items";
+const TOPIC: &str = "/default/public-items";
 
 const TYPES_TABLE: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
     CREATE TABLE items (
@@ -200,7 +200,7 @@ async fn every_mapped_type_in_snapshot_insert_and_full_identity_update_and_delet
     env.pg.psql(&format!("INSERT INTO typed VALUES (1, {VALUES_A})")).unwrap();
     env.pg.psql(UPDATE_TO_B).unwrap();
     env.pg.psql("DELETE FROM typed WHERE id = 1").unwrap();
-    let got = wait_payloads(&env, "/default/public_typed", 4, Duration::from_secs(30)).await;
+    let got = wait_payloads(&env, "/default/public-typed", 4, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 4, "{got:#?}\n{}", process.log());
     let ops: Vec<&str> = got.iter().map(|p| p["op"].as_str().unwrap_or_default()).collect();
     assert_eq!(ops, ["READ", "INSERT", "UPDATE", "DELETE"], "{got:#?}");
@@ -257,5 +257,30 @@ async fn fixed_topic_transaction_boundaries_and_multi_table_truncate() {
     }
     let boundary = &env.broker.messages("/default/txns")[0];
     assert_eq!(boundary.routing_key.as_deref(), Some(txns[0]["xid"].to_string().as_str()), "keyed by xid");
+    stop_cleanly(&mut process).await;
+}
+
+/// Table and schema names come from the database, where a quoted identifier may hold any
+/// character: `"x/y"` and `"a.b"` must not add a topic level or produce a name the broker
+/// refuses. They are sanitized to `_`, and the record still names the real table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_names_from_the_database_are_sanitized_into_the_topic() {
+    let env = Env::start().await;
+    env.pg
+        .psql(
+            "CREATE SCHEMA \"we.ird\";
+             CREATE TABLE \"x/y\" (id int PRIMARY KEY);
+             CREATE TABLE \"we.ird\".\"a b\" (id int PRIMARY KEY);",
+        )
+        .unwrap();
+    let mut process = env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "never")]).await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg.psql("INSERT INTO \"x/y\" VALUES (1); INSERT INTO \"we.ird\".\"a b\" VALUES (2);").unwrap();
+    let slash = wait_payloads(&env, "/default/public-x_y", 1, Duration::from_secs(30)).await;
+    assert_eq!(slash.len(), 1, "{}", process.log());
+    assert_eq!(slash[0]["table"], "x/y", "the record keeps the real name");
+    let dotted = wait_payloads(&env, "/default/we_ird-a_b", 1, Duration::from_secs(30)).await;
+    assert_eq!(dotted.len(), 1, "{}", process.log());
+    assert_eq!((dotted[0]["schema"].as_str(), dotted[0]["table"].as_str()), (Some("we.ird"), Some("a b")));
     stop_cleanly(&mut process).await;
 }

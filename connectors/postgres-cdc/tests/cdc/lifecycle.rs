@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::{lsn, stop_cleanly, Env};
 
-const TOPIC: &str = "/default/public_events";
+const TOPIC: &str = "/default/public-events";
 
 /// Committed rows as `(id, WAL position read after its COMMIT returned)`: the commit's end
 /// LSN is at or before that position.

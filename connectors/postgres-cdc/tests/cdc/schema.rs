@@ -59,7 +59,7 @@ fn sink_record(topic: &str, message: &StoredMessage) -> SinkRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_carries_the_table_schema_which_validates_it_and_decodes_it_by_id() {
     let env = Env::start().await;
-    let topic = "/default/public_typed";
+    let topic = "/default/public-typed";
     env.pg.psql(TYPED).unwrap();
     env.pg.psql(&format!("INSERT INTO typed VALUES (0, {VALUES})")).unwrap();
     let mut process =
@@ -117,7 +117,7 @@ async fn every_record_carries_the_table_schema_which_validates_it_and_decodes_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alter_table_add_column_registers_a_new_version_and_earlier_records_keep_theirs() {
     let env = Env::start().await;
-    let topic = "/default/public_people";
+    let topic = "/default/public-people";
     env.pg.psql("CREATE TABLE people (id int PRIMARY KEY, name text)").unwrap();
     let mut process = env
         .spawn(&[
@@ -176,7 +176,7 @@ async fn alter_table_add_column_registers_a_new_version_and_earlier_records_keep
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_schema_change_stops_the_connector_without_advancing_the_slot_or_losing_the_change() {
     let env = Env::start().await;
-    let topic = "/default/public_counters";
+    let topic = "/default/public-counters";
     env.pg.psql("CREATE TABLE counters (id int PRIMARY KEY, n int)").unwrap();
     let settings = |compatibility: &'static str| {
         [
@@ -240,7 +240,7 @@ async fn a_refused_schema_change_stops_the_connector_without_advancing_the_slot_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_registry_is_retried_and_the_change_arrives_with_its_new_version() {
     let env = Env::start().await;
-    let topic = "/default/public_gauges";
+    let topic = "/default/public-gauges";
     env.pg.psql("CREATE TABLE gauges (id int PRIMARY KEY, v int)").unwrap();
     let mut process = env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "never"), ("POSTGRES_CDC_SCHEMA", "json_schema")]).await;
     env.wait_streaming("danube_cdc", &process).await;

@@ -74,9 +74,9 @@ async fn slot_and_publication_are_created_and_a_busy_slot_is_refused() {
     assert!(log.contains("replication slot s1 is active in another session"), "{log}");
     // Only the listed table is captured.
     env.pg.psql("INSERT INTO a VALUES (1); INSERT INTO b VALUES (1)").unwrap();
-    env.broker.wait_for_messages("/default/public_a", 1, Duration::from_secs(30)).await;
-    assert_eq!(env.broker.messages("/default/public_a").len(), 1, "{}", first.log());
-    assert!(env.broker.messages("/default/public_b").is_empty());
+    env.broker.wait_for_messages("/default/public-a", 1, Duration::from_secs(30)).await;
+    assert_eq!(env.broker.messages("/default/public-a").len(), 1, "{}", first.log());
+    assert!(env.broker.messages("/default/public-b").is_empty());
     stop_cleanly(&mut first).await;
 }
 

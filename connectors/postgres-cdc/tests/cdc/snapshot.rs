@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::{lsn, stop_cleanly, Env};
 
-const TOPIC: &str = "/default/public_accounts";
+const TOPIC: &str = "/default/public-accounts";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_concurrent_writes_are_seen_exactly_once() {

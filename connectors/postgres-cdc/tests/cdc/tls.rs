@@ -27,7 +27,7 @@ async fn verify_full_streams_over_tls_and_plain_tcp_is_refused() {
         .await;
     env.wait_streaming("danube_cdc", &process).await;
     env.pg.psql("INSERT INTO secure VALUES (1, 'x')").unwrap();
-    let got = env.broker.wait_for_messages("/default/public_secure", 1, Duration::from_secs(30)).await;
+    let got = env.broker.wait_for_messages("/default/public-secure", 1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1, "{}", process.log());
     let encrypted = env
         .pg
@@ -75,7 +75,7 @@ async fn streams_one_row_over_tls(env: &Env, table: &str, extra: &[(&str, &str)]
     let mut process = env.spawn(&all).await;
     env.wait_streaming(&slot, &process).await;
     env.pg.psql(&format!("INSERT INTO {table} VALUES (7)")).unwrap();
-    let topic = format!("/default/public_{table}");
+    let topic = format!("/default/public-{table}");
     let got = env.broker.wait_for_messages(&topic, 1, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 1, "{}", process.log());
     assert!(encrypted_connections(env) >= 2, "query and replication connections use TLS");

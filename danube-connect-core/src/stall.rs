@@ -1,0 +1,465 @@
+//! Detection of a sink subscription that the broker stopped feeding (Danube 0.15 defect).
+//!
+//! On the real Danube broker (v0.15.1) a reliable subscription's dispatcher reads new
+//! messages from the topic's in-memory live broadcast (256 messages) and polls it only while
+//! its dispatch window (`max_unacked_messages`, default 10) has room. When the backlog the
+//! sink has not acked grows past about window + 256 messages (a burst), the broadcast
+//! overflows: the dispatcher skips the messages it lagged by and its ack cursor stays at the
+//! first one it skipped. The skipped messages stay in the WAL but this subscription will not
+//! deliver them until the topic is loaded again (which a single v0.15 broker cannot do:
+//! UnloadTopic is refused, a restart fails); newer messages still flow. See
+//! `docs/running-on-danube.md`, "Known broker defects".
+//!
+//! What the sink sees: nothing, or only newer records. What the broker sees: the
+//! subscription's lag (`danube_subscription_lag_messages`, WAL head minus ack cursor) stays
+//! above zero and its cursor does not move. This module compares the broker's figures
+//! (its Prometheus exporter, `danube.broker_metrics_url`) with what the sink itself holds:
+//! a partition is stalled when, over `sink.stall_timeout`,
+//! - the broker reports a lag above zero at the end,
+//! - the ack cursor (`danube_topic_messages_in_total` minus the lag) did not advance,
+//! - the sink held no record of that partition for the whole time (so the cursor is not
+//!   waiting on the sink), nacked nothing and had no failed ack for the last 60 s before,
+//! - and the sink either acked records of that partition (so the cursor is stuck on a
+//!   message it never received) or received nothing at all from it.
+//!
+//! A stalled topic marks the runtime not ready (`/readyz`), sets the gauge
+//! `connector_sink_stalled{connector,topic,subscription}` to 1 and logs one error naming the
+//! cause and the operator action; it clears when the cursor moves again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use danube_core::message::StreamMessage;
+use tracing::{error, info, warn};
+
+use crate::health::Health;
+
+/// A nack's redelivery delay is capped at 60 s by the broker; an ack timeout is 30 s by
+/// default. For this long after a nack or a failed ack the cursor may rightly stand still.
+const SETTLE_GRACE: Duration = Duration::from_secs(60);
+
+/// What a sink topic's consumer holds and has settled, per partition (the broker topic name
+/// in `msg_id.topic_name`: the topic itself, or `{topic}-part-{i}`).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    inner: Mutex<ProgressInner>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressInner {
+    partitions: HashMap<String, PartitionProgress>,
+    /// Last nack or failed ack: the broker redelivers later, the cursor waits meanwhile.
+    last_unsettled_return: Option<Instant>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PartitionProgress {
+    received: u64,
+    acked: u64,
+    /// Offsets received and not yet acked or nacked, with when they arrived.
+    held: HashMap<u64, Instant>,
+}
+
+/// One partition's figures at one moment.
+#[derive(Debug, Clone, Copy)]
+struct PartitionSnapshot {
+    received: u64,
+    acked: u64,
+    oldest_held: Option<Instant>,
+}
+
+impl Progress {
+    /// A record arrived from the broker.
+    pub(crate) fn received(&self, message: &StreamMessage) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let partition = inner.partitions.entry(message.msg_id.topic_name.clone()).or_default();
+            partition.received += 1;
+            partition.held.insert(message.msg_id.topic_offset, Instant::now());
+        }
+    }
+
+    /// A record was acked (`true`) or handed back: nacked, or its ack failed (`false`).
+    pub(crate) fn settled(&self, message: &StreamMessage, acked: bool) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if !acked {
+                inner.last_unsettled_return = Some(Instant::now());
+            }
+            if let Some(partition) = inner.partitions.get_mut(&message.msg_id.topic_name) {
+                partition.held.remove(&message.msg_id.topic_offset);
+                if acked {
+                    partition.acked += 1;
+                }
+            }
+        }
+    }
+
+    /// Records dropped unsettled (the consumer closed): the broker redelivers them.
+    pub(crate) fn forget_held(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            for partition in inner.partitions.values_mut() {
+                partition.held.clear();
+            }
+            inner.last_unsettled_return = Some(Instant::now());
+        }
+    }
+
+    fn snapshot(&self) -> (HashMap<String, PartitionSnapshot>, Option<Instant>) {
+        let Ok(inner) = self.inner.lock() else { return (HashMap::new(), None) };
+        let partitions = inner
+            .partitions
+            .iter()
+            .map(|(name, p)| {
+                let snapshot = PartitionSnapshot {
+                    received: p.received,
+                    acked: p.acked,
+                    oldest_held: p.held.values().min().copied(),
+                };
+                (name.clone(), snapshot)
+            })
+            .collect();
+        (partitions, inner.last_unsettled_return)
+    }
+}
+
+/// The broker's figures for one partition of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BrokerFigures {
+    /// `danube_subscription_lag_messages`: WAL head minus the subscription's ack cursor.
+    pub(crate) lag: f64,
+    /// `danube_topic_messages_in_total`: messages the topic took in since it was loaded.
+    pub(crate) messages_in: f64,
+}
+
+/// Picks the subscription's figures for `topic` and its partitions (`{topic}-part-{i}`)
+/// out of the broker's Prometheus text. Lines that do not parse are skipped.
+pub(crate) fn parse_broker_metrics(text: &str, topic: &str, subscription: &str) -> HashMap<String, BrokerFigures> {
+    let partition_prefix = format!("{topic}-part-");
+    let ours = |name: &str| name == topic || name.starts_with(&partition_prefix);
+    let mut lags: HashMap<String, f64> = HashMap::new();
+    let mut ins: HashMap<String, f64> = HashMap::new();
+    for line in text.lines() {
+        let Some((name, labels, value)) = split_sample(line) else { continue };
+        match name {
+            "danube_subscription_lag_messages" => {
+                if let (Some(t), Some(s)) = (label(labels, "topic"), label(labels, "subscription")) {
+                    if s == subscription && ours(t) {
+                        lags.insert(t.to_string(), value);
+                    }
+                }
+            }
+            "danube_topic_messages_in_total" => {
+                if let Some(t) = label(labels, "topic") {
+                    if ours(t) {
+                        ins.insert(t.to_string(), value);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    lags.into_iter()
+        .map(|(name, lag)| {
+            let messages_in = ins.get(&name).copied().unwrap_or(0.0);
+            (name, BrokerFigures { lag, messages_in })
+        })
+        .collect()
+}
+
+/// `name{labels} value` → (name, labels, value); None for comments and other forms.
+fn split_sample(line: &str) -> Option<(&str, &str, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let open = line.find('{')?;
+    let close = line.rfind('}')?;
+    if close < open {
+        return None;
+    }
+    let value = line[close + 1..].split_whitespace().next()?.parse().ok()?;
+    Some((&line[..open], &line[open + 1..close], value))
+}
+
+/// The value of `key` in `a="x",b="y"` (values here carry no escaped quotes).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let name = rest[..eq].trim_start_matches(',').trim();
+        let after = rest[eq + 1..].strip_prefix('"')?;
+        let end = after.find('"')?;
+        if name == key {
+            return Some(&after[..end]);
+        }
+        rest = &after[end + 1..];
+    }
+    None
+}
+
+/// One look at the broker and at the sink.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    broker: HashMap<String, BrokerFigures>,
+    sink: HashMap<String, PartitionSnapshot>,
+}
+
+/// Why a partition counts as stalled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stall {
+    /// The broker topic (the topic or one of its partitions).
+    pub(crate) partition: String,
+    /// The broker's lag at the end of the period.
+    pub(crate) lag: f64,
+    /// Records of this partition the sink acked meanwhile (cursor stuck on a skipped one),
+    /// zero when it received nothing at all.
+    pub(crate) acked_meanwhile: u64,
+}
+
+/// The decision rule (see the module docs), from the oldest sample at least `timeout` old.
+fn find_stall(old: &Sample, now: &Sample, last_unsettled_return: Option<Instant>) -> Option<Stall> {
+    if let Some(at) = last_unsettled_return {
+        if at + SETTLE_GRACE > old.at {
+            return None;
+        }
+    }
+    let mut names: Vec<&String> = now.broker.keys().collect();
+    names.sort();
+    for name in names {
+        let figures = now.broker[name];
+        let Some(before) = old.broker.get(name) else { continue };
+        if figures.lag <= 0.0 || figures.messages_in < before.messages_in {
+            continue; // caught up, or the broker restarted (counters reset)
+        }
+        let cursor_moved = (figures.messages_in - figures.lag) - (before.messages_in - before.lag);
+        if cursor_moved > 0.0 {
+            continue;
+        }
+        let zero = PartitionSnapshot { received: 0, acked: 0, oldest_held: None };
+        let sink_now = now.sink.get(name).copied().unwrap_or(zero);
+        let sink_then = old.sink.get(name).copied().unwrap_or(zero);
+        if sink_now.oldest_held.is_some_and(|at| at <= old.at) {
+            continue; // the sink itself holds the record the cursor waits for
+        }
+        let acked_meanwhile = sink_now.acked - sink_then.acked;
+        let received_meanwhile = sink_now.received - sink_then.received;
+        if acked_meanwhile > 0 || received_meanwhile == 0 {
+            return Some(Stall { partition: name.clone(), lag: figures.lag, acked_meanwhile });
+        }
+    }
+    None
+}
+
+/// Watches one sink topic until `shutdown`; see the module docs.
+pub(crate) struct StallWatch {
+    /// The broker's Prometheus exporter base URL.
+    pub(crate) metrics_url: String,
+    /// The sink topic (as configured).
+    pub(crate) topic: String,
+    /// The subscription name.
+    pub(crate) subscription: String,
+    /// How long the cursor may stand still before the topic counts as stalled.
+    pub(crate) timeout: Duration,
+    /// Readiness to mark.
+    pub(crate) health: Health,
+    /// `connector_sink_stalled{connector,topic,subscription}`.
+    pub(crate) gauge: prometheus::IntGauge,
+}
+
+impl StallWatch {
+    /// Samples every `timeout / 6` (at least 500 ms, at most 5 s) until cancelled.
+    pub(crate) async fn run(self, progress: std::sync::Arc<Progress>, shutdown: tokio_util::sync::CancellationToken) {
+        let interval = (self.timeout / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let component = format!("stall {}", self.topic);
+        let base = self.metrics_url.trim_end_matches('/');
+        let url = if base.ends_with("/metrics") { base.to_string() } else { format!("{base}/metrics") };
+        let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+            Ok(client) => client,
+            Err(e) => {
+                warn!(error = %e, "stall detection off: no HTTP client");
+                return;
+            }
+        };
+        let mut samples: VecDeque<Sample> = VecDeque::new();
+        let mut stalled = false;
+        let mut scrape_failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let text = match http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+                Ok(response) => match response.text().await {
+                    Ok(text) => text,
+                    Err(e) => {
+                        self.scrape_failed(&mut scrape_failing, &url, &e);
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    self.scrape_failed(&mut scrape_failing, &url, &e);
+                    continue;
+                }
+            };
+            if scrape_failing {
+                info!(url = %url, "broker metrics readable again; stall detection resumed");
+                scrape_failing = false;
+            }
+            let (sink, last_return) = progress.snapshot();
+            let now = Sample {
+                at: Instant::now(),
+                broker: parse_broker_metrics(&text, &self.topic, &self.subscription),
+                sink,
+            };
+            // Keep the newest sample at least `timeout` old, and everything after it.
+            while samples.len() >= 2 && samples[1].at + self.timeout <= now.at {
+                samples.pop_front();
+            }
+            let verdict = match samples.front() {
+                Some(old) if old.at + self.timeout <= now.at => Some(find_stall(old, &now, last_return)),
+                _ => None,
+            };
+            samples.push_back(now);
+            match verdict {
+                Some(Some(stall)) if !stalled => {
+                    stalled = true;
+                    self.gauge.set(1);
+                    let cause = if stall.acked_meanwhile > 0 {
+                        "the broker skipped messages this subscription lagged by and its ack cursor is stuck on them"
+                    } else {
+                        "the broker stopped dispatching to this subscription"
+                    };
+                    error!(
+                        topic = %self.topic,
+                        subscription = %self.subscription,
+                        partition = %stall.partition,
+                        broker_lag = stall.lag,
+                        stalled_for = ?self.timeout,
+                        "sink stalled: the broker reports {} messages not acked on this subscription while this sink holds none and its cursor has not moved for {:?}; {cause}. This is a Danube 0.15 reliable-dispatch defect after a burst larger than the dispatch window + 256 messages. The messages are in the broker's WAL but this subscription will not deliver them: only a reload of the topic re-reads them, which a single v0.15 broker cannot do. Operator action: re-send the missing records from their origin; to prevent it, raise `dispatch.max_unacked_messages` in the broker config (up to 10000) and keep `sink.prefetch` at least as large. See docs/running-on-danube.md, Known broker defects",
+                        stall.lag,
+                        self.timeout,
+                    );
+                    self.health.set_component(
+                        &component,
+                        Some(format!(
+                            "subscription {} on {} stalled by the broker ({} messages behind); see docs/running-on-danube.md",
+                            self.subscription, stall.partition, stall.lag
+                        )),
+                    );
+                }
+                Some(None) if stalled => {
+                    stalled = false;
+                    self.gauge.set(0);
+                    info!(topic = %self.topic, subscription = %self.subscription, "sink delivery resumed: the subscription's cursor moves again");
+                    self.health.set_component(&component, None);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn scrape_failed(&self, failing: &mut bool, url: &str, error: &reqwest::Error) {
+        if !*failing {
+            warn!(url = %url, error = %crate::error::error_chain(error), "cannot read the broker's metrics; stall detection paused");
+            *failing = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RuntimeConfig, Validate};
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let mut config = RuntimeConfig::default();
+        config.danube.broker_metrics_url = Some("127.0.0.1:9040".into());
+        let error = config.validate().expect_err("no scheme").to_string();
+        assert!(error.contains("danube.broker_metrics_url"), "{error}");
+        let mut config = RuntimeConfig::default();
+        config.sink.prefetch = 0;
+        assert!(config.validate().expect_err("zero").to_string().contains("sink.prefetch"));
+        let mut config = RuntimeConfig::default();
+        config.sink.stall_timeout = Duration::from_millis(10);
+        assert!(config.validate().expect_err("too short").to_string().contains("sink.stall_timeout"));
+    }
+
+    const TEXT: &str = r#"# HELP danube_subscription_lag_messages lag
+# TYPE danube_subscription_lag_messages gauge
+danube_subscription_lag_messages{broker="1",topic="/default/t",subscription="s"} 392
+danube_subscription_lag_messages{broker="1",topic="/default/t",subscription="other"} 7
+danube_subscription_lag_messages{broker="1",topic="/default/t-part-1",subscription="s"} 0
+danube_subscription_lag_messages{broker="1",topic="/default/tt",subscription="s"} 5
+danube_topic_messages_in_total{broker="1",topic="/default/t"} 549
+danube_topic_messages_in_total{broker="1",topic="/default/t-part-1"} 12
+"#;
+
+    #[test]
+    fn parses_the_subscription_and_its_partitions_only() {
+        let figures = parse_broker_metrics(TEXT, "/default/t", "s");
+        assert_eq!(figures.len(), 2);
+        assert_eq!(figures["/default/t"], BrokerFigures { lag: 392.0, messages_in: 549.0 });
+        assert_eq!(figures["/default/t-part-1"], BrokerFigures { lag: 0.0, messages_in: 12.0 });
+    }
+
+    #[test]
+    fn hostile_text_parses_to_nothing() {
+        for text in
+            ["", "}{", "danube_subscription_lag_messages{topic=\"/default/t\" 5", "a{b=}c 1", "x{=\"\"} NaN-ish"]
+        {
+            assert!(parse_broker_metrics(text, "/default/t", "s").is_empty(), "{text}");
+        }
+    }
+
+    fn sample(at: Instant, lag: f64, messages_in: f64, received: u64, acked: u64, held: Option<Instant>) -> Sample {
+        let mut broker = HashMap::new();
+        broker.insert("/default/t".to_string(), BrokerFigures { lag, messages_in });
+        let mut sink = HashMap::new();
+        sink.insert("/default/t".to_string(), PartitionSnapshot { received, acked, oldest_held: held });
+        Sample { at, broker, sink }
+    }
+
+    #[test]
+    fn decision_rule() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(30);
+        // Nothing received, lag stands still: stalled.
+        assert!(find_stall(&sample(t0, 400.0, 500.0, 100, 100, None), &sample(t1, 400.0, 500.0, 100, 100, None), None)
+            .is_some());
+        // Newer records flow and are acked, the cursor stands still: stalled (skipped messages).
+        let stall =
+            find_stall(&sample(t0, 400.0, 500.0, 100, 100, None), &sample(t1, 450.0, 550.0, 150, 150, None), None);
+        assert_eq!(stall.map(|s| s.acked_meanwhile), Some(50));
+        // The cursor moved: healthy catch-up.
+        assert!(find_stall(&sample(t0, 400.0, 500.0, 100, 100, None), &sample(t1, 300.0, 500.0, 200, 200, None), None)
+            .is_none());
+        // Caught up.
+        assert!(find_stall(&sample(t0, 0.0, 500.0, 100, 100, None), &sample(t1, 0.0, 500.0, 100, 100, None), None)
+            .is_none());
+        // The sink holds a record since before the period: its own outside system is slow.
+        assert!(find_stall(
+            &sample(t0, 400.0, 500.0, 100, 90, Some(t0)),
+            &sample(t1, 400.0, 500.0, 100, 90, Some(t0)),
+            None
+        )
+        .is_none());
+        // A recent nack: the broker redelivers later.
+        assert!(find_stall(
+            &sample(t0, 400.0, 500.0, 100, 100, None),
+            &sample(t1, 400.0, 500.0, 100, 100, None),
+            Some(t0)
+        )
+        .is_none());
+        // Received but acked nothing, holding only young records: still working.
+        assert!(find_stall(
+            &sample(t0, 400.0, 500.0, 100, 100, None),
+            &sample(t1, 400.0, 500.0, 110, 100, Some(t1)),
+            None
+        )
+        .is_none());
+        // Broker restarted (counters reset).
+        assert!(find_stall(&sample(t0, 400.0, 500.0, 100, 100, None), &sample(t1, 400.0, 20.0, 100, 100, None), None)
+            .is_none());
+    }
+}

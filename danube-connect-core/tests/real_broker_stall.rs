@@ -1,0 +1,294 @@
+//! Sinks on the real Danube broker (`DANUBE_BROKER_BIN`): the reliable-dispatch stall after a
+//! burst (a Danube 0.15 defect, see `docs/running-on-danube.md`), its detection, and what
+//! delivers a burst in full. With the variable unset every test prints one loud line and
+//! passes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use danube_client::{DanubeClient, Producer, SubType};
+use danube_connect_core::config::{RetryConfig, RuntimeConfig, SinkTopicConfig};
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Runtime, SinkConnector, SinkRecord};
+use danube_connect_testkit::broker::{real_broker_binary, sum_samples, RealBroker, RealBrokerOptions};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+fn real_broker_available() -> bool {
+    if real_broker_binary().is_some() {
+        return true;
+    }
+    eprintln!("REAL BROKER SUITE DID NOT RUN: DANUBE_BROKER_BIN is unset");
+    false
+}
+
+/// A real outside system for the sink: a file, one payload per line, flushed per batch.
+struct FileSink {
+    file: tokio::sync::Mutex<tokio::fs::File>,
+}
+
+impl FileSink {
+    async fn create(path: &Path) -> Self {
+        let file = tokio::fs::File::create(path).await.expect("create sink file");
+        Self { file: tokio::sync::Mutex::new(file) }
+    }
+}
+
+#[async_trait]
+impl SinkConnector for FileSink {
+    async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
+        self.process_batch(std::slice::from_ref(record)).await
+    }
+
+    async fn process_batch(&self, records: &[SinkRecord]) -> ConnectorResult<()> {
+        let mut bytes = Vec::new();
+        for record in records {
+            bytes.extend_from_slice(&record.payload);
+            bytes.push(b'\n');
+        }
+        let mut file = self.file.lock().await;
+        file.write_all(&bytes).await.map_err(|e| ConnectorError::retryable("write sink file", e))?;
+        file.flush().await.map_err(|e| ConnectorError::retryable("flush sink file", e))?;
+        Ok(())
+    }
+}
+
+fn distinct_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).unwrap_or_default().lines().collect::<HashSet<_>>().len()
+}
+
+fn sink_config(name: &str, broker: &RealBroker, topic: &str) -> RuntimeConfig {
+    let mut config = RuntimeConfig { name: name.to_string(), ..RuntimeConfig::default() };
+    config.danube.service_url = broker.url();
+    config.danube.connect_timeout = Duration::from_secs(30);
+    config.danube.broker_metrics_url = Some(broker.metrics_url());
+    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    config.retry = RetryConfig { max_elapsed: Duration::from_secs(10), ..RetryConfig::default() };
+    config.sink.topics = vec![SinkTopicConfig::new(topic)];
+    config
+}
+
+/// Creates `count` reliable producers (so the topic exists before anyone subscribes).
+async fn producers(broker: &RealBroker, topic: &str, count: usize) -> Vec<Producer> {
+    danube_connect_testkit::danube::reliable_producers(broker.url(), topic, "burst", count).await.expect("producers")
+}
+
+/// Publishes `0..total` as decimal payloads from all `producers` at once; returns the rate.
+async fn burst(producers: Vec<Producer>, total: u64) -> f64 {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = producers
+        .into_iter()
+        .map(|producer| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return;
+                    }
+                    producer.send(n.to_string().into_bytes(), None).await.expect("publish");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("producer task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Waits until `count()` reaches `want` or stops growing for `quiet`; returns the last count.
+async fn settle(want: usize, quiet: Duration, limit: Duration, count: impl Fn() -> usize) -> usize {
+    let started = Instant::now();
+    let mut last = count();
+    let mut changed = Instant::now();
+    while last < want && changed.elapsed() < quiet && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = count();
+        if now != last {
+            last = now;
+            changed = Instant::now();
+        }
+    }
+    last
+}
+
+async fn ops_text(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://{addr}{path}")).await {
+        Ok(response) => (response.status().as_u16(), response.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// (a) The defect itself, with a raw `danube-client` consumer that acks every message at
+/// once: a burst larger than the dispatch window + 256 is not delivered in full and the
+/// broker keeps reporting a lag. When upstream fixes the broker this test fails: then the
+/// detection and the docs can be relaxed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_consumer_loses_part_of_a_burst_at_the_default_window() {
+    if !real_broker_available() {
+        return;
+    }
+    let broker = RealBroker::start().await.expect("real broker");
+    let topic = "/default/raw-burst";
+    let producers = producers(&broker, topic, 4).await;
+    let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
+    let mut consumer = client
+        .new_consumer()
+        .with_topic(topic.to_string())
+        .with_consumer_name("raw".to_string())
+        .with_subscription("raw-sub".to_string())
+        .with_subscription_type(SubType::Exclusive)
+        .build()
+        .expect("consumer");
+    consumer.subscribe().await.expect("subscribe");
+    let mut messages = consumer.receive().await.expect("receive");
+    let seen: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                seen.lock().expect("lock").insert(message.payload.to_vec());
+                let _ = consumer.ack(&message).await;
+            }
+        })
+    };
+    let total = 5_000;
+    let rate = burst(producers, total).await;
+    let delivered =
+        settle(total as usize, Duration::from_secs(5), Duration::from_secs(60), || seen.lock().expect("lock").len())
+            .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lag = broker
+        .metric_sum("danube_subscription_lag_messages", &[("topic", topic), ("subscription", "raw-sub")])
+        .await
+        .expect("broker metrics");
+    println!("raw consumer, window 10: published {total} at {rate:.0} msg/s, delivered {delivered}, broker lag {lag}");
+    reader.abort();
+    assert!(delivered < total as usize, "the whole burst arrived: has the broker defect been fixed? ({delivered})");
+    assert!(lag > 0.0, "the broker reports no lag although {delivered} of {total} arrived");
+    assert!(broker.log().contains("poll_next error"), "the broker did not log the dispatcher's poll error");
+}
+
+/// (c) A forced stall (a burst far larger than the window) is detected: the runtime's
+/// `connector_sink_stalled` gauge goes to 1 and `/readyz` answers 503 naming the stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_stall_is_detected_by_metric_and_readiness() {
+    if !real_broker_available() {
+        return;
+    }
+    let broker = RealBroker::start().await.expect("real broker");
+    let topic = "/default/forced-stall";
+    let producers = producers(&broker, topic, 4).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("out.txt");
+    let mut config = sink_config("stall-sink", &broker, topic);
+    config.sink.stall_timeout = Duration::from_secs(3);
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
+    let ops = runtime.ops_addr().expect("ops port");
+    let sink = FileSink::create(&path).await;
+    let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
+    // Let the consumer subscribe before the burst (a new subscription starts at the end).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ops_text(ops, "/readyz").await.0, 200, "ready before the burst");
+    let total = 5_000;
+    burst(producers, total).await;
+    let burst_done = Instant::now();
+    let mut detected = None;
+    while burst_done.elapsed() < Duration::from_secs(40) {
+        let (_, metrics) = ops_text(ops, "/metrics").await;
+        if sum_samples(&metrics, "connector_sink_stalled", &[("topic", topic)]) == 1.0 {
+            detected = Some(burst_done.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let delivered = distinct_lines(&path);
+    println!("forced stall: {delivered} of {total} delivered; detected after {detected:?}");
+    assert!(delivered < total as usize, "the burst arrived in full, nothing stalled ({delivered})");
+    let after = detected.expect("connector_sink_stalled never went to 1 within 40 s of the burst");
+    assert!(after < Duration::from_secs(30), "detection took {after:?}");
+    let (status, body) = ops_text(ops, "/readyz").await;
+    assert_eq!(status, 503, "readyz while stalled: {body}");
+    assert!(body.contains("stalled by the broker"), "readyz names the stall: {body}");
+    token.cancel();
+    let _ = run.await;
+}
+
+/// (b) Acceptance: a burst of 20,000 messages from 4 raw producers into a running sink's
+/// topic, sink with default settings plus the broker's metrics URL. Measured: no client-side
+/// measure delivers such a burst in full on Danube 0.15 (see `docs/running-on-danube.md`),
+/// so the requirement is the fallback: every message arrives, or the stall is reported
+/// (`connector_sink_stalled` = 1) within 30 s of the last delivery. Run at the broker's
+/// default dispatch window (10) and at the window the docs recommend (10000, broker config).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_20000_is_delivered_in_full_or_the_stall_is_reported_within_30s() {
+    if !real_broker_available() {
+        return;
+    }
+    let total = 20_000u64;
+    for window in [10u32, 10_000] {
+        let broker = if window == 10 {
+            RealBroker::start().await.expect("real broker")
+        } else {
+            let options = RealBrokerOptions { max_unacked_messages: Some(window), ..RealBrokerOptions::default() };
+            RealBroker::start_with(options).await.expect("real broker, cluster mode")
+        };
+        let topic = format!("/default/burst-{window}");
+        let (delivered, stalled_after, rate) = run_burst(&broker, &topic, total).await;
+        println!(
+            "burst of {total} at {rate:.0} msg/s, broker window {window}: {delivered} distinct delivered, stall reported {stalled_after:?} after the last delivery"
+        );
+        assert!(delivered <= total as usize, "more distinct records than published: {delivered}");
+        if delivered < total as usize {
+            let after = stalled_after.expect("delivery stopped short but no stall was reported within 40 s");
+            assert!(after <= Duration::from_secs(30), "stall reported only {after:?} after the last delivery");
+        } else {
+            assert_eq!(stalled_after, None, "a stall was reported although everything arrived");
+        }
+    }
+}
+
+/// Runs a default-settings sink (plus the broker's metrics URL) on `topic`, publishes a burst
+/// of `total`, and returns (distinct delivered, when the stall gauge went to 1 counted from
+/// the last delivery, publish rate).
+async fn run_burst(broker: &RealBroker, topic: &str, total: u64) -> (usize, Option<Duration>, f64) {
+    let producers = producers(broker, topic, 4).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path: PathBuf = dir.path().join("out.txt");
+    let config = sink_config("burst-sink", broker, topic);
+    let token = CancellationToken::new();
+    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
+    let ops = runtime.ops_addr().expect("ops port");
+    let sink = FileSink::create(&path).await;
+    let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rate = burst(producers, total).await;
+    // Follow delivery and the gauge until everything arrived, or until the stall is
+    // reported, or 40 s after the last delivery.
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    let mut stalled_after = None;
+    loop {
+        let delivered = distinct_lines(&path);
+        if delivered != last {
+            last = delivered;
+            last_change = Instant::now();
+        }
+        let (_, metrics) = ops_text(ops, "/metrics").await;
+        if stalled_after.is_none() && sum_samples(&metrics, "connector_sink_stalled", &[("topic", topic)]) == 1.0 {
+            stalled_after = Some(last_change.elapsed());
+        }
+        if delivered >= total as usize || stalled_after.is_some() || last_change.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    token.cancel();
+    let _ = run.await;
+    (distinct_lines(&path), stalled_after, rate)
+}
