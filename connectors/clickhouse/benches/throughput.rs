@@ -8,7 +8,9 @@
 //!
 //! `BENCH_BROKER=real` (with `DANUBE_BROKER_BIN` naming the real Danube broker) runs the
 //! binary against a real broker started for the run instead, beside a raw `danube-client`
-//! consumer on the same broker, with the default dispatch window (10) and with 1,000. The
+//! consumer on the same broker, with the broker's default dispatch window (10) and with the
+//! window `docs/running-on-danube.md` recommends (`dispatch.max_unacked_messages: 10000`, a
+//! second broker started with that config; v0.15.1 ignores the per-subscription setting). The
 //! publisher is paced to stay at most 200 rows ahead of the consumer being measured:
 //! Danube v0.15.1 skips messages for a subscription that falls further behind
 //! (`docs/running-on-danube.md`), so an unpaced burst measures the broker's defect.
@@ -243,7 +245,7 @@ mod real {
     use std::time::{Duration, Instant};
 
     use danube_client::{DanubeClient, SubType};
-    use danube_connect_testkit::broker::RealBroker;
+    use danube_connect_testkit::broker::{RealBroker, RealBrokerOptions};
     use danube_connect_testkit::clickhouse::ClickHouseServer;
     use danube_connect_testkit::danube::reliable_producers;
     use danube_connect_testkit::process::ConnectorProcess;
@@ -288,7 +290,7 @@ mod real {
     }
 
     /// A raw `danube-client` consumer acking each message: rows/s.
-    async fn raw_consumer(broker: &RealBroker, topic: &str, window: Option<u32>) -> f64 {
+    async fn raw_consumer(broker: &RealBroker, topic: &str) -> f64 {
         let creator = reliable_producers(broker.url(), topic, "create", 1).await.expect("create the topic");
         let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
         let mut consumer = client
@@ -300,9 +302,6 @@ mod real {
             .build()
             .expect("consumer");
         consumer.subscribe().await.expect("subscribe");
-        if let Some(window) = window {
-            broker.set_dispatch_window(topic, "raw", window).await.expect("dispatch window");
-        }
         let mut messages = consumer.receive().await.expect("receive");
         let acked = Arc::new(AtomicU64::new(0));
         let counter = acked.clone();
@@ -325,7 +324,7 @@ mod real {
     }
 
     /// The `danube-clickhouse` binary (default sink settings): rows/s into ClickHouse.
-    async fn sink(broker: &RealBroker, ch: &ClickHouseServer, table: &str, window: Option<u32>) -> f64 {
+    async fn sink(broker: &RealBroker, ch: &ClickHouseServer, table: &str) -> f64 {
         let topic = format!("/default/{table}");
         let name = format!("sink-{table}");
         ch.exec(&format!(
@@ -355,9 +354,6 @@ mod real {
             assert!(Instant::now() < deadline, "the sink never subscribed: {}", process.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some(window) = window {
-            broker.set_dispatch_window(&topic, &name, window).await.expect("dispatch window");
-        }
         // Progress: rows in ClickHouse, polled.
         let rows = Arc::new(AtomicU64::new(0));
         let poller = {
@@ -384,16 +380,26 @@ mod real {
     }
 
     pub(super) async fn run() {
-        let broker = RealBroker::start().await.expect("the real broker (set DANUBE_BROKER_BIN)");
         let ch = ClickHouseServer::start().await.expect("ClickHouse");
         println!(
             "danube-clickhouse on the REAL Danube broker (standalone, loopback), ClickHouse 18.16: {N} rows of \
              ~100 B per run, publisher paced to at most {LEAD} ahead of the consumer"
         );
-        for (window, label) in [(None, "default window 10"), (Some(1_000), "window 1000")] {
-            let suffix = if window.is_some() { "w1000" } else { "w10" };
-            let raw = raw_consumer(&broker, &format!("/default/raw_{suffix}"), window).await;
-            let rate = sink(&broker, &ch, &format!("sink_{suffix}"), window).await;
+        for (window, label) in [(None, "default window 10"), (Some(10_000), "window 10000")] {
+            let suffix = if window.is_some() { "w10000" } else { "w10" };
+            let broker = match window {
+                None => RealBroker::start().await,
+                Some(window) => {
+                    RealBroker::start_with(RealBrokerOptions {
+                        max_unacked_messages: Some(window),
+                        ..Default::default()
+                    })
+                    .await
+                }
+            }
+            .expect("the real broker (set DANUBE_BROKER_BIN)");
+            let raw = raw_consumer(&broker, &format!("/default/raw_{suffix}")).await;
+            let rate = sink(&broker, &ch, &format!("sink_{suffix}")).await;
             println!("real broker, {label:<17}: raw consume+ack (danube-client) {raw:>7.0} rows/s");
             println!(
                 "real broker, {label:<17}: danube-clickhouse binary, defaults {rate:>7.0} rows/s in ClickHouse  ratio {:.2}",

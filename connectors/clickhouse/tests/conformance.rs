@@ -282,7 +282,7 @@ async fn an_unmappable_record_lands_in_the_dead_letter_topic_with_its_error() {
         ch.exec(&format!("CREATE TABLE {table} (id String, n UInt32, small Int8) ENGINE = MergeTree ORDER BY id"))
             .await
             .expect("create table");
-        let (name, topic, dlq) = ("ch-dlq", "/default/ch_dlq", "/default/ch-dlq-dlq");
+        let (name, topic, dlq) = ("ch-dlq", "/default/ch_dlq", "/default/dlq-ch-dlq");
         let producers = producers(&broker, topic, "ch-dlq-p").await;
         let _dlq_maker = reliable_producers(broker.url(), dlq, "ch-dlq-mk", 1).await.expect("create the DLQ topic");
         let reader = TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ");
@@ -336,7 +336,7 @@ async fn avro_records_are_decoded_by_their_registry_schema_into_typed_columns() 
         ))
         .await
         .expect("create table");
-        let (name, topic, dlq) = ("ch-avro", "/default/ch_orders", "/default/ch-avro-dlq");
+        let (name, topic, dlq) = ("ch-avro", "/default/ch_orders", "/default/dlq-ch-avro");
         let schema_dir = tempfile::tempdir().expect("tempdir");
         let schema_file = schema_dir.path().join("order.avsc");
         std::fs::write(&schema_file, ORDER).expect("schema file");

@@ -146,7 +146,7 @@ fn sink_env(broker: &TestBroker, name: &str, topic: &str, url: &str) -> HashMap<
         ("CONNECTOR_RETRY__MAX_BACKOFF", "500ms".into()),
         ("HTTP_SINK_URL", url.to_string()),
         // The receiver is on loopback: opt out of the SSRF guard for private targets.
-        ("HTTP_SINK_DENY_PRIVATE_TARGETS", "false".into()),
+        ("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -294,7 +294,7 @@ async fn a_refused_record_lands_in_the_dead_letter_topic_with_its_error() {
     for kind in BrokerKind::all() {
         let broker = TestBroker::start(kind).await.expect("broker starts");
         let hook = Hook::start(Duration::ZERO).await;
-        let (name, topic, dlq) = ("hs-dlq", "/default/hs_dlq", "/default/hs-dlq-dlq");
+        let (name, topic, dlq) = ("hs-dlq", "/default/hs_dlq", "/default/dlq-hs-dlq");
         let producers = producers(&broker, topic, "hs-dlq-p").await;
         // The dead-letter topic must exist before a reader can subscribe to it.
         let _dlq_maker = reliable_producers(broker.url(), dlq, "hs-dlq-mk", 1).await.expect("create the DLQ topic");
@@ -360,7 +360,7 @@ async fn avro_records_are_decoded_by_their_registry_schema_into_json_bodies() {
         };
         publisher.publish(order(0)).await.unwrap_or_else(|e| panic!("{kind}: publish creates the topic: {e}"));
 
-        let dlq = "/default/hs-avro-dlq";
+        let dlq = "/default/dlq-hs-avro";
         let _dlq_maker = reliable_producers(broker.url(), dlq, "hs-avro-mk", 1).await.expect("create the DLQ topic");
         let dead = TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ");
         let mut env = sink_env(&broker, name, topic, &hook.url);

@@ -94,8 +94,13 @@ impl Device {
 
     /// Publishes the numbers of `range` in chunks of 50, 50 ms apart (about 1,000/s).
     async fn publish_numbers(&mut self, topic: &str, range: std::ops::Range<usize>) {
+        self.publish_paced(topic, range, 50).await;
+    }
+
+    /// Publishes the numbers of `range` in chunks of `chunk`, 50 ms apart.
+    async fn publish_paced(&mut self, topic: &str, range: std::ops::Range<usize>, chunk: usize) {
         let numbers: Vec<usize> = range.collect();
-        for chunk in numbers.chunks(50) {
+        for chunk in numbers.chunks(chunk) {
             let payloads: Vec<Vec<u8>> = chunk.iter().map(|n| n.to_string().into_bytes()).collect();
             self.publish_all(topic, payloads).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -279,7 +284,8 @@ async fn client_mode_kill_9_under_load_loses_nothing_the_mqtt_broker_acked() {
             let (port, publishing) = (mqtt.port(), publishing.clone());
             async move {
                 let mut device = Device::connect(port, "device-kill", true);
-                device.publish_numbers("meters/m2", 0..n).await;
+                // At most 200 messages/s: the kill falls while the device publishes.
+                device.publish_paced("meters/m2", 0..n, 10).await;
                 publishing.store(false, Ordering::Release);
             }
         });
@@ -287,7 +293,12 @@ async fn client_mode_kill_9_under_load_loses_nothing_the_mqtt_broker_acked() {
         while reader.count() < 150 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(publishing.load(Ordering::Acquire), "{kind}: killed while the device publishes");
+        assert!(
+            publishing.load(Ordering::Acquire),
+            "{kind}: killed while the device publishes ({} in Danube): {}",
+            reader.count(),
+            connector.log()
+        );
         connector.kill9();
         let at_kill = numbers(&reader).len();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -347,7 +358,7 @@ async fn client_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topic(
     for kind in BrokerKind::all() {
         let broker = TestBroker::start(kind).await.expect("broker starts");
         let mqtt = Mosquitto::start().expect("mosquitto");
-        let (topic, dlq) = ("/default/mq_dlq", "/default/mq-dlq-dlq");
+        let (topic, dlq) = ("/default/mq_dlq", "/default/dlq-mq-dlq");
         let (_maker, reader) = reader(&broker, topic).await;
         let (_dlq_maker, dead) = {
             let maker = reliable_producers(broker.url(), dlq, "mk", 1).await.expect("create the DLQ");
@@ -493,7 +504,7 @@ async fn embedded_mode_a_danube_outage_mid_stream_loses_nothing() {
 async fn embedded_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topic() {
     for kind in BrokerKind::all() {
         let broker = TestBroker::start(kind).await.expect("broker starts");
-        let (topic, dlq) = ("/default/mq_emb_dlq", "/default/mq-emb-dlq-dlq");
+        let (topic, dlq) = ("/default/mq_emb_dlq", "/default/dlq-mq-emb-dlq");
         let (_maker, reader) = reader(&broker, topic).await;
         let _dlq_maker = reliable_producers(broker.url(), dlq, "mk", 1).await.expect("create the DLQ");
         let dead = TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ");
@@ -628,7 +639,7 @@ async fn outbound_a_record_without_a_topic_lands_in_the_dead_letter_topic() {
     for kind in BrokerKind::all() {
         let broker = TestBroker::start(kind).await.expect("broker starts");
         let mqtt = Mosquitto::start().expect("mosquitto");
-        let (topic, dlq) = ("/default/mq_out_dlq", "/default/mq-out-dlq-dlq");
+        let (topic, dlq) = ("/default/mq_out_dlq", "/default/dlq-mq-out-dlq");
         let producers = reliable_producers(broker.url(), topic, "cmd", 2).await.expect("producers");
         let _dlq_maker = reliable_producers(broker.url(), dlq, "mk", 1).await.expect("create the DLQ");
         let dead = TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ");
