@@ -5,6 +5,15 @@
 //! - the raw Danube consume rate: the core runtime with a sink that does nothing.
 //!
 //! Run with `cargo bench -p danube-connector-clickhouse`. Prints figures, not a verdict.
+//!
+//! `BENCH_BROKER=real` (with `DANUBE_BROKER_BIN` naming the real Danube broker) runs the
+//! binary against a real broker started for the run instead, beside a raw `danube-client`
+//! consumer on the same broker, with the broker's default dispatch window (10) and with the
+//! window `docs/running-on-danube.md` recommends (`dispatch.max_unacked_messages: 10000`, a
+//! second broker started with that config; v0.15.1 ignores the per-subscription setting). The
+//! publisher is paced to stay at most 200 rows ahead of the consumer being measured:
+//! Danube v0.15.1 skips messages for a subscription that falls further behind
+//! (`docs/running-on-danube.md`), so an unpaced burst measures the broker's defect.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -181,6 +190,10 @@ async fn connector(
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    if std::env::var("BENCH_BROKER").as_deref() == Ok("real") {
+        rt.block_on(real::run());
+        return;
+    }
     rt.block_on(async {
         let broker = EmbeddedBroker::start_default().await.expect("broker");
         let ch = ClickHouseServer::start().await.expect("ClickHouse (scripts/test.sh installs it)");
@@ -221,4 +234,177 @@ fn main() {
             }
         }
     });
+}
+
+/// The run against the real Danube broker (`BENCH_BROKER=real`).
+mod real {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use danube_client::{DanubeClient, SubType};
+    use danube_connect_testkit::broker::{RealBroker, RealBrokerOptions};
+    use danube_connect_testkit::clickhouse::ClickHouseServer;
+    use danube_connect_testkit::danube::reliable_producers;
+    use danube_connect_testkit::process::ConnectorProcess;
+
+    use super::row;
+
+    /// Rows per run.
+    const N: usize = 5_000;
+    /// How far the publisher may run ahead of the measured consumer.
+    const LEAD: u64 = 200;
+
+    /// Publishes `N` rows of ~100 B with 4 raw producers, never more than [`LEAD`] ahead of
+    /// `progress`.
+    async fn paced_publish(url: String, topic: &str, progress: Arc<AtomicU64>) {
+        let producers = reliable_producers(url, topic, "bench", 4).await.expect("raw producers");
+        let producers: Vec<_> = producers.into_iter().map(Arc::new).collect();
+        let tasks: Vec<_> = (0..producers.len())
+            .map(|k| {
+                let (producer, progress, stride) = (producers[k].clone(), progress.clone(), producers.len());
+                tokio::spawn(async move {
+                    for i in (k..N).step_by(stride) {
+                        while i as u64 > progress.load(Ordering::Relaxed) + LEAD {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        producer.send(row(i as u64, 100).into_bytes(), None).await.expect("raw publish");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("publisher task");
+        }
+    }
+
+    async fn wait_progress(progress: &AtomicU64, started: Instant, what: &str) -> f64 {
+        let deadline = started + Duration::from_secs(180);
+        while progress.load(Ordering::Relaxed) < N as u64 {
+            assert!(Instant::now() < deadline, "{what}: only {} of {N} in 180 s", progress.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        N as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// A raw `danube-client` consumer acking each message: rows/s.
+    async fn raw_consumer(broker: &RealBroker, topic: &str) -> f64 {
+        let creator = reliable_producers(broker.url(), topic, "create", 1).await.expect("create the topic");
+        let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
+        let mut consumer = client
+            .new_consumer()
+            .with_topic(topic.to_string())
+            .with_consumer_name("raw-0".to_string())
+            .with_subscription("raw".to_string())
+            .with_subscription_type(SubType::Shared)
+            .build()
+            .expect("consumer");
+        consumer.subscribe().await.expect("subscribe");
+        let mut messages = consumer.receive().await.expect("receive");
+        let acked = Arc::new(AtomicU64::new(0));
+        let counter = acked.clone();
+        let consuming = tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                consumer.ack(&message).await.expect("ack");
+                if counter.fetch_add(1, Ordering::Relaxed) + 1 >= N as u64 {
+                    break;
+                }
+            }
+            consumer
+        });
+        let started = Instant::now();
+        paced_publish(broker.url(), topic, acked.clone()).await;
+        let rate = wait_progress(&acked, started, "raw consumer").await;
+        let mut consumer = consuming.await.expect("consumer task");
+        consumer.close().await;
+        drop(creator);
+        rate
+    }
+
+    /// The `danube-clickhouse` binary (default sink settings): rows/s into ClickHouse.
+    async fn sink(broker: &RealBroker, ch: &ClickHouseServer, table: &str) -> f64 {
+        let topic = format!("/default/{table}");
+        let name = format!("sink-{table}");
+        ch.exec(&format!(
+            "CREATE TABLE {table} (id UInt64, ts DateTime, kind String, value Float64, pad String) ENGINE = MergeTree ORDER BY id"
+        ))
+        .await
+        .expect("create table");
+        let creator = reliable_producers(broker.url(), &topic, "create", 1).await.expect("create the topic");
+        let spool = tempfile::tempdir().expect("spool");
+        let env: HashMap<String, String> = [
+            ("DANUBE_SERVICE_URL", broker.url()),
+            ("CONNECTOR_NAME", name.clone()),
+            ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
+            ("CLICKHOUSE_URL", ch.url()),
+            ("CLICKHOUSE_TABLES", format!("[{{topic=\"{topic}\", table=\"{table}\"}}]")),
+            ("CLICKHOUSE_SPOOL__DIR", spool.path().display().to_string()),
+            ("CLICKHOUSE_BATCH__MAX_LINGER", "200ms".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut process =
+            ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-clickhouse")), &env).expect("spawn");
+        process.wait_ready(Duration::from_secs(60)).await.expect("ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !process.log().contains("consuming") {
+            assert!(Instant::now() < deadline, "the sink never subscribed: {}", process.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Progress: rows in ClickHouse, polled.
+        let rows = Arc::new(AtomicU64::new(0));
+        let poller = {
+            let (rows, url, sql) = (rows.clone(), ch.url(), format!("SELECT count() FROM {table}"));
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                loop {
+                    if let Ok(response) = client.post(&url).body(sql.clone()).send().await {
+                        if let Ok(n) = response.text().await.map(|t| t.trim().parse::<u64>().unwrap_or(0)) {
+                            rows.store(n, Ordering::Relaxed);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let started = Instant::now();
+        paced_publish(broker.url(), &topic, rows.clone()).await;
+        let rate = wait_progress(&rows, started, "danube-clickhouse").await;
+        poller.abort();
+        let _ = process.terminate(Duration::from_secs(30)).await;
+        drop(creator);
+        rate
+    }
+
+    pub(super) async fn run() {
+        let ch = ClickHouseServer::start().await.expect("ClickHouse");
+        println!(
+            "danube-clickhouse on the REAL Danube broker (standalone, loopback), ClickHouse 18.16: {N} rows of \
+             ~100 B per run, publisher paced to at most {LEAD} ahead of the consumer"
+        );
+        for (window, label) in [(None, "default window 10"), (Some(10_000), "window 10000")] {
+            let suffix = if window.is_some() { "w10000" } else { "w10" };
+            let broker = match window {
+                None => RealBroker::start().await,
+                Some(window) => {
+                    RealBroker::start_with(RealBrokerOptions {
+                        max_unacked_messages: Some(window),
+                        ..Default::default()
+                    })
+                    .await
+                }
+            }
+            .expect("the real broker (set DANUBE_BROKER_BIN)");
+            let raw = raw_consumer(&broker, &format!("/default/raw_{suffix}")).await;
+            let rate = sink(&broker, &ch, &format!("sink_{suffix}")).await;
+            println!("real broker, {label:<17}: raw consume+ack (danube-client) {raw:>7.0} rows/s");
+            println!(
+                "real broker, {label:<17}: danube-clickhouse binary, defaults {rate:>7.0} rows/s in ClickHouse  ratio {:.2}",
+                rate / raw
+            );
+        }
+    }
 }

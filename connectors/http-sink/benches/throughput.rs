@@ -7,6 +7,15 @@
 //! Prints deliveries/s for several `sink.concurrency` settings and with batching, the ratio
 //! of each to both baselines, the in-process RSS (broker, receiver and sink share it), and a
 //! run of the real binary in its own process with that process's peak RSS.
+//!
+//! `BENCH_BROKER=real` (with `DANUBE_BROKER_BIN` naming the real Danube broker) runs the
+//! binary against a real broker started for the run instead, beside a raw `danube-client`
+//! consumer on the same broker, with the broker's default dispatch window (10) and with the
+//! window `docs/running-on-danube.md` recommends (`dispatch.max_unacked_messages: 10000`, a
+//! second broker started with that config; v0.15.1 ignores the per-subscription setting). The
+//! publisher is paced to stay at most 200 records ahead of the consumer being measured:
+//! Danube v0.15.1 skips messages for a subscription that falls further behind
+//! (`docs/running-on-danube.md`), so an unpaced burst measures the broker's defect.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -220,6 +229,10 @@ async fn binary_run(broker: &EmbeddedBroker, receiver: &(String, Arc<AtomicU64>)
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    if std::env::var("BENCH_BROKER").as_deref() == Ok("real") {
+        real::run().await;
+        return;
+    }
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let receiver = start_receiver().await;
     let rss_start = status_kib("self", "VmRSS:");
@@ -256,4 +269,150 @@ async fn main() {
         status_kib("self", "VmRSS:") / 1024,
         status_kib("self", "VmHWM:") / 1024
     );
+}
+
+/// The run against the real Danube broker (`BENCH_BROKER=real`).
+mod real {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use danube_client::{DanubeClient, SubType};
+    use danube_connect_testkit::broker::{RealBroker, RealBrokerOptions};
+    use danube_connect_testkit::danube::reliable_producers;
+    use danube_connect_testkit::process::ConnectorProcess;
+
+    use super::{payload, start_receiver};
+
+    /// Records per run.
+    const N: usize = 3_000;
+    /// How far the publisher may run ahead of the measured consumer.
+    const LEAD: u64 = 200;
+
+    /// Publishes `N` records with 4 raw producers, never more than [`LEAD`] ahead of
+    /// `progress`; returns when all are published.
+    async fn paced_publish(url: String, topic: &str, progress: Arc<AtomicU64>) {
+        let producers = reliable_producers(url, topic, "bench", 4).await.expect("raw producers");
+        let producers: Vec<_> = producers.into_iter().map(Arc::new).collect();
+        let tasks: Vec<_> = (0..producers.len())
+            .map(|k| {
+                let (producer, progress, stride) = (producers[k].clone(), progress.clone(), producers.len());
+                tokio::spawn(async move {
+                    for i in (k..N).step_by(stride) {
+                        while i as u64 > progress.load(Ordering::Relaxed) + LEAD {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        producer.send(payload(i), None).await.expect("raw publish");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("publisher task");
+        }
+    }
+
+    /// Waits until `progress` reaches `N` (at most 120 s); returns records/s since `started`.
+    async fn wait_progress(progress: &AtomicU64, started: Instant, what: &str) -> f64 {
+        let deadline = started + Duration::from_secs(120);
+        while progress.load(Ordering::Relaxed) < N as u64 {
+            assert!(Instant::now() < deadline, "{what}: only {} of {N} in 120 s", progress.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        N as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// A raw `danube-client` consumer acking each message: records/s.
+    async fn raw_consumer(broker: &RealBroker, topic: &str) -> f64 {
+        let creator = reliable_producers(broker.url(), topic, "create", 1).await.expect("create the topic");
+        let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
+        let mut consumer = client
+            .new_consumer()
+            .with_topic(topic.to_string())
+            .with_consumer_name("raw-0".to_string())
+            .with_subscription("raw".to_string())
+            .with_subscription_type(SubType::Shared)
+            .build()
+            .expect("consumer");
+        consumer.subscribe().await.expect("subscribe");
+        let mut messages = consumer.receive().await.expect("receive");
+        let acked = Arc::new(AtomicU64::new(0));
+        let counter = acked.clone();
+        let consuming = tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                consumer.ack(&message).await.expect("ack");
+                if counter.fetch_add(1, Ordering::Relaxed) + 1 >= N as u64 {
+                    break;
+                }
+            }
+            consumer
+        });
+        let started = Instant::now();
+        paced_publish(broker.url(), topic, acked.clone()).await;
+        let rate = wait_progress(&acked, started, "raw consumer").await;
+        let mut consumer = consuming.await.expect("consumer task");
+        consumer.close().await;
+        drop(creator);
+        rate
+    }
+
+    /// The `danube-http-sink` binary with default settings: records/s.
+    async fn sink(broker: &RealBroker, topic: &str, name: &str) -> f64 {
+        let creator = reliable_producers(broker.url(), topic, "create", 1).await.expect("create the topic");
+        let (url, requests) = start_receiver().await;
+        let env: HashMap<String, String> = [
+            ("DANUBE_SERVICE_URL", broker.url()),
+            ("CONNECTOR_NAME", name.to_string()),
+            ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
+            ("HTTP_SINK_URL", url),
+            ("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_danube-http-sink"));
+        let mut process = ConnectorProcess::spawn(binary, &env).expect("spawn the binary");
+        process.wait_ready(Duration::from_secs(60)).await.expect("binary ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !process.log().contains("consuming") {
+            assert!(Instant::now() < deadline, "the sink never subscribed: {}", process.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        paced_publish(broker.url(), topic, requests.clone()).await;
+        let rate = wait_progress(&requests, started, "http-sink").await;
+        let status = process.terminate(Duration::from_secs(30)).await;
+        assert!(status.is_some_and(|s| s.success()), "the binary drains and exits 0");
+        drop(creator);
+        rate
+    }
+
+    pub(super) async fn run() {
+        println!(
+            "http-sink on the REAL Danube broker (standalone, loopback): {N} records of ~100 B per run, \
+             publisher paced to at most {LEAD} ahead of the consumer"
+        );
+        for (window, label) in [(None, "default window 10"), (Some(10_000), "window 10000")] {
+            let suffix = if window.is_some() { "w10000" } else { "w10" };
+            let broker = match window {
+                None => RealBroker::start().await,
+                Some(window) => {
+                    RealBroker::start_with(RealBrokerOptions {
+                        max_unacked_messages: Some(window),
+                        ..Default::default()
+                    })
+                    .await
+                }
+            }
+            .expect("the real broker (set DANUBE_BROKER_BIN)");
+            let raw = raw_consumer(&broker, &format!("/default/raw_{suffix}")).await;
+            let rate = sink(&broker, &format!("/default/sink_{suffix}"), &format!("sink-{suffix}")).await;
+            println!("real broker, {label:<17}: raw consume+ack (danube-client) {raw:>7.0} records/s");
+            println!(
+                "real broker, {label:<17}: danube-http-sink binary, defaults {rate:>7.0} records/s  ratio {:.2}",
+                rate / raw
+            );
+        }
+    }
 }

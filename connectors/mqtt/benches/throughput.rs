@@ -11,6 +11,11 @@
 //! Also prints the connector process's resident memory (VmRSS and peak VmHWM).
 //!
 //! Run: `cargo bench -p danube-connector-mqtt` (set `BENCH_MQTT_MESSAGES` to change N).
+//!
+//! `BENCH_BROKER=real` (with `DANUBE_BROKER_BIN` naming the real Danube broker) runs the
+//! QoS 1 connector run and both raw `danube-client` baselines against a real broker started
+//! for the run; progress is then read from the broker's own exporter
+//! (`danube_topic_messages_in_total`), polled every 20 ms.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +33,10 @@ const PRODUCERS: usize = 4;
 fn main() {
     let n: usize = std::env::var("BENCH_MQTT_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if std::env::var("BENCH_BROKER").as_deref() == Ok("real") {
+        runtime.block_on(real::run(n));
+        return;
+    }
     runtime.block_on(run(n));
 }
 
@@ -36,11 +45,11 @@ async fn run(n: usize) {
     let danube = EmbeddedBroker::start_default().await.expect("in-process Danube broker");
     println!("mqtt bridge throughput: {n} messages of {PAYLOAD} bytes, Mosquitto on 127.0.0.1:{}", mqtt.port());
 
-    let raw_plain = raw_danube_rate(&danube, n, false).await;
+    let raw_plain = raw_danube_rate(danube.url(), n, false).await;
     println!(
         "baseline  raw danube-client publish ({PRODUCERS} producers, reliable):             {raw_plain:>9.0} msg/s"
     );
-    let raw_danube = raw_danube_rate(&danube, n, true).await;
+    let raw_danube = raw_danube_rate(danube.url(), n, true).await;
     println!("baseline  raw danube-client publish, key + 4 attributes (like the connector): {raw_danube:>9.0} msg/s");
 
     for (qos, label) in [(QoS::AtMostOnce, "0"), (QoS::AtLeastOnce, "1")] {
@@ -63,10 +72,10 @@ fn payload(i: usize) -> Vec<u8> {
 
 /// Raw publishes to Danube; `like_connector` adds the routing key and the four
 /// attributes the connector puts on each record.
-async fn raw_danube_rate(danube: &EmbeddedBroker, n: usize, like_connector: bool) -> f64 {
+async fn raw_danube_rate(url: String, n: usize, like_connector: bool) -> f64 {
     let topic = if like_connector { "/default/bench-raw-keyed" } else { "/default/bench-raw" };
     let prefix = format!("bench-raw-{like_connector}");
-    let producers = reliable_producers(danube.url(), topic, &prefix, PRODUCERS).await.expect("raw producers");
+    let producers = reliable_producers(url, topic, &prefix, PRODUCERS).await.expect("raw producers");
     let started = Instant::now();
     let per = n / PRODUCERS;
     let tasks: Vec<_> = producers
@@ -220,4 +229,72 @@ fn memory_kb(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The run against the real Danube broker (`BENCH_BROKER=real`).
+mod real {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use danube_connect_testkit::broker::RealBroker;
+    use danube_connect_testkit::mosquitto::Mosquitto;
+    use danube_connect_testkit::process::ConnectorProcess;
+    use rumqttc::QoS;
+
+    use super::{publish, raw_danube_rate, PAYLOAD, PRODUCERS};
+
+    /// Messages the broker took in on `topic`, from its exporter.
+    async fn taken_in(broker: &RealBroker, topic: &str) -> usize {
+        broker.metric_sum("danube_topic_messages_in_total", &[("topic", topic)]).await.unwrap_or(0.0) as usize
+    }
+
+    pub(super) async fn run(n: usize) {
+        let broker = RealBroker::start().await.expect("the real broker (set DANUBE_BROKER_BIN)");
+        let mqtt = Mosquitto::start_with(false).expect("mosquitto");
+        println!(
+            "mqtt bridge on the REAL Danube broker (standalone, loopback): {n} messages of {PAYLOAD} bytes, Mosquitto on 127.0.0.1:{}",
+            mqtt.port()
+        );
+        let raw_plain = raw_danube_rate(broker.url(), n, false).await;
+        println!(
+            "real broker: raw danube-client publish ({PRODUCERS} producers, reliable):       {raw_plain:>7.0} msg/s"
+        );
+        let raw_keyed = raw_danube_rate(broker.url(), n, true).await;
+        println!(
+            "real broker: raw danube-client publish, key + 4 attributes (like the connector): {raw_keyed:>7.0} msg/s"
+        );
+
+        let topic = "/default/bench_real_q1";
+        let env = HashMap::from([
+            ("DANUBE_SERVICE_URL".to_string(), broker.url()),
+            ("CONNECTOR_NAME".to_string(), "bench-real".to_string()),
+            ("MQTT_BROKER__PORT".to_string(), mqtt.port().to_string()),
+            ("MQTT_BROKER__CLIENT_ID".to_string(), "bench-real-connector".to_string()),
+            ("MQTT_MAPPINGS".to_string(), format!(r#"[{{filter="benchreal/#", topic="{topic}", qos=1}}]"#)),
+            ("RUST_LOG".to_string(), "warn".to_string()),
+        ]);
+        let mut connector =
+            ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-mqtt")), &env).expect("spawn connector");
+        if let Err(e) = connector.wait_ready(Duration::from_secs(30)).await {
+            panic!("connector not ready: {e}\n{}", connector.log());
+        }
+        let started = Instant::now();
+        let port = mqtt.port();
+        let publisher =
+            tokio::spawn(async move { publish(port, "bench-real-pub", "benchreal", n, QoS::AtLeastOnce).await });
+        let deadline = started + Duration::from_secs(180);
+        let mut arrived = 0;
+        while arrived < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            arrived = taken_in(&broker, topic).await;
+        }
+        let rate = arrived as f64 / started.elapsed().as_secs_f64();
+        publisher.await.expect("publisher");
+        let _ = connector.terminate(Duration::from_secs(20)).await;
+        println!(
+            "real broker: connector Mosquitto -> Danube ack, QoS 1:                  {rate:>7.0} msg/s  ({arrived}/{n} taken in by the broker; {:.2}x raw keyed publish)",
+            rate / raw_keyed
+        );
+    }
 }
