@@ -2,7 +2,7 @@
 //! same run on the same machine:
 //!
 //! 1. raw publish rate through `danube-client` with the same producer count and the same
-//!    attributes to the same embedded broker (the ceiling the connector can reach), on a
+//!    attributes to the same broker (the ceiling the connector can reach), on a
 //!    client runtime with tokio's default worker count and on one with
 //!    `BENCH_GATEWAY_WORKERS` workers; the better of the two is the baseline;
 //! 2. a bare axum handler answering 200 without publishing (the HTTP limit), once per round,
@@ -36,6 +36,11 @@
 //! signature candidates (and with the most allowed candidates) and a 1 MiB body to the
 //! current build and asserts at most 50 ms of gateway CPU per request.
 //!
+//! The broker is the development broker, in process, or with `BENCH_BROKER=real` the real
+//! Danube broker (`DANUBE_BROKER_BIN`, standalone, its defaults) as a process; the output names
+//! it. Against the real broker the stored count is the broker's own
+//! `danube_topic_messages_in_total`.
+//!
 //! Run: `cargo bench -p danube-connector-http-source` (knobs: `BENCH_SECONDS`,
 //! `BENCH_ROUNDS`, `BENCH_CONNECTIONS`, `BENCH_PRODUCERS`, `BENCH_GATEWAY_WORKERS`,
 //! `BENCH_WRK_THREADS`, `BENCH_GATEWAY_BIN` to load another build of the gateway, and
@@ -48,11 +53,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::ports::free_port;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
-use danube_dev_broker::EmbeddedBroker;
+
+/// The real broker's process id when the bench runs against it (its CPU time is counted with
+/// this process's, where the dev broker's already is).
+static BROKER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU seconds of this process (the dev broker runs in it) plus those of the real broker
+/// process, and those of this process's reaped children (wrk).
+fn bench_cpu_seconds() -> (f64, f64) {
+    let (own, children) = cpu_seconds("self");
+    let broker = BROKER_PID.get().map_or(0.0, |pid| cpu_seconds(pid).0);
+    (own + broker, children)
+}
 
 const PAYLOAD: &str = r#"{"event":"push","repository":"danube-connect","n":12345}"#;
 
@@ -182,7 +199,7 @@ async fn raw_publish(url: &str, producers: u64, seconds: u64, attributes: bool) 
 /// [`raw_publish`] on its own multi-threaded runtime and thread (`workers` worker threads,
 /// tokio's default when `None`).
 async fn raw_publish_apart(url: String, producers: u64, seconds: u64, attributes: bool, workers: Option<usize>) -> Raw {
-    let (cpu_before, _) = cpu_seconds("self");
+    let (cpu_before, _) = bench_cpu_seconds();
     let (rate, p50, p99) = tokio::task::spawn_blocking(move || {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         if let Some(workers) = workers {
@@ -193,7 +210,7 @@ async fn raw_publish_apart(url: String, producers: u64, seconds: u64, attributes
     })
     .await
     .expect("raw publish thread");
-    let (cpu_after, _) = cpu_seconds("self");
+    let (cpu_after, _) = bench_cpu_seconds();
     let cpu_us = 1e6 * (cpu_after - cpu_before) / (rate * seconds as f64).max(1.0);
     Raw { rate, p50, p99, cpu_us }
 }
@@ -239,7 +256,7 @@ impl Gateway {
     /// default when `None`) and waits until it answers; `binary` is another build (else
     /// `BENCH_GATEWAY_BIN` or this one).
     async fn start(
-        broker: &EmbeddedBroker,
+        broker: &TestBroker,
         topic: &str,
         workers: Option<usize>,
         producers: u64,
@@ -314,10 +331,16 @@ impl Gateway {
     }
 
     /// Stops the gateway (SIGTERM, drain) and returns the records its topic holds.
-    async fn stop(mut self, broker: &EmbeddedBroker) -> usize {
+    async fn stop(mut self, broker: &TestBroker) -> usize {
         self.sampling.store(false, Ordering::Relaxed);
         let _ = self.connector.terminate(Duration::from_secs(20)).await;
-        broker.message_count(&self.topic)
+        match broker {
+            TestBroker::Dev(dev) => dev.message_count(&self.topic),
+            TestBroker::Real(real) => real
+                .metric_sum("danube_topic_messages_in_total", &[("topic", &self.topic)])
+                .await
+                .expect("broker metrics") as usize,
+        }
     }
 }
 
@@ -336,10 +359,10 @@ struct Cpu {
 async fn wrk_phase(url: String, server_pid: Option<u32>, threads: u64, connections: u64, seconds: u64) -> (Load, Cpu) {
     let server = |pid: Option<u32>| pid.map_or(0.0, |pid| cpu_seconds(pid).0);
     let server_before = server(server_pid);
-    let (bench_before, wrk_before) = cpu_seconds("self");
+    let (bench_before, wrk_before) = bench_cpu_seconds();
     let load = tokio::task::spawn_blocking(move || wrk(&url, threads, connections, seconds)).await.expect("wrk");
     let server_after = server(server_pid);
-    let (bench_after, wrk_after) = cpu_seconds("self");
+    let (bench_after, wrk_after) = bench_cpu_seconds();
     let per = |seconds: f64| 1e6 * seconds / (load.requests as f64).max(1.0);
     let cpu = Cpu {
         gateway_us: per(server_after - server_before),
@@ -402,7 +425,15 @@ fn main() {
     let workers = env_or("BENCH_GATEWAY_WORKERS", 1) as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
-        let broker = EmbeddedBroker::start_default().await.expect("broker");
+        let kind = match std::env::var("BENCH_BROKER").as_deref() {
+            Ok("real") => BrokerKind::Real,
+            Ok("dev") | Err(_) => BrokerKind::Dev,
+            Ok(other) => panic!("BENCH_BROKER={other}: expected dev or real"),
+        };
+        let broker = TestBroker::start(kind).await.expect("broker");
+        if let TestBroker::Real(real) = &broker {
+            BROKER_PID.set(real.pid().expect("broker pid")).expect("set once");
+        }
         let load_before = load_average();
         let default = Gateway::start(&broker, "/default/bench", None, producers, None).await;
         let fewer = Gateway::start(&broker, "/default/bench-workers", Some(workers), producers, None).await;
@@ -474,7 +505,7 @@ fn main() {
 
         let one = if workers == 1 { "1 worker".to_string() } else { format!("{workers} workers") };
         println!(
-            "\nhttp-source throughput ({connections} wrk connections on {wrk_threads} wrk thread(s), {producers} producers, {rounds} rounds of {seconds}s phases, loopback; load average before {load_before}, after {load_after})"
+            "\nhttp-source throughput on the {kind} ({connections} wrk connections on {wrk_threads} wrk thread(s), {producers} producers, {rounds} rounds of {seconds}s phases, loopback; load average before {load_before}, after {load_after})"
         );
         println!("{:<6} {:<46} {:>9} {:>10} {:>10}", "round", "", "req/s", "p50", "p99");
         let row = |round: &str, what: &str, rate: f64, p50: String, p99: String| {
