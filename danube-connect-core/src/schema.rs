@@ -167,6 +167,25 @@ impl Validate for Vec<SchemaBinding> {
     }
 }
 
+/// The definition as it was registered. Danube v0.15's registry answers `GetSchema` and
+/// `GetLatestSchema` with the JSON of its own `SchemaDefinition` enum
+/// (`{"Avro":{"raw_schema":"...","fingerprint":"..."}}`, `{"JsonSchema":{...}}`,
+/// `{"Protobuf":{"raw_proto":"...",...}}`) instead of the bytes that were registered; the
+/// development broker answers with the bytes. Either form gives the registered text here.
+pub(crate) fn registered_definition(answer: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    #[derive(Deserialize)]
+    enum Wrapped {
+        Avro { raw_schema: String },
+        JsonSchema { raw_schema: String },
+        Protobuf { raw_proto: String },
+    }
+    match serde_json::from_slice::<Wrapped>(answer) {
+        Ok(Wrapped::Avro { raw_schema } | Wrapped::JsonSchema { raw_schema }) => raw_schema.into_bytes().into(),
+        Ok(Wrapped::Protobuf { raw_proto }) => raw_proto.into_bytes().into(),
+        Err(_) => answer.into(),
+    }
+}
+
 fn compile(kind: SchemaKind, definition: &[u8], message: Option<&str>) -> Result<Schema, SchemaError> {
     match kind {
         SchemaKind::Protobuf => Schema::compile_protobuf(definition, message),
@@ -368,7 +387,7 @@ async fn resolve_one(
         version: info.version,
         source: SchemaError::InvalidDefinition { kind: SchemaKind::Bytes, message: e.to_string(), source: None },
     })?;
-    let schema = compile(kind, &info.schema_definition, binding.message.as_deref())
+    let schema = compile(kind, &registered_definition(&info.schema_definition), binding.message.as_deref())
         .map_err(|source| SchemaSetupError::Compile { subject: subject.clone(), version: info.version, source })?;
     Ok(BoundSchema {
         subject,
@@ -429,13 +448,13 @@ async fn matching_version(
     let lookup =
         |source| SchemaSetupError::Registry { action: "look up version", subject: subject.to_string(), source };
     let latest = registry.get_latest_schema(subject.to_string()).await.map_err(lookup)?;
-    if latest.schema_definition == definition {
+    if *registered_definition(&latest.schema_definition) == *definition {
         return Ok(latest.version);
     }
     let versions = registry.list_versions(subject.to_string()).await.map_err(lookup)?;
     for version in versions.into_iter().rev() {
         let info = registry.get_schema_version(schema_id, Some(version)).await.map_err(lookup)?;
-        if info.schema_definition == definition {
+        if *registered_definition(&info.schema_definition) == *definition {
             return Ok(version);
         }
     }
@@ -524,9 +543,10 @@ impl SchemaCache {
             .get_schema_version(schema_id, version)
             .await
             .map_err(|e| ConnectorError::retryable(format!("fetch schema {schema_id} from the registry"), e))?;
-        let schema = Schema::from_registry(&info.schema_type, &info.schema_definition).map_err(|e| {
-            ConnectorError::invalid(format!("schema {schema_id} version {} does not compile", info.version), e)
-        })?;
+        let schema = Schema::from_registry(&info.schema_type, &registered_definition(&info.schema_definition))
+            .map_err(|e| {
+                ConnectorError::invalid(format!("schema {schema_id} version {} does not compile", info.version), e)
+            })?;
         let mut entries = self.lock();
         if version.is_none() {
             entries.latest.insert(schema_id, (info.version, Instant::now()));
@@ -552,5 +572,27 @@ impl SchemaCache {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registered_definition;
+
+    #[test]
+    fn the_real_registrys_wrapped_definitions_give_the_registered_text() {
+        let avro = r#"{"type":"record","name":"T","fields":[{"name":"id","type":"long"}]}"#;
+        let wrapped = serde_json::json!({"Avro": {"raw_schema": avro, "fingerprint": "sha256:x"}}).to_string();
+        assert_eq!(&*registered_definition(wrapped.as_bytes()), avro.as_bytes());
+        let json = r#"{"type":"object"}"#;
+        let wrapped = serde_json::json!({"JsonSchema": {"raw_schema": json, "fingerprint": "f"}}).to_string();
+        assert_eq!(&*registered_definition(wrapped.as_bytes()), json.as_bytes());
+        let proto = "syntax = \"proto3\"; message M { int64 id = 1; }";
+        let wrapped =
+            serde_json::json!({"Protobuf": {"raw_proto": proto, "message_name": "M", "fingerprint": "f"}}).to_string();
+        assert_eq!(&*registered_definition(wrapped.as_bytes()), proto.as_bytes());
+        // What the development broker answers: the registered bytes, kept as they are.
+        assert_eq!(&*registered_definition(avro.as_bytes()), avro.as_bytes());
+        assert_eq!(&*registered_definition(b"\"String\""), b"\"String\"");
     }
 }
