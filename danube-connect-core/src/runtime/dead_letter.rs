@@ -23,7 +23,16 @@ pub mod attributes {
     pub const ATTEMPTS: &str = "dlq.attempts";
     /// When it was dead-lettered, ms since the Unix epoch.
     pub const FAILED_AT: &str = "dlq.failed_at";
+    /// Set (to the original payload's size in bytes) when the payload was left out because
+    /// it is larger than [`super::MAX_DEAD_LETTER_PAYLOAD`].
+    pub const PAYLOAD_OMITTED_BYTES: &str = "dlq.payload_omitted_bytes";
 }
+
+/// The largest payload a dead-letter record carries. Danube v0.15 refuses a message whose
+/// request is over 4 MiB (gRPC's default decode limit): a record refused for its size would be
+/// refused again as a dead letter and block its connector, so a larger payload is left out and
+/// its size noted in [`attributes::PAYLOAD_OMITTED_BYTES`]; the error and every attribute stay.
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = 3 * 1024 * 1024;
 
 /// What failed, for the dead-letter attributes.
 #[derive(Debug, Clone)]
@@ -51,6 +60,8 @@ pub fn dead_letter_record(
     failure: &Failure<'_>,
 ) -> SourceRecord {
     let failed_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let omitted = (payload.len() > MAX_DEAD_LETTER_PAYLOAD).then_some(payload.len());
+    let payload = if omitted.is_some() { Bytes::new() } else { payload };
     let mut record = SourceRecord::new(dead_letter_topic, payload)
         .with_attributes(original.clone())
         .with_attribute(attributes::ERROR, failure.error.clone())
@@ -62,6 +73,34 @@ pub fn dead_letter_record(
     if let Some(offset) = &failure.source_offset {
         record = record.with_attribute(attributes::SOURCE_OFFSET, offset.clone());
     }
+    if let Some(size) = omitted {
+        record = record.with_attribute(attributes::PAYLOAD_OMITTED_BYTES, size.to_string());
+    }
     record.routing_key = routing_key;
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_too_large_for_danube_is_left_out_and_its_size_noted() {
+        let failure = Failure {
+            error: "too large".into(),
+            kind: "rejected",
+            connector: "c",
+            source_topic: "/default/t",
+            source_offset: None,
+            attempts: 1,
+        };
+        let big = Bytes::from(vec![b'x'; MAX_DEAD_LETTER_PAYLOAD + 1]);
+        let record = dead_letter_record("/default/dlq-c", big, &HashMap::new(), None, &failure);
+        assert!(record.payload.is_empty());
+        assert_eq!(record.attributes[attributes::PAYLOAD_OMITTED_BYTES], (MAX_DEAD_LETTER_PAYLOAD + 1).to_string());
+        assert_eq!(record.attributes[attributes::ERROR], "too large");
+        let small = dead_letter_record("/default/dlq-c", Bytes::from_static(b"ok"), &HashMap::new(), None, &failure);
+        assert_eq!(&small.payload[..], b"ok");
+        assert!(!small.attributes.contains_key(attributes::PAYLOAD_OMITTED_BYTES));
+    }
 }
