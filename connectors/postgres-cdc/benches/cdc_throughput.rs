@@ -11,6 +11,11 @@
 //!
 //! Then snapshot rows/s and the connector's peak RSS.
 //!
+//! The broker is the development broker, in this process, or with `BENCH_BROKER=real` the real
+//! Danube broker (`DANUBE_BROKER_BIN`, standalone, its defaults) as a process; the output names
+//! it. Against the real broker, counts come from its `danube_topic_messages_in_total`, the
+//! broker CPU is its process's, and the in-process raw run is skipped.
+//!
 //! `cargo bench -p danube-connector-postgres-cdc`. Settings: `CDC_BENCH_ROWS` (default 50000);
 //! `CDC_BENCH_PRODUCERS`, the connector's producers per topic, a comma list (default `16`),
 //! one connector run each; `CDC_BENCH_RAW_PRODUCERS` (default `16,64,256`);
@@ -23,11 +28,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::reliable_producers;
+use danube_connect_testkit::danube::TopicReader;
 use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
-use danube_dev_broker::EmbeddedBroker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 
@@ -108,8 +114,9 @@ fn raw_child(spec: &str) {
 }
 
 /// Runs [`raw_child`] in a new process of this binary; its seconds, its CPU seconds and the
-/// broker's (this process's) CPU seconds meanwhile.
+/// broker's CPU seconds meanwhile.
 async fn raw_publish_process(
+    broker: &TestBroker,
     url: &str,
     topic: &str,
     rows: usize,
@@ -125,7 +132,7 @@ async fn raw_publish_process(
         .env(CHILD_ATTRIBUTES, serde_json::to_string(attributes).expect("attributes"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let broker_cpu = CpuUse::start(vec![std::process::id()]);
+    let broker_cpu = CpuUse::start(vec![broker_pid(broker)]);
     let out = command.output().await.expect("raw publish process");
     // Includes the child's producer creation: a slight over-count for the broker.
     let broker_cpu = broker_cpu.stop()[0];
@@ -138,7 +145,7 @@ async fn raw_publish_process(
 
 fn connector_env(
     pg: &Postgres,
-    broker: &EmbeddedBroker,
+    broker: &TestBroker,
     producers: usize,
     extra: &[(&str, &str)],
 ) -> HashMap<String, String> {
@@ -157,6 +164,33 @@ fn connector_env(
         env.insert(k.to_string(), v.to_string());
     }
     env
+}
+
+/// Messages `broker` took in on `topic`: the dev broker's store, the real broker's own metric.
+async fn message_count(broker: &TestBroker, topic: &str) -> usize {
+    match broker {
+        TestBroker::Dev(dev) => dev.message_count(topic),
+        TestBroker::Real(real) => {
+            real.metric_sum("danube_topic_messages_in_total", &[("topic", topic)]).await.expect("broker metrics")
+                as usize
+        }
+    }
+}
+
+/// The process whose CPU time is the broker's: this one for the dev broker, the real broker's.
+fn broker_pid(broker: &TestBroker) -> u32 {
+    match broker {
+        TestBroker::Dev(_) => std::process::id(),
+        TestBroker::Real(real) => real.pid().expect("broker pid"),
+    }
+}
+
+/// How long to wait between two counts (a metrics scrape of the real broker costs more).
+fn poll_interval(broker: &TestBroker) -> Duration {
+    match broker {
+        TestBroker::Dev(_) => Duration::from_millis(2),
+        TestBroker::Real(_) => Duration::from_millis(25),
+    }
 }
 
 /// CPU seconds used by each of `pids` between two samples.
@@ -193,7 +227,7 @@ struct Streamed {
     rate: f64,
     secs: f64,
     rss_kib: u64,
-    /// CPU seconds during the run: connector, broker (this process), walsender.
+    /// CPU seconds during the run: connector, broker, walsender.
     cpu: Vec<f64>,
 }
 
@@ -202,7 +236,7 @@ struct Streamed {
 /// WAL position after the insert.
 async fn stream_run(
     pg: &Postgres,
-    broker: &EmbeddedBroker,
+    broker: &TestBroker,
     producers: usize,
     rows: usize,
     first: usize,
@@ -235,7 +269,7 @@ async fn stream_run(
         .parse()
         .expect("walsender pid number");
     let connector_pid = process.pid().expect("connector pid");
-    let cpu = CpuUse::start(vec![connector_pid, std::process::id(), walsender]);
+    let cpu = CpuUse::start(vec![connector_pid, broker_pid(broker), walsender]);
     pg.psql(&format!(
         "INSERT INTO bench (id, name, v) SELECT g, 'name-' || g, g % 1000 FROM generate_series({first}, {}) g",
         first + rows - 1
@@ -244,12 +278,12 @@ async fn stream_run(
     let committed = Instant::now();
     let end = pg.psql("SELECT pg_current_wal_lsn()").expect("lsn");
     let topic = format!("/default/{topic}_bench");
-    while broker.message_count(&topic) < rows && committed.elapsed() < Duration::from_secs(900) {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    while message_count(broker, &topic).await < rows && committed.elapsed() < Duration::from_secs(900) {
+        tokio::time::sleep(poll_interval(broker)).await;
     }
     let secs = committed.elapsed().as_secs_f64();
     let cpu = cpu.stop();
-    assert_eq!(broker.message_count(&topic), rows, "connector delivered every row: {}", process.log());
+    assert_eq!(message_count(broker, &topic).await, rows, "connector delivered every row: {}", process.log());
     if let Some(mut recorder) = recorder.take() {
         let _ = Command::new("kill").args(["-INT", &recorder.id().to_string()]).status();
         let _ = recorder.wait();
@@ -273,7 +307,12 @@ async fn main() {
     let perf = std::env::var("CDC_BENCH_PERF").ok();
     let started_at = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().expect("date");
     let pg = Postgres::start().expect("postgres");
-    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let kind = match std::env::var("BENCH_BROKER").as_deref() {
+        Ok("real") => BrokerKind::Real,
+        Ok("dev") | Err(_) => BrokerKind::Dev,
+        Ok(other) => panic!("BENCH_BROKER={other}: expected dev or real"),
+    };
+    let broker = TestBroker::start(kind).await.expect("broker");
     pg.psql("CREATE TABLE bench (id bigint PRIMARY KEY, name text, v int, at timestamptz DEFAULT now()); CREATE PUBLICATION bench_pub FOR TABLE bench")
         .expect("schema");
     let recvlogical = pg.bin_dir().join("pg_recvlogical");
@@ -286,6 +325,12 @@ async fn main() {
         .expect("pg_recvlogical");
     assert!(created.success(), "create raw slot");
 
+    // A reader on the first run's topic keeps one connector record: the raw baseline sends
+    // copies of it. (The topic is created first: subscriptions start at its end.)
+    let sample_topic = format!("/default/cdc{}x1_bench", connector_producers[0]);
+    drop(reliable_producers(broker.url(), &sample_topic, "mk", 1).await.expect("create the sample topic"));
+    let sampler = TopicReader::subscribe(broker.url(), &sample_topic, "sample").await.expect("sample reader");
+
     // Connector runs, one per producer count, each on its own slot and rows.
     let mut runs = Vec::new();
     let mut first_end = None;
@@ -295,8 +340,8 @@ async fn main() {
         first_end.get_or_insert(end);
         runs.push((producers, run));
     }
-    let topic = format!("/default/cdc{}x1_bench", connector_producers[0]);
-    let sample = broker.messages(&topic).into_iter().nth(rows / 2).expect("a connector record");
+    let sample = sampler.messages().into_iter().next().expect("a connector record");
+    drop(sampler);
     let (payload, attributes) = (sample.payload.to_vec(), sample.attributes.clone());
 
     // Baseline: pg_recvlogical reads the first run's transaction from its own pgoutput slot.
@@ -328,14 +373,17 @@ async fn main() {
     let mut raw_cpu = HashMap::new();
     for &producers in &raw_producers {
         let topic = format!("/default/raw{producers}_bench");
-        let (secs, cpu, broker_cpu) = raw_publish_process(&url, &topic, rows, producers, &payload, &attributes).await;
-        assert_eq!(broker.message_count(&topic), rows, "raw publish stored every message");
+        let (secs, cpu, broker_cpu) =
+            raw_publish_process(&broker, &url, &topic, rows, producers, &payload, &attributes).await;
+        assert_eq!(message_count(&broker, &topic).await, rows, "raw publish stored every message");
         raw_rates.insert(producers, rows as f64 / secs);
         raw_cpu.insert(producers, (cpu, broker_cpu));
     }
     // The earlier method: the client in this process, beside the broker.
     let in_process_producers = connector_producers[0];
-    let in_process = {
+    let in_process = if kind == BrokerKind::Real {
+        f64::NAN
+    } else {
         let (url, payload, attributes) = (url.clone(), payload.clone(), attributes.clone());
         let topic = format!("/default/rawlocal{in_process_producers}_bench");
         tokio::task::spawn_blocking(move || {
@@ -362,15 +410,21 @@ async fn main() {
     let started = Instant::now();
     let mut process = ConnectorProcess::spawn(Path::new(BIN), &env).expect("spawn");
     process.wait_ready(Duration::from_secs(60)).await.expect("ready");
-    while broker.message_count("/default/snap_bench") < total && started.elapsed() < Duration::from_secs(900) {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    while message_count(&broker, "/default/snap_bench").await < total && started.elapsed() < Duration::from_secs(900) {
+        tokio::time::sleep(poll_interval(&broker)).await;
     }
     let snapshot_secs = started.elapsed().as_secs_f64();
-    assert_eq!(broker.message_count("/default/snap_bench"), total, "snapshot delivered every row: {}", process.log());
+    assert_eq!(
+        message_count(&broker, "/default/snap_bench").await,
+        total,
+        "snapshot delivered every row: {}",
+        process.log()
+    );
     let snapshot_rss = process.pid().map_or(0, |pid| status_kib(pid, "VmHWM:"));
     let _ = process.terminate(Duration::from_secs(60)).await;
 
     let load = load_average();
+    println!("broker: {kind}");
     println!("run at {} (load average {})", String::from_utf8_lossy(&started_at.stdout).trim(), load.trim());
     println!("rows: {rows}, payload {} bytes", payload.len());
     println!("pg_recvlogical raw to /dev/null:                 {recvlogical_rate:>8.0} rows/s");
@@ -386,10 +440,12 @@ async fn main() {
             per_k(broker_cpu)
         );
     }
-    println!(
-        "raw danube-client, in the broker's process, {in_process_producers} producers: {in_process_rate:.0} msgs/s  {:.3}x pg_recvlogical",
-        in_process_rate / recvlogical_rate
-    );
+    if kind == BrokerKind::Dev {
+        println!(
+            "raw danube-client, in the broker's process, {in_process_producers} producers: {in_process_rate:.0} msgs/s  {:.3}x pg_recvlogical",
+            in_process_rate / recvlogical_rate
+        );
+    }
     for (producers, run) in &runs {
         let raw = raw_rates
             .get(producers)
