@@ -75,6 +75,12 @@
 //!   backlog outgrows the WAL's live broadcast and replay cache (about 2,000
 //!   messages beyond the dispatch window); this broker keeps dispatching.
 //! - No admin API and no Prometheus exporter.
+//! - Danube v0.15's schema registry answers `GetSchema` with the JSON of its
+//!   own `SchemaDefinition` enum (`{"Avro":{"raw_schema":...}}`); this broker
+//!   answers with the registered bytes. `danube-connect-core` reads both.
+//! - Danube v0.15 refuses a request over 4 MiB (gRPC's default decode limit:
+//!   `OutOfRange`, "decoded message length too large") although its
+//!   `max_message_size` is 10 MB; this broker takes up to `max_message_size`.
 //!
 //! - The bearer token is compared with one configured string; the real broker
 //!   verifies a JWT (signature, expiry) and maps it to a principal. A JWT is
