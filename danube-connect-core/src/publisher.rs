@@ -327,6 +327,38 @@ impl Publisher {
         Ok(pending)
     }
 
+    /// Retries [`prepare_all`](Self::prepare_all) for `topics` in the background (backoff
+    /// from 500 ms to 10 s) until each is prepared, Danube refuses one for good (logged as an
+    /// error), or `shutdown` is cancelled: the follow-up of a start that found the broker slow.
+    pub fn prepare_in_background(
+        &self,
+        mut topics: Vec<String>,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let publisher = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = crate::retry::Backoff::between(Duration::from_millis(500), Duration::from_secs(10));
+            while !topics.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                topics = tokio::select! {
+                    pending = publisher.prepare_all(topics, timeout) => match pending {
+                        Ok(pending) => pending,
+                        Err(error) => {
+                            tracing::error!(error = %crate::error::error_chain(&error), "a topic is refused by Danube");
+                            return;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+            }
+            tracing::info!("producers of the topics known at start created");
+        })
+    }
+
     /// Registers `definition` (of `kind`) under `subject` with the schema registry — a new
     /// version when it differs from the registered ones, else the existing version — and
     /// returns it for [`SourceRecord::with_schema`]. `compatibility`, when set, becomes the

@@ -192,7 +192,7 @@ impl SourceConnector for HttpSource {
             .await
             .map_err(|e| ConnectorError::fatal("creating the producers of the static topics", e))?;
         let preparer = (!pending.is_empty())
-            .then(|| tokio::spawn(retry_prepare(ctx.publisher.clone(), pending, ctx.shutdown.clone())));
+            .then(|| ctx.publisher.prepare_in_background(pending, PREPARE_TIMEOUT, ctx.shutdown.clone()));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -269,29 +269,6 @@ impl SourceConnector for HttpSource {
 
 /// How long the start waits for the producers of the static topics.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Retries [`Publisher::prepare_all`] for `topics` until each succeeded, failed for good, or
-/// shutdown.
-async fn retry_prepare(publisher: Publisher, mut topics: Vec<String>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::between(Duration::from_millis(500), Duration::from_secs(10));
-    while !topics.is_empty() {
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        topics = tokio::select! {
-            pending = publisher.prepare_all(topics, PREPARE_TIMEOUT) => match pending {
-                Ok(pending) => pending,
-                Err(error) => {
-                    error!(error = %danube_connect_core::error::error_chain(&error), "a static topic is refused by Danube");
-                    return;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-    }
-    info!("producers of the static topics created");
-}
 
 async fn refresh_loop(
     registry: Arc<Registry>,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use danube_client::DanubeClient;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::client::{build_client, probe, wait_until_reachable};
 use crate::config::RuntimeConfig;
@@ -357,33 +357,10 @@ async fn prepare_topics(
     shutdown: &CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, RuntimeError> {
     let pending = publisher.prepare_all(topics, PREPARE_TIMEOUT).await?;
-    Ok(pending
+    Ok((!pending.is_empty())
+        .then(|| publisher.prepare_in_background(pending, PREPARE_TIMEOUT, shutdown.clone()))
         .into_iter()
-        .map(|topic| tokio::spawn(retry_prepare(publisher.clone(), topic, shutdown.clone())))
         .collect())
-}
-
-async fn retry_prepare(publisher: Publisher, topic: String, shutdown: CancellationToken) {
-    let mut backoff = crate::retry::Backoff::between(Duration::from_millis(500), Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        match publisher.prepare(&topic).await {
-            Ok(()) => {
-                info!(%topic, "producers created");
-                return;
-            }
-            Err(error) if error.is_transient() && !matches!(error, crate::error::PublishError::Closed) => {
-                debug!(%topic, error = %crate::error::error_chain(&error), "producers still not created");
-            }
-            Err(error) => {
-                warn!(%topic, error = %crate::error::error_chain(&error), "giving up creating producers at start");
-                return;
-            }
-        }
-    }
 }
 
 async fn probe_broker(client: DanubeClient, health: Health, shutdown: CancellationToken) {
