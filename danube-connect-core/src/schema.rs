@@ -172,7 +172,7 @@ impl Validate for Vec<SchemaBinding> {
 /// (`{"Avro":{"raw_schema":"...","fingerprint":"..."}}`, `{"JsonSchema":{...}}`,
 /// `{"Protobuf":{"raw_proto":"...",...}}`) instead of the bytes that were registered; the
 /// development broker answers with the bytes. Either form gives the registered text here.
-pub(crate) fn registered_definition(answer: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub fn registered_definition(answer: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     #[derive(Deserialize)]
     enum Wrapped {
         Avro { raw_schema: String },

@@ -404,11 +404,8 @@ async fn an_undeliverable_record_lands_in_the_dead_letter_topic_with_its_error()
 /// `SchemaDefinition`) rather than the registered bytes; the development broker answers with
 /// the registered bytes. Both are read here.
 fn raw_definition(kind: BrokerKind, bytes: &[u8]) -> serde_json::Value {
-    let value: serde_json::Value = serde_json::from_slice(bytes).expect("a registry definition is JSON");
-    match value.get("JsonSchema").and_then(|inner| inner.get("raw_schema")).and_then(|raw| raw.as_str()) {
-        Some(raw) => serde_json::from_str(raw).unwrap_or_else(|e| panic!("{kind}: raw_schema is not JSON: {e}")),
-        None => value,
-    }
+    let raw = danube_connect_core::schema::registered_definition(bytes);
+    serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{kind}: the registered definition is not JSON: {e}"))
 }
 
 #[tokio::test]

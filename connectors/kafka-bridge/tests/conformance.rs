@@ -426,13 +426,7 @@ async fn runtime_on(broker: &TestBroker) -> Runtime {
 /// (`{"JsonSchema":{"raw_schema":..}}`, `{"Avro":{"raw_schema":..}}`), the development broker
 /// with the registered bytes.
 fn raw_definition(bytes: &[u8]) -> Vec<u8> {
-    let Ok(value) = serde_json::from_slice::<Value>(bytes) else { return bytes.to_vec() };
-    for kind in ["JsonSchema", "Avro"] {
-        if let Some(raw) = value.get(kind).and_then(|inner| inner.get("raw_schema")).and_then(Value::as_str) {
-            return raw.as_bytes().to_vec();
-        }
-    }
-    bytes.to_vec()
+    danube_connect_core::schema::registered_definition(bytes).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

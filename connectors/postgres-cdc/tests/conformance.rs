@@ -316,11 +316,7 @@ async fn registry(broker: &TestBroker) -> Runtime {
 /// (`{"JsonSchema":{"raw_schema":"...","fingerprint":"..."}}`), the development broker with
 /// the registered bytes.
 fn raw_definition(bytes: &[u8]) -> Value {
-    let value: Value = serde_json::from_slice(bytes).expect("a registry definition is JSON");
-    match value.get("JsonSchema").and_then(|inner| inner.get("raw_schema")).and_then(Value::as_str) {
-        Some(raw) => serde_json::from_str(raw).expect("raw_schema is JSON"),
-        None => value,
-    }
+    serde_json::from_slice(&danube_connect_core::schema::registered_definition(bytes)).expect("raw_schema is JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
