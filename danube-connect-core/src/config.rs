@@ -623,6 +623,8 @@ pub struct RuntimeConfig {
     pub runtime: AsyncRuntimeConfig,
     /// Topics bound to schema-registry subjects (`[[schemas]]`).
     pub schemas: Vec<crate::schema::SchemaBinding>,
+    /// OpenTelemetry traces (`[telemetry]`); off unless an endpoint is set.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -639,6 +641,7 @@ impl Default for RuntimeConfig {
             shutdown: ShutdownConfig::default(),
             runtime: AsyncRuntimeConfig::default(),
             schemas: Vec::new(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -679,6 +682,7 @@ impl Validate for RuntimeConfig {
         self.sink.validate()?;
         self.runtime.validate()?;
         self.schemas.validate()?;
+        self.telemetry.validate()?;
         self.ops.connections.validate("ops.connections")?;
         if let Some(topic) = &self.failure.dead_letter_topic {
             validate_topic("failure.dead_letter_topic", topic)?;
@@ -742,6 +746,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "shutdown",
     "runtime",
     "schemas",
+    "telemetry",
     "connector",
     "config_file",
 ];
@@ -792,7 +797,7 @@ where
         if let Some(unknown) = keys.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
             return Err(ConfigError::invalid(
                 unknown.clone(),
-                format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..12].join(", ")),
+                format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..TOP_LEVEL_KEYS.len() - 1].join(", ")),
             ));
         }
         let runtime: RuntimeConfig = figment.extract().map_err(|e| parse_error(e, None))?;

@@ -51,6 +51,8 @@ struct Job {
     record: SourceRecord,
     deadline: Option<Instant>,
     reply: Reply,
+    /// The record's `publish` span when telemetry is on, ended with the outcome.
+    span: Option<crate::telemetry::RecordSpan>,
 }
 
 /// What a lane's queue carries: a record to send, or a request to create its producer now.
@@ -238,7 +240,13 @@ impl Publisher {
         };
         let (reply, rx) = oneshot::channel();
         pool.in_flight.inc();
-        place.send(LaneJob::Send(Job { record, deadline, reply }));
+        let span = crate::telemetry::start_record_span(
+            "publish",
+            opentelemetry::trace::SpanKind::Producer,
+            &record.topic,
+            &mut record.attributes,
+        );
+        place.send(LaneJob::Send(Job { record, deadline, reply, span }));
         Ok(rx)
     }
 
@@ -490,7 +498,7 @@ enum SendOutcome {
 impl Lane {
     async fn run(mut self, mut rx: mpsc::Receiver<LaneJob>) {
         while let Some(job) = rx.recv().await {
-            let job = match job {
+            let mut job = match job {
                 LaneJob::Send(job) => job,
                 LaneJob::Prepare(reply) => {
                     // Only makes sure a producer exists; records switch its schema as they need.
@@ -508,6 +516,9 @@ impl Lane {
             let started = Instant::now();
             let result = self.publish(&job).await;
             self.metrics.in_flight.dec();
+            if let Some(span) = job.span.take() {
+                span.finish(result.as_ref().err().map(|e| e as &dyn std::fmt::Display));
+            }
             let outcome = match result {
                 Ok(()) => {
                     self.metrics.published.inc();

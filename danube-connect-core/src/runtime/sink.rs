@@ -284,10 +284,23 @@ impl Lane {
             return;
         }
         let records: Vec<SinkRecord> = messages.iter().map(|m| SinkRecord::from_message(m, &self.topic)).collect();
-        let (messages, records) = self.decode(messages, records).await;
+        let (messages, mut records) = self.decode(messages, records).await;
         if records.is_empty() || self.stopped() {
             return;
         }
+        // With telemetry on, each record gets a `process` span, and the connector sees the
+        // record with that span as its `traceparent`.
+        let spans: Vec<_> = records
+            .iter_mut()
+            .filter_map(|record| {
+                crate::telemetry::start_record_span(
+                    "process",
+                    opentelemetry::trace::SpanKind::Consumer,
+                    &self.topic,
+                    &mut record.attributes,
+                )
+            })
+            .collect();
         self.env.metrics.batch_size.with_label_values(&self.labels()).observe(records.len() as f64);
         let started = Instant::now();
         let result = self
@@ -301,6 +314,16 @@ impl Lane {
                 },
             )
             .await;
+        if !spans.is_empty() {
+            let verdict = match &result {
+                Some(Ok(())) => None,
+                Some(Err(failure)) => Some(failure.error.chain()),
+                None => Some("handed back at shutdown".to_string()),
+            };
+            for span in spans {
+                span.finish(verdict.as_ref().map(|v| v as &dyn std::fmt::Display));
+            }
+        }
         let Some(result) = result else {
             // Shutting down while the batch waited for a retry.
             self.hand_back(&messages).await;
