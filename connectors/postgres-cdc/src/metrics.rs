@@ -296,3 +296,56 @@ impl SlotMonitor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_problems_name_the_threshold() {
+        let config = PostgresCdcConfig {
+            readiness_max_lag_bytes: Some(1000),
+            readiness_min_safe_wal_bytes: Some(5000),
+            ..Default::default()
+        };
+        let healthy = SlotState {
+            lag_bytes: Some(999),
+            wal_status: Some("reserved".into()),
+            safe_wal_size: Some(5000),
+            confirmed: None,
+        };
+        assert_eq!(healthy.problem(&config), None);
+        let lagging = SlotState { lag_bytes: Some(1001), ..healthy.clone() };
+        assert!(lagging.problem(&config).is_some_and(|p| p.contains("connector.readiness_max_lag_bytes")));
+        let at_risk = SlotState { safe_wal_size: Some(-10), wal_status: Some("unreserved".into()), ..healthy.clone() };
+        let problem = at_risk.problem(&config).unwrap_or_default();
+        assert!(
+            problem.contains("connector.readiness_min_safe_wal_bytes") && problem.contains("unreserved"),
+            "{problem}"
+        );
+        let lost = SlotState { wal_status: Some("lost".into()), ..healthy.clone() };
+        assert!(lost.problem(&PostgresCdcConfig::default()).is_some_and(|p| p.contains("wal_status = lost")));
+        assert_eq!(lagging.problem(&PostgresCdcConfig::default()), None, "no threshold, no problem");
+    }
+
+    #[test]
+    fn the_slot_gauges_follow_each_reading() {
+        let registry = danube_connect_core::metrics::Metrics::new("cdc");
+        let metrics = CdcMetrics::register(&registry, "s1").expect("register");
+        let state = SlotState {
+            lag_bytes: Some(42),
+            wal_status: Some("extended".into()),
+            safe_wal_size: Some(7),
+            confirmed: None,
+        };
+        metrics.slot_state(&state);
+        let text = registry.render();
+        assert!(text.contains(r#"postgres_cdc_replication_lag_bytes{connector="cdc",slot="s1"} 42"#), "{text}");
+        assert!(text.contains(r#"postgres_cdc_slot_wal_status{connector="cdc",slot="s1",status="extended"} 1"#));
+        assert!(text.contains(r#"postgres_cdc_slot_wal_status{connector="cdc",slot="s1",status="reserved"} 0"#));
+        assert!(text.contains(r#"postgres_cdc_slot_safe_wal_size_bytes{connector="cdc",slot="s1"} 7"#));
+        metrics.slot_state(&SlotState { safe_wal_size: None, ..state });
+        assert!(!registry.render().contains("postgres_cdc_slot_safe_wal_size_bytes{"), "unlimited: no series");
+        assert!(CdcMetrics::register(&registry, "s1").is_err(), "a second registration is refused, not doubled");
+    }
+}

@@ -73,3 +73,51 @@ async fn a_table_added_to_the_list_joins_the_publication_and_is_snapshotted_on_t
     assert!(!comment.contains("danube_cdc:added"), "the added table's snapshot is recorded as done: {comment}");
     stop_cleanly(&mut second).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_the_added_tables_snapshot_redoes_it_on_restart() {
+    const ROWS: usize = 5_000;
+    let env = Env::start().await;
+    env.pg
+        .psql(&format!(
+            "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text); \
+             INSERT INTO b SELECT g, 'b' FROM generate_series(1, {ROWS}) g"
+        ))
+        .unwrap();
+    let mut first = env.spawn(&[("POSTGRES_CDC_TABLES", "[\"a\"]")]).await;
+    env.wait_streaming("danube_cdc", &first).await;
+    stop_cleanly(&mut first).await;
+
+    // Small chunks and few records in flight keep the snapshot of b running for a while.
+    let extra = [
+        ("POSTGRES_CDC_TABLES", "[\"a\", \"b\"]"),
+        ("POSTGRES_CDC_SNAPSHOT_CHUNK_SIZE", "100"),
+        ("POSTGRES_CDC_BUFFER", "64"),
+        ("CONNECTOR_SOURCE__MAX_IN_FLIGHT", "64"),
+    ];
+    let mut second = env.spawn(&extra).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.broker.messages(TOPIC_B).len() < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the snapshot of b never started: {}", second.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    second.kill9();
+    let at_kill = env.broker.messages(TOPIC_B).len();
+    assert!(at_kill < ROWS, "killed in the middle of the snapshot ({at_kill} of {ROWS} rows)");
+    let comment = |env: &Env| {
+        env.pg
+            .psql("SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = 'danube_cdc'")
+            .unwrap()
+    };
+    assert!(comment(&env).contains(r#""danube_cdc:added":["public.b"]"#), "still to snapshot: {}", comment(&env));
+
+    let mut third = env.spawn(&extra).await;
+    env.wait_streaming("danube_cdc", &third).await;
+    let payloads = wait_payloads(&env, TOPIC_B, at_kill + ROWS, Duration::from_secs(60)).await;
+    let ids: std::collections::BTreeSet<i64> =
+        payloads.iter().skip(at_kill).filter(|p| p["op"] == "READ").filter_map(|p| p["after"]["id"].as_i64()).collect();
+    assert_eq!(ids.len(), ROWS, "the restart read b again, whole: {}", third.log());
+    assert!(!comment(&env).contains("danube_cdc:added"), "{}", comment(&env));
+    println!("added-table snapshot killed after {at_kill} of {ROWS} rows; redone in full on restart");
+    stop_cleanly(&mut third).await;
+}
