@@ -19,8 +19,10 @@ use crate::setup;
 /// The `wal_status` values of `pg_replication_slots` (PostgreSQL 13+).
 pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
-/// Name of the connector's component on `/readyz`.
-pub const HEALTH_COMPONENT: &str = "postgres-cdc slot";
+/// Name of the connector's component on `/readyz`: `postgres-cdc slot <slot>`.
+pub fn health_component(slot: &str) -> String {
+    format!("postgres-cdc slot {slot}")
+}
 
 /// The connector's metrics.
 #[derive(Clone, Debug)]
@@ -245,6 +247,7 @@ pub(crate) struct SlotMonitor {
 impl SlotMonitor {
     /// Runs until `stop`, or until the slot is found invalidated.
     pub(crate) async fn run(self) {
+        let component = health_component(&self.config.slot);
         let mut client: Option<Client> = None;
         let mut warned = false;
         let mut interval = tokio::time::interval(self.config.slot_check_interval);
@@ -269,7 +272,7 @@ impl SlotMonitor {
                     warned = false;
                     self.metrics.slot_state(&state);
                     let problem = state.problem(&self.config);
-                    self.health.set_component(HEALTH_COMPONENT, problem);
+                    self.health.set_component(&component, problem);
                     if state.wal_status.as_deref() == Some("lost") {
                         let error = CdcError::SlotLost {
                             slot: self.config.slot.clone(),
