@@ -55,6 +55,11 @@ pub async fn ensure_dead_letter_subscription(
         .with_subscription_type(DEAD_LETTER_SUBSCRIPTION_TYPE)
         .build()?;
     consumer.subscribe().await?;
+    // Open the message stream before closing: Danube v0.15 takes a consumer that subscribed
+    // but never streamed for a live one and hands it the dead letters (they would come to a
+    // reader only after the ack timeout); a stream that ends marks the consumer gone.
+    let _messages = consumer.receive().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     consumer.close().await;
     Ok(())
 }
