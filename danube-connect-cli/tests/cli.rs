@@ -423,6 +423,40 @@ async fn inspect_counts_dead_letters_written_while_no_reader_was_attached_and_co
             "{kind}: {}",
             text(&output)
         );
+
+        // A dry run publishes and acks nothing, and names the id each record would be replayed
+        // with: the same in every run (what a replay that crashed and ran again relies on).
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let output = cli(&broker, &["dlq", "replay", dlq, "--dry-run", "--json", "--wait", "2s"], &[]).await;
+            assert!(output.status.success(), "{kind}: dry run failed: {}", text(&output));
+            let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("JSON line"))
+                .collect();
+            let (records, summary) = lines.split_at(lines.len() - 1);
+            assert_eq!(summary[0]["replayed"], 6, "{kind}: {}", text(&output));
+            let ids: BTreeMap<String, String> = records
+                .iter()
+                .map(|r| {
+                    (
+                        r["id"].as_str().unwrap_or_default().to_string(),
+                        r["replay_id"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(ids.len(), 6, "{kind}: {}", text(&output));
+            for (id, replay_id) in &ids {
+                assert!(
+                    id.starts_with(&format!("{dlq}:")) && replay_id == id,
+                    "{kind}: {id} would be replayed as {replay_id}"
+                );
+            }
+            runs.push(ids);
+        }
+        assert_eq!(runs[0], runs[1], "{kind}: two dry runs gave different replay ids");
+        let report = inspect(&broker, dlq, &[], &[]).await;
+        assert_eq!(report["read"], 6, "{kind}: a dry run consumed dead letters: {report}");
     }
 }
 
