@@ -184,7 +184,7 @@ pub async fn inspect(context: &Context, args: &InspectArgs) -> Result<(), CliErr
         }
     }
     reader.close().await;
-    records.sort_by(|a, b| (a.publish_time, a.msg_id.topic_offset).cmp(&(b.publish_time, b.msg_id.topic_offset)));
+    records.sort_by_key(|m| (m.publish_time, m.msg_id.topic_offset));
 
     let mut counts: BTreeMap<&str, BTreeMap<String, usize>> = COUNTED.iter().map(|a| (*a, BTreeMap::new())).collect();
     for message in &records {
