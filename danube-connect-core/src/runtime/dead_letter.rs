@@ -40,8 +40,9 @@ pub const DEAD_LETTER_SUBSCRIPTION: &str = "danube-connect-dlq";
 pub const DEAD_LETTER_SUBSCRIPTION_TYPE: danube_client::SubType = danube_client::SubType::Shared;
 
 /// Creates [`DEAD_LETTER_SUBSCRIPTION`] on `topic` (which must exist) if it does not exist yet:
-/// subscribes one consumer named `consumer_name` and closes it. The subscription stays, durable,
-/// and keeps every dead letter published from then on until a reader acks it.
+/// subscribes one consumer named `consumer_name`, opens its message stream and closes it. The
+/// subscription stays, durable, and keeps every dead letter published from then on until a
+/// reader acks it (verified on the development broker and Danube v0.15.1).
 pub async fn ensure_dead_letter_subscription(
     client: &danube_client::DanubeClient,
     topic: &str,
