@@ -2,8 +2,9 @@
 //!
 //! - Dead-letter round trip: the `danube-http-sink` binary dead-letters every record while its
 //!   HTTP target (a real axum server on 127.0.0.1) is down; `dlq replay` once it is up gets
-//!   every record delivered, and a kill -9 of the replay mid-run loses nothing (a second run
-//!   completes the set; a record delivered twice carries the same `danube-message-id`).
+//!   every record delivered (a first run limited by `--error-kind`, `--since`, `--limit`), and a
+//!   kill -9 of the replay mid-run loses nothing (a second run completes the set; a record
+//!   delivered twice carries the same `danube-message-id`).
 //! - `dlq inspect` counts and decodes dead letters written while no reader was attached,
 //!   without consuming them.
 //! - `tail --json` prints one JSON object per record.
@@ -271,11 +272,24 @@ async fn records_dead_lettered_while_the_target_is_down_are_all_delivered_after_
         assert_eq!(before["counts"][attributes::CONNECTOR][name], 10, "{kind}: {before}");
         assert_eq!(before["counts"][attributes::SOURCE_TOPIC][topic], 10, "{kind}: {before}");
 
+        let kinds = before["counts"][attributes::ERROR_KIND].as_object().expect("kinds");
+        assert_eq!(kinds.len(), 1, "{kind}: the sink failed every record the same way: {before}");
+        let error_kind = kinds.keys().next().expect("one kind").clone();
+
         let hook = Hook::start(port).await;
+        // Filters first: five of this kind, failed in the last hour.
+        let args = ["dlq", "replay", dlq, "--error-kind", &error_kind, "--since", "1h", "--limit", "5", "--wait", "3s"];
+        let output = cli(&broker, &args, &[]).await;
+        assert!(output.status.success(), "{kind}: limited replay failed: {}", text(&output));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("replayed 5 of 5"), "{kind}: {}", text(&output));
+        // A kind no dead letter has: nothing replayed, nothing acked.
+        let output = cli(&broker, &["dlq", "replay", dlq, "--error-kind", "no-such-kind", "--wait", "2s"], &[]).await;
+        assert!(String::from_utf8_lossy(&output.stdout).contains("replayed 0 of"), "{kind}: {}", text(&output));
+
         let output = cli(&broker, &["dlq", "replay", dlq, "--wait", "3s"], &[]).await;
         assert!(output.status.success(), "{kind}: replay failed: {}", text(&output));
         let summary = String::from_utf8_lossy(&output.stdout);
-        assert!(summary.contains("replayed 20 of 20"), "{kind}: {}", text(&output));
+        assert!(summary.contains("replayed 15 of 15"), "{kind}: {}", text(&output));
 
         let got = hook.wait_ids(&expected, Duration::from_secs(30)).await;
         assert_delivered_once_per_id(kind, &got, &expected, dlq);
