@@ -16,8 +16,8 @@ use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::clickhouse::ClickHouseServer;
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::process::ConnectorProcess;
-use danube_connector_postgres_cdc::change::{Change, Table, TxnInfo};
-use danube_connector_postgres_cdc::pgoutput::{Column, Relation, TupleValue};
+use danube_postgres_cdc::change::{Change, Table, TxnInfo};
+use danube_postgres_cdc::pgoutput::{Column, Relation, TupleValue};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_danube-clickhouse");
 
