@@ -116,7 +116,7 @@ struct Inner {
     /// Held while a table's spool is opened.
     opening: tokio::sync::Mutex<()>,
     /// Registry schema definitions by (id, version), for CDC table creation.
-    schemas: Mutex<HashMap<(u64, Option<u32>), Arc<Value>>>,
+    schemas: Mutex<SchemaDefinitions>,
     retry: RetryPolicy,
     publisher: Publisher,
     health: Health,
@@ -126,6 +126,9 @@ struct Inner {
     stop: CancellationToken,
     flushers: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// Registry schema definitions by (schema id, version).
+type SchemaDefinitions = HashMap<(u64, Option<u32>), Arc<Value>>;
 
 struct Table {
     /// Index of the mapping in the config's `tables` (for messages naming a field).
