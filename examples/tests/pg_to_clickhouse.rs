@@ -117,11 +117,19 @@ async fn pg_to_clickhouse_converges_through_kills_and_a_broker_restart() {
     let mut next_id = 51u64;
     let mut tier_added = false;
     let steps = 240;
+    // Logs of the killed processes, for failure messages.
+    let mut earlier_logs = String::new();
     for step in 0..steps {
         match step {
-            40 => cdc.kill9(),
+            40 => {
+                cdc.kill9();
+                earlier_logs.push_str(&format!("--- postgres-cdc before kill -9\n{}\n", cdc.log()));
+            }
             55 => cdc = start("danube-postgres-cdc", &cdc_vars, "").await,
-            80 => sink.kill9(),
+            80 => {
+                sink.kill9();
+                earlier_logs.push_str(&format!("--- sink before kill -9\n{}\n", sink.log()));
+            }
             95 => sink = start("danube-clickhouse", &sink_vars, "consuming").await,
             120 => {
                 pg.psql("ALTER TABLE accounts ADD COLUMN tier integer").expect("add a column");
@@ -178,7 +186,7 @@ async fn pg_to_clickhouse_converges_through_kills_and_a_broker_restart() {
         let missing: Vec<&&str> = expected_lines.iter().filter(|l| !got_lines.contains(l)).take(5).collect();
         let extra: Vec<&&str> = got_lines.iter().filter(|l| !expected_lines.contains(l)).take(5).collect();
         panic!(
-            "ClickHouse differs from PostgreSQL ({} vs {} rows); missing {missing:?}, extra {extra:?}\n--- sink\n{}\n--- cdc\n{}",
+            "ClickHouse differs from PostgreSQL ({} vs {} rows); missing {missing:?}, extra {extra:?}\n{earlier_logs}--- sink\n{}\n--- cdc\n{}",
             got_lines.len(),
             expected_lines.len(),
             sink.log(),

@@ -155,7 +155,13 @@ impl ClickHouse {
             quote_literal(table)
         );
         let what = format!("columns of {database}.{table}");
-        let body = self.fetch_json_lines(sql, &what).await?;
+        let body = match self.fetch_json_lines(sql, &what).await {
+            // 18.16 answers UNKNOWN_DATABASE instead of no rows: the table does not exist.
+            Err(ClickHouseError::Unavailable { source, .. }) if error_code(&source) == Some(81) => {
+                return Ok(Vec::new())
+            }
+            other => other?,
+        };
         body.split(|&b| b == b'\n')
             .filter(|line| !line.trim_ascii().is_empty())
             .map(|line| {
@@ -190,7 +196,18 @@ impl ClickHouse {
     /// refuses is [`ClickHouseError::Rejected`] when its error code says the statement or
     /// data is wrong.
     pub async fn execute(&self, sql: &str, what: &str) -> Result<(), ClickHouseError> {
-        let request = self.client.query(sql).execute();
+        self.execute_with(&self.client, sql, what).await
+    }
+
+    /// [`Self::execute`] in the `system` database, for statements that must not depend on the
+    /// configured database existing (`CREATE DATABASE`).
+    pub async fn execute_in_system(&self, sql: &str, what: &str) -> Result<(), ClickHouseError> {
+        let client = self.client.clone().with_database("system");
+        self.execute_with(&client, sql, what).await
+    }
+
+    async fn execute_with(&self, client: &Client, sql: &str, what: &str) -> Result<(), ClickHouseError> {
+        let request = client.query(sql).execute();
         match tokio::time::timeout(self.timeout, request).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(match error_code(&source) {

@@ -245,7 +245,6 @@ async fn inserts_updates_and_deletes_converge_and_redelivery_changes_nothing() {
         let broker = TestBroker::start(kind).await.expect("broker starts");
         let spool = tempfile::tempdir().expect("spool dir");
         let database = format!("cdc_{}", suffix(kind));
-        ch.exec(&format!("CREATE DATABASE {database}")).await.expect("create database");
         let (name, topic) = ("ch-cdc", "/default/pg_public_orders");
         let producer = reliable_producers(broker.url(), topic, "ch-cdc-p", 1).await.expect("producer").remove(0);
         let mapping = format!(

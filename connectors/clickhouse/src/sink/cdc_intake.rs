@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use danube_connect_core::{ConnectorError, ConnectorResult, SinkRecord};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{spool_dir_name, supervise_flusher, Inner, Table};
 use crate::cdc::{self, Envelope, Op};
@@ -273,6 +273,7 @@ impl Inner {
             }
         }
         let _ddl = table.ddl.lock().await;
+        debug!(table = %table.label, "checking the table before DDL");
         let unavailable = |e: ClickHouseError| defer(danube_connect_core::error::error_chain(&e));
         let columns = self.ch.columns(&table.database, &table.name).await.map_err(unavailable)?;
         if columns.is_empty() {
@@ -306,10 +307,11 @@ impl Inner {
                         // Added meanwhile by someone else.
                         Err(ClickHouseError::Rejected { code: 15 | 44, .. }) => {}
                         Err(error @ ClickHouseError::Rejected { .. }) => {
+                            warn!(table = %table.label, column = %name, error = %danube_connect_core::error::error_chain(&error), "ClickHouse refused to add the column; the record goes to the failure policy");
                             return Err(ConnectorError::invalid(
                                 format!("cannot add column `{name}` to {}", table.label),
                                 error,
-                            ))
+                            ));
                         }
                         Err(error) => return Err(unavailable(error)),
                     }
@@ -350,6 +352,7 @@ impl Inner {
     ) -> ConnectorResult<()> {
         let mapping = &table.mapping;
         let schema = self.record_schema(record).await?;
+        debug!(table = %table.label, schema = schema.is_some(), "creating the table");
         let mut keys = mapping.key_columns.clone();
         if keys.is_empty() {
             keys = schema.as_deref().and_then(cdc::schema_key_columns).unwrap_or_default();
@@ -406,7 +409,7 @@ impl Inner {
             order_by.join(", ")
         );
         let database = format!("CREATE DATABASE IF NOT EXISTS {}", quote_ident(&table.database));
-        let created = match self.ch.execute(&database, &table.database).await {
+        let created = match self.ch.execute_in_system(&database, &table.database).await {
             Ok(()) => self.ch.execute(&sql, &table.label).await,
             Err(error) => Err(error),
         };
@@ -417,6 +420,7 @@ impl Inner {
                 Ok(())
             }
             Err(error @ ClickHouseError::Rejected { .. }) => {
+                warn!(table = %table.label, error = %danube_connect_core::error::error_chain(&error), "ClickHouse refused to create the table; the record goes to the failure policy");
                 Err(ConnectorError::invalid(format!("cannot create {}", table.label), error))
             }
             Err(error) => Err(defer(danube_connect_core::error::error_chain(&error))),
