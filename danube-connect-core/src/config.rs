@@ -59,6 +59,15 @@ pub trait Validate {
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
+
+    /// Checks that need the runtime sections too, e.g. a bridge that must have either
+    /// mappings or `sink.topics`. It runs at load like [`validate`](Self::validate), so
+    /// `--check` refuses every configuration the binary would refuse at start. The default
+    /// accepts everything.
+    fn validate_with_runtime(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        let _ = runtime;
+        Ok(())
+    }
 }
 
 /// A secret string: redacted in `Debug`, `Display` and in `--check` output.
@@ -639,6 +648,20 @@ impl RuntimeConfig {
     pub fn dead_letter_topic(&self) -> String {
         self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/dlq-{}", self.name))
     }
+
+    /// Refuses an empty `sink.topics`: a sink would consume nothing. Sink connectors call it
+    /// from [`Validate::validate_with_runtime`] so that `--check` refuses what the start
+    /// refuses; the runtime checks it again before it runs a sink.
+    pub fn require_sink_topics(&self) -> Result<(), ConfigError> {
+        if self.sink.topics.is_empty() {
+            return Err(ConfigError::invalid(
+                "sink.topics",
+                "is empty: name at least one topic to consume, e.g. [{topic = \"/default/orders\"}] \
+                 (CONNECTOR_SINK__TOPICS='[{topic=\"/default/orders\"}]')",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Validate for RuntimeConfig {
@@ -777,6 +800,7 @@ where
         let config = Self { runtime, connector };
         config.runtime.validate()?;
         config.connector.validate()?;
+        config.connector.validate_with_runtime(&config.runtime)?;
         Ok(config)
     }
 

@@ -38,6 +38,7 @@ pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod stall;
+pub mod trace_context;
 
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
 pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};

@@ -541,8 +541,12 @@ impl Lane {
     }
 
     async fn publish(&mut self, job: &Job) -> Result<(), PublishError> {
-        let mut delay = Duration::from_millis(50);
+        // Short delays with jitter: a publish is bounded by its deadline
+        // (`source.publish_timeout`), not by `retry.*`, and lanes retrying after an outage
+        // should not come back in lockstep.
+        let mut backoff = crate::retry::Backoff::between(Duration::from_millis(50), Duration::from_secs(2));
         loop {
+            let delay = backoff.next_delay();
             if let Some(deadline) = job.deadline {
                 if Instant::now() >= deadline {
                     return Err(PublishError::Timeout {
@@ -581,7 +585,6 @@ impl Lane {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.inner.abort.cancelled() => return Err(PublishError::Closed),
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
             if job.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(PublishError::Unavailable { topic: self.topic.clone(), source: error });
             }

@@ -241,12 +241,8 @@ impl Runtime {
         sink: Option<Box<dyn SinkConnector>>,
     ) -> Result<RunReport, RuntimeError> {
         let env = self.env.clone();
-        if sink.is_some() && env.config.sink.topics.is_empty() {
-            return Err(RuntimeError::Config(crate::config::ConfigError::invalid(
-                "sink.topics",
-                "is empty: name at least one topic to consume, e.g. [{topic = \"/default/orders\"}] \
-                 (CONNECTOR_SINK__TOPICS='[{topic=\"/default/orders\"}]')",
-            )));
+        if sink.is_some() {
+            env.config.require_sink_topics()?;
         }
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
 
