@@ -389,6 +389,20 @@ impl Publisher {
         Ok(Arc::new(bound))
     }
 
+    /// The registered definition of schema `schema_id` at `version` (the latest when
+    /// `None`), as the producer registered it, e.g. for a sink that derives table columns
+    /// from a record's schema. An unreachable registry is a retryable error.
+    pub async fn fetch_schema_definition(
+        &self,
+        schema_id: u64,
+        version: Option<u32>,
+    ) -> Result<Vec<u8>, crate::error::ConnectorError> {
+        let info = self.inner.client.schema().get_schema_version(schema_id, version).await.map_err(|e| {
+            crate::error::ConnectorError::retryable(format!("fetch schema {schema_id} from the registry"), e)
+        })?;
+        Ok(crate::schema::registered_definition(&info.schema_definition).into_owned())
+    }
+
     /// Stops accepting records and waits until every queued record is acked or failed.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
