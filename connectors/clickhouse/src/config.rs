@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::config::{validate_topic, ConfigError, RuntimeConfig, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -259,6 +259,10 @@ impl Default for SpoolConfig {
 }
 
 impl Validate for ClickHouseSinkConfig {
+    fn validate_with_runtime(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        runtime.require_sink_topics()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(ConfigError::invalid(
