@@ -113,3 +113,15 @@ impl Drop for ConnectorProcess {
         self.kill9();
     }
 }
+
+/// The path of a workspace binary (e.g. `danube-http-source`) next to the running test's
+/// own `target/<profile>` dir. Binaries of other packages are not built for a test by
+/// cargo: `scripts/test.sh` runs `cargo build --workspace` first. Panics with that advice
+/// when the binary is missing.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is not built; run `cargo build --workspace` first", path.display());
+    path
+}

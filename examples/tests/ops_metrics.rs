@@ -38,13 +38,9 @@ const KNOWN_MISSING: &[(&str, &str)] = &[];
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// The workspace's `target/<profile>` dir, where this test binary and the connectors live.
+/// A connector binary of the workspace (built by `cargo build --workspace`).
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(path.is_file(), "{} is not built; run `cargo build --workspace` first", path.display());
-    path
+    danube_connect_testkit::process::workspace_binary(name)
 }
 
 fn workspace_file(path: &str) -> String {

@@ -6,7 +6,7 @@
 //! (`cargo build --workspace`) before the tests run.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,13 +19,9 @@ const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-
 const TRACESTATE: &str = "congo=t61rcWkgMzE";
 const TOPIC: &str = "/default/traced-hooks";
 
-/// The workspace's `target/<profile>` dir, where the connector binaries live.
+/// A connector binary of the workspace (built by `cargo build --workspace`).
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(path.is_file(), "{} is not built; run `cargo build --workspace` first", path.display());
-    path
+    danube_connect_testkit::process::workspace_binary(name)
 }
 
 /// What the receiver saw: each request's path, body and trace headers.
@@ -134,70 +130,103 @@ fn env(pairs: &[(&str, String)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_webhook_is_followed_to_the_http_call_that_delivered_it() {
-    for kind in BrokerKind::all() {
-        let broker = TestBroker::start(kind).await.expect("broker");
+/// http-source (POST /hooks -> `topic`) and http-sink (`topic` -> the receiver) running on
+/// `broker`, warmed up until the sink delivers (Danube subscriptions start at the end).
+struct Webhooks {
+    source: ConnectorProcess,
+    sink: ConnectorProcess,
+    source_port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Webhooks {
+    /// Starts both; `extra` goes to both processes' environment (e.g. `[telemetry]`).
+    async fn start(broker: &TestBroker, name: &str, topic: &str, extra: &[(&str, String)]) -> Self {
+        let kind = broker.kind();
         let (hook_port, received) = receiver().await;
         let source_port = free_port();
-        let mut source = spawn(
+        let with = |own: Vec<(&str, String)>| {
+            let mut vars = env(&own);
+            vars.extend(env(extra));
+            vars
+        };
+        let source = spawn(
             "danube-http-source",
-            env(&[
+            with(vec![
                 ("DANUBE_SERVICE_URL", broker.url()),
-                ("CONNECTOR_NAME", "traced-source".into()),
+                ("CONNECTOR_NAME", format!("{name}-source")),
                 ("HTTP_SOURCE_LISTEN", format!("127.0.0.1:{source_port}")),
-                ("HTTP_SOURCE_ENDPOINTS", format!(r#"[{{path="/hooks", topic="{TOPIC}"}}]"#)),
+                ("HTTP_SOURCE_ENDPOINTS", format!(r#"[{{path="/hooks", topic="{topic}"}}]"#)),
             ]),
         )
         .await;
-        let mut sink = spawn(
+        let sink = spawn(
             "danube-http-sink",
-            env(&[
+            with(vec![
                 ("DANUBE_SERVICE_URL", broker.url()),
-                ("CONNECTOR_NAME", "traced-sink".into()),
-                ("CONNECTOR_SINK__TOPICS", format!(r#"[{{topic="{TOPIC}"}}]"#)),
+                ("CONNECTOR_NAME", format!("{name}-sink")),
+                ("CONNECTOR_SINK__TOPICS", format!(r#"[{{topic="{topic}"}}]"#)),
                 ("HTTP_SINK_URL", format!("http://127.0.0.1:{hook_port}/delivered")),
                 // The receiver is on loopback: opt out of the SSRF guard for private targets.
                 ("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true".into()),
             ]),
         )
         .await;
-        // Danube subscriptions start at the end: warm up until the sink delivers.
         let deadline = Instant::now() + Duration::from_secs(30);
         while received.lock().expect("log").is_empty() {
             assert!(Instant::now() < deadline, "{kind}: no warm-up delivery\n{}\n{}", source.log(), sink.log());
             assert_eq!(post(source_port, "", r#"{"id":"warm-up"}"#).await, 200, "{kind}: {}", source.log());
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+        Self { source, sink, source_port, received }
+    }
 
-        let traced = format!("traceparent: {TRACEPARENT}\r\ntracestate: {TRACESTATE}\r\n");
-        assert_eq!(post(source_port, &traced, r#"{"id":"traced"}"#).await, 200, "{kind}: {}", source.log());
-        let bad = "traceparent: 00-not-a-trace-context\r\ntracestate: x=y\r\n";
-        assert_eq!(post(source_port, bad, r#"{"id":"malformed"}"#).await, 200, "{kind}");
+    /// The delivered request whose body carries `{"id": id}`, waiting up to 30 s.
+    async fn delivered(&self, id: &str) -> Received {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let find = |id: &str| {
-            let log = received.lock().expect("log");
-            log.iter().find(|r| r.body.contains(&format!(r#""id":"{id}""#))).cloned()
-        };
-        while (find("traced").is_none() || find("malformed").is_none()) && Instant::now() < deadline {
+        loop {
+            let needle = format!(r#""id":"{id}""#);
+            let found = self.received.lock().expect("log").iter().find(|r| r.body.contains(&needle)).cloned();
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "{id} never delivered\n{}", self.sink.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let delivered = find("traced").unwrap_or_else(|| panic!("{kind}: never delivered\n{}", sink.log()));
+    }
+
+    /// SIGTERM to both (which also flushes their span exporters); each must exit 0.
+    async fn stop(mut self, kind: BrokerKind) {
+        for (name, process) in [("sink", &mut self.sink), ("source", &mut self.source)] {
+            let status = process.terminate(Duration::from_secs(30)).await;
+            assert!(status.is_some_and(|s| s.success()), "{kind}: {name} exits 0: {}", process.log());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_followed_to_the_http_call_that_delivered_it() {
+    for kind in BrokerKind::all() {
+        let broker = TestBroker::start(kind).await.expect("broker");
+        let hooks = Webhooks::start(&broker, "traced", TOPIC, &[]).await;
+        let traced = format!("traceparent: {TRACEPARENT}\r\ntracestate: {TRACESTATE}\r\n");
+        let status = post(hooks.source_port, &traced, r#"{"id":"traced"}"#).await;
+        assert_eq!(status, 200, "{kind}: {}", hooks.source.log());
+        let bad = "traceparent: 00-not-a-trace-context\r\ntracestate: x=y\r\n";
+        assert_eq!(post(hooks.source_port, bad, r#"{"id":"malformed"}"#).await, 200, "{kind}");
+
+        let delivered = hooks.delivered("traced").await;
         assert_eq!(delivered.traceparent.as_deref(), Some(TRACEPARENT), "{kind}: {delivered:?}");
         assert_eq!(delivered.tracestate.as_deref(), Some(TRACESTATE), "{kind}: {delivered:?}");
-        let malformed = find("malformed").unwrap_or_else(|| panic!("{kind}: never delivered\n{}", sink.log()));
+        let malformed = hooks.delivered("malformed").await;
         assert_eq!(
             (malformed.traceparent, malformed.tracestate),
             (None, None),
             "{kind}: an invalid traceparent is dropped with its tracestate"
         );
-        let warm = find("warm-up").expect("warm-up delivered");
+        let warm = hooks.delivered("warm-up").await;
         assert_eq!(warm.traceparent, None, "{kind}: no trace context is invented");
-
-        for (name, process) in [("sink", &mut sink), ("source", &mut source)] {
-            let status = process.terminate(Duration::from_secs(30)).await;
-            assert!(status.is_some_and(|s| s.success()), "{kind}: {name} exits 0: {}", process.log());
-        }
+        hooks.stop(kind).await;
     }
 }
 
@@ -254,56 +283,15 @@ fn exported_spans(received: &[Received]) -> Vec<ExportedSpan> {
 async fn spans_follow_one_webhook_from_the_source_to_the_sink_call() {
     for kind in BrokerKind::all() {
         let broker = TestBroker::start(kind).await.expect("broker");
-        let (hook_port, received) = receiver().await;
         let (collector_port, exports) = receiver().await;
-        let collector = format!("http://127.0.0.1:{collector_port}");
         let topic = "/default/spanned-hooks";
-        let source_port = free_port();
-        let mut source = spawn(
-            "danube-http-source",
-            env(&[
-                ("DANUBE_SERVICE_URL", broker.url()),
-                ("CONNECTOR_NAME", "spanned-source".into()),
-                ("CONNECTOR_TELEMETRY__OTLP_ENDPOINT", collector.clone()),
-                ("HTTP_SOURCE_LISTEN", format!("127.0.0.1:{source_port}")),
-                ("HTTP_SOURCE_ENDPOINTS", format!(r#"[{{path="/hooks", topic="{topic}"}}]"#)),
-            ]),
-        )
-        .await;
-        let mut sink = spawn(
-            "danube-http-sink",
-            env(&[
-                ("DANUBE_SERVICE_URL", broker.url()),
-                ("CONNECTOR_NAME", "spanned-sink".into()),
-                ("CONNECTOR_TELEMETRY__OTLP_ENDPOINT", collector.clone()),
-                ("CONNECTOR_SINK__TOPICS", format!(r#"[{{topic="{topic}"}}]"#)),
-                ("HTTP_SINK_URL", format!("http://127.0.0.1:{hook_port}/delivered")),
-                ("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true".into()),
-            ]),
-        )
-        .await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while received.lock().expect("log").is_empty() {
-            assert!(Instant::now() < deadline, "{kind}: no warm-up delivery\n{}\n{}", source.log(), sink.log());
-            assert_eq!(post(source_port, "", r#"{"id":"warm-up"}"#).await, 200, "{kind}: {}", source.log());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let telemetry = [("CONNECTOR_TELEMETRY__OTLP_ENDPOINT", format!("http://127.0.0.1:{collector_port}"))];
+        let hooks = Webhooks::start(&broker, "spanned", topic, &telemetry).await;
         let traced = format!("traceparent: {TRACEPARENT}\r\n");
-        assert_eq!(post(source_port, &traced, r#"{"id":"spanned"}"#).await, 200, "{kind}: {}", source.log());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let delivered = loop {
-            let found = received.lock().expect("log").iter().find(|r| r.body.contains(r#""id":"spanned""#)).cloned();
-            if let Some(found) = found {
-                break found;
-            }
-            assert!(Instant::now() < deadline, "{kind}: never delivered\n{}", sink.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        // SIGTERM flushes the exporters.
-        for (name, process) in [("sink", &mut sink), ("source", &mut source)] {
-            let status = process.terminate(Duration::from_secs(30)).await;
-            assert!(status.is_some_and(|s| s.success()), "{kind}: {name} exits 0: {}", process.log());
-        }
+        let status = post(hooks.source_port, &traced, r#"{"id":"spanned"}"#).await;
+        assert_eq!(status, 200, "{kind}: {}", hooks.source.log());
+        let delivered = hooks.delivered("spanned").await;
+        hooks.stop(kind).await;
         let spans = exported_spans(&exports.lock().expect("log"));
         let (trace_id, caller_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
         let in_trace: Vec<&ExportedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
