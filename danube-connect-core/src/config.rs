@@ -9,6 +9,9 @@
 //! 5. `{PREFIX}_*` for the connector's own `[connector]` section
 //!    (`HTTP_SOURCE_LISTEN`, `MQTT_MAPPINGS='[{filter="a/#", topic="/default/a"}]'`).
 //!
+//! List sections take an inline TOML array in the environment, e.g.
+//! `CONNECTOR_TRANSFORMS='[{name="strip", source="del(.password)"}]'`.
+//!
 //! So a container can be configured with environment variables alone.
 
 use std::fmt;
@@ -614,6 +617,9 @@ pub struct RuntimeConfig {
     pub runtime: AsyncRuntimeConfig,
     /// Topics bound to schema-registry subjects (`[[schemas]]`).
     pub schemas: Vec<crate::schema::SchemaBinding>,
+    /// VRL programs applied to every record in flight (`[[transforms]]`, see
+    /// [`crate::transform`]).
+    pub transforms: Vec<crate::transform::TransformConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -630,6 +636,7 @@ impl Default for RuntimeConfig {
             shutdown: ShutdownConfig::default(),
             runtime: AsyncRuntimeConfig::default(),
             schemas: Vec::new(),
+            transforms: Vec::new(),
         }
     }
 }
@@ -656,6 +663,7 @@ impl Validate for RuntimeConfig {
         self.sink.validate()?;
         self.runtime.validate()?;
         self.schemas.validate()?;
+        self.transforms.validate()?;
         self.ops.connections.validate("ops.connections")?;
         if let Some(topic) = &self.failure.dead_letter_topic {
             validate_topic("failure.dead_letter_topic", topic)?;
@@ -719,6 +727,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "shutdown",
     "runtime",
     "schemas",
+    "transforms",
     "connector",
     "config_file",
 ];
@@ -769,7 +778,7 @@ where
         if let Some(unknown) = keys.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
             return Err(ConfigError::invalid(
                 unknown.clone(),
-                format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..12].join(", ")),
+                format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..TOP_LEVEL_KEYS.len() - 1].join(", ")),
             ));
         }
         let runtime: RuntimeConfig = figment.extract().map_err(|e| parse_error(e, None))?;
