@@ -263,3 +263,56 @@ async fn sink_records_are_rewritten_and_dropped_before_the_sink_and_failures_dea
         assert_eq!(run.await.expect("join").exit_code(), 0, "{kind}");
     }
 }
+
+const ORDER_AVRO: &str = r#"{"type":"record","name":"Order","fields":[
+  {"name":"id","type":"string"},{"name":"amount","type":"double"}]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transform_sees_the_decoded_avro_value_and_its_result_is_encoded_and_validated() {
+    use danube_connect_common::schema::{Schema, SchemaKind};
+    let avro = Schema::compile(SchemaKind::Avro, ORDER_AVRO).expect("schema");
+    for kind in BrokerKind::all() {
+        let broker = TestBroker::start(kind).await.expect("broker");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("order.avsc");
+        std::fs::write(&file, ORDER_AVRO).expect("write");
+        let topic = "/default/tr-avro";
+        let main = reader(&broker, topic).await;
+        let dead = reader(&broker, "/default/dlq-travro").await;
+        let mut config = runtime_config("travro", &broker.url());
+        config.schemas =
+            vec![danube_connect_core::SchemaBinding::new(topic, "tr-avro").with_file(SchemaKind::Avro, &file)];
+        config.transforms =
+            vec![TransformConfig::inline("double", ".amount = float!(.amount) * 2\nif .id == \"b\" { del(.id) }")];
+        let records: Vec<SourceRecord> = [("a", 1.5), ("b", 2.0), ("c", 4.0)]
+            .iter()
+            .enumerate()
+            .map(|(i, (id, amount))| {
+                let encoded = avro.encode_from_json(&serde_json::json!({"id": id, "amount": amount})).expect("encode");
+                SourceRecord::new(topic, encoded).with_offset(SourceOffset::new("p", i as u64))
+            })
+            .collect();
+        let (token, run) = spawn_source(config, ScriptedSource::new(vec![records])).await;
+        let got = main.wait_for(2, Duration::from_secs(20)).await;
+        let dead_letters = dead.wait_for(1, Duration::from_secs(20)).await;
+        let values: Vec<serde_json::Value> =
+            got.iter().map(|m| avro.decode_to_json(&m.payload).expect("published in Avro")).collect();
+        assert_eq!(
+            values,
+            vec![serde_json::json!({"id": "a", "amount": 3.0}), serde_json::json!({"id": "c", "amount": 8.0}),],
+            "{kind}"
+        );
+        assert!(got.iter().all(|m| m.schema_id.is_some()), "{kind}: the schema id is stamped");
+        assert_eq!(dead_letters.len(), 1, "{kind}: the record the transform made invalid");
+        let d = &dead_letters[0];
+        assert_eq!(
+            avro.decode_to_json(&d.payload).expect("the original Avro record"),
+            serde_json::json!({"id": "b", "amount": 2.0}),
+            "{kind}"
+        );
+        let error = d.attributes.get("dlq.error").cloned().unwrap_or_default();
+        assert!(error.contains("transform `double`"), "{kind}: {error}");
+        token.cancel();
+        assert_eq!(run.await.expect("join").exit_code(), 0, "{kind}");
+    }
+}
