@@ -80,11 +80,7 @@ const PAYLOAD: &str = r#"{"event":"push","repository":"danube-connect","n":12345
 
 /// The typical 3-line transform the transform phase runs (`[[transforms]]`, see
 /// docs/transforms.md): filter, rename a field, set an attribute from the payload.
-const TRANSFORMS: &str = r#"[{name="bench", source='''
-if .event == "test" { abort }
-.repo = del(.repository)
-%attributes.event = to_string(.event) ?? "unknown"
-'''}]"#;
+const TRANSFORMS: &str = r#"[{name="bench", source="if .event == \"test\" { abort }\n.repo = del(.repository)\n%attributes.event = to_string(.event) ?? \"unknown\""}]"#;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
