@@ -113,6 +113,14 @@ where
         return ExitCode::SUCCESS;
     }
     init_logging(&config.runtime.log);
+    // Before the async runtime: the OTLP exporter's HTTP client is a blocking one.
+    let telemetry = match crate::telemetry::init(&config.runtime.telemetry, &config.runtime.name) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{binary}: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
     let tokio = match build_tokio(&config.runtime.runtime) {
         Ok(tokio) => tokio,
         Err(e) => {
@@ -145,6 +153,9 @@ where
         }
     });
     tokio.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 

@@ -110,7 +110,7 @@ pub async fn wait_until_reachable(
     cancel: &CancellationToken,
 ) -> Result<(), RuntimeError> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = crate::retry::Backoff::between(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let last_error = match probe_once(client).await {
             ProbeOutcome::Answered => {
@@ -132,6 +132,7 @@ pub async fn wait_until_reachable(
                 ))
             })));
         }
+        let delay = backoff.next_delay();
         let cause = last_error.as_ref().map(|e| crate::error::error_chain(e)).unwrap_or_else(|| "no answer".into());
         warn!(url = %config.service_url, retry_in = ?delay, error = %cause, "Danube broker unreachable, retrying");
         tokio::select! {
@@ -140,6 +141,5 @@ pub async fn wait_until_reachable(
                 return Err(RuntimeError::Client(DanubeError::Unrecoverable("cancelled while connecting".into())));
             }
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

@@ -62,6 +62,15 @@ pub trait Validate {
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
+
+    /// Checks that need the runtime sections too, e.g. a bridge that must have either
+    /// mappings or `sink.topics`. It runs at load like [`validate`](Self::validate), so
+    /// `--check` refuses every configuration the binary would refuse at start. The default
+    /// accepts everything.
+    fn validate_with_runtime(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        let _ = runtime;
+        Ok(())
+    }
 }
 
 /// A secret string: redacted in `Debug`, `Display` and in `--check` output.
@@ -620,6 +629,8 @@ pub struct RuntimeConfig {
     /// VRL programs applied to every record in flight (`[[transforms]]`, see
     /// [`crate::transform`]).
     pub transforms: Vec<crate::transform::TransformConfig>,
+    /// OpenTelemetry traces (`[telemetry]`); off unless an endpoint is set.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -637,6 +648,7 @@ impl Default for RuntimeConfig {
             runtime: AsyncRuntimeConfig::default(),
             schemas: Vec::new(),
             transforms: Vec::new(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -645,6 +657,20 @@ impl RuntimeConfig {
     /// The dead-letter topic in effect.
     pub fn dead_letter_topic(&self) -> String {
         self.failure.dead_letter_topic.clone().unwrap_or_else(|| format!("/default/dlq-{}", self.name))
+    }
+
+    /// Refuses an empty `sink.topics`: a sink would consume nothing. Sink connectors call it
+    /// from [`Validate::validate_with_runtime`] so that `--check` refuses what the start
+    /// refuses; the runtime checks it again before it runs a sink.
+    pub fn require_sink_topics(&self) -> Result<(), ConfigError> {
+        if self.sink.topics.is_empty() {
+            return Err(ConfigError::invalid(
+                "sink.topics",
+                "is empty: name at least one topic to consume, e.g. [{topic = \"/default/orders\"}] \
+                 (CONNECTOR_SINK__TOPICS='[{topic=\"/default/orders\"}]')",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -664,6 +690,7 @@ impl Validate for RuntimeConfig {
         self.runtime.validate()?;
         self.schemas.validate()?;
         self.transforms.validate()?;
+        self.telemetry.validate()?;
         self.ops.connections.validate("ops.connections")?;
         if let Some(topic) = &self.failure.dead_letter_topic {
             validate_topic("failure.dead_letter_topic", topic)?;
@@ -728,6 +755,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "runtime",
     "schemas",
     "transforms",
+    "telemetry",
     "connector",
     "config_file",
 ];
@@ -786,6 +814,7 @@ where
         let config = Self { runtime, connector };
         config.runtime.validate()?;
         config.connector.validate()?;
+        config.connector.validate_with_runtime(&config.runtime)?;
         Ok(config)
     }
 

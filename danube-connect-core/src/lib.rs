@@ -40,6 +40,8 @@ pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod stall;
+pub mod telemetry;
+pub mod trace_context;
 pub mod transform;
 
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};

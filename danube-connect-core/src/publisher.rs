@@ -54,6 +54,8 @@ struct Job {
     record: SourceRecord,
     deadline: Option<Instant>,
     reply: Reply,
+    /// The record's `publish` span when telemetry is on, ended with the outcome.
+    span: Option<crate::telemetry::RecordSpan>,
 }
 
 /// What a lane's queue carries: a record to send, or a request to create its producer now.
@@ -290,7 +292,13 @@ impl Publisher {
         };
         let (reply, rx) = oneshot::channel();
         pool.in_flight.inc();
-        place.send(LaneJob::Send(Job { record, deadline, reply }));
+        let span = crate::telemetry::start_record_span(
+            "publish",
+            opentelemetry::trace::SpanKind::Producer,
+            &record.topic,
+            &mut record.attributes,
+        );
+        place.send(LaneJob::Send(Job { record, deadline, reply, span }));
         Ok(rx)
     }
 
@@ -431,6 +439,20 @@ impl Publisher {
             BoundSchema::register(&self.inner.client, subject, kind, definition.as_ref(), compatibility).await?;
         debug!(subject = %bound.subject, schema_id = bound.schema_id, version = bound.version, "schema registered at run time");
         Ok(Arc::new(bound))
+    }
+
+    /// The registered definition of schema `schema_id` at `version` (the latest when
+    /// `None`), as the producer registered it, e.g. for a sink that derives table columns
+    /// from a record's schema. An unreachable registry is a retryable error.
+    pub async fn fetch_schema_definition(
+        &self,
+        schema_id: u64,
+        version: Option<u32>,
+    ) -> Result<Vec<u8>, crate::error::ConnectorError> {
+        let info = self.inner.client.schema().get_schema_version(schema_id, version).await.map_err(|e| {
+            crate::error::ConnectorError::retryable(format!("fetch schema {schema_id} from the registry"), e)
+        })?;
+        Ok(crate::schema::registered_definition(&info.schema_definition).into_owned())
     }
 
     /// Stops accepting records and waits until every queued record is acked or failed.
@@ -609,7 +631,7 @@ enum SendOutcome {
 impl Lane {
     async fn run(mut self, mut rx: mpsc::Receiver<LaneJob>) {
         while let Some(job) = rx.recv().await {
-            let job = match job {
+            let mut job = match job {
                 LaneJob::Send(job) => job,
                 LaneJob::Prepare(reply) => {
                     // Only makes sure a producer exists; records switch its schema as they need.
@@ -627,6 +649,9 @@ impl Lane {
             let started = Instant::now();
             let result = self.publish(&job).await;
             self.metrics.in_flight.dec();
+            if let Some(span) = job.span.take() {
+                span.finish(result.as_ref().err().map(|e| e as &dyn std::fmt::Display));
+            }
             let outcome = match result {
                 Ok(()) => {
                     self.metrics.published.inc();
@@ -646,8 +671,12 @@ impl Lane {
     }
 
     async fn publish(&mut self, job: &Job) -> Result<(), PublishError> {
-        let mut delay = Duration::from_millis(50);
+        // Short delays with jitter: a publish is bounded by its deadline
+        // (`source.publish_timeout`), not by `retry.*`, and lanes retrying after an outage
+        // should not come back in lockstep.
+        let mut backoff = crate::retry::Backoff::between(Duration::from_millis(50), Duration::from_secs(2));
         loop {
+            let delay = backoff.next_delay();
             if let Some(deadline) = job.deadline {
                 if Instant::now() >= deadline {
                     return Err(PublishError::Timeout {
@@ -686,7 +715,6 @@ impl Lane {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.inner.abort.cancelled() => return Err(PublishError::Closed),
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
             if job.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(PublishError::Unavailable { topic: self.topic.clone(), source: error });
             }

@@ -27,6 +27,13 @@ impl SourceOffset {
     }
 }
 
+/// The attribute that carries a record's stable id when the record is a re-publish of an
+/// earlier message (`danube-connect dlq replay` sets it): [`SinkRecord::message_id`] returns it
+/// instead of the message's own `{partition_topic}:{offset}`, so a record re-published twice
+/// (after a crash of the replay) reaches sinks with the same id both times and receivers that
+/// de-duplicate by id (http-sink's `danube-message-id`, `webhook-id`) drop the second one.
+pub const MESSAGE_ID_ATTRIBUTE: &str = "connect.message_id";
+
 /// A record on its way into Danube.
 ///
 /// ```
@@ -151,9 +158,13 @@ pub struct SinkRecord {
 }
 
 impl SinkRecord {
-    /// A stable identifier, the same on every redelivery: `{partition_topic}:{offset}`.
+    /// A stable identifier, the same on every redelivery: `{partition_topic}:{offset}`, or the
+    /// [`MESSAGE_ID_ATTRIBUTE`] attribute when the record carries one (a replayed dead letter).
     pub fn message_id(&self) -> String {
-        format!("{}:{}", self.partition_topic, self.offset)
+        match self.attributes.get(MESSAGE_ID_ATTRIBUTE) {
+            Some(id) if !id.is_empty() => id.clone(),
+            _ => format!("{}:{}", self.partition_topic, self.offset),
+        }
     }
 
     /// The payload as UTF-8 text.
@@ -242,6 +253,9 @@ mod tests {
     fn sink_record_message_id_is_topic_and_offset() {
         let r = SinkRecord::new("/default/t", 42, "{\"a\":1}");
         assert_eq!(r.message_id(), "/default/t:42");
+        let mut replayed = SinkRecord::new("/default/t", 43, "{}");
+        replayed.attributes.insert(MESSAGE_ID_ATTRIBUTE.into(), "/default/dlq-x:7".into());
+        assert_eq!(replayed.message_id(), "/default/dlq-x:7", "a replayed record keeps the id it was given");
         let v: serde_json::Value = r.payload_json().expect("json");
         assert_eq!(v["a"], 1);
     }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackoffStrategy, RetryConfig};
 use crate::error::ConnectorError;
@@ -98,9 +99,31 @@ impl RetryPolicy {
     /// elapsed time run out. `on_retry` is called before each new attempt.
     pub async fn run<T, F, Fut>(
         &self,
+        op: F,
+        on_retry: impl FnMut(&ConnectorError, usize, Duration),
+    ) -> Result<T, RetryFailure>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<T, ConnectorError>>,
+    {
+        let never = CancellationToken::new();
+        match self.run_until(&never, op, on_retry).await {
+            Some(result) => result,
+            None => unreachable!("a token nobody holds is never cancelled"),
+        }
+    }
+
+    /// Like [`run`](Self::run), but gives up waiting as soon as `stop` is cancelled: `None`
+    /// then means "stopped before it succeeded or failed for good", so the caller leaves the
+    /// work undone (a sink record unacked, to be redelivered) instead of treating it as
+    /// failed. An attempt already running is awaited; none starts after `stop`, so a
+    /// shutdown during an outage is not held up by backoff sleeps.
+    pub async fn run_until<T, F, Fut>(
+        &self,
+        stop: &CancellationToken,
         mut op: F,
         mut on_retry: impl FnMut(&ConnectorError, usize, Duration),
-    ) -> Result<T, RetryFailure>
+    ) -> Option<Result<T, RetryFailure>>
     where
         F: FnMut(usize) -> Fut,
         Fut: Future<Output = Result<T, ConnectorError>>,
@@ -111,23 +134,29 @@ impl RetryPolicy {
         loop {
             attempt += 1;
             let error = match op(attempt).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Some(Ok(value)),
                 Err(error) => error,
             };
             let retry_after = match &error {
                 ConnectorError::Retryable { retry_after, .. } => *retry_after,
-                _ => return Err(RetryFailure { error, attempts: attempt }),
+                _ => return Some(Err(RetryFailure { error, attempts: attempt })),
             };
             if attempt >= self.config.max_attempts {
-                return Err(RetryFailure { error, attempts: attempt });
+                return Some(Err(RetryFailure { error, attempts: attempt }));
             }
             let backoff = delays.next().unwrap_or(self.config.max_backoff);
             let delay = retry_after.map_or(backoff, |hint| hint.max(backoff));
             if started.elapsed() + delay > self.config.max_elapsed {
-                return Err(RetryFailure { error, attempts: attempt });
+                return Some(Err(RetryFailure { error, attempts: attempt }));
+            }
+            if stop.is_cancelled() {
+                return None;
             }
             on_retry(&error, attempt, delay);
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return None,
+            }
         }
     }
 }
@@ -177,6 +206,44 @@ mod tests {
             let base = Duration::from_millis(base);
             assert!(*delay >= base && *delay <= base * 2, "delay {i}: {delay:?} not in [{base:?}, 2x]");
         }
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_backoff_ends_the_wait_at_once_without_a_verdict() {
+        let policy = RetryPolicy::new(RetryConfig {
+            max_attempts: 100,
+            initial_backoff: Duration::from_secs(20),
+            max_backoff: Duration::from_secs(20),
+            max_elapsed: Duration::from_secs(600),
+            ..RetryConfig::default()
+        });
+        let stop = CancellationToken::new();
+        let calls = AtomicUsize::new(0);
+        let started = Instant::now();
+        let canceller = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            canceller.cancel();
+        });
+        let outcome: Option<Result<(), RetryFailure>> = policy
+            .run_until(
+                &stop,
+                |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err(ConnectorError::retryable_msg("down")) }
+                },
+                |_, _, _| {},
+            )
+            .await;
+        assert!(outcome.is_none(), "stopped, neither done nor failed");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no attempt after the stop");
+        assert!(started.elapsed() < Duration::from_secs(5), "the 20 s backoff was cut short: {:?}", started.elapsed());
+        // Already stopped: one attempt, then no wait at all.
+        let outcome: Option<Result<(), RetryFailure>> =
+            policy.run_until(&stop, |_| async { Err(ConnectorError::retryable_msg("down")) }, |_, _, _| {}).await;
+        assert!(outcome.is_none());
+        let done = policy.run_until(&stop, |_| async { Ok::<_, ConnectorError>(7) }, |_, _, _| {}).await;
+        assert_eq!(done.map(|r| r.ok()), Some(Some(7)), "a success is a success even while stopping");
     }
 
     #[tokio::test]

@@ -50,23 +50,35 @@ pub struct TopicReader {
 
 impl TopicReader {
     /// Subscribes `subscription` (Exclusive) to `topic` and starts collecting.
+    ///
+    /// The first subscription must succeed (its error is returned). After that the reader
+    /// survives broker outages the way the connectors' sink runtime does: when
+    /// `danube-client` gives up on its stream (after a few retries, about 2-3 s of outage),
+    /// the reader closes the consumer and subscribes again until the broker answers.
     pub async fn subscribe(service_url: String, topic: &str, subscription: &str) -> Result<Self, DanubeError> {
         let client = DanubeClient::builder().service_url(service_url).build().await?;
-        let mut consumer = client
-            .new_consumer()
-            .with_topic(topic.to_string())
-            .with_consumer_name(format!("{subscription}-reader"))
-            .with_subscription(subscription.to_string())
-            .with_subscription_type(danube_client::SubType::Exclusive)
-            .build()?;
-        consumer.subscribe().await?;
-        let mut messages = consumer.receive().await?;
+        let identity = ReaderIdentity {
+            topic: topic.to_string(),
+            consumer: format!("{subscription}-reader"),
+            subscription: subscription.to_string(),
+        };
+        let (consumer, messages) = identity.subscribe(&client).await?;
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&received);
         let task = tokio::spawn(async move {
-            while let Some(message) = messages.recv().await {
-                let _ = consumer.ack(&message).await;
-                sink.lock().expect("reader lock").push(message);
+            let (mut consumer, mut messages) = (consumer, messages);
+            loop {
+                while let Some(message) = messages.recv().await {
+                    let _ = consumer.ack(&message).await;
+                    sink.lock().expect("reader lock").push(message);
+                }
+                consumer.close().await;
+                (consumer, messages) = loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    if let Ok(subscribed) = identity.subscribe(&client).await {
+                        break subscribed;
+                    }
+                };
             }
         });
         Ok(Self { received, task })
@@ -93,6 +105,32 @@ impl TopicReader {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         self.messages()
+    }
+}
+
+/// What a [`TopicReader`] subscribes with, kept for re-subscribing after an outage.
+struct ReaderIdentity {
+    topic: String,
+    consumer: String,
+    subscription: String,
+}
+
+impl ReaderIdentity {
+    async fn subscribe(
+        &self,
+        client: &DanubeClient,
+    ) -> Result<(danube_client::Consumer, tokio::sync::mpsc::Receiver<danube_core::message::StreamMessage>), DanubeError>
+    {
+        let mut consumer = client
+            .new_consumer()
+            .with_topic(self.topic.clone())
+            .with_consumer_name(self.consumer.clone())
+            .with_subscription(self.subscription.clone())
+            .with_subscription_type(danube_client::SubType::Exclusive)
+            .build()?;
+        consumer.subscribe().await?;
+        let messages = consumer.receive().await?;
+        Ok((consumer, messages))
     }
 }
 

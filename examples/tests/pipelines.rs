@@ -59,12 +59,19 @@ fn webhook_analytics_configs_are_valid() {
 
 const PIPELINE: &str = "examples/pipelines/webhook-analytics";
 const WAIT: Duration = Duration::from_secs(60);
+/// A W3C trace context as a caller's tracer would send it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Posts `body` as JSON with a bare HTTP/1.1 request; returns the status code and the body.
 async fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    post_with(port, path, "", body).await
+}
+
+/// Like [`post`], with `extra` header lines (each ending in `\r\n`).
+async fn post_with(port: u16, path: &str, extra: &str, body: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to http-source");
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{extra}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -162,7 +169,14 @@ async fn webhook_analytics_runs_end_to_end() {
         export.log()
     );
 
-    let (status, body) = post(http_port, "/orders", r#"{"id":"o1","amount":12.5,"currency":"USD"}"#).await;
+    // o1 comes with a W3C trace context: it must reach Kafka as the `traceparent` header.
+    let (status, body) = post_with(
+        http_port,
+        "/orders",
+        &format!("traceparent: {TRACEPARENT}\r\n"),
+        r#"{"id":"o1","amount":12.5,"currency":"USD"}"#,
+    )
+    .await;
     assert_eq!(status, 200, "{body}\n{}", source.log());
     let (status, body) = post(http_port, "/orders", r#"{"id":"o2","amount":"lots"}"#).await;
     assert_eq!(status, 400, "an invalid body is refused: {body}");
@@ -210,6 +224,9 @@ async fn webhook_analytics_runs_end_to_end() {
         assert_eq!(header("danube.schema-version"), Some("1"), "{:?}", record.attributes);
         assert_eq!(header("kafka.topic"), Some("orders"));
     }
+    let traced: Vec<_> =
+        from_kafka.iter().filter_map(|m| m.attributes.get("traceparent").map(String::as_str)).collect();
+    assert_eq!(traced, [TRACEPARENT], "o1's trace context went webhook -> Danube -> Kafka header, o3 has none");
 
     for (name, process) in
         [("reader", &mut reader), ("export", &mut export), ("analytics", &mut analytics), ("source", &mut source)]

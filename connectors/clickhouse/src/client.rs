@@ -155,13 +155,69 @@ impl ClickHouse {
             quote_literal(table)
         );
         let what = format!("columns of {database}.{table}");
-        let body = self.fetch_json_lines(sql, &what).await?;
+        let body = match self.fetch_json_lines(sql, &what).await {
+            // 18.16 answers UNKNOWN_DATABASE instead of no rows: the table does not exist.
+            Err(ClickHouseError::Unavailable { source, .. }) if error_code(&source) == Some(81) => {
+                return Ok(Vec::new())
+            }
+            other => other?,
+        };
         body.split(|&b| b == b'\n')
             .filter(|line| !line.trim_ascii().is_empty())
             .map(|line| {
                 serde_json::from_slice(line).map_err(|source| ClickHouseError::BadAnswer { what: what.clone(), source })
             })
             .collect()
+    }
+
+    /// The table's `engine_full` (`ReplacingMergeTree(v) ORDER BY id ...`), empty when it
+    /// does not exist.
+    pub async fn engine_full(&self, database: &str, table: &str) -> Result<String, ClickHouseError> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            engine_full: String,
+        }
+        let sql = format!(
+            "SELECT engine_full FROM system.tables WHERE database = {} AND name = {}",
+            quote_literal(database),
+            quote_literal(table)
+        );
+        let what = format!("engine of {database}.{table}");
+        let body = self.fetch_json_lines(sql, &what).await?;
+        let body = body.trim_ascii();
+        if body.is_empty() {
+            return Ok(String::new());
+        }
+        let row: Row = serde_json::from_slice(body).map_err(|source| ClickHouseError::BadAnswer { what, source })?;
+        Ok(row.engine_full)
+    }
+
+    /// Runs a statement without a result (DDL, `INSERT ... SELECT`). A statement the server
+    /// refuses is [`ClickHouseError::Rejected`] when its error code says the statement or
+    /// data is wrong.
+    pub async fn execute(&self, sql: &str, what: &str) -> Result<(), ClickHouseError> {
+        self.execute_with(&self.client, sql, what).await
+    }
+
+    /// [`Self::execute`] in the `system` database, for statements that must not depend on the
+    /// configured database existing (`CREATE DATABASE`).
+    pub async fn execute_in_system(&self, sql: &str, what: &str) -> Result<(), ClickHouseError> {
+        let client = self.client.clone().with_database("system");
+        self.execute_with(&client, sql, what).await
+    }
+
+    async fn execute_with(&self, client: &Client, sql: &str, what: &str) -> Result<(), ClickHouseError> {
+        let request = client.query(sql).execute();
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(match error_code(&source) {
+                Some(code) if DATA_ERROR_CODES.contains(&code) || STATEMENT_ERROR_CODES.contains(&code) => {
+                    ClickHouseError::Rejected { table: what.to_string(), code, source }
+                }
+                _ => ClickHouseError::Unavailable { what: what.to_string(), source },
+            }),
+            Err(_) => Err(ClickHouseError::Timeout(self.timeout, what.to_string())),
+        }
     }
 
     /// How many rows of `database.table` carry `token` in `column`.
@@ -228,8 +284,24 @@ impl ClickHouse {
     }
 }
 
+/// Error codes of a statement that cannot succeed as written (retrying is pointless).
+const STATEMENT_ERROR_CODES: &[u32] = &[
+    15,  // DUPLICATE_COLUMN
+    36,  // BAD_ARGUMENTS
+    43,  // ILLEGAL_TYPE_OF_ARGUMENT
+    44,  // ILLEGAL_COLUMN
+    47,  // UNKNOWN_IDENTIFIER
+    50,  // UNKNOWN_TYPE
+    57,  // TABLE_ALREADY_EXISTS
+    60,  // UNKNOWN_TABLE
+    62,  // SYNTAX_ERROR
+    81,  // UNKNOWN_DATABASE
+    181, // ILLEGAL_FINAL
+    497, // ACCESS_DENIED
+];
+
 /// Quotes a string literal.
-fn quote_literal(value: &str) -> String {
+pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 

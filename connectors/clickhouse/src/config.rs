@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::config::{validate_topic, ConfigError, RuntimeConfig, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -129,10 +129,66 @@ pub struct TableMapping {
     /// version and without replication.
     #[serde(default)]
     pub batch_id_column: Option<String>,
+    /// `rows` (default: each record is one row) or `cdc` (records are danube-postgres-cdc
+    /// change envelopes applied to a `ReplacingMergeTree` table; see the README).
+    #[serde(default)]
+    pub mode: TableMode,
+    /// CDC mode: the `UInt8` column set to 1 on rows that record a delete.
+    #[serde(default = "default_deleted_column")]
+    pub deleted_column: String,
+    /// CDC mode: the `UInt64` version column (`ReplacingMergeTree(version)`), from the
+    /// change's commit LSN and its position in the transaction.
+    #[serde(default = "default_version_column")]
+    pub version_column: String,
+    /// CDC mode: create a missing table and add columns that appear in the change records.
+    #[serde(default)]
+    pub create_tables: bool,
+    /// CDC mode: the source table's key columns (the `ORDER BY` of a created table, and how
+    /// a key change is recognised). Default: the key the registered schema names, or the
+    /// existing table's `ORDER BY`.
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    /// CDC mode: what a `TRUNCATE` does: `delete` (default: every row older than it is
+    /// marked deleted) or `ignore`.
+    #[serde(default)]
+    pub truncate: TruncateMode,
 }
 
 fn default_unknown() -> UnknownFields {
     UnknownFields::Ignore
+}
+
+fn default_deleted_column() -> String {
+    "_deleted".into()
+}
+
+fn default_version_column() -> String {
+    "_version".into()
+}
+
+/// How a topic's records become rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TableMode {
+    /// Each record (a JSON object) is one row.
+    #[default]
+    Rows,
+    /// Each record is a danube-postgres-cdc change envelope (`op`, `before`, `after`, ...):
+    /// the after image (or the deleted key) is written with a version and a deleted flag.
+    Cdc,
+}
+
+/// What a CDC `TRUNCATE` record does to the target table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncateMode {
+    /// Every row whose version is below the truncate's gets a deleted row at the
+    /// truncate's version (`INSERT ... SELECT ... FINAL`), after the rows spooled before it
+    /// are inserted. Re-applying it changes nothing.
+    #[default]
+    Delete,
+    /// Acknowledge it and leave the table as it is.
+    Ignore,
 }
 
 /// Flush bounds of one table's spool segment: it is inserted at whichever comes first.
@@ -203,6 +259,10 @@ impl Default for SpoolConfig {
 }
 
 impl Validate for ClickHouseSinkConfig {
+    fn validate_with_runtime(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        runtime.require_sink_topics()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(ConfigError::invalid(
@@ -245,6 +305,51 @@ impl Validate for ClickHouseSinkConfig {
                     "must name a String column of the table, or be left out",
                 ));
             }
+            let templated = mapping.table.contains('{') || mapping.table.contains('}');
+            if mapping.mode == TableMode::Rows {
+                if templated {
+                    return Err(ConfigError::invalid(
+                        format!("connector.tables[{i}].table"),
+                        "`{schema}` / `{table}` templates need mode = \"cdc\"",
+                    ));
+                }
+                if mapping.create_tables || !mapping.key_columns.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("connector.tables[{i}].mode"),
+                        "create_tables and key_columns need mode = \"cdc\"",
+                    ));
+                }
+            } else {
+                let rest = mapping.table.replace("{schema}", "").replace("{table}", "");
+                if rest.contains('{') || rest.contains('}') {
+                    return Err(ConfigError::invalid(
+                        format!("connector.tables[{i}].table"),
+                        format!("`{}`: the only placeholders are {{schema}} and {{table}}", mapping.table),
+                    ));
+                }
+                for (field, value) in
+                    [("deleted_column", &mapping.deleted_column), ("version_column", &mapping.version_column)]
+                {
+                    if value.is_empty() {
+                        return Err(ConfigError::invalid(
+                            format!("connector.tables[{i}].{field}"),
+                            "must name a column",
+                        ));
+                    }
+                }
+                if mapping.deleted_column == mapping.version_column {
+                    return Err(ConfigError::invalid(
+                        format!("connector.tables[{i}].version_column"),
+                        "must differ from deleted_column",
+                    ));
+                }
+                if mapping.key_columns.iter().any(String::is_empty) {
+                    return Err(ConfigError::invalid(
+                        format!("connector.tables[{i}].key_columns"),
+                        "column names must not be empty",
+                    ));
+                }
+            }
             if self.tables[..i].iter().any(|other| other.topic == mapping.topic) {
                 return Err(ConfigError::invalid(
                     format!("connector.tables[{i}].topic"),
@@ -286,6 +391,38 @@ impl Validate for ClickHouseSinkConfig {
 }
 
 impl TableMapping {
+    /// A `rows` mapping of `topic` to `table` with every option at its default.
+    pub fn new(topic: impl Into<String>, table: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            table: table.into(),
+            unknown_fields: UnknownFields::Ignore,
+            topic_column: None,
+            offset_column: None,
+            publish_time_column: None,
+            key_column: None,
+            batch_id_column: None,
+            mode: TableMode::Rows,
+            deleted_column: default_deleted_column(),
+            version_column: default_version_column(),
+            create_tables: false,
+            key_columns: Vec::new(),
+            truncate: TruncateMode::Delete,
+        }
+    }
+
+    /// Whether the table name is a template (`{schema}`, `{table}`) resolved per record.
+    pub fn is_template(&self) -> bool {
+        self.table.contains("{schema}") || self.table.contains("{table}")
+    }
+
+    /// `(database, table)` of a template for a source `schema.table`.
+    pub fn resolve(&self, default_database: &str, schema: &str, table: &str) -> (String, String) {
+        let (database, name) = self.qualified(default_database);
+        let fill = |s: &str| s.replace("{schema}", schema).replace("{table}", table);
+        (fill(&database), fill(&name))
+    }
+
     /// `(database, table)` with `default_database` when the name has no prefix.
     pub fn qualified(&self, default_database: &str) -> (String, String) {
         match self.table.split_once('.') {
@@ -301,16 +438,7 @@ mod tests {
 
     fn valid() -> ClickHouseSinkConfig {
         ClickHouseSinkConfig {
-            tables: vec![TableMapping {
-                topic: "/default/events".into(),
-                table: "events".into(),
-                unknown_fields: UnknownFields::Ignore,
-                topic_column: None,
-                offset_column: None,
-                publish_time_column: None,
-                key_column: None,
-                batch_id_column: None,
-            }],
+            tables: vec![TableMapping::new("/default/events", "events")],
             ..ClickHouseSinkConfig::default()
         }
     }
@@ -346,6 +474,35 @@ mod tests {
         let mut c = valid();
         c.settings.insert("bad name".into(), "1".into());
         assert!(c.validate().unwrap_err().to_string().contains("connector.settings.bad name"));
+        let mut c = valid();
+        c.tables[0].table = "{schema}_{table}".into();
+        assert!(c.validate().unwrap_err().to_string().contains("connector.tables[0].table"));
+        c.tables[0].mode = TableMode::Cdc;
+        assert!(c.validate().is_ok());
+        c.tables[0].table = "{schema}_{tabel}".into();
+        assert!(c.validate().unwrap_err().to_string().contains("connector.tables[0].table"));
+        let mut c = valid();
+        c.tables[0].mode = TableMode::Cdc;
+        c.tables[0].version_column = "_deleted".into();
+        assert!(c.validate().unwrap_err().to_string().contains("connector.tables[0].version_column"));
+        let mut c = valid();
+        c.tables[0].create_tables = true;
+        assert!(c.validate().unwrap_err().to_string().contains("connector.tables[0].mode"));
+    }
+
+    #[test]
+    fn templates_resolve_per_source_table() {
+        let mut m = TableMapping::new("/default/pg", "cdc.{schema}_{table}");
+        m.mode = TableMode::Cdc;
+        assert!(m.is_template());
+        assert_eq!(m.resolve("default", "public", "orders"), ("cdc".into(), "public_orders".into()));
+        let cdc: TableMapping =
+            serde_json::from_str(r#"{"topic":"/default/pg","table":"t","mode":"cdc","truncate":"ignore"}"#)
+                .expect("cdc");
+        assert_eq!(
+            (cdc.mode, cdc.truncate, cdc.deleted_column.as_str()),
+            (TableMode::Cdc, TruncateMode::Ignore, "_deleted")
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use danube_connect_core::SinkRecord;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{TableMapping, UnknownFields};
+use crate::config::{TableMapping, TableMode, UnknownFields};
 use crate::types::{write_str, ColumnType, ConvertError};
 
 /// One column of the target table.
@@ -82,6 +82,8 @@ pub struct Mapper {
     publish_time_column: Option<usize>,
     key_column: Option<usize>,
     batch_column: Option<usize>,
+    /// CDC mode: the deleted flag and version columns.
+    cdc: Option<(usize, usize)>,
 }
 
 impl Mapper {
@@ -126,7 +128,24 @@ impl Mapper {
                 ));
             }
         }
+        let cdc = match mapping.mode {
+            TableMode::Rows => None,
+            TableMode::Cdc => {
+                let deleted = lookup(&Some(mapping.deleted_column.clone()), "deleted_column")?
+                    .ok_or_else(|| "deleted_column is missing".to_string())?;
+                let version = lookup(&Some(mapping.version_column.clone()), "version_column")?
+                    .ok_or_else(|| "version_column is missing".to_string())?;
+                if !columns[version].ty.base().is_unsigned_integer() {
+                    return Err(format!(
+                        "version_column `{}` must be an unsigned integer column (UInt64)",
+                        columns[version].name
+                    ));
+                }
+                Some((deleted, version))
+            }
+        };
         Ok(Self {
+            cdc,
             batch_column,
             topic_column,
             offset_column,
@@ -157,6 +176,12 @@ impl Mapper {
     /// JSON) and the record's metadata.
     pub fn map_value(&self, value: &Value, record: &SinkRecord) -> Result<EncodedRow, MapError> {
         let Value::Object(object) = value else { return Err(MapError::NotObject(kind(value))) };
+        let metadata = self.metadata(record);
+        self.map_object(object, &metadata, self.unknown)
+    }
+
+    /// The configured metadata columns of `record`.
+    fn metadata(&self, record: &SinkRecord) -> Vec<(usize, Value)> {
         let mut metadata: Vec<(usize, Value)> = Vec::new();
         if let Some(i) = self.topic_column {
             metadata.push((i, Value::String(record.topic.clone())));
@@ -176,7 +201,34 @@ impl Mapper {
         if let Some(i) = self.key_column {
             metadata.push((i, record.routing_key.clone().map_or(Value::Null, Value::String)));
         }
-        self.map_object(object, &metadata, self.unknown)
+        metadata
+    }
+
+    /// Maps one CDC row image (an after image, or the key of a deleted row) with its deleted
+    /// flag and version, plus the record's metadata columns.
+    pub fn map_change(
+        &self,
+        image: &Map<String, Value>,
+        record: &SinkRecord,
+        deleted: bool,
+        version: u64,
+    ) -> Result<EncodedRow, MapError> {
+        let mut metadata = self.metadata(record);
+        if let Some((deleted_column, version_column)) = self.cdc {
+            metadata.push((deleted_column, Value::from(u8::from(deleted))));
+            metadata.push((version_column, Value::from(version)));
+        }
+        self.map_object(image, &metadata, self.unknown)
+    }
+
+    /// The CDC deleted flag and version column names (CDC mode only).
+    pub fn cdc_columns(&self) -> Option<(&str, &str)> {
+        self.cdc.map(|(d, v)| (self.columns[d].name.as_str(), self.columns[v].name.as_str()))
+    }
+
+    /// Whether the table has an insertable column `name`.
+    pub fn has_column(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
     }
 
     /// Maps a JSON object (e.g. a spooled row re-mapped after a schema change).
@@ -251,7 +303,8 @@ impl ColumnType {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+/// The JSON kind of `value` (`object`, `array`, ...), for messages.
+pub fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -272,14 +325,11 @@ mod tests {
 
     fn mapping(unknown: UnknownFields) -> TableMapping {
         TableMapping {
-            topic: "/default/t".into(),
-            table: "t".into(),
             unknown_fields: unknown,
             topic_column: Some("_topic".into()),
             offset_column: Some("_offset".into()),
-            publish_time_column: None,
-            key_column: None,
             batch_id_column: Some("_batch".into()),
+            ..TableMapping::new("/default/t", "t")
         }
     }
 

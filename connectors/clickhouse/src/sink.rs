@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::client::{ClickHouse, ClickHouseError};
-use crate::config::{ClickHouseSinkConfig, DedupMode, TableMapping, UnknownFields};
+use crate::config::{ClickHouseSinkConfig, DedupMode, TableMapping, TableMode, UnknownFields};
 use crate::mapping::{MapError, Mapper};
 use crate::spool::{json_each_row, record_id, LoadedSegment, RowGroup, Spool, SpoolError};
 
@@ -49,7 +49,6 @@ pub struct ClickHouseSink {
     config: ClickHouseSinkConfig,
     settings: SinkSettings,
     inner: Option<Arc<Inner>>,
-    flushers: Mutex<Vec<JoinHandle<()>>>,
     stop: CancellationToken,
 }
 
@@ -110,16 +109,30 @@ struct Inner {
     config: ClickHouseSinkConfig,
     settings: SinkSettings,
     ch: ClickHouse,
-    tables: HashMap<String, Arc<Table>>,
+    /// Open tables by `database.table`.
+    tables: RwLock<HashMap<String, Arc<Table>>>,
+    /// Topic -> (index in `tables` of the config, mapping).
+    routes: HashMap<String, (usize, TableMapping)>,
+    /// Held while a table's spool is opened.
+    opening: tokio::sync::Mutex<()>,
+    /// Registry schema definitions by (id, version), for CDC table creation.
+    schemas: Mutex<SchemaDefinitions>,
     retry: RetryPolicy,
     publisher: Publisher,
     health: Health,
     dedup: AtomicU8,
     metrics: Metrics,
     problem: Mutex<Option<String>>,
+    stop: CancellationToken,
+    flushers: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Registry schema definitions by (schema id, version).
+type SchemaDefinitions = HashMap<(u64, Option<u32>), Arc<Value>>;
+
 struct Table {
+    /// Index of the mapping in the config's `tables` (for messages naming a field).
+    index: usize,
     mapping: TableMapping,
     database: String,
     name: String,
@@ -129,6 +142,10 @@ struct Table {
     last_refresh: Mutex<Option<Instant>>,
     wake: Notify,
     space: Notify,
+    /// CDC mode: the key columns (configured, or the table's `ORDER BY`).
+    keys: Mutex<Vec<String>>,
+    /// CDC mode: held while the table is created or altered.
+    ddl: tokio::sync::Mutex<()>,
 }
 
 /// Why a flusher stopped early.
@@ -137,13 +154,17 @@ struct Stopped;
 impl ClickHouseSink {
     /// A sink for `config`; spools are opened and schemas read in `initialize`.
     pub fn new(config: ClickHouseSinkConfig, settings: SinkSettings) -> Self {
-        Self { config, settings, inner: None, flushers: Mutex::new(Vec::new()), stop: CancellationToken::new() }
+        Self { config, settings, inner: None, stop: CancellationToken::new() }
     }
 
     fn inner(&self) -> ConnectorResult<&Arc<Inner>> {
         self.inner.as_ref().ok_or_else(|| ConnectorError::fatal_msg("the ClickHouse sink was not initialized"))
     }
 }
+
+mod cdc_intake;
+
+use cdc_intake::recovered_targets;
 
 fn spool_dir_name(database: &str, table: &str) -> String {
     format!("{database}.{table}")
@@ -157,61 +178,46 @@ impl SinkConnector for ClickHouseSink {
     async fn initialize(&mut self, ctx: SinkContext) -> ConnectorResult<()> {
         let metrics = Metrics::register(&ctx).map_err(|e| ConnectorError::fatal("register ClickHouse metrics", e))?;
         let ch = ClickHouse::new(&self.config);
-        let mut tables = HashMap::new();
-        for mapping in &self.config.tables {
-            let (database, name) = mapping.qualified(&self.config.database);
-            let dir = self.config.spool.dir.join(spool_dir_name(&database, &name));
-            let spool_config = self.config.spool.clone();
-            let batch = self.config.batch.clone();
-            let spool = tokio::task::spawn_blocking(move || Spool::open(dir, &spool_config, batch))
-                .await
-                .map_err(|e| ConnectorError::fatal("open the spool", e))?
-                .map_err(|e| ConnectorError::fatal("open the spool", e))?;
-            let label = format!("{database}.{name}");
-            info!(table = %label, topic = %mapping.topic, pending_rows = spool.pending_ids(), "spool opened");
-            tables.insert(
-                mapping.topic.clone(),
-                Arc::new(Table {
-                    mapping: mapping.clone(),
-                    database,
-                    name,
-                    label,
-                    spool: Arc::new(spool),
-                    mapper: RwLock::new(None),
-                    last_refresh: Mutex::new(None),
-                    wake: Notify::new(),
-                    space: Notify::new(),
-                }),
-            );
-        }
         let dedup = match self.config.deduplication_token {
             DedupMode::Auto => DEDUP_UNKNOWN,
             DedupMode::Always => DEDUP_ON,
             DedupMode::Never => DEDUP_OFF,
         };
+        let routes = self.config.tables.iter().enumerate().map(|(i, m)| (m.topic.clone(), (i, m.clone()))).collect();
         let inner = Arc::new(Inner {
             config: self.config.clone(),
             settings: self.settings.clone(),
             ch,
-            tables,
+            tables: RwLock::new(HashMap::new()),
+            routes,
+            opening: tokio::sync::Mutex::new(()),
+            schemas: Mutex::new(HashMap::new()),
             retry: RetryPolicy::new(self.settings.retry.clone()),
             publisher: ctx.publisher.clone(),
             health: ctx.health.clone(),
             dedup: AtomicU8::new(dedup),
             metrics,
             problem: Mutex::new(None),
+            stop: self.stop.clone(),
+            flushers: Mutex::new(Vec::new()),
         });
         inner.check_server_features().await?;
-        for table in inner.tables.values() {
-            if let Err(e) = inner.refresh_schema(table).await {
+        for (index, mapping) in self.config.tables.iter().enumerate() {
+            if mapping.is_template() {
+                // Tables of this topic that a previous run spooled rows for.
+                for (database, name) in recovered_targets(&self.config.spool.dir, &mapping.topic) {
+                    inner.open_table(index, mapping, database, name).await?;
+                }
+            } else {
+                let (database, name) = mapping.qualified(&self.config.database);
+                inner.open_table(index, mapping, database, name).await?;
+            }
+        }
+        for table in inner.all_tables() {
+            if let Err(e) = inner.refresh_schema(&table).await {
                 warn!(table = %table.label, error = %e.chain(), "cannot read the table's columns yet; records wait until ClickHouse answers");
             }
         }
-        let mut flushers = Vec::new();
-        for table in inner.tables.values() {
-            flushers.push(tokio::spawn(supervise_flusher(inner.clone(), table.clone(), self.stop.clone())));
-        }
-        *self.flushers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = flushers;
         self.inner = Some(inner);
         Ok(())
     }
@@ -226,10 +232,10 @@ impl SinkConnector for ClickHouseSink {
     async fn process_batch(&self, records: &[SinkRecord]) -> ConnectorResult<()> {
         let inner = self.inner()?;
         let mut failures: Vec<(usize, ConnectorError)> = Vec::new();
-        let mut by_table: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_topic: HashMap<&str, Vec<usize>> = HashMap::new();
         for (index, record) in records.iter().enumerate() {
-            if inner.tables.contains_key(&record.topic) {
-                by_table.entry(record.topic.as_str()).or_default().push(index);
+            if inner.routes.contains_key(&record.topic) {
+                by_topic.entry(record.topic.as_str()).or_default().push(index);
             } else {
                 failures.push((
                     index,
@@ -237,9 +243,15 @@ impl SinkConnector for ClickHouseSink {
                 ));
             }
         }
-        for (topic, indices) in by_table {
-            let Some(table) = inner.tables.get(topic) else { continue };
-            inner.spool_records(table, records, &indices, &mut failures).await;
+        for (topic, indices) in by_topic {
+            let Some((mapping_index, mapping)) = inner.routes.get(topic) else { continue };
+            if mapping.mode == TableMode::Cdc {
+                inner.spool_changes(*mapping_index, mapping, records, &indices, &mut failures).await;
+                continue;
+            }
+            let (database, name) = mapping.qualified(&inner.config.database);
+            let Some(table) = inner.table(&format!("{database}.{name}")) else { continue };
+            inner.spool_records(&table, records, &indices, &mut failures).await;
         }
         if failures.is_empty() {
             Ok(())
@@ -251,7 +263,8 @@ impl SinkConnector for ClickHouseSink {
 
     async fn shutdown(&self) -> ConnectorResult<()> {
         let inner = self.inner()?;
-        for table in inner.tables.values() {
+        let tables = inner.all_tables();
+        for table in &tables {
             let spool = table.spool.clone();
             match tokio::task::spawn_blocking(move || spool.seal_lingering(None)).await {
                 Ok(Ok(_)) => table.wake.notify_one(),
@@ -262,17 +275,17 @@ impl SinkConnector for ClickHouseSink {
             }
         }
         let deadline = Instant::now() + inner.config.shutdown_flush_timeout;
-        while Instant::now() < deadline && !inner.tables.values().all(|t| t.spool.is_empty()) {
+        while Instant::now() < deadline && !tables.iter().all(|t| t.spool.is_empty()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left: usize = inner.tables.values().map(|t| t.spool.pending_ids()).sum();
+        let left: usize = tables.iter().map(|t| t.spool.pending_ids()).sum();
         if left > 0 {
             warn!(rows = left, "shutdown: rows remain in the spool; they are inserted at the next start");
         } else {
             info!("shutdown: spool empty, every row is in ClickHouse");
         }
         self.stop.cancel();
-        let flushers = std::mem::take(&mut *self.flushers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let flushers = std::mem::take(&mut *inner.flushers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for flusher in flushers {
             let _ = flusher.await;
         }
@@ -309,6 +322,19 @@ impl Inner {
             Arc::new(Mapper::new(columns, &table.mapping).map_err(|message| {
                 ConnectorError::fatal_msg(format!("table mapping for {}: {message}", table.label))
             })?);
+        if table.mapping.mode == TableMode::Cdc {
+            let keys = if table.mapping.key_columns.is_empty() {
+                let engine = self
+                    .ch
+                    .engine_full(&table.database, &table.name)
+                    .await
+                    .map_err(|e| ConnectorError::retryable(format!("read the engine of {}", table.label), e))?;
+                crate::cdc::sorting_key(&engine)
+            } else {
+                table.mapping.key_columns.clone()
+            };
+            *table.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+        }
         debug!(table = %table.label, columns = mapper.columns().len(), "table columns loaded");
         *table.mapper.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mapper.clone());
         Ok(mapper)
@@ -388,6 +414,20 @@ impl Inner {
                 )),
             }
         }
+        let groups: Vec<RowGroup> =
+            groups.into_iter().map(|(shape, rows)| (mapper.insert_columns(&shape), rows)).collect();
+        self.append_rows(table, groups, spooled, failures).await;
+    }
+
+    /// Appends mapped rows (of the records at `spooled`) to the table's spool, pushing a
+    /// failure per record when that fails.
+    async fn append_rows(
+        &self,
+        table: &Arc<Table>,
+        groups: Vec<RowGroup>,
+        spooled: Vec<usize>,
+        failures: &mut Vec<(usize, ConnectorError)>,
+    ) {
         if spooled.is_empty() {
             return;
         }
@@ -397,8 +437,6 @@ impl Inner {
             }
             return;
         }
-        let groups: Vec<RowGroup> =
-            groups.into_iter().map(|(shape, rows)| (mapper.insert_columns(&shape), rows)).collect();
         let spool = table.spool.clone();
         let result = tokio::task::spawn_blocking(move || spool.append(groups)).await;
         let label = [self.settings.connector_name.as_str(), table.label.as_str()];

@@ -145,6 +145,11 @@ impl ColumnType {
         matches!(self, Self::Nullable(_))
     }
 
+    /// `UInt8`..`UInt128`.
+    pub fn is_unsigned_integer(&self) -> bool {
+        matches!(self, Self::Int { signed: false, .. })
+    }
+
     /// Appends `value` converted to this type as `JSONEachRow` text.
     pub fn encode(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         match self {

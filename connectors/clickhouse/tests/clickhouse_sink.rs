@@ -607,6 +607,7 @@ fn a_bad_config_is_refused_naming_the_field() {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_danube-clickhouse"));
         command
             .arg("--check")
+            .env("CONNECTOR_SINK__TOPICS", r#"[{topic="/default/events"}]"#)
             .env("CLICKHOUSE_URL", "http://127.0.0.1:8123")
             .env("CLICKHOUSE_TABLES", r#"[{topic="/default/events", table="events"}]"#)
             .env("CLICKHOUSE_PASSWORD", "hunter2");
@@ -624,6 +625,8 @@ fn a_bad_config_is_refused_naming_the_field() {
         ("CLICKHOUSE_URL", "127.0.0.1:8123", "connector.url"),
         ("CLICKHOUSE_URL", "http://default:in-url-pw@127.0.0.1:8123", "connector.url"),
         ("CLICKHOUSE_TABLES", r#"[{topic="/default/events", table="a.b.c"}]"#, "connector.tables[0].table"),
+        // A cross-section check: a sink with nothing to consume fails `--check` too.
+        ("CONNECTOR_SINK__TOPICS", "[]", "sink.topics"),
     ] {
         let out = run(&[(key, value)]);
         assert_eq!(out.status.code(), Some(1), "{key}={value}");

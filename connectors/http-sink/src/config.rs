@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
-use danube_connect_core::config::{ConfigError, Validate};
+use danube_connect_core::config::{ConfigError, RuntimeConfig, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -447,6 +447,10 @@ impl Default for CircuitBreakerConfig {
 }
 
 impl Validate for HttpSinkConfig {
+    fn validate_with_runtime(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        runtime.require_sink_topics()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.url.is_empty() {
             return Err(ConfigError::invalid("connector.url", "is required (e.g. https://hooks.example.com/events)"));

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use danube_connect_core::config::{Ordering, RetryConfig};
 use danube_connect_core::retry::{Backoff, RetryPolicy};
+use danube_connect_core::trace_context;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
 use futures::future::join_all;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
@@ -519,6 +520,14 @@ impl HttpSink {
         }
         if let Some((name, signer)) = &self.hmac {
             dynamic(name.clone(), &signer.sign(&body.bytes));
+        }
+        // The W3C trace context the record brought (e.g. from the webhook http-source took
+        // it from): a batch carries it only when every record shares it.
+        if let [first, rest @ ..] = records {
+            let parent = first.attributes.get(trace_context::TRACEPARENT);
+            if rest.iter().all(|r| r.attributes.get(trace_context::TRACEPARENT) == parent) {
+                trace_context::copy_into_headers(&first.attributes, &mut headers);
+            }
         }
 
         // Closing the semaphore never happens: acquire fails only when closed.

@@ -633,6 +633,7 @@ fn static_internal_url_is_refused_at_start() {
         .arg("--check")
         .env("HTTP_SINK_URL", "http://127.0.0.1:9/hook")
         .env("HTTP_SINK_ALLOW_PRIVATE_TARGETS", "true")
+        .env("CONNECTOR_SINK__TOPICS", r#"[{topic="/default/hooks"}]"#)
         .output()
         .expect("run the binary");
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
@@ -901,12 +902,17 @@ fn bad_config_exits_1_naming_the_field() {
     ]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("connector.outcomes.retryable[1]"), "{stderr}");
+    // A cross-section check: a sink with nothing to consume fails `--check` as it fails the start.
+    let (code, stderr) = run(&[("HTTP_SINK_URL", "https://hooks.example.com/x")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("sink.topics") && stderr.contains("is empty"), "{stderr}");
 }
 
 #[test]
 fn check_prints_the_config_with_secrets_redacted() {
     let output = std::process::Command::new(BINARY)
         .arg("--check")
+        .env("CONNECTOR_SINK__TOPICS", r#"[{topic="/default/hooks"}]"#)
         .env("HTTP_SINK_URL", "{env=\"HOOK_URL\"}")
         .env("HOOK_URL", "https://hooks.example.com/services/T0/B0/s3cr3tPath?token=s3cr3tQuery")
         .env("HTTP_SINK_AUTH", "{type=\"bearer\", token=\"tok-very-secret\"}")

@@ -12,6 +12,7 @@ use axum::extract::{Query, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use danube_connect_core::health::Health;
+use danube_connect_core::trace_context;
 use danube_connect_core::{PendingPublish, PublishError, Publisher, SourceRecord};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
@@ -346,6 +347,8 @@ async fn handle_endpoint(
     for (name, value) in &params {
         record = record.with_attribute(format!("http.path.{name}"), value.as_str());
     }
+    // W3C trace context, so the request can be followed to the sink that delivers it.
+    trace_context::copy_into_attributes(&parts.headers, &mut record.attributes);
     for name in &endpoint.headers {
         if let Some(value) = header_text(&parts.headers, name.as_str()) {
             record = record.with_attribute(format!("http.header.{name}"), value);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use danube_connect_core::config::{validate_topic, ConfigError, Validate};
+use danube_connect_core::config::{validate_topic, ConfigError, RuntimeConfig, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -427,6 +427,16 @@ fn validate_properties(field: &str, properties: &KafkaProperties) -> Result<(), 
 }
 
 impl Validate for BridgeConfig {
+    fn validate_with_runtime(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        if self.import.mappings.is_empty() && runtime.sink.topics.is_empty() {
+            return Err(ConfigError::invalid(
+                "connector.import.mappings",
+                "nothing to do: add an import mapping (Kafka → Danube) or `sink.topics` (Danube → Kafka)",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(ConfigError::invalid(

@@ -24,7 +24,6 @@ pub mod kafka;
 pub mod mapping;
 pub mod offsets;
 
-use danube_connect_core::config::ConfigError;
 use danube_connect_core::{ConnectorConfig, SinkConnector, SourceConnector};
 
 pub use config::BridgeConfig;
@@ -58,13 +57,7 @@ pub fn build(config: &ConnectorConfig<BridgeConfig>) -> Result<BridgeParts, danu
     let id = bridge_id(config);
     let import = !config.connector.import.mappings.is_empty();
     let export = !config.runtime.sink.topics.is_empty();
-    if !import && !export {
-        return Err(ConfigError::invalid(
-            "connector.import.mappings",
-            "nothing to do: add an import mapping (Kafka → Danube) or `sink.topics` (Danube → Kafka)",
-        )
-        .into());
-    }
+    // `BridgeConfig::validate_with_runtime` refused a bridge with neither direction at load.
     let mut sources: Vec<Box<dyn SourceConnector>> = Vec::new();
     if import {
         sources.push(Box::new(KafkaImport::new(config.connector.clone(), id.clone())?));

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use danube_connect_core::config::{ConfigError, Validate};
+use danube_connect_core::config::{ConfigError, RuntimeConfig, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -434,6 +434,25 @@ impl Validate for MqttConfig {
             }
         }
         Ok(())
+    }
+
+    fn validate_with_runtime(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        let sink_topics: Vec<String> = runtime.sink.topics.iter().map(|t| t.topic.clone()).collect();
+        self.check_both_ways(&sink_topics)?;
+        match (&self.outbound, sink_topics.is_empty()) {
+            (Some(_), true) => Err(ConfigError::invalid(
+                "sink.topics",
+                "`connector.outbound` is set: name the Danube topics to send to MQTT (e.g. [{topic=\"/default/commands\"}])",
+            )),
+            (None, false) => Err(ConfigError::invalid(
+                "connector.outbound",
+                "`sink.topics` is set: configure `connector.outbound` (the MQTT topic template) too",
+            )),
+            (None, true) if self.mode == Mode::Off => {
+                Err(ConfigError::invalid("connector.mode", "is `off` and no outbound is configured: nothing to do"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

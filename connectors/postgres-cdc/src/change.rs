@@ -32,6 +32,8 @@ pub struct Table {
     pub array_elements: Vec<Option<u32>>,
     /// The registered schema the table's records are published with (`connector.schema`).
     pub schema: Option<Arc<BoundSchema>>,
+    /// What an UPDATE's unchanged TOAST columns become (`connector.toast`).
+    pub toast: ToastFill,
     full_name: String,
     /// `,"schema":"..","table":".."`, escaped.
     names_json: Vec<u8>,
@@ -63,7 +65,17 @@ impl Table {
                 key
             })
             .collect();
-        Self { relation, key, topic, array_elements, schema: None, full_name, names_json, column_keys }
+        Self {
+            relation,
+            key,
+            topic,
+            array_elements,
+            schema: None,
+            toast: ToastFill::List,
+            full_name,
+            names_json,
+            column_keys,
+        }
     }
 
     /// Column type OIDs that are neither a mapped scalar nor a known array type: candidates
@@ -93,13 +105,15 @@ impl Table {
         &self.full_name
     }
 
-    /// Writes a tuple as a JSON object in column order; unchanged TOAST columns are left out
-    /// and their indexes pushed to `unchanged`; with `only_present`, NULLs are left out too
-    /// (a key-only old image).
+    /// Writes a tuple as a JSON object in column order; with `only_present`, NULLs are left
+    /// out (a key-only old image). An unchanged TOAST column is handled by [`Table::toast`]:
+    /// left out, set to the placeholder, or taken from `old` (a full old row); a column left
+    /// out or set to the placeholder has its index pushed to `unchanged`.
     fn write_row(
         &self,
         tuple: &Tuple,
         only_present: bool,
+        old: Option<&Tuple>,
         unchanged: &mut Vec<usize>,
         out: &mut Vec<u8>,
     ) -> Result<(), CdcError> {
@@ -107,12 +121,23 @@ impl Table {
         let mut first = true;
         let columns = self.relation.columns.iter().zip(&self.array_elements).zip(&self.column_keys);
         for (index, (((column, element), key), value)) in columns.zip(tuple.iter()).enumerate() {
+            let mut value = value;
             match value {
                 TupleValue::Null if only_present => continue,
-                TupleValue::UnchangedToast => {
-                    unchanged.push(index);
-                    continue;
-                }
+                TupleValue::UnchangedToast => match &self.toast {
+                    ToastFill::Placeholder(_) => unchanged.push(index),
+                    ToastFill::Before => match old.and_then(|old| old.get(index)) {
+                        Some(previous) if *previous != TupleValue::UnchangedToast => value = previous,
+                        _ => {
+                            unchanged.push(index);
+                            continue;
+                        }
+                    },
+                    ToastFill::List => {
+                        unchanged.push(index);
+                        continue;
+                    }
+                },
                 _ => {}
             }
             if !first {
@@ -135,7 +160,11 @@ impl Table {
                     use base64::Engine;
                     push_json_str(out, &base64::engine::general_purpose::STANDARD.encode(bytes));
                 }
-                TupleValue::Null | TupleValue::UnchangedToast => out.extend_from_slice(b"null"),
+                TupleValue::UnchangedToast => match &self.toast {
+                    ToastFill::Placeholder(placeholder) => push_json_str(out, placeholder),
+                    _ => out.extend_from_slice(b"null"),
+                },
+                TupleValue::Null => out.extend_from_slice(b"null"),
             }
         }
         out.push(b'}');
@@ -159,6 +188,30 @@ impl Table {
             parts.pop()
         } else {
             serde_json::to_string(&parts).ok()
+        }
+    }
+}
+
+/// What an UPDATE's unchanged TOAST columns become in `after` (see
+/// [`ToastMode`](crate::config::ToastMode)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToastFill {
+    /// Left out, listed in `unchanged_toast`.
+    #[default]
+    List,
+    /// Set to this text, listed in `unchanged_toast`.
+    Placeholder(Arc<str>),
+    /// Taken from the full old row (`REPLICA IDENTITY FULL`); listed when there is none.
+    Before,
+}
+
+impl ToastFill {
+    /// The fill of `mode` with `placeholder`.
+    pub fn new(mode: crate::config::ToastMode, placeholder: &str) -> Self {
+        match mode {
+            crate::config::ToastMode::List => Self::List,
+            crate::config::ToastMode::Placeholder => Self::Placeholder(placeholder.into()),
+            crate::config::ToastMode::Before => Self::Before,
         }
     }
 }
@@ -206,13 +259,16 @@ impl Change<'_> {
         out.extend_from_slice(&table.names_json);
         out.extend_from_slice(b",\"before\":");
         match self.before {
-            Some((marker, tuple)) => table.write_row(tuple, marker == b'K', &mut Vec::new(), &mut out)?,
+            Some((marker, tuple)) => table.write_row(tuple, marker == b'K', None, &mut Vec::new(), &mut out)?,
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"after\":");
         let mut unchanged = Vec::new();
         match self.after {
-            Some(tuple) => table.write_row(tuple, false, &mut unchanged, &mut out)?,
+            Some(tuple) => {
+                let old = self.before.filter(|(marker, _)| *marker == b'O').map(|(_, old)| old);
+                table.write_row(tuple, false, old, &mut unchanged, &mut out)?
+            }
             None => out.extend_from_slice(b"null"),
         }
         if !unchanged.is_empty() {
@@ -350,6 +406,43 @@ mod tests {
             serde_json::from_slice(&delete.to_record().expect("record").payload).expect("JSON");
         assert_eq!((payload["before"].clone(), payload["after"].clone()), (json!({"id": 7}), json!(null)));
         assert!(payload.get("unchanged_toast").is_none());
+    }
+
+    #[test]
+    fn unchanged_toast_is_listed_replaced_or_taken_from_the_old_row() {
+        let column =
+            |name: &str, type_oid: u32, key: bool| Column { key, name: name.into(), type_oid, type_modifier: -1 };
+        let relation = Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "docs".into(),
+            replica_identity: b'f',
+            columns: vec![column("id", 23, true), column("body", 25, false)],
+        };
+        let mut table = Table::new(relation, &["id".to_string()], "/default/public-docs".into());
+        let old = vec![text("1"), text("long old body")];
+        let new = vec![text("1"), TupleValue::UnchangedToast];
+        let txn = TxnInfo::default();
+        let payload = |table: &Table, before: Option<(u8, &Tuple)>| -> serde_json::Value {
+            let change = Change { op: "UPDATE", table, before, after: Some(&new), lsn: 1, txn: &txn, seq: 0 };
+            serde_json::from_slice(&change.to_record().expect("record").payload).expect("JSON")
+        };
+        let listed = payload(&table, Some((b'O', &old)));
+        assert_eq!((listed["after"].clone(), listed["unchanged_toast"].clone()), (json!({"id": 1}), json!(["body"])));
+
+        table.toast = ToastFill::Placeholder("__unavailable".into());
+        let placed = payload(&table, Some((b'O', &old)));
+        assert_eq!(placed["after"], json!({"id": 1, "body": "__unavailable"}));
+        assert_eq!(placed["unchanged_toast"], json!(["body"]));
+
+        table.toast = ToastFill::Before;
+        let filled = payload(&table, Some((b'O', &old)));
+        assert_eq!(filled["after"], json!({"id": 1, "body": "long old body"}));
+        assert!(filled.get("unchanged_toast").is_none(), "{filled}");
+        let key_only = payload(&table, Some((b'K', &old)));
+        assert_eq!(key_only["after"], json!({"id": 1}), "no full old row: the column stays out");
+        assert_eq!(key_only["unchanged_toast"], json!(["body"]));
+        assert_eq!(payload(&table, None)["unchanged_toast"], json!(["body"]));
     }
 
     #[test]

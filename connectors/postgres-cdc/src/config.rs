@@ -49,6 +49,21 @@ pub enum SchemaMode {
     JsonSchema,
 }
 
+/// What an UPDATE's unchanged TOAST columns (large values PostgreSQL does not resend) become
+/// in `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ToastMode {
+    /// Left out of `after` and listed in `unchanged_toast`.
+    #[default]
+    List,
+    /// Set to `toast_placeholder` in `after` (and listed in `unchanged_toast`).
+    Placeholder,
+    /// Taken from the `before` image when the table has `REPLICA IDENTITY FULL` (its old row
+    /// carries the value); tables without it keep the `list` behaviour.
+    Before,
+}
+
 /// `[connector]` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -110,6 +125,23 @@ pub struct PostgresCdcConfig {
     /// Compatibility mode set on each subject before registering (`none`, `backward`,
     /// `forward`, `full`); unset keeps the registry's (backward by default).
     pub schema_compatibility: Option<CompatibilityMode>,
+    /// How often the slot's state (lag, `wal_status`, `safe_wal_size`) is read from
+    /// `pg_replication_slots`, on a connection of its own.
+    #[serde(with = "humantime_serde")]
+    pub slot_check_interval: Duration,
+    /// `/readyz` reports not ready while the slot's lag (server WAL position minus its
+    /// confirmed flush LSN) is above this many bytes; unset: lag does not affect readiness.
+    pub readiness_max_lag_bytes: Option<u64>,
+    /// `/readyz` reports not ready while the slot's `safe_wal_size` (WAL that may still be
+    /// written before PostgreSQL invalidates the slot, with `max_slot_wal_keep_size` set) is
+    /// below this many bytes; unset: not checked.
+    pub readiness_min_safe_wal_bytes: Option<u64>,
+    /// Unchanged TOAST columns of an UPDATE: `list` (left out, listed in `unchanged_toast`),
+    /// `placeholder` (set to `toast_placeholder`), `before` (from the old row with
+    /// `REPLICA IDENTITY FULL`).
+    pub toast: ToastMode,
+    /// The value an unchanged TOAST column gets with `toast = placeholder`.
+    pub toast_placeholder: String,
 }
 
 impl Default for PostgresCdcConfig {
@@ -140,6 +172,11 @@ impl Default for PostgresCdcConfig {
             schema: SchemaMode::None,
             schema_subject: "{schema}.{table}-value".into(),
             schema_compatibility: None,
+            slot_check_interval: Duration::from_secs(10),
+            readiness_max_lag_bytes: None,
+            readiness_min_safe_wal_bytes: None,
+            toast: ToastMode::List,
+            toast_placeholder: "__danube_unchanged_toast".into(),
         }
     }
 }
@@ -311,6 +348,27 @@ impl Validate for PostgresCdcConfig {
         if self.status_interval.is_zero() || self.heartbeat_interval.is_zero() {
             return Err(ConfigError::invalid("connector.status_interval", "intervals must be above zero"));
         }
+        if self.slot_check_interval.is_zero() {
+            return Err(ConfigError::invalid("connector.slot_check_interval", "must be above zero (e.g. `10s`)"));
+        }
+        if self.readiness_max_lag_bytes == Some(0) {
+            return Err(ConfigError::invalid(
+                "connector.readiness_max_lag_bytes",
+                "must be at least 1 (leave it unset to keep lag out of readiness)",
+            ));
+        }
+        if self.readiness_min_safe_wal_bytes == Some(0) {
+            return Err(ConfigError::invalid(
+                "connector.readiness_min_safe_wal_bytes",
+                "must be at least 1 (leave it unset to keep safe_wal_size out of readiness)",
+            ));
+        }
+        if self.toast == ToastMode::Placeholder && self.toast_placeholder.is_empty() {
+            return Err(ConfigError::invalid(
+                "connector.toast_placeholder",
+                "must not be empty with toast = placeholder",
+            ));
+        }
         Ok(())
     }
 }
@@ -353,6 +411,26 @@ mod tests {
             (
                 PostgresCdcConfig { schema: SchemaMode::JsonSchema, schema_subject: " ".into(), ..Default::default() },
                 "connector.schema_subject",
+            ),
+            (
+                PostgresCdcConfig { slot_check_interval: Duration::ZERO, ..Default::default() },
+                "connector.slot_check_interval",
+            ),
+            (
+                PostgresCdcConfig { readiness_max_lag_bytes: Some(0), ..Default::default() },
+                "connector.readiness_max_lag_bytes",
+            ),
+            (
+                PostgresCdcConfig { readiness_min_safe_wal_bytes: Some(0), ..Default::default() },
+                "connector.readiness_min_safe_wal_bytes",
+            ),
+            (
+                PostgresCdcConfig {
+                    toast: ToastMode::Placeholder,
+                    toast_placeholder: String::new(),
+                    ..Default::default()
+                },
+                "connector.toast_placeholder",
             ),
         ];
         for (config, field) in cases {

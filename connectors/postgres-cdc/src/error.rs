@@ -36,6 +36,23 @@ pub enum CdcError {
     /// slot in use): operator action needed.
     #[error("{0}")]
     Setup(String),
+    /// PostgreSQL invalidated the replication slot (`wal_status = lost`): the WAL it needed
+    /// was removed, so changes since its confirmed position cannot be read any more.
+    #[error(
+        "replication slot {slot} was invalidated by PostgreSQL (wal_status = lost): it fell more than \
+         max_slot_wal_keep_size behind the server's WAL (confirmed flush LSN {confirmed}) and the WAL it still \
+         needed was removed, so the changes since then cannot be streamed. Recovery: drop the slot \
+         (SELECT pg_drop_replication_slot('{slot}')) and start the connector again with connector.snapshot = \
+         initial: it creates a new slot and snapshots the captured tables, so consumers get every current row \
+         (op READ) and the stream continues from there; changes between the loss and the new snapshot are only \
+         visible as their result"
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+        /// Its last confirmed flush LSN (`X/Y`, or `unknown`).
+        confirmed: String,
+    },
     /// A record could not be serialized.
     #[error("serialize record")]
     Serialize(#[source] serde_json::Error),

@@ -7,6 +7,7 @@
 //! - [`change`]: row changes to records;
 //! - [`schema`]: a JSON Schema per table, registered and attached to its records;
 //! - [`marks`]: which LSN may be confirmed given Danube's acks;
+//! - [`metrics`]: the connector's metrics and the slot monitor (lag, `wal_status`, readiness);
 //! - [`stream`]: the replication task (snapshot, stream, confirmed LSN);
 //! - [`tls`]: TLS for the query connection;
 //! - [`source`]: the [`SourceConnector`](danube_connect_core::SourceConnector).
@@ -15,6 +16,7 @@ pub mod change;
 pub mod config;
 pub mod error;
 pub mod marks;
+pub mod metrics;
 pub mod pgoutput;
 pub mod schema;
 pub mod setup;

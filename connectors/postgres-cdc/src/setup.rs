@@ -55,6 +55,8 @@ pub struct SlotInfo {
     pub active_pid: Option<i32>,
     /// Its confirmed flush LSN as text.
     pub confirmed_flush: Option<String>,
+    /// `wal_status`: `reserved`, `extended`, `unreserved` or `lost` (invalidated).
+    pub wal_status: Option<String>,
 }
 
 /// Checks `wal_level`, the replication privilege and the listed tables; creates the
@@ -119,15 +121,124 @@ pub async fn prepare(client: &Client, config: &PostgresCdcConfig) -> Result<(), 
             _ => CdcError::Query { what: format!("create publication {}", config.publication), source },
         })?;
         info!(publication = %config.publication, %target, "publication created");
+    } else {
+        add_missing_tables(client, config).await?;
     }
     Ok(())
 }
 
-/// The slot's state, or `None` when it does not exist. A slot with another plugin is an error.
+/// Adds the configured tables the existing publication lacks (`ALTER PUBLICATION ... ADD
+/// TABLE`), recording them in the same transaction as tables to snapshot (see
+/// [`added_tables`]), so a crash before their snapshot is acknowledged redoes it. A
+/// publication `FOR ALL TABLES` covers every table already.
+pub async fn add_missing_tables(client: &Client, config: &PostgresCdcConfig) -> Result<(), CdcError> {
+    if config.tables.is_empty() {
+        return Ok(());
+    }
+    let all: bool = client
+        .query_one("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&config.publication])
+        .await
+        .map_err(query("read publication"))?
+        .get(0);
+    if all {
+        return Ok(());
+    }
+    let published = published_tables(client, &config.publication).await?;
+    let missing: Vec<(String, String)> =
+        config.table_list().into_iter().filter(|table| !published.contains(table)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+    let names: Vec<String> = missing.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+    let snapshot = config.snapshot != crate::config::SnapshotMode::Never;
+    in_marker_transaction(client, config, |map| {
+        if snapshot {
+            let mut pending = added_from(map, &config.slot);
+            for table in &missing {
+                if !pending.contains(table) {
+                    pending.push(table.clone());
+                }
+            }
+            set_added(map, &config.slot, &pending);
+        }
+        Some(format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(&config.publication), list.join(", ")))
+    })
+    .await
+    .map_err(|error| match error {
+        CdcError::Query { source, .. } if source.as_db_error().is_some() => CdcError::Setup(format!(
+            "cannot add {} to publication {}: {} (the connector user must own the publication and the tables, \
+             or add them yourself: ALTER PUBLICATION {} ADD TABLE {})",
+            names.join(", "),
+            config.publication,
+            source.as_db_error().map_or_else(String::new, |db| db.message().to_string()),
+            config.publication,
+            names.join(", ")
+        )),
+        other => other,
+    })?;
+    info!(publication = %config.publication, tables = %names.join(", "), snapshot, "tables added to the publication");
+    Ok(())
+}
+
+/// Key of a slot's list of added tables whose snapshot is not acknowledged yet.
+fn added_key(slot: &str) -> String {
+    format!("{slot}:added")
+}
+
+fn added_from(map: &serde_json::Map<String, serde_json::Value>, slot: &str) -> Vec<(String, String)> {
+    map.get(&added_key(slot))
+        .and_then(|v| v.as_array())
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str())
+                .filter_map(|n| n.split_once('.'))
+                .map(|(s, t)| (s.to_string(), t.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set_added(map: &mut serde_json::Map<String, serde_json::Value>, slot: &str, tables: &[(String, String)]) {
+    if tables.is_empty() {
+        map.remove(&added_key(slot));
+    } else {
+        let names: Vec<serde_json::Value> =
+            tables.iter().map(|(s, t)| serde_json::Value::from(format!("{s}.{t}"))).collect();
+        map.insert(added_key(slot), serde_json::Value::Array(names));
+    }
+}
+
+/// Tables added to the publication for this slot whose snapshot is not acknowledged yet
+/// (kept next to the snapshot marker in the publication's comment).
+pub async fn added_tables(client: &Client, config: &PostgresCdcConfig) -> Result<Vec<(String, String)>, CdcError> {
+    let comment = publication_comment(client, &config.publication).await?;
+    Ok(comment.as_deref().and_then(parse_markers).map(|map| added_from(&map, &config.slot)).unwrap_or_default())
+}
+
+/// Forgets the added tables whose snapshot was acknowledged (or covered by a new slot's
+/// initial snapshot).
+pub async fn clear_added_tables(
+    client: &Client,
+    config: &PostgresCdcConfig,
+    done: &[(String, String)],
+) -> Result<(), CdcError> {
+    in_marker_transaction(client, config, |map| {
+        let pending: Vec<(String, String)> =
+            added_from(map, &config.slot).into_iter().filter(|t| !done.contains(t)).collect();
+        set_added(map, &config.slot, &pending);
+        None
+    })
+    .await
+}
+
+/// The slot's state, or `None` when it does not exist. A slot with another plugin, or one
+/// PostgreSQL invalidated ([`CdcError::SlotLost`]), is an error.
 pub async fn slot(client: &Client, config: &PostgresCdcConfig) -> Result<Option<SlotInfo>, CdcError> {
     let row = client
         .query_opt(
-            "SELECT plugin, active_pid, confirmed_flush_lsn::text, database FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin, active_pid, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1",
             &[&config.slot],
         )
         .await
@@ -137,7 +248,14 @@ pub async fn slot(client: &Client, config: &PostgresCdcConfig) -> Result<Option<
         plugin: row.get::<_, Option<String>>(0).unwrap_or_default(),
         active_pid: row.get(1),
         confirmed_flush: row.get(2),
+        wal_status: row.get(3),
     };
+    if info.wal_status.as_deref() == Some("lost") {
+        return Err(CdcError::SlotLost {
+            slot: config.slot.clone(),
+            confirmed: info.confirmed_flush.clone().unwrap_or_else(|| "unknown".into()),
+        });
+    }
     if info.plugin != "pgoutput" {
         return Err(CdcError::Setup(format!(
             "replication slot {} uses plugin `{}`, not pgoutput",
@@ -302,6 +420,36 @@ pub async fn set_snapshot_marker(
 }
 
 async fn write_marker(client: &Client, config: &PostgresCdcConfig, state: SnapshotState) -> Result<(), CdcError> {
+    write_markers(client, config, |map| {
+        map.insert(config.slot.clone(), serde_json::Value::from(state.as_str()));
+        None
+    })
+    .await?;
+    info!(slot = %config.slot, state = state.as_str(), "snapshot progress recorded");
+    Ok(())
+}
+
+/// Runs [`write_markers`] in its own transaction.
+async fn in_marker_transaction(
+    client: &Client,
+    config: &PostgresCdcConfig,
+    change: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Option<String>,
+) -> Result<(), CdcError> {
+    client.batch_execute("BEGIN").await.map_err(query("begin publication comment update"))?;
+    let result = write_markers(client, config, change).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = client.batch_execute(end).await.map_err(query("end publication comment update"));
+    result.and(ended)
+}
+
+/// Read-modify-write of the markers in the publication's comment, inside the caller's
+/// transaction, under an advisory lock; `change` edits the map and may return one more
+/// statement to run in the same transaction.
+async fn write_markers(
+    client: &Client,
+    config: &PostgresCdcConfig,
+    change: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> Option<String>,
+) -> Result<(), CdcError> {
     client
         .execute("SELECT pg_advisory_xact_lock(hashtext('danube-cdc snapshot marker'))", &[])
         .await
@@ -315,11 +463,13 @@ async fn write_marker(client: &Client, config: &PostgresCdcConfig, state: Snapsh
         }
         _ => serde_json::Map::new(),
     };
-    map.insert(config.slot.clone(), serde_json::Value::from(state.as_str()));
+    let statement = change(&mut map);
+    if let Some(statement) = statement {
+        client.batch_execute(&statement).await.map_err(query(statement.clone()))?;
+    }
     let text = format!("{MARKER_PREFIX}{}", serde_json::Value::Object(map));
     let sql = format!("COMMENT ON PUBLICATION {} IS '{}'", quote_ident(&config.publication), text.replace('\'', "''"));
     client.batch_execute(&sql).await.map_err(query("write snapshot marker"))?;
-    info!(slot = %config.slot, state = state.as_str(), "snapshot progress recorded");
     Ok(())
 }
 

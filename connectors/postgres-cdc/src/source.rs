@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::config::PostgresCdcConfig;
 use crate::error::CdcError;
+use crate::metrics::{CdcMetrics, SlotLost, SlotMonitor};
 use crate::schema::TableSchemas;
 use crate::setup;
 use crate::stream::{Item, Progress, Stream};
@@ -35,6 +36,8 @@ pub struct PostgresCdcSource {
     task: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
     held_error: Option<ConnectorError>,
+    lost: Arc<SlotLost>,
+    monitor: Option<JoinHandle<()>>,
 }
 
 impl PostgresCdcSource {
@@ -48,6 +51,8 @@ impl PostgresCdcSource {
             task: None,
             progress: Arc::new(Progress::default()),
             held_error: None,
+            lost: Arc::new(SlotLost::default()),
+            monitor: None,
         }
     }
 
@@ -83,13 +88,25 @@ impl SourceConnector for PostgresCdcSource {
                 Err(error) => return Err(error.into_connector()),
             }
         }
+        let metrics = CdcMetrics::register(&ctx.metrics, &self.config.slot)
+            .map_err(|e| ConnectorError::fatal("register the postgres-cdc metrics", e))?;
+        let monitor = SlotMonitor {
+            config: self.config.clone(),
+            conn: conn.clone(),
+            metrics: metrics.clone(),
+            health: ctx.health.clone(),
+            lost: self.lost.clone(),
+            stop: self.stop.clone(),
+        };
+        self.monitor = Some(tokio::spawn(monitor.run()));
         let (tx, rx) = mpsc::channel(self.config.buffer);
         let (acked_tx, acked_rx) = watch::channel(0u64);
         self.acked = acked_tx;
         self.rx = Some(rx);
         let schemas = TableSchemas::new(self.config.clone(), ctx.publisher);
         let stream = Stream::new(self.config.clone(), conn, tx, acked_rx, self.stop.clone(), self.progress.clone())
-            .with_schemas(schemas);
+            .with_schemas(schemas)
+            .with_metrics(metrics);
         self.task = Some(tokio::spawn(stream.run()));
         Ok(())
     }
@@ -98,8 +115,21 @@ impl SourceConnector for PostgresCdcSource {
         if let Some(error) = self.held_error.take() {
             return Err(error);
         }
+        if let Some(error) = self.lost.take() {
+            return Err(error.into_connector());
+        }
         let Some(rx) = self.rx.as_mut() else { return Err(ConnectorError::fatal_msg("poll before initialize")) };
-        let first = match tokio::time::timeout(IDLE_WAIT, rx.recv()).await {
+        let received = tokio::select! {
+            received = tokio::time::timeout(IDLE_WAIT, rx.recv()) => received,
+            // The slot monitor found the slot invalidated: stop now, even with records buffered.
+            _ = self.lost.signal.cancelled() => {
+                return Err(self.lost.take().map_or_else(
+                    || ConnectorError::fatal_msg("the replication slot was invalidated"),
+                    CdcError::into_connector,
+                ));
+            }
+        };
+        let first = match received {
             Err(_) => return Ok(Vec::new()),
             Ok(Some(Item::Record(record))) => record,
             Ok(Some(Item::Failed(error))) => return Err(error),
@@ -140,6 +170,10 @@ impl SourceConnector for PostgresCdcSource {
 
     async fn shutdown(&mut self) -> ConnectorResult<()> {
         self.stop.cancel();
+        if let Some(monitor) = self.monitor.take() {
+            // Read-only: nothing to finish.
+            monitor.abort();
+        }
         if let Some(task) = self.task.take() {
             if tokio::time::timeout(Duration::from_secs(15), task).await.is_err() {
                 warn!("replication task did not stop within 15s");

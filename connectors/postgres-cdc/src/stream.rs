@@ -20,10 +20,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::change::{format_lsn, pg_time_iso, Change, Table, TxnInfo};
+use crate::change::{format_lsn, pg_time_iso, Change, Table, ToastFill, TxnInfo};
 use crate::config::{Connection, PostgresCdcConfig, SnapshotMode, TlsMode};
 use crate::error::{query, replication, CdcError};
 use crate::marks::Marks;
+use crate::metrics::CdcMetrics;
 use crate::pgoutput::{self, Column, Message, Relation, TupleValue};
 use crate::schema::TableSchemas;
 use crate::setup::{self, SnapshotState};
@@ -69,6 +70,7 @@ pub(crate) struct Stream {
     txn: Option<TxnInfo>,
     txn_seq: u64,
     schemas: TableSchemas,
+    metrics: CdcMetrics,
 }
 
 impl Stream {
@@ -81,7 +83,6 @@ impl Stream {
         progress: Arc<Progress>,
     ) -> Self {
         Self {
-            config,
             conn,
             tx,
             acked,
@@ -94,7 +95,15 @@ impl Stream {
             txn: None,
             txn_seq: 0,
             schemas: TableSchemas::default(),
+            metrics: CdcMetrics::unregistered(&config.slot),
+            config,
         }
+    }
+
+    /// Counts records and snapshot progress in `metrics` (registered by the source).
+    pub(crate) fn with_metrics(mut self, metrics: CdcMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Publishes each table's records with its registered schema (`connector.schema`).
@@ -162,6 +171,10 @@ impl Stream {
             info!(slot = %self.config.slot, "the initial snapshot of this slot was already published; nothing to do");
             return Ok(Ended::SnapshotOnly);
         }
+        // Tables added to the publication of an existing slot: read before the stream starts.
+        if slot.is_some() && snapshotting && !initial_only && !self.snapshot_added(&client).await? {
+            return Ok(Ended::Shutdown);
+        }
         let mut repl = ReplicationClient::connect_gated(self.replication_config())
             .await
             .map_err(replication("connect for replication"))?;
@@ -216,6 +229,11 @@ impl Stream {
             }
             setup::set_snapshot_marker(&client, &self.config, SnapshotState::Done).await?;
             info!(rows = last, "initial snapshot acknowledged by Danube");
+            // The new slot's snapshot covered every published table, added ones included.
+            let added = setup::added_tables(&client, &self.config).await?;
+            if !added.is_empty() {
+                setup::clear_added_tables(&client, &self.config, &added).await?;
+            }
         }
         if initial_only {
             if slot.is_none() {
@@ -296,6 +314,7 @@ impl Stream {
             }
             ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                 let txn = self.txn.take();
+                self.metrics.commit_seen(commit_time_micros);
                 if let Some(topic) = self.config.transaction_topic.clone() {
                     let xid = txn.as_ref().map_or(0, |t| t.xid);
                     let record = boundary(&topic, "COMMIT", xid, lsn.as_u64(), commit_time_micros, Some(self.txn_seq))?;
@@ -331,9 +350,8 @@ impl Stream {
         let records: Vec<SourceRecord> = match message {
             Message::Relation(relation) => {
                 let key = setup::primary_key(client, relation.oid).await?;
-                let topic = self.config.topic_for(&relation.namespace, &relation.name);
                 debug!(table = %format!("{}.{}", relation.namespace, relation.name), "relation");
-                let table = resolved_table(client, relation, &key, topic).await?;
+                let table = resolved_table(client, &self.config, relation, &key).await?;
                 let table = self.schemas.attach(table).await?;
                 self.tables.insert(table.relation.oid, table);
                 Vec::new()
@@ -415,6 +433,9 @@ impl Stream {
     /// Hands a record to `poll`; false if shutdown came first.
     async fn emit(&mut self, record: SourceRecord) -> bool {
         let seq = self.next_seq;
+        if let (Some(table), Some(op)) = (record.attributes.get("table"), record.attributes.get("op")) {
+            self.metrics.records_of(table, op).inc();
+        }
         let record = record.with_offset(SourceOffset::new(self.config.slot.clone(), seq));
         tokio::select! {
             sent = self.tx.send(Item::Record(record)) => {
@@ -518,6 +539,49 @@ impl Stream {
             ))
             .await
             .map_err(query("import the slot's snapshot"))?;
+        self.read_tables(client, tables, point).await
+    }
+
+    /// Snapshots the tables added to the publication while the slot existed (see
+    /// [`setup::add_missing_tables`]) and waits until Danube acknowledged every row; then
+    /// forgets them. Their changes after the `ALTER PUBLICATION` come through the stream,
+    /// which starts after this. False when shutdown came first.
+    async fn snapshot_added(&mut self, client: &Client) -> Result<bool, CdcError> {
+        let added = setup::added_tables(client, &self.config).await?;
+        if added.is_empty() {
+            return Ok(true);
+        }
+        let published = setup::published_tables(client, &self.config.publication).await?;
+        let tables: Vec<(String, String)> = added.iter().filter(|t| published.contains(t)).cloned().collect();
+        let names: Vec<String> = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        info!(tables = %names.join(", "), "snapshot of tables added to the publication starting");
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(query("begin the snapshot of added tables"))?;
+        let point: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(query("read the WAL position"))?
+            .get(0);
+        let point = Lsn::parse(&point).map_or(0, Lsn::as_u64);
+        let Some(last) = self.read_tables(client, tables, point).await? else { return Ok(false) };
+        if !self.wait_acked(last).await {
+            return Ok(false);
+        }
+        setup::clear_added_tables(client, &self.config, &added).await?;
+        info!(tables = %names.join(", "), rows_up_to = last, "snapshot of added tables acknowledged by Danube");
+        Ok(true)
+    }
+
+    /// Reads `tables` in the transaction the caller opened (and commits it); returns the last
+    /// record's sequence number (`None` when shutdown interrupted it).
+    async fn read_tables(
+        &mut self,
+        client: &Client,
+        tables: Vec<(String, String)>,
+        point: u64,
+    ) -> Result<Option<u64>, CdcError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
         let txn = TxnInfo { xid: 0, commit_lsn: point, commit_time: now - 946_684_800_000_000 };
         // One counter over all tables: `(commit_lsn, seq)` identifies each snapshot row.
@@ -549,7 +613,7 @@ impl Stream {
                 columns.iter().map(|c| format!("{}::text", setup::quote_ident(&c.name))).collect();
             let relation =
                 Relation { oid, namespace: schema.clone(), name: name.clone(), replica_identity: b'd', columns };
-            let table = resolved_table(client, relation, &key, self.config.topic_for(&schema, &name)).await?;
+            let table = resolved_table(client, &self.config, relation, &key).await?;
             let table = self.schemas.attach(table).await?;
             client
                 .batch_execute(&format!(
@@ -560,6 +624,9 @@ impl Stream {
                 ))
                 .await
                 .map_err(query(format!("snapshot {schema}.{name}")))?;
+            let full_name = format!("{schema}.{name}");
+            let estimated = estimate_rows(client, oid, &schema, &name).await?;
+            self.metrics.snapshot_progress(&full_name, 0, Some(estimated));
             let mut table_rows = 0u64;
             loop {
                 let rows = client
@@ -593,25 +660,53 @@ impl Stream {
                         return Ok(None);
                     }
                 }
+                self.metrics.snapshot_progress(&full_name, table_rows, None);
             }
             client.batch_execute("CLOSE danube_snapshot").await.map_err(query("close snapshot cursor"))?;
-            info!(table = %format!("{schema}.{name}"), rows = table_rows, "table snapshot read");
+            self.metrics.snapshot_progress(&full_name, table_rows, Some(estimated.max(table_rows)));
+            info!(table = %full_name, rows = table_rows, "table snapshot read");
         }
         client.batch_execute("COMMIT").await.map_err(query("end snapshot transaction"))?;
         Ok(Some(self.last_emitted))
     }
 }
 
-/// A transaction boundary record.
+/// The rows a snapshot of a table is expected to read: `pg_class.reltuples`, or, for a table
+/// never vacuumed or analyzed (`-1`), an exact count in the snapshot's transaction.
+async fn estimate_rows(client: &Client, oid: u32, schema: &str, name: &str) -> Result<u64, CdcError> {
+    let estimate: f32 = client
+        .query_one("SELECT reltuples FROM pg_class WHERE oid = $1", &[&oid])
+        .await
+        .map_err(query("read the table's row estimate"))?
+        .get(0);
+    if estimate >= 0.0 {
+        return Ok(estimate as u64);
+    }
+    let count: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {}.{}", setup::quote_ident(schema), setup::quote_ident(name)), &[])
+        .await
+        .map_err(query(format!("count the rows of {schema}.{name}")))?
+        .get(0);
+    Ok(count.max(0) as u64)
+}
+
 /// A [`Table`] whose array columns of types not known by OID have their element types
 /// looked up in `pg_type`.
-async fn resolved_table(client: &Client, relation: Relation, key: &[String], topic: String) -> Result<Table, CdcError> {
+async fn resolved_table(
+    client: &Client,
+    config: &PostgresCdcConfig,
+    relation: Relation,
+    key: &[String],
+) -> Result<Table, CdcError> {
+    let topic = config.topic_for(&relation.namespace, &relation.name);
     let mut table = Table::new(relation, key, topic);
+    table.toast = ToastFill::new(config.toast, &config.toast_placeholder);
     let elements = setup::array_elements(client, &table.unresolved_types()).await?;
     table.resolve_arrays(&elements);
     Ok(table)
 }
 
+/// A transaction boundary record.
 fn boundary(
     topic: &str,
     op: &str,

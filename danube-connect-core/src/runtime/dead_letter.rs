@@ -28,6 +28,43 @@ pub mod attributes {
     pub const PAYLOAD_OMITTED_BYTES: &str = "dlq.payload_omitted_bytes";
 }
 
+/// The durable subscription the runtime creates on the dead-letter topic at start, before any
+/// record can be dead-lettered, and leaves without a consumer. A new Danube subscription starts
+/// at the end of its topic, so a reader that subscribed only when it is needed would miss every
+/// dead letter written before; through this one, `danube-connect dlq inspect` and
+/// `danube-connect dlq replay` read every dead letter not yet replayed (docs/operations.md).
+pub const DEAD_LETTER_SUBSCRIPTION: &str = "danube-connect-dlq";
+
+/// The subscription type of [`DEAD_LETTER_SUBSCRIPTION`]: shared, so a reader that was killed
+/// does not keep a later one out, and unacked dead letters go to the next reader.
+pub const DEAD_LETTER_SUBSCRIPTION_TYPE: danube_client::SubType = danube_client::SubType::Shared;
+
+/// Creates [`DEAD_LETTER_SUBSCRIPTION`] on `topic` (which must exist) if it does not exist yet:
+/// subscribes one consumer named `consumer_name`, opens its message stream and closes it. The
+/// subscription stays, durable, and keeps every dead letter published from then on until a
+/// reader acks it (verified on the development broker and Danube v0.15.1).
+pub async fn ensure_dead_letter_subscription(
+    client: &danube_client::DanubeClient,
+    topic: &str,
+    consumer_name: &str,
+) -> Result<(), danube_client::errors::DanubeError> {
+    let mut consumer = client
+        .new_consumer()
+        .with_topic(topic.to_string())
+        .with_consumer_name(consumer_name.to_string())
+        .with_subscription(DEAD_LETTER_SUBSCRIPTION.to_string())
+        .with_subscription_type(DEAD_LETTER_SUBSCRIPTION_TYPE)
+        .build()?;
+    consumer.subscribe().await?;
+    // Open the message stream before closing: Danube v0.15 takes a consumer that subscribed
+    // but never streamed for a live one and hands it the dead letters (they would come to a
+    // reader only after the ack timeout); a stream that ends marks the consumer gone.
+    let _messages = consumer.receive().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    consumer.close().await;
+    Ok(())
+}
+
 /// The largest payload a dead-letter record carries. Danube v0.15 refuses a message whose
 /// request is over 4 MiB (gRPC's default decode limit): a record refused for its size would be
 /// refused again as a dead letter and block its connector, so a larger payload is left out and

@@ -257,15 +257,10 @@ impl Runtime {
         sink: Option<Box<dyn SinkConnector>>,
     ) -> Result<RunReport, RuntimeError> {
         let env = self.env.clone();
-        if sink.is_some() && env.config.sink.topics.is_empty() {
-            return Err(RuntimeError::Config(crate::config::ConfigError::invalid(
-                "sink.topics",
-                "is empty: name at least one topic to consume, e.g. [{topic = \"/default/orders\"}] \
-                 (CONNECTOR_SINK__TOPICS='[{topic=\"/default/orders\"}]')",
-            )));
+        if sink.is_some() {
+            env.config.require_sink_topics()?;
         }
-        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-
+        let mut initialized = Vec::new();
         for (index, (drive, mut source)) in sources.into_iter().enumerate() {
             let ctx = SourceContext {
                 name: env.config.name.clone(),
@@ -275,10 +270,7 @@ impl Runtime {
                 health: env.health.clone(),
             };
             source.initialize(ctx).await?;
-            tasks.push(match drive {
-                SourceDrive::Poll => tokio::spawn(source::run_source_loop(env.clone(), index, source)),
-                SourceDrive::Push => tokio::spawn(push::run_push_source(env.clone(), index, source)),
-            });
+            initialized.push((index, drive, source));
         }
 
         let mut sink_handle = None;
@@ -291,30 +283,45 @@ impl Runtime {
                 health: env.health.clone(),
             };
             sink.initialize(ctx).await?;
-            let sink: Arc<dyn SinkConnector> = Arc::from(sink);
-            for (index, topic) in env.config.sink.topics.iter().enumerate() {
-                tasks.push(tokio::spawn(sink::run_topic(env.clone(), index, topic.clone(), sink.clone())));
-            }
-            tasks.push(tokio::spawn(sink::health_loop(env.clone(), sink.clone())));
-            sink_handle = Some(sink);
+            sink_handle = Some(Arc::<dyn SinkConnector>::from(sink));
         }
         // The dead-letter topic is created after the connectors prepared their own topics: a
         // dead-letter topic whose name extends a data topic's name (`/default/x` and a custom
         // `/default/x-dlq`) would make Danube refuse the data topic for good if it came first.
+        // It and its durable subscription are ready before any record flows, so no dead letter
+        // is written before the subscription that `danube-connect dlq` reads exists.
         let mut background = self.background;
         if env.config.failure.policy == crate::config::FailurePolicy::DeadLetter {
-            let dead_letter = vec![env.config.dead_letter_topic()];
-            match prepare_topics(&env.publisher, dead_letter, &env.shutdown).await {
-                Ok(retries) => background.extend(retries),
+            let dead_letter = env.config.dead_letter_topic();
+            match prepare_topics(&env.publisher, vec![dead_letter.clone()], &env.shutdown).await {
+                Ok(retries) => {
+                    // Subscribing fails while the topic does not exist: then retried until it does.
+                    background.extend(retries);
+                    background.extend(prepare_dead_letter_subscription(&env, dead_letter).await);
+                }
                 Err(error) => {
                     // Stop what the connectors started before failing the start.
                     env.shutdown.cancel();
-                    for task in tasks.into_iter().chain(background) {
+                    for task in background {
                         task.abort();
                     }
                     return Err(error);
                 }
             }
+        }
+
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for (index, drive, source) in initialized {
+            tasks.push(match drive {
+                SourceDrive::Poll => tokio::spawn(source::run_source_loop(env.clone(), index, source)),
+                SourceDrive::Push => tokio::spawn(push::run_push_source(env.clone(), index, source)),
+            });
+        }
+        if let Some(sink) = &sink_handle {
+            for (index, topic) in env.config.sink.topics.iter().enumerate() {
+                tasks.push(tokio::spawn(sink::run_topic(env.clone(), index, topic.clone(), sink.clone())));
+            }
+            tasks.push(tokio::spawn(sink::health_loop(env.clone(), sink.clone())));
         }
         info!(name = %env.config.name, "connector running");
 
@@ -377,6 +384,38 @@ async fn prepare_topics(
         .then(|| publisher.prepare_in_background(pending, PREPARE_TIMEOUT, shutdown.clone()))
         .into_iter()
         .collect())
+}
+
+/// Creates the durable subscription [`dead_letter::DEAD_LETTER_SUBSCRIPTION`] on the
+/// dead-letter topic (which exists by now), waiting at most [`PREPARE_TIMEOUT`]; on failure a
+/// background task retries it (backoff from 500 ms to 10 s) until it exists or shutdown.
+async fn prepare_dead_letter_subscription(env: &Env, topic: String) -> Option<JoinHandle<()>> {
+    let consumer_name = format!("{}-dlq-subscription", env.config.name);
+    let attempt = dead_letter::ensure_dead_letter_subscription(&env.client, &topic, &consumer_name);
+    let error = match tokio::time::timeout(PREPARE_TIMEOUT, attempt).await {
+        Ok(Ok(())) => {
+            info!(%topic, subscription = dead_letter::DEAD_LETTER_SUBSCRIPTION, "dead-letter subscription ready");
+            return None;
+        }
+        Ok(Err(error)) => crate::error::error_chain(&error),
+        Err(_) => format!("no answer within {PREPARE_TIMEOUT:?}"),
+    };
+    warn!(%topic, subscription = dead_letter::DEAD_LETTER_SUBSCRIPTION, %error, "dead-letter subscription not created yet, retrying in the background");
+    let (client, shutdown) = (env.client.clone(), env.shutdown.clone());
+    Some(tokio::spawn(async move {
+        let mut backoff = crate::retry::Backoff::between(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let attempt = dead_letter::ensure_dead_letter_subscription(&client, &topic, &consumer_name);
+            if let Ok(Ok(())) = tokio::time::timeout(PREPARE_TIMEOUT, attempt).await {
+                info!(%topic, subscription = dead_letter::DEAD_LETTER_SUBSCRIPTION, "dead-letter subscription ready");
+                return;
+            }
+        }
+    }))
 }
 
 async fn probe_broker(client: DanubeClient, health: Health, shutdown: CancellationToken) {

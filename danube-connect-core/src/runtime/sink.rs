@@ -289,15 +289,29 @@ impl Lane {
         if records.is_empty() || self.stopped() {
             return;
         }
-        let (messages, records) = self.transform(messages, records).await;
+        let (messages, mut records) = self.transform(messages, records).await;
         if records.is_empty() || self.stopped() {
             return;
         }
+        // With telemetry on, each record gets a `process` span, and the connector sees the
+        // record with that span as its `traceparent`.
+        let spans: Vec<_> = records
+            .iter_mut()
+            .filter_map(|record| {
+                crate::telemetry::start_record_span(
+                    "process",
+                    opentelemetry::trace::SpanKind::Consumer,
+                    &self.topic,
+                    &mut record.attributes,
+                )
+            })
+            .collect();
         self.env.metrics.batch_size.with_label_values(&self.labels()).observe(records.len() as f64);
         let started = Instant::now();
         let result = self
             .retry
-            .run(
+            .run_until(
+                &self.env.shutdown,
                 |_| self.connector.process_batch(&records),
                 |error, attempt, delay| {
                     self.env.metrics.records_retried.with_label_values(&self.labels()).inc();
@@ -305,6 +319,21 @@ impl Lane {
                 },
             )
             .await;
+        if !spans.is_empty() {
+            let verdict = match &result {
+                Some(Ok(())) => None,
+                Some(Err(failure)) => Some(failure.error.chain()),
+                None => Some("handed back at shutdown".to_string()),
+            };
+            for span in spans {
+                span.finish(verdict.as_ref().map(|v| v as &dyn std::fmt::Display));
+            }
+        }
+        let Some(result) = result else {
+            // Shutting down while the batch waited for a retry.
+            self.hand_back(&messages).await;
+            return;
+        };
         self.env
             .metrics
             .operation_latency
@@ -344,8 +373,10 @@ impl Lane {
                                 Some(go_on) => go_on,
                                 None => *waited.insert(self.wait_before_retry(retry_after).await),
                             };
-                            // Shut down while waiting: left unacked, redelivered later.
-                            if go_on {
+                            // Shut down while waiting: handed back, redelivered later.
+                            if !go_on {
+                                self.hand_back(std::slice::from_ref(message)).await;
+                            } else {
                                 self.env.metrics.records_retried.with_label_values(&self.labels()).inc();
                                 self.retry_one(message, record).await;
                             }
@@ -387,13 +418,15 @@ impl Lane {
             return (messages, records);
         }
         let mut kept = (Vec::with_capacity(messages.len()), Vec::with_capacity(records.len()));
-        for (message, mut record) in messages.into_iter().zip(records) {
+        let mut remaining = messages.into_iter().zip(records);
+        while let Some((message, mut record)) = remaining.next() {
             if self.stopped() {
                 break;
             }
             let result = self
                 .retry
-                .run(
+                .run_until(
+                    &self.env.shutdown,
                     |_| {
                         let mut attempt = record.clone();
                         async move { cache.decode(&mut attempt).await.map(|()| attempt.value) }
@@ -404,12 +437,19 @@ impl Lane {
                 )
                 .await;
             match result {
-                Ok(value) => {
+                Some(Ok(value)) => {
                     record.value = value;
                     kept.0.push(message);
                     kept.1.push(record);
                 }
-                Err(RetryFailure { error, attempts }) => self.fail(&message, &record, error, attempts).await,
+                Some(Err(RetryFailure { error, attempts })) => self.fail(&message, &record, error, attempts).await,
+                // Shutting down: this record and the rest are handed back.
+                None => {
+                    let rest: Vec<StreamMessage> =
+                        std::iter::once(message).chain(remaining.by_ref().map(|(m, _)| m)).collect();
+                    self.hand_back(&rest).await;
+                    break;
+                }
             }
         }
         kept
@@ -471,14 +511,17 @@ impl Lane {
     async fn retry_one(&self, message: &StreamMessage, record: &SinkRecord) {
         let result = self
             .retry
-            .run(
+            .run_until(
+                &self.env.shutdown,
                 |_| self.connector.process(record),
                 |_, _, _| self.env.metrics.records_retried.with_label_values(&self.labels()).inc(),
             )
             .await;
         match result {
-            Ok(()) => self.ack(message).await,
-            Err(RetryFailure { error, attempts }) => self.fail(message, record, error, attempts).await,
+            Some(Ok(())) => self.ack(message).await,
+            Some(Err(RetryFailure { error, attempts })) => self.fail(message, record, error, attempts).await,
+            // Shutting down while waiting to retry.
+            None => self.hand_back(std::slice::from_ref(message)).await,
         }
     }
 
@@ -489,6 +532,12 @@ impl Lane {
         let policy = self.env.config.failure.policy;
         match (&error, policy) {
             (ConnectorError::Fatal { .. }, _) => self.env.stopper.fail(error),
+            // At shutdown a deferred record is handed back at once: Danube v0.15.1 does not
+            // bring back a record nacked with a delay by a consumer that then disconnects
+            // (measured: never within 120 s; see docs/running-on-danube.md).
+            (ConnectorError::Defer { .. }, _) if self.env.shutdown.is_cancelled() => {
+                self.hand_back(std::slice::from_ref(message)).await
+            }
             (ConnectorError::Defer { delay, .. }, _) => self.nack(message, *delay, error.kind()).await,
             (_, FailurePolicy::Stop) => self.env.stopper.fail(error),
             (_, FailurePolicy::Nack) => self.nack(message, self.env.config.failure.nack_delay, error.kind()).await,
@@ -537,6 +586,16 @@ impl Lane {
                 self.progress.settled(message, false);
                 warn!(topic = %self.topic, error = %crate::error::error_chain(&error), "ack failed; the record may be redelivered")
             }
+        }
+    }
+
+    /// Hands records back to the broker at shutdown, unprocessed: a nack without delay, so
+    /// the next consumer gets them at once (Danube v0.15.1 would otherwise wait for its 30 s
+    /// ack timeout before redelivering them).
+    async fn hand_back(&self, messages: &[StreamMessage]) {
+        debug!(topic = %self.topic, records = messages.len(), "stopping: records handed back for redelivery");
+        for message in messages {
+            self.nack(message, Duration::ZERO, "shutdown").await;
         }
     }
 

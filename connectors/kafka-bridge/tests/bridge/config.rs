@@ -12,10 +12,28 @@ fn check_names_the_bad_field() {
     assert!(stderr.contains("connector.import.mappings[0].topics"), "{stderr}");
 }
 
+/// A cross-section check (neither import mappings nor `sink.topics`) fails `--check` as it
+/// fails the start.
+#[test]
+fn check_refuses_a_bridge_with_nothing_to_do() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_danube-kafka-bridge"))
+        .arg("--check")
+        .env_remove("CONNECTOR_SINK__TOPICS")
+        .output()
+        .expect("run --check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("connector.import.mappings") && stderr.contains("nothing to do"), "{stderr}");
+    let (code, stderr) = run_to_exit(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nothing to do"), "{stderr}");
+}
+
 #[test]
 fn check_redacts_secret_properties() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_danube-kafka-bridge"))
         .arg("--check")
+        .env("KAFKA_BRIDGE_IMPORT__MAPPINGS", r#"[{topics=["orders"], danube_topic="/default/orders"}]"#)
         .env("KAFKA_BRIDGE_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2")
         .env("KAFKA_BRIDGE_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
         .env("KAFKA_BRIDGE_KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "key-pass-42")

@@ -262,7 +262,9 @@ async fn broker_outage_loses_nothing_at_qos1() {
 /// A bad value is refused at startup with exit code 1 and an error naming its field.
 #[tokio::test]
 async fn bad_config_names_the_field() {
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    // The last four are cross-section checks (connector and `sink.topics`): `--check`
+    // refuses them as the binary does at start.
+    let cases: [(&[(&str, &str)], &str); 9] = [
         (&[("MQTT_MAPPINGS", r#"[{filter="a/#/b", topic="/default/a"}]"#)], "connector.mappings[0].filter"),
         (&[("MQTT_MAPPINGS", r#"[{filter="a/+", topic="/default/x-{4}"}]"#)], "connector.mappings[0].topic"),
         (&[("MQTT_MODE", "client")], "connector.mappings"),
@@ -276,6 +278,23 @@ async fn bad_config_names_the_field() {
                 ("MQTT_BROKER__TLS", r#"{ca="/nonexistent/ca.pem"}"#),
             ],
             "connector.broker.tls.ca",
+        ),
+        (&[("MQTT_MODE", "off"), ("MQTT_OUTBOUND", r#"{topic="commands/{key}"}"#)], "sink.topics"),
+        (
+            &[
+                ("MQTT_MAPPINGS", r#"[{filter="a", topic="/default/a"}]"#),
+                ("CONNECTOR_SINK__TOPICS", r#"[{topic="/default/commands"}]"#),
+            ],
+            "connector.outbound",
+        ),
+        (&[("MQTT_MODE", "off")], "connector.mode"),
+        (
+            &[
+                ("MQTT_MAPPINGS", r#"[{filter="in/#", topic="/default/inbound"}]"#),
+                ("MQTT_OUTBOUND", "{}"),
+                ("CONNECTOR_SINK__TOPICS", r#"[{topic="/default/inbound"}]"#),
+            ],
+            "connector.outbound.topic",
         ),
     ];
     for (env, field) in cases {

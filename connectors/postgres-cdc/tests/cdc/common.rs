@@ -19,7 +19,12 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Self {
-        let pg = Postgres::start().expect("postgres (scripts/test.sh installs it)");
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`Self::start`], with extra PostgreSQL settings.
+    pub async fn start_with(settings: &[(&str, &str)]) -> Self {
+        let pg = Postgres::start_with(settings).expect("postgres (scripts/test.sh installs it)");
         let broker = EmbeddedBroker::start_default().await.expect("broker");
         Self { pg, broker }
     }
@@ -117,4 +122,47 @@ pub async fn startup_error(env: &Env, extra: &[(&str, &str)]) -> String {
 pub async fn stop_cleanly(process: &mut ConnectorProcess) {
     let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
     assert_eq!(status.code(), Some(0), "{}", process.log());
+}
+
+/// `GET http://127.0.0.1:<ops port><path>`: status and body.
+pub async fn ops_get(process: &ConnectorProcess, path: &str) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{}{path}", process.ops_port);
+    let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The value of the series `name` whose labels include every `labels` pair, in a Prometheus
+/// text exposition.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, label_text) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let matches = metric == name && labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Scrapes `/metrics` until `name{labels}` satisfies `accept`; its value (panics after `timeout`).
+pub async fn wait_metric(
+    process: &ConnectorProcess,
+    name: &str,
+    labels: &[(&str, &str)],
+    timeout: Duration,
+    accept: impl Fn(f64) -> bool,
+) -> f64 {
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let (_, text) = ops_get(process, "/metrics").await;
+        last = sample(&text, name, labels).or(last);
+        if let Some(value) = last.filter(|v| accept(*v)) {
+            return value;
+        }
+        assert!(started.elapsed() < timeout, "{name}{labels:?} never accepted, last {last:?}: {}", process.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
