@@ -9,6 +9,9 @@
 //! 5. `{PREFIX}_*` for the connector's own `[connector]` section
 //!    (`HTTP_SOURCE_LISTEN`, `MQTT_MAPPINGS='[{filter="a/#", topic="/default/a"}]'`).
 //!
+//! List sections take an inline TOML array in the environment, e.g.
+//! `CONNECTOR_TRANSFORMS='[{name="strip", source="del(.password)"}]'`.
+//!
 //! So a container can be configured with environment variables alone.
 
 use std::fmt;
@@ -623,6 +626,9 @@ pub struct RuntimeConfig {
     pub runtime: AsyncRuntimeConfig,
     /// Topics bound to schema-registry subjects (`[[schemas]]`).
     pub schemas: Vec<crate::schema::SchemaBinding>,
+    /// VRL programs applied to every record in flight (`[[transforms]]`, see
+    /// [`crate::transform`]).
+    pub transforms: Vec<crate::transform::TransformConfig>,
     /// OpenTelemetry traces (`[telemetry]`); off unless an endpoint is set.
     pub telemetry: crate::telemetry::TelemetryConfig,
 }
@@ -641,6 +647,7 @@ impl Default for RuntimeConfig {
             shutdown: ShutdownConfig::default(),
             runtime: AsyncRuntimeConfig::default(),
             schemas: Vec::new(),
+            transforms: Vec::new(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
@@ -682,6 +689,7 @@ impl Validate for RuntimeConfig {
         self.sink.validate()?;
         self.runtime.validate()?;
         self.schemas.validate()?;
+        self.transforms.validate()?;
         self.telemetry.validate()?;
         self.ops.connections.validate("ops.connections")?;
         if let Some(topic) = &self.failure.dead_letter_topic {
@@ -746,6 +754,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "shutdown",
     "runtime",
     "schemas",
+    "transforms",
     "telemetry",
     "connector",
     "config_file",

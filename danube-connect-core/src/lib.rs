@@ -11,6 +11,8 @@
 //! - [`schema`]: topics bound to schema-registry subjects, validated on publish and
 //!   decoded for sinks;
 //! - [`config`]: file + environment layering with validation that names the field;
+//! - [`transform`]: `[[transforms]]`, VRL programs that reshape, route or drop records in
+//!   flight in every connector;
 //! - [`cli::run`]: the shared `main` of connector binaries.
 //!
 //! Delivery rule: a source's `commit` is called only for offsets whose every record Danube
@@ -40,6 +42,7 @@ pub mod schema;
 pub mod stall;
 pub mod telemetry;
 pub mod trace_context;
+pub mod transform;
 
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
 pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};

@@ -39,6 +39,11 @@ pub struct Metrics {
     pub sink_stalled: IntGaugeVec,
     /// 1 while the connector is ready (what `/readyz` answers), else 0 (see [`crate::health`]).
     pub ready: IntGaugeVec,
+    /// Records a transform dropped (`abort`), by topic and transform; they are still
+    /// committed (sources) or acked (sinks). See [`crate::transform`].
+    pub transform_dropped: IntCounterVec,
+    /// Records a transform failed on (they follow `failure.policy`), by topic and transform.
+    pub transform_failed: IntCounterVec,
 }
 
 impl Metrics {
@@ -131,6 +136,16 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            transform_dropped: counter(
+                "connector_transform_dropped_total",
+                "Records dropped by a transform (committed or acked all the same).",
+                &["connector", "topic", "transform"],
+            ),
+            transform_failed: counter(
+                "connector_transform_failed_total",
+                "Records a transform failed on (handled by the failure policy).",
+                &["connector", "topic", "transform"],
+            ),
             registry,
             connector: connector.to_string(),
         }

@@ -18,12 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use danube_client::errors::DanubeError;
 use danube_client::{DanubeClient, Producer, ProducerOptions};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use vrl::value::Value;
 
 use crate::client::is_unreachable;
 use crate::config::SourceConfig;
@@ -31,7 +33,8 @@ use crate::error::PublishError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::record::SourceRecord;
-use crate::schema::{BoundSchema, SchemaSetupError, TopicSchemas};
+use crate::schema::{BoundSchema, PayloadInput, SchemaSetupError, TopicSchemas};
+use crate::transform::{payload_bytes, payload_value, Applied, TransformError, Transforms};
 use danube_connect_common::schema::{CompatibilityMode, SchemaKind};
 
 const LANE_QUEUE: usize = 256;
@@ -78,6 +81,15 @@ struct Inner {
     closed: AtomicBool,
     abort: CancellationToken,
     schemas: TopicSchemas,
+    /// `[[transforms]]` run on each record before it is validated and queued; records to
+    /// `untransformed` (the dead-letter topic) are left as they are.
+    transforms: Option<SourceTransforms>,
+}
+
+/// The transforms a publisher applies, and the topic it leaves alone.
+struct SourceTransforms {
+    transforms: Arc<Transforms>,
+    untransformed: String,
 }
 
 struct TopicPool {
@@ -138,8 +150,28 @@ impl Publisher {
                 closed: AtomicBool::new(false),
                 abort: CancellationToken::new(),
                 schemas,
+                transforms: None,
             }),
         }
+    }
+
+    /// Applies `transforms` to every record published from now on (before schema validation),
+    /// except records to `untransformed` (the dead-letter topic). A record a transform drops
+    /// is answered `Ok` at once (its offset commits) and counted in
+    /// `connector_transform_dropped_total`; one a transform fails on is answered
+    /// [`PublishError::Invalid`] naming the transform, with the record as it was before.
+    /// Only takes effect on a publisher not cloned yet (the runtime calls it at start).
+    pub fn with_transforms(mut self, transforms: Arc<Transforms>, untransformed: impl Into<String>) -> Self {
+        if transforms.is_empty() {
+            return self;
+        }
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.transforms = Some(SourceTransforms { transforms, untransformed: untransformed.into() })
+            }
+            None => warn!("transforms set on a publisher already in use; ignored"),
+        }
+        self
     }
 
     /// Publishes one record and waits for Danube's ack, retrying transient failures
@@ -200,6 +232,26 @@ impl Publisher {
             return Err(PublishFailure { error: PublishError::Closed, record });
         }
         let mut record = record;
+        if let Some(transforms) = &self.inner.transforms {
+            if record.topic != transforms.untransformed && transforms.transforms.applies_to(&record.topic) {
+                match transform_record(&self.inner, &transforms.transforms, &mut record) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let (reply, rx) = oneshot::channel();
+                        let _ = reply.send(Ok(()));
+                        return Ok(rx);
+                    }
+                    Err(error) => {
+                        let labels = [self.inner.metrics.connector(), record.topic.as_str(), "invalid"];
+                        self.inner.metrics.records_failed.with_label_values(&labels).inc();
+                        let (reply, rx) = oneshot::channel();
+                        let error = PublishError::Invalid { topic: record.topic.clone(), message: error.to_string() };
+                        let _ = reply.send(Err(PublishFailure { error, record }));
+                        return Ok(rx);
+                    }
+                }
+            }
+        }
         let prepared = record_schema(&self.inner, &record.topic, &record).map(|bound| bound.prepare(&record.payload));
         match prepared {
             Some(Ok(Some(encoded))) => record.payload = encoded,
@@ -461,6 +513,73 @@ impl Publisher {
 /// run time), else its topic's `[[schemas]]` binding.
 fn record_schema<'a>(inner: &'a Inner, topic: &str, record: &'a SourceRecord) -> Option<&'a BoundSchema> {
     record.schema.as_deref().or_else(|| inner.schemas.get(topic))
+}
+
+/// Whether a payload bound to `schema` is in a binary wire encoding that a transform sees
+/// decoded (Avro, Protobuf); JSON-shaped payloads are parsed as they are.
+fn decodes_for_transforms(schema: &BoundSchema) -> bool {
+    schema.input == PayloadInput::Wire && matches!(schema.schema.kind(), SchemaKind::Avro | SchemaKind::Protobuf)
+}
+
+/// Runs the transforms on `record` in place. `Ok(false)`: dropped (counted). On error the
+/// record is left as it was (counted in `connector_transform_failed_total`).
+fn transform_record(inner: &Inner, transforms: &Transforms, record: &mut SourceRecord) -> Result<bool, TransformError> {
+    let failed = |error: TransformError, topic: &str| {
+        inner.metrics.transform_failed.with_label_values(&[inner.metrics.connector(), topic, error.transform()]).inc();
+        error
+    };
+    let first = transforms.transforms().iter().find(|t| t.applies_to(&record.topic)).map_or("", |t| t.name());
+    // A binary schema-encoded payload is decoded so the program sees its value.
+    let (payload, was_json) = match record_schema(inner, &record.topic, record).filter(|s| decodes_for_transforms(s)) {
+        Some(bound) => match bound.schema.decode_to_json(&record.payload) {
+            Ok(value) => (Value::from(value), true),
+            Err(e) => {
+                return Err(failed(
+                    TransformError::Output {
+                        transform: first.to_string(),
+                        field: ".",
+                        message: format!("the payload does not decode with its schema: {e}"),
+                    },
+                    &record.topic,
+                ))
+            }
+        },
+        None => payload_value(&record.payload),
+    };
+    let applied = transforms.apply(&record.topic, record.routing_key.as_deref(), &record.attributes, payload);
+    let out = match applied {
+        Ok(Applied::Kept(out)) => out,
+        Ok(Applied::Dropped { transform }) => {
+            inner
+                .metrics
+                .transform_dropped
+                .with_label_values(&[inner.metrics.connector(), &record.topic, &transform])
+                .inc();
+            return Ok(false);
+        }
+        Err(error) => return Err(failed(error, &record.topic)),
+    };
+    // The value goes back into the wire encoding of the topic it is published to.
+    let target_schema = record.schema.as_deref().or_else(|| inner.schemas.get(&out.topic));
+    let payload = match target_schema.filter(|s| decodes_for_transforms(s)) {
+        Some(bound) => serde_json::to_value(&out.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|json| bound.schema.encode_from_json(&json).map_err(|e| e.to_string()))
+            .map(Bytes::from),
+        None => payload_bytes(&out.payload, was_json).map_err(|e| e.to_string()),
+    };
+    let payload = match payload {
+        Ok(payload) => payload,
+        Err(message) => {
+            let transform = out.transform.unwrap_or_else(|| first.to_string());
+            return Err(failed(TransformError::Output { transform, field: ".", message }, &record.topic));
+        }
+    };
+    record.topic = out.topic;
+    record.routing_key = out.key;
+    record.attributes = out.attributes;
+    record.payload = payload;
+    Ok(true)
 }
 
 /// A queued record's outcome: resolves once Danube acked it (`Ok`) or it failed for good.

@@ -32,6 +32,11 @@
 //! prints the current build's rate as a share of the previous build's (the cost of a
 //! change, e.g. the listener hardening: target >= 97%).
 //!
+//! A third gateway runs the same durable endpoint with a typical 3-line VRL transform
+//! (`[[transforms]]`); each round measures it right before or right after the plain durable
+//! gateway (alternating), and the bench prints its rate as a share of the plain one's and the
+//! gateway CPU per request it adds (target: at most 10% fewer requests/s).
+//!
 //! Last, a hostile phase sends Stripe and Standard Webhooks requests with 100,000 empty
 //! signature candidates (and with the most allowed candidates) and a 1 MiB body to the
 //! current build and asserts at most 50 ms of gateway CPU per request.
@@ -72,6 +77,10 @@ fn bench_cpu_seconds() -> (f64, f64) {
 }
 
 const PAYLOAD: &str = r#"{"event":"push","repository":"danube-connect","n":12345}"#;
+
+/// The typical 3-line transform the transform phase runs (`[[transforms]]`, see
+/// docs/transforms.md): filter, rename a field, set an attribute from the payload.
+const TRANSFORMS: &str = r#"[{name="bench", source="if .event == \"test\" { abort }\n.repo = del(.repository)\n%attributes.event = to_string(.event) ?? \"unknown\""}]"#;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -261,6 +270,7 @@ impl Gateway {
         workers: Option<usize>,
         producers: u64,
         binary: Option<std::path::PathBuf>,
+        extra_env: &[(&str, &str)],
     ) -> Self {
         let port = free_port();
         let mut env = HashMap::new();
@@ -282,6 +292,9 @@ impl Gateway {
             ),
         );
         env.insert("HTTP_SOURCE_MAX_CONCURRENT_REQUESTS".to_string(), "4096".to_string());
+        for (key, value) in extra_env {
+            env.insert(key.to_string(), value.to_string());
+        }
         let binary = binary.unwrap_or_else(|| {
             std::env::var_os("BENCH_GATEWAY_BIN")
                 .map(std::path::PathBuf::from)
@@ -372,6 +385,21 @@ async fn wrk_phase(url: String, server_pid: Option<u32>, threads: u64, connectio
     (load, cpu)
 }
 
+/// Sends one request to the transformed gateway and checks that the record in its topic is
+/// the transform's output (the bench measures the transform, not a gateway that skips it).
+async fn check_transformed(broker: &TestBroker, gateway: &Gateway) {
+    let reader = danube_connect_testkit::danube::TopicReader::subscribe(broker.url(), &gateway.topic, "bench-check")
+        .await
+        .expect("reader");
+    let answer = reqwest::Client::new().post(&gateway.url).body(PAYLOAD).send().await.expect("send");
+    assert!(answer.status().is_success(), "transformed gateway answered {}", answer.status());
+    let got = reader.wait_for(1, Duration::from_secs(10)).await;
+    let message = got.first().expect("the transformed record arrived");
+    let value: serde_json::Value = serde_json::from_slice(&message.payload).expect("json");
+    assert_eq!(value, serde_json::json!({"event": "push", "repo": "danube-connect", "n": 12345}));
+    assert_eq!(message.attributes.get("event").map(String::as_str), Some("push"));
+}
+
 /// What one round measured, all phases back to back.
 struct Round {
     raw: Raw,
@@ -382,6 +410,8 @@ struct Round {
     /// With a previous build: (current unsigned, previous unsigned, current signed,
     /// previous signed) rates.
     versus: Option<[f64; 4]>,
+    /// The gateway with the 3-line transform, default runtime.
+    vrl: (Load, Cpu),
 }
 
 /// A bare axum phase: what the HTTP stack and the load generator cost with nothing behind
@@ -435,11 +465,15 @@ fn main() {
             BROKER_PID.set(real.pid().expect("broker pid")).expect("set once");
         }
         let load_before = load_average();
-        let default = Gateway::start(&broker, "/default/bench", None, producers, None).await;
-        let fewer = Gateway::start(&broker, "/default/bench-workers", Some(workers), producers, None).await;
+        let default = Gateway::start(&broker, "/default/bench", None, producers, None, &[]).await;
+        let fewer = Gateway::start(&broker, "/default/bench-workers", Some(workers), producers, None, &[]).await;
+        let transformed =
+            Gateway::start(&broker, "/default/bench-vrl", None, producers, None, &[("CONNECTOR_TRANSFORMS", TRANSFORMS)])
+                .await;
+        check_transformed(&broker, &transformed).await;
         let previous = match std::env::var_os("BENCH_PREVIOUS_GATEWAY_BIN") {
             Some(binary) => {
-                Some(Gateway::start(&broker, "/default/bench-previous", None, producers, Some(binary.into())).await)
+                Some(Gateway::start(&broker, "/default/bench-previous", None, producers, Some(binary.into()), &[]).await)
             }
             None => None,
         };
@@ -459,7 +493,17 @@ fn main() {
                 (Some(previous), 1) => Some(previous.load(wrk_threads, connections, seconds).await.0.requests_per_sec),
                 _ => None,
             };
+            // The transformed gateway right before or after the plain one, alternating.
+            let vrl_before = if round % 2 == 1 {
+                Some(transformed.load(wrk_threads, connections, seconds).await)
+            } else {
+                None
+            };
             let durable = default.load(wrk_threads, connections, seconds).await;
+            let vrl = match vrl_before {
+                Some(vrl) => vrl,
+                None => transformed.load(wrk_threads, connections, seconds).await,
+            };
             let versus_after = match (&previous, round % 2) {
                 (Some(previous), 0) => Some(previous.load(wrk_threads, connections, seconds).await.0.requests_per_sec),
                 _ => None,
@@ -487,7 +531,7 @@ fn main() {
             let durable_fewer = fewer.load(wrk_threads, connections, seconds).await;
             let raw_fewer = raw_publish_apart(broker.url(), producers, seconds, true, Some(workers)).await;
             let bare = Bare::measure(&bare_url, wrk_threads, connections, seconds).await;
-            measured.push(Round { raw, raw_fewer, durable, durable_fewer, bare, versus });
+            measured.push(Round { raw, raw_fewer, durable, durable_fewer, bare, versus, vrl });
         }
         let load_after = load_average();
         let hostile = hostile_phase(&default).await;
@@ -495,7 +539,8 @@ fn main() {
         if let Some(previous) = previous {
             let _ = previous.stop(&broker).await;
         }
-        let gateways = [("default runtime", default), ("runtime with fewer workers", fewer)];
+        let gateways =
+            [("default runtime", default), ("runtime with fewer workers", fewer), ("with a 3-line transform", transformed)];
         let mut summary = Vec::new();
         for (what, gateway) in gateways {
             let (idle, peak) = (gateway.idle_rss_kib, gateway.peak_rss_kib.load(Ordering::Relaxed));
@@ -565,6 +610,26 @@ fn main() {
             100.0 * median(ratios_fewer),
             100.0 * median(ceilings)
         );
+        for (i, r) in measured.iter().enumerate() {
+            println!(
+                "{:<6} 3-line transform: {:.0} req/s (p50 {}, p99 {}) vs {:.0} plain = {:.1}%; gateway CPU per request {:.1} µs vs {:.1} µs",
+                i + 1,
+                r.vrl.0.requests_per_sec,
+                r.vrl.0.p50,
+                r.vrl.0.p99,
+                r.durable.0.requests_per_sec,
+                100.0 * r.vrl.0.requests_per_sec / r.durable.0.requests_per_sec.max(1.0),
+                r.vrl.1.gateway_us,
+                r.durable.1.gateway_us
+            );
+        }
+        println!(
+            "median ratio with a 3-line transform / without (target >= 90%): {:.1}%; median {:.0} vs {:.0} req/s; transform cost: median gateway CPU {:+.1} µs per request",
+            100.0 * median(measured.iter().map(|r| r.vrl.0.requests_per_sec / r.durable.0.requests_per_sec.max(1.0)).collect()),
+            medians(|r| r.vrl.0.requests_per_sec),
+            medians(|r| r.durable.0.requests_per_sec),
+            median(measured.iter().map(|r| r.vrl.1.gateway_us - r.durable.1.gateway_us).collect())
+        );
         let versus: Vec<[f64; 4]> = measured.iter().filter_map(|r| r.versus).collect();
         if !versus.is_empty() {
             for (i, [current, previous, current_signed, previous_signed]) in versus.iter().enumerate() {
@@ -590,6 +655,7 @@ fn main() {
         for ((what, idle, peak, stored), answered) in summary.into_iter().zip([
             measured.iter().map(|r| r.durable.0.requests.saturating_sub(r.durable.0.errors)).sum::<u64>(),
             measured.iter().map(|r| r.durable_fewer.0.requests.saturating_sub(r.durable_fewer.0.errors)).sum::<u64>(),
+            measured.iter().map(|r| r.vrl.0.requests.saturating_sub(r.vrl.0.errors)).sum::<u64>(),
         ]) {
             println!(
                 "gateway, {what}: {answered} requests answered 2xx, {stored} records in the topic; RSS idle {} MiB, peak under load {} MiB",

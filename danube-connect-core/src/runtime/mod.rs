@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::ops;
 use crate::publisher::Publisher;
 use crate::schema::{SchemaCache, TopicSchemas};
+use crate::transform::Transforms;
 
 /// How a run ended.
 #[derive(Debug)]
@@ -122,6 +123,8 @@ pub(crate) struct Env {
     pub(crate) stopper: Stopper,
     /// Registry schemas for decoding sink records (None when `sink.decode_schemas` is off).
     pub(crate) schema_cache: Option<Arc<SchemaCache>>,
+    /// `[[transforms]]`, compiled (None when there is none).
+    pub(crate) transforms: Option<Arc<Transforms>>,
 }
 
 /// A started runtime: connected to Danube, ops port serving.
@@ -142,6 +145,8 @@ impl Runtime {
     /// answers. `shutdown` stops the runtime when cancelled (the CLI wires it to signals).
     pub async fn start(config: RuntimeConfig, shutdown: CancellationToken) -> Result<Self, RuntimeError> {
         let config = Arc::new(config);
+        // Compiled before anything starts: a program that does not compile stops the start.
+        let transforms = Arc::new(Transforms::compile(&config.transforms)?);
         let metrics = Metrics::new(&config.name);
         let health = Health::exported_to(&metrics);
         let mut background = Vec::new();
@@ -164,13 +169,24 @@ impl Runtime {
             metrics.clone(),
             health.clone(),
             schemas,
-        );
+        )
+        .with_transforms(transforms.clone(), config.dead_letter_topic());
         background.extend(prepare_topics(&publisher, topics_known_at_start(&config), &shutdown).await?);
         let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(client.clone())));
         let stopper = Stopper::new(shutdown.clone());
         background.push(tokio::spawn(probe_broker(client.clone(), health.clone(), shutdown.clone())));
         Ok(Self {
-            env: Env { config, client, publisher, metrics, health, shutdown, stopper, schema_cache },
+            env: Env {
+                config,
+                client,
+                publisher,
+                metrics,
+                health,
+                shutdown,
+                stopper,
+                schema_cache,
+                transforms: (!transforms.is_empty()).then_some(transforms),
+            },
             ops_addr,
             background,
         })

@@ -25,6 +25,7 @@ use crate::error::ConnectorError;
 use crate::record::SinkRecord;
 use crate::retry::{RetryFailure, RetryPolicy};
 use crate::stall::{Progress, StallWatch};
+use crate::transform::{payload_bytes, payload_value, Applied, TransformError, Transforms};
 
 /// Everything a lane needs to process and ack.
 struct Lane {
@@ -284,7 +285,11 @@ impl Lane {
             return;
         }
         let records: Vec<SinkRecord> = messages.iter().map(|m| SinkRecord::from_message(m, &self.topic)).collect();
-        let (messages, mut records) = self.decode(messages, records).await;
+        let (messages, records) = self.decode(messages, records).await;
+        if records.is_empty() || self.stopped() {
+            return;
+        }
+        let (messages, mut records) = self.transform(messages, records).await;
         if records.is_empty() || self.stopped() {
             return;
         }
@@ -450,6 +455,46 @@ impl Lane {
         kept
     }
 
+    /// Runs `[[transforms]]` on each record (see [`crate::transform`]): a dropped record is
+    /// acked at once (counted in `connector_transform_dropped_total`), one a transform fails
+    /// on follows the failure policy as an invalid record; the others go on, transformed.
+    async fn transform(
+        &self,
+        messages: Vec<StreamMessage>,
+        records: Vec<SinkRecord>,
+    ) -> (Vec<StreamMessage>, Vec<SinkRecord>) {
+        let Some(transforms) = &self.env.transforms else { return (messages, records) };
+        if !transforms.applies_to(&self.topic) {
+            return (messages, records);
+        }
+        let metrics = &self.env.metrics;
+        let mut kept = (Vec::with_capacity(messages.len()), Vec::with_capacity(records.len()));
+        for (message, record) in messages.into_iter().zip(records) {
+            if self.stopped() {
+                break;
+            }
+            match transform_sink_record(transforms, &record) {
+                Ok(SinkOutcome::Kept(transformed)) => {
+                    kept.0.push(message);
+                    kept.1.push(*transformed);
+                }
+                Ok(SinkOutcome::Dropped(transform)) => {
+                    metrics.transform_dropped.with_label_values(&[metrics.connector(), &self.topic, &transform]).inc();
+                    self.ack(&message).await;
+                }
+                Err(error) => {
+                    metrics
+                        .transform_failed
+                        .with_label_values(&[metrics.connector(), &self.topic, error.transform()])
+                        .inc();
+                    let error = ConnectorError::invalid("transform", error);
+                    self.fail(&message, &record, error, 1).await;
+                }
+            }
+        }
+        kept
+    }
+
     /// Waits before re-sending the records a partial batch failed: the first backoff delay,
     /// or the outside system's `retry_after` hint when it is longer. Returns false when the
     /// runtime shuts down meanwhile (the records are then left unacked).
@@ -563,6 +608,45 @@ impl Lane {
             debug!(topic = %self.topic, error = %crate::error::error_chain(&error), "nack failed; ack timeout will redeliver");
         }
     }
+}
+
+/// What the transforms made of a sink record.
+enum SinkOutcome {
+    /// The record, transformed.
+    Kept(Box<SinkRecord>),
+    /// Dropped by the named transform.
+    Dropped(String),
+}
+
+/// Runs the transforms on one sink record. The program sees the schema-decoded value when
+/// there is one; the result's JSON becomes the payload (and the value, when there was one),
+/// and the record no longer claims its registry schema, since the payload is JSON now.
+fn transform_sink_record(transforms: &Transforms, record: &SinkRecord) -> Result<SinkOutcome, TransformError> {
+    let (payload, was_json) = match &record.value {
+        Some(value) => (vrl::value::Value::from(value), true),
+        None => payload_value(&record.payload),
+    };
+    let out = match transforms.apply(&record.topic, record.routing_key.as_deref(), &record.attributes, payload)? {
+        Applied::Kept(out) => out,
+        Applied::Dropped { transform } => return Ok(SinkOutcome::Dropped(transform)),
+    };
+    let output_error = |message: String| TransformError::Output {
+        transform: out.transform.clone().unwrap_or_default(),
+        field: ".",
+        message,
+    };
+    let payload = payload_bytes(&out.payload, was_json).map_err(|e| output_error(e.to_string()))?;
+    let mut transformed = record.clone();
+    if record.value.is_some() {
+        transformed.value = Some(serde_json::to_value(&out.payload).map_err(|e| output_error(e.to_string()))?);
+        transformed.schema_id = None;
+        transformed.schema_version = None;
+    }
+    transformed.payload = payload;
+    transformed.topic = out.topic;
+    transformed.routing_key = out.key;
+    transformed.attributes = out.attributes;
+    Ok(SinkOutcome::Kept(Box::new(transformed)))
 }
 
 /// Errors are not `Clone` (they keep their source); the policy needs one per record.

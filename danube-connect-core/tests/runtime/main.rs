@@ -8,3 +8,4 @@ mod sink;
 mod source;
 mod tls_auth;
 mod topics;
+mod transforms;

@@ -10,3 +10,4 @@ mod routing;
 mod schema;
 mod signatures;
 mod survival;
+mod transforms;
