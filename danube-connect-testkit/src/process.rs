@@ -69,6 +69,23 @@ impl ConnectorProcess {
         Err(HarnessError::NotReady { what: "connector".into(), seconds: timeout.as_secs(), detail: self.log() })
     }
 
+    /// Waits until the sink runtime logged `consuming` (its subscription is live). Danube
+    /// subscriptions start at the end of a topic, so a test publishes only after this.
+    pub async fn wait_consuming(&mut self, timeout: Duration) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        while !self.log().contains("consuming") {
+            if started.elapsed() > timeout || self.try_wait().is_some() {
+                return Err(HarnessError::NotReady {
+                    what: "sink subscription".into(),
+                    seconds: timeout.as_secs(),
+                    detail: self.log(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -349,11 +349,10 @@ mod real {
         let mut process =
             ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-clickhouse")), &env).expect("spawn");
         process.wait_ready(Duration::from_secs(60)).await.expect("ready");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !process.log().contains("consuming") {
-            assert!(Instant::now() < deadline, "the sink never subscribed: {}", process.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        process
+            .wait_consuming(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("the sink never subscribed: {e}"));
         // Progress: rows in ClickHouse, polled.
         let rows = Arc::new(AtomicU64::new(0));
         let poller = {

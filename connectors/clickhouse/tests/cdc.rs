@@ -52,11 +52,10 @@ fn sink_env(broker: &TestBroker, ch: &ClickHouseServer, spool: &Path, name: &str
 async fn start_sink(kind: BrokerKind, env: &Env) -> ConnectorProcess {
     let mut process = ConnectorProcess::spawn(Path::new(BINARY), env).expect("spawn the sink");
     process.wait_ready(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{kind}: sink not ready: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !process.log().contains("consuming") {
-        assert!(Instant::now() < deadline, "{kind}: the sink never subscribed: {}", process.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    process
+        .wait_consuming(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: the sink never subscribed: {e}"));
     process
 }
 

@@ -374,11 +374,10 @@ mod real {
         let binary = std::path::Path::new(env!("CARGO_BIN_EXE_danube-http-sink"));
         let mut process = ConnectorProcess::spawn(binary, &env).expect("spawn the binary");
         process.wait_ready(Duration::from_secs(60)).await.expect("binary ready");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !process.log().contains("consuming") {
-            assert!(Instant::now() < deadline, "the sink never subscribed: {}", process.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        process
+            .wait_consuming(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("the sink never subscribed: {e}"));
         let started = Instant::now();
         paced_publish(broker.url(), topic, requests.clone()).await;
         let rate = wait_progress(&requests, started, "http-sink").await;

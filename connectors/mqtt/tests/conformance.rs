@@ -212,11 +212,10 @@ async fn start(kind: BrokerKind, env: &HashMap<String, String>) -> ConnectorProc
     let mut process = ConnectorProcess::spawn(Path::new(BINARY), env).expect("spawn danube-mqtt");
     process.wait_ready(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{kind}: not ready: {e}"));
     if env.contains_key("CONNECTOR_SINK__TOPICS") {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !process.log().contains("consuming") {
-            assert!(Instant::now() < deadline, "{kind}: the sink never subscribed: {}", process.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .wait_consuming(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: the sink never subscribed: {e}"));
     }
     process
 }
