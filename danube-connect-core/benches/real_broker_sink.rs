@@ -11,15 +11,14 @@
 //! `cargo bench -p danube-connect-core --bench real_broker_sink` (N = 20000, `BENCH_RECORDS`).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use danube_client::{DanubeClient, Producer, SubType};
+use danube_client::{DanubeClient, SubType};
 use danube_connect_core::config::{RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{async_trait, ConnectorResult, Runtime, SinkConnector, SinkRecord};
 use danube_connect_testkit::broker::{real_broker_binary, RealBroker, RealBrokerOptions};
-use danube_connect_testkit::danube::reliable_producers;
+use danube_connect_testkit::danube::{burst, reliable_producers};
 use tokio_util::sync::CancellationToken;
 
 fn records() -> u64 {
@@ -67,30 +66,6 @@ impl SinkConnector for Recorder {
     }
 }
 
-async fn burst(producers: Vec<Producer>, total: u64) -> f64 {
-    let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = producers
-        .into_iter()
-        .map(|producer| {
-            let next = next.clone();
-            tokio::spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= total {
-                        return;
-                    }
-                    producer.send(format!("{n:0100}").into_bytes(), None).await.expect("publish");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("producer");
-    }
-    total as f64 / started.elapsed().as_secs_f64()
-}
-
 /// Waits until everything arrived or nothing arrived for 5 s.
 async fn settle(arrivals: &Arc<Mutex<Arrivals>>, total: u64) {
     let mut last = 0;
@@ -132,7 +107,7 @@ async fn raw_case(broker: &RealBroker, topic: &str, total: u64) -> (f64, usize, 
             }
         })
     };
-    let publish = burst(producers, total).await;
+    let publish = burst(producers, total, |n| format!("{n:0100}").into_bytes()).await;
     settle(&arrivals, total).await;
     reader.abort();
     let arrivals = arrivals.lock().expect("lock");
@@ -153,7 +128,7 @@ async fn sink_case(broker: &RealBroker, topic: &str, total: u64) -> (f64, usize,
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
     let run = tokio::spawn(runtime.run_sink(Recorder(arrivals.clone())));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let publish = burst(producers, total).await;
+    let publish = burst(producers, total, |n| format!("{n:0100}").into_bytes()).await;
     settle(&arrivals, total).await;
     token.cancel();
     let _ = run.await;

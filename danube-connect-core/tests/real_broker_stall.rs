@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use danube_client::{DanubeClient, Producer, SubType};
 use danube_connect_core::config::{RetryConfig, RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Runtime, SinkConnector, SinkRecord};
 use danube_connect_testkit::broker::{real_broker_binary, sum_samples, RealBroker};
+use danube_connect_testkit::danube::burst;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -75,31 +75,6 @@ async fn producers(broker: &RealBroker, topic: &str, count: usize) -> Vec<Produc
     danube_connect_testkit::danube::reliable_producers(broker.url(), topic, "burst", count).await.expect("producers")
 }
 
-/// Publishes `0..total` as decimal payloads from all `producers` at once; returns the rate.
-async fn burst(producers: Vec<Producer>, total: u64) -> f64 {
-    let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = producers
-        .into_iter()
-        .map(|producer| {
-            let next = next.clone();
-            tokio::spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= total {
-                        return;
-                    }
-                    producer.send(n.to_string().into_bytes(), None).await.expect("publish");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("producer task");
-    }
-    total as f64 / started.elapsed().as_secs_f64()
-}
-
 /// Waits until `count()` reaches `want` or stops growing for `quiet`; returns the last count.
 async fn settle(want: usize, quiet: Duration, limit: Duration, count: impl Fn() -> usize) -> usize {
     let started = Instant::now();
@@ -157,7 +132,7 @@ async fn raw_consumer_loses_part_of_a_burst_at_the_default_window() {
         })
     };
     let total = 5_000;
-    let rate = burst(producers, total).await;
+    let rate = burst(producers, total, |n| n.to_string().into_bytes()).await;
     let delivered =
         settle(total as usize, Duration::from_secs(5), Duration::from_secs(60), || seen.lock().expect("lock").len())
             .await;
@@ -196,7 +171,7 @@ async fn a_forced_stall_is_detected_by_metric_and_readiness() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(ops_text(ops, "/readyz").await.0, 200, "ready before the burst");
     let total = 5_000;
-    burst(producers, total).await;
+    burst(producers, total, |n| n.to_string().into_bytes()).await;
     let burst_done = Instant::now();
     let mut detected = None;
     while burst_done.elapsed() < Duration::from_secs(40) {
@@ -264,7 +239,7 @@ async fn run_burst(broker: &RealBroker, topic: &str, total: u64) -> (usize, Opti
     let sink = FileSink::create(&path).await;
     let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rate = burst(producers, total).await;
+    let rate = burst(producers, total, |n| n.to_string().into_bytes()).await;
     // Follow delivery and the gauge until everything arrived, or until the stall is
     // reported, or 40 s after the last delivery.
     let mut last = 0;

@@ -139,3 +139,104 @@ impl Drop for TopicReader {
         self.task.abort();
     }
 }
+
+/// Publishes `payload(n)` for `n` in `0..total` from all `producers` at once (each takes
+/// the next `n`); returns the publish rate in messages/s.
+pub async fn burst(producers: Vec<Producer>, total: u64, payload: fn(u64) -> Vec<u8>) -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let started = std::time::Instant::now();
+    let next = std::sync::Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = producers
+        .into_iter()
+        .map(|producer| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return;
+                    }
+                    producer.send(payload(n), None).await.expect("publish");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("producer task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The sink benchmarks' baseline: a raw `danube-client` consumer on a Shared subscription
+/// that acks each message as it arrives and counts them, until `stop_after`.
+pub struct CountingConsumer {
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<danube_client::Consumer>,
+}
+
+impl CountingConsumer {
+    /// Subscribes `subscription` (Shared) to `topic`, which must exist, and starts counting.
+    pub async fn subscribe(
+        service_url: String,
+        topic: &str,
+        subscription: &str,
+        stop_after: u64,
+    ) -> Result<Self, DanubeError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let client = DanubeClient::builder().service_url(service_url).build().await?;
+        let mut consumer = client
+            .new_consumer()
+            .with_topic(topic.to_string())
+            .with_consumer_name(format!("{subscription}-0"))
+            .with_subscription(subscription.to_string())
+            .with_subscription_type(danube_client::SubType::Shared)
+            .build()?;
+        consumer.subscribe().await?;
+        let mut messages = consumer.receive().await?;
+        let acked = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = acked.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                consumer.ack(&message).await.expect("ack");
+                if counter.fetch_add(1, Ordering::Relaxed) + 1 >= stop_after {
+                    break;
+                }
+            }
+            consumer
+        });
+        Ok(Self { acked, task })
+    }
+
+    /// The count of acked messages, shared with the consuming task.
+    pub fn acked(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.acked.clone()
+    }
+
+    /// Waits for the consuming task (it ends at `stop_after`) and closes the consumer.
+    pub async fn close(self) {
+        let mut consumer = self.task.await.expect("consumer task");
+        consumer.close().await;
+    }
+}
+
+/// Waits until `progress` reaches `target` (panics naming `what` after `timeout`); returns
+/// the rate in units/s since `started`.
+pub async fn wait_progress(
+    progress: &std::sync::atomic::AtomicU64,
+    target: u64,
+    started: std::time::Instant,
+    timeout: std::time::Duration,
+    what: &str,
+) -> f64 {
+    use std::sync::atomic::Ordering;
+    let deadline = started + timeout;
+    while progress.load(Ordering::Relaxed) < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: only {} of {target} in {timeout:?}",
+            progress.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    target as f64 / started.elapsed().as_secs_f64()
+}

@@ -244,10 +244,9 @@ mod real {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use danube_client::{DanubeClient, SubType};
     use danube_connect_testkit::broker::{RealBroker, RealBrokerOptions};
     use danube_connect_testkit::clickhouse::ClickHouseServer;
-    use danube_connect_testkit::danube::reliable_producers;
+    use danube_connect_testkit::danube::{reliable_producers, wait_progress, CountingConsumer};
     use danube_connect_testkit::process::ConnectorProcess;
 
     use super::row;
@@ -256,6 +255,8 @@ mod real {
     const N: usize = 5_000;
     /// How far the publisher may run ahead of the measured consumer.
     const LEAD: u64 = 200;
+    /// The longest wait for one run's `N` records.
+    const TIMEOUT: Duration = Duration::from_secs(180);
 
     /// Publishes `N` rows of ~100 B with 4 raw producers, never more than [`LEAD`] ahead of
     /// `progress`.
@@ -280,44 +281,13 @@ mod real {
         }
     }
 
-    async fn wait_progress(progress: &AtomicU64, started: Instant, what: &str) -> f64 {
-        let deadline = started + Duration::from_secs(180);
-        while progress.load(Ordering::Relaxed) < N as u64 {
-            assert!(Instant::now() < deadline, "{what}: only {} of {N} in 180 s", progress.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        N as f64 / started.elapsed().as_secs_f64()
-    }
-
     /// A raw `danube-client` consumer acking each message: rows/s.
     async fn raw_consumer(broker: &RealBroker, topic: &str) -> f64 {
         let creator = reliable_producers(broker.url(), topic, "create", 1).await.expect("create the topic");
-        let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
-        let mut consumer = client
-            .new_consumer()
-            .with_topic(topic.to_string())
-            .with_consumer_name("raw-0".to_string())
-            .with_subscription("raw".to_string())
-            .with_subscription_type(SubType::Shared)
-            .build()
-            .expect("consumer");
-        consumer.subscribe().await.expect("subscribe");
-        let mut messages = consumer.receive().await.expect("receive");
-        let acked = Arc::new(AtomicU64::new(0));
-        let counter = acked.clone();
-        let consuming = tokio::spawn(async move {
-            while let Some(message) = messages.recv().await {
-                consumer.ack(&message).await.expect("ack");
-                if counter.fetch_add(1, Ordering::Relaxed) + 1 >= N as u64 {
-                    break;
-                }
-            }
-            consumer
-        });
+        let consumer = CountingConsumer::subscribe(broker.url(), topic, "raw", N as u64).await.expect("raw consumer");
         let started = Instant::now();
-        paced_publish(broker.url(), topic, acked.clone()).await;
-        let rate = wait_progress(&acked, started, "raw consumer").await;
-        let mut consumer = consuming.await.expect("consumer task");
+        paced_publish(broker.url(), topic, consumer.acked()).await;
+        let rate = wait_progress(&consumer.acked(), N as u64, started, TIMEOUT, "raw consumer").await;
         consumer.close().await;
         drop(creator);
         rate
@@ -371,7 +341,7 @@ mod real {
         };
         let started = Instant::now();
         paced_publish(broker.url(), &topic, rows.clone()).await;
-        let rate = wait_progress(&rows, started, "danube-clickhouse").await;
+        let rate = wait_progress(&rows, N as u64, started, TIMEOUT, "danube-clickhouse").await;
         poller.abort();
         let _ = process.terminate(Duration::from_secs(30)).await;
         drop(creator);

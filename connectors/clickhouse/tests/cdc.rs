@@ -8,7 +8,6 @@
 //! of the source table says what `SELECT ... FINAL WHERE _deleted = 0` must return.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use danube_client::Producer;
@@ -19,44 +18,15 @@ use danube_connect_testkit::process::ConnectorProcess;
 use danube_postgres_cdc::change::{Change, Table, TxnInfo};
 use danube_postgres_cdc::pgoutput::{Column, Relation, TupleValue};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_danube-clickhouse");
+mod common;
+
+use common::{sink_env, start_sink, BINARY};
 
 fn suffix(kind: BrokerKind) -> &'static str {
     match kind {
         BrokerKind::Dev => "dev",
         BrokerKind::Real => "real",
     }
-}
-
-type Env = HashMap<String, String>;
-
-fn sink_env(broker: &TestBroker, ch: &ClickHouseServer, spool: &Path, name: &str, topic: &str, table: &str) -> Env {
-    [
-        ("DANUBE_SERVICE_URL", broker.url()),
-        ("CONNECTOR_NAME", name.to_string()),
-        ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
-        ("CONNECTOR_SINK__BATCH__MAX_RECORDS", "10".into()),
-        ("CONNECTOR_SINK__BATCH__LINGER", "5ms".into()),
-        ("CONNECTOR_RETRY__INITIAL_BACKOFF", "50ms".into()),
-        ("CONNECTOR_RETRY__MAX_BACKOFF", "500ms".into()),
-        ("CLICKHOUSE_URL", ch.url()),
-        ("CLICKHOUSE_TABLES", format!("[{table}]")),
-        ("CLICKHOUSE_SPOOL__DIR", spool.display().to_string()),
-        ("CLICKHOUSE_BATCH__MAX_LINGER", "200ms".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-async fn start_sink(kind: BrokerKind, env: &Env) -> ConnectorProcess {
-    let mut process = ConnectorProcess::spawn(Path::new(BINARY), env).expect("spawn the sink");
-    process.wait_ready(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{kind}: sink not ready: {e}"));
-    process
-        .wait_consuming(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{kind}: the sink never subscribed: {e}"));
-    process
 }
 
 /// A captured table `public.{name}` and the model of its rows (`id -> other columns`).

@@ -13,19 +13,24 @@
 //! (`docs/running-on-danube.md`).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use danube_client::Producer;
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::clickhouse::ClickHouseServer;
 use danube_connect_testkit::danube::{reliable_producers, TopicReader};
-use danube_connect_testkit::process::ConnectorProcess;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_danube-clickhouse");
+mod common;
+
+use common::{sink_env, start_sink};
 
 /// How far the publisher may run ahead of the rows ClickHouse holds.
 const MAX_LEAD: u64 = 150;
+
+/// The table mapping of `topic` into `table`.
+fn mapping(topic: &str, table: &str) -> String {
+    format!(r#"{{topic="{topic}", table="{table}"}}"#)
+}
 
 fn suffix(kind: BrokerKind) -> &'static str {
     match kind {
@@ -55,40 +60,6 @@ async fn producers(broker: &TestBroker, topic: &str, name: &str) -> Vec<Producer
     reliable_producers(broker.url(), topic, name, 2)
         .await
         .unwrap_or_else(|e| panic!("{}: raw producers on {topic}: {e}", broker.kind()))
-}
-
-/// The binary's environment: consume `topic` as `name` into `table`.
-fn sink_env(broker: &TestBroker, ch: &ClickHouseServer, spool: &Path, name: &str, topic: &str, table: &str) -> Env {
-    [
-        ("DANUBE_SERVICE_URL", broker.url()),
-        ("CONNECTOR_NAME", name.to_string()),
-        ("CONNECTOR_SINK__TOPICS", format!("[{{topic=\"{topic}\"}}]")),
-        ("CONNECTOR_SINK__BATCH__MAX_RECORDS", "10".into()),
-        ("CONNECTOR_SINK__BATCH__LINGER", "5ms".into()),
-        ("CONNECTOR_RETRY__INITIAL_BACKOFF", "50ms".into()),
-        ("CONNECTOR_RETRY__MAX_BACKOFF", "500ms".into()),
-        ("CLICKHOUSE_URL", ch.url()),
-        ("CLICKHOUSE_TABLES", format!("[{{topic=\"{topic}\", table=\"{table}\"}}]")),
-        ("CLICKHOUSE_SPOOL__DIR", spool.display().to_string()),
-        ("CLICKHOUSE_BATCH__MAX_LINGER", "200ms".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-type Env = HashMap<String, String>;
-
-/// Starts the sink and waits until it is ready and consuming its topic (Danube subscriptions
-/// start at the end of a topic, so nothing may be published before).
-async fn start_sink(kind: BrokerKind, env: &Env) -> ConnectorProcess {
-    let mut process = ConnectorProcess::spawn(Path::new(BINARY), env).expect("spawn the sink");
-    process.wait_ready(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{kind}: sink not ready: {e}"));
-    process
-        .wait_consuming(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{kind}: the sink never subscribed: {e}"));
-    process
 }
 
 /// The broker's last warnings and errors and what its exporter counts for `topic` (real
@@ -122,7 +93,8 @@ async fn every_record_published_lands_once_as_a_distinct_row() {
         create_table(&ch, &table).await;
         let (name, topic) = ("ch-e2e", "/default/ch_e2e");
         let producers = producers(&broker, topic, "ch-e2e-p").await;
-        let mut sink = start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &table)).await;
+        let mut sink =
+            start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &mapping(topic, &table))).await;
         let total = 500;
         ClickHouseView::of(&ch).publish(&producers, "e2e", 0..total, &table).await;
         let distinct = format!("SELECT uniqExact(id) FROM {table}");
@@ -147,7 +119,7 @@ async fn kill_9_under_load_then_restart_loses_nothing_danube_had() {
         create_table(&ch, &table).await;
         let (name, topic) = ("ch-kill", "/default/ch_kill");
         let producers = producers(&broker, topic, "ch-kill-p").await;
-        let env = sink_env(&broker, &ch, spool.path(), name, topic, &table);
+        let env = sink_env(&broker, &ch, spool.path(), name, topic, &mapping(topic, &table));
         let mut sink = start_sink(kind, &env).await;
         let total = 600;
         let publisher = {
@@ -239,7 +211,8 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
         create_table(&ch, &table).await;
         let (name, topic) = ("ch-outage", "/default/ch_outage");
         let producers = producers(&broker, topic, "ch-outage-p").await;
-        let mut sink = start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &table)).await;
+        let mut sink =
+            start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &mapping(topic, &table))).await;
         let total = 500;
         let publisher = {
             let view = ClickHouseView::of(&ch);
@@ -285,7 +258,8 @@ async fn an_unmappable_record_lands_in_the_dead_letter_topic_with_its_error() {
         let producers = producers(&broker, topic, "ch-dlq-p").await;
         let _dlq_maker = reliable_producers(broker.url(), dlq, "ch-dlq-mk", 1).await.expect("create the DLQ topic");
         let reader = TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ");
-        let mut sink = start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &table)).await;
+        let mut sink =
+            start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &mapping(topic, &table))).await;
         ClickHouseView::of(&ch).publish(&producers, "good", 0..30, &table).await;
         // 300 does not fit Int8: ClickHouse would wrap it, the sink refuses it.
         let bad = r#"{"id":"bad-0","n":1,"small":300}"#;
@@ -358,7 +332,8 @@ async fn avro_records_are_decoded_by_their_registry_schema_into_typed_columns() 
         let _dlq_maker = reliable_producers(broker.url(), dlq, "ch-avro-mk", 1).await.expect("create the DLQ topic");
         let dead = TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ");
 
-        let mut sink = start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &table)).await;
+        let mut sink =
+            start_sink(kind, &sink_env(&broker, &ch, spool.path(), name, topic, &mapping(topic, &table))).await;
         for i in 1..=4 {
             publisher
                 .publish(order(i, if i % 2 == 0 { "USD" } else { "EUR" }))

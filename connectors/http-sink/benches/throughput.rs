@@ -278,9 +278,8 @@ mod real {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use danube_client::{DanubeClient, SubType};
     use danube_connect_testkit::broker::{RealBroker, RealBrokerOptions};
-    use danube_connect_testkit::danube::reliable_producers;
+    use danube_connect_testkit::danube::{reliable_producers, wait_progress, CountingConsumer};
     use danube_connect_testkit::process::ConnectorProcess;
 
     use super::{payload, start_receiver};
@@ -289,6 +288,8 @@ mod real {
     const N: usize = 3_000;
     /// How far the publisher may run ahead of the measured consumer.
     const LEAD: u64 = 200;
+    /// The longest wait for one run's `N` records.
+    const TIMEOUT: Duration = Duration::from_secs(120);
 
     /// Publishes `N` records with 4 raw producers, never more than [`LEAD`] ahead of
     /// `progress`; returns when all are published.
@@ -313,45 +314,13 @@ mod real {
         }
     }
 
-    /// Waits until `progress` reaches `N` (at most 120 s); returns records/s since `started`.
-    async fn wait_progress(progress: &AtomicU64, started: Instant, what: &str) -> f64 {
-        let deadline = started + Duration::from_secs(120);
-        while progress.load(Ordering::Relaxed) < N as u64 {
-            assert!(Instant::now() < deadline, "{what}: only {} of {N} in 120 s", progress.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        N as f64 / started.elapsed().as_secs_f64()
-    }
-
     /// A raw `danube-client` consumer acking each message: records/s.
     async fn raw_consumer(broker: &RealBroker, topic: &str) -> f64 {
         let creator = reliable_producers(broker.url(), topic, "create", 1).await.expect("create the topic");
-        let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
-        let mut consumer = client
-            .new_consumer()
-            .with_topic(topic.to_string())
-            .with_consumer_name("raw-0".to_string())
-            .with_subscription("raw".to_string())
-            .with_subscription_type(SubType::Shared)
-            .build()
-            .expect("consumer");
-        consumer.subscribe().await.expect("subscribe");
-        let mut messages = consumer.receive().await.expect("receive");
-        let acked = Arc::new(AtomicU64::new(0));
-        let counter = acked.clone();
-        let consuming = tokio::spawn(async move {
-            while let Some(message) = messages.recv().await {
-                consumer.ack(&message).await.expect("ack");
-                if counter.fetch_add(1, Ordering::Relaxed) + 1 >= N as u64 {
-                    break;
-                }
-            }
-            consumer
-        });
+        let consumer = CountingConsumer::subscribe(broker.url(), topic, "raw", N as u64).await.expect("raw consumer");
         let started = Instant::now();
-        paced_publish(broker.url(), topic, acked.clone()).await;
-        let rate = wait_progress(&acked, started, "raw consumer").await;
-        let mut consumer = consuming.await.expect("consumer task");
+        paced_publish(broker.url(), topic, consumer.acked()).await;
+        let rate = wait_progress(&consumer.acked(), N as u64, started, TIMEOUT, "raw consumer").await;
         consumer.close().await;
         drop(creator);
         rate
@@ -380,7 +349,7 @@ mod real {
             .unwrap_or_else(|e| panic!("the sink never subscribed: {e}"));
         let started = Instant::now();
         paced_publish(broker.url(), topic, requests.clone()).await;
-        let rate = wait_progress(&requests, started, "http-sink").await;
+        let rate = wait_progress(&requests, N as u64, started, TIMEOUT, "http-sink").await;
         let status = process.terminate(Duration::from_secs(30)).await;
         assert!(status.is_some_and(|s| s.success()), "the binary drains and exits 0");
         drop(creator);
