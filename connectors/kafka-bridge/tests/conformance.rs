@@ -60,9 +60,19 @@ impl Systems {
 
     /// Creates a Danube topic (reliable) so that a reader or the bridge's sink can subscribe
     /// to it: subscribing to a topic that does not exist fails.
+    /// A busy machine can make the broker's first answer fail; a few tries over 10 s.
     async fn create_danube_topic(&self, topic: &str) {
-        let maker = reliable_producers(self.broker.url(), topic, "mk", 1).await.expect("create the topic");
-        drop(maker);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match reliable_producers(self.broker.url(), topic, "mk", 1).await {
+                Ok(maker) => return drop(maker),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{}: creating {topic} failed, retrying: {e}", self.broker.kind());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{}: create {topic}: {e}\n{}", self.broker.kind(), self.broker.log()),
+            }
+        }
     }
 
     /// Creates `topic` and subscribes a reader: Danube subscriptions start at the end.
