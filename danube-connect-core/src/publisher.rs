@@ -671,12 +671,9 @@ impl Lane {
     }
 
     async fn publish(&mut self, job: &Job) -> Result<(), PublishError> {
-        // Short delays with jitter: a publish is bounded by its deadline
-        // (`source.publish_timeout`), not by `retry.*`, and lanes retrying after an outage
-        // should not come back in lockstep.
-        let mut backoff = crate::retry::Backoff::between(Duration::from_millis(50), Duration::from_secs(2));
+        // Made at the first failure only: most records are acked at the first try.
+        let mut backoff: Option<crate::retry::Backoff> = None;
         loop {
-            let delay = backoff.next_delay();
             if let Some(deadline) = job.deadline {
                 if Instant::now() >= deadline {
                     return Err(PublishError::Timeout {
@@ -699,6 +696,14 @@ impl Lane {
             if is_unreachable(&error) {
                 self.inner.health.set_broker_reachable(false);
             }
+            // Short delays with jitter: a publish is bounded by its deadline
+            // (`source.publish_timeout`), not by `retry.*`, and lanes retrying after an
+            // outage should not come back in lockstep.
+            let delay = backoff
+                .get_or_insert_with(|| {
+                    crate::retry::Backoff::between(Duration::from_millis(50), Duration::from_secs(2))
+                })
+                .next_delay();
             warn!(topic = %self.topic, lane = self.index, error = %crate::error::error_chain(&error), retry_in = ?delay, "publish failed, retrying");
             self.metrics.retried.inc();
             let wait = match job.deadline {
