@@ -57,6 +57,16 @@ pub struct SinkContext {
 /// Moves data from an outside system into Danube.
 #[async_trait]
 pub trait SourceConnector: Send + Sync + 'static {
+    /// The Danube topics this source writes to that its configuration names outright (no
+    /// template). The runtime creates them before [`initialize`](Self::initialize), together
+    /// with the other topics known at start, shorter names first: Danube refuses to create a
+    /// topic once a topic whose name extends it exists, so creating them in the order the
+    /// first records happen to arrive could refuse one of them for good. A topic Danube
+    /// refuses stops the start with the topic and the fix.
+    fn topics_at_start(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Connects to the outside system; push sources start their server here.
     async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()>;
 

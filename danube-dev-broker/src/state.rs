@@ -230,15 +230,15 @@ impl BrokerState {
         if !self.namespaces.read().contains(ns) {
             return Err(StateError::NamespaceNotFound(ns.to_string()));
         }
-        self.check_name_collision(name)?;
-        Ok(self.insert_topic(name, reliable, true))
+        self.insert_new_topic(name, reliable)
     }
 
     /// Danube keeps topics in a key-ordered store and finds "partitions" of `X` by a prefix
     /// scan, so it refuses to create `X` while any topic whose name starts with `X` exists
     /// (`X-dlq`, `Xy`, ...), and refuses `X-part-N` while a plain topic `X` exists.
-    fn check_name_collision(&self, name: &str) -> Result<(), StateError> {
-        let topics = self.topics.read();
+    /// Called with the topics' write lock held, so two creations racing cannot both pass
+    /// the check (the first one decides which of two clashing names exists).
+    fn check_name_collision(topics: &HashMap<String, Arc<Topic>>, name: &str) -> Result<(), StateError> {
         if let Some((base, _)) = name.rsplit_once("-part-") {
             if topics.contains_key(base) {
                 return Err(StateError::BaseTaken { topic: name.to_string(), base: base.to_string() });
@@ -252,6 +252,23 @@ impl BrokerState {
         Ok(())
     }
 
+    /// Creates `name` unless it exists, checking under one write lock that no other topic
+    /// clashes with its name.
+    fn insert_new_topic(&self, name: &str, reliable: bool) -> Result<Arc<Topic>, StateError> {
+        let topic = {
+            let mut topics = self.topics.write();
+            if let Some(t) = topics.get(name) {
+                return Ok(Arc::clone(t));
+            }
+            Self::check_name_collision(&topics, name)?;
+            let t = Arc::new(Topic::new(name.to_string(), reliable));
+            topics.insert(name.to_string(), Arc::clone(&t));
+            t
+        };
+        self.topic_inserted(name, reliable, true);
+        Ok(topic)
+    }
+
     fn insert_topic(&self, name: &str, reliable: bool, persist: bool) -> Arc<Topic> {
         let topic = {
             let mut topics = self.topics.write();
@@ -262,6 +279,12 @@ impl BrokerState {
             topics.insert(name.to_string(), Arc::clone(&t));
             t
         };
+        self.topic_inserted(name, reliable, persist);
+        topic
+    }
+
+    /// What follows a topic's creation: its partition index, its metadata record, the log.
+    fn topic_inserted(&self, name: &str, reliable: bool, persist: bool) {
         if let Some((base, idx)) = partition_of(name) {
             self.partitioned.write().entry(base.to_string()).or_default().insert(idx);
         }
@@ -269,7 +292,6 @@ impl BrokerState {
             self.persist_meta(MetaRecord::Topic { name: name.to_string(), reliable });
         }
         tracing::info!(topic = %name, reliable, "topic created");
-        topic
     }
 
     /// Creates `topic-part-0 .. topic-part-{n-1}` (reliable), creating the

@@ -98,7 +98,6 @@ struct Running {
     drain: JoinHandle<()>,
     refresher: Option<JoinHandle<()>>,
     stop_refresh: CancellationToken,
-    preparer: Option<JoinHandle<()>>,
 }
 
 impl HttpSource {
@@ -116,6 +115,19 @@ impl HttpSource {
 
 #[async_trait]
 impl SourceConnector for HttpSource {
+    /// The endpoints' topics without a template: they exist before the first request (a
+    /// subscriber made now sees it), and one Danube refuses (its name, its dispatch
+    /// strategy, a name clash) stops the start instead of a 502 for every webhook.
+    fn topics_at_start(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Vec::new();
+        for endpoint in self.config.endpoints.iter().filter(|e| !e.topic.contains('{')) {
+            if !topics.contains(&endpoint.topic) {
+                topics.push(endpoint.topic.clone());
+            }
+        }
+        topics
+    }
+
     async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
         let config = self.config.clone();
         let endpoints = config
@@ -177,23 +189,6 @@ impl SourceConnector for HttpSource {
             _ => None,
         };
 
-        // Static topics exist before the first request (a subscriber made now sees it).
-        let mut static_topics: Vec<String> = Vec::new();
-        for endpoint in config.endpoints.iter().filter(|e| !e.topic.contains('{')) {
-            if !static_topics.contains(&endpoint.topic) {
-                static_topics.push(endpoint.topic.clone());
-            }
-        }
-        // A static topic Danube refuses (its name, its dispatch strategy, a name clash) stops
-        // the start with the topic and the fix, instead of a 502 for every webhook.
-        let pending = ctx
-            .publisher
-            .prepare_all(static_topics, PREPARE_TIMEOUT)
-            .await
-            .map_err(|e| ConnectorError::fatal("creating the producers of the static topics", e))?;
-        let preparer = (!pending.is_empty())
-            .then(|| ctx.publisher.prepare_in_background(pending, PREPARE_TIMEOUT, ctx.shutdown.clone()));
-
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| ConnectorError::fatal(format!("bind {}", config.listen), e))?;
@@ -233,7 +228,7 @@ impl SourceConnector for HttpSource {
         };
         info!(%addr, tls = config.tls.is_some(), endpoints = config.endpoints.len(), "webhook server listening");
         self.local_addr = Some(addr);
-        self.running = Some(Running { server, admin_server, drain, refresher, stop_refresh, preparer });
+        self.running = Some(Running { server, admin_server, drain, refresher, stop_refresh });
         Ok(())
     }
 
@@ -257,18 +252,10 @@ impl SourceConnector for HttpSource {
         if let Some(refresher) = running.refresher {
             let _ = refresher.await;
         }
-        if let Some(preparer) = running.preparer {
-            // Ends with the shutdown token; a prepare stuck on the broker is cut here.
-            preparer.abort();
-            let _ = preparer.await;
-        }
         info!("webhook server stopped");
         Ok(())
     }
 }
-
-/// How long the start waits for the producers of the static topics.
-const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn refresh_loop(
     registry: Arc<Registry>,

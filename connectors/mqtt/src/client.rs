@@ -74,6 +74,10 @@ impl ClientSource {
 
 #[async_trait]
 impl SourceConnector for ClientSource {
+    fn topics_at_start(&self) -> Vec<String> {
+        self.router.static_topics()
+    }
+
     async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
         let broker = &self.config.broker;
         let options = mqtt_options(broker, &broker.client_id, broker.clean_session, true)

@@ -103,6 +103,10 @@ pub fn broker_config(embedded: &EmbeddedConfig, listen: SocketAddr) -> Config {
 
 #[async_trait]
 impl SourceConnector for EmbeddedSource {
+    fn topics_at_start(&self) -> Vec<String> {
+        self.router.static_topics()
+    }
+
     async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
         let embedded = &self.config.embedded;
         let listen = embedded.listen;

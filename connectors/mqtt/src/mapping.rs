@@ -265,6 +265,18 @@ impl Router {
         &self.routes
     }
 
+    /// The Danube topics of the mappings without a placeholder, each once: the topics the
+    /// runtime creates at start (see `SourceConnector::topics_at_start`).
+    pub fn static_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Vec::new();
+        for route in self.routes.iter().filter(|r| r.template.is_static()) {
+            if !topics.contains(&route.mapping.topic) {
+                topics.push(route.mapping.topic.clone());
+            }
+        }
+        topics
+    }
+
     /// The filters to subscribe to at an MQTT broker, with their QoS: a broker sends one
     /// copy of a message per matching subscription, so a filter covered by another
     /// mapping's filter is left out (of equal filters the first is kept). The covering
@@ -626,5 +638,18 @@ mod tests {
         assert_eq!(t.render("dev/a.b").expect("render"), "/default/dev-a_b", "the broker refuses `.`");
         assert!(TopicTemplate::parse("/default/a.b", "dev/+").is_err(), "a literal the broker refuses");
         assert!(!t.can_render("/default/dev-a.b"));
+    }
+
+    #[test]
+    fn static_topics_are_the_mapped_topics_without_placeholders_each_once() {
+        let m = |filter: &str, topic: &str| mapping(filter, topic, Qos::AtLeastOnce);
+        let router = Router::new(&[
+            m("a/#", "/default/fixed"),
+            m("b/+", "/default/b-{1}"),
+            m("c/#", "/default/fixed"),
+            m("#", "/default/rest"),
+        ])
+        .expect("router");
+        assert_eq!(router.static_topics(), vec!["/default/fixed".to_string(), "/default/rest".to_string()]);
     }
 }

@@ -260,6 +260,12 @@ impl Runtime {
         if sink.is_some() {
             env.config.require_sink_topics()?;
         }
+        // The sources' own topics, in one pass with those of the configuration (created at
+        // `start` already, so only checked again here) so shorter names come first.
+        let mut topics = topics_known_at_start(&env.config);
+        topics.extend(sources.iter().flat_map(|(_, source)| source.topics_at_start()));
+        let mut background = self.background;
+        background.extend(prepare_topics(&env.publisher, topics, &env.shutdown).await?);
         let mut initialized = Vec::new();
         for (index, (drive, mut source)) in sources.into_iter().enumerate() {
             let ctx = SourceContext {
@@ -290,7 +296,6 @@ impl Runtime {
         // `/default/x-dlq`) would make Danube refuse the data topic for good if it came first.
         // It and its durable subscription are ready before any record flows, so no dead letter
         // is written before the subscription that `danube-connect dlq` reads exists.
-        let mut background = self.background;
         if env.config.failure.policy == crate::config::FailurePolicy::DeadLetter {
             let dead_letter = env.config.dead_letter_topic();
             match prepare_topics(&env.publisher, vec![dead_letter.clone()], &env.shutdown).await {

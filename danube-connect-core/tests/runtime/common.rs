@@ -67,17 +67,23 @@ pub struct ScriptedSource {
     pub commits: Arc<Mutex<Vec<SourceOffset>>>,
     /// Called at each commit with the offsets, before they are recorded (assertions).
     pub on_commit: Option<CommitCheck>,
+    /// What `topics_at_start` returns.
+    pub topics_at_start: Vec<String>,
 }
 
 impl ScriptedSource {
     /// A source that returns `batches` one per poll.
     pub fn new(batches: Vec<Vec<SourceRecord>>) -> Self {
-        Self { batches: batches.into(), commits: Arc::default(), on_commit: None }
+        Self { batches: batches.into(), commits: Arc::default(), on_commit: None, topics_at_start: Vec::new() }
     }
 }
 
 #[async_trait]
 impl SourceConnector for ScriptedSource {
+    fn topics_at_start(&self) -> Vec<String> {
+        self.topics_at_start.clone()
+    }
+
     async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
         Ok(())
     }

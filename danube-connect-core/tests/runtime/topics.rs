@@ -58,6 +58,40 @@ async fn topics_known_at_start_are_created_shorter_names_first() {
     }
 }
 
+/// A source's own static topics are created at start, shorter names first, although its
+/// first record goes to the longer one: in arrival order Danube would refuse the shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sources_topics_at_start_exist_before_its_first_record() {
+    for kind in BrokerKind::all() {
+        let broker = TestBroker::start(kind).await.expect("broker");
+        let (short, long) = ("/default/mapped", "/default/mapped-all");
+        let mut source = ScriptedSource::new(vec![
+            vec![SourceRecord::new(long, "first").with_offset(SourceOffset::new("p", 1))],
+            vec![SourceRecord::new(short, "second").with_offset(SourceOffset::new("p", 2))],
+        ]);
+        source.topics_at_start = vec![long.to_string(), short.to_string()];
+        let commits = source.commits.clone();
+        let (token, run) = spawn_source(runtime_config("mapped", &broker.url()), source).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while commits.lock().expect("lock").len() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+        let report = run.await.expect("join");
+        assert_eq!(commits.lock().expect("lock").len(), 2, "{kind}: both records acked");
+        assert!(report.fatal.is_none(), "{kind}: {report:?}");
+        // Both topics exist, so a new publisher can write to the shorter one.
+        let runtime = Runtime::start(runtime_config("mapped-check", &broker.url()), CancellationToken::new())
+            .await
+            .expect("runtime starts");
+        runtime
+            .publisher()
+            .publish(SourceRecord::new(short, "third"))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: publish to {short}: {}", danube_connect_core::error::error_chain(&e)));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_clashing_with_another_topics_name_fails_its_records_at_once_with_the_fix() {
     for kind in BrokerKind::all() {

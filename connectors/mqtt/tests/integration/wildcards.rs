@@ -136,3 +136,23 @@ async fn overlapping_client_filters_deliver_exactly_one_copy() {
         assert_eq!(danube.message_count("/default/rest"), 1, "{broker}");
     }
 }
+
+/// Mapped Danube topics exist from the start, shorter names first: the first message goes to
+/// `/default/pfx-all`, whose name extends `/default/pfx`, and yet a later message still lands
+/// on `/default/pfx` (created in arrival order, Danube would refuse it for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_topics_whose_names_extend_each_other_all_receive_messages() {
+    let danube = EmbeddedBroker::start_default().await.expect("danube");
+    let port = free_port();
+    let mappings = r##"[{filter="long/#", topic="/default/pfx-all"}, {filter="#", topic="/default/pfx"}]"##;
+    let env = embedded_env(&danube, port, mappings);
+    let _connector = start_connector(&env).await;
+    let mut device = TestClient::connect(port, "device-prefixes");
+    device.publish("long/x", QoS::AtLeastOnce, false, "long").await;
+    device.publish("short", QoS::AtLeastOnce, false, "short").await;
+    let long = danube.wait_for_messages("/default/pfx-all", 1, Duration::from_secs(20)).await;
+    let short = danube.wait_for_messages("/default/pfx", 1, Duration::from_secs(20)).await;
+    assert_eq!(long.len(), 1, "the longer topic got its message");
+    assert_eq!(short.len(), 1, "the shorter topic got its message");
+    assert_eq!(danube.message_count("/default/dlq-mqtt-embedded"), 0, "nothing dead-lettered");
+}
