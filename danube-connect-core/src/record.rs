@@ -155,6 +155,13 @@ pub struct SinkRecord {
     /// The payload decoded with its registry schema (set by the runtime for records carrying
     /// a `schema_id` when `sink.decode_schemas` is on); see [`SinkRecord::json`].
     pub value: Option<serde_json::Value>,
+    /// How many times this record has been handed to the connector, this time included (1
+    /// on the first): the runtime's retries and the redeliveries after a deferral or a nack
+    /// count. Counted by the runtime per message (Danube does not tell), since the start.
+    pub attempt: u32,
+    /// How many times this record was deferred ([`ConnectorError::Defer`]) or nacked before
+    /// this delivery.
+    pub deferrals: u32,
 }
 
 impl SinkRecord {
@@ -212,6 +219,8 @@ impl SinkRecord {
             schema_id: None,
             schema_version: None,
             value: None,
+            attempt: 1,
+            deferrals: 0,
         }
     }
 
@@ -228,6 +237,8 @@ impl SinkRecord {
             schema_id: message.schema_id,
             schema_version: message.schema_version,
             value: None,
+            attempt: 1,
+            deferrals: 0,
         }
     }
 }

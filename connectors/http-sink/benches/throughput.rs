@@ -178,9 +178,8 @@ async fn sink_run(
     }
     let config = ConnectorConfig { runtime, connector };
     let token = CancellationToken::new();
-    let (ordering, retry) = (config.runtime.sink.ordering, config.runtime.retry.clone());
     let runtime = Runtime::start(config.runtime, token.clone()).await.expect("runtime");
-    let sink = HttpSink::new(config.connector).expect("sink").with_ordering(ordering).with_retry(retry);
+    let sink = HttpSink::new(config.connector).expect("sink");
     let run = tokio::spawn(async move { runtime.run_sink(sink).await });
     assert!(broker.wait_for_consumers(&topic, name, 1, Duration::from_secs(20)).await);
     let started = Instant::now();

@@ -85,8 +85,9 @@ pub struct HttpSinkConfig {
     /// checks the target (resolved here), not the proxy. Unset: direct connections;
     /// `HTTP_PROXY` and the like are ignored.
     pub proxy: Option<Secret>,
-    /// Delivery attempts are counted per message id across redeliveries, for at most this
-    /// many records at a time (the oldest are forgotten beyond it).
+    /// No longer used: the runtime counts delivery attempts (for the last 100,000 records
+    /// of each topic). Still accepted so that existing configurations load; a value other
+    /// than the default gets a warning at start.
     pub attempts_tracked: usize,
 }
 
@@ -609,6 +610,12 @@ impl HttpSinkConfig {
     ///   can open.
     pub fn warnings(&self, retry: &danube_connect_core::config::RetryConfig) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.attempts_tracked != Self::default().attempts_tracked {
+            warnings.push(format!(
+                "connector.attempts_tracked ({}) is no longer used: the runtime counts delivery attempts",
+                self.attempts_tracked
+            ));
+        }
         if !self.circuit_breaker.enabled {
             return warnings;
         }

@@ -11,24 +11,21 @@
 //! | circuit open (or this failure opened it) | `Defer` | nack with the remaining cool-down |
 //! | other status (4xx), unusable URL, SSRF guard | `InvalidRecord` | failure policy at once (dead-letter) |
 //!
-//! In ordered mode (`sink.ordering = "key"`, see [`HttpSink::with_ordering`]) a record with
-//! a routing key is never handed back: a nack would let the key's next record overtake it.
-//! The deferral is waited out in process instead (the hint is already cut at
-//! `retry_after.max`, a circuit's wait at its cool-down), then the record is sent again.
-//! After such a wait a retryable failure gets a fresh retry budget (`retry.*`, as a
-//! redelivered record would), so the time spent waiting does not use up its retries. Only
-//! at shutdown is such a record handed back; the later records of its key are then handed
-//! back too, unsent.
+//! Per-key order across deferrals is the runtime's: with `sink.ordering = "key"` it holds a
+//! deferred record's later records of the same key until it is delivered (or dead-lettered),
+//! see `danube_connect_core::runtime`'s sink lane. Within one batch the sink sends a key's
+//! records one after another and does not send the later ones once one failed.
+//! The attempt number (`danube-delivery-attempt`) and the deferral count (for
+//! `retry_after.max_defers`) are the runtime's ([`SinkRecord::attempt`],
+//! [`SinkRecord::deferrals`]).
 //!
 //! Errors and logs show a target as `scheme://host:port/<redacted>` ([`target_of`]): the
 //! path and query of a webhook URL often hold its secret.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use danube_connect_core::config::{Ordering, RetryConfig};
-use danube_connect_core::retry::{Backoff, RetryPolicy};
 use danube_connect_core::trace_context;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
 use futures::future::join_all;
@@ -36,11 +33,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use url::Url;
 
-use crate::attempts::Attempts;
 use crate::body::{decode_json, BodyBuilder, BodyError};
 use crate::breaker::{Admission, CircuitBreaker, Report};
 use crate::config::{decode_webhook_secret, AuthConfig, HttpSinkConfig, RetryAfterConfig};
@@ -259,17 +254,8 @@ pub struct HttpSink {
     /// Whether requests go through `connector.proxy` (the target is then resolved and
     /// checked before each request).
     proxied: bool,
-    attempts: Attempts,
     in_flight: Semaphore,
     metrics: Option<SinkMetrics>,
-    /// `sink.ordering = "key"`: keyed records wait out deferrals in process.
-    ordered: bool,
-    /// The runtime's retry policy, for the retries that follow such a wait.
-    retry: RetryPolicy,
-    /// Cancelled at shutdown (from the [`SinkContext`]).
-    shutdown: Option<CancellationToken>,
-    /// Keys whose record was handed back at shutdown: their later records are not sent.
-    stalled: std::sync::Mutex<HashSet<String>>,
 }
 
 fn header_name(field: &str, name: &str) -> Result<HeaderName, BuildError> {
@@ -411,30 +397,9 @@ impl HttpSink {
             breaker,
             policy,
             proxied,
-            attempts: Attempts::new(config.attempts_tracked),
             in_flight: Semaphore::new(config.max_in_flight),
             metrics: None,
-            ordered: true,
-            retry: RetryPolicy::new(RetryConfig::default()),
-            shutdown: None,
-            stalled: std::sync::Mutex::new(HashSet::new()),
         })
-    }
-
-    /// Tells the sink the runtime's `sink.ordering` (the default is `key`, like the
-    /// runtime's). With `key`, a record that has a routing key waits out a deferral
-    /// (`Retry-After` past `retry_after.defer_threshold`, open circuit) in process instead
-    /// of being handed back to the broker, so the later records of its key cannot overtake it.
-    pub fn with_ordering(mut self, ordering: Ordering) -> Self {
-        self.ordered = ordering == Ordering::Key;
-        self
-    }
-
-    /// Tells the sink the runtime's `retry` settings (default: their defaults). A keyed
-    /// record that waited out a deferral in process retries within a fresh budget of them.
-    pub fn with_retry(mut self, retry: RetryConfig) -> Self {
-        self.retry = RetryPolicy::new(retry);
-        self
     }
 
     fn outcome(&self, outcome: &str) {
@@ -492,7 +457,8 @@ impl HttpSink {
             _ => false,
         };
         let ids: Vec<String> = records.iter().map(|r| r.message_id()).collect();
-        let attempt = ids.iter().map(|id| self.attempts.next(id)).max().unwrap_or(1);
+        let attempt = records.iter().map(|r| r.attempt).max().unwrap_or(1);
+        let deferrals = records.iter().map(|r| r.deferrals).max().unwrap_or(0);
         let message_id = match ids.as_slice() {
             [one] => one.clone(),
             many => batch_id(many),
@@ -539,7 +505,7 @@ impl HttpSink {
         let started = Instant::now();
         let sent = self.client.request(self.method.clone(), url).headers(headers).body(body.bytes).send().await;
         let result = match sent {
-            Ok(response) => self.on_response(response, &endpoint, &target, &ids, attempt).await,
+            Ok(response) => self.on_response(response, &endpoint, &target, deferrals, attempt).await,
             Err(error) => Err(self.on_transport_error(error, &endpoint, &target)),
         };
         if let Some(metrics) = &self.metrics {
@@ -557,7 +523,7 @@ impl HttpSink {
         mut response: reqwest::Response,
         endpoint: &str,
         target: &str,
-        ids: &[String],
+        deferrals: u32,
         attempt: u32,
     ) -> Result<(), Failure> {
         let status = response.status();
@@ -580,17 +546,11 @@ impl HttpSink {
             Class::Success => {
                 self.outcome("success");
                 self.report(endpoint, Report::Healthy);
-                for id in ids {
-                    self.attempts.forget(id);
-                }
                 Ok(())
             }
             Class::Permanent => {
                 self.outcome("permanent");
                 self.report(endpoint, Report::Healthy);
-                for id in ids {
-                    self.attempts.forget(id);
-                }
                 Err(Failure::Permanent(Arc::new(DeliveryError::Status {
                     method: self.method.clone(),
                     target: target.to_string(),
@@ -616,7 +576,7 @@ impl HttpSink {
                 self.outcome("retryable");
                 match retry_after {
                     Some(hint) if hint > self.retry_after.defer_threshold => {
-                        if self.may_defer(ids) {
+                        if self.may_defer(deferrals) {
                             Err(Failure::Defer {
                                 delay: hint.max(MIN_DEFER),
                                 message: format!("{error}; Retry-After {hint:?} is past the defer threshold"),
@@ -632,11 +592,10 @@ impl HttpSink {
         }
     }
 
-    /// Counts one more `Retry-After` deferral of `ids`; whether it stays within
-    /// `retry_after.max_defers`.
-    fn may_defer(&self, ids: &[String]) -> bool {
-        let defers = ids.iter().map(|id| self.attempts.defer(id)).max().unwrap_or(1);
-        self.retry_after.max_defers.is_none_or(|max| defers <= max)
+    /// Whether one more deferral of records deferred `deferrals` times before (the
+    /// runtime's count, [`SinkRecord::deferrals`]) stays within `retry_after.max_defers`.
+    fn may_defer(&self, deferrals: u32) -> bool {
+        self.retry_after.max_defers.is_none_or(|max| deferrals.saturating_add(1) <= max)
     }
 
     fn on_transport_error(&self, error: reqwest::Error, endpoint: &str, target: &str) -> Failure {
@@ -681,63 +640,7 @@ impl HttpSink {
             self.outcome("permanent");
             Failure::Permanent(Arc::new(DeliveryError::Url(e)))
         })?;
-        self.deliver_keeping_order(&[record], url).await
-    }
-
-    /// [`deliver`](Self::deliver), except that in ordered mode records with a routing key
-    /// wait out a deferral in process (see the module docs) instead of being handed back.
-    async fn deliver_keeping_order(&self, records: &[&SinkRecord], url: Url) -> Result<(), Failure> {
-        let keys: Vec<&str> =
-            if self.ordered { records.iter().filter_map(|r| r.routing_key.as_deref()).collect() } else { Vec::new() };
-        if keys.is_empty() {
-            return self.deliver(records, url).await;
-        }
-        let held_back = {
-            let stalled = self.stalled_keys();
-            !stalled.is_empty() && keys.iter().any(|key| stalled.contains(*key))
-        };
-        if held_back {
-            self.outcome("deferred");
-            return Err(Failure::Defer {
-                delay: MIN_DEFER,
-                message: "held back: an earlier record of the same key was handed back at shutdown".into(),
-            });
-        }
-        let mut budget: Option<RetryBudget> = None;
-        loop {
-            let result = self.deliver(records, url.clone()).await;
-            let (delay, message) = match (result, budget.as_mut()) {
-                (Err(Failure::Defer { delay, message }), _) => (delay, message),
-                // Retries after a wait: a fresh budget, the wait does not count.
-                (Err(Failure::Retry { after, error }), Some(budget)) => match budget.next_delay(after) {
-                    Some(delay) => (delay, format!("retrying: {error}")),
-                    None => return Err(Failure::Retry { after, error }),
-                },
-                (other, _) => return other,
-            };
-            debug!(?delay, %message, "ordered mode: waiting in process instead of handing the record back");
-            let stopping = match &self.shutdown {
-                Some(token) => tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    _ = token.cancelled() => true,
-                },
-                None => {
-                    tokio::time::sleep(delay).await;
-                    false
-                }
-            };
-            if stopping {
-                self.stalled_keys().extend(keys.iter().map(|key| key.to_string()));
-                return Err(Failure::Defer { delay: MIN_DEFER, message });
-            }
-            if budget.is_none() {
-                budget = Some(RetryBudget::new(&self.retry));
-            }
-        }
-    }
-
-    fn stalled_keys(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.stalled.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.deliver(&[record], url).await
     }
 
     /// Records of one key, one after another; after a retryable failure or a deferral the
@@ -789,11 +692,11 @@ impl HttpSink {
             // The whole batch in one request: let the runtime retry it as a whole.
             let refs: Vec<&SinkRecord> = records.iter().collect();
             let Some((url, _)) = groups.pop() else { return Ok(()) };
-            return self.deliver_keeping_order(&refs, url).await.map_err(|f| f.to_error());
+            return self.deliver(&refs, url).await.map_err(|f| f.to_error());
         }
         let sends = groups.into_iter().map(|(url, members)| async move {
             let refs: Vec<&SinkRecord> = members.iter().map(|&i| &records[i]).collect();
-            (members.clone(), self.deliver_keeping_order(&refs, url).await)
+            (members.clone(), self.deliver(&refs, url).await)
         });
         for (members, result) in join_all(sends).await {
             if let Err(failure) = result {
@@ -805,33 +708,6 @@ impl HttpSink {
         } else {
             Err(ConnectorError::PartialBatch { failures })
         }
-    }
-}
-
-/// The retries of a record after it waited out a deferral in process: the same rules as
-/// [`RetryPolicy::run`] (attempts, backoff lengthened to the hint, elapsed time), counted
-/// from the end of the wait.
-struct RetryBudget {
-    config: RetryConfig,
-    started: Instant,
-    backoff: Backoff,
-    attempts: usize,
-}
-
-impl RetryBudget {
-    fn new(policy: &RetryPolicy) -> Self {
-        Self { config: policy.config().clone(), started: Instant::now(), backoff: policy.backoff(), attempts: 0 }
-    }
-
-    /// Counts a failed attempt; the delay before the next one, or `None` once spent.
-    fn next_delay(&mut self, hint: Option<Duration>) -> Option<Duration> {
-        self.attempts += 1;
-        if self.attempts >= self.config.max_attempts {
-            return None;
-        }
-        let backoff = self.backoff.next_delay();
-        let delay = hint.map_or(backoff, |hint| hint.max(backoff));
-        (self.started.elapsed() + delay <= self.config.max_elapsed).then_some(delay)
     }
 }
 
@@ -861,7 +737,6 @@ impl SinkConnector for HttpSink {
         let metrics = SinkMetrics::register(&ctx.metrics)
             .map_err(|e| ConnectorError::fatal("register the HTTP sink metrics", BuildError::Metrics(e)))?;
         self.metrics = Some(metrics);
-        self.shutdown = Some(ctx.shutdown);
         Ok(())
     }
 
@@ -925,28 +800,6 @@ mod tests {
         assert_eq!(batch_id(&a), batch_id(&a.clone()));
         assert_ne!(batch_id(&a), batch_id(&b));
         assert!(batch_id(&a).starts_with("batch_"));
-    }
-
-    #[test]
-    fn the_budget_after_a_wait_follows_the_retry_settings() {
-        let policy = RetryPolicy::new(RetryConfig {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(20),
-            max_elapsed: Duration::from_secs(5),
-            ..RetryConfig::default()
-        });
-        let mut budget = RetryBudget::new(&policy);
-        let first = budget.next_delay(None).expect("second attempt");
-        assert!(first >= Duration::from_millis(10) && first <= Duration::from_millis(40), "{first:?}");
-        assert_eq!(
-            budget.next_delay(Some(Duration::from_secs(1))),
-            Some(Duration::from_secs(1)),
-            "the hint lengthens it"
-        );
-        assert_eq!(budget.next_delay(None), None, "three attempts in all");
-        let mut budget = RetryBudget::new(&policy);
-        assert_eq!(budget.next_delay(Some(Duration::from_secs(6))), None, "past max_elapsed");
     }
 
     #[test]

@@ -8,9 +8,8 @@
 //! Modules: [`config`] (the `[connector]` section), [`connector`] (the [`HttpSink`]),
 //! [`template`] (URL templates), [`body`] (raw, envelope, batch bodies), [`signature`]
 //! (Standard Webhooks and HMAC), [`outcome`] (status classes, `Retry-After`), [`breaker`]
-//! (circuit breaker), [`ssrf`] (private-target guard), [`attempts`] (attempt numbers).
+//! (circuit breaker), [`ssrf`] (private-target guard).
 
-pub mod attempts;
 pub mod body;
 pub mod breaker;
 pub mod config;

@@ -8,10 +8,7 @@ fn main() -> std::process::ExitCode {
         for warning in config.connector.warnings(&config.runtime.retry) {
             tracing::warn!(%warning, "configuration works against itself");
         }
-        let sink = HttpSink::new(config.connector)
-            .map_err(|e| ConnectorError::fatal("build the HTTP sink", e))?
-            .with_ordering(config.runtime.sink.ordering)
-            .with_retry(config.runtime.retry.clone());
+        let sink = HttpSink::new(config.connector).map_err(|e| ConnectorError::fatal("build the HTTP sink", e))?;
         runtime.run_sink(sink).await
     })
 }

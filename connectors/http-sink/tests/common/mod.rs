@@ -364,9 +364,8 @@ pub async fn start_sink(broker: &EmbeddedBroker, config: ConnectorConfig<HttpSin
     }
     danube_connect_core::config::Validate::validate(&config.connector).expect("valid connector config");
     let token = CancellationToken::new();
-    let (ordering, retry) = (config.runtime.sink.ordering, config.runtime.retry.clone());
     let runtime = Runtime::start(config.runtime, token.clone()).await.expect("runtime starts");
-    let sink = HttpSink::new(config.connector).expect("sink builds").with_ordering(ordering).with_retry(retry);
+    let sink = HttpSink::new(config.connector).expect("sink builds");
     let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
     assert!(broker.wait_for_consumers(&topic, &subscription, 1, Duration::from_secs(20)).await, "the sink subscribed");
     RunningSink { token, run }

@@ -5,6 +5,12 @@
 //! `ordering = "key"`); each lane gathers a batch up to `max_records` / `max_bytes` or until
 //! `linger` passes — the timer flushes even when no new message arrives, which matters
 //! because the broker hands out only `max_unacked_messages` (default 10) before it sees acks.
+//!
+//! With `ordering = "key"` a lane also keeps per-key order across deferrals and nacks
+//! ([`holds`]), and every record carries its delivery attempt ([`deliveries`]).
+
+mod deliveries;
+mod holds;
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
@@ -17,6 +23,8 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use self::deliveries::{message_key, Deliveries};
+use self::holds::{Held, KeyHolds};
 use super::dead_letter::{dead_letter_record, Failure};
 use super::Env;
 use crate::config::{FailurePolicy, Ordering, SinkTopicConfig, SubscriptionType};
@@ -36,6 +44,12 @@ struct Lane {
     retry: RetryPolicy,
     /// What this topic holds and settled, for stall detection.
     progress: Arc<Progress>,
+    /// Delivery attempts and deferrals per message, shared by the topic's lanes.
+    deliveries: Arc<Deliveries>,
+    /// `sink.ordering = "key"`: keys held behind a deferred record.
+    ordered: bool,
+    /// The keys this lane holds (only with `ordered`).
+    holds: std::sync::Mutex<KeyHolds>,
 }
 
 pub(super) async fn health_loop(env: Env, sink: Arc<dyn SinkConnector>) {
@@ -53,6 +67,7 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
     let retry = RetryPolicy::new(env.config.retry.clone());
     let mut reconnect_delays = retry.delays();
     let progress = Arc::new(Progress::default());
+    let deliveries = Arc::new(Deliveries::default());
     let watch = start_stall_watch(&env, &topic, &progress);
     let _stop_watch = watch.map(|token| token.drop_guard());
     loop {
@@ -71,7 +86,7 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
         };
         info!(topic = %topic.topic, "consuming");
         let consumer = Arc::new(Mutex::new(consumer));
-        let lanes = spawn_lanes(&env, &topic.topic, &consumer, &connector, &retry, &progress);
+        let lanes = spawn_lanes(&env, &topic.topic, &consumer, &connector, &retry, &progress, &deliveries);
         let senders: Vec<mpsc::Sender<StreamMessage>> = lanes.iter().map(|(tx, _)| tx.clone()).collect();
         let round_robin = AtomicUsize::new(0);
         let stopping = loop {
@@ -207,6 +222,7 @@ fn spawn_lanes(
     connector: &Arc<dyn SinkConnector>,
     retry: &RetryPolicy,
     progress: &Arc<Progress>,
+    deliveries: &Arc<Deliveries>,
 ) -> Vec<(mpsc::Sender<StreamMessage>, JoinHandle<()>)> {
     (0..env.config.sink.concurrency)
         .map(|_| {
@@ -220,6 +236,9 @@ fn spawn_lanes(
                 connector: connector.clone(),
                 retry: retry.clone(),
                 progress: progress.clone(),
+                deliveries: deliveries.clone(),
+                ordered: env.config.sink.ordering == Ordering::Key,
+                holds: std::sync::Mutex::new(KeyHolds::default()),
             };
             (tx, tokio::spawn(lane.run(rx)))
         })
@@ -227,8 +246,14 @@ fn spawn_lanes(
 }
 
 impl Lane {
+    /// Gathers batches and flushes them; with `ordering = "key"` it also holds the records
+    /// of deferred keys (at most `sink.prefetch` per lane: at that bound the lane takes no
+    /// more records from the topic's reader, which then waits, until held ones settle;
+    /// nothing is dropped) and processes each deferred record again when its delay is over.
+    /// At the end every held record is handed back to the broker.
     async fn run(self, mut rx: mpsc::Receiver<StreamMessage>) {
         let batch_config = self.env.config.sink.batch.clone();
+        let bound = self.env.config.sink.prefetch.max(1);
         let mut batch: Vec<StreamMessage> = Vec::new();
         let mut bytes = 0usize;
         let mut flush_at: Option<tokio::time::Instant> = None;
@@ -239,9 +264,21 @@ impl Lane {
                     None => std::future::pending().await,
                 }
             };
+            let next_due = self.holds().next_due();
+            let due = async {
+                match next_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Back-pressure at the bound; at shutdown the channel is drained all the same.
+            let full = self.holds().held() >= bound && !self.env.shutdown.is_cancelled();
             tokio::select! {
-                message = rx.recv() => match message {
+                message = rx.recv(), if !full => match message {
                     Some(message) => {
+                        if self.held_behind(&message) {
+                            continue;
+                        }
                         bytes += message.payload.len();
                         batch.push(message);
                         if flush_at.is_none() {
@@ -257,7 +294,7 @@ impl Lane {
                         if !batch.is_empty() {
                             self.flush(std::mem::take(&mut batch)).await;
                         }
-                        return;
+                        break;
                     }
                 },
                 _ = linger => {
@@ -265,8 +302,89 @@ impl Lane {
                     bytes = 0;
                     flush_at = None;
                 }
+                _ = due => self.retry_due().await,
+                _ = self.env.shutdown.cancelled(), if full => {}
             }
         }
+        let held = self.holds().drain();
+        if !held.is_empty() {
+            self.hand_back(&held).await;
+        }
+    }
+
+    fn holds(&self) -> std::sync::MutexGuard<'_, KeyHolds> {
+        self.holds.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// With `ordering = "key"`: whether `message` waits behind an earlier record of its key
+    /// (it is then held, or it is a copy of a held record the broker delivered again).
+    fn held_behind(&self, message: &StreamMessage) -> bool {
+        if !self.ordered {
+            return false;
+        }
+        match self.holds().hold_if_blocked(message) {
+            Held::No => false,
+            Held::Queued => true,
+            Held::Duplicate => {
+                debug!(topic = %self.topic, offset = message.msg_id.topic_offset, "a copy of a held record arrived; the held one stays");
+                true
+            }
+        }
+    }
+
+    /// Processes again the deferred records whose delay is over; each one settled releases
+    /// its key's held records. At shutdown they are handed back instead.
+    async fn retry_due(&self) {
+        let due = self.holds().take_due(tokio::time::Instant::now());
+        for message in due {
+            if self.env.shutdown.is_cancelled() || self.stopped() {
+                self.hand_back(std::slice::from_ref(&message)).await;
+                continue;
+            }
+            let key = message.routing_key.clone().unwrap_or_default();
+            self.flush(vec![message]).await;
+            self.release(&key).await;
+        }
+    }
+
+    /// Processes the held records of `key`, in order, once the record it waited for is
+    /// settled; a record deferred again holds the rest behind it.
+    async fn release(&self, key: &str) {
+        let Some(mut queue) = self.holds().release(key) else { return };
+        let max = self.env.config.sink.batch.max_records.max(1);
+        while !queue.is_empty() {
+            if self.holds().is_held(key) {
+                self.holds().requeue(key, queue);
+                return;
+            }
+            if self.env.shutdown.is_cancelled() || self.stopped() {
+                let rest: Vec<StreamMessage> = queue.into_iter().collect();
+                self.hand_back(&rest).await;
+                return;
+            }
+            let chunk: Vec<StreamMessage> = queue.drain(..max.min(queue.len())).collect();
+            self.flush(chunk).await;
+        }
+    }
+
+    /// Counts one more hand-over of `record` to the connector and sets its attempt number.
+    fn count_delivery(&self, message: &StreamMessage, record: &mut SinkRecord) {
+        let counts = self.deliveries.next(&message_key(message));
+        record.attempt = counts.attempts;
+        record.deferrals = counts.deferrals;
+    }
+
+    /// The records of a batch as handed to the connector once more.
+    fn handed_again(&self, messages: &[StreamMessage], records: &[SinkRecord]) -> Vec<SinkRecord> {
+        messages
+            .iter()
+            .zip(records)
+            .map(|(message, record)| {
+                let mut record = record.clone();
+                self.count_delivery(message, &mut record);
+                record
+            })
+            .collect()
     }
 
     fn labels(&self) -> [&str; 2] {
@@ -281,6 +399,7 @@ impl Lane {
     }
 
     async fn flush(&self, messages: Vec<StreamMessage>) {
+        let messages: Vec<StreamMessage> = messages.into_iter().filter(|m| !self.held_behind(m)).collect();
         if messages.is_empty() || self.stopped() {
             return;
         }
@@ -289,9 +408,15 @@ impl Lane {
         if records.is_empty() || self.stopped() {
             return;
         }
-        let (messages, mut records) = self.transform(messages, records).await;
+        let (messages, records) = self.transform(messages, records).await;
+        // A record that failed in decode or transform may have held its key.
+        let (messages, mut records): (Vec<StreamMessage>, Vec<SinkRecord>) =
+            messages.into_iter().zip(records).filter(|(m, _)| !self.held_behind(m)).unzip();
         if records.is_empty() || self.stopped() {
             return;
+        }
+        for (message, record) in messages.iter().zip(records.iter_mut()) {
+            self.count_delivery(message, record);
         }
         // With telemetry on, each record gets a `process` span, and the connector sees the
         // record with that span as its `traceparent`.
@@ -312,7 +437,16 @@ impl Lane {
             .retry
             .run_until(
                 &self.env.shutdown,
-                |_| self.connector.process_batch(&records),
+                |attempt| {
+                    let again = (attempt > 1).then(|| self.handed_again(&messages, &records));
+                    let records = &records;
+                    async move {
+                        match &again {
+                            Some(again) => self.connector.process_batch(again).await,
+                            None => self.connector.process_batch(records).await,
+                        }
+                    }
+                },
                 |error, attempt, delay| {
                     self.env.metrics.records_retried.with_label_values(&self.labels()).inc();
                     warn!(topic = %self.topic, attempt, retry_in = ?delay, error = %error.chain(), "process failed, retrying");
@@ -368,6 +502,7 @@ impl Lane {
                     }
                     match error {
                         None => self.ack(message).await,
+                        Some(_) if self.held_behind(message) => {}
                         Some(error) if error.is_retryable() => {
                             let go_on = match waited {
                                 Some(go_on) => go_on,
@@ -391,7 +526,9 @@ impl Lane {
                     if self.stopped() {
                         break;
                     }
-                    self.retry_one(message, record).await;
+                    if !self.held_behind(message) {
+                        self.retry_one(message, record).await;
+                    }
                 }
             }
             Err(RetryFailure { error, attempts }) => {
@@ -400,7 +537,9 @@ impl Lane {
                     if self.stopped() {
                         break;
                     }
-                    self.fail(message, record, clone_error(&error), attempts).await;
+                    if !self.held_behind(message) {
+                        self.fail(message, record, clone_error(&error), attempts).await;
+                    }
                 }
             }
         }
@@ -513,7 +652,11 @@ impl Lane {
             .retry
             .run_until(
                 &self.env.shutdown,
-                |_| self.connector.process(record),
+                |_| {
+                    let mut again = record.clone();
+                    self.count_delivery(message, &mut again);
+                    async move { self.connector.process(&again).await }
+                },
                 |_, _, _| self.env.metrics.records_retried.with_label_values(&self.labels()).inc(),
             )
             .await;
@@ -538,9 +681,9 @@ impl Lane {
             (ConnectorError::Defer { .. }, _) if self.env.shutdown.is_cancelled() => {
                 self.hand_back(std::slice::from_ref(message)).await
             }
-            (ConnectorError::Defer { delay, .. }, _) => self.nack(message, *delay, error.kind()).await,
+            (ConnectorError::Defer { delay, .. }, _) => self.later(message, *delay, error.kind()).await,
             (_, FailurePolicy::Stop) => self.env.stopper.fail(error),
-            (_, FailurePolicy::Nack) => self.nack(message, self.env.config.failure.nack_delay, error.kind()).await,
+            (_, FailurePolicy::Nack) => self.later(message, self.env.config.failure.nack_delay, error.kind()).await,
             (_, FailurePolicy::DeadLetter) => {
                 let dlq = dead_letter_record(
                     &self.env.config.dead_letter_topic(),
@@ -553,7 +696,7 @@ impl Lane {
                         connector: &self.env.config.name,
                         source_topic: &self.topic,
                         source_offset: Some(record.offset.to_string()),
-                        attempts,
+                        attempts: attempts.max(self.deliveries.get(&message_key(message)).attempts as usize),
                     },
                 );
                 match self.env.publisher.publish(dlq).await {
@@ -563,7 +706,7 @@ impl Lane {
                     }
                     Err(publish_error) => {
                         warn!(topic = %self.topic, error = %crate::error::error_chain(&publish_error), "dead-letter publish failed; record handed back to the broker");
-                        self.nack(message, self.env.config.failure.nack_delay, "dead_letter_failed").await;
+                        self.later(message, self.env.config.failure.nack_delay, "dead_letter_failed").await;
                     }
                 }
             }
@@ -576,6 +719,7 @@ impl Lane {
         match result {
             Ok(()) => {
                 self.progress.settled(message, true);
+                self.deliveries.forget(&message_key(message));
                 metrics.records_acked.with_label_values(&self.labels()).inc();
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
                 let latency = now.saturating_sub(message.publish_time) as f64 / 1000.0;
@@ -592,10 +736,30 @@ impl Lane {
     /// Hands records back to the broker at shutdown, unprocessed: a nack without delay, so
     /// the next consumer gets them at once (Danube v0.15.1 would otherwise wait for its 30 s
     /// ack timeout before redelivering them).
+    /// With `ordering = "key"` the keys of the records stay held until the lane ends, so
+    /// their later records are handed back too, unprocessed.
     async fn hand_back(&self, messages: &[StreamMessage]) {
         debug!(topic = %self.topic, records = messages.len(), "stopping: records handed back for redelivery");
         for message in messages {
+            if let (true, Some(key)) = (self.ordered, &message.routing_key) {
+                self.holds().handed_back(message, key);
+            }
             self.nack(message, Duration::ZERO, "shutdown").await;
+        }
+    }
+
+    /// Hands a record back for later (a deferral, or `failure.policy = "nack"`). With
+    /// `ordering = "key"` a record with a routing key stays in the lane and is processed again
+    /// after `delay`, its key's later records held behind it ([`holds`]); otherwise it is
+    /// nacked with `delay` and the broker redelivers it.
+    async fn later(&self, message: &StreamMessage, delay: Duration, reason: &str) {
+        self.deliveries.deferred(&message_key(message));
+        match (&message.routing_key, self.ordered) {
+            (Some(key), true) => {
+                debug!(topic = %self.topic, retry_in = ?delay, reason, "the record waits in the lane; its key's later records are held behind it");
+                self.holds().defer(message, key, tokio::time::Instant::now() + delay);
+            }
+            _ => self.nack(message, delay, reason).await,
         }
     }
 
