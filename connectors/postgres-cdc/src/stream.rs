@@ -1195,10 +1195,19 @@ impl Stream {
         Ok((snapshot, rows, last_key))
     }
 
+    /// Writes a watermark: a non-transactional logical message (no table write). The high one
+    /// also takes a transaction id, so its commit flushes the WAL at once and the walsender
+    /// sends the watermark without waiting for the WAL writer (an empty transaction is not
+    /// decoded).
     async fn write_watermark(&self, client: &Client, nonce: &str, mark: &str) -> Result<(), CdcError> {
         let content = serde_json::json!({ "nonce": nonce, "mark": mark }).to_string();
+        let sql = if mark == "high" {
+            "SELECT pg_logical_emit_message(false, $1, $2), pg_current_xact_id()"
+        } else {
+            "SELECT pg_logical_emit_message(false, $1, $2)"
+        };
         client
-            .execute("SELECT pg_logical_emit_message(false, $1, $2)", &[&incremental::WATERMARK_PREFIX, &content])
+            .execute(sql, &[&incremental::WATERMARK_PREFIX, &content])
             .await
             .map_err(query("write a snapshot watermark"))?;
         Ok(())
