@@ -142,6 +142,12 @@ pub struct PostgresCdcConfig {
     pub toast: ToastMode,
     /// The value an unchanged TOAST column gets with `toast = placeholder`.
     pub toast_placeholder: String,
+    /// Signal table `schema.table` (columns `id text`, `type text`, `data jsonb`), created when
+    /// missing and added to the publication; an `execute-snapshot` or `stop-snapshot` row
+    /// inserted into it starts or stops an incremental snapshot. Empty: no signals.
+    pub signal_table: String,
+    /// Rows per chunk of an incremental snapshot.
+    pub incremental_chunk_size: usize,
 }
 
 impl Default for PostgresCdcConfig {
@@ -177,6 +183,8 @@ impl Default for PostgresCdcConfig {
             readiness_min_safe_wal_bytes: None,
             toast: ToastMode::List,
             toast_placeholder: "__danube_unchanged_toast".into(),
+            signal_table: "public.danube_cdc_signals".into(),
+            incremental_chunk_size: 1024,
         }
     }
 }
@@ -265,6 +273,12 @@ impl PostgresCdcConfig {
             })
             .collect()
     }
+
+    /// The signal table as `(schema, table)`, `None` when signals are off.
+    pub fn signal_table(&self) -> Option<(String, String)> {
+        let name = self.signal_table.trim();
+        (!name.is_empty()).then(|| crate::incremental::split_table(name))
+    }
 }
 
 fn valid_identifier(name: &str) -> bool {
@@ -339,6 +353,20 @@ impl Validate for PostgresCdcConfig {
         if self.snapshot_chunk_size == 0 {
             return Err(ConfigError::invalid("connector.snapshot_chunk_size", "must be at least 1"));
         }
+        if self.incremental_chunk_size == 0 {
+            return Err(ConfigError::invalid("connector.incremental_chunk_size", "must be at least 1"));
+        }
+        if !self.signal_table.trim().is_empty() {
+            let parts: Vec<&str> = self.signal_table.trim().split('.').collect();
+            let ok = (1..=2).contains(&parts.len())
+                && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "connector.signal_table",
+                    format!("`{}` must be `schema.table` or `table` (or empty: no signals)", self.signal_table),
+                ));
+            }
+        }
         if self.max_batch == 0 {
             return Err(ConfigError::invalid("connector.max_batch", "must be at least 1"));
         }
@@ -407,6 +435,8 @@ mod tests {
             ),
             (PostgresCdcConfig { topic: "no-namespace".into(), ..Default::default() }, "connector.topic"),
             (PostgresCdcConfig { max_batch: 0, ..Default::default() }, "connector.max_batch"),
+            (PostgresCdcConfig { incremental_chunk_size: 0, ..Default::default() }, "connector.incremental_chunk_size"),
+            (PostgresCdcConfig { signal_table: "a.b.c".into(), ..Default::default() }, "connector.signal_table"),
             (PostgresCdcConfig { url: Some(Secret::new("not a url ::")), ..Default::default() }, "connector.url"),
             (
                 PostgresCdcConfig { schema: SchemaMode::JsonSchema, schema_subject: " ".into(), ..Default::default() },

@@ -6,6 +6,7 @@
 //! - [`value`]: PostgreSQL text values to JSON;
 //! - [`change`]: row changes to records;
 //! - [`schema`]: a JSON Schema per table, registered and attached to its records;
+//! - [`incremental`]: incremental snapshots on signal (watermarks, chunk, plan);
 //! - [`marks`]: which LSN may be confirmed given Danube's acks;
 //! - [`metrics`]: the connector's metrics and the slot monitor (lag, `wal_status`, readiness);
 //! - [`stream`]: the replication task (snapshot, stream, confirmed LSN);
@@ -15,6 +16,7 @@
 pub mod change;
 pub mod config;
 pub mod error;
+pub mod incremental;
 pub mod marks;
 pub mod metrics;
 pub mod pgoutput;

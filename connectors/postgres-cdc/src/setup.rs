@@ -181,6 +181,151 @@ pub async fn add_missing_tables(client: &Client, config: &PostgresCdcConfig) -> 
     Ok(())
 }
 
+/// Creates the signal table when missing and adds it to a table-list publication; false
+/// (signals off, with a warning naming the reason) when `connector.signal_table` is empty or
+/// the user may not do either.
+pub async fn prepare_signal_table(client: &Client, config: &PostgresCdcConfig) -> Result<bool, CdcError> {
+    let Some((schema, table)) = config.signal_table() else { return Ok(false) };
+    let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
+    let create = format!("CREATE TABLE IF NOT EXISTS {name} (id text PRIMARY KEY, type text NOT NULL, data jsonb)");
+    if let Err(error) = client.batch_execute(&create).await {
+        if error.as_db_error().is_none() {
+            return Err(CdcError::Query { what: format!("create signal table {schema}.{table}"), source: error });
+        }
+        warn!(table = %format!("{schema}.{table}"), error = %danube_connect_core::error::error_chain(&error),
+            "signals are off: the signal table could not be created (create it yourself: {create})");
+        return Ok(false);
+    }
+    match add_to_publication(client, config, &schema, &table).await {
+        Ok(_) => Ok(true),
+        Err(CdcError::Query { source, .. }) if source.as_db_error().is_some() => {
+            warn!(table = %format!("{schema}.{table}"), publication = %config.publication,
+                error = %danube_connect_core::error::error_chain(&source),
+                "signals are off: the signal table could not be added to the publication");
+            Ok(false)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Adds a table to the publication unless it covers it already (`FOR ALL TABLES`, or listed);
+/// true when it was added.
+pub async fn add_to_publication(
+    client: &Client,
+    config: &PostgresCdcConfig,
+    schema: &str,
+    table: &str,
+) -> Result<bool, CdcError> {
+    let all: bool = client
+        .query_one("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&config.publication])
+        .await
+        .map_err(query("read publication"))?
+        .get(0);
+    if all || published_tables(client, &config.publication).await?.contains(&(schema.to_string(), table.to_string())) {
+        return Ok(false);
+    }
+    let sql = format!(
+        "ALTER PUBLICATION {} ADD TABLE {}.{}",
+        quote_ident(&config.publication),
+        quote_ident(schema),
+        quote_ident(table)
+    );
+    client.batch_execute(&sql).await.map_err(query(sql.clone()))?;
+    info!(publication = %config.publication, table = %format!("{schema}.{table}"), "table added to the publication");
+    Ok(true)
+}
+
+/// Waits (at most `limit`) until every transaction running now has ended: a transaction whose
+/// commit was written just before a publication change may still be invisible for a moment,
+/// and its rows would be in neither the stream nor a snapshot read right now.
+pub async fn wait_running_transactions(client: &Client, limit: Duration) -> Result<(), CdcError> {
+    let horizon: String = client
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .await
+        .map_err(query("read the transaction horizon"))?
+        .get(0);
+    let started = std::time::Instant::now();
+    loop {
+        let ended: bool = client
+            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8", &[&horizon])
+            .await
+            .map_err(query("read the oldest running transaction"))?
+            .get(0);
+        if ended {
+            return Ok(());
+        }
+        if started.elapsed() >= limit {
+            warn!(waited = ?limit, "transactions older than the publication change are still running; snapshotting anyway");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the table exists, and its primary-key columns.
+pub async fn table_key(client: &Client, schema: &str, table: &str) -> Result<Option<(u32, Vec<String>)>, CdcError> {
+    let row = client
+        .query_opt(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(query("look up table"))?;
+    let Some(row) = row else { return Ok(None) };
+    let oid: u32 = row.get(0);
+    Ok(Some((oid, primary_key(client, oid).await?)))
+}
+
+/// Id of this slot's progress row in the signal table.
+fn progress_id(config: &PostgresCdcConfig) -> String {
+    format!("progress:{}", config.slot)
+}
+
+/// The incremental-snapshot progress of this slot (empty when none was recorded).
+pub async fn read_plan(client: &Client, config: &PostgresCdcConfig) -> Result<crate::incremental::Plan, CdcError> {
+    let Some((schema, table)) = config.signal_table() else { return Ok(Default::default()) };
+    let row = client
+        .query_opt(
+            &format!("SELECT data::text FROM {}.{} WHERE id = $1", quote_ident(&schema), quote_ident(&table)),
+            &[&progress_id(config)],
+        )
+        .await
+        .map_err(query("read the incremental snapshot progress"))?;
+    let text: Option<String> = row.and_then(|r| r.get(0));
+    match text.map(|t| serde_json::from_str(&t)) {
+        None => Ok(Default::default()),
+        Some(Ok(plan)) => Ok(plan),
+        Some(Err(error)) => {
+            warn!(error = %error, "unreadable incremental snapshot progress; starting without it");
+            Ok(Default::default())
+        }
+    }
+}
+
+/// Records the incremental-snapshot progress of this slot.
+pub async fn write_plan(
+    client: &Client,
+    config: &PostgresCdcConfig,
+    plan: &crate::incremental::Plan,
+) -> Result<(), CdcError> {
+    let Some((schema, table)) = config.signal_table() else { return Ok(()) };
+    let data = serde_json::to_string(plan).map_err(CdcError::Serialize)?;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {}.{} (id, type, data) VALUES ($1, $2, $3::text::jsonb) \
+                 ON CONFLICT (id) DO UPDATE SET type = EXCLUDED.type, data = EXCLUDED.data",
+                quote_ident(&schema),
+                quote_ident(&table)
+            ),
+            &[&progress_id(config), &crate::incremental::PROGRESS_TYPE, &data],
+        )
+        .await
+        .map_err(query("record the incremental snapshot progress"))?;
+    Ok(())
+}
+
 /// Key of a slot's list of added tables whose snapshot is not acknowledged yet.
 fn added_key(slot: &str) -> String {
     format!("{slot}:added")

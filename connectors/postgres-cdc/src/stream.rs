@@ -8,7 +8,7 @@
 //! record is in Danube, and advances while the captured tables are idle.
 
 use danube_connect_core::retry::Backoff;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,14 +18,15 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationE
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::change::{format_lsn, pg_time_iso, Change, Table, ToastFill, TxnInfo};
 use crate::config::{Connection, PostgresCdcConfig, SnapshotMode, TlsMode};
 use crate::error::{query, replication, CdcError};
+use crate::incremental::{self, Advance, Chunk, Plan, Signal, TablePlan, Touched, XidSnapshot};
 use crate::marks::Marks;
 use crate::metrics::CdcMetrics;
-use crate::pgoutput::{self, Column, Message, Relation, TupleValue};
+use crate::pgoutput::{self, Column, Message, Relation, Tuple, TupleValue};
 use crate::schema::TableSchemas;
 use crate::setup::{self, SnapshotState};
 
@@ -55,6 +56,40 @@ enum Ended {
     SnapshotOnly,
 }
 
+/// How long a signalled table's snapshot waits for transactions older than its
+/// `ALTER PUBLICATION` to end.
+const PUBLICATION_SETTLE: Duration = Duration::from_secs(10);
+
+/// A chunk as read: the snapshot it was read in, its rows `(routing key, row)`, the key
+/// values of its last row.
+type ChunkRead = (XidSnapshot, Vec<(String, Tuple)>, Option<Vec<String>>);
+
+/// The table an incremental snapshot is reading.
+struct Current {
+    snapshot: String,
+    schema: String,
+    name: String,
+    oid: u32,
+    table: Table,
+    key_names: Vec<String>,
+    key_types: Vec<String>,
+}
+
+/// State of the incremental snapshots (see [`crate::incremental`]).
+#[derive(Default)]
+struct Incremental {
+    /// Progress including chunks emitted but not yet acknowledged.
+    live: Plan,
+    /// Progress as recorded in the signal table.
+    durable: Plan,
+    /// Emitted chunks waiting for the slot to be confirmed past their high watermark.
+    pending: VecDeque<(u64, Advance)>,
+    current: Option<Current>,
+    chunk: Option<Chunk<Tuple>>,
+    touched: Touched,
+    watermarks: u64,
+}
+
 /// The replication task.
 pub(crate) struct Stream {
     config: Arc<PostgresCdcConfig>,
@@ -71,6 +106,10 @@ pub(crate) struct Stream {
     txn_seq: u64,
     schemas: TableSchemas,
     metrics: CdcMetrics,
+    signal_table: Option<(String, String)>,
+    signals: Vec<(String, String, Option<String>)>,
+    incremental: Incremental,
+    started_at: u128,
 }
 
 impl Stream {
@@ -96,6 +135,10 @@ impl Stream {
             txn_seq: 0,
             schemas: TableSchemas::default(),
             metrics: CdcMetrics::unregistered(&config.slot),
+            signal_table: None,
+            signals: Vec::new(),
+            incremental: Incremental::default(),
+            started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
             config,
         }
     }
@@ -146,6 +189,16 @@ impl Stream {
         self.txn = None;
         let client = setup::connect(&self.conn).await?;
         setup::prepare(&client, &self.config).await?;
+        let signals = setup::prepare_signal_table(&client, &self.config).await?;
+        self.signal_table = if signals { self.config.signal_table() } else { None };
+        self.signals.clear();
+        let plan = if signals { setup::read_plan(&client, &self.config).await? } else { Plan::default() };
+        self.incremental = Incremental {
+            live: plan.clone(),
+            durable: plan,
+            watermarks: self.incremental.watermarks,
+            ..Default::default()
+        };
         setup::wait_slot_free(&client, &self.config, self.config.slot_wait).await?;
         let mut slot = setup::slot(&client, &self.config).await?;
         let snapshotting = self.config.snapshot != SnapshotMode::Never;
@@ -171,9 +224,14 @@ impl Stream {
             info!(slot = %self.config.slot, "the initial snapshot of this slot was already published; nothing to do");
             return Ok(Ended::SnapshotOnly);
         }
-        // Tables added to the publication of an existing slot: read before the stream starts.
-        if slot.is_some() && snapshotting && !initial_only && !self.snapshot_added(&client).await? {
-            return Ok(Ended::Shutdown);
+        // Tables added to the publication of an existing slot: snapshotted incrementally while
+        // streaming (with signals on), else read before the stream starts.
+        if slot.is_some() && snapshotting && !initial_only {
+            if self.signal_table.is_some() {
+                self.queue_added(&client).await?;
+            } else if !self.snapshot_added(&client).await? {
+                return Ok(Ended::Shutdown);
+            }
         }
         let mut repl = ReplicationClient::connect_gated(self.replication_config())
             .await
@@ -261,10 +319,18 @@ impl Stream {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        let mut progress_tick = tokio::time::interval(self.config.status_interval);
+        progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.incremental.chunk.is_none() && !self.incremental.live.tables.is_empty() {
+                self.start_chunk(client).await?;
+            }
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Ok(Ended::Shutdown),
+                _ = progress_tick.tick(), if !self.incremental.pending.is_empty() => {
+                    self.persist_progress(client).await?;
+                }
                 changed = self.acked.changed() => {
                     if changed.is_err() {
                         return Ok(Ended::Shutdown);
@@ -315,6 +381,11 @@ impl Stream {
             ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                 let txn = self.txn.take();
                 self.metrics.commit_seen(commit_time_micros);
+                if !self.signals.is_empty() {
+                    // Acted on before the commit's mark: the slot cannot pass a signal that was
+                    // not yet recorded in the progress row.
+                    self.apply_signals(client).await?;
+                }
                 if let Some(topic) = self.config.transaction_topic.clone() {
                     let xid = txn.as_ref().map_or(0, |t| t.xid);
                     let record = boundary(&topic, "COMMIT", xid, lsn.as_u64(), commit_time_micros, Some(self.txn_seq))?;
@@ -329,7 +400,10 @@ impl Stream {
                     self.push_mark(wal_end.as_u64());
                 }
             }
-            ReplicationEvent::Message { transactional, lsn, prefix, .. } => {
+            ReplicationEvent::Message { transactional, lsn, prefix, content } => {
+                if prefix == incremental::WATERMARK_PREFIX && !self.watermark(&content, lsn.as_u64()).await? {
+                    return Ok(false);
+                }
                 if !transactional && self.txn.is_none() {
                     self.push_mark(lsn.as_u64());
                 }
@@ -347,12 +421,26 @@ impl Stream {
 
     async fn change(&mut self, client: &Client, lsn: u64, message: Message) -> Result<bool, CdcError> {
         let txn = self.txn.clone().unwrap_or_default();
+        if let Some(relation) = changed_relation(&message) {
+            if self.is_signal_table(relation) {
+                if let Message::Insert { new, .. } = &message {
+                    self.collect_signal(relation, new);
+                }
+                return Ok(true);
+            }
+            self.track_change(&message, txn.xid);
+        }
         let records: Vec<SourceRecord> = match message {
             Message::Relation(relation) => {
                 let key = setup::primary_key(client, relation.oid).await?;
                 debug!(table = %format!("{}.{}", relation.namespace, relation.name), "relation");
+                let signals = self
+                    .signal_table
+                    .as_ref()
+                    .is_some_and(|(schema, name)| relation.namespace == *schema && relation.name == *name);
                 let table = resolved_table(client, &self.config, relation, &key).await?;
-                let table = self.schemas.attach(table).await?;
+                // The signal table's rows are never published: no schema for it.
+                let table = if signals { table } else { self.schemas.attach(table).await? };
                 self.tables.insert(table.relation.oid, table);
                 Vec::new()
             }
@@ -383,6 +471,13 @@ impl Stream {
                 vec![change.to_record()?]
             }
             Message::Truncate { relations, .. } => {
+                let relations: Vec<u32> = relations.into_iter().filter(|oid| !self.is_signal_table(*oid)).collect();
+                if let (Some(current), Some(chunk)) = (&self.incremental.current, &mut self.incremental.chunk) {
+                    if relations.contains(&current.oid) {
+                        // Every row the chunk read is gone (or re-inserted, and then streamed).
+                        chunk.rows.clear();
+                    }
+                }
                 // A TRUNCATE concerns every key of its table, so it has no routing key; it is
                 // published as a barrier: after everything before it is acked, and before
                 // anything after it is sent.
@@ -530,7 +625,8 @@ impl Stream {
     /// Reads every published table in the exported snapshot; returns the last record's
     /// sequence number (`None` when shutdown interrupted it).
     async fn snapshot(&mut self, client: &Client, snapshot: &str, point: u64) -> Result<Option<u64>, CdcError> {
-        let tables = setup::published_tables(client, &self.config.publication).await?;
+        let mut tables = setup::published_tables(client, &self.config.publication).await?;
+        tables.retain(|table| Some(table) != self.signal_table.as_ref());
         info!(tables = tables.len(), snapshot, "initial snapshot starting");
         client
             .batch_execute(&format!(
@@ -726,4 +822,489 @@ fn boundary(
         .with_attribute("content-type", "application/json")
         .with_attribute("op", op)
         .with_attribute("commit_lsn", format_lsn(lsn)))
+}
+
+/// The relation a row change concerns.
+fn changed_relation(message: &Message) -> Option<u32> {
+    match message {
+        Message::Insert { relation, .. } | Message::Update { relation, .. } | Message::Delete { relation, .. } => {
+            Some(*relation)
+        }
+        _ => None,
+    }
+}
+
+/// Microseconds since 2000-01-01 (PostgreSQL's epoch), now.
+fn pg_now() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    now - 946_684_800_000_000
+}
+
+/// Whether a failed query was refused by the server (e.g. a bad filter), rather than the
+/// connection failing.
+fn refused(error: &CdcError) -> Option<String> {
+    match error {
+        CdcError::Query { source, .. } => source.as_db_error().map(|db| db.message().to_string()),
+        _ => None,
+    }
+}
+
+impl Stream {
+    fn is_signal_table(&self, oid: u32) -> bool {
+        match (&self.signal_table, self.tables.get(&oid)) {
+            (Some((schema, name)), Some(table)) => table.relation.namespace == *schema && table.relation.name == *name,
+            _ => false,
+        }
+    }
+
+    /// Keeps an inserted signal row to act on at its commit.
+    fn collect_signal(&mut self, oid: u32, row: &Tuple) {
+        let Some(table) = self.tables.get(&oid) else { return };
+        let column = |name: &str| {
+            table.relation.columns.iter().position(|c| c.name == name).and_then(|i| match row.get(i) {
+                Some(TupleValue::Text(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+        };
+        let (Some(id), Some(kind)) = (column("id"), column("type")) else {
+            warn!("a signal row without id or type is ignored");
+            return;
+        };
+        if kind == incremental::PROGRESS_TYPE {
+            return;
+        }
+        self.signals.push((id, kind, column("data")));
+    }
+
+    /// Notes a streamed change to the table being snapshotted: its keys leave the chunk when
+    /// the stream is between the watermarks, and are remembered with the transaction.
+    fn track_change(&mut self, message: &Message, xid: u32) {
+        let Some(current) = &self.incremental.current else { return };
+        let (relation, tuples): (u32, Vec<&Tuple>) = match message {
+            Message::Insert { relation, new } => (*relation, vec![new]),
+            Message::Update { relation, old, new } => {
+                (*relation, old.iter().map(|(_, t)| t).chain(std::iter::once(new)).collect())
+            }
+            Message::Delete { relation, old } => (*relation, vec![&old.1]),
+            _ => return,
+        };
+        if relation != current.oid {
+            return;
+        }
+        let Some(table) = self.tables.get(&relation) else { return };
+        for key in tuples.into_iter().filter_map(|t| table.key_of(t)) {
+            if let Some(chunk) = self.incremental.chunk.as_mut().filter(|c| c.window_open) {
+                chunk.changed.insert(key.clone());
+            }
+            self.incremental.touched.record(key, xid);
+        }
+    }
+
+    /// Acts on the signals of the transaction that just committed.
+    async fn apply_signals(&mut self, client: &Client) -> Result<(), CdcError> {
+        for (id, kind, data) in std::mem::take(&mut self.signals) {
+            match incremental::parse_signal(&id, &kind, data.as_deref()) {
+                Err(error) => warn!(signal = %id, error = %error, "signal ignored"),
+                Ok(Signal::Execute { id, tables }) => self.execute_snapshot(client, id, tables).await?,
+                Ok(Signal::Stop { id, tables }) => {
+                    let stopped = self.incremental.durable.stop(&tables);
+                    self.incremental.live.stop(&tables);
+                    self.forget_current_if_stopped();
+                    setup::write_plan(client, &self.config, &self.incremental.durable).await?;
+                    info!(signal = %id, tables_stopped = stopped, "incremental snapshot stopped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the tables of an `execute-snapshot` signal, adding those the publication lacks.
+    async fn execute_snapshot(
+        &mut self,
+        client: &Client,
+        id: String,
+        tables: Vec<(String, String, Option<String>)>,
+    ) -> Result<(), CdcError> {
+        if self.incremental.durable.knows(&id) {
+            info!(signal = %id, "incremental snapshot already queued or done; signal seen again after a restart");
+            return Ok(());
+        }
+        let mut queued = Vec::new();
+        let mut joined = false;
+        for (schema, table, filter) in tables {
+            let name = format!("{schema}.{table}");
+            if Some(&(schema.clone(), table.clone())) == self.signal_table.as_ref() {
+                warn!(signal = %id, table = %name, "the signal table is not snapshotted");
+                continue;
+            }
+            match setup::table_key(client, &schema, &table).await? {
+                None => {
+                    warn!(signal = %id, table = %name, "incremental snapshot: the table does not exist; skipped");
+                    continue;
+                }
+                Some((_, key)) if key.is_empty() => {
+                    warn!(signal = %id, table = %name, "incremental snapshot: the table has no primary key; skipped");
+                    continue;
+                }
+                Some(_) => {}
+            }
+            match setup::add_to_publication(client, &self.config, &schema, &table).await {
+                Ok(added) => joined |= added,
+                Err(error) => match refused(&error) {
+                    Some(reason) => {
+                        warn!(signal = %id, table = %name, %reason, "incremental snapshot: the table could not be added to the publication; skipped");
+                        continue;
+                    }
+                    None => return Err(error),
+                },
+            }
+            queued.push(TablePlan { snapshot: id.clone(), schema, table, filter, last_key: None, rows: 0 });
+        }
+        if joined {
+            setup::wait_running_transactions(client, PUBLICATION_SETTLE).await?;
+        }
+        let names: Vec<String> = queued.iter().map(TablePlan::full_name).collect();
+        self.incremental.live.tables.extend(queued.iter().cloned());
+        self.incremental.durable.tables.extend(queued);
+        setup::write_plan(client, &self.config, &self.incremental.durable).await?;
+        info!(signal = %id, tables = %names.join(", "), "incremental snapshot queued");
+        Ok(())
+    }
+
+    /// Queues the tables added to the publication on this start (see
+    /// [`setup::add_missing_tables`]) as an incremental snapshot, then forgets them.
+    async fn queue_added(&mut self, client: &Client) -> Result<(), CdcError> {
+        let added = setup::added_tables(client, &self.config).await?;
+        if added.is_empty() {
+            return Ok(());
+        }
+        setup::wait_running_transactions(client, PUBLICATION_SETTLE).await?;
+        let id = format!("tables-added-{}", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()));
+        let fresh: Vec<TablePlan> = added
+            .iter()
+            .filter(|(schema, table)| {
+                // Queued already by a start that crashed before forgetting them.
+                !self.incremental.durable.tables.iter().any(|t| t.schema == *schema && t.table == *table)
+            })
+            .map(|(schema, table)| TablePlan {
+                snapshot: id.clone(),
+                schema: schema.clone(),
+                table: table.clone(),
+                filter: None,
+                last_key: None,
+                rows: 0,
+            })
+            .collect();
+        if !fresh.is_empty() {
+            self.incremental.live.tables.extend(fresh.iter().cloned());
+            self.incremental.durable.tables.extend(fresh);
+            setup::write_plan(client, &self.config, &self.incremental.durable).await?;
+        }
+        setup::clear_added_tables(client, &self.config, &added).await?;
+        let names: Vec<String> = added.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        info!(snapshot = %id, tables = %names.join(", "), "tables added to the publication are snapshotted incrementally");
+        Ok(())
+    }
+
+    /// Drops the chunk and table in reading when their snapshot was stopped.
+    fn forget_current_if_stopped(&mut self) {
+        let Some(current) = &self.incremental.current else { return };
+        let running =
+            self.incremental.live.tables.first().is_some_and(|t| {
+                t.snapshot == current.snapshot && t.schema == current.schema && t.table == current.name
+            });
+        if !running {
+            self.incremental.current = None;
+            self.incremental.chunk = None;
+            self.incremental.touched.clear();
+        }
+    }
+
+    /// Gives up the snapshot of a table that cannot be read (gone, no key, bad filter).
+    async fn abandon(&mut self, client: &Client, entry: &TablePlan, reason: &str) -> Result<(), CdcError> {
+        error!(snapshot = %entry.snapshot, table = %entry.full_name(), %reason, "incremental snapshot of the table abandoned");
+        let gone = Advance {
+            snapshot: entry.snapshot.clone(),
+            schema: entry.schema.clone(),
+            table: entry.table.clone(),
+            last_key: entry.last_key.clone(),
+            rows: entry.rows,
+            done: true,
+        };
+        self.incremental.live.advance(&gone);
+        self.incremental.durable.advance(&gone);
+        self.forget_current_if_stopped();
+        setup::write_plan(client, &self.config, &self.incremental.durable).await
+    }
+
+    /// Looks up the table of `entry`: its columns, key and types.
+    async fn load_current(&mut self, client: &Client, entry: &TablePlan) -> Result<Result<Current, String>, CdcError> {
+        let Some((oid, key)) = setup::table_key(client, &entry.schema, &entry.table).await? else {
+            return Ok(Err("the table does not exist".into()));
+        };
+        if key.is_empty() {
+            return Ok(Err("the table has no primary key".into()));
+        }
+        let rows = client
+            .query(
+                "SELECT attname::text, atttypid, atttypmod, format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(query("read the columns of a table to snapshot"))?;
+        let mut types = HashMap::new();
+        let columns: Vec<Column> = rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                types.insert(name.clone(), r.get::<_, String>(3));
+                Column { key: key.contains(&name), name, type_oid: r.get(1), type_modifier: r.get(2) }
+            })
+            .collect();
+        let key_types = key.iter().map(|k| types.get(k).cloned().unwrap_or_else(|| "text".into())).collect();
+        let relation = Relation {
+            oid,
+            namespace: entry.schema.clone(),
+            name: entry.table.clone(),
+            replica_identity: b'd',
+            columns,
+        };
+        let table = resolved_table(client, &self.config, relation, &key).await?;
+        let table = self.schemas.attach(table).await?;
+        info!(snapshot = %entry.snapshot, table = %entry.full_name(), resume_after = ?entry.last_key, "incremental snapshot of the table starting");
+        Ok(Ok(Current {
+            snapshot: entry.snapshot.clone(),
+            schema: entry.schema.clone(),
+            name: entry.table.clone(),
+            oid,
+            table,
+            key_names: key,
+            key_types,
+        }))
+    }
+
+    /// Reads the next chunk of the table being snapshotted, between a low and a high
+    /// watermark; its rows are emitted when the stream reaches the high one.
+    async fn start_chunk(&mut self, client: &Client) -> Result<(), CdcError> {
+        let Some(entry) = self.incremental.live.tables.first().cloned() else { return Ok(()) };
+        let loaded = self
+            .incremental
+            .current
+            .as_ref()
+            .is_some_and(|c| c.snapshot == entry.snapshot && c.schema == entry.schema && c.name == entry.table);
+        if !loaded {
+            self.incremental.current = None;
+            self.incremental.touched.clear();
+            match self.load_current(client, &entry).await? {
+                Ok(current) => self.incremental.current = Some(current),
+                Err(reason) => return self.abandon(client, &entry, &reason).await,
+            }
+        }
+        self.incremental.watermarks += 1;
+        let nonce = format!("{}-{}-{}", self.config.slot, self.started_at, self.incremental.watermarks);
+        self.write_watermark(client, &nonce, "low").await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(query("begin a snapshot chunk"))?;
+        let read = self.read_chunk(client, &entry).await;
+        let end = if read.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        client.batch_execute(end).await.map_err(query("end a snapshot chunk"))?;
+        let (snapshot, rows, last_key) = match read {
+            Ok(read) => read,
+            Err(error) => match refused(&error) {
+                Some(reason) => return self.abandon(client, &entry, &reason).await,
+                None => return Err(error),
+            },
+        };
+        let last = rows.len() < self.config.incremental_chunk_size;
+        self.write_watermark(client, &nonce, "high").await?;
+        debug!(table = %entry.full_name(), rows = rows.len(), %nonce, "snapshot chunk read");
+        self.incremental.chunk =
+            Some(Chunk { nonce, rows, last_key, last, snapshot, window_open: false, changed: HashSet::new() });
+        Ok(())
+    }
+
+    /// Selects one chunk in the caller's transaction: its snapshot, rows and last key.
+    async fn read_chunk(&self, client: &Client, entry: &TablePlan) -> Result<ChunkRead, CdcError> {
+        let Some(current) = &self.incremental.current else {
+            return Err(CdcError::Setup("no table to snapshot".into()));
+        };
+        let text: String = client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .map_err(query("read the chunk's snapshot"))?
+            .get(0);
+        let snapshot = XidSnapshot::parse(&text)
+            .ok_or_else(|| CdcError::Setup(format!("unreadable pg_current_snapshot() `{text}`")))?;
+        let columns = &current.table.relation.columns;
+        // Output names `c0, c1, ..`: an output column named like a key column would make
+        // ORDER BY sort by its text.
+        let select: Vec<String> =
+            columns.iter().enumerate().map(|(i, c)| format!("{}::text AS c{i}", setup::quote_ident(&c.name))).collect();
+        let keys: Vec<String> = current.key_names.iter().map(|k| setup::quote_ident(k)).collect();
+        let keys = keys.join(", ");
+        let mut conditions = Vec::new();
+        if let Some(filter) = &entry.filter {
+            conditions.push(format!("({filter})"));
+        }
+        let last: Vec<String> = entry.last_key.clone().unwrap_or_default();
+        if !last.is_empty() {
+            let params: Vec<String> =
+                current.key_types.iter().enumerate().map(|(i, t)| format!("${}::text::{t}", i + 1)).collect();
+            conditions.push(format!("({keys}) > ({})", params.join(", ")));
+        }
+        let mut sql = format!(
+            "SELECT {} FROM {}.{}",
+            select.join(", "),
+            setup::quote_ident(&current.schema),
+            setup::quote_ident(&current.name)
+        );
+        if !conditions.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+        }
+        sql.push_str(&format!(" ORDER BY {keys} LIMIT {}", self.config.incremental_chunk_size));
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            last.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let found = client
+            .query(&sql, &params)
+            .await
+            .map_err(query(format!("read a chunk of {}.{}", current.schema, current.name)))?;
+        let mut rows = Vec::with_capacity(found.len());
+        let mut last_key = entry.last_key.clone();
+        for row in &found {
+            let tuple: Tuple = (0..columns.len())
+                .map(|i| match row.get::<_, Option<&str>>(i) {
+                    Some(text) => TupleValue::Text(bytes::Bytes::copy_from_slice(text.as_bytes())),
+                    None => TupleValue::Null,
+                })
+                .collect();
+            let key: Vec<String> = current
+                .table
+                .key
+                .iter()
+                .map(|&i| match tuple.get(i) {
+                    Some(TupleValue::Text(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => String::new(),
+                })
+                .collect();
+            last_key = Some(key);
+            rows.push((current.table.key_of(&tuple).unwrap_or_default(), tuple));
+        }
+        Ok((snapshot, rows, last_key))
+    }
+
+    /// Writes a watermark: a non-transactional logical message (no table write). The high one
+    /// also takes a transaction id, so its commit flushes the WAL at once and the walsender
+    /// sends the watermark without waiting for the WAL writer (an empty transaction is not
+    /// decoded).
+    async fn write_watermark(&self, client: &Client, nonce: &str, mark: &str) -> Result<(), CdcError> {
+        let content = serde_json::json!({ "nonce": nonce, "mark": mark }).to_string();
+        let sql = if mark == "high" {
+            "SELECT pg_logical_emit_message(false, $1, $2), pg_current_xact_id()"
+        } else {
+            "SELECT pg_logical_emit_message(false, $1, $2)"
+        };
+        client
+            .execute(sql, &[&incremental::WATERMARK_PREFIX, &content])
+            .await
+            .map_err(query("write a snapshot watermark"))?;
+        Ok(())
+    }
+
+    /// A watermark came through the stream: the low one opens the chunk's window, the high
+    /// one emits what is left of the chunk. False when shutdown interrupted a send.
+    async fn watermark(&mut self, content: &[u8], lsn: u64) -> Result<bool, CdcError> {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(content) else { return Ok(true) };
+        let Some(chunk) = self.incremental.chunk.as_mut() else { return Ok(true) };
+        if value["nonce"].as_str() != Some(chunk.nonce.as_str()) {
+            // A watermark of an earlier session or of a stopped snapshot.
+            return Ok(true);
+        }
+        if value["mark"] == "low" {
+            chunk.window_open = true;
+            return Ok(true);
+        }
+        let Some(chunk) = self.incremental.chunk.take() else { return Ok(true) };
+        let Some(current) = &self.incremental.current else { return Ok(true) };
+        let snapshot = chunk.snapshot.clone();
+        let (read, last, last_key) = (chunk.rows.len(), chunk.last, chunk.last_key.clone());
+        let rows = chunk.remaining(&self.incremental.touched);
+        self.incremental.touched.prune(&snapshot);
+        let txn = TxnInfo { xid: 0, commit_lsn: lsn, commit_time: pg_now() };
+        let mut records = Vec::with_capacity(rows.len());
+        for (seq, (_, tuple)) in rows.iter().enumerate() {
+            let change = Change {
+                op: "READ",
+                table: &current.table,
+                before: None,
+                after: Some(tuple),
+                lsn,
+                txn: &txn,
+                seq: seq as u64,
+            };
+            records.push(change.to_record()?.with_attribute("snapshot", current.snapshot.clone()));
+        }
+        let full_name = current.table.full_name().to_string();
+        let previous = self.incremental.live.tables.first().map_or(0, |t| t.rows);
+        let advance = Advance {
+            snapshot: current.snapshot.clone(),
+            schema: current.schema.clone(),
+            table: current.name.clone(),
+            last_key,
+            rows: previous + records.len() as u64,
+            done: last,
+        };
+        debug!(table = %full_name, read, emitted = records.len(), "snapshot chunk emitted at its high watermark");
+        for record in records {
+            if !self.emit(record).await {
+                return Ok(false);
+            }
+        }
+        self.metrics.snapshot_progress(&full_name, advance.rows, None);
+        if last {
+            info!(snapshot = %advance.snapshot, table = %full_name, rows = advance.rows, "incremental snapshot of the table read");
+            self.incremental.current = None;
+            self.incremental.touched.clear();
+        }
+        self.incremental.live.advance(&advance);
+        self.incremental.pending.push_back((lsn, advance));
+        Ok(true)
+    }
+
+    /// Records the progress of the chunks whose high watermark the slot has confirmed on the
+    /// server (so a restart resumes the stream after it and never re-sends an older change
+    /// after a chunk's rows).
+    async fn persist_progress(&mut self, client: &Client) -> Result<(), CdcError> {
+        let local = self.marks.confirmed();
+        if self.incremental.pending.front().is_none_or(|(lsn, _)| *lsn > local) {
+            return Ok(());
+        }
+        let confirmed: Option<String> = client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.config.slot],
+            )
+            .await
+            .map_err(query("read the slot's confirmed position"))?
+            .get(0);
+        let server = confirmed.and_then(|t| Lsn::parse(&t).ok()).map_or(0, Lsn::as_u64).min(local);
+        let mut changed = false;
+        while let Some((lsn, _)) = self.incremental.pending.front() {
+            if *lsn > server {
+                break;
+            }
+            let Some((_, advance)) = self.incremental.pending.pop_front() else { break };
+            self.incremental.durable.advance(&advance);
+            changed = true;
+        }
+        if changed {
+            setup::write_plan(client, &self.config, &self.incremental.durable).await?;
+            if self.incremental.durable.tables.is_empty() && self.incremental.live.tables.is_empty() {
+                info!("incremental snapshots finished and acknowledged");
+            }
+        }
+        Ok(())
+    }
 }

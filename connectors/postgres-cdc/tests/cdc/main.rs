@@ -6,6 +6,7 @@ mod changes;
 mod common;
 mod decoder;
 mod health;
+mod incremental;
 mod lifecycle;
 mod schema;
 mod setup_errors;

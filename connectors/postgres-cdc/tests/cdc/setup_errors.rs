@@ -58,8 +58,13 @@ async fn slot_and_publication_are_created_and_a_busy_slot_is_refused() {
     env.wait_streaming("s1", &first).await;
     assert_eq!(env.pg.psql("SELECT plugin FROM pg_replication_slots WHERE slot_name = 's1'").unwrap(), "pgoutput");
     assert_eq!(
-        env.pg.psql("SELECT string_agg(tablename, ',') FROM pg_publication_tables WHERE pubname = 'p1'").unwrap(),
-        "a"
+        env.pg
+            .psql(
+                "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'p1'"
+            )
+            .unwrap(),
+        "a,danube_cdc_signals",
+        "the listed table and the signal table"
     );
     let log = startup_error(
         &env,
