@@ -127,6 +127,19 @@ pub(crate) struct Env {
     pub(crate) transforms: Option<Arc<Transforms>>,
 }
 
+impl Env {
+    /// The `failure.policy` handle given to connectors in their context.
+    fn failure_handler(&self) -> crate::failure::FailureHandler {
+        crate::failure::FailureHandler::new(
+            self.config.clone(),
+            self.publisher.clone(),
+            self.metrics.clone(),
+            self.stopper.clone(),
+            self.shutdown.clone(),
+        )
+    }
+}
+
 /// A started runtime: connected to Danube, ops port serving.
 pub struct Runtime {
     env: Env,
@@ -274,6 +287,7 @@ impl Runtime {
                 shutdown: env.shutdown.child_token(),
                 metrics: env.metrics.clone(),
                 health: env.health.clone(),
+                failures: env.failure_handler(),
             };
             source.initialize(ctx).await?;
             initialized.push((index, drive, source));
@@ -287,6 +301,7 @@ impl Runtime {
                 shutdown: env.shutdown.child_token(),
                 metrics: env.metrics.clone(),
                 health: env.health.clone(),
+                failures: env.failure_handler(),
             };
             sink.initialize(ctx).await?;
             sink_handle = Some(Arc::<dyn SinkConnector>::from(sink));
