@@ -59,6 +59,9 @@ impl RunReport {
     }
 }
 
+/// Readiness component set while [`Runtime::run_driven`] initializes the connectors.
+const STARTING_COMPONENT: &str = "runtime";
+
 /// How often a source's `health_check` runs: between polls for polled sources, on its own
 /// timer for push sources.
 const SOURCE_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -273,6 +276,9 @@ impl Runtime {
         if sink.is_some() {
             env.config.require_sink_topics()?;
         }
+        // Not ready until the connectors are initialized: a client polling `/readyz` would
+        // otherwise send data before, e.g., the MQTT source subscribed (and lose it).
+        env.health.set_component(STARTING_COMPONENT, Some("connectors are starting".to_string()));
         // The sources' own topics, in one pass with those of the configuration (created at
         // `start` already, so only checked again here) so shorter names come first.
         let mut topics = topics_known_at_start(&env.config);
@@ -330,6 +336,7 @@ impl Runtime {
             }
         }
 
+        env.health.set_component(STARTING_COMPONENT, None);
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         for (index, drive, source) in initialized {
             tasks.push(match drive {
