@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConnectorResult;
+use crate::failure::FailureHandler;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
@@ -37,6 +38,9 @@ pub struct SourceContext {
     pub metrics: Metrics,
     /// Readiness state; a source may mark parts of itself degraded.
     pub health: Health,
+    /// `failure.policy` for records a push source cannot deliver
+    /// ([`FailureHandler::publish_or_dead_letter`]).
+    pub failures: FailureHandler,
 }
 
 /// What a sink gets at start.
@@ -52,6 +56,9 @@ pub struct SinkContext {
     pub metrics: Metrics,
     /// Readiness state.
     pub health: Health,
+    /// `failure.policy` for records the sink cannot deliver after it acked them to Danube
+    /// (e.g. rows its outside system refuses later).
+    pub failures: FailureHandler,
 }
 
 /// Moves data from an outside system into Danube.

@@ -30,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod connector;
 pub mod error;
+pub mod failure;
 pub mod health;
 pub mod metrics;
 pub mod naming;

@@ -190,8 +190,15 @@ impl Publisher {
     /// Waits only while the lane's queue is full; fails with [`PublishError::Closed`] once
     /// the publisher is closing (nothing queued then).
     pub async fn submit(&self, record: SourceRecord) -> Result<PendingPublish, PublishError> {
+        self.submit_or_return(record).await.map_err(|f| f.error)
+    }
+
+    /// Like [`submit`](Self::submit), but a record that cannot be queued (it fails its
+    /// schema or a transform, or the publisher is closing) is handed back with the error,
+    /// e.g. for [`FailureHandler::undeliverable`](crate::failure::FailureHandler::undeliverable).
+    pub async fn submit_or_return(&self, record: SourceRecord) -> Result<PendingPublish, PublishFailure> {
         let deadline = Instant::now() + self.inner.config.publish_timeout;
-        let reply = self.enqueue(record, Some(deadline)).await.map_err(|f| f.error)?;
+        let reply = self.enqueue(record, Some(deadline)).await?;
         Ok(PendingPublish { reply })
     }
 
@@ -590,6 +597,14 @@ pub struct PendingPublish {
     reply: oneshot::Receiver<Result<(), PublishFailure>>,
 }
 
+impl PendingPublish {
+    /// Like awaiting it, but a failure hands the record back with the error (the record
+    /// before transforms). Call it once: the outcome is taken.
+    pub async fn outcome(&mut self) -> Result<(), PublishFailure> {
+        wait_for_ack_mut(&mut self.reply).await
+    }
+}
+
 impl Future for PendingPublish {
     type Output = Result<(), PublishError>;
 
@@ -602,7 +617,11 @@ impl Future for PendingPublish {
     }
 }
 
-pub(crate) async fn wait_for_ack(rx: oneshot::Receiver<Result<(), PublishFailure>>) -> Result<(), PublishFailure> {
+pub(crate) async fn wait_for_ack(mut rx: oneshot::Receiver<Result<(), PublishFailure>>) -> Result<(), PublishFailure> {
+    wait_for_ack_mut(&mut rx).await
+}
+
+async fn wait_for_ack_mut(rx: &mut oneshot::Receiver<Result<(), PublishFailure>>) -> Result<(), PublishFailure> {
     match rx.await {
         Ok(result) => result,
         Err(_) => {

@@ -35,11 +35,8 @@ fn main() -> std::process::ExitCode {
                  CONNECTOR_SINK__BATCH__MAX_RECORDS to the same value (see the README, Throughput)"
             );
             }
-            let settings = SinkSettings {
-                connector_name: config.runtime.name.clone(),
-                dead_letter_topic: config.runtime.dead_letter_topic(),
-                retry: config.runtime.retry.clone(),
-            };
+            let settings =
+                SinkSettings { connector_name: config.runtime.name.clone(), retry: config.runtime.retry.clone() };
             runtime.run_sink(ClickHouseSink::new(config.connector, settings)).await
         },
     )

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use danube_connect_core::config::RetryConfig;
 use danube_connect_core::connector::SinkContext;
+use danube_connect_core::failure::{Delivery, FailureHandler, Handback, Undeliverable};
 use danube_connect_core::health::Health;
 use danube_connect_core::retry::{Backoff, RetryPolicy};
-use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Publisher, SinkConnector, SinkRecord};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde_json::Value;
@@ -36,11 +36,9 @@ const DEDUP_OFF: u8 = 2;
 /// What the sink needs from the runtime configuration besides its own section.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
-    /// The connector instance name (dead-letter attributes, metrics).
+    /// The connector instance name (metrics).
     pub connector_name: String,
-    /// Where rows ClickHouse refuses after they were spooled go.
-    pub dead_letter_topic: String,
-    /// Backoff for inserts and dead-letter publishes.
+    /// Backoff for inserts.
     pub retry: RetryConfig,
 }
 
@@ -119,6 +117,7 @@ struct Inner {
     schemas: Mutex<SchemaDefinitions>,
     retry: RetryPolicy,
     publisher: Publisher,
+    failures: FailureHandler,
     health: Health,
     dedup: AtomicU8,
     metrics: Metrics,
@@ -194,6 +193,7 @@ impl SinkConnector for ClickHouseSink {
             schemas: Mutex::new(HashMap::new()),
             retry: RetryPolicy::new(self.settings.retry.clone()),
             publisher: ctx.publisher.clone(),
+            failures: ctx.failures.clone(),
             health: ctx.health.clone(),
             dedup: AtomicU8::new(dedup),
             metrics,
@@ -667,7 +667,7 @@ impl Inner {
             match remapped {
                 Ok(encoded) => groups.entry(encoded.shape).or_default().push(encoded.line),
                 Err(error) => {
-                    self.dead_letter(table, row, &danube_connect_core::error::error_chain(&error), stop).await?
+                    self.dead_letter(table, row, &danube_connect_core::error::error_chain(&error), 1, stop).await?
                 }
             }
         }
@@ -675,20 +675,21 @@ impl Inner {
         shapes.sort();
         for (group, (shape, rows)) in shapes.iter().enumerate() {
             let columns = mapper.insert_columns(shape);
-            let mut stack = vec![(0usize, rows.len())];
-            while let Some((from, to)) = stack.pop() {
+            // Each range with the inserts its rows were in: the segment's, then one per half.
+            let mut stack = vec![(0usize, rows.len(), 2usize)];
+            while let Some((from, to, attempts)) = stack.pop() {
                 let part_token = format!("{token}:s{group}:{from}-{to}");
                 let uncertain = loaded.segment.recovered;
                 match self.insert_with_retry(table, &columns, &rows[from..to], &part_token, uncertain, stop).await? {
                     Ok(()) => self.count_inserted(table, to - from),
                     Err(error) if to - from == 1 => {
-                        self.dead_letter(table, &rows[from], &danube_connect_core::error::error_chain(&error), stop)
-                            .await?
+                        let error = danube_connect_core::error::error_chain(&error);
+                        self.dead_letter(table, &rows[from], &error, attempts, stop).await?
                     }
                     Err(_) => {
                         let mid = from + (to - from) / 2;
-                        stack.push((mid, to));
-                        stack.push((from, mid));
+                        stack.push((mid, to, attempts + 1));
+                        stack.push((from, mid, attempts + 1));
                     }
                 }
             }
@@ -696,44 +697,42 @@ impl Inner {
         Ok(())
     }
 
-    /// Publishes a refused row to the dead-letter topic, retrying until the broker takes it.
+    /// A row ClickHouse refused after it was spooled and acked to Danube, after `attempts`
+    /// inserts that carried it: core's `failure.policy` applies. It was acked to Danube
+    /// already, so `nack` acts as `stop`; with `stop` (or `nack`) the flusher stops and the
+    /// segment stays in the spool, to be inserted again at the next start.
     async fn dead_letter(
         &self,
         table: &Table,
         row: &[u8],
         error: &str,
+        attempts: usize,
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         let mut attributes = HashMap::new();
         attributes.insert("clickhouse.table".to_string(), table.label.clone());
-        let failure = Failure {
+        let failed = Undeliverable {
+            payload: row.to_vec().into(),
+            attributes,
+            routing_key: None,
+            source_topic: table.mapping.topic.clone(),
+            source_offset: None,
             error: error.to_string(),
             kind: "invalid",
-            connector: &self.settings.connector_name,
-            source_topic: &table.mapping.topic,
-            source_offset: None,
-            attempts: 1,
+            attempts,
         };
-        let mut delays = self.retry.delays();
-        loop {
-            let record =
-                dead_letter_record(&self.settings.dead_letter_topic, row.to_vec().into(), &attributes, None, &failure);
-            match self.publisher.publish(record).await {
-                Ok(()) => {
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[self.settings.connector_name.as_str(), table.label.as_str()])
-                        .inc();
-                    warn!(table = %table.label, error, "a spooled row was refused by ClickHouse and dead-lettered");
-                    return Ok(());
-                }
-                Err(publish_error) => {
-                    warn!(table = %table.label, error = %danube_connect_core::error::error_chain(&publish_error), "dead-letter publish failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))) => {}
-                        _ = stop.cancelled() => return Err(Stopped),
-                    }
-                }
+        match self.failures.with_stop(stop.clone()).undeliverable(failed, Handback::Impossible).await {
+            Delivery::Published | Delivery::DeadLettered => {
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[self.settings.connector_name.as_str(), table.label.as_str()])
+                    .inc();
+                warn!(table = %table.label, error, "a spooled row was refused by ClickHouse and dead-lettered");
+                Ok(())
+            }
+            Delivery::Refused | Delivery::Stopped | Delivery::NotDelivered { .. } => {
+                error!(table = %table.label, error, "a spooled row was refused by ClickHouse and not dead-lettered; its segment stays in the spool");
+                Err(Stopped)
             }
         }
     }

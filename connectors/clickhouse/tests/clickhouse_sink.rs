@@ -897,3 +897,52 @@ async fn a_retried_insert_carries_the_same_deduplication_token_and_body() {
     assert_eq!(seen().len(), 2, "nothing inserted a third time");
     assert!(!sink.log().contains("throughput is bounded"), "no window warning at max_records = 1000: {}", sink.log());
 }
+
+/// `failure.policy` on the post-spool path: a row ClickHouse refuses after it was spooled and
+/// acked to Danube. `dead_letter` dead-letters it with the inserts it was in as `dlq.attempts`;
+/// `stop` stops the sink (exit 2) and `nack`, which cannot hand an acked row back to Danube,
+/// does the same: the segment stays in the spool, nothing is dead-lettered, and the next start
+/// (here with `dead_letter`) inserts the good rows and dead-letters the bad one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_policy_is_honoured_for_rows_clickhouse_refuses_after_spooling() {
+    for (policy, says) in [("stop", "failure.policy = stop"), ("nack", "cannot hand it back")] {
+        let s = setup().await;
+        s.ch.exec("CREATE TABLE enums (id UInt32, e Tuple(UInt8, String)) ENGINE = MergeTree ORDER BY id")
+            .await
+            .expect("create");
+        let topic = "/default/enums";
+        let table = r#"{topic="/default/enums", table="enums"}"#;
+        let stopping =
+            env(&s, topic, table, &[("CLICKHOUSE_BATCH__MAX_ROWS", "4"), ("CONNECTOR_FAILURE__POLICY", policy)]);
+        let mut sink = spawn(&s, topic, &stopping).await;
+        for (id, e) in [(1, r#"[1,"a"]"#), (2, r#"["x","b"]"#), (3, r#"[3,"c"]"#), (4, r#"[4,"d"]"#)] {
+            publish(&s, topic, format!(r#"{{"id":{id},"e":{e}}}"#));
+        }
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = sink.try_wait() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{policy}: {}", sink.log());
+        assert!(sink.log().contains(says), "{policy}: {}", sink.log());
+        assert_eq!(s.broker.ack_count(topic, NAME), 4, "{policy}: the rows were acked once spooled");
+        assert!(s.broker.messages(&format!("/default/dlq-{NAME}")).is_empty(), "{policy}: nothing dead-lettered");
+
+        // The next start, with dead_letter: the spooled segment is inserted again.
+        let restarted = env(&s, topic, table, &[("CLICKHOUSE_BATCH__MAX_ROWS", "4")]);
+        let mut sink = spawn(&s, topic, &restarted).await;
+        let dlq = s.broker.wait_for_messages(&format!("/default/dlq-{NAME}"), 1, Duration::from_secs(30)).await;
+        assert_eq!(dlq.len(), 1, "{policy}: {}", sink.log());
+        assert_eq!(String::from_utf8_lossy(&dlq[0].payload), r#"{"id":2,"e":["x","b"]}"#, "{policy}");
+        let attempts: usize = dlq[0].attributes.get("dlq.attempts").and_then(|a| a.parse().ok()).unwrap_or(0);
+        assert!(attempts >= 2, "{policy}: the segment's insert and the salvage's: {:?}", dlq[0].attributes);
+        let ids = "SELECT count(DISTINCT id) FROM enums";
+        assert_eq!(wait_count(&s.ch, ids, 3, Duration::from_secs(30)).await, 3, "{policy}: {}", sink.log());
+        assert!(sink.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{}", sink.log());
+    }
+}

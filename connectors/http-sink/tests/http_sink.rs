@@ -1365,3 +1365,47 @@ async fn in_ordered_mode_an_open_circuit_is_waited_out_in_process_and_the_key_ke
     assert!(broker.messages("/default/dlq-obreaker").is_empty(), "an open circuit does not dead-letter");
     sink.stop().await;
 }
+
+/// `failure.policy = stop` and `nack` for a record the receiver refuses for good (422):
+/// `stop` ends the run with the error (exit code 2) without acking it, and the next run
+/// (with `dead_letter`) gets it again; `nack` hands it back to the broker, which redelivers
+/// it after `failure.nack_delay`, again and again, while the other records are delivered
+/// and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_client_error_with_policy_stop_or_nack_is_not_acked() {
+    use danube_connect_core::config::FailurePolicy;
+    let broker = broker().await;
+    let receiver = Receiver::start().await;
+    receiver.respond(|req, _| if req.text().starts_with("bad") { Reply::Status(422) } else { Reply::Status(204) });
+
+    let topic = "/default/policy-stop";
+    let mut stopping = config("pstop", &broker, topic, &receiver.url("/orders"));
+    stopping.runtime.failure.policy = FailurePolicy::Stop;
+    let sink = start_sink(&broker, stopping).await;
+    broker.publish(topic, b"bad-stop".to_vec(), HashMap::new(), None);
+    let report = tokio::time::timeout(Duration::from_secs(30), sink.run).await.expect("stops by itself").expect("join");
+    assert_eq!(report.exit_code(), 2, "{:?}", report.fatal);
+    assert_eq!(broker.ack_count(topic, "pstop"), 0, "the refused record is not acked");
+    assert!(broker.messages("/default/dlq-pstop").is_empty(), "nothing dead-lettered");
+    let sink = start_sink(&broker, config("pstop", &broker, topic, &receiver.url("/orders"))).await;
+    let dead = broker.wait_for_messages("/default/dlq-pstop", 1, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 1, "redelivered to the next run, which dead-letters it");
+    assert_eq!(dead[0].payload.as_ref(), b"bad-stop");
+    sink.stop().await;
+
+    let topic = "/default/policy-nack";
+    let mut nacking = config("pnack", &broker, topic, &receiver.url("/orders"));
+    nacking.runtime.failure.policy = FailurePolicy::Nack;
+    nacking.runtime.failure.nack_delay = Duration::from_millis(200);
+    let sink = start_sink(&broker, nacking).await;
+    broker.publish(topic, b"good-1".to_vec(), HashMap::new(), None);
+    broker.publish(topic, b"bad-nack".to_vec(), HashMap::new(), None);
+    broker.publish(topic, b"good-2".to_vec(), HashMap::new(), None);
+    let redelivered = || receiver.requests().iter().filter(|r| r.text() == "bad-nack").count() >= 3;
+    assert!(eventually(Duration::from_secs(20), redelivered).await, "the nacked record comes back");
+    assert!(eventually(Duration::from_secs(10), || broker.ack_count(topic, "pnack") == 2).await, "only the good ones");
+    assert!(broker.messages("/default/dlq-pnack").is_empty(), "nothing dead-lettered");
+    assert!(!sink.run.is_finished(), "nack does not stop the sink");
+    let report = sink.stop().await;
+    assert_eq!(report.exit_code(), 0, "{:?}", report.fatal);
+}

@@ -19,16 +19,13 @@ pub mod signature;
 pub mod template;
 pub mod tls;
 
-use danube_connect_core::retry::Backoff;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
-use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, PublishError, Publisher, SourceConnector, SourceContext, SourceRecord,
-};
+use danube_connect_core::failure::{Delivery, FailureHandler, Handback};
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceRecord};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -87,7 +84,6 @@ const REGISTRY_COMPONENT: &str = "dynamic-endpoints";
 /// The HTTP source connector.
 pub struct HttpSource {
     config: Arc<HttpSourceConfig>,
-    dead_letter_topic: String,
     running: Option<Running>,
     local_addr: Option<SocketAddr>,
 }
@@ -101,10 +97,9 @@ struct Running {
 }
 
 impl HttpSource {
-    /// A source for `config`; records Danube refuses from `accepted` endpoints go to
-    /// `dead_letter_topic`.
-    pub fn new(config: HttpSourceConfig, dead_letter_topic: String) -> Self {
-        Self { config: Arc::new(config), dead_letter_topic, running: None, local_addr: None }
+    /// A source for `config`; records Danube refuses follow `failure.policy` (see the README).
+    pub fn new(config: HttpSourceConfig) -> Self {
+        Self { config: Arc::new(config), running: None, local_addr: None }
     }
 
     /// The address the webhook server is bound to (after `initialize`).
@@ -162,16 +157,12 @@ impl SourceConnector for HttpSource {
         };
 
         let (buffer, buffered) = mpsc::channel(config.accepted_buffer);
-        let drain = tokio::spawn(drain_buffer(
-            buffered,
-            ctx.publisher.clone(),
-            self.dead_letter_topic.clone(),
-            ctx.name.clone(),
-        ));
+        let drain = tokio::spawn(drain_buffer(buffered, ctx.failures.clone()));
         let app = Arc::new(App {
             endpoints,
             registry: registry.clone(),
             publisher: ctx.publisher.clone(),
+            failures: ctx.failures.clone(),
             health: ctx.health.clone(),
             concurrency: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             buffer,
@@ -277,78 +268,31 @@ async fn refresh_loop(
 }
 
 /// Publishes the records of `accepted` endpoints; ends when the buffer is closed and empty.
-async fn drain_buffer(
-    buffered: mpsc::Receiver<Buffered>,
-    publisher: Publisher,
-    dead_letter_topic: String,
-    name: String,
-) {
+async fn drain_buffer(buffered: mpsc::Receiver<Buffered>, failures: FailureHandler) {
     tokio_stream::wrappers::ReceiverStream::new(buffered)
         .for_each_concurrent(BUFFER_PUBLISHERS, |(record, slot)| {
-            let publish = publish_buffered(&publisher, record, &dead_letter_topic, &name);
+            let failures = failures.clone();
             async move {
-                publish.await;
+                publish_buffered(&failures, record).await;
                 drop(slot);
             }
         })
         .await;
 }
 
-/// Publishes one buffered record: transient failures are retried (the client was already
-/// answered, nobody else holds the record); a refused record goes to the dead-letter topic.
-async fn publish_buffered(publisher: &Publisher, record: SourceRecord, dead_letter_topic: &str, name: &str) {
-    let mut backoff = Backoff::between(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let error = match publisher.publish(record.clone()).await {
-            Ok(()) => return,
-            Err(PublishError::Closed) => {
-                error!(topic = %record.topic, "publisher closed before a buffered record was published; it is lost");
-                return;
-            }
-            Err(error) => error,
-        };
-        if error.is_transient() {
-            let delay = backoff.next_delay();
-            warn!(topic = %record.topic, error = %danube_connect_core::error::error_chain(&error), retry_in = ?delay, "buffered record not published yet");
-            tokio::time::sleep(delay).await;
-            continue;
+/// Publishes one buffered record through core's failure handling: the client was answered
+/// 202 already, so transient failures are retried until the publisher closes and a record
+/// Danube refuses for good follows `failure.policy` (`nack` acts as `stop`: nothing can
+/// hand the record back).
+async fn publish_buffered(failures: &FailureHandler, record: SourceRecord) {
+    let topic = record.topic.clone();
+    match failures.publish_or_dead_letter(record, Handback::Impossible).await {
+        Delivery::Published | Delivery::DeadLettered => {}
+        Delivery::Refused | Delivery::Stopped => {
+            error!(%topic, "a buffered record of an accepted endpoint cannot be delivered; the connector stops and the record is lost")
         }
-        let dead = dead_letter_record(
-            dead_letter_topic,
-            record.payload.clone(),
-            &record.attributes,
-            record.routing_key.clone(),
-            &Failure {
-                error: danube_connect_core::error::error_chain(&error),
-                kind: error.dead_letter_kind(),
-                connector: name,
-                source_topic: &record.topic,
-                source_offset: None,
-                attempts: 1,
-            },
-        );
-        publish_dead_letter(publisher, dead, &record.topic).await;
-        return;
-    }
-}
-
-/// Publishes a dead-letter record of an `accepted` endpoint, retrying transient failures
-/// until the publisher closes at shutdown (the client was answered 202: nobody else holds
-/// the record). Only a dead-letter topic that refuses it for good, or shutdown, loses it.
-async fn publish_dead_letter(publisher: &Publisher, dead: SourceRecord, source_topic: &str) {
-    let mut backoff = Backoff::between(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let error = match publisher.publish(dead.clone()).await {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        let chain = danube_connect_core::error::error_chain(&error);
-        if matches!(error, PublishError::Closed) || !error.is_transient() {
-            error!(topic = %source_topic, dead_letter_topic = %dead.topic, error = %chain, "dead-letter publish failed; buffered record lost");
-            return;
+        Delivery::NotDelivered { reason } => {
+            error!(%topic, %reason, "the publisher closed before a buffered record was published; it is lost")
         }
-        let delay = backoff.next_delay();
-        warn!(topic = %source_topic, dead_letter_topic = %dead.topic, error = %chain, retry_in = ?delay, "dead-letter record not published yet");
-        tokio::time::sleep(delay).await;
     }
 }

@@ -7,7 +7,6 @@ use danube_connector_http_source::HttpSource;
 
 fn main() -> std::process::ExitCode {
     cli::run::<HttpSourceConfig, _, _>("danube-http-source", "HTTP_SOURCE", |config, runtime| async move {
-        let dead_letter_topic = config.runtime.dead_letter_topic();
-        runtime.run_source(HttpSource::new(config.connector, dead_letter_topic)).await
+        runtime.run_source(HttpSource::new(config.connector)).await
     })
 }

@@ -11,7 +11,9 @@ use axum::body::Body;
 use axum::extract::{Query, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use danube_connect_core::failure::{Delivery, FailureHandler, Handback, Undeliverable};
 use danube_connect_core::health::Health;
+use danube_connect_core::publisher::PublishFailure;
 use danube_connect_core::trace_context;
 use danube_connect_core::{PendingPublish, PublishError, Publisher, SourceRecord};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -116,6 +118,8 @@ pub struct App {
     pub registry: Option<Arc<Registry>>,
     /// The acknowledged publish handle.
     pub publisher: Publisher,
+    /// `failure.policy` for records Danube refuses.
+    pub failures: FailureHandler,
     /// Readiness (broker reachability).
     pub health: Health,
     /// Bounds requests handled at once.
@@ -407,9 +411,9 @@ async fn handle_endpoint(
         }
         AckMode::Durable => {
             let deadline = tokio::time::Instant::from_std(deadline);
-            let pending = match tokio::time::timeout_at(deadline, app.publisher.submit(record)).await {
+            let pending = match tokio::time::timeout_at(deadline, app.publisher.submit_or_return(record)).await {
                 Ok(Ok(pending)) => pending,
-                Ok(Err(e)) => return publish_failure(&e, app.retry_after),
+                Ok(Err(failure)) => return undelivered(app, failure, deadline).await,
                 // Not queued: the record is not published, the client may send it again.
                 Err(_) => {
                     return retry_after(
@@ -422,9 +426,9 @@ async fn handle_endpoint(
             let mut in_flight = InFlight { pending: Some(pending), reservation, permit: Some(permit) };
             match tokio::time::timeout_at(deadline, in_flight.outcome()).await {
                 Ok(Ok(())) => status_response(endpoint.success, r#"{"status":"published"}"#),
-                Ok(Err(e)) => {
-                    warn!(endpoint = %endpoint.id, error = %danube_connect_core::error::error_chain(&e), "record not published");
-                    publish_failure(&e, app.retry_after)
+                Ok(Err(failure)) => {
+                    warn!(endpoint = %endpoint.id, error = %danube_connect_core::error::error_chain(&failure.error), "record not published");
+                    undelivered(app, failure, deadline).await
                 }
                 Err(_) => retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "timed out waiting for danube"),
             }
@@ -447,12 +451,18 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Waits for Danube's answer and settles the reservation and permit.
-    async fn outcome(&mut self) -> Result<(), PublishError> {
-        let Some(pending) = self.pending.as_mut() else { return Err(PublishError::Closed) };
-        let result = pending.await;
+    /// Waits for Danube's answer and settles the reservation and permit; a failure hands
+    /// the record back for the failure policy.
+    async fn outcome(&mut self) -> Result<(), PublishFailure> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(PublishFailure {
+                error: PublishError::Closed,
+                record: SourceRecord::new(String::new(), Vec::new()),
+            });
+        };
+        let result = pending.outcome().await;
         self.pending = None;
-        settle(&result, self.reservation.take(), self.permit.take());
+        settle(result.is_ok(), self.reservation.take(), self.permit.take());
         result
     }
 }
@@ -465,18 +475,51 @@ impl Drop for InFlight {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let result = pending.await;
-                settle(&result, reservation, permit);
+                settle(result.is_ok(), reservation, permit);
             });
         }
     }
 }
 
 /// Remembers the delivery id once Danube acked the record, and frees the permit either way.
-fn settle(result: &Result<(), PublishError>, reservation: Option<Reservation>, permit: Option<OwnedSemaphorePermit>) {
-    if let (Ok(()), Some(reservation)) = (result, reservation) {
+fn settle(acked: bool, reservation: Option<Reservation>, permit: Option<OwnedSemaphorePermit>) {
+    if let (true, Some(reservation)) = (acked, reservation) {
         reservation.confirm(Instant::now());
     }
     drop(permit);
+}
+
+/// The answer for a durable record Danube did not take, after `failure.policy` for a record
+/// it refuses for good (`deadline` bounds a dead-letter publish):
+///
+/// - transient (Danube unavailable, shutting down): 503 with `Retry-After`, whatever the
+///   policy — the broker, not the record, is the problem;
+/// - `dead_letter`: 202 `{"status":"dead_lettered","error":...}` once Danube acked the dead
+///   letter (the record is in Danube, so the sender is done with it);
+/// - `nack`: refused, as [`publish_failure`] answers (400 for an invalid record, 502 for one
+///   the broker refuses): the sender keeps the event;
+/// - `stop`: the connector stops; 503 with `Retry-After`, so the sender sends it again to
+///   the connector once it runs again.
+async fn undelivered(app: &App, failure: PublishFailure, deadline: tokio::time::Instant) -> Response {
+    let PublishFailure { error, record } = failure;
+    if error.is_transient() {
+        return publish_failure(&error, app.retry_after);
+    }
+    let failed = Undeliverable::refused(record, &error, 1);
+    let reason = failed.error.clone();
+    match tokio::time::timeout_at(deadline, app.failures.undeliverable(failed, Handback::Possible)).await {
+        Ok(Delivery::Published) => status_response(StatusCode::OK, r#"{"status":"published"}"#),
+        Ok(Delivery::DeadLettered) => {
+            json_response(StatusCode::ACCEPTED, serde_json::json!({"status": "dead_lettered", "error": reason}))
+        }
+        Ok(Delivery::Refused) => publish_failure(&error, app.retry_after),
+        Ok(Delivery::Stopped) => {
+            retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "the connector is stopping (failure.policy)")
+        }
+        Ok(Delivery::NotDelivered { .. }) | Err(_) => {
+            retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "the dead letter was not published in time")
+        }
+    }
 }
 
 /// The answer for a record Danube did not take: the client keeps the event and learns

@@ -427,7 +427,8 @@ async fn schema_registered_in_the_brokers_registry_and_records_decode_with_it() 
             assert_eq!(ok.status(), StatusCode::OK, "{kind}: {}", gateway.process.log());
         }
         let bad = http.post(gateway.url("/orders")).body(r#"{"id":"o-x","amount":"lots"}"#).send().await.expect("send");
-        assert_eq!(bad.status(), StatusCode::BAD_REQUEST, "{kind}: a body failing the schema is refused");
+        // failure.policy = dead_letter (the default): dead-lettered, answered 202.
+        assert_eq!(bad.status(), StatusCode::ACCEPTED, "{kind}: a body failing the schema is dead-lettered");
 
         let messages = data.wait_for(5, Duration::from_secs(30)).await;
         assert_eq!(messages.len(), 5, "{kind}: {}", gateway.process.log());
@@ -460,5 +461,93 @@ async fn schema_registered_in_the_brokers_registry_and_records_decode_with_it() 
         let ids: HashSet<String> = messages.iter().map(|m| id_of(&m.payload)).collect();
         assert_eq!(ids.len(), 5, "{kind}: distinct records");
         assert!(!ids.contains("o-x"), "{kind}: the refused body is not in the topic");
+    }
+}
+
+/// Waits up to `timeout` for the gateway to exit on its own; its exit status.
+async fn wait_exit(process: &mut ConnectorProcess, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Some(status) = process.try_wait() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// `failure.policy` for a record Danube refuses for good (it fails its topic's schema), on a
+/// durable endpoint (the sender still holds the record) and an `accepted` one (the sender got
+/// 202 already):
+///
+/// - `dead_letter`: durable → 202 `dead_lettered` once the dead letter is in Danube, with
+///   `dlq.attempts`; (accepted: the test above);
+/// - `nack`: durable → 400, the sender keeps it, nothing dead-lettered, the gateway runs on;
+///   accepted → nothing can hand it back: the gateway stops (exit 2), nothing dead-lettered;
+/// - `stop`: durable → 503 with `Retry-After` and the gateway stops (exit 2); accepted → the
+///   gateway stops (exit 2); nothing dead-lettered either way.
+#[tokio::test]
+async fn failure_policy_is_honoured_for_durable_and_accepted_endpoints() {
+    let durable = ORDERS.replace("ack = \"accepted\"\n", "");
+    let bad_body = r#"{"id":"o-bad","amount":"lots"}"#;
+    for kind in BrokerKind::all() {
+        let broker = TestBroker::start(kind).await.expect("broker");
+        let dlq = format!("/default/dlq-{NAME}");
+        let maker = reliable_producers(broker.url(), &dlq, "mk", 1).await.expect("create the dead-letter topic");
+        let dead = TopicReader::subscribe(broker.url(), &dlq, "policy").await.expect("dlq reader");
+        let http = reqwest::Client::new();
+        let files = [("orders.schema.json", SCHEMA)];
+
+        // dead_letter (the default), durable.
+        let mut gateway = start_gateway(&broker, free_port(), &durable, ORDERS_SCHEMA, &files, &[]).await;
+        let answer = http.post(gateway.url("/orders")).body(bad_body).send().await.expect("send");
+        assert_eq!(answer.status(), StatusCode::ACCEPTED, "{kind}: {}", gateway.process.log());
+        let text = answer.text().await.expect("body");
+        assert!(text.contains("dead_lettered") && text.contains("amount"), "{kind}: {text}");
+        let letters = dead.wait_for(1, Duration::from_secs(30)).await;
+        assert_eq!(letters.len(), 1, "{kind}: {}", gateway.process.log());
+        assert_eq!(letters[0].payload.as_ref(), bad_body.as_bytes(), "{kind}");
+        assert_eq!(letters[0].attributes.get("dlq.attempts").map(String::as_str), Some("1"), "{kind}");
+        assert_eq!(letters[0].attributes.get("dlq.error_kind").map(String::as_str), Some("invalid"), "{kind}");
+        assert!(gateway.process.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{kind}");
+
+        // nack, durable: refused to the sender, the gateway runs on.
+        let nack = [("CONNECTOR_FAILURE__POLICY", "nack")];
+        let mut gateway = start_gateway(&broker, free_port(), &durable, ORDERS_SCHEMA, &files, &nack).await;
+        let answer = http.post(gateway.url("/orders")).body(bad_body).send().await.expect("send");
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{kind}: {}", gateway.process.log());
+        let good = http.post(gateway.url("/orders")).body(r#"{"id":"o-1","amount":1}"#).send().await.expect("send");
+        assert_eq!(good.status(), StatusCode::OK, "{kind}: the gateway runs on");
+        assert!(gateway.process.try_wait().is_none(), "{kind}: still running");
+        assert!(gateway.process.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "{kind}");
+
+        // nack, accepted: answered 202 already, so the gateway stops.
+        let mut gateway = start_gateway(&broker, free_port(), ORDERS, ORDERS_SCHEMA, &files, &nack).await;
+        let answer = http.post(gateway.url("/orders")).body(bad_body).send().await.expect("send");
+        assert_eq!(answer.status(), StatusCode::ACCEPTED, "{kind}");
+        let status = wait_exit(&mut gateway.process, Duration::from_secs(30)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{kind}: {}", gateway.process.log());
+        assert!(gateway.process.log().contains("cannot hand it back"), "{kind}: {}", gateway.process.log());
+
+        // stop, durable: 503 (the sender sends it again later) and the gateway stops.
+        let stop = [("CONNECTOR_FAILURE__POLICY", "stop")];
+        let mut gateway = start_gateway(&broker, free_port(), &durable, ORDERS_SCHEMA, &files, &stop).await;
+        let answer = http.post(gateway.url("/orders")).body(bad_body).send().await.expect("send");
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "{kind}: {}", gateway.process.log());
+        assert!(answer.headers().get("retry-after").is_some(), "{kind}");
+        let status = wait_exit(&mut gateway.process, Duration::from_secs(30)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{kind}: {}", gateway.process.log());
+
+        // stop, accepted.
+        let mut gateway = start_gateway(&broker, free_port(), ORDERS, ORDERS_SCHEMA, &files, &stop).await;
+        let answer = http.post(gateway.url("/orders")).body(bad_body).send().await.expect("send");
+        assert_eq!(answer.status(), StatusCode::ACCEPTED, "{kind}");
+        let status = wait_exit(&mut gateway.process, Duration::from_secs(30)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{kind}: {}", gateway.process.log());
+        assert!(gateway.process.log().contains("failure.policy = stop"), "{kind}: {}", gateway.process.log());
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(dead.count(), 1, "{kind}: only the dead_letter run dead-lettered");
+        drop(maker);
     }
 }

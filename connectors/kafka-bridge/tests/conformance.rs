@@ -424,6 +424,54 @@ async fn import_record_failing_its_schema_lands_in_the_dead_letter_topic_with_it
     }
 }
 
+/// `failure.policy = stop` and `nack` for an import record that fails its schema: a pull
+/// source cannot hand a record back, so both stop the bridge (exit 2) without committing
+/// its offset and without a dead letter; the next start (with `dead_letter`) reads the record
+/// again and dead-letters it, which shows its offset was not committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_record_failing_its_schema_with_policy_stop_or_nack_stops_without_committing_it() {
+    for kind in BrokerKind::all() {
+        let systems = Systems::start(kind).await;
+        systems.tansu.create_topic("kin", 1).expect("kafka topic");
+        let dead = systems.reader(DLQ).await;
+        let reader = systems.reader("/default/kin").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let schema = schema_file(dir.path());
+        let producer = kafka_producer(&systems.bootstrap());
+        for (round, policy) in ["stop", "nack"].into_iter().enumerate() {
+            let mut env = import_env();
+            env.push(("CONNECTOR_FAILURE__POLICY", policy));
+            let mut bridge = systems.bridge(&env, Some(&schema)).await;
+            let base = 10 * round as u64;
+            let bad = format!(r#"{{"n":"bad-{round}"}}"#);
+            for payload in [format!(r#"{{"n":{}}}"#, base + 1), bad.clone(), format!(r#"{{"n":{}}}"#, base + 3)] {
+                let record = FutureRecord::<str, str>::to("kin").key("k").payload(&payload);
+                producer.send(record, Duration::from_secs(10)).await.expect("kafka produce");
+            }
+            let started = Instant::now();
+            let code = loop {
+                if let Some(status) = bridge.try_wait() {
+                    break status.code();
+                }
+                assert!(started.elapsed() < WAIT, "{kind} {policy}: the bridge did not stop: {}", bridge.log());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(code, Some(2), "{kind} {policy}: {}", bridge.log());
+            assert_eq!(dead.count(), round, "{kind} {policy}: nothing dead-lettered");
+
+            let mut bridge = systems.bridge(&import_env(), Some(&schema)).await;
+            let letters = dead.wait_for(round + 1, WAIT).await;
+            assert_eq!(letters.len(), round + 1, "{kind} {policy}: read again after the restart: {}", bridge.log());
+            assert_eq!(letters[round].payload.as_ref(), bad.as_bytes(), "{kind} {policy}");
+            let (got, _) = wait_numbers(&reader, 2 * (round + 1), WAIT).await;
+            assert!(got.contains(&(base + 1)) && got.contains(&(base + 3)), "{kind} {policy}: {got:?}");
+            // SIGTERM commits what was published, so the next round starts after it.
+            let stopped = bridge.terminate(Duration::from_secs(30)).await;
+            assert!(stopped.is_some_and(|s| s.success()), "{kind} {policy}: {}", bridge.log());
+        }
+    }
+}
+
 /// A runtime on `broker`, for its registry client and a publisher.
 async fn runtime_on(broker: &TestBroker) -> Runtime {
     let mut config = RuntimeConfig { name: "conf-check".into(), ..RuntimeConfig::default() };

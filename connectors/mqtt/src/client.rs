@@ -33,8 +33,9 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::config::MqttConfig;
 use crate::connection::{client, mqtt_options, ACK_REQUEST_CHANNEL};
-use crate::inbound::{Delivery, Inbound, Message};
+use crate::inbound::{Inbound, Message};
 use crate::mapping::Router;
+use danube_connect_core::failure::{Delivery, Handback};
 use danube_connect_core::retry::Backoff;
 
 /// The health component this source reports.
@@ -53,7 +54,6 @@ struct Item {
 pub struct ClientSource {
     config: MqttConfig,
     router: Router,
-    dead_letter_topic: String,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -65,10 +65,10 @@ impl std::fmt::Debug for ClientSource {
 }
 
 impl ClientSource {
-    /// A source for `config`; dead-lettered messages go to `dead_letter_topic`.
-    pub fn new(config: MqttConfig, dead_letter_topic: String) -> ConnectorResult<Self> {
+    /// A source for `config`; messages that cannot be delivered follow `failure.policy`.
+    pub fn new(config: MqttConfig) -> ConnectorResult<Self> {
         let router = Router::new(&config.mappings).map_err(ConnectorError::fatal_msg)?;
-        Ok(Self { config, router, dead_letter_topic, stop: CancellationToken::new(), tasks: Vec::new() })
+        Ok(Self { config, router, stop: CancellationToken::new(), tasks: Vec::new() })
     }
 }
 
@@ -83,13 +83,7 @@ impl SourceConnector for ClientSource {
         let options = mqtt_options(broker, &broker.client_id, broker.clean_session, true)
             .map_err(|e| ConnectorError::fatal("MQTT client options", e))?;
         let (client, eventloop) = client(options, broker, ACK_REQUEST_CHANNEL);
-        let inbound = Inbound::new(
-            self.router.clone(),
-            ctx.publisher.clone(),
-            self.dead_letter_topic.clone(),
-            &ctx.name,
-            &ctx.metrics,
-        );
+        let inbound = Inbound::new(self.router.clone(), ctx.failures.clone(), &ctx.name, &ctx.metrics);
         ctx.health.set_component(HEALTH_COMPONENT, Some("not connected to the MQTT broker yet".into()));
         let (items_tx, items_rx) = mpsc::channel(self.config.max_in_flight);
         let epoch = Arc::new(AtomicU64::new(0));
@@ -262,7 +256,13 @@ impl AckPipeline {
                         let inbound = self.inbound.clone();
                         in_flight.push_back(async move {
                             let message = to_message(&item.publish);
-                            let delivery = inbound.deliver(message).await;
+                            // Mosquitto keeps a QoS 1 message until its PUBACK; a QoS 0
+                            // message is gone from it once sent.
+                            let handback = match item.publish.qos {
+                                QoS::AtMostOnce => Handback::Impossible,
+                                _ => Handback::Possible,
+                            };
+                            let delivery = inbound.deliver(message, handback).await;
                             (item, delivery)
                         });
                     }
@@ -301,16 +301,23 @@ impl AckPipeline {
                     warn!(error = %e, "PUBACK not queued");
                 }
             }
-            Delivery::NotDelivered(error) => {
+            // Refused (`failure.policy = nack`), stopping (`stop`) or Danube unavailable: the
+            // PUBACK is withheld, so the broker keeps the message and redelivers it.
+            Delivery::Refused | Delivery::Stopped | Delivery::NotDelivered { .. } => {
+                let reason = match &delivery {
+                    Delivery::NotDelivered { reason } => reason.as_str(),
+                    Delivery::Refused => "refused (failure.policy = nack)",
+                    _ => "the connector is stopping (failure.policy = stop)",
+                };
                 if item.publish.qos == QoS::AtMostOnce {
                     self.inbound.count("dropped_qos0");
-                    warn!(error = %error_chain(&error), topic = %item.publish.topic, "QoS 0 message lost: Danube unavailable");
+                    warn!(%reason, topic = %item.publish.topic, "QoS 0 message lost: not in Danube");
                     return;
                 }
                 if item.epoch == current && *failed_epoch != Some(item.epoch) {
                     *failed_epoch = Some(item.epoch);
                     warn!(
-                        error = %error_chain(&error),
+                        %reason,
                         topic = %item.publish.topic,
                         "Danube did not take a QoS 1 message: not acked; reconnecting so the broker redelivers it"
                     );

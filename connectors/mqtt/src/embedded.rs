@@ -29,7 +29,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use danube_connect_core::error::error_chain;
 use danube_connect_core::health::Health;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -40,20 +39,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{EmbeddedConfig, MqttConfig, ServerTlsConfig};
-use crate::inbound::{Delivery, Inbound, Message};
+use crate::inbound::{Inbound, Message};
 use crate::mapping::Router;
+use danube_connect_core::failure::{Delivery, Handback};
 
 /// The health component this source reports.
 pub const HEALTH_COMPONENT: &str = "mqtt-embedded";
 
-const RETRY_DELAY: Duration = Duration::from_millis(500);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The embedded-broker source.
 pub struct EmbeddedSource {
     config: MqttConfig,
     router: Router,
-    dead_letter_topic: String,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -65,10 +63,10 @@ impl std::fmt::Debug for EmbeddedSource {
 }
 
 impl EmbeddedSource {
-    /// A source for `config`; unmappable messages go to `dead_letter_topic`.
-    pub fn new(config: MqttConfig, dead_letter_topic: String) -> ConnectorResult<Self> {
+    /// A source for `config`; messages that cannot be delivered follow `failure.policy`.
+    pub fn new(config: MqttConfig) -> ConnectorResult<Self> {
         let router = Router::new(&config.mappings).map_err(ConnectorError::fatal_msg)?;
-        Ok(Self { config, router, dead_letter_topic, stop: CancellationToken::new(), task: None })
+        Ok(Self { config, router, stop: CancellationToken::new(), task: None })
     }
 }
 
@@ -166,13 +164,7 @@ impl SourceConnector for EmbeddedSource {
             "embedded MQTT broker listening"
         );
         ctx.health.set_component(HEALTH_COMPONENT, None);
-        let inbound = Inbound::new(
-            self.router.clone(),
-            ctx.publisher.clone(),
-            self.dead_letter_topic.clone(),
-            &ctx.name,
-            &ctx.metrics,
-        );
+        let inbound = Inbound::new(self.router.clone(), ctx.failures.clone(), &ctx.name, &ctx.metrics);
         // The link must live as long as the forwarder.
         let forwarder = Forwarder {
             inbound,
@@ -334,7 +326,7 @@ impl Forwarder {
                             retain: None,
                             dup: None,
                         };
-                        in_flight.push_back(deliver_until_done(self.inbound.clone(), message, self.stop.clone()));
+                        in_flight.push_back(deliver_until_done(self.inbound.clone(), message));
                     }
                     Ok(Some(Notification::Unschedule)) => {
                         // rumqttd paused this link because its outgoing buffer filled up
@@ -359,22 +351,19 @@ impl Forwarder {
     }
 }
 
-/// Rumqttd already acked the device: keep trying until Danube has it (or we stop).
-async fn deliver_until_done(inbound: Inbound, message: Message, stop: CancellationToken) {
-    loop {
-        match inbound.deliver(message.clone()).await {
-            Delivery::Published | Delivery::DeadLettered => return,
-            Delivery::NotDelivered(error) => {
-                if stop.is_cancelled() {
-                    warn!(error = %error_chain(&error), topic = %message.topic, "stopping: message not in Danube is lost");
-                    return;
-                }
-                warn!(error = %error_chain(&error), topic = %message.topic, "Danube unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY_DELAY) => {}
-                    _ = stop.cancelled() => {}
-                }
-            }
+/// Rumqttd already PUBACKed the device, so nothing can hand the message back: core's failure
+/// handling retries while Danube is unavailable (until the publisher closes at the end of the
+/// drain) and applies `failure.policy` to a message that cannot be delivered, `nack` acting as
+/// `stop`.
+async fn deliver_until_done(inbound: Inbound, message: Message) {
+    let topic = message.topic.clone();
+    match inbound.deliver(message, Handback::Impossible).await {
+        Delivery::Published | Delivery::DeadLettered => {}
+        Delivery::Refused | Delivery::Stopped => {
+            error!(%topic, "a message acked to its device cannot be delivered; the connector stops and the message is lost")
+        }
+        Delivery::NotDelivered { reason } => {
+            warn!(%topic, %reason, "stopping: message not in Danube is lost")
         }
     }
 }

@@ -5,10 +5,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use danube_connect_core::error::error_chain;
+use danube_connect_core::failure::{Delivery, FailureHandler, Handback, Undeliverable};
 use danube_connect_core::metrics::Metrics;
-use danube_connect_core::runtime::dead_letter::{dead_letter_record, Failure};
-use danube_connect_core::{PublishError, Publisher, SourceRecord};
+use danube_connect_core::SourceRecord;
 use prometheus::IntCounterVec;
 use tracing::{debug, warn};
 
@@ -39,18 +38,6 @@ pub struct Message {
     pub dup: Option<bool>,
 }
 
-/// What became of a message.
-#[derive(Debug)]
-pub enum Delivery {
-    /// Danube acked its record.
-    Published,
-    /// It could not be mapped or checked, or Danube refused it; Danube acked it on the
-    /// dead-letter topic.
-    DeadLettered,
-    /// Neither: Danube is unavailable (or the runtime is stopping). Do not ack it.
-    NotDelivered(PublishError),
-}
-
 /// The Danube topics one mapping rendered so far.
 #[derive(Debug, Default)]
 struct TopicSet {
@@ -76,30 +63,16 @@ pub struct Inbound {
     /// Per mapping, the Danube topics its template rendered so far (bounded by the
     /// mapping's `max_topics`).
     topics: Arc<Vec<Mutex<TopicSet>>>,
-    publisher: Publisher,
-    dead_letter_topic: String,
+    failures: FailureHandler,
     connector: String,
     messages: Option<IntCounterVec>,
 }
 
 impl Inbound {
-    /// An intake over `router` publishing with `publisher`.
-    pub fn new(
-        router: Router,
-        publisher: Publisher,
-        dead_letter_topic: String,
-        connector: &str,
-        metrics: &Metrics,
-    ) -> Self {
+    /// An intake over `router` publishing through `failures` (core's `failure.policy`).
+    pub fn new(router: Router, failures: FailureHandler, connector: &str, metrics: &Metrics) -> Self {
         let topics = Arc::new(router.routes().iter().map(|_| Mutex::new(TopicSet::default())).collect());
-        Self {
-            router,
-            topics,
-            publisher,
-            dead_letter_topic,
-            connector: connector.to_string(),
-            messages: register_counter(metrics),
-        }
+        Self { router, topics, failures, connector: connector.to_string(), messages: register_counter(metrics) }
     }
 
     /// The mapping table.
@@ -134,27 +107,27 @@ impl Inbound {
         Ok(record)
     }
 
-    /// Publishes `message` (or dead-letters it) and reports the outcome.
-    pub async fn deliver(&self, message: Message) -> Delivery {
+    /// Publishes `message` and reports the outcome; a message that cannot be mapped or that
+    /// Danube refuses follows `failure.policy`. `handback` says whether the MQTT broker still
+    /// holds the message (client mode, QoS 1: no PUBACK yet) or not (embedded mode, QoS 0).
+    pub async fn deliver(&self, message: Message, handback: Handback) -> Delivery {
         let outcome = match self.record(&message) {
-            Ok(record) => match self.publisher.publish(record).await {
-                Ok(()) => Delivery::Published,
-                Err(error) if error.is_transient() => Delivery::NotDelivered(error),
-                Err(error) => self.dead_letter(&message, error_chain(&error), "rejected").await,
-            },
+            Ok(record) => self.failures.publish_or_dead_letter(record, handback).await,
             Err(Unmappable { reason, kind }) => {
                 if kind == "topic_limit" {
-                    // Also counted as `dead_lettered` (or `not_delivered`) below.
+                    // Also counted by its outcome below.
                     self.count(kind);
                 }
                 debug!(topic = %message.topic, %reason, "message cannot be mapped");
-                self.dead_letter(&message, reason, kind).await
+                self.failures.undeliverable(unmappable(&message, reason, kind), handback).await
             }
         };
         self.count(match &outcome {
             Delivery::Published => "published",
             Delivery::DeadLettered => "dead_lettered",
-            Delivery::NotDelivered(_) => "not_delivered",
+            Delivery::Refused => "refused",
+            Delivery::Stopped => "stopped",
+            Delivery::NotDelivered { .. } => "not_delivered",
         });
         outcome
     }
@@ -189,38 +162,29 @@ impl Inbound {
         Ok(())
     }
 
-    async fn dead_letter(&self, message: &Message, error: String, kind: &str) -> Delivery {
-        let mut attributes = std::collections::HashMap::new();
-        attributes.insert(ATTR_TOPIC.to_string(), message.topic.clone());
-        let record = dead_letter_record(
-            &self.dead_letter_topic,
-            message.payload.clone(),
-            &attributes,
-            Some(message.topic.clone()),
-            &Failure {
-                error,
-                kind,
-                connector: &self.connector,
-                source_topic: &message.topic,
-                source_offset: None,
-                attempts: 1,
-            },
-        );
-        match self.publisher.publish(record).await {
-            Ok(()) => Delivery::DeadLettered,
-            Err(error) => {
-                warn!(error = %error_chain(&error), topic = %message.topic, "dead-letter publish failed");
-                Delivery::NotDelivered(error)
-            }
-        }
-    }
-
     /// Counts a message by outcome (`published`, `dead_lettered`, `not_delivered`, ...;
     /// `topic_limit` is counted besides the `dead_lettered` of the same message).
     pub fn count(&self, outcome: &str) {
         if let Some(counter) = &self.messages {
             counter.with_label_values(&[self.connector.as_str(), outcome]).inc();
         }
+    }
+}
+
+/// The dead letter's content for a message that cannot be mapped: its payload, its MQTT
+/// topic as attribute and key.
+fn unmappable(message: &Message, reason: String, kind: &'static str) -> Undeliverable {
+    let mut attributes = std::collections::HashMap::new();
+    attributes.insert(ATTR_TOPIC.to_string(), message.topic.clone());
+    Undeliverable {
+        payload: message.payload.clone(),
+        attributes,
+        routing_key: Some(message.topic.clone()),
+        source_topic: message.topic.clone(),
+        source_offset: None,
+        error: reason,
+        kind,
+        attempts: 1,
     }
 }
 

@@ -9,14 +9,13 @@ use danube_connector_mqtt::{ClientSource, EmbeddedSource, OutboundSink};
 
 fn main() -> ExitCode {
     cli::run::<MqttConfig, _, _>("danube-mqtt", "MQTT", |config, runtime| async move {
-        let dead_letter_topic = config.runtime.dead_letter_topic();
         let connector = config.connector;
         // Every cross-section check ran at load (`MqttConfig::validate_with_runtime`), so
         // `--check` refuses the same configurations.
         let mut sources: Vec<Box<dyn SourceConnector>> = Vec::new();
         match connector.mode {
-            Mode::Client => sources.push(Box::new(ClientSource::new(connector.clone(), dead_letter_topic)?)),
-            Mode::Embedded => sources.push(Box::new(EmbeddedSource::new(connector.clone(), dead_letter_topic)?)),
+            Mode::Client => sources.push(Box::new(ClientSource::new(connector.clone())?)),
+            Mode::Embedded => sources.push(Box::new(EmbeddedSource::new(connector.clone())?)),
             Mode::Off => {}
         }
         let sink: Option<Box<dyn SinkConnector>> = match &connector.outbound {

@@ -363,7 +363,7 @@ async fn client_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topic(
             let maker = reliable_producers(broker.url(), dlq, "mk", 1).await.expect("create the DLQ");
             (maker, TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ"))
         };
-        let _connector = start(kind, &client_env(&broker, mqtt.port(), "mq-dlq", "meters/#", topic)).await;
+        let connector = start(kind, &client_env(&broker, mqtt.port(), "mq-dlq", "meters/#", topic)).await;
         let mut device = Device::connect(mqtt.port(), "device-dlq", true);
         device.publish_numbers("meters/m4", 0..20).await;
         // Not UTF-8: fails the mapping's `format = "utf8"` check.
@@ -381,7 +381,13 @@ async fn client_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topic(
         );
         assert_eq!(attr("mqtt.topic"), "meters/bad", "{kind}: {:?}", letter.attributes);
         let seen = wait_numbers(&reader, 40, Duration::from_secs(30)).await;
-        assert_eq!(seen.len(), 40, "{kind}: every good message arrived around the dead letter");
+        assert_eq!(
+            seen.len(),
+            40,
+            "{kind}: every good message arrived around the dead letter; missing {:?}\n{}",
+            missing(&seen, 40),
+            connector.log()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(dead.count(), 1, "{kind}: nothing else was dead-lettered");
     }
@@ -508,7 +514,7 @@ async fn embedded_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topi
         let _dlq_maker = reliable_producers(broker.url(), dlq, "mk", 1).await.expect("create the DLQ");
         let dead = TopicReader::subscribe(broker.url(), dlq, "dlq-reader").await.expect("subscribe to the DLQ");
         let port = free_port();
-        let _connector = start(kind, &embedded_env(&broker, port, "mq-emb-dlq", "plant/#", topic)).await;
+        let connector = start(kind, &embedded_env(&broker, port, "mq-emb-dlq", "plant/#", topic)).await;
         let mut device = Device::connect(port, "device-emb-dlq", true);
         device.publish_numbers("plant/p3", 0..20).await;
         device.publish_all("plant/bad", [vec![0xff, 0xfe]]).await;
@@ -518,7 +524,13 @@ async fn embedded_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topi
         assert_eq!(&letters[0].payload[..], &[0xffu8, 0xfe][..], "{kind}: the payload is kept");
         assert!(letters[0].attributes.contains_key("dlq.error"), "{kind}: {:?}", letters[0].attributes);
         let seen = wait_numbers(&reader, 40, Duration::from_secs(30)).await;
-        assert_eq!(seen.len(), 40, "{kind}: every good message arrived around the dead letter");
+        assert_eq!(
+            seen.len(),
+            40,
+            "{kind}: every good message arrived around the dead letter; missing {:?}\n{}",
+            missing(&seen, 40),
+            connector.log()
+        );
     }
 }
 

@@ -305,6 +305,53 @@ async fn a_row_the_broker_refuses_lands_in_the_dead_letter_topic_with_its_error(
     }
 }
 
+/// `failure.policy = stop` and `nack` for a row the broker refuses: a pull source cannot hand
+/// a record back, so both stop the connector (exit 2) without confirming the row's LSN and
+/// without a dead letter; the next start (with `dead_letter`) streams the row again and
+/// dead-letters it, which shows the slot did not advance past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_with_policy_stop_or_nack_stops_without_confirming_it() {
+    for kind in BrokerKind::all() {
+        let env = Env::start(kind).await;
+        let dlq = format!("/default/dlq-{NAME}");
+        let dead = env.reader(&dlq).await;
+        let reader = env.reader(TOPIC).await;
+        for (round, policy) in ["stop", "nack"].into_iter().enumerate() {
+            let mut process =
+                env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "never"), ("CONNECTOR_FAILURE__POLICY", policy)]).await;
+            env.wait_streaming(&process).await;
+            let id = 10 * (round + 1);
+            // Larger than any Danube message: the broker refuses it for good.
+            env.pg
+                .psql(&format!("INSERT INTO items (id, note) VALUES ({id}, repeat('x', 11 * 1024 * 1024))"))
+                .expect("insert");
+            let started = Instant::now();
+            let code = loop {
+                if let Some(status) = process.try_wait() {
+                    break status.code();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "{kind} {policy}: did not stop: {}",
+                    process.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(code, Some(2), "{kind} {policy}: {}", process.log());
+            assert_eq!(dead.count(), round, "{kind} {policy}: nothing dead-lettered");
+
+            let mut process = env.spawn(&[("POSTGRES_CDC_SNAPSHOT", "never")]).await;
+            env.pg.psql(&format!("INSERT INTO items (id, note) VALUES ({}, 'after')", id + 1)).expect("insert");
+            let letters = dead.wait_for(round + 1, Duration::from_secs(60)).await;
+            assert_eq!(letters.len(), round + 1, "{kind} {policy}: streamed again: {}", process.log());
+            let missing = wait_for_rows(&reader, &[id as i64 + 1], Duration::from_secs(30)).await;
+            assert!(missing.is_empty(), "{kind} {policy}: the row after it arrives: {}", process.log());
+            let stopped = process.terminate(Duration::from_secs(30)).await;
+            assert!(stopped.is_some_and(|s| s.success()), "{kind} {policy}: {}", process.log());
+        }
+    }
+}
+
 /// A runtime on `broker`, for its registry client.
 async fn registry(broker: &TestBroker) -> Runtime {
     let mut config = RuntimeConfig { name: "schema-check".into(), ..RuntimeConfig::default() };

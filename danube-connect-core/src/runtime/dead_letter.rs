@@ -89,6 +89,8 @@ pub struct Failure<'a> {
 }
 
 /// A record for `dead_letter_topic` carrying `payload`, `original` attributes and the failure.
+/// Connectors do not call it: they go through [`crate::failure::FailureHandler`], which
+/// applies `failure.policy` (tools that write dead letters themselves, e.g. tests, may).
 pub fn dead_letter_record(
     dead_letter_topic: &str,
     payload: Bytes,

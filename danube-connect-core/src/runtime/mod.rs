@@ -59,6 +59,9 @@ impl RunReport {
     }
 }
 
+/// Readiness component set while [`Runtime::run_driven`] initializes the connectors.
+const STARTING_COMPONENT: &str = "runtime";
+
 /// How often a source's `health_check` runs: between polls for polled sources, on its own
 /// timer for push sources.
 const SOURCE_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -125,6 +128,19 @@ pub(crate) struct Env {
     pub(crate) schema_cache: Option<Arc<SchemaCache>>,
     /// `[[transforms]]`, compiled (None when there is none).
     pub(crate) transforms: Option<Arc<Transforms>>,
+}
+
+impl Env {
+    /// The `failure.policy` handle given to connectors in their context.
+    fn failure_handler(&self) -> crate::failure::FailureHandler {
+        crate::failure::FailureHandler::new(
+            self.config.clone(),
+            self.publisher.clone(),
+            self.metrics.clone(),
+            self.stopper.clone(),
+            self.shutdown.clone(),
+        )
+    }
 }
 
 /// A started runtime: connected to Danube, ops port serving.
@@ -260,6 +276,9 @@ impl Runtime {
         if sink.is_some() {
             env.config.require_sink_topics()?;
         }
+        // Not ready until the connectors are initialized: a client polling `/readyz` would
+        // otherwise send data before, e.g., the MQTT source subscribed (and lose it).
+        env.health.set_component(STARTING_COMPONENT, Some("connectors are starting".to_string()));
         // The sources' own topics, in one pass with those of the configuration (created at
         // `start` already, so only checked again here) so shorter names come first.
         let mut topics = topics_known_at_start(&env.config);
@@ -274,6 +293,7 @@ impl Runtime {
                 shutdown: env.shutdown.child_token(),
                 metrics: env.metrics.clone(),
                 health: env.health.clone(),
+                failures: env.failure_handler(),
             };
             source.initialize(ctx).await?;
             initialized.push((index, drive, source));
@@ -287,6 +307,7 @@ impl Runtime {
                 shutdown: env.shutdown.child_token(),
                 metrics: env.metrics.clone(),
                 health: env.health.clone(),
+                failures: env.failure_handler(),
             };
             sink.initialize(ctx).await?;
             sink_handle = Some(Arc::<dyn SinkConnector>::from(sink));
@@ -315,6 +336,7 @@ impl Runtime {
             }
         }
 
+        env.health.set_component(STARTING_COMPONENT, None);
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         for (index, drive, source) in initialized {
             tasks.push(match drive {

@@ -1,6 +1,7 @@
 //! Runtime integration tests over real gRPC against the embedded development broker.
 
 mod common;
+mod failure;
 mod key_order;
 mod run_time_schema;
 mod schema;

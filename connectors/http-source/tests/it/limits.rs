@@ -194,11 +194,11 @@ async fn requests_failing_verification_do_not_spend_rate_tokens() {
 }
 
 #[tokio::test]
-async fn a_record_danube_refuses_gets_502() {
+async fn a_record_danube_refuses_gets_502_with_failure_policy_nack() {
     // The broker refuses payloads above 1 KiB for good (`InvalidArgument` → Rejected).
     let config = BrokerConfig { max_message_size: 1024, ..BrokerConfig::default() };
     let broker = EmbeddedBroker::start(config).await.expect("broker");
-    let connector = spawn(&broker, CONFIG, &[]).await;
+    let connector = spawn(&broker, CONFIG, &[("CONNECTOR_FAILURE__POLICY", "nack")]).await;
     let http = client();
     let url = format!("{}/big", connector.base);
     let refused = http.post(&url).body(vec![b'z'; 4096]).send().await.expect("send");

@@ -320,6 +320,8 @@ async fn a_delivery_id_stays_reserved_until_its_publish_ends() {
         ("CONNECTOR_SOURCE__PUBLISH_TIMEOUT", "2s"),
         ("HTTP_SOURCE_REQUEST_TIMEOUT", "3s"),
         ("HTTP_SOURCE_RETRY_AFTER", "1s"),
+        // Refused records are answered (502), not dead-lettered.
+        ("CONNECTOR_FAILURE__POLICY", "nack"),
     ];
     let connector = spawn(&broker, CONFIG, &env).await;
     let url = format!("{}/inflight-dedup", connector.base);

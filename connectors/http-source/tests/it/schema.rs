@@ -1,5 +1,6 @@
-//! A topic bound to a JSON Schema (core `[[schemas]]`): a body that fails the schema gets
-//! 400 with the violation and never enters the topic; a valid one carries the schema id.
+//! A topic bound to a JSON Schema (core `[[schemas]]`): a body that fails the schema never
+//! enters the topic (with `failure.policy = nack` it gets 400 with the violation, with the
+//! default `dead_letter` it is dead-lettered); a valid one carries the schema id.
 
 use danube_dev_broker::EmbeddedBroker;
 use reqwest::StatusCode;
@@ -25,11 +26,11 @@ file = "$DIR/orders.schema.json"
 "#;
 
 #[tokio::test]
-async fn body_failing_the_topic_schema_gets_400_with_the_violation() {
+async fn body_failing_the_topic_schema_gets_400_with_the_violation_with_failure_policy_nack() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("orders.schema.json"), SCHEMA).expect("write schema");
-    let connector = spawn_in(&broker, CONFIG, &[], dir).await;
+    let connector = spawn_in(&broker, CONFIG, &[("CONNECTOR_FAILURE__POLICY", "nack")], dir).await;
     let http = client();
     let url = format!("{}/orders", connector.base);
 

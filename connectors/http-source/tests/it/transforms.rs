@@ -1,6 +1,7 @@
 //! `[[transforms]]` through the real binary: a webhook's field is removed and a header-based
 //! attribute added before the record reaches Danube, a filtered event is answered 200 and
-//! never published, a failing program answers 400 naming the transform, and a program that
+//! never published, a failing program answers 400 naming the transform (`failure.policy =
+//! nack`), and a program that
 //! does not compile fails `--check` naming the line and column.
 
 use std::process::Command;
@@ -29,7 +30,9 @@ del(.password)
 #[tokio::test]
 async fn a_webhook_field_is_removed_before_it_reaches_danube() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
-    let connector = spawn(&broker, CONFIG, &[]).await;
+    // With `nack` a failing program is refused to the sender (400); with the default
+    // `dead_letter` it would be dead-lettered and answered 202.
+    let connector = spawn(&broker, CONFIG, &[("CONNECTOR_FAILURE__POLICY", "nack")]).await;
     let http = client();
     let post = |body: &'static str| {
         http.post(format!("{}/hooks", connector.base)).header("Content-Type", "application/json").body(body).send()

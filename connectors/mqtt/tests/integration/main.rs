@@ -5,6 +5,7 @@ mod client_mode;
 mod common;
 mod embedded_mode;
 mod embedded_security;
+mod failure_policy;
 mod outbound;
 mod security;
 mod wildcards;
