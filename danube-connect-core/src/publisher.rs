@@ -248,29 +248,14 @@ impl Publisher {
                         let _ = reply.send(Ok(()));
                         return Ok(rx);
                     }
-                    Err(error) => {
-                        let labels = [self.inner.metrics.connector(), record.topic.as_str(), "invalid"];
-                        self.inner.metrics.records_failed.with_label_values(&labels).inc();
-                        let (reply, rx) = oneshot::channel();
-                        let error = PublishError::Invalid { topic: record.topic.clone(), message: error.to_string() };
-                        let _ = reply.send(Err(PublishFailure { error, record }));
-                        return Ok(rx);
-                    }
+                    Err(error) => return Ok(self.refuse_invalid(record, error.to_string())),
                 }
             }
         }
         let prepared = record_schema(&self.inner, &record.topic, &record).map(|bound| bound.prepare(&record.payload));
         match prepared {
             Some(Ok(Some(encoded))) => record.payload = encoded,
-            Some(Err(error)) => {
-                // Invalid records never reach a lane: answered at once, never retried.
-                let labels = [self.inner.metrics.connector(), record.topic.as_str(), "invalid"];
-                self.inner.metrics.records_failed.with_label_values(&labels).inc();
-                let (reply, rx) = oneshot::channel();
-                let error = PublishError::Invalid { topic: record.topic.clone(), message: error.to_string() };
-                let _ = reply.send(Err(PublishFailure { error, record }));
-                return Ok(rx);
-            }
+            Some(Err(error)) => return Ok(self.refuse_invalid(record, error.to_string())),
             Some(Ok(None)) | None => {}
         }
         let pool = self.pool(&record.topic);
@@ -307,6 +292,17 @@ impl Publisher {
         );
         place.send(LaneJob::Send(Job { record, deadline, reply, span }));
         Ok(rx)
+    }
+
+    /// Answers an invalid record at once with [`PublishError::Invalid`], counted as failed:
+    /// invalid records never reach a lane and are never retried.
+    fn refuse_invalid(&self, record: SourceRecord, message: String) -> oneshot::Receiver<Result<(), PublishFailure>> {
+        let labels = [self.inner.metrics.connector(), record.topic.as_str(), "invalid"];
+        self.inner.metrics.records_failed.with_label_values(&labels).inc();
+        let (reply, rx) = oneshot::channel();
+        let error = PublishError::Invalid { topic: record.topic.clone(), message };
+        let _ = reply.send(Err(PublishFailure { error, record }));
+        rx
     }
 
     /// Creates the producers of `topic` now instead of at its first record, so the topic

@@ -161,6 +161,24 @@ fn missing(seen: &BTreeSet<usize>, n: usize) -> Vec<usize> {
     (0..n).filter(|i| !seen.contains(i)).take(10).collect()
 }
 
+/// Waits for readings 0..n on `reader` and asserts every one arrived, naming the missing ones
+/// and showing the connector's log otherwise.
+async fn assert_good_messages_around_the_dead_letter(
+    reader: &TopicReader,
+    n: usize,
+    kind: BrokerKind,
+    connector: &ConnectorProcess,
+) {
+    let seen = wait_numbers(reader, n, Duration::from_secs(30)).await;
+    assert_eq!(
+        seen.len(),
+        n,
+        "{kind}: every good message arrived around the dead letter; missing {:?}\n{}",
+        missing(&seen, n),
+        connector.log()
+    );
+}
+
 fn env(pairs: &[(&str, String)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
@@ -380,14 +398,7 @@ async fn client_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topic(
             letter.attributes
         );
         assert_eq!(attr("mqtt.topic"), "meters/bad", "{kind}: {:?}", letter.attributes);
-        let seen = wait_numbers(&reader, 40, Duration::from_secs(30)).await;
-        assert_eq!(
-            seen.len(),
-            40,
-            "{kind}: every good message arrived around the dead letter; missing {:?}\n{}",
-            missing(&seen, 40),
-            connector.log()
-        );
+        assert_good_messages_around_the_dead_letter(&reader, 40, kind, &connector).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(dead.count(), 1, "{kind}: nothing else was dead-lettered");
     }
@@ -523,14 +534,7 @@ async fn embedded_mode_a_payload_failing_its_check_lands_in_the_dead_letter_topi
         assert_eq!(letters.len(), 1, "{kind}: one dead letter");
         assert_eq!(&letters[0].payload[..], &[0xffu8, 0xfe][..], "{kind}: the payload is kept");
         assert!(letters[0].attributes.contains_key("dlq.error"), "{kind}: {:?}", letters[0].attributes);
-        let seen = wait_numbers(&reader, 40, Duration::from_secs(30)).await;
-        assert_eq!(
-            seen.len(),
-            40,
-            "{kind}: every good message arrived around the dead letter; missing {:?}\n{}",
-            missing(&seen, 40),
-            connector.log()
-        );
+        assert_good_messages_around_the_dead_letter(&reader, 40, kind, &connector).await;
     }
 }
 
