@@ -2,7 +2,8 @@
 //!
 //! The SDK every Danube connector is built on:
 //!
-//! - [`SourceConnector`] / [`SinkConnector`]: the traits a connector implements;
+//! - [`PullSource`] / [`PushSource`] / [`Sink`]: the traits a connector implements, each
+//!   started by a [`Factory`] with a [`Context`]; [`Parts`] gathers them for [`Runtime::run`];
 //! - [`SourceRecord`] / [`SinkRecord`]: what flows in and out;
 //! - [`Runtime`]: owns the Danube client, publishes through a producer pool with per-key
 //!   order ([`Publisher`]), consumes with batching, retries with backoff, applies the
@@ -17,13 +18,6 @@
 //!
 //! Delivery rule: a source's `commit` is called only for offsets whose every record Danube
 //! acked; a sink record is acked only after `process` returned `Ok` or it was dead-lettered.
-
-/// The global allocator of every program built on the SDK (feature `mimalloc`, on by
-/// default): records are allocated and freed per message, where mimalloc's thread-local
-/// free lists are several times cheaper than the system allocator.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod cli;
 pub mod client;
@@ -46,11 +40,11 @@ pub mod trace_context;
 pub mod transform;
 
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
-pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
+pub use connector::{Context, Factory, Parts, PullSource, PushSource, Ready, Sink};
 pub use error::{ConnectorError, ConnectorResult, PublishError, RuntimeError};
 pub use publisher::{PendingPublish, Publisher};
 pub use record::{SinkRecord, SourceOffset, SourceRecord};
-pub use runtime::{RunReport, Runtime, SourceDrive};
+pub use runtime::{RunReport, Runtime};
 pub use schema::SchemaBinding;
 
 /// Re-exported so connectors implement the traits without a direct dependency.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
 use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord,
+    async_trait, ConnectorError, ConnectorResult, Context, Factory, PullSource, SourceOffset, SourceRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,16 +63,31 @@ mod humantime_serde_compat {
     }
 }
 
-/// Produces `{"n": 0}`, `{"n": 1}`, ... with the number as source offset.
-pub struct CounterSource {
+/// The counter source, built from its (validated) configuration; [`Factory::start`] reads
+/// the state file and returns the running [`CounterSource`].
+#[derive(Debug)]
+pub struct Counter {
     config: CounterConfig,
-    next: u64,
 }
 
-impl CounterSource {
-    /// A source that resumes after the committed position in `state_file`, if any.
-    pub fn new(config: CounterConfig) -> Result<Self, ConnectorError> {
-        let next = match &config.state_file {
+impl Counter {
+    /// The pure build: no I/O (the configuration was validated at load).
+    pub fn build(config: CounterConfig) -> Self {
+        Self { config }
+    }
+}
+
+#[async_trait]
+impl Factory for Counter {
+    type Connector = CounterSource;
+
+    fn topics_at_start(&self) -> Vec<String> {
+        vec![self.config.topic.clone()]
+    }
+
+    /// Resumes after the committed position in `state_file`, if any.
+    async fn start(self, ctx: Context) -> ConnectorResult<CounterSource> {
+        let next = match &self.config.state_file {
             Some(path) if path.exists() => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConnectorError::fatal("read state file", e))?;
                 let committed: u64 =
@@ -81,17 +96,20 @@ impl CounterSource {
             }
             _ => 0,
         };
-        Ok(Self { config, next })
+        tracing::info!(name = %ctx.name(), next, "counter source starting");
+        Ok(CounterSource { config: self.config, next })
     }
 }
 
-#[async_trait]
-impl SourceConnector for CounterSource {
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
-        tracing::info!(name = %ctx.name, next = self.next, "counter source starting");
-        Ok(())
-    }
+/// Produces `{"n": 0}`, `{"n": 1}`, ... with the number as source offset.
+#[derive(Debug)]
+pub struct CounterSource {
+    config: CounterConfig,
+    next: u64,
+}
 
+#[async_trait]
+impl PullSource for CounterSource {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         tokio::time::sleep(self.config.interval).await;
         let mut records = Vec::new();

@@ -1,5 +1,10 @@
 //! `danube-clickhouse`: consumes Danube topics and batches their records into ClickHouse.
 
+/// mimalloc as the process's global allocator: connectors allocate per record, and glibc's
+/// malloc took nearly a quarter of the HTTP source's per-request instructions (callgrind).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use danube_connector_clickhouse::config::SyncMode;
 use danube_connector_clickhouse::{ClickHouseSink, ClickHouseSinkConfig, SinkSettings};
 use tracing::warn;

@@ -1,5 +1,10 @@
 //! `danube-http-sink`: wiring of the configuration to the core runtime.
 
+/// mimalloc as the process's global allocator: connectors allocate per record, and glibc's
+/// malloc took nearly a quarter of the HTTP source's per-request instructions (callgrind).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use danube_connect_core::{cli, ConnectorError};
 use danube_connector_http_sink::{HttpSink, HttpSinkConfig};
 
