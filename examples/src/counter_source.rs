@@ -17,9 +17,8 @@ pub struct CounterConfig {
     pub topic: String,
     /// Records per poll.
     pub batch: u64,
-    /// Pause between polls.
-    #[serde(with = "humantime_serde_compat")]
-    pub interval: Duration,
+    /// Pause between polls, in milliseconds.
+    pub interval: u64,
     /// Stop producing after this many records (0 = never).
     pub limit: u64,
     /// Where the committed position is kept (`None`: in memory only).
@@ -28,13 +27,7 @@ pub struct CounterConfig {
 
 impl Default for CounterConfig {
     fn default() -> Self {
-        Self {
-            topic: "/default/counter".into(),
-            batch: 10,
-            interval: Duration::from_millis(10),
-            limit: 0,
-            state_file: None,
-        }
+        Self { topic: "/default/counter".into(), batch: 10, interval: 10, limit: 0, state_file: None }
     }
 }
 
@@ -48,46 +41,17 @@ impl Validate for CounterConfig {
     }
 }
 
-/// Milliseconds as an integer, to keep this example free of extra dependencies.
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
-}
-
-/// The counter source, built from its (validated) configuration; [`Factory::start`] reads
-/// the state file and returns the running [`CounterSource`].
-#[derive(Debug)]
-pub struct Counter {
-    config: CounterConfig,
-}
-
-impl Counter {
-    /// The pure build: no I/O (the configuration was validated at load).
-    pub fn build(config: CounterConfig) -> Self {
-        Self { config }
-    }
-}
-
 #[async_trait]
-impl Factory for Counter {
+impl Factory for CounterConfig {
     type Connector = CounterSource;
 
     fn topics_at_start(&self) -> Vec<String> {
-        vec![self.config.topic.clone()]
+        vec![self.topic.clone()]
     }
 
     /// Resumes after the committed position in `state_file`, if any.
-    async fn start(self, ctx: Context) -> ConnectorResult<CounterSource> {
-        let next = match &self.config.state_file {
+    async fn start(self, _ctx: Context) -> ConnectorResult<CounterSource> {
+        let next = match &self.state_file {
             Some(path) if path.exists() => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConnectorError::fatal("read state file", e))?;
                 let committed: u64 =
@@ -96,13 +60,11 @@ impl Factory for Counter {
             }
             _ => 0,
         };
-        tracing::info!(name = %ctx.name(), next, "counter source starting");
-        Ok(CounterSource { config: self.config, next })
+        Ok(CounterSource { config: self, next })
     }
 }
 
 /// Produces `{"n": 0}`, `{"n": 1}`, ... with the number as source offset.
-#[derive(Debug)]
 pub struct CounterSource {
     config: CounterConfig,
     next: u64,
@@ -111,12 +73,9 @@ pub struct CounterSource {
 #[async_trait]
 impl PullSource for CounterSource {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
-        tokio::time::sleep(self.config.interval).await;
+        tokio::time::sleep(Duration::from_millis(self.config.interval)).await;
         let mut records = Vec::new();
-        for _ in 0..self.config.batch {
-            if self.config.limit > 0 && self.next >= self.config.limit {
-                break;
-            }
+        while records.len() < self.config.batch as usize && (self.config.limit == 0 || self.next < self.config.limit) {
             let n = self.next;
             records.push(
                 SourceRecord::from_json(&self.config.topic, &serde_json::json!({ "n": n }))?
@@ -128,6 +87,7 @@ impl PullSource for CounterSource {
         Ok(records)
     }
 
+    /// Called in poll order with offsets Danube acked: persist the last one.
     async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {
         let (Some(path), Some(last)) = (&self.config.state_file, offsets.last()) else { return Ok(()) };
         // Write-then-rename: the state file always holds a whole number.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
-use danube_connect_core::failure::{Delivery, FailureHandler, Handback};
+use danube_connect_core::failure::{FailureHandler, Handback};
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, PushSource, SourceRecord};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -37,10 +37,6 @@ impl Validate for LineServerConfig {
 impl Factory for LineServerConfig {
     type Connector = LineServer;
 
-    fn topics_at_start(&self) -> Vec<String> {
-        vec![self.topic.clone()]
-    }
-
     /// Binds the listener and serves until shutdown.
     async fn start(self, ctx: Context) -> ConnectorResult<LineServer> {
         let listener = TcpListener::bind(self.listen)
@@ -52,7 +48,6 @@ impl Factory for LineServerConfig {
 }
 
 /// The running line server.
-#[derive(Debug)]
 pub struct LineServer {
     /// Taken at shutdown.
     server: Option<JoinHandle<()>>,
@@ -92,9 +87,10 @@ async fn client(stream: TcpStream, topic: String, failures: FailureHandler, shut
             line = lines.next_line() => line,
         };
         let Ok(Some(line)) = line else { break };
+        // `Possible`: the client still holds the line until it reads `ok`.
         let delivery = failures.publish_or_dead_letter(SourceRecord::new(&topic, line), Handback::Possible).await;
         let answer = if delivery.is_delivered() { "ok\n" } else { "retry\n" };
-        if write.write_all(answer.as_bytes()).await.is_err() || matches!(delivery, Delivery::Stopped) {
+        if write.write_all(answer.as_bytes()).await.is_err() {
             break;
         }
     }

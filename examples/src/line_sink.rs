@@ -30,27 +30,13 @@ impl Validate for LineSinkConfig {
     }
 }
 
-/// The line sink, built from its (validated) configuration; [`Factory::start`] opens the
-/// file and returns the running [`LineSink`].
-#[derive(Debug)]
-pub struct Lines {
-    config: LineSinkConfig,
-}
-
-impl Lines {
-    /// The pure build: no I/O (the configuration was validated at load).
-    pub fn build(config: LineSinkConfig) -> Self {
-        Self { config }
-    }
-}
-
 #[async_trait]
-impl Factory for Lines {
+impl Factory for LineSinkConfig {
     type Connector = LineSink;
 
     /// Opens (appends to) the configured file.
     async fn start(self, _ctx: Context) -> ConnectorResult<LineSink> {
-        let file = match &self.config.path {
+        let file = match &self.path {
             Some(path) => Some(Mutex::new(
                 std::fs::OpenOptions::new()
                     .create(true)

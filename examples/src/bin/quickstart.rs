@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use danube_connect_core::config::{RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{Parts, Runtime};
-use danube_connect_examples::counter_source::{Counter, CounterConfig};
-use danube_connect_examples::line_sink::{LineSinkConfig, Lines};
+use danube_connect_examples::counter_source::CounterConfig;
+use danube_connect_examples::line_sink::LineSinkConfig;
 use danube_dev_broker::EmbeddedBroker;
 use tokio_util::sync::CancellationToken;
 
@@ -40,20 +40,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sink_config.sink.batch.linger = Duration::from_millis(20);
     let sink_stop = CancellationToken::new();
     let sink_runtime = Runtime::start(sink_config, sink_stop.clone()).await?;
-    let sink = Lines::build(LineSinkConfig { path: Some(out.clone()) });
+    let sink = LineSinkConfig { path: Some(out.clone()) };
     let sink_run = tokio::spawn(sink_runtime.run(Parts::new().with_sink(sink)));
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let started = Instant::now();
     let source_stop = CancellationToken::new();
     let source_runtime = Runtime::start(base("quickstart-source"), source_stop.clone()).await?;
-    let source = Counter::build(CounterConfig {
+    let source = CounterConfig {
         topic: TOPIC.into(),
         batch: 100,
-        interval: Duration::from_millis(1),
+        interval: 1,
         limit: RECORDS,
         state_file: None,
-    });
+    };
     let source_run = tokio::spawn(source_runtime.run(Parts::new().with_pull(source)));
 
     let published = broker.wait_for_messages(TOPIC, RECORDS as usize + 1, Duration::from_secs(60)).await.len() - 1;
