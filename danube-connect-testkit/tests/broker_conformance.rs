@@ -166,3 +166,43 @@ async fn partitioned_topics_are_created_by_the_producer_and_read_across_every_pa
         assert!(refused.contains("partitioned topics with this base name"), "{kind}: {refused}");
     }
 }
+
+#[tokio::test]
+async fn a_request_over_4_mib_is_refused_with_out_of_range_whatever_max_message_size_says() {
+    for kind in BrokerKind::all() {
+        let broker = TestBroker::start(kind).await.expect("broker");
+        let topic = "/default/conformance-size";
+        let mut producers = reliable_producers(broker.url(), topic, "size", 1).await.expect("producer");
+        let producer = &mut producers[0];
+        producer.send(vec![b'a'; 3 * 1024 * 1024], None).await.expect("3 MiB fits");
+        let refused = producer.send(vec![b'b'; 4 * 1024 * 1024 + 1], None).await.expect_err("over 4 MiB");
+        let code = refused.extract_status().map(|s| s.code());
+        assert_eq!(code, Some(tonic::Code::OutOfRange), "{kind}: {refused}");
+    }
+}
+
+#[tokio::test]
+async fn the_registry_answers_a_definition_wrapped_in_danubes_schema_definition_json() {
+    use danube_client::SchemaType;
+    const DEFINITION: &str = r#"{"type":"object","properties":{"id":{"type":"integer"}}}"#;
+    for kind in BrokerKind::all() {
+        let broker = TestBroker::start(kind).await.expect("broker");
+        let client = client(&broker).await;
+        let registry = client.schema();
+        let id = registry
+            .register_schema("conformance-wrapped")
+            .with_type(SchemaType::JsonSchema)
+            .with_schema_data(DEFINITION.as_bytes())
+            .execute()
+            .await
+            .expect("register");
+        for answer in [
+            registry.get_latest_schema("conformance-wrapped").await.expect("latest").schema_definition,
+            registry.get_schema_version(id, Some(1)).await.expect("by id").schema_definition,
+        ] {
+            let wrapped: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+            assert_eq!(wrapped["JsonSchema"]["raw_schema"], DEFINITION, "{kind}: {wrapped}");
+            assert!(wrapped["JsonSchema"]["fingerprint"].is_string(), "{kind}: {wrapped}");
+        }
+    }
+}

@@ -51,7 +51,9 @@ pub struct BrokerConfig {
     pub redelivery_max_delay: Duration,
     /// Policy for messages that exceeded `max_redeliveries` (default [`PoisonPolicy::Block`]).
     pub poison_policy: PoisonPolicy,
-    /// Maximum payload size in bytes (default 10 MB).
+    /// Maximum payload size in bytes (default 10 MB, as Danube's). As on Danube, a request
+    /// over 4 MiB ([`MAX_REQUEST_SIZE`](crate::MAX_REQUEST_SIZE)) is refused before this
+    /// check, with `OutOfRange`.
     pub max_message_size: usize,
     /// Namespaces that exist at start (default `["default"]`).
     pub namespaces: Vec<String>,

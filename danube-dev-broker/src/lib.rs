@@ -62,6 +62,14 @@
 //!   <token>` (what `danube-client` 0.16 sends for `with_token` and
 //!   `with_token_supplier`); a call without it, with another token or another
 //!   scheme is refused with `Unauthenticated`.
+//! - A request over 4 MiB ([`MAX_REQUEST_SIZE`], gRPC's default decode limit,
+//!   which Danube v0.15 keeps although its `max_message_size` is 10 MB) is
+//!   refused with `OutOfRange`, "decoded message length too large".
+//! - The schema registry answers `GetSchema` and `GetLatestSchema` as Danube
+//!   v0.15 does: with the JSON of Danube's own `SchemaDefinition` enum
+//!   (`{"Avro":{"raw_schema":"...","fingerprint":"..."}}`, `{"JsonSchema":...}`,
+//!   `{"Protobuf":{"raw_proto":...,"message_name":"DefaultMessage",...}}`,
+//!   `"String"`, `"Number"`, `"Bytes"`), not with the registered bytes.
 //!
 //! ## Deviations and simplifications
 //! The conformance suite (`danube-connect-testkit` `broker`, and each
@@ -75,13 +83,6 @@
 //!   backlog outgrows the WAL's live broadcast and replay cache (about 2,000
 //!   messages beyond the dispatch window); this broker keeps dispatching.
 //! - No admin API and no Prometheus exporter.
-//! - Danube v0.15's schema registry answers `GetSchema` with the JSON of its
-//!   own `SchemaDefinition` enum (`{"Avro":{"raw_schema":...}}`); this broker
-//!   answers with the registered bytes. `danube-connect-core` reads both.
-//! - Danube v0.15 refuses a request over 4 MiB (gRPC's default decode limit:
-//!   `OutOfRange`, "decoded message length too large") although its
-//!   `max_message_size` is 10 MB; this broker takes up to `max_message_size`.
-//!
 //! - The bearer token is compared with one configured string; the real broker
 //!   verifies a JWT (signature, expiry) and maps it to a principal. A JWT is
 //!   accepted here when it equals the configured token, whatever its claims.
@@ -133,3 +134,4 @@ pub use broker::EmbeddedBroker;
 pub use config::{AuthToken, BrokerConfig, PoisonPolicy, TlsConfig, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UNACKED};
 pub use error::BrokerError;
 pub use message::StoredMessage;
+pub use server::MAX_REQUEST_SIZE;

@@ -40,8 +40,10 @@ use tonic::service::InterceptorLayer;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-/// Headroom above the payload limit for the rest of a `StreamMessage`.
-const FRAME_OVERHEAD: usize = 1024 * 1024;
+/// Largest request any service decodes: gRPC's default limit, which Danube v0.15 keeps
+/// (a larger request is refused with `OutOfRange`, "decoded message length too large",
+/// whatever `max_message_size` says), so a payload that fits here fits there.
+pub const MAX_REQUEST_SIZE: usize = 4 * 1024 * 1024;
 
 /// Binds `addr` with `SO_REUSEADDR`, so a restarted broker gets its port back.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -72,7 +74,7 @@ impl ServerHandle {
                 KillableIo::new(stream, conn_kill.clone())
             })
         });
-        let limit = state.config.max_message_size + FRAME_OVERHEAD;
+        let limit = MAX_REQUEST_SIZE;
         let mut builder = Server::builder();
         if let Some(tls) = &state.config.tls {
             builder = builder.tls_config(server_tls(tls)).map_err(|source| BrokerError::Tls { source })?;

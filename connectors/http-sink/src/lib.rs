@@ -14,6 +14,8 @@ pub mod body;
 pub mod breaker;
 pub mod config;
 pub mod connector;
+mod error;
+mod metrics;
 pub mod outcome;
 pub mod signature;
 pub mod ssrf;

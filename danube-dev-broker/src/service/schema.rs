@@ -34,7 +34,7 @@ fn response(r: &SchemaVersionRecord, mode: String) -> GetSchemaResponse {
         version: r.version,
         subject: r.subject.clone(),
         schema_type: r.schema_type.clone(),
-        schema_definition: r.definition.clone(),
+        schema_definition: wrapped_definition(r),
         description: r.description.clone(),
         created_at: r.created_at,
         created_by: r.created_by.clone(),
@@ -42,6 +42,23 @@ fn response(r: &SchemaVersionRecord, mode: String) -> GetSchemaResponse {
         fingerprint: r.fingerprint.clone(),
         compatibility_mode: mode,
     }
+}
+
+/// The definition as Danube v0.15 answers it: the JSON of its `SchemaDefinition` enum
+/// (`danube-schema` `metadata.rs`), not the registered bytes.
+fn wrapped_definition(r: &SchemaVersionRecord) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&r.definition).into_owned();
+    let wrapped = match r.schema_type.as_str() {
+        "avro" => serde_json::json!({"Avro": {"raw_schema": text, "fingerprint": r.fingerprint}}),
+        "json_schema" => serde_json::json!({"JsonSchema": {"raw_schema": text, "fingerprint": r.fingerprint}}),
+        "protobuf" => serde_json::json!({"Protobuf": {
+            "raw_proto": text, "message_name": "DefaultMessage", "fingerprint": r.fingerprint
+        }}),
+        "string" => serde_json::json!("String"),
+        "number" => serde_json::json!("Number"),
+        _ => serde_json::json!("Bytes"),
+    };
+    wrapped.to_string().into_bytes()
 }
 
 #[tonic::async_trait]

@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::{spool_dir_name, supervise_flusher, Inner, Table};
+use super::flusher::supervise_flusher;
+use super::{spool_dir_name, Inner, Table};
 use crate::cdc::{self, Envelope, Op};
 use crate::client::{quote_ident, ClickHouseError};
 use crate::config::{TableMapping, TruncateMode};

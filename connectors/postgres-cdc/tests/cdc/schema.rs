@@ -45,8 +45,9 @@ async fn definition(runtime: &Runtime, message: &StoredMessage) -> (Value, Schem
     let id = message.schema_id.expect("the message carries a schema id");
     let info = runtime.client().schema().get_schema_version(id, message.schema_version).await.expect("registered");
     assert_eq!(info.schema_type, "json_schema");
-    let value: Value = serde_json::from_slice(&info.schema_definition).expect("definition is JSON");
-    (value, Schema::compile(SchemaKind::JsonSchema, &info.schema_definition).expect("compiles"))
+    let registered = danube_connect_core::schema::registered_definition(&info.schema_definition);
+    let value: Value = serde_json::from_slice(&registered).expect("definition is JSON");
+    (value, Schema::compile(SchemaKind::JsonSchema, &registered).expect("compiles"))
 }
 
 fn sink_record(topic: &str, message: &StoredMessage) -> SinkRecord {
