@@ -107,7 +107,7 @@ async fn a_sink_sigtermed_during_an_outage_exits_in_time_and_a_restart_gets_ever
             ("CONNECTOR_SINK__TOPICS".to_string(), format!("[{{topic=\"{topic}\", subscription=\"lines\"}}]")),
             ("LINES_PATH".to_string(), lines.display().to_string()),
         ]);
-        let mut producers = reliable_producers(broker.url(), topic, "outage", 1).await.expect("producer");
+        let producers = reliable_producers(broker.url(), topic, "outage", 1).await.expect("producer");
         let mut process = ConnectorProcess::spawn(Path::new(SINK_BIN), &env).expect("spawn");
         process.wait_consuming(Duration::from_secs(30)).await.expect("consuming");
         const TOTAL: u32 = 200;

@@ -4,7 +4,9 @@ use danube_connect_core::{cli, Parts};
 use danube_connect_examples::line_sink::LineSinkConfig;
 
 fn main() -> std::process::ExitCode {
-    cli::run::<LineSinkConfig, _>("minimal_sink", "LINES", |config| {
-        Ok(Parts::new().with_sink(config.connector.clone()))
-    })
+    cli::run::<LineSinkConfig, _>(
+        "minimal_sink",
+        "LINES",
+        |config| Ok(Parts::new().with_sink(config.connector.clone())),
+    )
 }

@@ -47,13 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let source_stop = CancellationToken::new();
     let source_runtime = Runtime::start(base("quickstart-source"), source_stop.clone()).await?;
-    let source = CounterConfig {
-        topic: TOPIC.into(),
-        batch: 100,
-        interval: 1,
-        limit: RECORDS,
-        state_file: None,
-    };
+    let source = CounterConfig { topic: TOPIC.into(), batch: 100, interval: 1, limit: RECORDS, state_file: None };
     let source_run = tokio::spawn(source_runtime.run(Parts::new().with_pull(source)));
 
     let published = broker.wait_for_messages(TOPIC, RECORDS as usize + 1, Duration::from_secs(60)).await.len() - 1;
