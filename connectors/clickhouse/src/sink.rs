@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use danube_connect_core::config::ConfigError;
 use danube_connect_core::failure::FailureHandler;
-use danube_connect_core::health::Health;
 use danube_connect_core::retry::RetryPolicy;
+use danube_connect_core::Health;
 use danube_connect_core::{
     async_trait, ConnectorError, ConnectorResult, Context, Factory, Publisher, Sink, SinkRecord,
 };

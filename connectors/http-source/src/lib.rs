@@ -279,7 +279,7 @@ impl PushSource for HttpSource {
 async fn refresh_loop(
     registry: Arc<Registry>,
     every: Duration,
-    health: danube_connect_core::health::Health,
+    health: danube_connect_core::Health,
     stop: CancellationToken,
 ) {
     loop {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use danube_connect_core::config::ConfigError;
 use danube_connect_core::error::error_chain;
-use danube_connect_core::health::Health;
+use danube_connect_core::Health;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, PushSource};
 use futures::stream::{FuturesOrdered, StreamExt};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter, SubscribeReasonCode};

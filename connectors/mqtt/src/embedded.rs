@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danube_connect_core::config::ConfigError;
-use danube_connect_core::health::Health;
+use danube_connect_core::Health;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, PushSource};
 use futures::stream::{FuturesOrdered, StreamExt};
 use rumqttd::local::LinkRx;

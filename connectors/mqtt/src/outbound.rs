@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use danube_connect_core::config::ConfigError;
 use danube_connect_core::error::error_chain;
-use danube_connect_core::health::Health;
+use danube_connect_core::Health;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, Sink, SinkRecord};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use tokio::sync::{oneshot, watch};

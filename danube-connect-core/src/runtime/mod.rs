@@ -10,7 +10,7 @@
 //! # }
 //! ```
 
-pub mod dead_letter;
+pub(crate) mod dead_letter;
 mod push;
 mod sink;
 mod source;
