@@ -13,7 +13,7 @@
 //!
 //! The dead-letter commands read through the durable subscription the connector runtime
 //! creates on its dead-letter topic at start
-//! ([`DEAD_LETTER_SUBSCRIPTION`](danube_connect_core::runtime::dead_letter::DEAD_LETTER_SUBSCRIPTION));
+//! ([`DEAD_LETTER_SUBSCRIPTION`](danube_connect_core::dead_letter::DEAD_LETTER_SUBSCRIPTION));
 //! see docs/operations.md, "Dead letters: inspect and replay".
 
 pub mod decode;

@@ -21,9 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Router;
 use danube_client::{DanubeClient, Producer, SchemaType};
-use danube_connect_core::runtime::dead_letter::{
-    attributes, dead_letter_record, ensure_dead_letter_subscription, Failure,
-};
+use danube_connect_core::dead_letter::{attributes, dead_letter_record, ensure_dead_letter_subscription, Failure};
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::ports::free_port;

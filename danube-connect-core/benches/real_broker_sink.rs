@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use danube_client::{DanubeClient, SubType};
 use danube_connect_core::config::{RuntimeConfig, SinkTopicConfig};
-use danube_connect_core::{async_trait, ConnectorResult, Runtime, SinkConnector, SinkRecord};
+use danube_connect_core::{async_trait, ConnectorResult, Parts, Ready, Runtime, Sink, SinkRecord};
 use danube_connect_testkit::broker::{real_broker_binary, RealBroker, RealBrokerOptions};
 use danube_connect_testkit::danube::{burst, reliable_producers};
 use tokio_util::sync::CancellationToken;
@@ -52,7 +52,7 @@ impl Arrivals {
 struct Recorder(Arc<Mutex<Arrivals>>);
 
 #[async_trait]
-impl SinkConnector for Recorder {
+impl Sink for Recorder {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         self.process_batch(std::slice::from_ref(record)).await
     }
@@ -126,7 +126,7 @@ async fn sink_case(broker: &RealBroker, topic: &str, total: u64) -> (f64, usize,
     let arrivals: Arc<Mutex<Arrivals>> = Arc::default();
     let token = CancellationToken::new();
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
-    let run = tokio::spawn(runtime.run_sink(Recorder(arrivals.clone())));
+    let run = tokio::spawn(runtime.run(Parts::new().with_sink(Ready(Recorder(arrivals.clone())))));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let publish = burst(producers, total, |n| format!("{n:0100}").into_bytes()).await;
     settle(&arrivals, total).await;

@@ -17,8 +17,8 @@ use danube_client::{DanubeClient, SubType};
 use danube_connect_common::schema::SchemaKind;
 use danube_connect_core::config::{RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{
-    async_trait, ConnectorResult, Runtime, SchemaBinding, SinkConnector, SinkRecord, SourceConnector, SourceContext,
-    SourceOffset, SourceRecord,
+    async_trait, ConnectorResult, Parts, PullSource, Ready, Runtime, SchemaBinding, Sink, SinkRecord, SourceOffset,
+    SourceRecord,
 };
 use danube_connect_testkit::danube::reliable_producers;
 use danube_dev_broker::EmbeddedBroker;
@@ -46,11 +46,7 @@ struct Generator {
 }
 
 #[async_trait]
-impl SourceConnector for Generator {
-    async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
-        Ok(())
-    }
-
+impl PullSource for Generator {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         if self.next >= self.total {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -101,8 +97,13 @@ async fn generator_rate(mut cfg: RuntimeConfig, topic: String, producers: usize,
     let token = CancellationToken::new();
     let runtime = Runtime::start(cfg, token.clone()).await.expect("runtime");
     let started = Instant::now();
-    let run =
-        tokio::spawn(runtime.run_source(Generator { topic, payload, next: 0, total: n, committed: committed.clone() }));
+    let run = tokio::spawn(runtime.run(Parts::new().with_pull(Ready(Generator {
+        topic,
+        payload,
+        next: 0,
+        total: n,
+        committed: committed.clone(),
+    }))));
     while committed.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -136,7 +137,7 @@ async fn raw_publish_rate(broker: &EmbeddedBroker, producers: usize, n: usize) -
 struct Counter(Arc<AtomicUsize>);
 
 #[async_trait]
-impl SinkConnector for Counter {
+impl Sink for Counter {
     async fn process(&self, _record: &SinkRecord) -> ConnectorResult<()> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -158,7 +159,7 @@ async fn sink_rate(broker: &EmbeddedBroker, n: usize) -> f64 {
     let count = Arc::new(AtomicUsize::new(0));
     let token = CancellationToken::new();
     let runtime = Runtime::start(cfg, token.clone()).await.expect("runtime");
-    let run = tokio::spawn(runtime.run_sink(Counter(count.clone())));
+    let run = tokio::spawn(runtime.run(Parts::new().with_sink(Ready(Counter(count.clone())))));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     for i in 0..n {
         broker.publish(topic, format!("{i:0100}").into_bytes(), Default::default(), None);

@@ -1,21 +1,21 @@
 //! The `main` every connector binary shares: arguments, config, logs, signals, exit code.
 //!
 //! ```no_run
-//! # use danube_connect_core::{cli, ConnectorError, SinkConnector, SinkRecord};
+//! # use danube_connect_core::{cli, ConnectorError, Parts, Ready, Sink, SinkRecord};
 //! # #[derive(Default, serde::Serialize, serde::Deserialize, Debug)] struct MyConfig {}
 //! # impl danube_connect_core::config::Validate for MyConfig {}
 //! # struct MySink;
-//! # #[async_trait::async_trait] impl SinkConnector for MySink {
+//! # #[async_trait::async_trait] impl Sink for MySink {
 //! #   async fn process(&self, _: &SinkRecord) -> Result<(), ConnectorError> { Ok(()) } }
 //! fn main() -> std::process::ExitCode {
-//!     cli::run::<MyConfig, _, _>("my-sink", "MY_SINK", |config, runtime| async move {
-//!         let _ = config;
-//!         runtime.run_sink(MySink).await
+//!     // The build is pure: `--check` runs it too.
+//!     cli::run::<MyConfig, _>("my-sink", "MY_SINK", |config| {
+//!         let _ = &config.connector;
+//!         Ok(Parts::new().with_sink(Ready(MySink)))
 //!     })
 //! }
 //! ```
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,9 +25,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{AsyncRuntimeConfig, ConnectorConfig, LogConfig, LogFormat, Validate};
-use crate::error::{error_chain, RuntimeError};
-use crate::runtime::{RunReport, Runtime};
+use crate::config::{AsyncRuntimeConfig, ConfigError, ConnectorConfig, LogConfig, LogFormat, Validate};
+use crate::connector::Parts;
+use crate::error::error_chain;
+use crate::runtime::Runtime;
 
 /// Command-line arguments shared by every connector.
 #[derive(Debug, Parser)]
@@ -91,14 +92,26 @@ pub fn build_tokio(config: &AsyncRuntimeConfig) -> std::io::Result<tokio::runtim
     builder.enable_all().build()
 }
 
-/// Parses arguments, loads and validates the config, starts the runtime and hands both to
-/// `run`. Exit codes: 0 clean, 1 bad config or startup failure, 2 fatal connector error,
-/// 3 shutdown deadline reached before the drain completed.
-pub fn run<C, F, Fut>(binary: &str, env_prefix: &str, run: F) -> ExitCode
+/// The pure build of `config` and the checks between its parts and the runtime sections
+/// ([`Parts::check`]): everything that can refuse a configuration before any I/O. `--check`
+/// runs it, and so does the start.
+pub fn build<C, B>(config: &ConnectorConfig<C>, build: B) -> Result<Parts, ConfigError>
+where
+    B: FnOnce(&ConnectorConfig<C>) -> Result<Parts, ConfigError>,
+{
+    let parts = build(config)?;
+    parts.check(&config.runtime)?;
+    Ok(parts)
+}
+
+/// Parses arguments, loads and validates the config, runs the pure `build` (with `--check`
+/// too, so `--check` refuses every configuration the start refuses), starts the runtime and
+/// runs the parts. Exit codes: 0 clean, 1 bad config or startup failure, 2 fatal connector
+/// error, 3 shutdown deadline reached before the drain completed.
+pub fn run<C, B>(binary: &str, env_prefix: &str, build: B) -> ExitCode
 where
     C: DeserializeOwned + Serialize + Default + Validate + std::fmt::Debug + Send + 'static,
-    F: FnOnce(ConnectorConfig<C>, Runtime) -> Fut,
-    Fut: Future<Output = Result<RunReport, RuntimeError>>,
+    B: FnOnce(&ConnectorConfig<C>) -> Result<Parts, ConfigError>,
 {
     let args = Args::parse();
     let config = match ConnectorConfig::<C>::load(args.config.as_deref(), env_prefix) {
@@ -108,11 +121,19 @@ where
             return ExitCode::from(1);
         }
     };
+    // Before the build, so the warnings it logs are shown (on stderr, also with `--check`).
+    init_logging(&config.runtime.log);
+    let parts = match self::build(&config, build) {
+        Ok(parts) => parts,
+        Err(e) => {
+            eprintln!("{binary}: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
     if args.check {
         println!("# {binary}: configuration is valid\n{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.runtime.log);
     // Before the async runtime: the OTLP exporter's HTTP client is a blocking one.
     let telemetry = match crate::telemetry::init(&config.runtime.telemetry, &config.runtime.name) {
         Ok(telemetry) => telemetry,
@@ -139,7 +160,7 @@ where
                 return 1;
             }
         };
-        match run(config, runtime).await {
+        match runtime.run(parts).await {
             Ok(report) => {
                 if let Some(fatal) = &report.fatal {
                     error!(error = %fatal.chain(), "stopped by a fatal error");
@@ -162,6 +183,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{RuntimeConfig, SinkTopicConfig};
+    use crate::connector::{Ready, Sink};
+    use crate::error::ConnectorResult;
+    use crate::record::SinkRecord;
+
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl Sink for Nothing {
+        async fn process(&self, _record: &SinkRecord) -> ConnectorResult<()> {
+            Ok(())
+        }
+    }
+
+    fn field_of(error: ConfigError) -> String {
+        match error {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("not a field error: {other}"),
+        }
+    }
+
+    #[test]
+    fn the_build_refuses_a_sink_without_topics_and_a_process_with_nothing_to_run() {
+        let mut config = ConnectorConfig { runtime: RuntimeConfig::default(), connector: () };
+        let sink = |_: &ConnectorConfig<()>| Ok(Parts::new().with_sink(Ready(Nothing)));
+        let refused = build(&config, sink).expect_err("no sink.topics");
+        assert_eq!(field_of(refused), "sink.topics");
+        let nothing = build(&config, |_| Ok(Parts::new())).expect_err("nothing to run");
+        assert_eq!(field_of(nothing), "connector");
+        let failing = build(&config, |_| Err(ConfigError::invalid("connector.url", "bad")));
+        assert_eq!(field_of(failing.expect_err("the connector's own build error")), "connector.url");
+        config.runtime.sink.topics = vec![SinkTopicConfig::new("/default/t")];
+        let parts = build(&config, sink).expect("a sink with topics builds");
+        assert!(parts.has_sink());
+    }
 
     #[test]
     fn the_runtime_gets_the_configured_worker_threads() {

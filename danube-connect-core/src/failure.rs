@@ -1,8 +1,8 @@
 //! `failure.policy` for records a connector delivers outside the runtime's own loops: push
 //! sources (HTTP, MQTT) and a sink's own work after it acked Danube (ClickHouse's spool).
 //!
-//! [`FailureHandler`] is the one implementation, reachable as `SourceContext::failures` and
-//! `SinkContext::failures`. [`FailureHandler::publish_or_dead_letter`] publishes a record,
+//! [`FailureHandler`] is the one implementation, reachable as [`Context::failures`](crate::Context::failures).
+//! [`FailureHandler::publish_or_dead_letter`] publishes a record,
 //! retries transient failures with [`RetryPolicy`] (`retry.*`) and, when Danube refuses the
 //! record for good, applies the policy; [`FailureHandler::undeliverable`] applies it to a
 //! record that never reached the publisher (it cannot be mapped, or its outside write was

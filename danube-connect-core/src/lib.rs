@@ -2,7 +2,8 @@
 //!
 //! The SDK every Danube connector is built on:
 //!
-//! - [`SourceConnector`] / [`SinkConnector`]: the traits a connector implements;
+//! - [`PullSource`] / [`PushSource`] / [`Sink`]: the traits a connector implements, each
+//!   started by a [`Factory`] with a [`Context`]; [`Parts`] gathers them for [`Runtime::run`];
 //! - [`SourceRecord`] / [`SinkRecord`]: what flows in and out;
 //! - [`Runtime`]: owns the Danube client, publishes through a producer pool with per-key
 //!   order ([`Publisher`]), consumes with batching, retries with backoff, applies the
@@ -18,39 +19,41 @@
 //! Delivery rule: a source's `commit` is called only for offsets whose every record Danube
 //! acked; a sink record is acked only after `process` returned `Ok` or it was dead-lettered.
 
-/// The global allocator of every program built on the SDK (feature `mimalloc`, on by
-/// default): records are allocated and freed per message, where mimalloc's thread-local
-/// free lists are several times cheaper than the system allocator.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod connector;
+mod connector;
 pub mod error;
 pub mod failure;
-pub mod health;
+mod health;
 pub mod metrics;
 pub mod naming;
 pub mod ops;
-pub mod publisher;
-pub mod record;
+mod publisher;
+mod record;
 pub mod retry;
-pub mod runtime;
+mod runtime;
 pub mod schema;
-pub mod stall;
+mod stall;
 pub mod telemetry;
 pub mod trace_context;
 pub mod transform;
 
+/// The dead-letter topic's format: its attributes, its durable subscription, and how a
+/// dead letter is made (for operator tools such as the `danube-connect dlq` command).
+pub mod dead_letter {
+    pub use crate::runtime::dead_letter::*;
+}
+
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
-pub use connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
+pub use connector::{Context, Factory, Parts, PullSource, PushSource, Ready, Sink};
 pub use error::{ConnectorError, ConnectorResult, PublishError, RuntimeError};
-pub use publisher::{PendingPublish, Publisher};
-pub use record::{SinkRecord, SourceOffset, SourceRecord};
-pub use runtime::{RunReport, Runtime, SourceDrive};
+pub use health::Health;
+pub use publisher::{PendingPublish, PublishFailure, Publisher};
+pub use record::{SinkRecord, SourceOffset, SourceRecord, MESSAGE_ID_ATTRIBUTE};
+pub use runtime::{RunReport, Runtime};
 pub use schema::SchemaBinding;
 
 /// Re-exported so connectors implement the traits without a direct dependency.

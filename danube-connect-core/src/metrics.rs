@@ -3,7 +3,8 @@
 //! Labels are bounded: `connector`, `topic` and `outcome` — never error text.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The runtime's metrics, registered in one registry.
@@ -161,6 +162,11 @@ impl Metrics {
         &self.registry
     }
 
+    /// The handle a connector registers its own metrics with (see [`ConnectorMetrics`]).
+    pub(crate) fn for_connector(&self) -> ConnectorMetrics {
+        ConnectorMetrics { registry: self.registry.clone(), connector: self.connector.clone() }
+    }
+
     /// All metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -174,5 +180,108 @@ impl Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").field("connector", &self.connector).finish_non_exhaustive()
+    }
+}
+
+/// A connector's own metric could not be registered (e.g. its name is taken).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register the metric {name}")]
+pub struct MetricsError {
+    name: String,
+    #[source]
+    source: prometheus::Error,
+}
+
+/// Registers a connector's own metrics in the runtime's registry (served on `/metrics`),
+/// each with the constant label `connector` set to the connector's name, so the connector
+/// names only its own labels. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectorMetrics {
+    registry: Registry,
+    connector: String,
+}
+
+impl std::fmt::Debug for ConnectorMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorMetrics").field("connector", &self.connector).finish_non_exhaustive()
+    }
+}
+
+impl ConnectorMetrics {
+    /// Metrics in a registry of their own, for a connector used without the runtime (unit
+    /// tests); the runtime hands the connector its handle in the `Context`.
+    pub fn new(connector: &str) -> Self {
+        Self { registry: Registry::new(), connector: connector.to_string() }
+    }
+
+    /// The connector label value.
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    /// Every metric of the registry in the Prometheus text format (what `/metrics` serves).
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Histogram buckets for durations in seconds: 0.5 ms doubling up to about 16 s.
+    pub fn seconds_buckets() -> Vec<f64> {
+        exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()
+    }
+
+    fn opts(&self, name: &str, help: &str) -> Opts {
+        Opts::new(name, help).const_label("connector", self.connector.as_str())
+    }
+
+    fn register<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        name: &str,
+        made: Result<M, prometheus::Error>,
+    ) -> Result<M, MetricsError> {
+        let error = |source| MetricsError { name: name.to_string(), source };
+        let metric = made.map_err(error)?;
+        self.registry.register(Box::new(metric.clone())).map_err(error)?;
+        Ok(metric)
+    }
+
+    /// A counter without labels.
+    pub fn counter(&self, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+        self.register(name, IntCounter::with_opts(self.opts(name, help)))
+    }
+
+    /// A counter with `labels`.
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+        self.register(name, IntCounterVec::new(self.opts(name, help), labels))
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+        self.register(name, IntGauge::with_opts(self.opts(name, help)))
+    }
+
+    /// A gauge with `labels`.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+        self.register(name, IntGaugeVec::new(self.opts(name, help), labels))
+    }
+
+    /// A floating-point gauge with `labels` (e.g. a timestamp in seconds).
+    pub fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
+        self.register(name, GaugeVec::new(self.opts(name, help), labels))
+    }
+
+    /// A histogram with `labels` and `buckets` (e.g. [`seconds_buckets`](Self::seconds_buckets)).
+    pub fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> Result<HistogramVec, MetricsError> {
+        let opts = HistogramOpts::new(name, help).const_label("connector", self.connector.as_str()).buckets(buckets);
+        self.register(name, HistogramVec::new(opts, labels))
     }
 }

@@ -309,7 +309,7 @@ impl Publisher {
     /// exists on the broker before anything is published to it (a subscription made
     /// afterwards starts at its end and would miss records published before it). The
     /// runtime prepares every topic bound in `[[schemas]]` at start; a push source whose
-    /// topics are known up front (static HTTP endpoints) can call it from `initialize`.
+    /// topics are known up front (static HTTP endpoints) can call it from their `Factory::start`.
     ///
     /// Calling it again, or for a topic already in use, only checks the producers exist. A
     /// failure is not final: the producers are created again at the first record, and no

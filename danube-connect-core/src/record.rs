@@ -57,7 +57,7 @@ pub struct SourceRecord {
     pub routing_key: Option<String>,
     /// The source position this record comes from; committed after Danube acked it and
     /// every other record carrying the same offset (consecutive records, possibly spread
-    /// over two polls; see [`SourceConnector::poll`](crate::SourceConnector::poll)).
+    /// over two polls; see [`PullSource::poll`](crate::PullSource::poll)).
     pub offset: Option<SourceOffset>,
     /// A schema registered at run time ([`Publisher::register_schema`](crate::Publisher::register_schema)):
     /// the record is validated against it instead of the topic's `[[schemas]]` binding and

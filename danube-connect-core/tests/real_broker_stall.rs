@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use danube_client::{DanubeClient, Producer, SubType};
 use danube_connect_core::config::{RetryConfig, RuntimeConfig, SinkTopicConfig};
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Runtime, SinkConnector, SinkRecord};
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Parts, Ready, Runtime, Sink, SinkRecord};
 use danube_connect_testkit::broker::{real_broker_binary, sum_samples, RealBroker};
 use danube_connect_testkit::danube::burst;
 use tokio::io::AsyncWriteExt;
@@ -37,7 +37,7 @@ impl FileSink {
 }
 
 #[async_trait]
-impl SinkConnector for FileSink {
+impl Sink for FileSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         self.process_batch(std::slice::from_ref(record)).await
     }
@@ -166,7 +166,7 @@ async fn a_forced_stall_is_detected_by_metric_and_readiness() {
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
     let ops = runtime.ops_addr().expect("ops port");
     let sink = FileSink::create(&path).await;
-    let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
+    let run = tokio::spawn(async move { runtime.run(Parts::new().with_sink(Ready(sink))).await.expect("run") });
     // Let the consumer subscribe before the burst (a new subscription starts at the end).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(ops_text(ops, "/readyz").await.0, 200, "ready before the burst");
@@ -237,7 +237,7 @@ async fn run_burst(broker: &RealBroker, topic: &str, total: u64) -> (usize, Opti
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
     let ops = runtime.ops_addr().expect("ops port");
     let sink = FileSink::create(&path).await;
-    let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
+    let run = tokio::spawn(async move { runtime.run(Parts::new().with_sink(Ready(sink))).await.expect("run") });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rate = burst(producers, total, |n| n.to_string().into_bytes()).await;
     // Follow delivery and the gauge until everything arrived, or until the stall is

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
 use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord,
+    async_trait, ConnectorError, ConnectorResult, Context, Factory, PullSource, SourceOffset, SourceRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +17,8 @@ pub struct CounterConfig {
     pub topic: String,
     /// Records per poll.
     pub batch: u64,
-    /// Pause between polls.
-    #[serde(with = "humantime_serde_compat")]
-    pub interval: Duration,
+    /// Pause between polls, in milliseconds.
+    pub interval: u64,
     /// Stop producing after this many records (0 = never).
     pub limit: u64,
     /// Where the committed position is kept (`None`: in memory only).
@@ -28,13 +27,7 @@ pub struct CounterConfig {
 
 impl Default for CounterConfig {
     fn default() -> Self {
-        Self {
-            topic: "/default/counter".into(),
-            batch: 10,
-            interval: Duration::from_millis(10),
-            limit: 0,
-            state_file: None,
-        }
+        Self { topic: "/default/counter".into(), batch: 10, interval: 10, limit: 0, state_file: None }
     }
 }
 
@@ -48,18 +41,26 @@ impl Validate for CounterConfig {
     }
 }
 
-/// Milliseconds as an integer, to keep this example free of extra dependencies.
-mod humantime_serde_compat {
-    use std::time::Duration;
+#[async_trait]
+impl Factory for CounterConfig {
+    type Connector = CounterSource;
 
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+    fn topics_at_start(&self) -> Vec<String> {
+        vec![self.topic.clone()]
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
+    /// Resumes after the committed position in `state_file`, if any.
+    async fn start(self, _ctx: Context) -> ConnectorResult<CounterSource> {
+        let next = match &self.state_file {
+            Some(path) if path.exists() => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConnectorError::fatal("read state file", e))?;
+                let committed: u64 =
+                    text.trim().parse().map_err(|e| ConnectorError::fatal("state file is not a number", e))?;
+                committed + 1
+            }
+            _ => 0,
+        };
+        Ok(CounterSource { config: self, next })
     }
 }
 
@@ -69,36 +70,12 @@ pub struct CounterSource {
     next: u64,
 }
 
-impl CounterSource {
-    /// A source that resumes after the committed position in `state_file`, if any.
-    pub fn new(config: CounterConfig) -> Result<Self, ConnectorError> {
-        let next = match &config.state_file {
-            Some(path) if path.exists() => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConnectorError::fatal("read state file", e))?;
-                let committed: u64 =
-                    text.trim().parse().map_err(|e| ConnectorError::fatal("state file is not a number", e))?;
-                committed + 1
-            }
-            _ => 0,
-        };
-        Ok(Self { config, next })
-    }
-}
-
 #[async_trait]
-impl SourceConnector for CounterSource {
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
-        tracing::info!(name = %ctx.name, next = self.next, "counter source starting");
-        Ok(())
-    }
-
+impl PullSource for CounterSource {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
-        tokio::time::sleep(self.config.interval).await;
+        tokio::time::sleep(Duration::from_millis(self.config.interval)).await;
         let mut records = Vec::new();
-        for _ in 0..self.config.batch {
-            if self.config.limit > 0 && self.next >= self.config.limit {
-                break;
-            }
+        while records.len() < self.config.batch as usize && (self.config.limit == 0 || self.next < self.config.limit) {
             let n = self.next;
             records.push(
                 SourceRecord::from_json(&self.config.topic, &serde_json::json!({ "n": n }))?
@@ -110,6 +87,7 @@ impl SourceConnector for CounterSource {
         Ok(records)
     }
 
+    /// Called in poll order with offsets Danube acked: persist the last one.
     async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {
         let (Some(path), Some(last)) = (&self.config.state_file, offsets.last()) else { return Ok(()) };
         // Write-then-rename: the state file always holds a whole number.

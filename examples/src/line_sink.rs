@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use danube_connect_core::config::{ConfigError, Validate};
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkRecord};
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, Sink, SinkRecord};
 use serde::{Deserialize, Serialize};
 
 /// `[connector]` section of the line sink.
@@ -30,15 +30,13 @@ impl Validate for LineSinkConfig {
     }
 }
 
-/// Appends `{topic}\t{offset}\t{payload}` lines.
-pub struct LineSink {
-    file: Option<Mutex<std::fs::File>>,
-}
+#[async_trait]
+impl Factory for LineSinkConfig {
+    type Connector = LineSink;
 
-impl LineSink {
     /// Opens (appends to) the configured file.
-    pub fn new(config: &LineSinkConfig) -> Result<Self, ConnectorError> {
-        let file = match &config.path {
+    async fn start(self, _ctx: Context) -> ConnectorResult<LineSink> {
+        let file = match &self.path {
             Some(path) => Some(Mutex::new(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -48,12 +46,18 @@ impl LineSink {
             )),
             None => None,
         };
-        Ok(Self { file })
+        Ok(LineSink { file })
     }
 }
 
+/// Appends `{topic}\t{offset}\t{payload}` lines.
+#[derive(Debug)]
+pub struct LineSink {
+    file: Option<Mutex<std::fs::File>>,
+}
+
 #[async_trait]
-impl SinkConnector for LineSink {
+impl Sink for LineSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         self.process_batch(std::slice::from_ref(record)).await
     }

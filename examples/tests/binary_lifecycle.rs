@@ -116,3 +116,25 @@ fn check_prints_the_effective_config_with_secrets_redacted() {
     assert!(!stdout.contains("super-secret-token"), "{stdout}");
     assert!(stdout.contains("<redacted>"), "{stdout}");
 }
+
+/// A sink with no `sink.topics` is refused by `--check` as it is at start (exit 1, naming
+/// the field), before any connection attempt: `--check` runs the same build.
+#[test]
+fn check_refuses_a_sink_without_topics_as_the_start_does() {
+    for check in [true, false] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_minimal_sink"));
+        if check {
+            command.arg("--check");
+        }
+        // Nothing listens here: the refusal comes before any connection attempt.
+        let output = command
+            .env("DANUBE_SERVICE_URL", "http://127.0.0.1:9")
+            .env("CONNECTOR_OPS__ENABLED", "false")
+            .env_remove("CONNECTOR_SINK__TOPICS")
+            .output()
+            .expect("run minimal_sink");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "check={check}: {stderr}");
+        assert!(stderr.contains("sink.topics"), "check={check} must name sink.topics: {stderr}");
+    }
+}

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danube_connect_core::config::SinkTopicConfig;
-use danube_connect_core::{async_trait, ConnectorResult, Runtime, RuntimeConfig, SinkConnector, SinkRecord};
+use danube_connect_core::{async_trait, ConnectorResult, Parts, Ready, Runtime, RuntimeConfig, Sink, SinkRecord};
 use danube_connect_testkit::clickhouse::ClickHouseServer;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_connect_testkit::procfs::status_kib;
@@ -83,7 +83,7 @@ async fn raw_crate_insert(ch: &ClickHouseServer, table: &str, rows: &[String]) -
 struct CountingSink(Arc<AtomicU64>);
 
 #[async_trait]
-impl SinkConnector for CountingSink {
+impl Sink for CountingSink {
     async fn process(&self, _: &SinkRecord) -> ConnectorResult<()> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -108,7 +108,7 @@ async fn raw_consume(broker: &EmbeddedBroker, topic: &str, rows: &[String], wind
     let token = tokio_util::sync::CancellationToken::new();
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
     let seen = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(runtime.run_sink(CountingSink(seen.clone())));
+    let task = tokio::spawn(runtime.run(Parts::new().with_sink(Ready(CountingSink(seen.clone())))));
     assert!(broker.wait_for_consumers(topic, SUB, 1, Duration::from_secs(20)).await);
     let started = Instant::now();
     for r in rows {

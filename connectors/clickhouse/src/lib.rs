@@ -7,7 +7,7 @@
 //! - [`spool`]: the local durable spool between the Danube ack and the ClickHouse insert;
 //! - [`cdc`]: danube-postgres-cdc change envelopes (`mode = "cdc"`) and their versions;
 //! - [`client`]: HTTP inserts (`JSONEachRow`) and schema reads;
-//! - [`sink`]: the [`SinkConnector`](danube_connect_core::SinkConnector) and its flushers.
+//! - [`sink`]: the [`Sink`](danube_connect_core::Sink), its factory and its flushers.
 //!
 //! Guarantee: a record is acked to Danube only after its row is synced to the spool, and a
 //! spool segment is deleted only after ClickHouse accepted its insert (at-least-once).
@@ -21,4 +21,4 @@ pub mod spool;
 pub mod types;
 
 pub use config::ClickHouseSinkConfig;
-pub use sink::{ClickHouseSink, SinkSettings};
+pub use sink::{ClickHouseSink, ClickHouseSinkFactory};

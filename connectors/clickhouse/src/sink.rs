@@ -11,12 +11,13 @@ use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use danube_connect_core::config::RetryConfig;
-use danube_connect_core::connector::SinkContext;
+use danube_connect_core::config::ConfigError;
 use danube_connect_core::failure::FailureHandler;
-use danube_connect_core::health::Health;
 use danube_connect_core::retry::RetryPolicy;
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Publisher, SinkConnector, SinkRecord};
+use danube_connect_core::Health;
+use danube_connect_core::{
+    async_trait, ConnectorError, ConnectorResult, Context, Factory, Publisher, Sink, SinkRecord,
+};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -37,20 +38,25 @@ mod insert;
 mod intake;
 mod metrics;
 
-/// What the sink needs from the runtime configuration besides its own section.
-#[derive(Debug, Clone)]
-pub struct SinkSettings {
-    /// The connector instance name (metrics).
-    pub connector_name: String,
-    /// Backoff for inserts.
-    pub retry: RetryConfig,
+/// The ClickHouse sink, built (no I/O) from its configuration; started, it opens the
+/// spools, checks the server and returns the running [`ClickHouseSink`]. Inserts retry
+/// with `retry.*` from the runtime's [`Context`].
+#[derive(Debug)]
+pub struct ClickHouseSinkFactory {
+    config: ClickHouseSinkConfig,
 }
 
-/// The sink connector.
+impl ClickHouseSinkFactory {
+    /// A sink for `config` (validated at load).
+    pub fn build(config: ClickHouseSinkConfig) -> Result<Self, ConfigError> {
+        Ok(Self { config })
+    }
+}
+
+/// The running sink.
 pub struct ClickHouseSink {
     config: ClickHouseSinkConfig,
-    settings: SinkSettings,
-    inner: Option<Arc<Inner>>,
+    inner: Arc<Inner>,
     stop: CancellationToken,
 }
 
@@ -62,7 +68,6 @@ impl std::fmt::Debug for ClickHouseSink {
 
 struct Inner {
     config: ClickHouseSinkConfig,
-    settings: SinkSettings,
     ch: ClickHouse,
     /// Open tables by `database.table`.
     tables: RwLock<HashMap<String, Arc<Table>>>,
@@ -107,17 +112,6 @@ struct Table {
 /// Why a flusher stopped early.
 struct Stopped;
 
-impl ClickHouseSink {
-    /// A sink for `config`; spools are opened and schemas read in `initialize`.
-    pub fn new(config: ClickHouseSinkConfig, settings: SinkSettings) -> Self {
-        Self { config, settings, inner: None, stop: CancellationToken::new() }
-    }
-
-    fn inner(&self) -> ConnectorResult<&Arc<Inner>> {
-        self.inner.as_ref().ok_or_else(|| ConnectorError::fatal_msg("the ClickHouse sink was not initialized"))
-    }
-}
-
 fn spool_dir_name(database: &str, table: &str) -> String {
     format!("{database}.{table}")
         .chars()
@@ -126,9 +120,13 @@ fn spool_dir_name(database: &str, table: &str) -> String {
 }
 
 #[async_trait]
-impl SinkConnector for ClickHouseSink {
-    async fn initialize(&mut self, ctx: SinkContext) -> ConnectorResult<()> {
-        let metrics = Metrics::register(&ctx).map_err(|e| ConnectorError::fatal("register ClickHouse metrics", e))?;
+impl Factory for ClickHouseSinkFactory {
+    type Connector = ClickHouseSink;
+
+    async fn start(self, ctx: Context) -> ConnectorResult<ClickHouseSink> {
+        let metrics =
+            Metrics::register(ctx.metrics()).map_err(|e| ConnectorError::fatal("register ClickHouse metrics", e))?;
+        let stop = CancellationToken::new();
         let ch = ClickHouse::new(&self.config);
         let dedup = match self.config.deduplication_token {
             DedupMode::Auto => DEDUP_UNKNOWN,
@@ -138,20 +136,19 @@ impl SinkConnector for ClickHouseSink {
         let routes = self.config.tables.iter().enumerate().map(|(i, m)| (m.topic.clone(), (i, m.clone()))).collect();
         let inner = Arc::new(Inner {
             config: self.config.clone(),
-            settings: self.settings.clone(),
             ch,
             tables: RwLock::new(HashMap::new()),
             routes,
             opening: tokio::sync::Mutex::new(()),
             schemas: Mutex::new(HashMap::new()),
-            retry: RetryPolicy::new(self.settings.retry.clone()),
-            publisher: ctx.publisher.clone(),
-            failures: ctx.failures.clone(),
-            health: ctx.health.clone(),
+            retry: ctx.retry().clone(),
+            publisher: ctx.publisher().clone(),
+            failures: ctx.failures().clone(),
+            health: ctx.health().clone(),
             dedup: AtomicU8::new(dedup),
             metrics,
             problem: Mutex::new(None),
-            stop: self.stop.clone(),
+            stop: stop.clone(),
             flushers: Mutex::new(Vec::new()),
         });
         inner.check_server_features().await?;
@@ -171,10 +168,12 @@ impl SinkConnector for ClickHouseSink {
                 warn!(table = %table.label, error = %e.chain(), "cannot read the table's columns yet; records wait until ClickHouse answers");
             }
         }
-        self.inner = Some(inner);
-        Ok(())
+        Ok(ClickHouseSink { config: self.config, inner, stop })
     }
+}
 
+#[async_trait]
+impl Sink for ClickHouseSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         match self.process_batch(std::slice::from_ref(record)).await {
             Err(ConnectorError::PartialBatch { mut failures }) if failures.len() == 1 => Err(failures.remove(0).1),
@@ -183,7 +182,7 @@ impl SinkConnector for ClickHouseSink {
     }
 
     async fn process_batch(&self, records: &[SinkRecord]) -> ConnectorResult<()> {
-        let inner = self.inner()?;
+        let inner = &self.inner;
         let mut failures: Vec<(usize, ConnectorError)> = Vec::new();
         let mut by_topic: HashMap<&str, Vec<usize>> = HashMap::new();
         for (index, record) in records.iter().enumerate() {
@@ -215,7 +214,7 @@ impl SinkConnector for ClickHouseSink {
     }
 
     async fn shutdown(&self) -> ConnectorResult<()> {
-        let inner = self.inner()?;
+        let inner = &self.inner;
         let tables = inner.all_tables();
         for table in &tables {
             let spool = table.spool.clone();
@@ -246,7 +245,7 @@ impl SinkConnector for ClickHouseSink {
     }
 
     async fn health_check(&self) -> ConnectorResult<()> {
-        let inner = self.inner()?;
+        let inner = &self.inner;
         match inner.problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
             Some(problem) => Err(ConnectorError::retryable_msg(problem)),
             None => Ok(()),
@@ -255,7 +254,7 @@ impl SinkConnector for ClickHouseSink {
 }
 
 impl Inner {
-    /// Reports a problem (or its end) to health and [`SinkConnector::health_check`].
+    /// Reports a problem (or its end) to health and [`Sink::health_check`].
     fn set_problem(&self, problem: Option<String>) {
         self.health.set_component("clickhouse", problem.clone());
         *self.problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = problem;

@@ -29,7 +29,7 @@ use danube_connect_core::Runtime;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_connect_testkit::procfs::status_kib;
 use danube_connector_http_sink::config::BodyMode;
-use danube_connector_http_sink::{HttpSink, HttpSinkConfig};
+use danube_connector_http_sink::{HttpSinkConfig, HttpSinkFactory};
 use danube_dev_broker::EmbeddedBroker;
 use tokio_util::sync::CancellationToken;
 
@@ -179,8 +179,8 @@ async fn sink_run(
     let config = ConnectorConfig { runtime, connector };
     let token = CancellationToken::new();
     let runtime = Runtime::start(config.runtime, token.clone()).await.expect("runtime");
-    let sink = HttpSink::new(config.connector).expect("sink");
-    let run = tokio::spawn(async move { runtime.run_sink(sink).await });
+    let sink = HttpSinkFactory::build(config.connector).expect("sink");
+    let run = tokio::spawn(async move { runtime.run(danube_connect_core::Parts::new().with_sink(sink)).await });
     assert!(broker.wait_for_consumers(&topic, name, 1, Duration::from_secs(20)).await);
     let started = Instant::now();
     for i in 0..RECORDS {

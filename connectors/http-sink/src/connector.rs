@@ -25,7 +25,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
+use danube_connect_core::config::ConfigError;
+use danube_connect_core::error::error_chain;
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, Sink, SinkRecord};
 use reqwest::header::{HeaderMap, HeaderName};
 use tokio::sync::Semaphore;
 
@@ -68,11 +70,48 @@ pub struct HttpSink {
     /// checked before each request).
     proxied: bool,
     in_flight: Semaphore,
-    metrics: Option<SinkMetrics>,
+    /// In a registry of its own until the runtime starts the sink.
+    metrics: SinkMetrics,
+}
+
+/// The HTTP sink, built from its configuration (HTTP client, TLS, headers, signers: no
+/// network I/O, so `--check` runs it); started, it registers its metrics.
+#[derive(Debug)]
+pub struct HttpSinkFactory {
+    sink: HttpSink,
+}
+
+impl HttpSinkFactory {
+    /// Builds the sink; the error names the field.
+    pub fn build(config: HttpSinkConfig) -> Result<Self, BuildError> {
+        Ok(Self { sink: HttpSink::new(config)? })
+    }
+}
+
+#[async_trait]
+impl Factory for HttpSinkFactory {
+    type Connector = HttpSink;
+
+    async fn start(mut self, ctx: Context) -> ConnectorResult<HttpSink> {
+        self.sink.metrics = SinkMetrics::register(ctx.metrics())
+            .map_err(|e| ConnectorError::fatal("register the HTTP sink metrics", BuildError::Metrics(e)))?;
+        Ok(self.sink)
+    }
+}
+
+impl From<BuildError> for ConfigError {
+    /// A build error as the configuration error `--check` reports (its text names the field).
+    fn from(error: BuildError) -> Self {
+        match error {
+            BuildError::Config(config) => config,
+            other => ConfigError::invalid("connector", error_chain(&other)),
+        }
+    }
 }
 
 impl HttpSink {
-    /// Builds the sink (HTTP client, TLS, headers, signers) from its configuration.
+    /// Builds the sink (HTTP client, TLS, headers, signers) from its configuration, with its
+    /// metrics in a registry of its own (the runtime starts it through [`HttpSinkFactory`]).
     pub fn new(config: HttpSinkConfig) -> Result<Self, BuildError> {
         let template = UrlTemplate::parse(config.url.expose())?;
         let policy = Arc::new(config.target_policy().map_err(BuildError::Config)?);
@@ -110,35 +149,25 @@ impl HttpSink {
             policy,
             proxied,
             in_flight: Semaphore::new(config.max_in_flight),
-            metrics: None,
+            metrics: SinkMetrics::unregistered(),
         })
     }
 
-    /// Counts one request of `outcome` (once the metrics are registered).
+    /// Counts one request of `outcome`.
     fn outcome(&self, outcome: &str) {
-        if let Some(metrics) = &self.metrics {
-            metrics.outcome(outcome);
-        }
+        self.metrics.outcome(outcome);
     }
 
     /// Sets the open-circuits gauge from the breaker.
     fn update_open_circuits(&self) {
-        if let (Some(metrics), Some(breaker)) = (&self.metrics, &self.breaker) {
-            let open = i64::try_from(breaker.open_count()).unwrap_or(i64::MAX);
-            metrics.open_circuits.with_label_values(&[&metrics.connector]).set(open);
+        if let Some(breaker) = &self.breaker {
+            self.metrics.set_open_circuits(i64::try_from(breaker.open_count()).unwrap_or(i64::MAX));
         }
     }
 }
 
 #[async_trait]
-impl SinkConnector for HttpSink {
-    async fn initialize(&mut self, ctx: SinkContext) -> ConnectorResult<()> {
-        let metrics = SinkMetrics::register(&ctx.metrics)
-            .map_err(|e| ConnectorError::fatal("register the HTTP sink metrics", BuildError::Metrics(e)))?;
-        self.metrics = Some(metrics);
-        Ok(())
-    }
-
+impl Sink for HttpSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         self.deliver_one(record).await.map_err(|f| f.to_error())
     }

@@ -22,4 +22,4 @@ pub mod ssrf;
 pub mod template;
 
 pub use config::HttpSinkConfig;
-pub use connector::HttpSink;
+pub use connector::{HttpSink, HttpSinkFactory};

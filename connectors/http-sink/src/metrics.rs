@@ -1,45 +1,53 @@
-//! The HTTP sink's own metrics.
+//! The HTTP sink's own metrics (labelled `connector` by the runtime).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 
-/// The connector's own metrics (labels: connector and bounded outcome names).
+/// The connector's own metrics (labels: bounded outcome names).
 #[derive(Debug, Clone)]
 pub(crate) struct SinkMetrics {
-    /// The connector instance name (the `connector` label).
-    pub(crate) connector: String,
     requests: IntCounterVec,
     /// Duration of one request.
-    pub(crate) duration: HistogramVec,
+    duration: HistogramVec,
     /// Endpoints whose circuit is open.
-    pub(crate) open_circuits: IntGaugeVec,
+    open_circuits: IntGaugeVec,
 }
 
 impl SinkMetrics {
     /// Registers the metrics in the runtime's registry.
-    pub(crate) fn register(metrics: &danube_connect_core::metrics::Metrics) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "http_sink_requests_total",
-                "HTTP requests by outcome (success, retryable, permanent, network, deferred, refused by the SSRF guard).",
-            ),
-            &["connector", "outcome"],
+    pub(crate) fn register(metrics: &ConnectorMetrics) -> Result<Self, MetricsError> {
+        let requests = metrics.counter_vec(
+            "http_sink_requests_total",
+            "HTTP requests by outcome (success, retryable, permanent, network, deferred, refused by the SSRF guard).",
+            &["outcome"],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new("http_sink_request_duration_seconds", "Duration of one HTTP request.")
-                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
-            &["connector"],
+        let duration = metrics.histogram_vec(
+            "http_sink_request_duration_seconds",
+            "Duration of one HTTP request.",
+            &[],
+            ConnectorMetrics::seconds_buckets(),
         )?;
-        let open_circuits =
-            IntGaugeVec::new(Opts::new("http_sink_open_circuits", "Endpoints whose circuit is open."), &["connector"])?;
-        let registry = metrics.registry();
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(open_circuits.clone()))?;
-        Ok(Self { connector: metrics.connector().to_string(), requests, duration, open_circuits })
+        let open_circuits = metrics.gauge_vec("http_sink_open_circuits", "Endpoints whose circuit is open.", &[])?;
+        Ok(Self { requests, duration, open_circuits })
+    }
+
+    /// Metrics in a registry of their own (a sink built outside the runtime).
+    pub(crate) fn unregistered() -> Self {
+        Self::register(&ConnectorMetrics::new("http-sink")).expect("a fresh registry accepts every metric once")
     }
 
     /// Counts one request of `outcome`.
     pub(crate) fn outcome(&self, outcome: &str) {
-        self.requests.with_label_values(&[&self.connector, outcome]).inc();
+        self.requests.with_label_values(&[outcome]).inc();
+    }
+
+    /// Records the duration of one request.
+    pub(crate) fn observe_duration(&self, seconds: f64) {
+        self.duration.with_label_values(&[] as &[&str]).observe(seconds);
+    }
+
+    /// Sets the number of endpoints whose circuit is open.
+    pub(crate) fn set_open_circuits(&self, open: i64) {
+        self.open_circuits.with_label_values(&[] as &[&str]).set(open);
     }
 }

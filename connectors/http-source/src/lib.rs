@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
+use danube_connect_core::config::ConfigError;
 use danube_connect_core::failure::{Delivery, FailureHandler, Handback};
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceRecord};
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, PushSource, SourceRecord};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -81,11 +82,43 @@ impl tower_service::Service<axum::extract::Request> for AdminService {
 /// Readiness component name of the dynamic-endpoint registry.
 const REGISTRY_COMPONENT: &str = "dynamic-endpoints";
 
-/// The HTTP source connector.
-pub struct HttpSource {
+/// The HTTP source, built (no I/O) from its configuration: the endpoints compiled, so a
+/// bad path, topic template or verification fails `--check`. Started, it binds its
+/// listeners and returns the running [`HttpSource`]; records Danube refuses follow
+/// `failure.policy` (see the README).
+pub struct HttpSourceFactory {
     config: Arc<HttpSourceConfig>,
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl std::fmt::Debug for HttpSourceFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSourceFactory").field("listen", &self.config.listen).finish_non_exhaustive()
+    }
+}
+
+impl HttpSourceFactory {
+    /// Compiles the endpoints of `config`; the error names the endpoint.
+    pub fn build(config: HttpSourceConfig) -> Result<Self, ConfigError> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Endpoint::from_config(i, e, &config)
+                    .map(Arc::new)
+                    .map_err(|e| ConfigError::invalid(format!("connector.endpoints[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { config: Arc::new(config), endpoints })
+    }
+}
+
+/// The running HTTP source.
+pub struct HttpSource {
+    local_addr: SocketAddr,
+    /// Taken at shutdown.
     running: Option<Running>,
-    local_addr: Option<SocketAddr>,
 }
 
 struct Running {
@@ -97,19 +130,16 @@ struct Running {
 }
 
 impl HttpSource {
-    /// A source for `config`; records Danube refuses follow `failure.policy` (see the README).
-    pub fn new(config: HttpSourceConfig) -> Self {
-        Self { config: Arc::new(config), running: None, local_addr: None }
-    }
-
-    /// The address the webhook server is bound to (after `initialize`).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    /// The address the webhook server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 }
 
 #[async_trait]
-impl SourceConnector for HttpSource {
+impl Factory for HttpSourceFactory {
+    type Connector = HttpSource;
+
     /// The endpoints' topics without a template: they exist before the first request (a
     /// subscriber made now sees it), and one Danube refuses (its name, its dispatch
     /// strategy, a name clash) stops the start instead of a 502 for every webhook.
@@ -123,16 +153,10 @@ impl SourceConnector for HttpSource {
         topics
     }
 
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
+    async fn start(self, ctx: Context) -> ConnectorResult<HttpSource> {
         let config = self.config.clone();
-        let endpoints = config
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Endpoint::from_config(i, e, &config).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConnectorError::fatal("compile endpoints", e))?;
-        let metrics = HttpMetrics::new(&ctx.metrics).map_err(|e| ConnectorError::fatal("register metrics", e))?;
+        let endpoints = self.endpoints;
+        let metrics = HttpMetrics::new(ctx.metrics()).map_err(|e| ConnectorError::fatal("register metrics", e))?;
 
         let stop_refresh = CancellationToken::new();
         let mut refresher = None;
@@ -143,12 +167,12 @@ impl SourceConnector for HttpSource {
                 if let Some(problem) = &problem {
                     warn!(%problem, "cannot read the endpoint registry; readiness degraded");
                 }
-                ctx.health.set_component(REGISTRY_COMPONENT, problem);
+                ctx.health().set_component(REGISTRY_COMPONENT, problem);
                 info!(path = %path.display(), endpoints = registry.len(), "dynamic endpoint registry loaded");
                 refresher = Some(tokio::spawn(refresh_loop(
                     registry.clone(),
                     config.dynamic.refresh_interval,
-                    ctx.health.clone(),
+                    ctx.health().clone(),
                     stop_refresh.clone(),
                 )));
                 Some(registry)
@@ -157,13 +181,13 @@ impl SourceConnector for HttpSource {
         };
 
         let (buffer, buffered) = mpsc::channel(config.accepted_buffer);
-        let drain = tokio::spawn(drain_buffer(buffered, ctx.failures.clone()));
+        let drain = tokio::spawn(drain_buffer(buffered, ctx.failures().clone()));
         let app = Arc::new(App {
             endpoints,
             registry: registry.clone(),
-            publisher: ctx.publisher.clone(),
-            failures: ctx.failures.clone(),
-            health: ctx.health.clone(),
+            publisher: ctx.publisher().clone(),
+            failures: ctx.failures().clone(),
+            health: ctx.health().clone(),
             concurrency: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             buffer,
             buffer_slots: Arc::new(Semaphore::new(config.accepted_buffer)),
@@ -175,7 +199,7 @@ impl SourceConnector for HttpSource {
         });
         let admin = match (&config.admin.token, registry) {
             (Some(token), Some(registry)) => {
-                Some(AdminApi::new(token.expose(), registry, config.clone(), ctx.publisher.clone()))
+                Some(AdminApi::new(token.expose(), registry, config.clone(), ctx.publisher().clone()))
             }
             _ => None,
         };
@@ -184,7 +208,7 @@ impl SourceConnector for HttpSource {
             .await
             .map_err(|e| ConnectorError::fatal(format!("bind {}", config.listen), e))?;
         let addr = listener.local_addr().map_err(|e| ConnectorError::fatal("listener address", e))?;
-        let shutdown = ctx.shutdown.clone();
+        let shutdown = ctx.shutdown().clone();
         let limits = config.connections;
         // The admin API on a listener of its own, or on the webhook listener.
         let (public_admin, admin_server) = match (config.admin.listen, admin) {
@@ -218,11 +242,15 @@ impl SourceConnector for HttpSource {
             }
         };
         info!(%addr, tls = config.tls.is_some(), endpoints = config.endpoints.len(), "webhook server listening");
-        self.local_addr = Some(addr);
-        self.running = Some(Running { server, admin_server, drain, refresher, stop_refresh });
-        Ok(())
+        Ok(HttpSource {
+            local_addr: addr,
+            running: Some(Running { server, admin_server, drain, refresher, stop_refresh }),
+        })
     }
+}
 
+#[async_trait]
+impl PushSource for HttpSource {
     async fn shutdown(&mut self) -> ConnectorResult<()> {
         let Some(running) = self.running.take() else { return Ok(()) };
         // The server stopped accepting when the shutdown token was cancelled; this waits
@@ -251,7 +279,7 @@ impl SourceConnector for HttpSource {
 async fn refresh_loop(
     registry: Arc<Registry>,
     every: Duration,
-    health: danube_connect_core::health::Health,
+    health: danube_connect_core::Health,
     stop: CancellationToken,
 ) {
     loop {

@@ -17,7 +17,7 @@ use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::Response;
 use danube_connect_core::failure::FailureHandler;
-use danube_connect_core::health::Health;
+use danube_connect_core::Health;
 use danube_connect_core::Publisher;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;

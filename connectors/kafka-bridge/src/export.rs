@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, Sink, SinkRecord};
 use prometheus::IntCounter;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -27,13 +27,54 @@ use crate::mapping;
 /// (retryable) failure.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The export side of the bridge (a [`SinkConnector`]).
+/// The export side of the bridge, built (no I/O) from its configuration; started, it
+/// creates the producer and returns the running [`KafkaExport`].
+#[derive(Debug)]
+pub struct Export {
+    config: BridgeConfig,
+    bridge_id: String,
+}
+
+impl Export {
+    /// An export; `bridge_id` marks records for loop protection.
+    pub fn build(config: BridgeConfig, bridge_id: String) -> Self {
+        Self { config, bridge_id }
+    }
+}
+
+#[async_trait]
+impl Factory for Export {
+    type Connector = KafkaExport;
+
+    async fn start(self, ctx: Context) -> ConnectorResult<KafkaExport> {
+        let skipped = ctx
+            .metrics()
+            .counter(
+                "kafka_bridge_export_loop_skipped_total",
+                "Danube records not exported because this bridge imported them from the same Kafka topic.",
+            )
+            .map_err(|e| ConnectorError::fatal("register the export metrics", e))?;
+        let client_id = format!("{}-export", ctx.name());
+        let context = BridgeClientContext::default();
+        let producer: FutureProducer<BridgeClientContext> = producer_config(&self.config, &client_id)
+            .create_with_context(context.clone())
+            .map_err(|e| ConnectorError::fatal("create kafka producer", e))?;
+        info!(
+            compression = self.config.export.compression.as_str(),
+            linger = ?self.config.export.linger,
+            "kafka export producer ready (idempotent, acks=all)"
+        );
+        Ok(KafkaExport { config: self.config, bridge_id: self.bridge_id, context, producer, skipped })
+    }
+}
+
+/// The running export (a [`Sink`]).
 pub struct KafkaExport {
     config: BridgeConfig,
     bridge_id: String,
     context: BridgeClientContext,
-    producer: Option<FutureProducer<BridgeClientContext>>,
-    skipped: Option<IntCounter>,
+    producer: FutureProducer<BridgeClientContext>,
+    skipped: IntCounter,
 }
 
 impl std::fmt::Debug for KafkaExport {
@@ -43,15 +84,6 @@ impl std::fmt::Debug for KafkaExport {
 }
 
 impl KafkaExport {
-    /// An export; `bridge_id` marks records for loop protection.
-    pub fn new(config: BridgeConfig, bridge_id: String) -> Self {
-        Self { config, bridge_id, context: BridgeClientContext::default(), producer: None, skipped: None }
-    }
-
-    fn producer(&self) -> ConnectorResult<&FutureProducer<BridgeClientContext>> {
-        self.producer.as_ref().ok_or_else(|| ConnectorError::fatal_msg("kafka export used before initialize"))
-    }
-
     /// Whether sending this record to Kafka topic `kafka_topic` would echo it: this
     /// bridge's import read it from that very Kafka topic. A record this bridge imported
     /// from another Kafka topic is exported like any other.
@@ -63,12 +95,10 @@ impl KafkaExport {
     async fn deliver(&self, record: &SinkRecord) -> ConnectorResult<()> {
         let topic = self.config.export.kafka_topic(&record.topic);
         if self.is_echo(record, &topic) {
-            if let Some(counter) = &self.skipped {
-                counter.inc();
-            }
+            self.skipped.inc();
             return Ok(());
         }
-        let producer = self.producer()?;
+        let producer = &self.producer;
         let key = mapping::kafka_key(record.routing_key.as_deref(), &record.attributes);
         let origin = self.config.origin_attribute.0.as_str();
         let mut headers = OwnedHeaders::new_with_capacity(record.attributes.len() + 2);
@@ -107,29 +137,7 @@ impl KafkaExport {
 }
 
 #[async_trait]
-impl SinkConnector for KafkaExport {
-    async fn initialize(&mut self, ctx: SinkContext) -> ConnectorResult<()> {
-        let skipped = IntCounter::new(
-            "kafka_bridge_export_loop_skipped_total",
-            "Danube records not exported because this bridge imported them from the same Kafka topic.",
-        )
-        .map_err(|e| ConnectorError::fatal("define metric", e))?;
-        if ctx.metrics.registry().register(Box::new(skipped.clone())).is_ok() {
-            self.skipped = Some(skipped);
-        }
-        let client_id = format!("{}-export", ctx.name);
-        let producer: FutureProducer<BridgeClientContext> = producer_config(&self.config, &client_id)
-            .create_with_context(self.context.clone())
-            .map_err(|e| ConnectorError::fatal("create kafka producer", e))?;
-        info!(
-            compression = self.config.export.compression.as_str(),
-            linger = ?self.config.export.linger,
-            "kafka export producer ready (idempotent, acks=all)"
-        );
-        self.producer = Some(producer);
-        Ok(())
-    }
-
+impl Sink for KafkaExport {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         self.deliver(record).await
     }
@@ -151,7 +159,7 @@ impl SinkConnector for KafkaExport {
     }
 
     async fn shutdown(&self) -> ConnectorResult<()> {
-        let Some(producer) = self.producer.clone() else { return Ok(()) };
+        let producer = self.producer.clone();
         // Every record was already acked after its delivery report; flush anything else.
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(10))))
             .await
@@ -164,7 +172,7 @@ impl SinkConnector for KafkaExport {
             return Ok(());
         }
         // librdkafka reports "all brokers down" but no "back up": ask for metadata.
-        let producer = self.producer()?.clone();
+        let producer = self.producer.clone();
         let reachable =
             tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok())
                 .await

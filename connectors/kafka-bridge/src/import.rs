@@ -14,8 +14,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use danube_connect_core::config::ConfigError;
+use danube_connect_core::error::error_chain;
 use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord,
+    async_trait, ConnectorError, ConnectorResult, Context, Factory, PullSource, SourceOffset, SourceRecord,
 };
 use futures::FutureExt;
 use prometheus::IntCounter;
@@ -34,18 +36,78 @@ type BridgeConsumer = StreamConsumer<BridgeConsumerContext>;
 /// How long a readiness probe waits for Kafka metadata.
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The import side of the bridge (a [`SourceConnector`]).
+/// The import side of the bridge, built (no I/O) from its configuration; started, it
+/// subscribes a consumer and returns the running [`KafkaImport`].
+#[derive(Debug)]
+pub struct Import {
+    config: BridgeConfig,
+    bridge_id: String,
+    router: TopicRouter,
+}
+
+impl Import {
+    /// An import for `config.import.mappings`; `bridge_id` marks records for loop protection.
+    pub fn build(config: BridgeConfig, bridge_id: String) -> Result<Self, ConfigError> {
+        let router = TopicRouter::new(&config.import.mappings).map_err(|e| {
+            ConfigError::invalid("connector.import.mappings", format!("invalid pattern: {}", error_chain(&e)))
+        })?;
+        Ok(Self { config, bridge_id, router })
+    }
+}
+
+#[async_trait]
+impl Factory for Import {
+    type Connector = KafkaImport;
+
+    async fn start(self, ctx: Context) -> ConnectorResult<KafkaImport> {
+        let skipped = ctx
+            .metrics()
+            .counter(
+                "kafka_bridge_import_loop_skipped_total",
+                "Kafka records not imported because this bridge exported them from the same Danube topic (loop protection).",
+            )
+            .map_err(|e| ConnectorError::fatal("register the import metrics", e))?;
+        let client_id = format!("{}-import", ctx.name());
+        let context = BridgeConsumerContext::default();
+        let consumer: BridgeConsumer = consumer_config(&self.config, &client_id)
+            .create_with_context(context.clone())
+            .map_err(|e| ConnectorError::fatal("create kafka consumer", e))?;
+        let subscription = self.router.subscription();
+        let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|e| ConnectorError::fatal("subscribe to kafka topics", e))?;
+        info!(
+            group = %self.config.import.group_id,
+            topics = ?subscription,
+            start_from = self.config.import.start_from.as_reset(),
+            "kafka import subscribed"
+        );
+        Ok(KafkaImport {
+            config: self.config,
+            bridge_id: self.bridge_id,
+            router: self.router,
+            context,
+            consumer: Some(Arc::new(consumer)),
+            tracker: OffsetTracker::default(),
+            seen_generation: 0,
+            last_committed: std::collections::HashMap::new(),
+            skipped,
+        })
+    }
+}
+
+/// The running import (a [`PullSource`]).
 pub struct KafkaImport {
     config: BridgeConfig,
     bridge_id: String,
     router: TopicRouter,
     context: BridgeConsumerContext,
+    /// Taken at shutdown (the final commit and the group leave).
     consumer: Option<Arc<BridgeConsumer>>,
     tracker: OffsetTracker,
     seen_generation: u64,
     /// Offsets sent to Kafka, re-committed synchronously at shutdown.
     last_committed: std::collections::HashMap<TopicPartition, i64>,
-    skipped: Option<IntCounter>,
+    skipped: IntCounter,
 }
 
 impl std::fmt::Debug for KafkaImport {
@@ -55,25 +117,8 @@ impl std::fmt::Debug for KafkaImport {
 }
 
 impl KafkaImport {
-    /// An import for `config.import.mappings`; `bridge_id` marks records for loop protection.
-    pub fn new(config: BridgeConfig, bridge_id: String) -> Result<Self, ConnectorError> {
-        let router = TopicRouter::new(&config.import.mappings)
-            .map_err(|e| ConnectorError::fatal("connector.import.mappings: invalid pattern", e))?;
-        Ok(Self {
-            config,
-            bridge_id,
-            router,
-            context: BridgeConsumerContext::default(),
-            consumer: None,
-            tracker: OffsetTracker::default(),
-            seen_generation: 0,
-            last_committed: std::collections::HashMap::new(),
-            skipped: None,
-        })
-    }
-
     fn consumer(&self) -> ConnectorResult<Arc<BridgeConsumer>> {
-        self.consumer.clone().ok_or_else(|| ConnectorError::fatal_msg("kafka import used before initialize"))
+        self.consumer.clone().ok_or_else(|| ConnectorError::fatal_msg("kafka import used after shutdown"))
     }
 
     /// Converts one Kafka message; `None` when it is skipped (loop protection: this bridge
@@ -104,9 +149,7 @@ impl KafkaImport {
         let echo = header(origin.as_str()) == Some(self.bridge_id.as_bytes())
             && header(mapping::HEADER_DANUBE_TOPIC) == Some(mapped.as_bytes());
         if echo {
-            if let Some(counter) = &self.skipped {
-                counter.inc();
-            }
+            self.skipped.inc();
             if let Some(next) = self.tracker.skipped(&tp, offset) {
                 if self.context.owns(&tp) {
                     let _ = commit_now.add_partition_offset(topic, partition, Offset::Offset(next));
@@ -179,33 +222,7 @@ impl KafkaImport {
 }
 
 #[async_trait]
-impl SourceConnector for KafkaImport {
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
-        let skipped = IntCounter::new(
-            "kafka_bridge_import_loop_skipped_total",
-            "Kafka records not imported because this bridge exported them from the same Danube topic (loop protection).",
-        )
-        .map_err(|e| ConnectorError::fatal("define metric", e))?;
-        if ctx.metrics.registry().register(Box::new(skipped.clone())).is_ok() {
-            self.skipped = Some(skipped);
-        }
-        let client_id = format!("{}-import", ctx.name);
-        let consumer: BridgeConsumer = consumer_config(&self.config, &client_id)
-            .create_with_context(self.context.clone())
-            .map_err(|e| ConnectorError::fatal("create kafka consumer", e))?;
-        let subscription = self.router.subscription();
-        let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(|e| ConnectorError::fatal("subscribe to kafka topics", e))?;
-        info!(
-            group = %self.config.import.group_id,
-            topics = ?subscription,
-            start_from = self.config.import.start_from.as_reset(),
-            "kafka import subscribed"
-        );
-        self.consumer = Some(Arc::new(consumer));
-        Ok(())
-    }
-
+impl PullSource for KafkaImport {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         let consumer = self.consumer()?;
         let max = self.config.import.max_poll_records;

@@ -24,45 +24,29 @@ pub mod kafka;
 pub mod mapping;
 pub mod offsets;
 
-use danube_connect_core::{ConnectorConfig, SinkConnector, SourceConnector};
+use danube_connect_core::config::ConfigError;
+use danube_connect_core::{ConnectorConfig, Parts};
 
 pub use config::BridgeConfig;
-pub use export::KafkaExport;
-pub use import::KafkaImport;
-
-/// The connectors one bridge process runs.
-pub struct BridgeParts {
-    /// The import source, when `import.mappings` is not empty.
-    pub sources: Vec<Box<dyn SourceConnector>>,
-    /// The export sink, when the runtime's `sink.topics` is not empty.
-    pub sink: Option<Box<dyn SinkConnector>>,
-}
-
-impl std::fmt::Debug for BridgeParts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BridgeParts")
-            .field("import", &!self.sources.is_empty())
-            .field("export", &self.sink.is_some())
-            .finish()
-    }
-}
+pub use export::{Export, KafkaExport};
+pub use import::{Import, KafkaImport};
 
 /// The bridge id in effect: `connector.bridge_id`, else the connector name.
 pub fn bridge_id(config: &ConnectorConfig<BridgeConfig>) -> String {
     config.connector.bridge_id.clone().unwrap_or_else(|| config.runtime.name.clone())
 }
 
-/// Builds the import and/or export from the whole configuration.
-pub fn build(config: &ConnectorConfig<BridgeConfig>) -> Result<BridgeParts, danube_connect_core::RuntimeError> {
+/// The pure build of the bridge (no I/O, `--check` runs it): the import when
+/// `import.mappings` is not empty, the export when the runtime's `sink.topics` is not.
+pub fn build(config: &ConnectorConfig<BridgeConfig>) -> Result<Parts, ConfigError> {
     let id = bridge_id(config);
-    let import = !config.connector.import.mappings.is_empty();
-    let export = !config.runtime.sink.topics.is_empty();
     // `BridgeConfig::validate_with_runtime` refused a bridge with neither direction at load.
-    let mut sources: Vec<Box<dyn SourceConnector>> = Vec::new();
-    if import {
-        sources.push(Box::new(KafkaImport::new(config.connector.clone(), id.clone())?));
+    let mut parts = Parts::new();
+    if !config.connector.import.mappings.is_empty() {
+        parts = parts.with_pull(Import::build(config.connector.clone(), id.clone())?);
     }
-    let sink: Option<Box<dyn SinkConnector>> =
-        if export { Some(Box::new(KafkaExport::new(config.connector.clone(), id))) } else { None };
-    Ok(BridgeParts { sources, sink })
+    if !config.runtime.sink.topics.is_empty() {
+        parts = parts.with_sink(Export::build(config.connector.clone(), id));
+    }
+    Ok(parts)
 }

@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use danube_connect_core::config::ConfigError;
 use danube_connect_core::error::error_chain;
-use danube_connect_core::health::Health;
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext};
+use danube_connect_core::Health;
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, PushSource};
 use futures::stream::{FuturesOrdered, StreamExt};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter, SubscribeReasonCode};
 use tokio::sync::mpsc;
@@ -50,10 +51,30 @@ struct Item {
     epoch: u64,
 }
 
-/// The client-mode source. Build with [`ClientSource::new`]; the runtime starts it.
-pub struct ClientSource {
+/// The client-mode source, built (no I/O) from its configuration; started, it connects,
+/// subscribes and returns the running [`ClientSource`].
+pub struct Client {
     config: MqttConfig,
     router: Router,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("client_id", &self.config.broker.client_id).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A source for `config`; messages that cannot be delivered follow `failure.policy`.
+    pub fn build(config: MqttConfig) -> Result<Self, ConfigError> {
+        let router = Router::new(&config.mappings).map_err(|e| ConfigError::invalid("connector.mappings", e))?;
+        Ok(Self { config, router })
+    }
+}
+
+/// The running client-mode source.
+pub struct ClientSource {
+    config: MqttConfig,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -64,27 +85,23 @@ impl std::fmt::Debug for ClientSource {
     }
 }
 
-impl ClientSource {
-    /// A source for `config`; messages that cannot be delivered follow `failure.policy`.
-    pub fn new(config: MqttConfig) -> ConnectorResult<Self> {
-        let router = Router::new(&config.mappings).map_err(ConnectorError::fatal_msg)?;
-        Ok(Self { config, router, stop: CancellationToken::new(), tasks: Vec::new() })
-    }
-}
-
 #[async_trait]
-impl SourceConnector for ClientSource {
+impl Factory for Client {
+    type Connector = ClientSource;
+
     fn topics_at_start(&self) -> Vec<String> {
         self.router.static_topics()
     }
 
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
+    async fn start(self, ctx: Context) -> ConnectorResult<ClientSource> {
         let broker = &self.config.broker;
         let options = mqtt_options(broker, &broker.client_id, broker.clean_session, true)
             .map_err(|e| ConnectorError::fatal("MQTT client options", e))?;
         let (client, eventloop) = client(options, broker, ACK_REQUEST_CHANNEL);
-        let inbound = Inbound::new(self.router.clone(), ctx.failures.clone(), &ctx.name, &ctx.metrics);
-        ctx.health.set_component(HEALTH_COMPONENT, Some("not connected to the MQTT broker yet".into()));
+        let inbound = Inbound::new(self.router.clone(), &ctx)
+            .map_err(|e| ConnectorError::fatal("register the MQTT metrics", e))?;
+        ctx.health().set_component(HEALTH_COMPONENT, Some("not connected to the MQTT broker yet".into()));
+        let stop = CancellationToken::new();
         let (items_tx, items_rx) = mpsc::channel(self.config.max_in_flight);
         let epoch = Arc::new(AtomicU64::new(0));
         // Overlapping filters are not all subscribed: the broker would send one copy per
@@ -101,17 +118,20 @@ impl SourceConnector for ClientSource {
             items: Some(items_tx),
             epoch: epoch.clone(),
             filters,
-            health: ctx.health.clone(),
+            health: ctx.health().clone(),
             backoff: Backoff::between(broker.reconnect_initial_backoff, broker.reconnect_max_backoff),
-            stop: self.stop.clone(),
+            stop: stop.clone(),
             address: format!("{}:{}", broker.host, broker.port),
         };
-        self.tasks.push(tokio::spawn(driver.run()));
+        let mut tasks = vec![tokio::spawn(driver.run())];
         let pipeline = AckPipeline { inbound, client, epoch, max_in_flight: self.config.max_in_flight };
-        self.tasks.push(tokio::spawn(pipeline.run(items_rx)));
-        Ok(())
+        tasks.push(tokio::spawn(pipeline.run(items_rx)));
+        Ok(ClientSource { config: self.config, stop, tasks })
     }
+}
 
+#[async_trait]
+impl PushSource for ClientSource {
     async fn shutdown(&mut self) -> ConnectorResult<()> {
         info!("stopping MQTT intake; finishing in-flight messages");
         self.stop.cancel();

@@ -29,8 +29,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use danube_connect_core::health::Health;
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext};
+use danube_connect_core::config::ConfigError;
+use danube_connect_core::Health;
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, PushSource};
 use futures::stream::{FuturesOrdered, StreamExt};
 use rumqttd::local::LinkRx;
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
@@ -48,25 +49,38 @@ pub const HEALTH_COMPONENT: &str = "mqtt-embedded";
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The embedded-broker source.
-pub struct EmbeddedSource {
+/// The embedded-broker source, built (no I/O) from its configuration; started, it runs the
+/// broker and returns the running [`EmbeddedSource`].
+pub struct Embedded {
     config: MqttConfig,
     router: Router,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded").field("listen", &self.config.embedded.listen).finish_non_exhaustive()
+    }
+}
+
+impl Embedded {
+    /// A source for `config`; messages that cannot be delivered follow `failure.policy`.
+    pub fn build(config: MqttConfig) -> Result<Self, ConfigError> {
+        let router = Router::new(&config.mappings).map_err(|e| ConfigError::invalid("connector.mappings", e))?;
+        Ok(Self { config, router })
+    }
+}
+
+/// The running embedded-broker source.
+pub struct EmbeddedSource {
+    config: MqttConfig,
     stop: CancellationToken,
+    /// Taken at shutdown.
     task: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for EmbeddedSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedSource").field("listen", &self.config.embedded.listen).finish_non_exhaustive()
-    }
-}
-
-impl EmbeddedSource {
-    /// A source for `config`; messages that cannot be delivered follow `failure.policy`.
-    pub fn new(config: MqttConfig) -> ConnectorResult<Self> {
-        let router = Router::new(&config.mappings).map_err(ConnectorError::fatal_msg)?;
-        Ok(Self { config, router, stop: CancellationToken::new(), task: None })
     }
 }
 
@@ -100,12 +114,15 @@ pub fn broker_config(embedded: &EmbeddedConfig, listen: SocketAddr) -> Config {
 }
 
 #[async_trait]
-impl SourceConnector for EmbeddedSource {
+impl Factory for Embedded {
+    type Connector = EmbeddedSource;
+
     fn topics_at_start(&self) -> Vec<String> {
         self.router.static_topics()
     }
 
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
+    async fn start(self, ctx: Context) -> ConnectorResult<EmbeddedSource> {
+        let stop = CancellationToken::new();
         let embedded = &self.config.embedded;
         let listen = embedded.listen;
         // rumqttd only logs a bind failure from its server thread: check first.
@@ -142,7 +159,7 @@ impl SourceConnector for EmbeddedSource {
                 }
             })
             .map_err(|e| ConnectorError::fatal("start the embedded broker thread", e))?;
-        ctx.health.set_component(HEALTH_COMPONENT, Some("embedded broker starting".into()));
+        ctx.health().set_component(HEALTH_COMPONENT, Some("embedded broker starting".into()));
         let waited = wait_listening(broker_listen, Duration::from_secs(10)).await;
         if !waited {
             return Err(ConnectorError::fatal_msg(format!("embedded MQTT broker not listening on {broker_listen}")));
@@ -153,7 +170,7 @@ impl SourceConnector for EmbeddedSource {
                 backend,
                 connections: Arc::new(tokio::sync::Semaphore::new(self.config.embedded.max_connections)),
                 handshake_timeout: self.config.embedded.connection_timeout,
-                stop: self.stop.clone(),
+                stop: stop.clone(),
             };
             tokio::spawn(front.run(listener));
         }
@@ -163,22 +180,26 @@ impl SourceConnector for EmbeddedSource {
             users = self.config.embedded.users.len(),
             "embedded MQTT broker listening"
         );
-        ctx.health.set_component(HEALTH_COMPONENT, None);
-        let inbound = Inbound::new(self.router.clone(), ctx.failures.clone(), &ctx.name, &ctx.metrics);
+        ctx.health().set_component(HEALTH_COMPONENT, None);
+        let inbound = Inbound::new(self.router.clone(), &ctx)
+            .map_err(|e| ConnectorError::fatal("register the MQTT metrics", e))?;
         // The link must live as long as the forwarder.
         let forwarder = Forwarder {
             inbound,
-            health: ctx.health.clone(),
-            stop: self.stop.clone(),
+            health: ctx.health().clone(),
+            stop: stop.clone(),
             max_in_flight: self.config.max_in_flight,
         };
-        self.task = Some(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _link_tx = link_tx;
             forwarder.run(link_rx).await;
-        }));
-        Ok(())
+        });
+        Ok(EmbeddedSource { config: self.config, stop, task: Some(task) })
     }
+}
 
+#[async_trait]
+impl PushSource for EmbeddedSource {
     async fn shutdown(&mut self) -> ConnectorResult<()> {
         self.stop.cancel();
         if let Some(task) = self.task.take() {

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use danube_connect_core::failure::{Delivery, FailureHandler, Handback, Undeliverable};
-use danube_connect_core::metrics::Metrics;
-use danube_connect_core::SourceRecord;
+use danube_connect_core::metrics::MetricsError;
+use danube_connect_core::{Context, SourceRecord};
 use prometheus::IntCounterVec;
 use tracing::{debug, warn};
 
@@ -64,15 +64,17 @@ pub struct Inbound {
     /// mapping's `max_topics`).
     topics: Arc<Vec<Mutex<TopicSet>>>,
     failures: FailureHandler,
-    connector: String,
-    messages: Option<IntCounterVec>,
+    messages: IntCounterVec,
 }
 
 impl Inbound {
-    /// An intake over `router` publishing through `failures` (core's `failure.policy`).
-    pub fn new(router: Router, failures: FailureHandler, connector: &str, metrics: &Metrics) -> Self {
+    /// An intake over `router` publishing through the context's `failure.policy` handle;
+    /// registers `mqtt_messages_total`.
+    pub fn new(router: Router, ctx: &Context) -> Result<Self, MetricsError> {
         let topics = Arc::new(router.routes().iter().map(|_| Mutex::new(TopicSet::default())).collect());
-        Self { router, topics, failures, connector: connector.to_string(), messages: register_counter(metrics) }
+        let messages =
+            ctx.metrics().counter_vec("mqtt_messages_total", "MQTT messages taken in, by outcome.", &["outcome"])?;
+        Ok(Self { router, topics, failures: ctx.failures().clone(), messages })
     }
 
     /// The mapping table.
@@ -165,9 +167,7 @@ impl Inbound {
     /// Counts a message by outcome (`published`, `dead_lettered`, `not_delivered`, ...;
     /// `topic_limit` is counted besides the `dead_lettered` of the same message).
     pub fn count(&self, outcome: &str) {
-        if let Some(counter) = &self.messages {
-            counter.with_label_values(&[self.connector.as_str(), outcome]).inc();
-        }
+        self.messages.with_label_values(&[outcome]).inc();
     }
 }
 
@@ -185,21 +185,6 @@ fn unmappable(message: &Message, reason: String, kind: &'static str) -> Undelive
         error: reason,
         kind,
         attempts: 1,
-    }
-}
-
-fn register_counter(metrics: &Metrics) -> Option<IntCounterVec> {
-    let counter = IntCounterVec::new(
-        prometheus::Opts::new("mqtt_messages_total", "MQTT messages taken in, by outcome."),
-        &["connector", "outcome"],
-    )
-    .ok()?;
-    match metrics.registry().register(Box::new(counter.clone())) {
-        Ok(()) => Some(counter),
-        Err(error) => {
-            warn!(error = %error, "mqtt_messages_total not registered");
-            None
-        }
     }
 }
 

@@ -266,7 +266,7 @@ impl Router {
     }
 
     /// The Danube topics of the mappings without a placeholder, each once: the topics the
-    /// runtime creates at start (see `SourceConnector::topics_at_start`).
+    /// runtime creates at start (see `Factory::topics_at_start`).
     pub fn static_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = Vec::new();
         for route in self.routes.iter().filter(|r| r.template.is_static()) {

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use danube_connect_core::config::ConfigError;
 use danube_connect_core::error::error_chain;
-use danube_connect_core::health::Health;
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkContext, SinkRecord};
+use danube_connect_core::Health;
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, Sink, SinkRecord};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -66,14 +66,64 @@ struct Shared {
     published: AtomicU64,
 }
 
-/// The Danube -> MQTT sink.
-pub struct OutboundSink {
+/// The Danube -> MQTT sink, built (no I/O) from its configuration; started, it connects
+/// and returns the running [`OutboundSink`].
+#[derive(Debug)]
+pub struct Outbound {
     broker: BrokerConfig,
     config: OutboundConfig,
     template: OutboundTemplate,
-    shared: Option<Arc<Shared>>,
+}
+
+impl Outbound {
+    /// A sink publishing to `broker` as `{client_id}-out`; the topic template must parse.
+    pub fn build(broker: BrokerConfig, config: OutboundConfig) -> Result<Self, ConfigError> {
+        let template =
+            OutboundTemplate::parse(&config.topic).map_err(|e| ConfigError::invalid("connector.outbound.topic", e))?;
+        Ok(Self { broker, config, template })
+    }
+}
+
+#[async_trait]
+impl Factory for Outbound {
+    type Connector = OutboundSink;
+
+    async fn start(self, ctx: Context) -> ConnectorResult<OutboundSink> {
+        let client_id = format!("{}-out", self.broker.client_id);
+        // A clean session: nothing of an earlier connection is ever resent by rumqttc.
+        let options = mqtt_options(&self.broker, &client_id, true, false)
+            .map_err(|e| ConnectorError::fatal("MQTT client options", e))?;
+        let (client, eventloop) = client(options, &self.broker, PUBLISH_REQUEST_CHANNEL);
+        let (generation, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            client,
+            waiter: Mutex::new(None),
+            generation,
+            connected: AtomicBool::new(false),
+            one_in_flight: tokio::sync::Mutex::new(()),
+            published: AtomicU64::new(0),
+        });
+        ctx.health().set_component(HEALTH_COMPONENT, Some("not connected to the MQTT broker yet".into()));
+        let stop = CancellationToken::new();
+        let driver = Driver {
+            eventloop,
+            shared: shared.clone(),
+            health: ctx.health().clone(),
+            backoff: Backoff::between(self.broker.reconnect_initial_backoff, self.broker.reconnect_max_backoff),
+            stop: stop.clone(),
+            address: format!("{}:{}", self.broker.host, self.broker.port),
+        };
+        tokio::spawn(driver.run());
+        Ok(OutboundSink { config: self.config, template: self.template, shared, stop })
+    }
+}
+
+/// The running Danube -> MQTT sink.
+pub struct OutboundSink {
+    config: OutboundConfig,
+    template: OutboundTemplate,
+    shared: Arc<Shared>,
     stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for OutboundSink {
@@ -83,12 +133,6 @@ impl std::fmt::Debug for OutboundSink {
 }
 
 impl OutboundSink {
-    /// A sink publishing to `broker` as `{client_id}-out`.
-    pub fn new(broker: BrokerConfig, config: OutboundConfig) -> ConnectorResult<Self> {
-        let template = OutboundTemplate::parse(&config.topic).map_err(ConnectorError::fatal_msg)?;
-        Ok(Self { broker, config, template, shared: None, stop: CancellationToken::new(), task: None })
-    }
-
     async fn publish(&self, shared: &Shared, topic: String, record: &SinkRecord) -> Result<(), OutboundError> {
         let _one = shared.one_in_flight.lock().await;
         let timeout = self.config.ack_timeout;
@@ -132,42 +176,13 @@ async fn wait_connected(shared: &Shared, timeout: Duration) -> Result<u64, Outbo
 }
 
 #[async_trait]
-impl SinkConnector for OutboundSink {
-    async fn initialize(&mut self, ctx: SinkContext) -> ConnectorResult<()> {
-        let client_id = format!("{}-out", self.broker.client_id);
-        // A clean session: nothing of an earlier connection is ever resent by rumqttc.
-        let options = mqtt_options(&self.broker, &client_id, true, false)
-            .map_err(|e| ConnectorError::fatal("MQTT client options", e))?;
-        let (client, eventloop) = client(options, &self.broker, PUBLISH_REQUEST_CHANNEL);
-        let (generation, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            client,
-            waiter: Mutex::new(None),
-            generation,
-            connected: AtomicBool::new(false),
-            one_in_flight: tokio::sync::Mutex::new(()),
-            published: AtomicU64::new(0),
-        });
-        ctx.health.set_component(HEALTH_COMPONENT, Some("not connected to the MQTT broker yet".into()));
-        let driver = Driver {
-            eventloop,
-            shared: shared.clone(),
-            health: ctx.health.clone(),
-            backoff: Backoff::between(self.broker.reconnect_initial_backoff, self.broker.reconnect_max_backoff),
-            stop: self.stop.clone(),
-            address: format!("{}:{}", self.broker.host, self.broker.port),
-        };
-        self.task = Some(tokio::spawn(driver.run()));
-        self.shared = Some(shared);
-        Ok(())
-    }
-
+impl Sink for OutboundSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         let topic = self
             .template
             .render(&record.topic, record.routing_key.as_deref(), &record.attributes)
             .map_err(|reason| ConnectorError::invalid_msg(format!("no MQTT topic for the message: {reason}")))?;
-        let shared = self.shared.as_ref().ok_or_else(|| ConnectorError::fatal_msg("outbound sink not initialized"))?;
+        let shared = &self.shared;
         match self.publish(shared, topic, record).await {
             Ok(()) => {
                 shared.published.fetch_add(1, Ordering::Relaxed);
@@ -178,18 +193,17 @@ impl SinkConnector for OutboundSink {
     }
 
     async fn shutdown(&self) -> ConnectorResult<()> {
-        if let Some(shared) = &self.shared {
-            let _ = shared.client.try_disconnect();
-            info!(published = shared.published.load(Ordering::Relaxed), "outbound MQTT stopping");
-        }
+        let _ = self.shared.client.try_disconnect();
+        info!(published = self.shared.published.load(Ordering::Relaxed), "outbound MQTT stopping");
         self.stop.cancel();
         Ok(())
     }
 
     async fn health_check(&self) -> ConnectorResult<()> {
-        match &self.shared {
-            Some(shared) if shared.connected.load(Ordering::Acquire) => Ok(()),
-            _ => Err(ConnectorError::retryable_msg("not connected to the MQTT broker")),
+        if self.shared.connected.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ConnectorError::retryable_msg("not connected to the MQTT broker"))
         }
     }
 }

@@ -11,7 +11,7 @@
 //! - [`metrics`]: the connector's metrics and the slot monitor (lag, `wal_status`, readiness);
 //! - [`stream`]: the replication task (snapshot, stream, confirmed LSN);
 //! - [`tls`]: TLS for the query connection;
-//! - [`source`]: the [`SourceConnector`](danube_connect_core::SourceConnector).
+//! - [`source`]: the [`PullSource`](danube_connect_core::PullSource) and its factory.
 
 pub mod change;
 pub mod config;
@@ -28,4 +28,4 @@ pub mod tls;
 pub mod value;
 
 pub use config::PostgresCdcConfig;
-pub use source::PostgresCdcSource;
+pub use source::{PostgresCdc, PostgresCdcSource};

@@ -1,13 +1,15 @@
-//! The connector's own metrics, registered in the runtime's registry (`ctx.metrics`), and the
-//! slot monitor that keeps the slot gauges and the `/readyz` component up to date.
+//! The connector's own metrics, registered in the runtime's registry (`ctx.metrics()`, labelled
+//! `connector` already), and the slot monitor that keeps the slot gauges and the `/readyz`
+//! component up to date.
 //!
 //! Labels are bounded: `connector`, `slot`, `table` (a captured table), `op` (five values),
 //! `status` (the four `wal_status` values).
 
 use std::sync::{Arc, Mutex};
 
-use danube_connect_core::health::Health;
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
+use danube_connect_core::Health;
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -27,7 +29,6 @@ pub fn health_component(slot: &str) -> String {
 /// The connector's metrics.
 #[derive(Clone, Debug)]
 pub struct CdcMetrics {
-    connector: String,
     slot: String,
     /// `postgres_cdc_replication_lag_bytes{connector,slot}`: server WAL position minus the
     /// slot's confirmed flush LSN.
@@ -52,53 +53,43 @@ pub struct CdcMetrics {
 
 impl CdcMetrics {
     /// Registers the metrics in `metrics`' registry.
-    pub fn register(metrics: &danube_connect_core::metrics::Metrics, slot: &str) -> Result<Self, prometheus::Error> {
-        let registry = metrics.registry();
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(gauge.clone()))?;
-            Ok(gauge)
-        };
-        let lag_bytes = gauge(
+    pub fn register(metrics: &ConnectorMetrics, slot: &str) -> Result<Self, MetricsError> {
+        let lag_bytes = metrics.gauge_vec(
             "postgres_cdc_replication_lag_bytes",
             "Server WAL position minus the replication slot's confirmed flush LSN, bytes.",
-            &["connector", "slot"],
+            &["slot"],
         )?;
-        let wal_status = gauge(
+        let wal_status = metrics.gauge_vec(
             "postgres_cdc_slot_wal_status",
             "1 for the replication slot's current wal_status (reserved, extended, unreserved, lost), else 0.",
-            &["connector", "slot", "status"],
+            &["slot", "status"],
         )?;
-        let safe_wal_size = gauge(
+        let safe_wal_size = metrics.gauge_vec(
             "postgres_cdc_slot_safe_wal_size_bytes",
             "WAL bytes that may still be written before PostgreSQL invalidates the slot (max_slot_wal_keep_size).",
-            &["connector", "slot"],
+            &["slot"],
         )?;
-        let last_commit = GaugeVec::new(
-            Opts::new(
-                "postgres_cdc_last_commit_timestamp_seconds",
-                "Commit time of the last transaction seen in the replication stream, Unix seconds.",
-            ),
-            &["connector", "slot"],
+        let last_commit = metrics.float_gauge_vec(
+            "postgres_cdc_last_commit_timestamp_seconds",
+            "Commit time of the last transaction seen in the replication stream, Unix seconds.",
+            &["slot"],
         )?;
-        registry.register(Box::new(last_commit.clone()))?;
-        let records = IntCounterVec::new(
-            Opts::new("postgres_cdc_records_total", "Change records handed to the runtime, by table and op."),
-            &["connector", "table", "op"],
+        let records = metrics.counter_vec(
+            "postgres_cdc_records_total",
+            "Change records handed to the runtime, by table and op.",
+            &["table", "op"],
         )?;
-        registry.register(Box::new(records.clone()))?;
-        let snapshot_rows = gauge(
+        let snapshot_rows = metrics.gauge_vec(
             "postgres_cdc_snapshot_rows",
             "Rows read by the running (or last) snapshot of a table.",
-            &["connector", "table"],
+            &["table"],
         )?;
-        let snapshot_rows_estimated = gauge(
+        let snapshot_rows_estimated = metrics.gauge_vec(
             "postgres_cdc_snapshot_rows_estimated",
             "Rows the snapshot of a table is expected to read.",
-            &["connector", "table"],
+            &["table"],
         )?;
         Ok(Self {
-            connector: metrics.connector().to_string(),
             slot: slot.to_string(),
             lag_bytes,
             wal_status,
@@ -112,38 +103,38 @@ impl CdcMetrics {
 
     /// Metrics in a private registry (unit tests, a source used without the runtime).
     pub fn unregistered(slot: &str) -> Self {
-        Self::register(&danube_connect_core::metrics::Metrics::new("postgres-cdc"), slot)
+        Self::register(&ConnectorMetrics::new("postgres-cdc"), slot)
             .expect("a fresh registry accepts every metric once")
     }
 
     /// The records counter of `table` and `op`.
     pub fn records_of(&self, table: &str, op: &str) -> IntCounter {
-        self.records.with_label_values(&[&self.connector, table, op])
+        self.records.with_label_values(&[table, op])
     }
 
     /// Records the commit time (microseconds since 2000-01-01) of a transaction.
     pub fn commit_seen(&self, pg_micros: i64) {
         const PG_EPOCH_UNIX_SECS: f64 = 946_684_800.0;
         let seconds = pg_micros as f64 / 1e6 + PG_EPOCH_UNIX_SECS;
-        self.last_commit.with_label_values(&[&self.connector, &self.slot]).set(seconds);
+        self.last_commit.with_label_values(&[&self.slot]).set(seconds);
     }
 
     /// Sets a table's snapshot progress.
     pub fn snapshot_progress(&self, table: &str, rows: u64, estimated: Option<u64>) {
-        self.snapshot_rows.with_label_values(&[&self.connector, table]).set(rows as i64);
+        self.snapshot_rows.with_label_values(&[table]).set(rows as i64);
         if let Some(estimated) = estimated {
-            self.snapshot_rows_estimated.with_label_values(&[&self.connector, table]).set(estimated as i64);
+            self.snapshot_rows_estimated.with_label_values(&[table]).set(estimated as i64);
         }
     }
 
     fn slot_state(&self, state: &SlotState) {
-        let labels = [self.connector.as_str(), self.slot.as_str()];
+        let labels = [self.slot.as_str()];
         if let Some(lag) = state.lag_bytes {
             self.lag_bytes.with_label_values(&labels).set(lag);
         }
         for status in WAL_STATUSES {
             let value = i64::from(state.wal_status.as_deref() == Some(status));
-            self.wal_status.with_label_values(&[&self.connector, &self.slot, status]).set(value);
+            self.wal_status.with_label_values(&[&self.slot, status]).set(value);
         }
         match state.safe_wal_size {
             Some(size) => self.safe_wal_size.with_label_values(&labels).set(size),
@@ -333,7 +324,7 @@ mod tests {
 
     #[test]
     fn the_slot_gauges_follow_each_reading() {
-        let registry = danube_connect_core::metrics::Metrics::new("cdc");
+        let registry = ConnectorMetrics::new("cdc");
         let metrics = CdcMetrics::register(&registry, "s1").expect("register");
         let state = SlotState {
             lag_bytes: Some(42),

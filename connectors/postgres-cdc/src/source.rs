@@ -1,20 +1,21 @@
-//! The [`SourceConnector`]: `poll` hands out decoded changes, `commit` passes Danube's acks
-//! back to the replication task, which confirms the matching LSN to PostgreSQL.
+//! The [`PostgresCdc`] factory and the running [`PostgresCdcSource`]: `poll` hands out
+//! decoded changes, `commit` passes Danube's acks back to the replication task, which
+//! confirms the matching LSN to PostgreSQL.
 
-use danube_connect_core::retry::Backoff;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use danube_connect_core::config::ConfigError;
 use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord,
+    async_trait, ConnectorError, ConnectorResult, Context, Factory, PullSource, SourceOffset, SourceRecord,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::PostgresCdcConfig;
+use crate::config::{Connection, PostgresCdcConfig};
 use crate::error::CdcError;
 use crate::metrics::{CdcMetrics, SlotLost, SlotMonitor};
 use crate::schema::TableSchemas;
@@ -27,41 +28,110 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// How long startup retries an unreachable PostgreSQL.
 const STARTUP_RETRY: Duration = Duration::from_secs(60);
 
-/// PostgreSQL CDC source.
+/// The PostgreSQL CDC source, built (no I/O) from its configuration; started, it checks the
+/// server and starts the replication task.
+#[derive(Debug)]
+pub struct PostgresCdc {
+    config: Arc<PostgresCdcConfig>,
+    conn: Connection,
+}
+
+impl PostgresCdc {
+    /// The pure build: resolves the connection settings (`connector.url` and the fields).
+    pub fn build(config: PostgresCdcConfig) -> Result<Self, ConfigError> {
+        let conn = config.connection()?;
+        Ok(Self { config: Arc::new(config), conn })
+    }
+
+    async fn check(&self) -> Result<(), CdcError> {
+        let client = setup::connect(&self.conn).await?;
+        setup::prepare(&client, &self.config).await?;
+        setup::wait_slot_free(&client, &self.config, self.config.slot_wait).await
+    }
+}
+
+#[async_trait]
+impl Factory for PostgresCdc {
+    type Connector = PostgresCdcSource;
+
+    async fn start(self, ctx: Context) -> ConnectorResult<PostgresCdcSource> {
+        // Fail fast with a clear message on setup problems (wal_level, privileges, tables,
+        // a slot held by another instance); an unreachable server is retried for a minute
+        // (container start order), or until shutdown. The task repeats these checks on every
+        // reconnect.
+        let started = std::time::Instant::now();
+        let mut backoff = ctx.retry().backoff();
+        loop {
+            match self.check().await {
+                Ok(()) => break,
+                Err(error) if error.is_transient() && started.elapsed() < STARTUP_RETRY => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %danube_connect_core::error::error_chain(&error), retry_in = ?delay, "postgres not reachable yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = ctx.shutdown().cancelled() => return Err(error.into_connector()),
+                    }
+                }
+                Err(error) => return Err(error.into_connector()),
+            }
+        }
+        let metrics = CdcMetrics::register(ctx.metrics(), &self.config.slot)
+            .map_err(|e| ConnectorError::fatal("register the postgres-cdc metrics", e))?;
+        let stop = CancellationToken::new();
+        let lost = Arc::new(SlotLost::default());
+        let progress = Arc::new(Progress::default());
+        let monitor = SlotMonitor {
+            config: self.config.clone(),
+            conn: self.conn.clone(),
+            metrics: metrics.clone(),
+            health: ctx.health().clone(),
+            lost: lost.clone(),
+            stop: stop.clone(),
+        };
+        let monitor = tokio::spawn(monitor.run());
+        let (tx, rx) = mpsc::channel(self.config.buffer);
+        let (acked, acked_rx) = watch::channel(0u64);
+        let schemas = TableSchemas::new(self.config.clone(), ctx.publisher().clone());
+        let stream = Stream::new(self.config.clone(), self.conn, tx, acked_rx, stop.clone(), progress.clone())
+            .with_schemas(schemas)
+            .with_metrics(metrics);
+        let task = Some(tokio::spawn(stream.run()));
+        Ok(PostgresCdcSource {
+            config: self.config,
+            rx,
+            acked,
+            stop,
+            task,
+            progress,
+            held_error: None,
+            lost,
+            monitor: Some(monitor),
+        })
+    }
+}
+
+/// The running PostgreSQL CDC source.
 pub struct PostgresCdcSource {
     config: Arc<PostgresCdcConfig>,
-    rx: Option<mpsc::Receiver<Item>>,
+    rx: mpsc::Receiver<Item>,
     acked: watch::Sender<u64>,
     stop: CancellationToken,
+    /// Taken at shutdown.
     task: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
     held_error: Option<ConnectorError>,
     lost: Arc<SlotLost>,
+    /// Taken at shutdown.
     monitor: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for PostgresCdcSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCdcSource").field("slot", &self.config.slot).finish_non_exhaustive()
+    }
+}
+
 impl PostgresCdcSource {
-    /// A source for `config` (connects in `initialize`).
-    pub fn new(config: PostgresCdcConfig) -> Self {
-        Self {
-            config: Arc::new(config),
-            rx: None,
-            acked: watch::channel(0).0,
-            stop: CancellationToken::new(),
-            task: None,
-            progress: Arc::new(Progress::default()),
-            held_error: None,
-            lost: Arc::new(SlotLost::default()),
-            monitor: None,
-        }
-    }
-
-    async fn check(&self, conn: &crate::config::Connection) -> Result<(), CdcError> {
-        let client = setup::connect(conn).await?;
-        setup::prepare(&client, &self.config).await?;
-        setup::wait_slot_free(&client, &self.config, self.config.slot_wait).await
-    }
-
     /// Replication progress (confirmed LSN, streaming state).
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
@@ -69,48 +139,7 @@ impl PostgresCdcSource {
 }
 
 #[async_trait]
-impl SourceConnector for PostgresCdcSource {
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
-        let conn = self.config.connection().map_err(|e| ConnectorError::fatal("connector config", e))?;
-        // Fail fast with a clear message on setup problems (wal_level, privileges, tables,
-        // a slot held by another instance); an unreachable server is retried for a minute
-        // (container start order). The task repeats these checks on every reconnect.
-        let started = std::time::Instant::now();
-        let mut backoff = Backoff::between(Duration::from_millis(250), Duration::from_secs(5));
-        loop {
-            match self.check(&conn).await {
-                Ok(()) => break,
-                Err(error) if error.is_transient() && started.elapsed() < STARTUP_RETRY => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %danube_connect_core::error::error_chain(&error), retry_in = ?delay, "postgres not reachable yet");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => return Err(error.into_connector()),
-            }
-        }
-        let metrics = CdcMetrics::register(&ctx.metrics, &self.config.slot)
-            .map_err(|e| ConnectorError::fatal("register the postgres-cdc metrics", e))?;
-        let monitor = SlotMonitor {
-            config: self.config.clone(),
-            conn: conn.clone(),
-            metrics: metrics.clone(),
-            health: ctx.health.clone(),
-            lost: self.lost.clone(),
-            stop: self.stop.clone(),
-        };
-        self.monitor = Some(tokio::spawn(monitor.run()));
-        let (tx, rx) = mpsc::channel(self.config.buffer);
-        let (acked_tx, acked_rx) = watch::channel(0u64);
-        self.acked = acked_tx;
-        self.rx = Some(rx);
-        let schemas = TableSchemas::new(self.config.clone(), ctx.publisher);
-        let stream = Stream::new(self.config.clone(), conn, tx, acked_rx, self.stop.clone(), self.progress.clone())
-            .with_schemas(schemas)
-            .with_metrics(metrics);
-        self.task = Some(tokio::spawn(stream.run()));
-        Ok(())
-    }
-
+impl PullSource for PostgresCdcSource {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         if let Some(error) = self.held_error.take() {
             return Err(error);
@@ -118,7 +147,7 @@ impl SourceConnector for PostgresCdcSource {
         if let Some(error) = self.lost.take() {
             return Err(error.into_connector());
         }
-        let Some(rx) = self.rx.as_mut() else { return Err(ConnectorError::fatal_msg("poll before initialize")) };
+        let rx = &mut self.rx;
         let received = tokio::select! {
             received = tokio::time::timeout(IDLE_WAIT, rx.recv()) => received,
             // The slot monitor found the slot invalidated: stop now, even with records buffered.

@@ -1,16 +1,16 @@
 //! The runtime: owns the Danube client, runs sources and sinks, drains on shutdown.
 //!
 //! ```no_run
-//! # use danube_connect_core::{Runtime, RuntimeConfig, SourceConnector};
-//! # async fn demo(source: impl SourceConnector) -> Result<(), Box<dyn std::error::Error>> {
+//! # use danube_connect_core::{Parts, Runtime, RuntimeConfig};
+//! # async fn demo(parts: Parts) -> Result<(), Box<dyn std::error::Error>> {
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let runtime = Runtime::start(RuntimeConfig::default(), shutdown.clone()).await?;
-//! let report = runtime.run_source(source).await?;
+//! let report = runtime.run(parts).await?;
 //! std::process::exit(report.exit_code());
 //! # }
 //! ```
 
-pub mod dead_letter;
+pub(crate) mod dead_letter;
 mod push;
 mod sink;
 mod source;
@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::client::{build_client, probe, wait_until_reachable};
 use crate::config::RuntimeConfig;
-use crate::connector::{SinkConnector, SinkContext, SourceConnector, SourceContext};
+use crate::connector::{Context, Parts};
 use crate::error::{ConnectorError, RuntimeError};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -59,23 +59,12 @@ impl RunReport {
     }
 }
 
-/// Readiness component set while [`Runtime::run_driven`] initializes the connectors.
+/// Readiness component set while [`Runtime::run`] starts the connectors.
 const STARTING_COMPONENT: &str = "runtime";
 
 /// How often a source's `health_check` runs: between polls for polled sources, on its own
 /// timer for push sources.
 const SOURCE_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-
-/// How the runtime drives a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceDrive {
-    /// Polled in a loop; acked offsets are committed in poll order and `health_check` runs
-    /// between polls (every 5 s), so `poll` must return about every second when idle.
-    Poll,
-    /// Never polled: the source publishes through `SourceContext::publisher` from its own
-    /// tasks; `health_check` runs every 5 s on its own timer, `shutdown` at shutdown.
-    Push,
-}
 
 /// Records the first fatal error and stops the whole runtime.
 ///
@@ -131,15 +120,26 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    /// The `failure.policy` handle given to connectors in their context.
-    fn failure_handler(&self) -> crate::failure::FailureHandler {
-        crate::failure::FailureHandler::new(
+    /// What a connector gets at start.
+    fn context(&self) -> Context {
+        let failures = crate::failure::FailureHandler::new(
             self.config.clone(),
             self.publisher.clone(),
             self.metrics.clone(),
             self.stopper.clone(),
             self.shutdown.clone(),
-        )
+        );
+        Context {
+            name: self.config.name.clone(),
+            publisher: self.publisher.clone(),
+            shutdown: self.shutdown.child_token(),
+            health: self.health.clone(),
+            failures,
+            retry: crate::retry::RetryPolicy::new(self.config.retry.clone()),
+            ordering: self.config.sink.ordering,
+            batch: self.config.sink.batch.clone(),
+            metrics: self.metrics.for_connector(),
+        }
     }
 }
 
@@ -238,80 +238,39 @@ impl Runtime {
         self.env.shutdown.clone()
     }
 
-    /// Runs one source until shutdown, then drains. It is polled ([`SourceDrive::Poll`]).
-    pub async fn run_source<S: SourceConnector>(self, source: S) -> Result<RunReport, RuntimeError> {
-        self.run(vec![Box::new(source)], None).await
-    }
-
-    /// Runs one push source until shutdown, then drains: it is never polled and its
-    /// `health_check` runs on its own timer ([`SourceDrive::Push`]).
-    pub async fn run_push_source<S: SourceConnector>(self, source: S) -> Result<RunReport, RuntimeError> {
-        self.run_driven(vec![(SourceDrive::Push, Box::new(source))], None).await
-    }
-
-    /// Runs one sink over `sink.topics` until shutdown, then drains. An empty `sink.topics`
-    /// is a configuration error (the sink would consume nothing).
-    pub async fn run_sink<K: SinkConnector>(self, sink: K) -> Result<RunReport, RuntimeError> {
-        self.run(Vec::new(), Some(Box::new(sink))).await
-    }
-
-    /// Runs any number of sources and at most one sink (e.g. a bridge in both directions).
-    /// With a sink, `sink.topics` must name at least one topic. Every source is polled;
-    /// [`run_driven`](Self::run_driven) also takes push sources.
-    pub async fn run(
-        self,
-        sources: Vec<Box<dyn SourceConnector>>,
-        sink: Option<Box<dyn SinkConnector>>,
-    ) -> Result<RunReport, RuntimeError> {
-        self.run_driven(sources.into_iter().map(|source| (SourceDrive::Poll, source)).collect(), sink).await
-    }
-
-    /// Like [`run`](Self::run), each source with the way it is driven.
-    pub async fn run_driven(
-        self,
-        sources: Vec<(SourceDrive, Box<dyn SourceConnector>)>,
-        sink: Option<Box<dyn SinkConnector>>,
-    ) -> Result<RunReport, RuntimeError> {
+    /// Starts `parts` and runs them until shutdown, then drains: pull sources are polled
+    /// and their acked offsets committed, push sources health-checked on a timer, the sink
+    /// consumes `sink.topics`. [`Parts::check`] runs first (a sink needs `sink.topics`).
+    pub async fn run(self, parts: Parts) -> Result<RunReport, RuntimeError> {
         let env = self.env.clone();
-        if sink.is_some() {
-            env.config.require_sink_topics()?;
-        }
-        // Not ready until the connectors are initialized: a client polling `/readyz` would
+        parts.check(&env.config)?;
+        // Not ready until the connectors are started: a client polling `/readyz` would
         // otherwise send data before, e.g., the MQTT source subscribed (and lose it).
         env.health.set_component(STARTING_COMPONENT, Some("connectors are starting".to_string()));
         // The sources' own topics, in one pass with those of the configuration (created at
         // `start` already, so only checked again here) so shorter names come first.
         let mut topics = topics_known_at_start(&env.config);
-        topics.extend(sources.iter().flat_map(|(_, source)| source.topics_at_start()));
+        for pending in &parts.pull {
+            topics.extend(pending.topics.iter().cloned());
+        }
+        for pending in &parts.push {
+            topics.extend(pending.topics.iter().cloned());
+        }
         let mut background = self.background;
         background.extend(prepare_topics(&env.publisher, topics, &env.shutdown).await?);
-        let mut initialized = Vec::new();
-        for (index, (drive, mut source)) in sources.into_iter().enumerate() {
-            let ctx = SourceContext {
-                name: env.config.name.clone(),
-                publisher: env.publisher.clone(),
-                shutdown: env.shutdown.child_token(),
-                metrics: env.metrics.clone(),
-                health: env.health.clone(),
-                failures: env.failure_handler(),
-            };
-            source.initialize(ctx).await?;
-            initialized.push((index, drive, source));
+        let Parts { pull, push, sink } = parts;
+        let mut pull_sources = Vec::new();
+        for pending in pull {
+            pull_sources.push((pending.start)(env.context()).await?);
         }
-
-        let mut sink_handle = None;
-        if let Some(mut sink) = sink {
-            let ctx = SinkContext {
-                name: env.config.name.clone(),
-                publisher: env.publisher.clone(),
-                shutdown: env.shutdown.child_token(),
-                metrics: env.metrics.clone(),
-                health: env.health.clone(),
-                failures: env.failure_handler(),
-            };
-            sink.initialize(ctx).await?;
-            sink_handle = Some(Arc::<dyn SinkConnector>::from(sink));
+        let mut push_sources = Vec::new();
+        for pending in push {
+            push_sources.push((pending.start)(env.context()).await?);
         }
+        let sink_handle = match sink {
+            Some(pending) => Some((pending.start)(env.context()).await?),
+            None => None,
+        };
         // The dead-letter topic is created after the connectors prepared their own topics: a
         // dead-letter topic whose name extends a data topic's name (`/default/x` and a custom
         // `/default/x-dlq`) would make Danube refuse the data topic for good if it came first.
@@ -338,11 +297,12 @@ impl Runtime {
 
         env.health.set_component(STARTING_COMPONENT, None);
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        for (index, drive, source) in initialized {
-            tasks.push(match drive {
-                SourceDrive::Poll => tokio::spawn(source::run_source_loop(env.clone(), index, source)),
-                SourceDrive::Push => tokio::spawn(push::run_push_source(env.clone(), index, source)),
-            });
+        for (index, source) in pull_sources.into_iter().enumerate() {
+            tasks.push(tokio::spawn(source::run_source_loop(env.clone(), index, source)));
+        }
+        let offset = tasks.len();
+        for (index, source) in push_sources.into_iter().enumerate() {
+            tasks.push(tokio::spawn(push::run_push_source(env.clone(), offset + index, source)));
         }
         if let Some(sink) = &sink_handle {
             for (index, topic) in env.config.sink.topics.iter().enumerate() {
@@ -387,8 +347,8 @@ impl Runtime {
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The topics whose producers are created at start: the schema-bound and partitioned
-/// topics. The dead-letter topic follows once the connectors are initialized (see
-/// [`Runtime::run_driven`]).
+/// topics. The dead-letter topic follows once the connectors are started (see
+/// [`Runtime::run`]).
 fn topics_known_at_start(config: &RuntimeConfig) -> Vec<String> {
     let mut topics: Vec<String> = config.schemas.iter().map(|binding| binding.topic.clone()).collect();
     topics.extend(config.source.partitions.keys().cloned());

@@ -1,13 +1,13 @@
 //! The push-source task: the source is never polled (it publishes through
-//! `SourceContext::publisher` from its own tasks); its `health_check` runs on its own timer
+//! `Context::failures` from its own tasks); its `health_check` runs on its own timer
 //! until shutdown, then its `shutdown` answers the pending clients.
 
 use tracing::warn;
 
 use super::{Env, SOURCE_HEALTH_INTERVAL};
-use crate::connector::SourceConnector;
+use crate::connector::PushSource;
 
-pub(super) async fn run_push_source(env: Env, index: usize, mut source: Box<dyn SourceConnector>) {
+pub(super) async fn run_push_source(env: Env, index: usize, mut source: Box<dyn PushSource>) {
     let component = format!("source[{index}]");
     loop {
         let checked = tokio::select! {

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::dead_letter::{dead_letter_record, Failure};
 use super::{Env, SOURCE_HEALTH_INTERVAL};
 use crate::config::FailurePolicy;
-use crate::connector::SourceConnector;
+use crate::connector::PullSource;
 use crate::error::{ConnectorError, PublishError};
 use crate::publisher::{wait_for_ack, PublishFailure};
 use crate::record::SourceOffset;
@@ -70,7 +70,7 @@ struct PolledBatch {
     failures: Vec<PublishFailure>,
 }
 
-pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn SourceConnector>) {
+pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn PullSource>) {
     let component = format!("source[{index}]");
     let retry = RetryPolicy::new(env.config.retry.clone());
     let max_in_flight = env.config.source.max_in_flight;
@@ -93,8 +93,7 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
                 _ = wait_front(&mut pending) => continue,
             }
         }
-        // Between polls, since `poll` holds the source mutably; push sources keep the
-        // default `poll`, which returns every second, so their health is tracked too.
+        // Between polls, since `poll` holds the source mutably.
         if last_health.is_none_or(|at| at.elapsed() >= SOURCE_HEALTH_INTERVAL) {
             let problem = source.health_check().await.err().map(|e| e.chain());
             env.health.set_component(&component, problem);
@@ -204,7 +203,7 @@ fn extend_offsets(ready: &mut Vec<SourceOffset>, offsets: Vec<SourceOffset>) {
 /// batch is done (or the poll brought other offsets); at the final drain it is committed.
 async fn commit_finished(
     env: &Env,
-    source: &mut dyn SourceConnector,
+    source: &mut dyn PullSource,
     pending: &mut VecDeque<Pending>,
     commits: &mut CommitState,
     in_flight: &mut usize,
@@ -249,7 +248,7 @@ async fn commit_finished(
     commit(env, source, ready).await
 }
 
-async fn commit(env: &Env, source: &mut dyn SourceConnector, offsets: Vec<SourceOffset>) -> bool {
+async fn commit(env: &Env, source: &mut dyn PullSource, offsets: Vec<SourceOffset>) -> bool {
     if offsets.is_empty() {
         return true;
     }

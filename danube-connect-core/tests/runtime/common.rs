@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use danube_connect_core::config::{RetryConfig, RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{
-    async_trait, ConnectorError, ConnectorResult, Runtime, SinkConnector, SinkRecord, SourceConnector, SourceContext,
-    SourceOffset, SourceRecord,
+    async_trait, ConnectorError, ConnectorResult, Context, Factory, Parts, PullSource, Ready, Runtime, Sink,
+    SinkRecord, SourceOffset, SourceRecord,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -36,24 +36,27 @@ pub fn with_topics(mut config: RuntimeConfig, topics: &[&str]) -> RuntimeConfig 
 
 /// Starts a runtime and runs `source` in the background; returns the shutdown token and
 /// the join handle of the run.
-pub async fn spawn_source<S: SourceConnector>(
+pub async fn spawn_source<S: Factory>(
     config: RuntimeConfig,
     source: S,
-) -> (CancellationToken, tokio::task::JoinHandle<danube_connect_core::RunReport>) {
+) -> (CancellationToken, tokio::task::JoinHandle<danube_connect_core::RunReport>)
+where
+    S::Connector: PullSource,
+{
     let token = CancellationToken::new();
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime starts");
-    let handle = tokio::spawn(async move { runtime.run_source(source).await.expect("run") });
+    let handle = tokio::spawn(async move { runtime.run(Parts::new().with_pull(source)).await.expect("run") });
     (token, handle)
 }
 
 /// Starts a runtime and runs `sink` in the background.
-pub async fn spawn_sink<K: SinkConnector>(
+pub async fn spawn_sink<K: Sink>(
     config: RuntimeConfig,
     sink: K,
 ) -> (CancellationToken, tokio::task::JoinHandle<danube_connect_core::RunReport>) {
     let token = CancellationToken::new();
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime starts");
-    let handle = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
+    let handle = tokio::spawn(async move { runtime.run(Parts::new().with_sink(Ready(sink))).await.expect("run") });
     (token, handle)
 }
 
@@ -79,15 +82,20 @@ impl ScriptedSource {
 }
 
 #[async_trait]
-impl SourceConnector for ScriptedSource {
+impl Factory for ScriptedSource {
+    type Connector = Self;
+
     fn topics_at_start(&self) -> Vec<String> {
         self.topics_at_start.clone()
     }
 
-    async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
-        Ok(())
+    async fn start(self, _ctx: Context) -> ConnectorResult<Self> {
+        Ok(self)
     }
+}
 
+#[async_trait]
+impl PullSource for ScriptedSource {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         match self.batches.pop_front() {
             Some(batch) => Ok(batch),
@@ -156,7 +164,7 @@ impl RecordingSink {
 }
 
 #[async_trait]
-impl SinkConnector for RecordingSink {
+impl Sink for RecordingSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         self.process_batch(std::slice::from_ref(record)).await
     }

@@ -1,4 +1,4 @@
-//! `FailureHandler` (`SourceContext::failures`) on both brokers: a record Danube refuses for
+//! `FailureHandler` (`Context::failures`) on both brokers: a record Danube refuses for
 //! good (its topic's name clashes with a longer one created first) follows `failure.policy`
 //! with the real attempt count; `nack` refuses it when its sender still holds it and acts as
 //! `stop` when the sender was acknowledged already.
@@ -9,7 +9,7 @@ use crate::common::runtime_config;
 use danube_connect_core::config::FailurePolicy;
 use danube_connect_core::failure::{Delivery, FailureHandler, Handback, Undeliverable};
 use danube_connect_core::{
-    async_trait, ConnectorResult, RunReport, Runtime, RuntimeError, SourceConnector, SourceContext, SourceRecord,
+    async_trait, ConnectorResult, Context, Factory, Parts, PushSource, RunReport, Runtime, RuntimeError, SourceRecord,
 };
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::{reliable_producers, TopicReader};
@@ -19,15 +19,25 @@ use tokio_util::sync::CancellationToken;
 
 /// A push source that hands its failure handler to the test.
 struct HandlerSource {
-    handler: Option<oneshot::Sender<FailureHandler>>,
+    handler: oneshot::Sender<FailureHandler>,
 }
 
 #[async_trait]
-impl SourceConnector for HandlerSource {
-    async fn initialize(&mut self, ctx: SourceContext) -> ConnectorResult<()> {
-        if let Some(handler) = self.handler.take() {
-            let _ = handler.send(ctx.failures.clone());
-        }
+impl Factory for HandlerSource {
+    type Connector = Idle;
+
+    async fn start(self, ctx: Context) -> ConnectorResult<Idle> {
+        let _ = self.handler.send(ctx.failures().clone());
+        Ok(Idle)
+    }
+}
+
+/// The running push source: the test publishes through its handler.
+struct Idle;
+
+#[async_trait]
+impl PushSource for Idle {
+    async fn shutdown(&mut self) -> ConnectorResult<()> {
         Ok(())
     }
 }
@@ -44,7 +54,7 @@ async fn start(broker: &TestBroker, name: &str, policy: FailurePolicy) -> Runnin
     let token = CancellationToken::new();
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime starts");
     let (tx, rx) = oneshot::channel();
-    let run = tokio::spawn(runtime.run_push_source(HandlerSource { handler: Some(tx) }));
+    let run = tokio::spawn(runtime.run(Parts::new().with_push(HandlerSource { handler: tx })));
     let handler = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("initialized").expect("handler");
     Running { handler, token, run }
 }

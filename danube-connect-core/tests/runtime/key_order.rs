@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{eventually, runtime_config, spawn_sink, with_topics};
 use danube_connect_core::config::{Ordering, RuntimeConfig};
-use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, SinkConnector, SinkRecord};
+use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Sink, SinkRecord};
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::reliable_producers;
 
@@ -50,7 +50,7 @@ impl DeferringSink {
 }
 
 #[async_trait]
-impl SinkConnector for DeferringSink {
+impl Sink for DeferringSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         let payload = String::from_utf8_lossy(&record.payload).into_owned();
         let defer = payload == self.deferred && record.attempt == 1;

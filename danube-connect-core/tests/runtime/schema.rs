@@ -13,8 +13,8 @@ use crate::common::{
 };
 use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaKind};
 use danube_connect_core::{
-    async_trait, ConnectorResult, PublishError, Runtime, RuntimeError, SchemaBinding, SourceConnector, SourceContext,
-    SourceOffset, SourceRecord,
+    async_trait, ConnectorResult, PublishError, PullSource, Ready, Runtime, RuntimeError, SchemaBinding, SourceOffset,
+    SourceRecord,
 };
 use danube_dev_broker::EmbeddedBroker;
 use serde_json::json;
@@ -66,7 +66,7 @@ async fn valid_records_carry_the_schema_id_and_invalid_ones_are_dead_lettered() 
     ];
     let source = ScriptedSource::new(vec![batch]);
     let commits = source.commits.clone();
-    let (token, run) = spawn_source(config, source).await;
+    let (token, run) = spawn_source(config, Ready(source)).await;
 
     let stored = broker.wait_for_messages(topic, 2, Duration::from_secs(10)).await;
     let ids: Vec<String> = stored.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
@@ -314,11 +314,7 @@ struct GatedSource {
 }
 
 #[async_trait]
-impl SourceConnector for GatedSource {
-    async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
-        Ok(())
-    }
-
+impl PullSource for GatedSource {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         if !self.first_sent || self.open.load(Ordering::SeqCst) {
             self.first_sent = true;
@@ -362,7 +358,7 @@ async fn protobuf_records_are_validated_dead_lettered_and_decoded_by_schema_id()
         open: open.clone(),
         commits: commits.clone(),
     };
-    let (token, run) = spawn_source(config, source).await;
+    let (token, run) = spawn_source(config, Ready(source)).await;
 
     // The sink subscribes once the first record is in (a new subscription starts at the end,
     // so it does not see that one); then the rest follows.

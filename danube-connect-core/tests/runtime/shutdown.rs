@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{eventually, numbered, runtime_config, spawn_source};
-use danube_connect_core::{async_trait, ConnectorResult, SourceConnector, SourceContext, SourceOffset, SourceRecord};
+use danube_connect_core::{async_trait, ConnectorResult, PullSource, Ready, SourceOffset, SourceRecord};
 use danube_dev_broker::EmbeddedBroker;
 
 /// Returns `first` at once and `second` once `open` is set, idling (empty polls) in between
@@ -19,11 +19,7 @@ struct GatedSource {
 }
 
 #[async_trait]
-impl SourceConnector for GatedSource {
-    async fn initialize(&mut self, _ctx: SourceContext) -> ConnectorResult<()> {
-        Ok(())
-    }
-
+impl PullSource for GatedSource {
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         if let Some(batch) = self.first.take() {
             return Ok(batch);
@@ -57,7 +53,7 @@ async fn records_danube_never_acked_by_the_drain_deadline_exit_3_and_stay_uncomm
     };
     let mut config = runtime_config("drain-deadline", &broker.url());
     config.shutdown.timeout = Duration::from_secs(1);
-    let (token, run) = spawn_source(config, source).await;
+    let (token, run) = spawn_source(config, Ready(source)).await;
     assert!(
         eventually(Duration::from_secs(10), || commits.lock().expect("lock").len() == 5).await,
         "the first batch is acked and committed"

@@ -205,7 +205,7 @@ async fn a_slow_topic_does_not_stall_the_others() {
         fast_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
     #[danube_connect_core::async_trait]
-    impl danube_connect_core::SinkConnector for Gate {
+    impl danube_connect_core::Sink for Gate {
         async fn process(&self, record: &danube_connect_core::SinkRecord) -> danube_connect_core::ConnectorResult<()> {
             if record.topic.contains("slow") {
                 self.release.notified().await;
@@ -297,7 +297,7 @@ struct RetryAfterSink {
 }
 
 #[danube_connect_core::async_trait]
-impl danube_connect_core::SinkConnector for RetryAfterSink {
+impl danube_connect_core::Sink for RetryAfterSink {
     async fn process(&self, record: &danube_connect_core::SinkRecord) -> danube_connect_core::ConnectorResult<()> {
         self.process_batch(std::slice::from_ref(record)).await
     }
@@ -360,7 +360,9 @@ async fn a_sink_without_topics_is_a_config_error_naming_sink_topics() {
     let runtime = danube_connect_core::Runtime::start(runtime_config("no-topics", &broker.url()), token.clone())
         .await
         .expect("runtime");
-    let error = runtime.run_sink(RecordingSink::new(Behaviour::Accept)).await.expect_err("no topics to consume");
+    let parts =
+        danube_connect_core::Parts::new().with_sink(danube_connect_core::Ready(RecordingSink::new(Behaviour::Accept)));
+    let error = runtime.run(parts).await.expect_err("no topics to consume");
     let text = danube_connect_core::error::error_chain(&error);
     assert!(matches!(error, danube_connect_core::RuntimeError::Config(_)), "{text}");
     assert!(text.contains("sink.topics"), "the error names the field: {text}");

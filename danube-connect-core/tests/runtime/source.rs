@@ -9,7 +9,7 @@ use crate::common::{
     eventually, numbered, runtime_config, spawn_source, switchable_health, wait_for_readiness, CommitCheck,
     ScriptedSource,
 };
-use danube_connect_core::{Runtime, SourceOffset, SourceRecord};
+use danube_connect_core::{Parts, Ready, Runtime, SourceOffset, SourceRecord};
 use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
 use tokio_util::sync::CancellationToken;
 
@@ -316,14 +316,7 @@ struct SplitOffsetSource {
 }
 
 #[danube_connect_core::async_trait]
-impl danube_connect_core::SourceConnector for SplitOffsetSource {
-    async fn initialize(
-        &mut self,
-        _ctx: danube_connect_core::SourceContext,
-    ) -> danube_connect_core::ConnectorResult<()> {
-        Ok(())
-    }
-
+impl danube_connect_core::PullSource for SplitOffsetSource {
     async fn poll(&mut self) -> danube_connect_core::ConnectorResult<Vec<SourceRecord>> {
         if let Some(batch) = self.first.take() {
             return Ok(batch);
@@ -389,7 +382,7 @@ async fn an_offset_shared_by_two_polls_is_committed_only_after_both_polls_are_ac
     };
     let mut config = runtime_config("split-offset", &broker.url());
     config.source.producers_per_topic = 1;
-    let (token, run) = spawn_source(config, source).await;
+    let (token, run) = spawn_source(config, Ready(source)).await;
     assert_eq!(broker.wait_for_messages(topic, 2, Duration::from_secs(10)).await.len(), 2, "first poll published");
     // The second poll's sends fail for a while: its records stay pending.
     broker.fail_next_sends(6);
@@ -415,17 +408,19 @@ async fn an_offset_shared_by_two_polls_is_committed_only_after_both_polls_are_ac
     assert_eq!(run.await.expect("join").exit_code(), 0);
 }
 
-/// A push source (default `poll`) whose health the test switches.
+/// An idle pull source whose health the test switches.
 struct SwitchableHealthSource {
     healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[danube_connect_core::async_trait]
-impl danube_connect_core::SourceConnector for SwitchableHealthSource {
-    async fn initialize(
-        &mut self,
-        _ctx: danube_connect_core::SourceContext,
-    ) -> danube_connect_core::ConnectorResult<()> {
+impl danube_connect_core::PullSource for SwitchableHealthSource {
+    async fn poll(&mut self) -> danube_connect_core::ConnectorResult<Vec<SourceRecord>> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self, _offsets: Vec<SourceOffset>) -> danube_connect_core::ConnectorResult<()> {
         Ok(())
     }
 
@@ -435,44 +430,32 @@ impl danube_connect_core::SourceConnector for SwitchableHealthSource {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_follows_a_push_source_health_over_time() {
+async fn readiness_follows_a_pull_source_health_over_time() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let token = CancellationToken::new();
     let runtime = Runtime::start(runtime_config("push-health", &broker.url()), token.clone()).await.expect("runtime");
     let addr = runtime.ops_addr().expect("ops enabled");
-    let run = tokio::spawn(runtime.run_source(SwitchableHealthSource { healthy: healthy.clone() }));
+    let run =
+        tokio::spawn(runtime.run(Parts::new().with_pull(Ready(SwitchableHealthSource { healthy: healthy.clone() }))));
     let wait_for = |want: u16| wait_for_readiness(addr, want);
     assert!(wait_for(200).await, "ready while the source is healthy");
     healthy.store(false, std::sync::atomic::Ordering::SeqCst);
-    assert!(wait_for(503).await, "not ready once the push source reports a problem");
+    assert!(wait_for(503).await, "not ready once the pull source reports a problem");
     healthy.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(wait_for(200).await, "ready again after it recovered");
     token.cancel();
     assert_eq!(run.await.expect("join").expect("run").exit_code(), 0);
 }
 
-/// A push source whose `poll` never returns; records whether it was polled and shut down.
-struct NeverPollingPushSource {
+/// A push source (never polled: the trait has no `poll`); records whether it was shut down.
+struct SwitchablePushSource {
     healthy: Arc<std::sync::atomic::AtomicBool>,
-    polled: Arc<std::sync::atomic::AtomicBool>,
     shut_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[danube_connect_core::async_trait]
-impl danube_connect_core::SourceConnector for NeverPollingPushSource {
-    async fn initialize(
-        &mut self,
-        _ctx: danube_connect_core::SourceContext,
-    ) -> danube_connect_core::ConnectorResult<()> {
-        Ok(())
-    }
-
-    async fn poll(&mut self) -> danube_connect_core::ConnectorResult<Vec<SourceRecord>> {
-        self.polled.store(true, std::sync::atomic::Ordering::SeqCst);
-        std::future::pending().await
-    }
-
+impl danube_connect_core::PushSource for SwitchablePushSource {
     async fn shutdown(&mut self) -> danube_connect_core::ConnectorResult<()> {
         self.shut_down.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -484,18 +467,16 @@ impl danube_connect_core::SourceConnector for NeverPollingPushSource {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_source_whose_poll_never_returns_is_health_checked_on_its_own_timer() {
+async fn a_push_source_is_health_checked_on_its_own_timer_and_shut_down() {
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let shut_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let token = CancellationToken::new();
     let runtime = Runtime::start(runtime_config("push-timer", &broker.url()), token.clone()).await.expect("runtime");
     let addr = runtime.ops_addr().expect("ops enabled");
     let publisher = runtime.publisher();
-    let source =
-        NeverPollingPushSource { healthy: healthy.clone(), polled: polled.clone(), shut_down: shut_down.clone() };
-    let run = tokio::spawn(runtime.run_push_source(source));
+    let source = SwitchablePushSource { healthy: healthy.clone(), shut_down: shut_down.clone() };
+    let run = tokio::spawn(runtime.run(Parts::new().with_push(Ready(source))));
     let wait_for = |want: u16| wait_for_readiness(addr, want);
     assert!(wait_for(200).await, "ready while the source is healthy");
     healthy.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -506,6 +487,5 @@ async fn a_push_source_whose_poll_never_returns_is_health_checked_on_its_own_tim
     assert_eq!(broker.messages("/default/push-timer").len(), 1);
     token.cancel();
     assert_eq!(run.await.expect("join").expect("run").exit_code(), 0);
-    assert!(!polled.load(std::sync::atomic::Ordering::SeqCst), "a push source is never polled");
     assert!(shut_down.load(std::sync::atomic::Ordering::SeqCst), "its shutdown ran");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::{runtime_config, spawn_source, ScriptedSource};
 use danube_client::DanubeClient;
-use danube_connect_core::{PublishError, Runtime, RuntimeError, SourceOffset, SourceRecord};
+use danube_connect_core::{Parts, PublishError, Runtime, RuntimeError, SourceOffset, SourceRecord};
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::TopicReader;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ async fn a_dead_letter_topic_of_the_other_dispatch_strategy_stops_the_start_nami
         create_non_reliable(&broker.url(), "/default/dlq-mismatch").await;
         let config = runtime_config("mismatch", &broker.url());
         let runtime = Runtime::start(config, CancellationToken::new()).await.expect("runtime starts");
-        let run = runtime.run_source(ScriptedSource::new(Vec::new()));
+        let run = runtime.run(Parts::new().with_pull(ScriptedSource::new(Vec::new())));
         let error = tokio::time::timeout(Duration::from_secs(30), run).await.expect("no hang").expect_err("refused");
         let RuntimeError::Publish(PublishError::TopicRefused { topic, fix, .. }) = &error else {
             panic!("{kind}: expected a topic refusal, got {error:?}");

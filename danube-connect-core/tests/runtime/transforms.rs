@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::{eventually, runtime_config, spawn_source, with_topics, Behaviour, RecordingSink, ScriptedSource};
 use danube_connect_core::config::FailurePolicy;
 use danube_connect_core::transform::TransformConfig;
-use danube_connect_core::{Runtime, SourceOffset, SourceRecord};
+use danube_connect_core::{Parts, Ready, Runtime, SourceOffset, SourceRecord};
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::{reliable_producers, TopicReader};
 use tokio_util::sync::CancellationToken;
@@ -216,7 +216,7 @@ async fn sink_records_are_rewritten_and_dropped_before_the_sink_and_failures_dea
         let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
         let addr = runtime.ops_addr().expect("ops");
         let running = sink.clone();
-        let run = tokio::spawn(async move { runtime.run_sink(running).await.expect("run") });
+        let run = tokio::spawn(async move { runtime.run(Parts::new().with_sink(Ready(running))).await.expect("run") });
         wait_until_consuming(&broker, topic, &sink).await;
 
         let producers = reliable_producers(broker.url(), topic, "writer", 1).await.expect("producer");

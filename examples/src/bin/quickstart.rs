@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use danube_connect_core::config::{RuntimeConfig, SinkTopicConfig};
-use danube_connect_core::Runtime;
-use danube_connect_examples::counter_source::{CounterConfig, CounterSource};
-use danube_connect_examples::line_sink::{LineSink, LineSinkConfig};
+use danube_connect_core::{Parts, Runtime};
+use danube_connect_examples::counter_source::CounterConfig;
+use danube_connect_examples::line_sink::LineSinkConfig;
 use danube_dev_broker::EmbeddedBroker;
 use tokio_util::sync::CancellationToken;
 
@@ -40,21 +40,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sink_config.sink.batch.linger = Duration::from_millis(20);
     let sink_stop = CancellationToken::new();
     let sink_runtime = Runtime::start(sink_config, sink_stop.clone()).await?;
-    let sink = LineSink::new(&LineSinkConfig { path: Some(out.clone()) })?;
-    let sink_run = tokio::spawn(sink_runtime.run_sink(sink));
+    let sink = LineSinkConfig { path: Some(out.clone()) };
+    let sink_run = tokio::spawn(sink_runtime.run(Parts::new().with_sink(sink)));
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let started = Instant::now();
     let source_stop = CancellationToken::new();
     let source_runtime = Runtime::start(base("quickstart-source"), source_stop.clone()).await?;
-    let source = CounterSource::new(CounterConfig {
-        topic: TOPIC.into(),
-        batch: 100,
-        interval: Duration::from_millis(1),
-        limit: RECORDS,
-        state_file: None,
-    })?;
-    let source_run = tokio::spawn(source_runtime.run_source(source));
+    let source = CounterConfig { topic: TOPIC.into(), batch: 100, interval: 1, limit: RECORDS, state_file: None };
+    let source_run = tokio::spawn(source_runtime.run(Parts::new().with_pull(source)));
 
     let published = broker.wait_for_messages(TOPIC, RECORDS as usize + 1, Duration::from_secs(60)).await.len() - 1;
     let publish_secs = started.elapsed().as_secs_f64();

@@ -36,7 +36,7 @@ pub(super) async fn supervise_flusher(inner: Arc<Inner>, table: Arc<Table>, stop
 /// error is reported to health and retried with backoff; it never ends the loop.
 async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) {
     let linger = inner.config.batch.max_linger;
-    let label = [inner.settings.connector_name.clone(), table.label.clone()];
+    let label = [table.label.clone()];
     let mut spool_backoff = inner.retry.backoff();
     // Waits a backoff step after a spool failure; false when stopped meanwhile.
     let pause = |backoff: &mut Backoff, problem: String| {
@@ -101,7 +101,7 @@ async fn flusher(inner: Arc<Inner>, table: Arc<Table>, stop: CancellationToken) 
             }
             spool_backoff.reset();
             inner.set_problem(None);
-            inner.metrics.spool_bytes.with_label_values(&[&label[0], &label[1]]).set(table.spool.bytes() as i64);
+            inner.metrics.spool_bytes.with_label_values(&[&label[0]]).set(table.spool.bytes() as i64);
             table.space.notify_waiters();
         }
         let deadline = table.spool.next_deadline(linger).map(tokio::time::Instant::from_std);

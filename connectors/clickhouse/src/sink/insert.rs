@@ -80,7 +80,7 @@ impl Inner {
         mut uncertain: bool,
         stop: &CancellationToken,
     ) -> Result<Result<(), ClickHouseError>, Stopped> {
-        let label = [self.settings.connector_name.as_str(), table.label.as_str()];
+        let label = [table.label.as_str()];
         let batch_column = table.mapping.batch_id_column.as_deref();
         let mut columns = columns.to_vec();
         if let Some(column) = batch_column {
@@ -92,7 +92,7 @@ impl Inner {
             let result = match (uncertain, batch_column) {
                 (true, Some(column)) => match self.ch.count_token(&table.database, &table.name, column, token).await {
                     Ok(present) if present >= rows.len() as u64 => {
-                        self.metrics.inserts.with_label_values(&[label[0], label[1], "already_present"]).inc();
+                        self.metrics.inserts.with_label_values(&[label[0], "already_present"]).inc();
                         info!(table = %table.label, token, rows = rows.len(), "batch already in ClickHouse (an earlier attempt landed); not inserting it again");
                         self.set_problem(None);
                         return Ok(Ok(()));
@@ -109,19 +109,19 @@ impl Inner {
             };
             let error = match result {
                 Ok(()) => {
-                    self.metrics.inserts.with_label_values(&[label[0], label[1], "ok"]).inc();
+                    self.metrics.inserts.with_label_values(&[label[0], "ok"]).inc();
                     self.set_problem(None);
                     return Ok(Ok(()));
                 }
                 Err(error @ ClickHouseError::Rejected { .. }) => {
-                    self.metrics.inserts.with_label_values(&[label[0], label[1], "rejected"]).inc();
+                    self.metrics.inserts.with_label_values(&[label[0], "rejected"]).inc();
                     return Ok(Err(error));
                 }
                 Err(error) => error,
             };
             // The request may have reached the server: look before inserting again.
             uncertain = true;
-            self.metrics.inserts.with_label_values(&[label[0], label[1], "retryable"]).inc();
+            self.metrics.inserts.with_label_values(&[label[0], "retryable"]).inc();
             let chain = danube_connect_core::error::error_chain(&error);
             let delay = delays.next().unwrap_or(Duration::from_secs(10));
             warn!(table = %table.label, error = %chain, retry_in = ?delay, "insert failed; the rows stay in the spool");
@@ -168,10 +168,7 @@ impl Inner {
     }
 
     pub(super) fn count_inserted(&self, table: &Table, rows: usize) {
-        self.metrics
-            .rows_inserted
-            .with_label_values(&[self.settings.connector_name.as_str(), table.label.as_str()])
-            .inc_by(rows as u64);
+        self.metrics.rows_inserted.with_label_values(&[table.label.as_str()]).inc_by(rows as u64);
     }
 
     /// ClickHouse refused a segment (its schema changed since the rows were spooled, or a
@@ -263,10 +260,7 @@ impl Inner {
         };
         match self.failures.with_stop(stop.clone()).undeliverable(failed, Handback::Impossible).await {
             Delivery::Published | Delivery::DeadLettered => {
-                self.metrics
-                    .dead_lettered
-                    .with_label_values(&[self.settings.connector_name.as_str(), table.label.as_str()])
-                    .inc();
+                self.metrics.dead_lettered.with_label_values(&[table.label.as_str()]).inc();
                 warn!(table = %table.label, error, "a spooled row was refused by ClickHouse and dead-lettered");
                 Ok(())
             }

@@ -147,7 +147,7 @@ impl Inner {
         }
         let spool = table.spool.clone();
         let result = tokio::task::spawn_blocking(move || spool.append(groups)).await;
-        let label = [self.settings.connector_name.as_str(), table.label.as_str()];
+        let label = [table.label.as_str()];
         match result {
             Ok(Ok(outcome)) => {
                 if outcome.duplicates > 0 {

@@ -1,9 +1,9 @@
 //! The ClickHouse sink's own metrics.
 
-use danube_connect_core::connector::SinkContext;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
+use prometheus::{IntCounterVec, IntGaugeVec};
 
-/// Counters and gauges by connector and table.
+/// Counters and gauges by table (labelled `connector` by the runtime).
 pub(super) struct Metrics {
     /// Rows inserted into ClickHouse.
     pub(super) rows_inserted: IntCounterVec,
@@ -19,39 +19,26 @@ pub(super) struct Metrics {
 
 impl Metrics {
     /// Registers the metrics in the runtime's registry.
-    pub(super) fn register(ctx: &SinkContext) -> Result<Self, prometheus::Error> {
-        let registry = ctx.metrics.registry();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let spool_bytes = IntGaugeVec::new(
-            Opts::new("clickhouse_spool_bytes", "Bytes waiting in the spool."),
-            &["connector", "table"],
-        )?;
-        registry.register(Box::new(spool_bytes.clone()))?;
+    pub(super) fn register(metrics: &ConnectorMetrics) -> Result<Self, MetricsError> {
+        let counter = |name: &str, help: &str, labels: &[&str]| metrics.counter_vec(name, help, labels);
+        let spool_bytes = metrics.gauge_vec("clickhouse_spool_bytes", "Bytes waiting in the spool.", &["table"])?;
         Ok(Self {
-            rows_inserted: counter(
-                "clickhouse_rows_inserted_total",
-                "Rows inserted into ClickHouse.",
-                &["connector", "table"],
-            )?,
+            rows_inserted: counter("clickhouse_rows_inserted_total", "Rows inserted into ClickHouse.", &["table"])?,
             inserts: counter(
                 "clickhouse_inserts_total",
                 "Insert requests by outcome (ok, retryable, rejected).",
-                &["connector", "table", "outcome"],
+                &["table", "outcome"],
             )?,
             spool_bytes,
             duplicates: counter(
                 "clickhouse_spool_duplicates_total",
                 "Redelivered records skipped because they were already spooled.",
-                &["connector", "table"],
+                &["table"],
             )?,
             dead_lettered: counter(
                 "clickhouse_rows_dead_lettered_total",
                 "Spooled rows ClickHouse refused, sent to the dead-letter topic.",
-                &["connector", "table"],
+                &["table"],
             )?,
         })
     }

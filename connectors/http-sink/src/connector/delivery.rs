@@ -121,9 +121,7 @@ impl HttpSink {
             Ok(response) => self.on_response(response, &endpoint, &target, deferrals, attempt).await,
             Err(error) => Err(self.on_transport_error(error, &endpoint, &target)),
         };
-        if let Some(metrics) = &self.metrics {
-            metrics.duration.with_label_values(&[&metrics.connector]).observe(started.elapsed().as_secs_f64());
-        }
+        self.metrics.observe_duration(started.elapsed().as_secs_f64());
         if probe {
             debug!(%endpoint, ok = result.is_ok(), "circuit probe finished");
         }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use danube_connect_core::config::{ConnectorConfig, RetryConfig, RuntimeConfig, SinkTopicConfig};
 use danube_connect_core::{RunReport, Runtime};
-use danube_connector_http_sink::{HttpSink, HttpSinkConfig};
+use danube_connector_http_sink::{HttpSinkConfig, HttpSinkFactory};
 use danube_dev_broker::EmbeddedBroker;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -365,8 +365,9 @@ pub async fn start_sink(broker: &EmbeddedBroker, config: ConnectorConfig<HttpSin
     danube_connect_core::config::Validate::validate(&config.connector).expect("valid connector config");
     let token = CancellationToken::new();
     let runtime = Runtime::start(config.runtime, token.clone()).await.expect("runtime starts");
-    let sink = HttpSink::new(config.connector).expect("sink builds");
-    let run = tokio::spawn(async move { runtime.run_sink(sink).await.expect("run") });
+    let sink = HttpSinkFactory::build(config.connector).expect("sink builds");
+    let run =
+        tokio::spawn(async move { runtime.run(danube_connect_core::Parts::new().with_sink(sink)).await.expect("run") });
     assert!(broker.wait_for_consumers(&topic, &subscription, 1, Duration::from_secs(20)).await, "the sink subscribed");
     RunningSink { token, run }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use axum::response::Response;
 use danube_connect_core::failure::{Delivery, Handback, Undeliverable};
-use danube_connect_core::publisher::PublishFailure;
+use danube_connect_core::PublishFailure;
 use danube_connect_core::{PendingPublish, PublishError, SourceRecord};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::warn;

@@ -3,39 +3,39 @@
 use std::time::Instant;
 
 use axum::http::StatusCode;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 use crate::endpoint::Endpoint;
 
 /// The HTTP source's own metrics (labels bounded: endpoint id or `dynamic`, status code).
 #[derive(Clone)]
 pub struct HttpMetrics {
-    connector: String,
     requests: IntCounterVec,
     duration: HistogramVec,
 }
 
 impl HttpMetrics {
     /// Registers the metrics in the runtime's registry.
-    pub fn new(metrics: &danube_connect_core::metrics::Metrics) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
-            Opts::new("http_source_requests_total", "Webhook requests by endpoint and status."),
-            &["connector", "endpoint", "status"],
+    pub fn new(metrics: &ConnectorMetrics) -> Result<Self, MetricsError> {
+        let requests = metrics.counter_vec(
+            "http_source_requests_total",
+            "Webhook requests by endpoint and status.",
+            &["endpoint", "status"],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new("http_source_request_duration_seconds", "Webhook request duration.")
-                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
-            &["connector", "endpoint"],
+        let duration = metrics.histogram_vec(
+            "http_source_request_duration_seconds",
+            "Webhook request duration.",
+            &["endpoint"],
+            ConnectorMetrics::seconds_buckets(),
         )?;
-        metrics.registry().register(Box::new(requests.clone()))?;
-        metrics.registry().register(Box::new(duration.clone()))?;
-        Ok(Self { connector: metrics.connector().to_string(), requests, duration })
+        Ok(Self { requests, duration })
     }
 
     /// Counts a request no endpoint matched.
     pub(super) fn observe_unmatched(&self, status: StatusCode, started: Instant) {
-        self.requests.with_label_values(&[&self.connector, "unmatched", status.as_str()]).inc();
-        self.duration.with_label_values(&[&self.connector, "unmatched"]).observe(started.elapsed().as_secs_f64());
+        self.requests.with_label_values(&["unmatched", status.as_str()]).inc();
+        self.duration.with_label_values(&["unmatched"]).observe(started.elapsed().as_secs_f64());
     }
 
     /// Counts a request of `endpoint`. The endpoint's duration histogram and success counter
@@ -43,17 +43,13 @@ impl HttpMetrics {
     pub(super) fn observe(&self, endpoint: &Endpoint, status: StatusCode, started: Instant) {
         let handles = endpoint.metrics.get_or_init(|| EndpointMetrics {
             success_status: endpoint.success,
-            success: self.requests.with_label_values(&[
-                &self.connector,
-                &endpoint.metric_label,
-                endpoint.success.as_str(),
-            ]),
-            duration: self.duration.with_label_values(&[&self.connector, &endpoint.metric_label]),
+            success: self.requests.with_label_values(&[&endpoint.metric_label, endpoint.success.as_str()]),
+            duration: self.duration.with_label_values(&[&endpoint.metric_label]),
         });
         if status == handles.success_status {
             handles.success.inc();
         } else {
-            self.requests.with_label_values(&[&self.connector, &endpoint.metric_label, status.as_str()]).inc();
+            self.requests.with_label_values(&[&endpoint.metric_label, status.as_str()]).inc();
         }
         handles.duration.observe(started.elapsed().as_secs_f64());
     }

@@ -28,7 +28,7 @@ use self::holds::{Held, KeyHolds};
 use super::dead_letter::{dead_letter_record, Failure};
 use super::Env;
 use crate::config::{FailurePolicy, Ordering, SinkTopicConfig, SubscriptionType};
-use crate::connector::SinkConnector;
+use crate::connector::Sink;
 use crate::error::ConnectorError;
 use crate::record::SinkRecord;
 use crate::retry::{RetryFailure, RetryPolicy};
@@ -40,7 +40,7 @@ struct Lane {
     env: Env,
     topic: String,
     consumer: Arc<Mutex<Consumer>>,
-    connector: Arc<dyn SinkConnector>,
+    connector: Arc<dyn Sink>,
     retry: RetryPolicy,
     /// What this topic holds and settled, for stall detection.
     progress: Arc<Progress>,
@@ -52,7 +52,7 @@ struct Lane {
     holds: std::sync::Mutex<KeyHolds>,
 }
 
-pub(super) async fn health_loop(env: Env, sink: Arc<dyn SinkConnector>) {
+pub(super) async fn health_loop(env: Env, sink: Arc<dyn Sink>) {
     loop {
         let problem = sink.health_check().await.err().map(|e| e.chain());
         env.health.set_component("sink", problem);
@@ -63,7 +63,7 @@ pub(super) async fn health_loop(env: Env, sink: Arc<dyn SinkConnector>) {
     }
 }
 
-pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, connector: Arc<dyn SinkConnector>) {
+pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, connector: Arc<dyn Sink>) {
     let retry = RetryPolicy::new(env.config.retry.clone());
     let mut reconnect_delays = retry.delays();
     let progress = Arc::new(Progress::default());
@@ -219,7 +219,7 @@ fn spawn_lanes(
     env: &Env,
     topic: &str,
     consumer: &Arc<Mutex<Consumer>>,
-    connector: &Arc<dyn SinkConnector>,
+    connector: &Arc<dyn Sink>,
     retry: &RetryPolicy,
     progress: &Arc<Progress>,
     deliveries: &Arc<Deliveries>,
