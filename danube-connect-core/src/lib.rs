@@ -42,6 +42,7 @@ pub mod runtime;
 pub mod schema;
 pub mod stall;
 pub mod telemetry;
+pub mod template;
 pub mod trace_context;
 pub mod transform;
 

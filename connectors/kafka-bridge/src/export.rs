@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tracing::{debug, info};
 
-use crate::config::BridgeConfig;
+use crate::config::{BridgeConfig, KafkaTopics};
 use crate::kafka::{classify, producer_config, BridgeClientContext};
 use crate::mapping;
 
@@ -30,6 +30,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The export side of the bridge (a [`SinkConnector`]).
 pub struct KafkaExport {
     config: BridgeConfig,
+    topics: KafkaTopics,
     bridge_id: String,
     context: BridgeClientContext,
     producer: Option<FutureProducer<BridgeClientContext>>,
@@ -43,9 +44,12 @@ impl std::fmt::Debug for KafkaExport {
 }
 
 impl KafkaExport {
-    /// An export; `bridge_id` marks records for loop protection.
-    pub fn new(config: BridgeConfig, bridge_id: String) -> Self {
-        Self { config, bridge_id, context: BridgeClientContext::default(), producer: None, skipped: None }
+    /// An export; `bridge_id` marks records for loop protection. Fails when
+    /// `export.topic_template` is not a template of Kafka topic names.
+    pub fn new(config: BridgeConfig, bridge_id: String) -> Result<Self, ConnectorError> {
+        let topics =
+            config.export.kafka_topics().map_err(|e| ConnectorError::fatal("connector.export.topic_template", e))?;
+        Ok(Self { config, topics, bridge_id, context: BridgeClientContext::default(), producer: None, skipped: None })
     }
 
     fn producer(&self) -> ConnectorResult<&FutureProducer<BridgeClientContext>> {
@@ -61,7 +65,7 @@ impl KafkaExport {
     }
 
     async fn deliver(&self, record: &SinkRecord) -> ConnectorResult<()> {
-        let topic = self.config.export.kafka_topic(&record.topic);
+        let topic = self.topics.kafka_topic(&record.topic);
         if self.is_echo(record, &topic) {
             if let Some(counter) = &self.skipped {
                 counter.inc();

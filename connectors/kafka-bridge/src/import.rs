@@ -58,7 +58,7 @@ impl KafkaImport {
     /// An import for `config.import.mappings`; `bridge_id` marks records for loop protection.
     pub fn new(config: BridgeConfig, bridge_id: String) -> Result<Self, ConnectorError> {
         let router = TopicRouter::new(&config.import.mappings)
-            .map_err(|e| ConnectorError::fatal("connector.import.mappings: invalid pattern", e))?;
+            .map_err(|e| ConnectorError::fatal("connector.import.mappings", e))?;
         Ok(Self {
             config,
             bridge_id,

@@ -63,6 +63,6 @@ pub fn build(config: &ConnectorConfig<BridgeConfig>) -> Result<BridgeParts, danu
         sources.push(Box::new(KafkaImport::new(config.connector.clone(), id.clone())?));
     }
     let sink: Option<Box<dyn SinkConnector>> =
-        if export { Some(Box::new(KafkaExport::new(config.connector.clone(), id))) } else { None };
+        if export { Some(Box::new(KafkaExport::new(config.connector.clone(), id)?)) } else { None };
     Ok(BridgeParts { sources, sink })
 }

@@ -85,7 +85,8 @@ impl std::fmt::Debug for OutboundSink {
 impl OutboundSink {
     /// A sink publishing to `broker` as `{client_id}-out`.
     pub fn new(broker: BrokerConfig, config: OutboundConfig) -> ConnectorResult<Self> {
-        let template = OutboundTemplate::parse(&config.topic).map_err(ConnectorError::fatal_msg)?;
+        let template =
+            OutboundTemplate::parse(&config.topic).map_err(|e| ConnectorError::fatal("connector.outbound.topic", e))?;
         Ok(Self { broker, config, template, shared: None, stop: CancellationToken::new(), task: None })
     }
 
@@ -165,7 +166,7 @@ impl SinkConnector for OutboundSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         let topic = self
             .template
-            .render(&record.topic, record.routing_key.as_deref(), &record.attributes)
+            .render(record)
             .map_err(|reason| ConnectorError::invalid_msg(format!("no MQTT topic for the message: {reason}")))?;
         let shared = self.shared.as_ref().ok_or_else(|| ConnectorError::fatal_msg("outbound sink not initialized"))?;
         match self.publish(shared, topic, record).await {
