@@ -38,6 +38,7 @@ mod runtime;
 pub mod schema;
 mod stall;
 pub mod telemetry;
+pub mod template;
 pub mod trace_context;
 pub mod transform;
 

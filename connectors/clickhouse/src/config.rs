@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use danube_connect_core::config::{validate_topic, ConfigError, RuntimeConfig, Validate};
+use danube_connect_core::template::{TableField, TableFields, Template, TemplateText};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -106,8 +107,9 @@ pub enum UnknownFields {
 pub struct TableMapping {
     /// The Danube topic (`/default/events`); it must also be listed in `sink.topics`.
     pub topic: String,
-    /// The target table (`events` or `db.events`).
-    pub table: String,
+    /// The target table (`events` or `db.events`); in CDC mode a template of the shared
+    /// grammar (`docs/templates.md`) with `{schema}` and `{table}` of each record's source.
+    pub table: TemplateText<TableFields>,
     /// Fields without a column: `ignore` (default) or `error`.
     #[serde(default = "default_unknown")]
     pub unknown_fields: UnknownFields,
@@ -290,10 +292,8 @@ impl Validate for ClickHouseSinkConfig {
         }
         for (i, mapping) in self.tables.iter().enumerate() {
             validate_topic(&format!("connector.tables[{i}].topic"), &mapping.topic)?;
-            if mapping.table.is_empty()
-                || mapping.table.split('.').count() > 2
-                || mapping.table.split('.').any(str::is_empty)
-            {
+            let text = mapping.table.as_str();
+            if text.is_empty() || text.split('.').count() > 2 || text.split('.').any(str::is_empty) {
                 return Err(ConfigError::invalid(
                     format!("connector.tables[{i}].table"),
                     format!("`{}` must be `table` or `database.table`", mapping.table),
@@ -305,7 +305,7 @@ impl Validate for ClickHouseSinkConfig {
                     "must name a String column of the table, or be left out",
                 ));
             }
-            let templated = mapping.table.contains('{') || mapping.table.contains('}');
+            let templated = text.contains('{') || text.contains('}');
             if mapping.mode == TableMode::Rows {
                 if templated {
                     return Err(ConfigError::invalid(
@@ -320,13 +320,7 @@ impl Validate for ClickHouseSinkConfig {
                     ));
                 }
             } else {
-                let rest = mapping.table.replace("{schema}", "").replace("{table}", "");
-                if rest.contains('{') || rest.contains('}') {
-                    return Err(ConfigError::invalid(
-                        format!("connector.tables[{i}].table"),
-                        format!("`{}`: the only placeholders are {{schema}} and {{table}}", mapping.table),
-                    ));
-                }
+                mapping.table.check(&format!("connector.tables[{i}].table"))?;
                 for (field, value) in
                     [("deleted_column", &mapping.deleted_column), ("version_column", &mapping.version_column)]
                 {
@@ -395,7 +389,7 @@ impl TableMapping {
     pub fn new(topic: impl Into<String>, table: impl Into<String>) -> Self {
         Self {
             topic: topic.into(),
-            table: table.into(),
+            table: TemplateText::new(table.into()),
             unknown_fields: UnknownFields::Ignore,
             topic_column: None,
             offset_column: None,
@@ -413,21 +407,24 @@ impl TableMapping {
 
     /// Whether the table name is a template (`{schema}`, `{table}`) resolved per record.
     pub fn is_template(&self) -> bool {
-        self.table.contains("{schema}") || self.table.contains("{table}")
+        self.table.template().is_some_and(|t| !t.is_static())
     }
 
     /// `(database, table)` of a template for a source `schema.table`.
     pub fn resolve(&self, default_database: &str, schema: &str, table: &str) -> (String, String) {
-        let (database, name) = self.qualified(default_database);
-        let fill = |s: &str| s.replace("{schema}", schema).replace("{table}", table);
-        (fill(&database), fill(&name))
+        let Some(template) = self.table.template() else { return self.qualified(default_database) };
+        let fill = |t: &Template<TableField>| t.render_table(schema, table, String::push_str);
+        match template.split_once('.') {
+            Some((database, name)) => (fill(&database), fill(&name)),
+            None => (default_database.to_string(), fill(template)),
+        }
     }
 
     /// `(database, table)` with `default_database` when the name has no prefix.
     pub fn qualified(&self, default_database: &str) -> (String, String) {
-        match self.table.split_once('.') {
+        match self.table.as_str().split_once('.') {
             Some((db, table)) => (db.to_string(), table.to_string()),
-            None => (default_database.to_string(), self.table.clone()),
+            None => (default_database.to_string(), self.table.to_string()),
         }
     }
 }

@@ -19,10 +19,9 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine;
+use danube_connect_common::tls::ClientTls;
 use danube_connect_core::config::{ConfigError, RuntimeConfig, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
@@ -58,7 +57,7 @@ pub struct HttpSinkConfig {
     /// Whether to follow redirects (up to 5). Off by default: a 3xx is then a permanent failure.
     pub follow_redirects: bool,
     /// TLS options for `https://` targets.
-    pub tls: TlsConfig,
+    pub tls: ClientTls,
     /// What the request body holds.
     pub body: BodyConfig,
     /// Names of the delivery headers.
@@ -102,7 +101,7 @@ impl Default for HttpSinkConfig {
             connect_timeout: Duration::from_secs(5),
             max_in_flight: 256,
             follow_redirects: false,
-            tls: TlsConfig::default(),
+            tls: ClientTls::default(),
             body: BodyConfig::default(),
             delivery: DeliveryHeadersConfig::default(),
             signing: SigningConfig::default(),
@@ -219,20 +218,6 @@ pub enum AuthConfig {
         /// The header value (a string, `{ env = "VAR" }` or `{ file = "/path" }`).
         value: Secret,
     },
-}
-
-/// TLS options.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// Extra CA certificate(s) (PEM) trusted besides the built-in roots.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain (PEM) for mutual TLS; needs `client_key`.
-    pub client_cert: Option<PathBuf>,
-    /// Client private key (PEM, PKCS#8, RSA or SEC1) for mutual TLS.
-    pub client_key: Option<PathBuf>,
-    /// Trust only `ca_file`, not the built-in roots.
-    pub ca_only: bool,
 }
 
 /// How the request body is made.
@@ -494,26 +479,7 @@ impl Validate for HttpSinkConfig {
         if self.max_in_flight == 0 {
             return Err(ConfigError::invalid("connector.max_in_flight", "must be at least 1"));
         }
-        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
-            return Err(ConfigError::invalid(
-                "connector.tls.client_cert",
-                "mutual TLS needs both `client_cert` and `client_key`",
-            ));
-        }
-        if self.tls.ca_only && self.tls.ca_file.is_none() {
-            return Err(ConfigError::invalid("connector.tls.ca_only", "needs `tls.ca_file`"));
-        }
-        for (field, path) in [
-            ("connector.tls.ca_file", &self.tls.ca_file),
-            ("connector.tls.client_cert", &self.tls.client_cert),
-            ("connector.tls.client_key", &self.tls.client_key),
-        ] {
-            if let Some(path) = path {
-                if !path.is_file() {
-                    return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
-                }
-            }
-        }
+        self.tls.validate("connector.tls").map_err(|e| ConfigError::invalid(e.field.clone(), e.reason()))?;
         if self.body.content_type.is_empty() || reqwest::header::HeaderValue::from_str(&self.body.content_type).is_err()
         {
             return Err(ConfigError::invalid("connector.body.content_type", "must be a valid content type"));
@@ -643,16 +609,7 @@ impl HttpSinkConfig {
 
 /// Decodes a Standard Webhooks secret: `whsec_` followed by the base64 key.
 pub fn decode_webhook_secret(secret: &Secret) -> Result<Vec<u8>, String> {
-    let Some(encoded) = secret.expose().strip_prefix("whsec_") else {
-        return Err("must start with `whsec_` followed by the base64 key".into());
-    };
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|e| format!("the part after `whsec_` is not base64: {e}"))?;
-    if key.len() < 16 {
-        return Err("the key must be at least 16 bytes (24 base64 characters)".into());
-    }
-    Ok(key)
+    danube_connect_common::webhook::secret_key(secret.expose()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

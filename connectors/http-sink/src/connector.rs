@@ -119,7 +119,9 @@ impl HttpSink {
         let headers = fixed_headers(&config)?;
         let proxied = config.proxy.is_some();
         let webhook = match &config.signing.webhook_secret {
-            Some(secret) => Some(WebhookSigner::new(decode_webhook_secret(secret).map_err(BuildError::WebhookSecret)?)),
+            Some(secret) => {
+                Some(WebhookSigner::from_key(decode_webhook_secret(secret).map_err(BuildError::WebhookSecret)?))
+            }
             None => None,
         };
         let hmac = match &config.hmac {

@@ -16,26 +16,9 @@ pub enum BuildError {
     /// The URL template is not usable.
     #[error("connector.url: not a usable URL template")]
     Template(#[from] TemplateError),
-    /// A TLS file could not be read.
-    #[error("{field}: cannot read {path}")]
-    File {
-        /// The config field.
-        field: &'static str,
-        /// The file.
-        path: String,
-        /// The read error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A TLS file is not usable PEM.
-    #[error("{field}: not a usable PEM file")]
-    Pem {
-        /// The config field.
-        field: &'static str,
-        /// The parse error.
-        #[source]
-        source: reqwest::Error,
-    },
+    /// `connector.tls` is not usable (the error names the field and the file).
+    #[error("TLS")]
+    Tls(#[from] danube_connect_common::tls::TlsError),
     /// A header is not valid.
     #[error("{field}: not a valid header")]
     Header {

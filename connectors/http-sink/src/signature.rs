@@ -2,7 +2,8 @@
 //!
 //! Standard Webhooks (<https://www.standardwebhooks.com>): the signed content is
 //! `{webhook-id}.{webhook-timestamp}.{body}`, signed with HMAC-SHA256 under the key that
-//! follows `whsec_` (base64), sent as `webhook-signature: v1,<base64 signature>`.
+//! follows `whsec_` (base64), sent as `webhook-signature: v1,<base64 signature>`. The
+//! implementation is [`danube_connect_common::webhook`], which http-source verifies with.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -11,45 +12,9 @@ use sha2::{Sha256, Sha512};
 use crate::config::{HmacAlgorithm, HmacConfig, HmacEncoding};
 
 /// Header names of Standard Webhooks.
-pub mod headers {
-    /// The message id (the same on every attempt).
-    pub const ID: &str = "webhook-id";
-    /// Unix seconds of this attempt.
-    pub const TIMESTAMP: &str = "webhook-timestamp";
-    /// `v1,<base64 HMAC-SHA256>`.
-    pub const SIGNATURE: &str = "webhook-signature";
-}
-
-/// Signs with a decoded `whsec_` key.
-#[derive(Clone)]
-pub struct WebhookSigner {
-    key: Vec<u8>,
-}
-
-impl std::fmt::Debug for WebhookSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSigner(<redacted>)")
-    }
-}
-
-impl WebhookSigner {
-    /// A signer for the raw key bytes (the base64 part of `whsec_...`, decoded).
-    pub fn new(key: Vec<u8>) -> Self {
-        Self { key }
-    }
-
-    /// The `webhook-signature` header value for one attempt.
-    pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
-        // HMAC accepts keys of any length: `new_from_slice` cannot fail for it.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
-    }
-}
+pub use danube_connect_common::webhook::headers;
+/// The Standard Webhooks signer (one implementation, shared with http-source's verifier).
+pub use danube_connect_common::webhook::Signer as WebhookSigner;
 
 /// A generic `header: prefix + digest(HMAC(body))` signer.
 #[derive(Clone)]
@@ -109,15 +74,6 @@ impl BodySigner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The example of the Standard Webhooks reference implementations.
-    #[test]
-    fn matches_the_standard_webhooks_reference_vector() {
-        let key = base64::engine::general_purpose::STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("b64");
-        let signer = WebhookSigner::new(key);
-        let signature = signer.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
-        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-    }
 
     #[test]
     fn body_hmac_uses_prefix_and_encoding() {

@@ -1,4 +1,5 @@
-//! URL templates: `https://hooks.example.com/{topic_name}/{attr.tenant}?key={key}`.
+//! URL templates: `https://hooks.example.com/{namespace}/{topic_name}/{attr.tenant}?key={key}`,
+//! in the grammar every connector shares ([`danube_connect_core::template`]).
 //!
 //! Placeholders are filled per record and percent-encoded (only RFC 3986 unreserved
 //! characters stay as they are), so a record can pick its path but not its scheme or,
@@ -7,22 +8,23 @@
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use url::Url;
 
+use danube_connect_core::template::{MissingField, RecordField, Template};
 use danube_connect_core::SinkRecord;
 
 /// Everything but RFC 3986 unreserved characters is encoded.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
+/// Why `{topic}` is refused in a URL (for now): its meaning changed.
+const TOPIC_CHANGED: &str = "in the HTTP sink `{topic}` was `namespace/name`; in every template it is now the \
+                             topic's name alone, so it is refused here until configurations are updated: write \
+                             `{namespace}/{topic_name}` for the old URL, or `{topic_name}` for the name";
+
 /// Why a template is not acceptable at start.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    /// A `{` without its `}`.
-    #[error("unclosed `{{` at byte {0}")]
-    Unclosed(usize),
-    /// An unknown placeholder.
-    #[error(
-        "unknown placeholder `{{{0}}}`; expected topic, namespace, topic_name, partition, offset, key or attr.NAME"
-    )]
-    Unknown(String),
+    /// Not a template of the shared grammar, or a placeholder that is not a record field.
+    #[error(transparent)]
+    Syntax(#[from] danube_connect_core::template::TemplateError),
     /// The URL (with sample values) does not parse. It is shown redacted: its path or
     /// query may hold a secret.
     #[error("`{url}` is not a valid URL")]
@@ -44,33 +46,19 @@ pub enum TemplateError {
 /// Why a URL could not be made for one record.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// The record lacks the attribute the template names.
-    #[error("the record has no attribute `{0}` for the URL template")]
-    MissingAttribute(String),
-    /// The record has no routing key and the template uses `{key}`.
-    #[error("the record has no routing key for the URL template's `{{key}}`")]
-    MissingKey,
+    /// The record lacks the key or attribute the template names.
+    #[error("no value for the URL template")]
+    Missing(#[source] MissingField),
     /// The filled-in URL does not parse.
     #[error("the URL made for this record is not valid")]
     Url(#[source] url::ParseError),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Topic,
-    Namespace,
-    TopicName,
-    Partition,
-    Offset,
-    Key,
-    Attr(String),
-}
-
-/// A parsed URL template. Its `Debug` output shows the redacted URL only.
+/// A parsed URL template (the shared grammar, [`danube_connect_core::template`], with the
+/// record's fields). Its `Debug` output shows the redacted URL only.
 #[derive(Clone)]
 pub struct UrlTemplate {
-    parts: Vec<Part>,
+    template: Template<RecordField>,
     /// The URL when the template has no placeholder.
     fixed: Option<Url>,
     host_is_static: bool,
@@ -79,46 +67,14 @@ pub struct UrlTemplate {
 
 impl UrlTemplate {
     /// Parses and checks a template: scheme http(s), a host, known placeholders.
-    pub fn parse(template: &str) -> Result<Self, TemplateError> {
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut rest = template;
-        let mut offset = 0;
-        while let Some(start) = rest.find('{') {
-            literal.push_str(&rest[..start]);
-            let after = &rest[start + 1..];
-            let Some(end) = after.find('}') else { return Err(TemplateError::Unclosed(offset + start)) };
-            let name = &after[..end];
-            let part = match name {
-                "topic" => Part::Topic,
-                "namespace" => Part::Namespace,
-                "topic_name" => Part::TopicName,
-                "partition" => Part::Partition,
-                "offset" => Part::Offset,
-                "key" => Part::Key,
-                other => match other.strip_prefix("attr.").or_else(|| other.strip_prefix("attributes.")) {
-                    Some(attr) if !attr.is_empty() => Part::Attr(attr.to_string()),
-                    _ => return Err(TemplateError::Unknown(other.to_string())),
-                },
-            };
-            if !literal.is_empty() {
-                parts.push(Part::Literal(std::mem::take(&mut literal)));
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        let template = Template::parse(text, |placeholder| {
+            if placeholder.name == "topic" {
+                return Err(TOPIC_CHANGED.to_string());
             }
-            parts.push(part);
-            offset += start + 2 + end;
-            rest = &after[end + 1..];
-        }
-        literal.push_str(rest);
-        if !literal.is_empty() {
-            parts.push(Part::Literal(literal));
-        }
-        let sample_text: String = parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(text) => text.as_str(),
-                _ => "x",
-            })
-            .collect();
+            RecordField::parse_plain(placeholder)
+        })?;
+        let sample_text = template.sample("x");
         let sample =
             Url::parse(&sample_text).map_err(|source| TemplateError::Url { url: redact_url(&sample_text), source })?;
         if !matches!(sample.scheme(), "http" | "https") {
@@ -127,9 +83,9 @@ impl UrlTemplate {
         if sample.host_str().is_none_or(str::is_empty) {
             return Err(TemplateError::NoHost);
         }
-        let host_is_static = host_span(template).is_some_and(|host| !host.contains('{'));
-        let fixed = if parts.iter().all(|p| matches!(p, Part::Literal(_))) { Some(sample.clone()) } else { None };
-        Ok(Self { parts, fixed, host_is_static, sample })
+        let host_is_static = host_span(text).is_some_and(|host| !host.contains('{'));
+        let fixed = template.is_static().then(|| sample.clone());
+        Ok(Self { template, fixed, host_is_static, sample })
     }
 
     /// The host when no placeholder is in it (checked once at start by the SSRF guard).
@@ -146,45 +102,19 @@ impl UrlTemplate {
         self.fixed.is_some()
     }
 
-    /// The URL for `record`.
+    /// The URL for `record`: each value percent-encoded (only RFC 3986 unreserved
+    /// characters stay as they are).
     pub fn render(&self, record: &SinkRecord) -> Result<Url, RenderError> {
         if let Some(url) = &self.fixed {
             return Ok(url.clone());
         }
-        let mut out = String::with_capacity(128);
-        let topic = record.topic.trim_start_matches('/');
-        for part in &self.parts {
-            match part {
-                Part::Literal(text) => out.push_str(text),
-                Part::Topic => {
-                    for (i, segment) in topic.split('/').enumerate() {
-                        if i > 0 {
-                            out.push('/');
-                        }
-                        out.extend(utf8_percent_encode(segment, COMPONENT));
-                    }
-                }
-                Part::Namespace => {
-                    out.extend(utf8_percent_encode(topic.split('/').next().unwrap_or_default(), COMPONENT))
-                }
-                Part::TopicName => {
-                    out.extend(utf8_percent_encode(topic.rsplit('/').next().unwrap_or_default(), COMPONENT))
-                }
-                Part::Partition => out.extend(utf8_percent_encode(
-                    record.partition_topic.rsplit('/').next().unwrap_or_default(),
-                    COMPONENT,
-                )),
-                Part::Offset => out.push_str(&record.offset.to_string()),
-                Part::Key => {
-                    let key = record.routing_key.as_deref().ok_or(RenderError::MissingKey)?;
-                    out.extend(utf8_percent_encode(key, COMPONENT));
-                }
-                Part::Attr(name) => {
-                    let value = record.attribute(name).ok_or_else(|| RenderError::MissingAttribute(name.clone()))?;
-                    out.extend(utf8_percent_encode(value, COMPONENT));
-                }
-            }
-        }
+        let out = self
+            .template
+            .render(|field, out| {
+                out.extend(utf8_percent_encode(&field.value(record)?, COMPONENT));
+                Ok(())
+            })
+            .map_err(RenderError::Missing)?;
         Url::parse(&out).map_err(RenderError::Url)
     }
 }
@@ -256,10 +186,12 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_and_encoded() {
-        let t = UrlTemplate::parse("https://h.example/{topic}/{topic_name}/{attr.tenant}?k={key}&o={offset}")
-            .expect("parse");
+        let t = UrlTemplate::parse(
+            "https://h.example/{namespace}/{topic_name}/{attr.tenant}/{attributes.tenant}?k={key}&o={offset}",
+        )
+        .expect("parse");
         let url = t.render(&record()).expect("render");
-        assert_eq!(url.as_str(), "https://h.example/default/orders/orders/acme%26co?k=a%20b%2Fc&o=7");
+        assert_eq!(url.as_str(), "https://h.example/default/orders/acme%26co/acme%26co?k=a%20b%2Fc&o=7");
         assert!(!t.is_fixed());
         assert_eq!(t.static_host().map(|h| h.to_string()).as_deref(), Some("h.example"));
     }
@@ -268,7 +200,14 @@ mod tests {
     fn missing_attribute_is_named() {
         let t = UrlTemplate::parse("http://h/{attr.region}").expect("parse");
         let err = t.render(&record()).expect_err("missing");
-        assert!(err.to_string().contains("region"), "{err}");
+        let chain = danube_connect_core::error::error_chain(&err);
+        assert!(chain.contains("region"), "{chain}");
+    }
+
+    #[test]
+    fn topic_whose_meaning_changed_is_refused_with_the_new_spelling() {
+        let err = UrlTemplate::parse("https://h.example/{topic}").expect_err("refused");
+        assert!(err.to_string().contains("{namespace}/{topic_name}"), "{err}");
     }
 
     #[test]
@@ -279,8 +218,8 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused() {
-        assert!(matches!(UrlTemplate::parse("http://h/{topic"), Err(TemplateError::Unclosed(_))));
-        assert!(matches!(UrlTemplate::parse("http://h/{what}"), Err(TemplateError::Unknown(_))));
+        assert!(matches!(UrlTemplate::parse("http://h/{topic_name"), Err(TemplateError::Syntax(_))));
+        assert!(matches!(UrlTemplate::parse("http://h/{what}"), Err(TemplateError::Syntax(_))));
         assert!(matches!(UrlTemplate::parse("mailto:a@b"), Err(TemplateError::Scheme(_))));
         assert!(UrlTemplate::parse("not a url").is_err());
     }

@@ -692,8 +692,7 @@ async fn custom_ca_and_client_certificate_reach_a_mutual_tls_receiver() {
     let receiver = Receiver::start_with(Some(pki.acceptor.clone())).await;
     let topic = "/default/mtls";
     let mut cfg = config("mtls", &broker, topic, &receiver.url("/secure"));
-    cfg.connector.tls.ca_file = Some(pki.dir.path().join("ca.pem"));
-    cfg.connector.tls.ca_only = true;
+    cfg.connector.tls.ca = Some(pki.dir.path().join("ca.pem"));
     cfg.connector.tls.client_cert = Some(pki.dir.path().join("client.pem"));
     cfg.connector.tls.client_key = Some(pki.dir.path().join("client.key"));
     let sink = start_sink(&broker, cfg).await;
@@ -704,7 +703,7 @@ async fn custom_ca_and_client_certificate_reach_a_mutual_tls_receiver() {
 
     // Without the client certificate the handshake fails: retried, never acked.
     let mut cfg = config("mtls-nocert", &broker, topic, &receiver.url("/secure"));
-    cfg.connector.tls.ca_file = Some(pki.dir.path().join("ca.pem"));
+    cfg.connector.tls.ca = Some(pki.dir.path().join("ca.pem"));
     cfg.connector.circuit_breaker.failure_threshold = 2;
     let sink = start_sink(&broker, cfg).await;
     publish_n(&broker, topic, "nocert-", 1);

@@ -288,7 +288,7 @@ impl Gateway {
                 "[{{path=\"/bench\", topic=\"{topic}\"}}, \
                  {{path=\"/github\", topic=\"{topic}-github\", verification={{scheme=\"github\", secrets=[\"{GITHUB_SECRET}\"]}}}}, \
                  {{path=\"/stripe\", topic=\"{topic}-stripe\", verification={{scheme=\"stripe\", secrets=[\"bench-stripe-one\", \"bench-stripe-two\"]}}}}, \
-                 {{path=\"/standard\", topic=\"{topic}-standard\", verification={{scheme=\"standard_webhooks\", secrets=[\"whsec_YmVuY2gta2V5LW9uZQ==\", \"whsec_YmVuY2gta2V5LXR3bw==\"]}}}}]"
+                 {{path=\"/standard\", topic=\"{topic}-standard\", verification={{scheme=\"standard_webhooks\", secrets=[\"whsec_YmVuY2gtc3RhbmRhcmQta2V5LW9uZQ==\", \"whsec_YmVuY2gtc3RhbmRhcmQta2V5LXR3bw==\"]}}}}]"
             ),
         );
         env.insert("HTTP_SOURCE_MAX_CONCURRENT_REQUESTS".to_string(), "4096".to_string());

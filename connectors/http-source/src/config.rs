@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use danube_connect_common::tls::ServerTls;
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ pub struct HttpSourceConfig {
     /// Address the webhook server listens on.
     pub listen: SocketAddr,
     /// Serve HTTPS with these PEM files instead of plain HTTP.
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<ServerTls>,
     /// The configured endpoints; the first whose path matches a request handles it.
     pub endpoints: Vec<EndpointConfig>,
     /// Largest accepted request body in bytes (an endpoint may lower or raise it); larger → 413.
@@ -69,16 +70,6 @@ impl Default for HttpSourceConfig {
             dynamic: DynamicConfig::default(),
         }
     }
-}
-
-/// PEM files for HTTPS (rustls).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Certificate chain (PEM), leaf first.
-    pub cert: PathBuf,
-    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
 }
 
 /// HTTP methods an endpoint may accept.
@@ -401,11 +392,7 @@ impl Validate for HttpSourceConfig {
             return Err(ConfigError::invalid("connector.request_timeout", "must be more than 0s"));
         }
         if let Some(tls) = &self.tls {
-            for (field, path) in [("connector.tls.cert", &tls.cert), ("connector.tls.key", &tls.key)] {
-                if !path.exists() {
-                    return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
-                }
-            }
+            tls.validate("connector.tls").map_err(|e| ConfigError::invalid(e.field.clone(), e.reason()))?;
         }
         if self.endpoints.is_empty() && self.admin.token.is_none() {
             return Err(ConfigError::invalid(

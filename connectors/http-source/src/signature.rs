@@ -27,14 +27,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, HeaderName};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
+use danube_connect_common::webhook;
 use ed25519_dalek::{Signature, VerifyingKey};
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::{Encoding, Scheme, VerificationConfig};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Signatures one header may carry, at most (Stripe `v1=` items, Standard Webhooks
 /// `v1,`/`v1a,` items); more → 401 before the body is read.
@@ -143,10 +141,7 @@ impl Checked {
         if !self.hmac.is_empty() {
             for key in &verifier.keys {
                 let Key::Hmac(secret) = key else { continue };
-                let Ok(mut mac) = HmacSha256::new_from_slice(secret) else { continue };
-                mac.update(&self.signed_prefix);
-                mac.update(body);
-                let expected = mac.finalize().into_bytes();
+                let expected = webhook::mac(secret, &self.signed_prefix, body);
                 for candidate in &self.hmac {
                     if candidate.len() == expected.len() {
                         matched |= expected.as_slice().ct_eq(candidate);
@@ -170,8 +165,8 @@ impl Checked {
     }
 }
 
-/// Parses a Standard Webhooks secret: `whsec_<base64>` (HMAC key), `whpk_<base64>`
-/// (32-byte ed25519 public key) or bare base64 (HMAC key).
+/// Parses a Standard Webhooks secret: `whpk_<base64>` (32-byte ed25519 public key), or an
+/// HMAC key by the one rule for `whsec_` secrets ([`webhook::secret_key`]).
 pub(crate) fn standard_webhooks_key(secret: &str) -> Result<Key, String> {
     if let Some(encoded) = secret.strip_prefix("whpk_") {
         let bytes = STANDARD.decode(encoded).map_err(|_| "whpk_ key is not base64".to_string())?;
@@ -180,11 +175,9 @@ pub(crate) fn standard_webhooks_key(secret: &str) -> Result<Key, String> {
             .map(Key::Ed25519)
             .map_err(|_| "whpk_ key is not an ed25519 public key".to_string());
     }
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    STANDARD
-        .decode(encoded)
+    webhook::secret_key(secret)
         .map(Key::Hmac)
-        .map_err(|_| "must be whsec_ followed by base64 (or whpk_ and a base64 ed25519 public key)".to_string())
+        .map_err(|e| format!("{e} (or whpk_ followed by the base64 of an ed25519 public key)"))
 }
 
 impl Verifier {
@@ -335,9 +328,9 @@ impl Verifier {
     }
 
     fn check_standard(&self, headers: &HeaderMap, now: SystemTime) -> Result<Checked, VerifyError> {
-        let name = "webhook-signature";
-        let id = header_str(headers, "webhook-id")?.trim();
-        let timestamp = header_str(headers, "webhook-timestamp")?.trim();
+        let name = webhook::headers::SIGNATURE;
+        let id = header_str(headers, webhook::headers::ID)?.trim();
+        let timestamp = header_str(headers, webhook::headers::TIMESTAMP)?.trim();
         let value = header_str(headers, name)?;
         let mut hmac = Vec::new();
         let mut ed25519 = Vec::new();
@@ -366,8 +359,8 @@ impl Verifier {
         if hmac.is_empty() && ed25519.is_empty() {
             return Err(VerifyError::Malformed(name.into()));
         }
-        self.check_timestamp(timestamp, "webhook-timestamp", now)?;
-        let mut checked = Checked::signed(format!("{id}.{timestamp}.").into_bytes(), hmac, Some(id.to_string()));
+        self.check_timestamp(timestamp, webhook::headers::TIMESTAMP, now)?;
+        let mut checked = Checked::signed(webhook::signed_prefix(id, timestamp), hmac, Some(id.to_string()));
         checked.ed25519 = ed25519;
         Ok(checked)
     }
@@ -403,6 +396,9 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
 mod tests {
     use super::*;
     use danube_connect_core::Secret;
+    use hmac::{Hmac, Mac};
+
+    type HmacSha256 = Hmac<Sha256>;
 
     fn verifier(scheme: Scheme, secrets: &[&str]) -> Verifier {
         Verifier::new(&VerificationConfig {
@@ -509,5 +505,53 @@ mod tests {
         let nine = format!("{seven_wrong} {wrong} {right}");
         assert!(matches!(v.check_headers(&headers(&nine), now), Err(VerifyError::TooManySignatures { .. })));
         assert!(matches!(v.check_headers(&headers("v1, v1,"), now), Err(VerifyError::EmptySignature(_))));
+    }
+
+    /// A signature made by http-sink's signers (built as the sink builds them from its
+    /// config) verifies here, for every scheme both support: Standard Webhooks v1, and the
+    /// generic body HMAC-SHA256 (hex with a prefix, base64 without).
+    #[test]
+    fn http_sink_signatures_verify_for_every_shared_scheme() {
+        use danube_connector_http_sink::config::{decode_webhook_secret, HmacAlgorithm, HmacConfig, HmacEncoding};
+        use danube_connector_http_sink::signature::{BodySigner, WebhookSigner};
+
+        let now = SystemTime::now();
+        let ts = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let signer = WebhookSigner::from_key(decode_webhook_secret(&Secret::new(secret)).expect("sink secret"));
+        let mut headers = HeaderMap::new();
+        headers.insert(webhook::headers::ID, "msg_cross".parse().expect("header"));
+        headers.insert(webhook::headers::TIMESTAMP, ts.to_string().parse().expect("header"));
+        let signature = signer.sign("msg_cross", ts, b"body");
+        headers.insert(webhook::headers::SIGNATURE, signature.parse().expect("header"));
+        let standard = verifier(Scheme::StandardWebhooks, &[secret]);
+        let verified = standard.verify(&headers, b"body", now).expect("the sink's signature verifies");
+        assert_eq!(verified.delivery_id.as_deref(), Some("msg_cross"));
+        assert_eq!(standard.verify(&headers, b"tampered", now), Err(VerifyError::Mismatch));
+
+        for (sink_encoding, encoding, prefix) in
+            [(HmacEncoding::Hex, Encoding::Hex, "sha256="), (HmacEncoding::Base64, Encoding::Base64, "")]
+        {
+            let signer = BodySigner::new(&HmacConfig {
+                header: "x-signature".into(),
+                secret: Secret::new("a-shared-hmac-key"),
+                algorithm: HmacAlgorithm::Sha256,
+                encoding: sink_encoding,
+                prefix: prefix.into(),
+            });
+            let hmac = Verifier::new(&VerificationConfig {
+                scheme: Scheme::Hmac,
+                secrets: vec![Secret::new("a-shared-hmac-key")],
+                header: Some("x-signature".into()),
+                prefix: Some(prefix.into()),
+                encoding,
+                tolerance: Duration::from_secs(300),
+            })
+            .expect("verifier");
+            let mut headers = HeaderMap::new();
+            headers.insert("x-signature", signer.sign(b"body").parse().expect("header"));
+            assert!(hmac.verify(&headers, b"body", now).is_ok(), "{encoding:?}");
+            assert_eq!(hmac.verify(&headers, b"tampered", now), Err(VerifyError::Mismatch), "{encoding:?}");
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! Path templates (`/github/{repo}`) and topic templates
-//! (`/default/github-{header.X-GitHub-Event}`).
+//! Path templates (`/github/{repo}`, a route pattern) and topic templates
+//! (`/default/github-{header.X-GitHub-Event}`, the grammar every connector shares:
+//! `docs/templates.md`).
 
 use axum::http::HeaderMap;
+use danube_connect_core::template::Template;
 
 /// Longest value a placeholder may put into a topic name.
 const MAX_VALUE_LEN: usize = 128;
@@ -37,7 +39,7 @@ impl PathTemplate {
                 return Err(format!("`{template}` has an empty segment"));
             }
             if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if !is_segment_name(name) {
                     return Err(format!("`{{{name}}}`: a segment name uses letters, digits and _"));
                 }
                 if names.contains(&name) {
@@ -88,17 +90,21 @@ impl PathTemplate {
     }
 }
 
+/// What a placeholder of a topic template names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
+enum Source {
+    /// `{path.NAME}` (or the old `{NAME}`): a segment of the endpoint's path.
     Path(String),
+    /// `{header.Name}`: a request header (lowercased).
     Header(String),
 }
 
-/// A topic name with `{segment}` and `{header.Name}` placeholders.
+/// A topic name with `{path.NAME}` and `{header.Name}` placeholders, in the grammar every
+/// connector shares ([`danube_connect_core::template`]); a bare `{NAME}` is the old
+/// spelling of `{path.NAME}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicTemplate {
-    parts: Vec<Part>,
+    template: Template<Source>,
 }
 
 /// Why a topic could not be rendered for a request (answered with 400).
@@ -115,85 +121,63 @@ pub enum RenderError {
     BadValue(String),
 }
 
+/// Whether `name` can be a path segment's name.
+fn is_segment_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl TopicTemplate {
     /// Parses a template; the error says what is wrong.
     pub fn parse(template: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            let (literal, tail) = rest.split_at(open);
-            if literal.contains('}') {
-                return Err(format!("`{template}` has an unmatched }}"));
-            }
-            if !literal.is_empty() {
-                parts.push(Part::Literal(literal.to_string()));
-            }
-            let Some(close) = tail.find('}') else {
-                return Err(format!("`{template}` has an unclosed {{"));
-            };
-            let name = &tail[1..close];
-            if let Some(header) = name.strip_prefix("header.") {
+        let template = Template::parse(template, |placeholder| {
+            placeholder.no_modifier()?;
+            if let Some(header) = placeholder.dotted("header") {
                 if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     return Err(format!("`{header}` is not a header name"));
                 }
-                parts.push(Part::Header(header.to_ascii_lowercase()));
-            } else if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                parts.push(Part::Path(name.to_string()));
-            } else {
-                return Err(format!("`{{{name}}}`: use {{segment}} or {{header.Name}}"));
+                return Ok(Source::Header(header.to_ascii_lowercase()));
             }
-            rest = &tail[close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("`{template}` has an unmatched }}"));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
-        Ok(Self { parts })
+            let segment = placeholder.dotted("path").unwrap_or(&placeholder.name);
+            if is_segment_name(segment) {
+                Ok(Source::Path(segment.to_string()))
+            } else {
+                Err("use {path.NAME} (a segment of the endpoint's path) or {header.Name}".into())
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Self { template })
     }
 
     /// A template without placeholders.
     pub fn literal(topic: &str) -> Self {
-        Self { parts: vec![Part::Literal(topic.to_string())] }
+        Self { template: Template::literal(topic) }
     }
 
     /// Whether the template has no placeholders (every request gets the same topic).
     pub fn is_static(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+        self.template.is_static()
     }
 
     /// Names of the path segments the template uses.
     pub fn path_names(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Path(name) => Some(name.as_str()),
-            _ => None,
+        self.template.values().filter_map(|p| match p {
+            Source::Path(name) => Some(name.as_str()),
+            Source::Header(_) => None,
         })
     }
 
     /// The template with every placeholder replaced by `x` (for validating its form).
     pub fn example(&self) -> String {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(text) => text.as_str(),
-                _ => "x",
-            })
-            .collect()
+        self.template.sample("x")
     }
 
     /// The topic for one request. Placeholder values keep letters, digits, `-` and `_`;
     /// any other character (`/` and `.` in particular) becomes `_`, so a value can never
     /// leave the configured namespace.
     pub fn render(&self, params: &PathParams, headers: &HeaderMap) -> Result<String, RenderError> {
-        let mut topic = String::new();
-        for part in &self.parts {
-            let (name, value) = match part {
-                Part::Literal(text) => {
-                    topic.push_str(text);
-                    continue;
-                }
-                Part::Path(name) => {
+        self.template.render(|source, topic| {
+            let (name, value) = match source {
+                Source::Path(name) => {
                     let value = params
                         .iter()
                         .find(|(n, _)| n == name)
@@ -201,7 +185,7 @@ impl TopicTemplate {
                         .ok_or_else(|| RenderError::MissingSegment(name.clone()))?;
                     (name, value)
                 }
-                Part::Header(name) => {
+                Source::Header(name) => {
                     let value = headers
                         .get(name.as_str())
                         .and_then(|v| v.to_str().ok())
@@ -214,17 +198,10 @@ impl TopicTemplate {
             if value.is_empty() || value.len() > MAX_VALUE_LEN {
                 return Err(RenderError::BadValue(name.clone()));
             }
-            topic.extend(value.chars().map(
-                |c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                },
-            ));
-        }
-        Ok(topic)
+            topic
+                .extend(value.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }));
+            Ok(())
+        })
     }
 }
 
@@ -255,6 +232,7 @@ mod tests {
     #[test]
     fn topic_template_uses_segments_and_headers_and_sanitizes() {
         let t = TopicTemplate::parse("/default/{source}-{header.X-Event}").expect("parse");
+        assert_eq!(t, TopicTemplate::parse("/default/{path.source}-{header.X-Event}").expect("parse"));
         let mut headers = HeaderMap::new();
         headers.insert("x-event", "push/../x".parse().expect("header"));
         let topic = t.render(&vec![("source".into(), "git hub".into())], &headers).expect("render");

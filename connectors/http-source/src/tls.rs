@@ -3,79 +3,24 @@
 //! connections without bound while handshaking.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use danube_connect_common::tls::ServerTls;
+pub use danube_connect_common::tls::TlsError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::config::TlsConfig;
-
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Errors loading the certificate or key.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A PEM file could not be read.
-    #[error("read {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A PEM file could not be parsed.
-    #[error("parse PEM in {path}")]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// The parse error.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// The key file holds no private key.
-    #[error("{0} holds no private key")]
-    NoKey(PathBuf),
-    /// The certificate file holds no certificate.
-    #[error("{0} holds no certificate")]
-    NoCert(PathBuf),
-    /// rustls refused the certificate or key.
-    #[error("TLS configuration")]
-    Rustls(#[source] rustls::Error),
-}
-
-/// Builds the rustls acceptor from PEM files.
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let read = |path: &PathBuf| std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source });
-    let cert_pem = read(&config.cert)?;
-    let key_pem = read(&config.key)?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem { path: config.cert.clone(), source })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCert(config.cert.clone()));
-    }
-    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
-        Ok(key) => key,
-        Err(rustls::pki_types::pem::Error::NoItemsFound) => return Err(TlsError::NoKey(config.key.clone())),
-        Err(source) => return Err(TlsError::Pem { path: config.key.clone(), source }),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Rustls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsError::Rustls)?;
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+/// The rustls acceptor of `connector.tls` (HTTP/1.1 by ALPN); its errors name the field
+/// and the file.
+pub fn acceptor(config: &ServerTls) -> Result<TlsAcceptor, TlsError> {
+    let server = config.rustls_config("connector.tls", vec![b"http/1.1".to_vec()])?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use danube_connect_core::config::{validate_topic, ConfigError, RuntimeConfig, Validate};
+use danube_connect_core::template::{self, Placeholder, RecordField, Template, TemplateError};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -127,15 +128,30 @@ pub struct ImportMapping {
     /// A regex over Kafka topic names (e.g. `^orders\..*`); librdkafka re-checks it as
     /// topics appear.
     pub pattern: Option<String>,
-    /// The Danube topic; `{topic}` is replaced by the Kafka topic name
-    /// (default `/default/{topic}`).
+    /// The Danube topic template (the shared grammar, `docs/templates.md`): `{topic}` is
+    /// the Kafka topic name, sanitized to one topic part (default `/default/{topic}`).
     pub danube_topic: Option<String>,
 }
+
+/// The one placeholder of an import template: `{topic}`, the Kafka topic name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaTopicName;
 
 impl ImportMapping {
     /// The Danube topic template in effect.
     pub fn template(&self) -> &str {
         self.danube_topic.as_deref().unwrap_or("/default/{topic}")
+    }
+
+    /// The template in effect, parsed.
+    pub fn compile_template(&self) -> Result<Template<KafkaTopicName>, TemplateError> {
+        Template::parse(self.template(), |placeholder| {
+            placeholder.no_modifier()?;
+            match placeholder.name.as_str() {
+                "topic" => Ok(KafkaTopicName),
+                _ => Err("unknown placeholder; use {topic} (the Kafka topic name)".into()),
+            }
+        })
     }
 }
 
@@ -172,8 +188,9 @@ impl Compression {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExportConfig {
-    /// The Kafka topic for a Danube topic `/{namespace}/{topic}`; `{namespace}` and
-    /// `{topic}` are replaced (default `{topic}`).
+    /// The Kafka topic for a record, a template of the shared grammar
+    /// (`docs/templates.md`): `{namespace}` and `{topic}` (the Danube topic's name) of the
+    /// record's topic (default `{topic}`).
     pub topic_template: String,
     /// Explicit Danube topic → Kafka topic names (win over `topic_template`).
     pub topics: BTreeMap<String, String>,
@@ -206,15 +223,38 @@ impl Default for ExportConfig {
 }
 
 impl ExportConfig {
+    /// The Kafka topic names, `topic_template` parsed.
+    pub fn kafka_topics(&self) -> Result<KafkaTopics, TemplateError> {
+        let template =
+            Template::parse(&self.topic_template, |placeholder: &Placeholder| {
+                match RecordField::parse_plain(placeholder)? {
+                    field @ (RecordField::Topic | RecordField::Namespace) => Ok(field),
+                    _ => Err("a Kafka topic is made of {namespace} and {topic} only".into()),
+                }
+            })?;
+        Ok(KafkaTopics { template, topics: self.topics.clone() })
+    }
+}
+
+/// The Kafka topic of each Danube topic: `export.topics`, else `export.topic_template`.
+#[derive(Debug, Clone)]
+pub struct KafkaTopics {
+    template: Template<RecordField>,
+    topics: BTreeMap<String, String>,
+}
+
+impl KafkaTopics {
     /// The Kafka topic a record of Danube topic `danube_topic` goes to.
     pub fn kafka_topic(&self, danube_topic: &str) -> String {
         if let Some(explicit) = self.topics.get(danube_topic) {
             return explicit.clone();
         }
-        let mut parts = danube_topic.trim_start_matches('/').splitn(2, '/');
-        let namespace = parts.next().unwrap_or_default();
-        let topic = parts.next().unwrap_or(namespace);
-        self.topic_template.replace("{namespace}", namespace).replace("{topic}", topic)
+        let (namespace, topic) = template::split_topic(danube_topic);
+        let rendered: Result<String, std::convert::Infallible> = self.template.render(|field, out| {
+            out.push_str(if *field == RecordField::Namespace { namespace } else { topic });
+            Ok(())
+        });
+        rendered.unwrap_or_else(|never| match never {})
     }
 }
 
@@ -523,7 +563,8 @@ impl Validate for BridgeConfig {
                     return Err(ConfigError::invalid(format!("{field}.pattern"), format!("not a valid regex: {e}")));
                 }
             }
-            let example = mapping.template().replace("{topic}", "t");
+            let example =
+                mapping.compile_template().map_err(|e| e.for_field(format!("{field}.danube_topic")))?.sample("t");
             validate_topic(&format!("{field}.danube_topic"), &example)?;
             if !danube_connect_core::naming::is_valid_topic(&example) {
                 return Err(ConfigError::invalid(
@@ -539,7 +580,11 @@ impl Validate for BridgeConfig {
         if self.export.topic_template.is_empty() {
             return Err(ConfigError::invalid("connector.export.topic_template", "must not be empty"));
         }
-        let example = self.export.topic_template.replace("{namespace}", "default").replace("{topic}", "t");
+        let example = self
+            .export
+            .kafka_topics()
+            .map_err(|e| e.for_field("connector.export.topic_template"))?
+            .kafka_topic("/default/t");
         if !is_kafka_topic_name(&example) {
             return Err(ConfigError::invalid(
                 "connector.export.topic_template",
@@ -747,9 +792,11 @@ mod tests {
     #[test]
     fn export_topic_template_uses_namespace_and_topic() {
         let mut export = ExportConfig { topic_template: "{namespace}.{topic}".into(), ..Default::default() };
-        assert_eq!(export.kafka_topic("/default/orders"), "default.orders");
+        assert_eq!(export.kafka_topics().expect("parse").kafka_topic("/default/orders"), "default.orders");
         export.topics.insert("/default/orders".into(), "legacy-orders".into());
-        assert_eq!(export.kafka_topic("/default/orders"), "legacy-orders");
-        assert_eq!(ExportConfig::default().kafka_topic("/default/x"), "x");
+        assert_eq!(export.kafka_topics().expect("parse").kafka_topic("/default/orders"), "legacy-orders");
+        assert_eq!(ExportConfig::default().kafka_topics().expect("parse").kafka_topic("/default/x"), "x");
+        let bad = ExportConfig { topic_template: "{key}".into(), ..Default::default() };
+        assert!(bad.kafka_topics().is_err());
     }
 }

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use danube_connect_core::config::ConfigError;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, Sink, SinkRecord};
 use prometheus::IntCounter;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -19,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tracing::{debug, info};
 
-use crate::config::BridgeConfig;
+use crate::config::{BridgeConfig, KafkaTopics};
 use crate::kafka::{classify, producer_config, BridgeClientContext};
 use crate::mapping;
 
@@ -32,13 +33,19 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Export {
     config: BridgeConfig,
+    topics: KafkaTopics,
     bridge_id: String,
 }
 
 impl Export {
-    /// An export; `bridge_id` marks records for loop protection.
-    pub fn build(config: BridgeConfig, bridge_id: String) -> Self {
-        Self { config, bridge_id }
+    /// An export; `bridge_id` marks records for loop protection. Fails when
+    /// `export.topic_template` is not a template of Kafka topic names.
+    pub fn build(config: BridgeConfig, bridge_id: String) -> Result<Self, ConfigError> {
+        let topics = config
+            .export
+            .kafka_topics()
+            .map_err(|e| ConfigError::invalid("connector.export.topic_template", e.to_string()))?;
+        Ok(Self { config, topics, bridge_id })
     }
 }
 
@@ -64,13 +71,14 @@ impl Factory for Export {
             linger = ?self.config.export.linger,
             "kafka export producer ready (idempotent, acks=all)"
         );
-        Ok(KafkaExport { config: self.config, bridge_id: self.bridge_id, context, producer, skipped })
+        Ok(KafkaExport { config: self.config, topics: self.topics, bridge_id: self.bridge_id, context, producer, skipped })
     }
 }
 
 /// The running export (a [`Sink`]).
 pub struct KafkaExport {
     config: BridgeConfig,
+    topics: KafkaTopics,
     bridge_id: String,
     context: BridgeClientContext,
     producer: FutureProducer<BridgeClientContext>,
@@ -93,7 +101,7 @@ impl KafkaExport {
     }
 
     async fn deliver(&self, record: &SinkRecord) -> ConnectorResult<()> {
-        let topic = self.config.export.kafka_topic(&record.topic);
+        let topic = self.topics.kafka_topic(&record.topic);
         if self.is_echo(record, &topic) {
             self.skipped.inc();
             return Ok(());

@@ -46,7 +46,7 @@ pub fn build(config: &ConnectorConfig<BridgeConfig>) -> Result<Parts, ConfigErro
         parts = parts.with_pull(Import::build(config.connector.clone(), id.clone())?);
     }
     if !config.runtime.sink.topics.is_empty() {
-        parts = parts.with_sink(Export::build(config.connector.clone(), id));
+        parts = parts.with_sink(Export::build(config.connector.clone(), id)?);
     }
     Ok(parts)
 }

@@ -13,9 +13,11 @@
 
 use std::collections::HashMap;
 
+use danube_connect_core::config::ConfigError;
+use danube_connect_core::template::Template;
 use regex::Regex;
 
-use crate::config::ImportMapping;
+use crate::config::{ImportMapping, KafkaTopicName};
 
 /// Attribute with the Kafka topic a record was read from.
 pub const ATTR_TOPIC: &str = "kafka.topic";
@@ -44,7 +46,7 @@ pub const ATTR_HEADER_HEX_PREFIX: &str = "kafka.header-hex.";
 struct CompiledMapping {
     topics: Vec<String>,
     pattern: Option<Regex>,
-    template: String,
+    template: Template<KafkaTopicName>,
 }
 
 /// Maps a Kafka topic to its Danube topic (first matching mapping wins).
@@ -54,14 +56,21 @@ pub struct TopicRouter {
 }
 
 impl TopicRouter {
-    /// Compiles the mappings; patterns were checked by config validation.
-    pub fn new(mappings: &[ImportMapping]) -> Result<Self, regex::Error> {
+    /// Compiles the mappings (checked by config validation already); the error names the
+    /// field.
+    pub fn new(mappings: &[ImportMapping]) -> Result<Self, ConfigError> {
         let mut compiled = Vec::with_capacity(mappings.len());
-        for mapping in mappings {
+        for (i, mapping) in mappings.iter().enumerate() {
+            let field = format!("connector.import.mappings[{i}]");
             compiled.push(CompiledMapping {
                 topics: mapping.topics.clone(),
-                pattern: mapping.pattern.as_deref().map(Regex::new).transpose()?,
-                template: mapping.template().to_string(),
+                pattern: mapping
+                    .pattern
+                    .as_deref()
+                    .map(Regex::new)
+                    .transpose()
+                    .map_err(|e| ConfigError::invalid(format!("{field}.pattern"), format!("not a valid regex: {e}")))?,
+                template: mapping.compile_template().map_err(|e| e.for_field(format!("{field}.danube_topic")))?,
             });
         }
         Ok(Self { mappings: compiled })
@@ -96,7 +105,14 @@ impl TopicRouter {
             .find(|m| {
                 m.topics.iter().any(|t| t == kafka_topic) || m.pattern.as_ref().is_some_and(|p| p.is_match(kafka_topic))
             })
-            .map(|m| m.template.replace("{topic}", &danube_connect_core::naming::sanitize_topic_part(kafka_topic)))
+            .map(|m| {
+                let name = danube_connect_core::naming::sanitize_topic_part(kafka_topic);
+                let rendered: Result<String, std::convert::Infallible> = m.template.render(|KafkaTopicName, out| {
+                    out.push_str(&name);
+                    Ok(())
+                });
+                rendered.unwrap_or_else(|never| match never {})
+            })
     }
 }
 

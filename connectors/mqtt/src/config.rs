@@ -16,15 +16,15 @@
 //! format = "json"
 //!
 //! [connector.outbound]                 # Danube -> MQTT (with `sink.topics`)
-//! topic = "devices/{attr:device}/cmd"
+//! topic = "devices/{attr.device}/cmd"
 //! qos = 1
 //! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use danube_connect_common::tls::{ClientTls, ServerTls};
 use danube_connect_core::config::{ConfigError, RuntimeConfig, Validate};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ pub struct BrokerConfig {
     /// Password (a string, `{ env = "VAR" }` or `{ file = "/path" }`).
     pub password: Option<Secret>,
     /// TLS; when set the connection is encrypted.
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<ClientTls>,
     /// Delay before the first reconnect attempt; doubles up to `reconnect_max_backoff`.
     #[serde(with = "humantime_serde")]
     pub reconnect_initial_backoff: Duration,
@@ -131,20 +131,6 @@ impl Default for BrokerConfig {
     }
 }
 
-/// TLS to the MQTT broker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// CA certificate (PEM) that signed the broker's certificate.
-    pub ca: PathBuf,
-    /// Client certificate (PEM) for mutual TLS; needs `client_key`.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// Client private key (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-}
-
 /// The in-process MQTT broker of embedded mode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -160,7 +146,7 @@ pub struct EmbeddedConfig {
     /// publish). Off by default: the connector then refuses to start.
     pub allow_anonymous: bool,
     /// TLS for device connections; when set, `listen` speaks MQTT over TLS only.
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<ServerTls>,
     /// Connections at most.
     pub max_connections: usize,
     /// Largest accepted payload, in bytes.
@@ -170,16 +156,6 @@ pub struct EmbeddedConfig {
     /// How long a device may take to send CONNECT after connecting.
     #[serde(with = "humantime_serde")]
     pub connection_timeout: Duration,
-}
-
-/// TLS of the embedded broker's listener.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTlsConfig {
-    /// Server certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Server private key (PEM: PKCS#8, RSA or SEC1).
-    pub key: PathBuf,
 }
 
 impl Default for EmbeddedConfig {
@@ -256,8 +232,9 @@ pub enum PayloadFormat {
 pub struct Mapping {
     /// MQTT topic filter (`+` one level, `#` the rest, `a/#` also matches `a`).
     pub filter: String,
-    /// Danube topic template: `/namespace/topic` where `{N}` is MQTT topic level N
-    /// (0-based) and `{topic}` the whole MQTT topic with `/` replaced by `-`.
+    /// Danube topic template (the shared grammar, `docs/templates.md`): `/namespace/topic`
+    /// where `{N}` is MQTT topic level N (0-based) and `{topic}` the whole MQTT topic with
+    /// `/` replaced by `-`.
     pub topic: String,
     /// Subscription QoS: 0 or 1 (default 1: end-to-end at least once).
     #[serde(default)]
@@ -281,11 +258,12 @@ pub fn default_max_topics() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
-    /// MQTT topic template: `{attr:NAME}` an attribute of the Danube message, `{key}` its
-    /// routing key, `{topic}` the Danube topic's name and `{namespace}` its namespace.
+    /// MQTT topic template (the shared grammar, `docs/templates.md`): the record's fields,
+    /// `{attr.NAME}` an attribute of the Danube message, `{key}` its routing key, `{topic}`
+    /// the Danube topic's name and `{namespace}` its namespace (`{attr:NAME}` still reads).
     /// An attribute or key fills one level (`/`, `+`, `#` become `_`) unless written
-    /// `{attr:NAME:levels}` / `{key:levels}` or it is the whole template.
-    /// Default `{attr:mqtt.topic}` (the topic an inbound message came from).
+    /// `{attr.NAME:levels}` / `{key:levels}` or it is the whole template.
+    /// Default `{attr.mqtt.topic}` (the topic an inbound message came from).
     #[serde(default = "default_outbound_topic")]
     pub topic: String,
     /// QoS of the MQTT publish (1: the Danube message is acked after the broker's PUBACK).
@@ -300,7 +278,7 @@ pub struct OutboundConfig {
 }
 
 fn default_outbound_topic() -> String {
-    "{attr:mqtt.topic}".into()
+    "{attr.mqtt.topic}".into()
 }
 
 fn default_ack_timeout() -> Duration {
@@ -338,23 +316,7 @@ impl Validate for MqttConfig {
             return Err(ConfigError::invalid("connector.broker.connect_timeout", "must be at least 1s"));
         }
         if let Some(tls) = &b.tls {
-            if tls.client_cert.is_some() != tls.client_key.is_some() {
-                return Err(ConfigError::invalid(
-                    "connector.broker.tls.client_cert",
-                    "mutual TLS needs both `client_cert` and `client_key`",
-                ));
-            }
-            for (field, path) in [
-                ("connector.broker.tls.ca", Some(&tls.ca)),
-                ("connector.broker.tls.client_cert", tls.client_cert.as_ref()),
-                ("connector.broker.tls.client_key", tls.client_key.as_ref()),
-            ] {
-                if let Some(path) = path {
-                    if !path.is_file() {
-                        return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
-                    }
-                }
-            }
+            tls.validate("connector.broker.tls").map_err(|e| ConfigError::invalid(e.field.clone(), e.reason()))?;
         }
         if self.mode == Mode::Embedded {
             let e = &self.embedded;
@@ -399,13 +361,8 @@ impl Validate for MqttConfig {
                 ));
             }
             if let Some(tls) = &e.tls {
-                for (field, path) in
-                    [("connector.embedded.tls.cert", &tls.cert), ("connector.embedded.tls.key", &tls.key)]
-                {
-                    if !path.is_file() {
-                        return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
-                    }
-                }
+                tls.validate("connector.embedded.tls")
+                    .map_err(|e| ConfigError::invalid(e.field.clone(), e.reason()))?;
             }
         }
         if self.mode != Mode::Off && self.mappings.is_empty() {
@@ -418,7 +375,7 @@ impl Validate for MqttConfig {
             validate_filter(&m.filter)
                 .map_err(|message| ConfigError::invalid(format!("connector.mappings[{i}].filter"), message))?;
             TopicTemplate::parse(&m.topic, &m.filter)
-                .map_err(|message| ConfigError::invalid(format!("connector.mappings[{i}].topic"), message))?;
+                .map_err(|e| e.for_field(format!("connector.mappings[{i}].topic")))?;
             if m.max_topics == 0 {
                 return Err(ConfigError::invalid(format!("connector.mappings[{i}].max_topics"), "must be at least 1"));
             }
@@ -427,8 +384,7 @@ impl Validate for MqttConfig {
             return Err(ConfigError::invalid("connector.max_in_flight", "must be at least 1"));
         }
         if let Some(out) = &self.outbound {
-            OutboundTemplate::parse(&out.topic)
-                .map_err(|message| ConfigError::invalid("connector.outbound.topic", message))?;
+            OutboundTemplate::parse(&out.topic).map_err(|e| e.for_field("connector.outbound.topic"))?;
             if out.ack_timeout.is_zero() {
                 return Err(ConfigError::invalid("connector.outbound.ack_timeout", "must be above 0"));
             }
@@ -458,7 +414,7 @@ impl Validate for MqttConfig {
 
 impl MqttConfig {
     /// Checks the both-ways setup against the Danube topics the outbound direction reads
-    /// (`sink.topics`): an outbound template that is just `{attr:mqtt.topic}` (the default)
+    /// (`sink.topics`): an outbound template that is just `{attr.mqtt.topic}` (the default)
     /// or `{key}` sends a message back to the MQTT topic it came from, so when an inbound
     /// mapping feeds one of those Danube topics, every message would go round forever.
     pub fn check_both_ways(&self, sink_topics: &[String]) -> Result<(), ConfigError> {

@@ -1,13 +1,11 @@
 //! Building MQTT client options (credentials, TLS, keep-alive).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use danube_connect_common::tls::TlsError;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{BrokerConfig, TlsConfig};
+use crate::config::BrokerConfig;
 
 /// Capacity of rumqttc's request channel for a connection that only publishes (one
 /// PUBLISH in flight at a time, plus DISCONNECT).
@@ -20,33 +18,9 @@ pub const PUBLISH_REQUEST_CHANNEL: usize = 64;
 /// ack pipeline to take a message while the pipeline waits for room for a PUBACK.)
 pub const ACK_REQUEST_CHANNEL: usize = u16::MAX as usize + 64;
 
-/// Why an MQTT connection could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectionSetupError {
-    /// A TLS file could not be read.
-    #[error("reading {path}")]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// The read error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A TLS file holds no usable PEM item.
-    #[error("{path}: no usable PEM {what}")]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What was looked for.
-        what: &'static str,
-        /// The parse error.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// The TLS configuration was refused.
-    #[error("TLS configuration")]
-    Tls(#[from] rustls::Error),
-}
+/// Why an MQTT connection could not be set up: `connector.broker.tls` is not usable
+/// (the error names the field and the file).
+pub type ConnectionSetupError = TlsError;
 
 /// Client options for `broker` as `client_id`.
 pub fn mqtt_options(
@@ -66,7 +40,8 @@ pub fn mqtt_options(
         options.set_credentials(username.clone(), password);
     }
     if let Some(tls) = &broker.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(rustls_config(tls)?))));
+        let config = tls.rustls_config("connector.broker.tls")?;
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
     }
     Ok(options)
 }
@@ -81,58 +56,19 @@ pub fn client(options: MqttOptions, broker: &BrokerConfig, capacity: usize) -> (
     (client, eventloop)
 }
 
-fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, ConnectionSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in read_certs(&tls.ca)? {
-        roots.add(cert)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => {
-            let key_bytes = read(key)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|source| ConnectionSetupError::Pem {
-                path: key.clone(),
-                what: "private key",
-                source,
-            })?;
-            Ok(builder.with_client_auth_cert(read_certs(cert)?, key_der)?)
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, ConnectionSetupError> {
-    std::fs::read(path).map_err(|source| ConnectionSetupError::ReadFile { path: path.to_path_buf(), source })
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConnectionSetupError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ConnectionSetupError::Pem { path: path.to_path_buf(), what: "certificate", source })?;
-    if certs.is_empty() {
-        return Err(ConnectionSetupError::Pem {
-            path: path.to_path_buf(),
-            what: "certificate",
-            source: rustls::pki_types::pem::Error::NoItemsFound,
-        });
-    }
-    Ok(certs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use danube_connect_common::tls::ClientTls;
 
     #[test]
     fn missing_ca_file_is_reported_with_its_path() {
         let broker = BrokerConfig {
-            tls: Some(TlsConfig { ca: "/nonexistent/ca.pem".into(), client_cert: None, client_key: None }),
+            tls: Some(ClientTls { ca: Some("/nonexistent/ca.pem".into()), ..ClientTls::default() }),
             ..BrokerConfig::default()
         };
         let err = mqtt_options(&broker, "x", false, true).expect_err("no CA file");
-        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        assert_eq!(err.field, "connector.broker.tls.ca");
+        assert!(err.reason().contains("/nonexistent/ca.pem"), "{}", err.reason());
     }
 }

@@ -39,9 +39,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{EmbeddedConfig, MqttConfig, ServerTlsConfig};
+use crate::config::{EmbeddedConfig, MqttConfig};
 use crate::inbound::{Inbound, Message};
 use crate::mapping::Router;
+use danube_connect_common::tls::ServerTls;
 use danube_connect_core::failure::{Delivery, Handback};
 
 /// The health component this source reports.
@@ -211,27 +212,10 @@ impl PushSource for EmbeddedSource {
     }
 }
 
-/// A TLS acceptor from the server certificate and key files (PEM).
-fn tls_acceptor(tls: &ServerTlsConfig) -> ConnectorResult<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ConnectorError::fatal(format!("connector.embedded.tls.cert: {}", tls.cert.display()), e))?;
-    if certs.is_empty() {
-        return Err(ConnectorError::fatal_msg(format!(
-            "connector.embedded.tls.cert: no certificate in {}",
-            tls.cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| ConnectorError::fatal(format!("connector.embedded.tls.key: {}", tls.key.display()), e))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConnectorError::fatal("TLS protocol versions", e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ConnectorError::fatal("connector.embedded.tls: certificate and key do not match", e))?;
+/// A TLS acceptor from `connector.embedded.tls` (errors name the field and the file).
+fn tls_acceptor(tls: &ServerTls) -> ConnectorResult<tokio_rustls::TlsAcceptor> {
+    let config =
+        tls.rustls_config("connector.embedded.tls", Vec::new()).map_err(|e| ConnectorError::fatal("TLS", e))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -4,9 +4,9 @@
 //! number of levels including none (`a/#` matches `a`), and topics starting with `$` are
 //! not matched by a filter starting with a wildcard.
 
-use std::collections::HashMap;
-
 use danube_connect_core::naming;
+use danube_connect_core::template::{self, MissingField, Part, RecordField, Template, TemplateError};
+use danube_connect_core::SinkRecord;
 
 use crate::config::{Mapping, Qos};
 
@@ -86,59 +86,73 @@ pub fn filter_covers(wide: &str, narrow: &str) -> bool {
     wide_levels.len() == narrow_levels.len()
 }
 
+/// What a placeholder of an inbound template names.
 #[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Literal(String),
+enum Level {
+    /// `{N}`: level N of the MQTT topic (0-based).
     Level(usize),
+    /// `{topic}`: the whole MQTT topic with `/` as `-`.
     WholeTopic,
 }
 
-/// A Danube topic template such as `/iot/factory-{1}-temp`.
+/// A Danube topic template such as `/iot/factory-{1}-temp`, in the shared grammar
+/// ([`danube_connect_core::template`]): `{N}` is level N of the MQTT topic (0-based),
+/// `{topic}` the whole MQTT topic with `/` as `-`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicTemplate {
-    parts: Vec<Part>,
+    template: Template<Level>,
 }
 
 impl TopicTemplate {
     /// Parses `template` for mapping `filter`; the error says what is wrong.
-    pub fn parse(template: &str, filter: &str) -> Result<Self, String> {
-        let parts = parse_parts(template, |name| {
-            if name == "topic" {
-                return Ok(Part::WholeTopic);
+    pub fn parse(template: &str, filter: &str) -> Result<Self, TemplateError> {
+        let filter_levels: Vec<&str> = filter.split('/').collect();
+        let open_ended = filter_levels.last() == Some(&"#");
+        let template = Template::parse(template, |placeholder| {
+            placeholder.no_modifier()?;
+            if placeholder.name == "topic" {
+                return Ok(Level::WholeTopic);
             }
-            let level: usize = name
+            let level: usize = placeholder
+                .name
                 .parse()
-                .map_err(|_| format!("unknown placeholder `{{{name}}}` (use `{{N}}` for level N, or `{{topic}}`)"))?;
-            let filter_levels: Vec<&str> = filter.split('/').collect();
-            let open_ended = filter_levels.last() == Some(&"#");
+                .map_err(|_| "unknown placeholder (use `{N}` for level N, or `{topic}`)".to_string())?;
             if level >= filter_levels.len() && !open_ended {
-                return Err(format!("`{{{level}}}`: filter `{filter}` has only {} levels", filter_levels.len()));
+                return Err(format!("filter `{filter}` has only {} levels", filter_levels.len()));
             }
-            Ok(Part::Level(level))
+            Ok(Level::Level(level))
         })?;
-        let compiled = Self { parts };
         // The literal skeleton must already have the /namespace/topic shape.
-        match compiled.render_with(|_| Some("x".to_string())) {
-            Some(topic) if is_danube_topic(&topic) => Ok(compiled),
-            _ => Err(format!("`{template}` must render to /namespace/topic")),
+        if !is_danube_topic(&template.sample("x")) {
+            return Err(TemplateError::Form(format!("`{}` must render to /namespace/topic", template.sample("{}"))));
         }
+        Ok(Self { template })
     }
 
     /// Whether the template has no placeholder (it always renders the same topic).
     pub fn is_static(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+        self.template.is_static()
     }
 
     /// The Danube topic for MQTT `topic`, or why there is none.
     pub fn render(&self, topic: &str) -> Result<String, String> {
         let levels: Vec<&str> = topic.split('/').collect();
         let rendered = self
-            .render_with(|part| match part {
-                Part::Level(n) => levels.get(*n).map(|l| sanitize(l)),
-                Part::WholeTopic => Some(sanitize(&topic.replace('/', "-"))),
-                Part::Literal(_) => None,
+            .template
+            .render(|part, out| {
+                let value = match part {
+                    Level::Level(n) => levels.get(*n).map(|l| sanitize(l)),
+                    Level::WholeTopic => Some(sanitize(&topic.replace('/', "-"))),
+                };
+                match value {
+                    Some(value) if !value.is_empty() => {
+                        out.push_str(&value);
+                        Ok(())
+                    }
+                    _ => Err(()),
+                }
             })
-            .ok_or_else(|| format!("MQTT topic `{topic}` has no level the template needs"))?;
+            .map_err(|()| format!("MQTT topic `{topic}` has no level the template needs"))?;
         if is_danube_topic(&rendered) {
             Ok(rendered)
         } else {
@@ -149,68 +163,18 @@ impl TopicTemplate {
     /// Whether some MQTT topic could render to `danube_topic` (each placeholder renders
     /// one or more of the characters `sanitize` keeps).
     pub fn can_render(&self, danube_topic: &str) -> bool {
-        fn matches(parts: &[Part], rest: &str) -> bool {
+        fn matches(parts: &[Part<Level>], rest: &str) -> bool {
             match parts.split_first() {
                 None => rest.is_empty(),
                 Some((Part::Literal(text), tail)) => rest.strip_prefix(text.as_str()).is_some_and(|r| matches(tail, r)),
-                Some((_, tail)) => {
+                Some((Part::Value(_), tail)) => {
                     let run =
                         rest.char_indices().find(|(_, c)| !naming::is_topic_char(*c)).map_or(rest.len(), |(i, _)| i);
                     (1..=run).any(|n| matches(tail, &rest[n..]))
                 }
             }
         }
-        matches(&self.parts, danube_topic)
-    }
-
-    fn render_with(&self, mut value: impl FnMut(&Part) -> Option<String>) -> Option<String> {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Literal(text) => out.push_str(text),
-                other => {
-                    let v = value(other)?;
-                    if v.is_empty() {
-                        return None;
-                    }
-                    out.push_str(&v);
-                }
-            }
-        }
-        Some(out)
-    }
-}
-
-/// Splits `template` into literals and `{placeholders}` resolved by `placeholder`.
-fn parse_parts<P>(template: &str, mut placeholder: impl FnMut(&str) -> Result<P, String>) -> Result<Vec<P>, String>
-where
-    P: From<LiteralText>,
-{
-    let mut parts = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(P::from(LiteralText(rest[..open].to_string())));
-        }
-        let after = &rest[open + 1..];
-        let close = after.find('}').ok_or_else(|| format!("`{template}`: unclosed `{{`"))?;
-        parts.push(placeholder(&after[..close])?);
-        rest = &after[close + 1..];
-    }
-    if rest.contains('}') {
-        return Err(format!("`{template}`: `}}` without `{{`"));
-    }
-    if !rest.is_empty() {
-        parts.push(P::from(LiteralText(rest.to_string())));
-    }
-    Ok(parts)
-}
-
-struct LiteralText(String);
-
-impl From<LiteralText> for Part {
-    fn from(value: LiteralText) -> Self {
-        Part::Literal(value.0)
+        matches(self.template.parts(), danube_topic)
     }
 }
 
@@ -249,7 +213,8 @@ impl Router {
             .enumerate()
             .map(|(index, m)| {
                 validate_filter(&m.filter)?;
-                Ok(Route { index, mapping: m.clone(), template: TopicTemplate::parse(&m.topic, &m.filter)? })
+                let template = TopicTemplate::parse(&m.topic, &m.filter).map_err(|e| e.to_string())?;
+                Ok(Route { index, mapping: m.clone(), template })
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self { routes })
@@ -308,111 +273,86 @@ impl Router {
     }
 }
 
+/// A record field in an outbound template; `levels`: its `/` are kept (`:levels`).
 #[derive(Debug, Clone, PartialEq)]
-enum OutPart {
-    Literal(String),
-    /// An attribute; `true`: its `/` are kept (`:levels`).
-    Attribute(String, bool),
-    /// The routing key; `true`: its `/` are kept (`:levels`).
-    Key(bool),
-    TopicName,
-    Namespace,
+struct OutField {
+    field: RecordField,
+    levels: bool,
 }
 
-impl From<LiteralText> for OutPart {
-    fn from(value: LiteralText) -> Self {
-        OutPart::Literal(value.0)
-    }
-}
-
-/// An MQTT topic template for the outbound direction, e.g. `devices/{attr:device}/cmd`.
+/// An MQTT topic template for the outbound direction, e.g. `devices/{attr.device}/cmd`, in
+/// the shared grammar ([`danube_connect_core::template`]) with the record's fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundTemplate {
-    parts: Vec<OutPart>,
+    template: Template<OutField>,
 }
 
 impl OutboundTemplate {
     /// Parses the template; the error says what is wrong.
-    pub fn parse(template: &str) -> Result<Self, String> {
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
         if template.is_empty() {
-            return Err("must not be empty".into());
+            return Err(TemplateError::Form("must not be empty".into()));
         }
-        let parts = parse_parts(template, |name| match name {
-            "key" => Ok(OutPart::Key(false)),
-            "key:levels" => Ok(OutPart::Key(true)),
-            "topic" => Ok(OutPart::TopicName),
-            "namespace" => Ok(OutPart::Namespace),
-            other => match other.strip_prefix("attr:") {
-                Some(attr) => match attr.strip_suffix(":levels") {
-                    Some(attr) if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string(), true)),
-                    None if !attr.is_empty() => Ok(OutPart::Attribute(attr.to_string(), false)),
-                    _ => Err(format!("`{{{other}}}` names no attribute")),
-                },
-                _ => Err(format!(
-                    "unknown placeholder `{{{other}}}` (use `{{attr:NAME}}`, `{{key}}`, `{{topic}}` or `{{namespace}}`)"
-                )),
-            },
+        let template = Template::parse(template, |placeholder| {
+            let field = RecordField::parse(placeholder)
+                .ok_or_else(|| format!("unknown placeholder; use {}", template::RECORD_FIELDS))?;
+            let levels = match placeholder.modifier.as_deref() {
+                None => false,
+                Some("levels") if matches!(field, RecordField::Key | RecordField::Attr(_)) => true,
+                Some(_) => return Err("the only modifier is `:levels`, of `{key}` and `{attr.NAME}`".into()),
+            };
+            Ok(OutField { field, levels })
         })?;
-        for part in &parts {
-            if let OutPart::Literal(text) = part {
+        for part in template.parts() {
+            if let Part::Literal(text) = part {
                 if text.contains('+') || text.contains('#') {
-                    return Err(format!("`{template}`: an MQTT topic must not contain `+` or `#`"));
+                    return Err(TemplateError::Form("an MQTT topic must not contain `+` or `#`".into()));
                 }
             }
         }
-        Ok(Self { parts })
+        Ok(Self { template })
+    }
+
+    /// The placeholder when it is the whole template.
+    fn whole(&self) -> Option<&RecordField> {
+        match self.template.parts() {
+            [Part::Value(OutField { field: field @ (RecordField::Key | RecordField::Attr(_)), .. })] => Some(field),
+            _ => None,
+        }
     }
 
     /// Whether every rendering is the inbound MQTT topic of a message this connector took
-    /// in: the template is just `{attr:mqtt.topic}` or `{key}` (the inbound routing key).
+    /// in: the template is just `{attr.mqtt.topic}` or `{key}` (the inbound routing key).
     pub fn is_inbound_topic(&self) -> bool {
-        match self.parts.as_slice() {
-            [OutPart::Key(_)] => true,
-            [OutPart::Attribute(attr, _)] => attr == crate::inbound::ATTR_TOPIC,
+        match self.whole() {
+            Some(RecordField::Key) => true,
+            Some(RecordField::Attr(attr)) => attr == crate::inbound::ATTR_TOPIC,
             _ => false,
         }
     }
 
-    /// The MQTT topic for a Danube message, or why there is none.
+    /// The MQTT topic for a Danube record, or why there is none.
     ///
-    /// A value from the message (`{attr:NAME}`, `{key}`) fills one topic level: `/`, `+`,
+    /// A value from the record (`{attr.NAME}`, `{key}`) fills one topic level: `/`, `+`,
     /// `#` and NUL in it become `_`, so it cannot add levels or wildcards. It keeps its `/`
-    /// (several levels) when asked with `:levels` (`{key:levels}`, `{attr:NAME:levels}`)
-    /// or when it is the whole template (the default `{attr:mqtt.topic}` names a whole MQTT
+    /// (several levels) when asked with `:levels` (`{key:levels}`, `{attr.NAME:levels}`)
+    /// or when it is the whole template (the default `{attr.mqtt.topic}` names a whole MQTT
     /// topic); a wildcard or NUL in it is then refused. A topic starting with `$` (reserved
     /// for the broker, e.g. `$SYS`) and one longer than 65535 bytes are refused.
-    pub fn render(
-        &self,
-        danube_topic: &str,
-        routing_key: Option<&str>,
-        attributes: &HashMap<String, String>,
-    ) -> Result<String, String> {
-        let mut segments = danube_topic.trim_start_matches('/').splitn(2, '/');
-        let namespace = segments.next().unwrap_or_default();
-        let name = segments.next().unwrap_or_default();
-        let whole_topic = matches!(self.parts.as_slice(), [OutPart::Key(_)] | [OutPart::Attribute(..)]);
-        let level = |value: &str, levels: bool| -> String {
-            if whole_topic || levels {
-                value.to_string()
-            } else {
-                value.chars().map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c }).collect()
-            }
-        };
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                OutPart::Literal(text) => out.push_str(text),
-                OutPart::Attribute(attr, levels) => out.push_str(&level(
-                    attributes.get(attr).ok_or_else(|| format!("attribute `{attr}` is missing"))?,
-                    *levels,
-                )),
-                OutPart::Key(levels) => {
-                    out.push_str(&level(routing_key.ok_or("the message has no routing key")?, *levels))
+    pub fn render(&self, record: &SinkRecord) -> Result<String, String> {
+        let whole_topic = self.whole().is_some();
+        let out = self
+            .template
+            .render(|OutField { field, levels }, out| {
+                let value = field.value(record)?;
+                if whole_topic || *levels {
+                    out.push_str(&value);
+                } else {
+                    out.extend(value.chars().map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c }));
                 }
-                OutPart::TopicName => out.push_str(name),
-                OutPart::Namespace => out.push_str(namespace),
-            }
-        }
+                Ok::<(), MissingField>(())
+            })
+            .map_err(|missing| missing.to_string())?;
         let shown: String = out.chars().take(200).collect();
         if out.is_empty() || out.contains('+') || out.contains('#') || out.contains('\0') {
             return Err(format!("`{shown}` is not a valid MQTT topic name"));
@@ -429,7 +369,17 @@ impl OutboundTemplate {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    /// A record of `topic` with `key` and `attributes`.
+    fn rec(topic: &str, key: Option<&str>, attributes: &HashMap<String, String>) -> SinkRecord {
+        let mut record = SinkRecord::new(topic, 0, "x");
+        record.routing_key = key.map(str::to_string);
+        record.attributes = attributes.clone();
+        record
+    }
 
     fn mapping(filter: &str, topic: &str, qos: Qos) -> Mapping {
         Mapping {
@@ -599,37 +549,38 @@ mod tests {
     fn outbound_template_renders_attributes_and_names() {
         let t = OutboundTemplate::parse("devices/{attr:device}/{topic}/{key}").expect("parse");
         let attrs = HashMap::from([("device".to_string(), "d7".to_string())]);
-        assert_eq!(t.render("/default/cmd", Some("k"), &attrs).expect("render"), "devices/d7/cmd/k");
-        assert!(t.render("/default/cmd", None, &attrs).is_err());
-        assert!(t.render("/default/cmd", Some("k"), &HashMap::new()).is_err());
+        assert_eq!(t.render(&rec("/default/cmd", Some("k"), &attrs)).expect("render"), "devices/d7/cmd/k");
+        assert!(t.render(&rec("/default/cmd", None, &attrs)).is_err());
+        assert!(t.render(&rec("/default/cmd", Some("k"), &HashMap::new())).is_err());
         assert!(OutboundTemplate::parse("a/#").is_err());
         assert!(OutboundTemplate::parse("a/{nope}").is_err());
         let wildcard = HashMap::from([("device".to_string(), "+".to_string())]);
-        assert_eq!(t.render("/default/cmd", Some("k"), &wildcard).expect("render"), "devices/_/cmd/k");
+        assert_eq!(t.render(&rec("/default/cmd", Some("k"), &wildcard)).expect("render"), "devices/_/cmd/k");
     }
 
     #[test]
     fn outbound_values_from_the_message_fill_one_level() {
         let t = OutboundTemplate::parse("devices/{attr:device}/cmd").expect("parse");
-        let render =
-            |device: &str| t.render("/default/cmd", None, &HashMap::from([("device".to_string(), device.to_string())]));
+        let render = |device: &str| {
+            t.render(&rec("/default/cmd", None, &HashMap::from([("device".to_string(), device.to_string())])))
+        };
         assert_eq!(render("x/y").expect("render"), "devices/x_y/cmd", "a `/` cannot add a level");
         assert_eq!(render("../#").expect("render"), "devices/..__/cmd");
         assert_eq!(render("a\0b").expect("render"), "devices/a_b/cmd");
         let leading = OutboundTemplate::parse("{key}/cmd").expect("parse");
-        assert!(leading.render("/default/cmd", Some("$SYS"), &HashMap::new()).is_err(), "broker topics refused");
+        assert!(leading.render(&rec("/default/cmd", Some("$SYS"), &HashMap::new())).is_err(), "broker topics refused");
         // The whole-topic default keeps the levels of the inbound topic, never wildcards.
         let prefixed = OutboundTemplate::parse("echo/{key:levels}/{attr:device:levels}").expect("parse");
         let device = HashMap::from([("device".to_string(), "d/1".to_string())]);
-        assert_eq!(prefixed.render("/default/x", Some("in/a"), &device).expect("render"), "echo/in/a/d/1");
-        assert!(prefixed.render("/default/x", Some("in/#"), &device).is_err(), "still no wildcard");
+        assert_eq!(prefixed.render(&rec("/default/x", Some("in/a"), &device)).expect("render"), "echo/in/a/d/1");
+        assert!(prefixed.render(&rec("/default/x", Some("in/#"), &device)).is_err(), "still no wildcard");
         assert!(OutboundTemplate::parse("a/{attr::levels}").is_err());
         let whole = OutboundTemplate::parse("{attr:mqtt.topic}").expect("parse");
         let attrs = |v: &str| HashMap::from([("mqtt.topic".to_string(), v.to_string())]);
-        assert_eq!(whole.render("/default/x", None, &attrs("a/b/c")).expect("render"), "a/b/c");
-        assert!(whole.render("/default/x", None, &attrs("a/#")).is_err());
-        assert!(whole.render("/default/x", None, &attrs("a/+/c")).is_err());
-        assert!(whole.render("/default/x", None, &attrs(&"x".repeat(70_000))).is_err());
+        assert_eq!(whole.render(&rec("/default/x", None, &attrs("a/b/c"))).expect("render"), "a/b/c");
+        assert!(whole.render(&rec("/default/x", None, &attrs("a/#"))).is_err());
+        assert!(whole.render(&rec("/default/x", None, &attrs("a/+/c"))).is_err());
+        assert!(whole.render(&rec("/default/x", None, &attrs(&"x".repeat(70_000)))).is_err());
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl Outbound {
     /// A sink publishing to `broker` as `{client_id}-out`; the topic template must parse.
     pub fn build(broker: BrokerConfig, config: OutboundConfig) -> Result<Self, ConfigError> {
         let template =
-            OutboundTemplate::parse(&config.topic).map_err(|e| ConfigError::invalid("connector.outbound.topic", e))?;
+            OutboundTemplate::parse(&config.topic).map_err(|e| ConfigError::invalid("connector.outbound.topic", e.to_string()))?;
         Ok(Self { broker, config, template })
     }
 }
@@ -180,7 +180,7 @@ impl Sink for OutboundSink {
     async fn process(&self, record: &SinkRecord) -> ConnectorResult<()> {
         let topic = self
             .template
-            .render(&record.topic, record.routing_key.as_deref(), &record.attributes)
+            .render(record)
             .map_err(|reason| ConnectorError::invalid_msg(format!("no MQTT topic for the message: {reason}")))?;
         let shared = &self.shared;
         match self.publish(shared, topic, record).await {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
 use danube_connect_core::naming::{is_valid_topic, sanitize_topic_part};
 use danube_connect_core::schema::CompatibilityMode;
+use danube_connect_core::template::{TableFields, TemplateText};
 use danube_connect_core::Secret;
 use serde::{Deserialize, Serialize};
 
@@ -98,8 +99,9 @@ pub struct PostgresCdcConfig {
     pub snapshot: SnapshotMode,
     /// Rows fetched per round trip while snapshotting.
     pub snapshot_chunk_size: usize,
-    /// Topic per table: a template with `{schema}` and `{table}`, or one fixed topic.
-    pub topic: String,
+    /// Topic per table: a template (the shared grammar, `docs/templates.md`) with
+    /// `{schema}` and `{table}`, or one fixed topic.
+    pub topic: TemplateText<TableFields>,
     /// Also publish `BEGIN`/`COMMIT` boundary records to this topic.
     pub transaction_topic: Option<String>,
     /// How often the acknowledged position is reported to PostgreSQL.
@@ -121,7 +123,7 @@ pub struct PostgresCdcConfig {
     /// registered, and every record validated against it and stamped with its version).
     pub schema: SchemaMode,
     /// Registry subject of a table's schema: a template with `{schema}` and `{table}`.
-    pub schema_subject: String,
+    pub schema_subject: TemplateText<TableFields>,
     /// Compatibility mode set on each subject before registering (`none`, `backward`,
     /// `forward`, `full`); unset keeps the registry's (backward by default).
     pub schema_compatibility: Option<CompatibilityMode>,
@@ -255,12 +257,12 @@ impl PostgresCdcConfig {
     /// to what the broker accepts in a topic part (letters, digits, `_`, `-`; anything
     /// else becomes `_`) so they can neither add a level nor make every publish fail.
     pub fn topic_for(&self, schema: &str, table: &str) -> String {
-        for_table(&self.topic, &sanitize_topic_part(schema), &sanitize_topic_part(table))
+        for_table(&self.topic, schema, table, |out, v| out.push_str(&sanitize_topic_part(v)))
     }
 
     /// The registry subject of a table's schema.
     pub fn subject_for(&self, schema: &str, table: &str) -> String {
-        for_table(&self.schema_subject, schema, table)
+        for_table(&self.schema_subject, schema, table, String::push_str)
     }
 
     /// The configured tables as `(schema, table)`.
@@ -322,6 +324,8 @@ impl Validate for PostgresCdcConfig {
                 ));
             }
         }
+        self.topic.check("connector.topic")?;
+        self.schema_subject.check("connector.schema_subject")?;
         let sample = self.topic_for("schema", "table");
         validate_topic("connector.topic", &sample)?;
         if !is_valid_topic(&sample) {
@@ -401,9 +405,18 @@ impl Validate for PostgresCdcConfig {
     }
 }
 
-/// `template` with `{schema}` and `{table}` filled in.
-fn for_table(template: &str, schema: &str, table: &str) -> String {
-    template.replace("{schema}", schema).replace("{table}", table)
+/// `template` with `{schema}` and `{table}` filled in, each written by `write`; a template
+/// that did not parse (refused by validation) is its text.
+fn for_table(
+    template: &TemplateText<TableFields>,
+    schema: &str,
+    table: &str,
+    write: impl Fn(&mut String, &str),
+) -> String {
+    match template.template() {
+        Some(template) => template.render_table(schema, table, write),
+        None => template.as_str().to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -484,7 +497,11 @@ mod tests {
     fn topic_template_expands_schema_and_table() {
         let config = PostgresCdcConfig::default();
         assert_eq!(config.topic_for("public", "users"), "/default/public-users");
+        assert_eq!(config.subject_for("public", "a.b"), "public.a.b-value", "a subject is not sanitized");
         assert_eq!(config.table_list(), Vec::<(String, String)>::new());
+        let unknown = PostgresCdcConfig { topic: "/default/{schema}-{tabel}".into(), ..Default::default() };
+        let err = unknown.validate().expect_err("an unknown placeholder is refused").to_string();
+        assert!(err.contains("connector.topic") && err.contains("{tabel}"), "{err}");
         let config = PostgresCdcConfig { tables: vec!["users".into(), "sales.orders".into()], ..Default::default() };
         assert_eq!(config.table_list()[0], ("public".into(), "users".into()));
         assert_eq!(config.table_list()[1], ("sales".into(), "orders".into()));

@@ -36,6 +36,9 @@ pub enum CdcError {
     /// slot in use): operator action needed.
     #[error("{0}")]
     Setup(String),
+    /// `connector.tls_ca` is not usable (the error names the field and the file).
+    #[error("TLS")]
+    Tls(#[from] danube_connect_common::tls::TlsError),
     /// PostgreSQL invalidated the replication slot (`wal_status = lost`): the WAL it needed
     /// was removed, so changes since its confirmed position cannot be read any more.
     #[error(

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -72,9 +71,7 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, CdcError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| CdcError::Setup(format!("connector.tls_ca {}: {e}", path.display())))?;
+            let certs = danube_connect_common::tls::load_certificates("connector", "tls_ca", path)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(CdcError::Setup(format!("connector.tls_ca {}: no certificate", path.display())));

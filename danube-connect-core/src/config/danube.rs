@@ -1,6 +1,7 @@
 //! `[danube]`: how to reach the broker.
 
 use super::*;
+use danube_connect_common::tls;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -74,16 +75,24 @@ impl Validate for DanubeConfig {
         if self.tls_cert.is_some() && self.tls_ca.is_none() {
             return Err(ConfigError::invalid("danube.tls_ca", "mutual TLS needs `tls_ca` too"));
         }
-        for (field, path) in [
-            ("danube.tls_ca", &self.tls_ca),
-            ("danube.tls_cert", &self.tls_cert),
-            ("danube.tls_key", &self.tls_key),
-            ("danube.token_file", &self.token_file),
-        ] {
-            if let Some(path) = path {
-                if !path.exists() {
-                    return Err(ConfigError::invalid(field, format!("file {} does not exist", path.display())));
-                }
+        // The PEM files are read once here with the loader every connector's TLS uses, so a
+        // bad one fails `--check` with the field and the file.
+        let pem = |e: tls::TlsError| ConfigError::invalid(e.field.clone(), e.reason());
+        if let Some(path) = &self.tls_ca {
+            tls::load_certificates("danube", "tls_ca", path).map_err(pem)?;
+        }
+        if let Some(path) = &self.tls_cert {
+            tls::load_certificates("danube", "tls_cert", path).map_err(pem)?;
+        }
+        if let Some(path) = &self.tls_key {
+            tls::load_private_key("danube", "tls_key", path).map_err(pem)?;
+        }
+        if let Some(path) = &self.token_file {
+            if !path.exists() {
+                return Err(ConfigError::invalid(
+                    "danube.token_file",
+                    format!("file {} does not exist", path.display()),
+                ));
             }
         }
         Ok(())

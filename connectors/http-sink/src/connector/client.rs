@@ -6,6 +6,8 @@ use std::sync::Arc;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
+use danube_connect_common::tls::ClientTls;
+
 use crate::config::{AuthConfig, HttpSinkConfig};
 use crate::error::BuildError;
 use crate::ssrf::{GuardedResolver, TargetPolicy};
@@ -54,24 +56,10 @@ pub(crate) fn http_client(config: &HttpSinkConfig, policy: &Arc<TargetPolicy>) -
     if !policy.allows_all() {
         builder = builder.dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), proxy_host)));
     }
-    if let Some(path) = &config.tls.ca_file {
-        let pem = read_file("connector.tls.ca_file", path)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|source| BuildError::Pem { field: "connector.tls.ca_file", source })?;
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-        if config.tls.ca_only {
-            builder = builder.tls_built_in_root_certs(false);
-        }
-    }
-    if let (Some(cert), Some(key)) = (&config.tls.client_cert, &config.tls.client_key) {
-        let mut pem = read_file("connector.tls.client_cert", cert)?;
-        pem.push(b'\n');
-        pem.extend(read_file("connector.tls.client_key", key)?);
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|source| BuildError::Pem { field: "connector.tls.client_cert", source })?;
-        builder = builder.identity(identity);
+    // `connector.tls` set: rustls as configured (the trusted roots, the identity);
+    // otherwise reqwest's own rustls with the built-in roots.
+    if config.tls != ClientTls::default() {
+        builder = builder.use_preconfigured_tls(config.tls.rustls_config("connector.tls")?);
     }
     builder.build().map_err(BuildError::Client)
 }
@@ -117,9 +105,4 @@ fn header_value(field: &str, value: &str, sensitive: bool) -> Result<HeaderValue
     let mut value = HeaderValue::from_str(value).map_err(|_| BuildError::Header { field: field.to_string() })?;
     value.set_sensitive(sensitive);
     Ok(value)
-}
-
-/// The contents of `path`, the error naming `field`.
-fn read_file(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>, BuildError> {
-    std::fs::read(path).map_err(|source| BuildError::File { field, path: path.display().to_string(), source })
 }
