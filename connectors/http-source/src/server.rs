@@ -136,8 +136,9 @@ pub async fn handle(app: &App, remote: SocketAddr, request: Request) -> Response
     response
 }
 
-/// A step's early answer: the request is answered without going further.
-type Answered = Response;
+/// A step's early answer: the request is answered without going further (boxed: the
+/// `Ok` path stays small).
+pub(super) type Answered = Box<Response>;
 
 async fn handle_endpoint(
     app: &App,
@@ -148,7 +149,8 @@ async fn handle_endpoint(
     started: Instant,
 ) -> Response {
     match receive(app, endpoint, params, remote, request, started).await {
-        Ok(response) | Err(response) => response,
+        Ok(response) => response,
+        Err(response) => *response,
     }
 }
 
@@ -168,14 +170,14 @@ async fn receive(
     let (body, verified) = authenticate(app, endpoint, &incoming, body, deadline).await?;
     // After verification: requests that fail it cannot drain a legitimate sender's tokens.
     if let Err(wait) = endpoint.check_rate() {
-        return Err(retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "rate limit exceeded"));
+        return Err(retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "rate limit exceeded").into());
     }
     let json = record::parse_json(endpoint, &body)?;
     let delivery_id = record::delivery_id(endpoint, &incoming.parts.headers, json.as_ref(), &verified);
     let reservation = reserve(app, endpoint, delivery_id.as_deref())?;
     let record = record::build(endpoint, &incoming, body, delivery_id.as_ref(), &verified, json.as_ref())?;
     if !app.health.broker_reachable() {
-        return Err(retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "danube is unreachable"));
+        return Err(retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "danube is unreachable").into());
     }
     Ok(match endpoint.ack {
         AckMode::Accepted => deliver::accept(app, record, reservation),
@@ -195,15 +197,19 @@ fn admit(app: &App, endpoint: &Endpoint, request: &Request) -> Result<OwnedSemap
     if !method.is_some_and(|m| endpoint.methods.contains(&m)) {
         let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         response.headers_mut().insert(header::ALLOW, endpoint.allow.clone());
-        return Err(response);
+        return Err(response.into());
     }
     let Ok(permit) = app.concurrency.clone().try_acquire_owned() else {
-        return Err(retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "too many concurrent requests"));
+        return Err(
+            retry_after(StatusCode::SERVICE_UNAVAILABLE, app.retry_after, "too many concurrent requests").into()
+        );
     };
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > endpoint.max_body as u64) {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {} bytes", endpoint.max_body)));
+        return Err(
+            error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {} bytes", endpoint.max_body)).into()
+        );
     }
     Ok(permit)
 }
@@ -224,7 +230,7 @@ async fn authenticate(
             Ok(checked) => Some((verifier.clone(), checked)),
             Err(e) => {
                 debug!(endpoint = %endpoint.id, %remote, error = %e, "verification failed");
-                return Err(error(StatusCode::UNAUTHORIZED, e));
+                return Err(error(StatusCode::UNAUTHORIZED, e).into());
             }
         },
         None => None,
@@ -235,7 +241,7 @@ async fn authenticate(
             Ok(verified) => verified,
             Err(response) => {
                 debug!(endpoint = %endpoint.id, %remote, status = %response.status(), "verification failed");
-                return Err(response);
+                return Err(response.into());
             }
         },
         None => Default::default(),
@@ -249,17 +255,20 @@ async fn authenticate(
 /// so the sender's retry is published).
 fn reserve(app: &App, endpoint: &Endpoint, delivery_id: Option<&str>) -> Result<Option<Reservation>, Answered> {
     if delivery_id.is_some_and(|id| id.len() > MAX_DELIVERY_ID_BYTES) {
-        return Err(error(StatusCode::BAD_REQUEST, format!("delivery id longer than {MAX_DELIVERY_ID_BYTES} bytes")));
+        return Err(
+            error(StatusCode::BAD_REQUEST, format!("delivery id longer than {MAX_DELIVERY_ID_BYTES} bytes")).into()
+        );
     }
     match (&endpoint.dedup, delivery_id) {
         (Some(dedup), Some(id)) => match dedup.memory.reserve(id, Instant::now()) {
             Reserve::Reserved(reservation) => Ok(Some(reservation)),
-            Reserve::Duplicate => Err(status_response(StatusCode::OK, r#"{"status":"duplicate"}"#)),
+            Reserve::Duplicate => Err(status_response(StatusCode::OK, r#"{"status":"duplicate"}"#).into()),
             Reserve::InFlight => Err(retry_after(
                 StatusCode::CONFLICT,
                 app.retry_after,
                 "a delivery with this id is being published; retry later",
-            )),
+            )
+            .into()),
         },
         _ => Ok(None),
     }

@@ -8,12 +8,12 @@ use std::time::SystemTime;
 use axum::extract::Query;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::Response;
 use danube_connect_core::trace_context;
 use danube_connect_core::SourceRecord;
 use tracing::debug;
 
 use super::respond::error;
+use super::Answered;
 use crate::endpoint::{Endpoint, RoutingKey};
 use crate::signature::Verified;
 use crate::template::PathParams;
@@ -32,7 +32,7 @@ pub(super) struct Incoming {
 
 /// The body as JSON, when the endpoint needs it (validation, a JSON-pointer key or delivery
 /// id); a body that is not JSON is refused (400) only when `validate_json` is on.
-pub(super) fn parse_json(endpoint: &Endpoint, body: &[u8]) -> Result<Option<serde_json::Value>, Response> {
+pub(super) fn parse_json(endpoint: &Endpoint, body: &[u8]) -> Result<Option<serde_json::Value>, Answered> {
     let needs_json = endpoint.validate_json
         || matches!(endpoint.routing_key, Some(RoutingKey::JsonPointer(_)))
         || endpoint.dedup.as_ref().is_some_and(|d| d.id_pointer.is_some());
@@ -41,7 +41,9 @@ pub(super) fn parse_json(endpoint: &Endpoint, body: &[u8]) -> Result<Option<serd
     }
     match serde_json::from_slice(body) {
         Ok(value) => Ok(Some(value)),
-        Err(e) if endpoint.validate_json => Err(error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}"))),
+        Err(e) if endpoint.validate_json => {
+            Err(error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")).into())
+        }
         Err(_) => Ok(None),
     }
 }
@@ -73,16 +75,16 @@ pub(super) fn build(
     delivery_id: Option<&String>,
     verified: &Verified,
     json: Option<&serde_json::Value>,
-) -> Result<SourceRecord, Response> {
+) -> Result<SourceRecord, Answered> {
     let Incoming { parts, params, remote, received_at } = incoming;
     let (remote, received_at) = (*remote, *received_at);
     let topic = match endpoint.topic.render(params, &parts.headers) {
         Ok(topic) => topic,
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, e)),
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, e).into()),
     };
     if let Err(e) = endpoint.admit_topic(&topic) {
         debug!(endpoint = %endpoint.id, %topic, "topic refused: endpoint at max_topics");
-        return Err(error(StatusCode::BAD_REQUEST, e));
+        return Err(error(StatusCode::BAD_REQUEST, e).into());
     }
     let mut record = SourceRecord::new(topic, body);
     // The fixed attributes below, then the path, header and query ones: one allocation.
