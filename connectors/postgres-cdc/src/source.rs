@@ -31,6 +31,8 @@ const STARTUP_RETRY: Duration = Duration::from_secs(60);
 pub struct PostgresCdcSource {
     config: Arc<PostgresCdcConfig>,
     rx: Option<mpsc::Receiver<Item>>,
+    /// A handed-off batch that did not fit in the last `poll`.
+    carry: Option<Vec<SourceRecord>>,
     acked: watch::Sender<u64>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -46,6 +48,7 @@ impl PostgresCdcSource {
         Self {
             config: Arc::new(config),
             rx: None,
+            carry: None,
             acked: watch::channel(0).0,
             stop: CancellationToken::new(),
             task: None,
@@ -65,6 +68,63 @@ impl PostgresCdcSource {
     /// Replication progress (confirmed LSN, streaming state).
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// The next records for `poll`: the batches the replication task handed off, merged up
+    /// to `connector.max_batch` (a batch that does not fit waits for the next call); an empty
+    /// `Vec` after a short wait when idle.
+    async fn next_batch(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
+        if let Some(error) = self.held_error.take() {
+            return Err(error);
+        }
+        if let Some(error) = self.lost.take() {
+            return Err(error.into_connector());
+        }
+        let Some(rx) = self.rx.as_mut() else { return Err(ConnectorError::fatal_msg("poll before initialize")) };
+        let mut batch = match self.carry.take() {
+            Some(batch) => batch,
+            None => {
+                let received = tokio::select! {
+                    received = tokio::time::timeout(IDLE_WAIT, rx.recv()) => received,
+                    // The slot monitor found the slot invalidated: stop now, even with records buffered.
+                    _ = self.lost.signal.cancelled() => {
+                        return Err(self.lost.take().map_or_else(
+                            || ConnectorError::fatal_msg("the replication slot was invalidated"),
+                            CdcError::into_connector,
+                        ));
+                    }
+                };
+                match received {
+                    Err(_) => return Ok(Vec::new()),
+                    Ok(Some(Item::Records(records))) => records,
+                    Ok(Some(Item::Failed(error))) => return Err(error),
+                    Ok(None) => {
+                        if self.progress.finished.load(Ordering::Acquire) {
+                            tokio::time::sleep(IDLE_WAIT).await;
+                            return Ok(Vec::new());
+                        }
+                        return Err(ConnectorError::fatal_msg("the replication task ended"));
+                    }
+                }
+            }
+        };
+        while batch.len() < self.config.max_batch {
+            match rx.try_recv() {
+                Ok(Item::Records(records)) if batch.len() + records.len() <= self.config.max_batch => {
+                    batch.extend(records)
+                }
+                Ok(Item::Records(records)) => {
+                    self.carry = Some(records);
+                    break;
+                }
+                Ok(Item::Failed(error)) => {
+                    self.held_error = Some(error);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -99,7 +159,7 @@ impl SourceConnector for PostgresCdcSource {
             stop: self.stop.clone(),
         };
         self.monitor = Some(tokio::spawn(monitor.run()));
-        let (tx, rx) = mpsc::channel(self.config.buffer);
+        let (tx, rx) = crate::stream::channel(&self.config);
         let (acked_tx, acked_rx) = watch::channel(0u64);
         self.acked = acked_tx;
         self.rx = Some(rx);
@@ -112,47 +172,7 @@ impl SourceConnector for PostgresCdcSource {
     }
 
     async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
-        if let Some(error) = self.held_error.take() {
-            return Err(error);
-        }
-        if let Some(error) = self.lost.take() {
-            return Err(error.into_connector());
-        }
-        let Some(rx) = self.rx.as_mut() else { return Err(ConnectorError::fatal_msg("poll before initialize")) };
-        let received = tokio::select! {
-            received = tokio::time::timeout(IDLE_WAIT, rx.recv()) => received,
-            // The slot monitor found the slot invalidated: stop now, even with records buffered.
-            _ = self.lost.signal.cancelled() => {
-                return Err(self.lost.take().map_or_else(
-                    || ConnectorError::fatal_msg("the replication slot was invalidated"),
-                    CdcError::into_connector,
-                ));
-            }
-        };
-        let first = match received {
-            Err(_) => return Ok(Vec::new()),
-            Ok(Some(Item::Record(record))) => record,
-            Ok(Some(Item::Failed(error))) => return Err(error),
-            Ok(None) => {
-                if self.progress.finished.load(Ordering::Acquire) {
-                    tokio::time::sleep(IDLE_WAIT).await;
-                    return Ok(Vec::new());
-                }
-                return Err(ConnectorError::fatal_msg("the replication task ended"));
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < self.config.max_batch {
-            match rx.try_recv() {
-                Ok(Item::Record(record)) => batch.push(record),
-                Ok(Item::Failed(error)) => {
-                    self.held_error = Some(error);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        Ok(batch)
+        self.next_batch().await
     }
 
     async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {
