@@ -86,7 +86,7 @@ impl Source {
 
     fn begin(&mut self) -> Txn<'_> {
         self.commit_lsn += 0x100;
-        let info = TxnInfo { xid: (self.commit_lsn >> 8) as u32, commit_lsn: self.commit_lsn, commit_time: 0 };
+        let info = TxnInfo::new((self.commit_lsn >> 8) as u32, self.commit_lsn, 0);
         Txn { source: self, info, seq: 0 }
     }
 

@@ -71,7 +71,14 @@ impl Factory for Export {
             linger = ?self.config.export.linger,
             "kafka export producer ready (idempotent, acks=all)"
         );
-        Ok(KafkaExport { config: self.config, topics: self.topics, bridge_id: self.bridge_id, context, producer, skipped })
+        Ok(KafkaExport {
+            config: self.config,
+            topics: self.topics,
+            bridge_id: self.bridge_id,
+            context,
+            producer,
+            skipped,
+        })
     }
 }
 

@@ -78,8 +78,8 @@ pub struct Outbound {
 impl Outbound {
     /// A sink publishing to `broker` as `{client_id}-out`; the topic template must parse.
     pub fn build(broker: BrokerConfig, config: OutboundConfig) -> Result<Self, ConfigError> {
-        let template =
-            OutboundTemplate::parse(&config.topic).map_err(|e| ConfigError::invalid("connector.outbound.topic", e.to_string()))?;
+        let template = OutboundTemplate::parse(&config.topic)
+            .map_err(|e| ConfigError::invalid("connector.outbound.topic", e.to_string()))?;
         Ok(Self { broker, config, template })
     }
 }

@@ -11,6 +11,11 @@
 //!
 //! Then snapshot rows/s and the connector's peak RSS.
 //!
+//! Fairness between the runs: the connector record that the raw client copies comes from one
+//! row of `sample.bench` sent through each connector before its timed insert (its own topic,
+//! so the reader that keeps it does not make the broker dispatch the measured topic), and the
+//! broker's message count is polled at the same interval during every run, raw ones included.
+//!
 //! The broker is the development broker, in this process, or with `BENCH_BROKER=real` the real
 //! Danube broker (`DANUBE_BROKER_BIN`, standalone, its defaults) as a process; the output names
 //! it. Against the real broker, counts come from its `danube_topic_messages_in_total`, the
@@ -19,7 +24,8 @@
 //! `cargo bench -p danube-connector-postgres-cdc`. Settings: `CDC_BENCH_ROWS` (default 50000);
 //! `CDC_BENCH_PRODUCERS`, the connector's producers per topic, a comma list (default `16`),
 //! one connector run each; `CDC_BENCH_RAW_PRODUCERS` (default `16,64,256`);
-//! `CDC_BENCH_PERF=<file>` records `perf record -g` of the first connector run into `<file>`.
+//! `CDC_BENCH_CONNECTOR_BIN` runs another build of the connector;
+//! `CDC_BENCH_PERF=<file>` records `perf record -e cpu-clock -g` of the first connector run into `<file>`.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -36,6 +42,12 @@ use danube_connect_testkit::process::ConnectorProcess;
 use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
+
+/// The connector binary: `CDC_BENCH_CONNECTOR_BIN` (e.g. an earlier build, to compare two
+/// versions with one bench) or the one cargo built with this bench.
+fn connector_bin() -> std::path::PathBuf {
+    std::env::var_os("CDC_BENCH_CONNECTOR_BIN").map_or_else(|| Path::new(BIN).to_path_buf(), Into::into)
+}
 
 /// Set in the child process that runs one raw publish: `url|topic|rows|producers`.
 const CHILD: &str = "CDC_BENCH_RAW_CHILD";
@@ -133,7 +145,18 @@ async fn raw_publish_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let broker_cpu = CpuUse::start(vec![broker_pid(broker)]);
-    let out = command.output().await.expect("raw publish process");
+    // The broker's count is polled meanwhile as in a connector run, so that both runs pay
+    // for it (a metrics scrape of the real broker costs it CPU).
+    let output = command.output();
+    tokio::pin!(output);
+    let out = loop {
+        tokio::select! {
+            out = &mut output => break out.expect("raw publish process"),
+            _ = tokio::time::sleep(poll_interval(broker)) => {
+                message_count(broker, topic).await;
+            }
+        }
+    };
     // Includes the child's producer creation: a slight over-count for the broker.
     let broker_cpu = broker_cpu.stop()[0];
     assert!(out.status.success(), "raw publish process failed");
@@ -231,9 +254,10 @@ struct Streamed {
     cpu: Vec<f64>,
 }
 
-/// Starts a connector with `producers` on a new slot, bulk-inserts `rows` rows starting at
-/// id `first`, and measures COMMIT until Danube holds every record. Returns the run and the
-/// WAL position after the insert.
+/// Starts a connector with `producers` on a new slot, sends one row of `sample.bench` through
+/// it (its own topic: a reader there does not load the measured topic), bulk-inserts `rows`
+/// rows into `public.bench` starting at id `first`, and measures COMMIT until Danube holds
+/// every record. Returns the run and the WAL position after the insert.
 async fn stream_run(
     pg: &Postgres,
     broker: &TestBroker,
@@ -244,20 +268,30 @@ async fn stream_run(
 ) -> (Streamed, String) {
     let slot = format!("cdc_p{producers}_{first}");
     let topic = format!("cdc{producers}x{first}");
-    let template = format!("/default/{topic}_{{table}}");
+    let template = format!("/default/{topic}_{{schema}}_{{table}}");
     let env = connector_env(
         pg,
         broker,
         producers,
         &[("POSTGRES_CDC_SLOT", &slot), ("POSTGRES_CDC_SNAPSHOT", "never"), ("POSTGRES_CDC_TOPIC", &template)],
     );
-    let mut process = ConnectorProcess::spawn(Path::new(BIN), &env).expect("spawn");
+    let mut process = ConnectorProcess::spawn(&connector_bin(), &env).expect("spawn");
     process.wait_ready(Duration::from_secs(60)).await.expect("ready");
     wait_streaming(pg, &slot).await;
+    // Warm-up and sample: one row of `sample.bench` (same shape and name lengths as a
+    // `public.bench` row) through the running connector.
+    pg.psql(&format!("INSERT INTO sample.bench (id, name, v) VALUES ({first}, 'name-{first}', {})", first % 1000))
+        .expect("sample row");
+    let sample_topic = format!("/default/{topic}_sample_bench");
+    let warm = Instant::now();
+    while message_count(broker, &sample_topic).await < 1 && warm.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(poll_interval(broker)).await;
+    }
+    assert_eq!(message_count(broker, &sample_topic).await, 1, "the sample row arrived: {}", process.log());
     let mut recorder = perf.map(|file| {
         let pid = process.pid().expect("connector pid").to_string();
         Command::new("perf")
-            .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o", file, "-p", &pid])
+            .args(["record", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf,16384", "-o", file, "-p", &pid])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -277,7 +311,7 @@ async fn stream_run(
     .expect("bulk insert");
     let committed = Instant::now();
     let end = pg.psql("SELECT pg_current_wal_lsn()").expect("lsn");
-    let topic = format!("/default/{topic}_bench");
+    let topic = format!("/default/{topic}_public_bench");
     while message_count(broker, &topic).await < rows && committed.elapsed() < Duration::from_secs(900) {
         tokio::time::sleep(poll_interval(broker)).await;
     }
@@ -313,8 +347,12 @@ async fn main() {
         Ok(other) => panic!("BENCH_BROKER={other}: expected dev or real"),
     };
     let broker = TestBroker::start(kind).await.expect("broker");
-    pg.psql("CREATE TABLE bench (id bigint PRIMARY KEY, name text, v int, at timestamptz DEFAULT now()); CREATE PUBLICATION bench_pub FOR TABLE bench")
-        .expect("schema");
+    pg.psql(
+        "CREATE TABLE bench (id bigint PRIMARY KEY, name text, v int, at timestamptz DEFAULT now()); \
+         CREATE SCHEMA sample; CREATE TABLE sample.bench (LIKE public.bench INCLUDING ALL); \
+         CREATE PUBLICATION bench_pub FOR TABLE public.bench, sample.bench",
+    )
+    .expect("schema");
     let recvlogical = pg.bin_dir().join("pg_recvlogical");
     let port = pg.port().to_string();
     let base = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres", "-d", "postgres"];
@@ -325,9 +363,9 @@ async fn main() {
         .expect("pg_recvlogical");
     assert!(created.success(), "create raw slot");
 
-    // A reader on the first run's topic keeps one connector record: the raw baseline sends
-    // copies of it. (The topic is created first: subscriptions start at its end.)
-    let sample_topic = format!("/default/cdc{}x1_bench", connector_producers[0]);
+    // A reader on the first run's sample topic keeps one connector record: the raw baseline
+    // sends copies of it. (The topic is created first: subscriptions start at its end.)
+    let sample_topic = format!("/default/cdc{}x1_sample_bench", connector_producers[0]);
     drop(reliable_producers(broker.url(), &sample_topic, "mk", 1).await.expect("create the sample topic"));
     let sampler = TopicReader::subscribe(broker.url(), &sample_topic, "sample").await.expect("sample reader");
 
@@ -404,18 +442,20 @@ async fn main() {
         &[
             ("POSTGRES_CDC_SLOT", "snap_slot"),
             ("POSTGRES_CDC_SNAPSHOT", "initial_only"),
-            ("POSTGRES_CDC_TOPIC", "/default/snap_{table}"),
+            ("POSTGRES_CDC_TOPIC", "/default/snap_{schema}_{table}"),
         ],
     );
     let started = Instant::now();
-    let mut process = ConnectorProcess::spawn(Path::new(BIN), &env).expect("spawn");
+    let mut process = ConnectorProcess::spawn(&connector_bin(), &env).expect("spawn");
     process.wait_ready(Duration::from_secs(60)).await.expect("ready");
-    while message_count(&broker, "/default/snap_bench").await < total && started.elapsed() < Duration::from_secs(900) {
+    while message_count(&broker, "/default/snap_public_bench").await < total
+        && started.elapsed() < Duration::from_secs(900)
+    {
         tokio::time::sleep(poll_interval(&broker)).await;
     }
     let snapshot_secs = started.elapsed().as_secs_f64();
     assert_eq!(
-        message_count(&broker, "/default/snap_bench").await,
+        message_count(&broker, "/default/snap_public_bench").await,
         total,
         "snapshot delivered every row: {}",
         process.log()

@@ -34,6 +34,8 @@ pub struct Table {
     pub schema: Option<Arc<BoundSchema>>,
     /// What an UPDATE's unchanged TOAST columns become (`connector.toast`).
     pub toast: ToastFill,
+    /// The table's `postgres_cdc_records_total` counters (none outside the connector).
+    pub counters: Option<crate::metrics::TableCounters>,
     full_name: String,
     /// `,"schema":"..","table":".."`, escaped.
     names_json: Vec<u8>,
@@ -72,6 +74,7 @@ impl Table {
             array_elements,
             schema: None,
             toast: ToastFill::List,
+            counters: None,
             full_name,
             names_json,
             column_keys,
@@ -103,6 +106,13 @@ impl Table {
     /// `schema.table`.
     pub fn full_name(&self) -> &str {
         &self.full_name
+    }
+
+    /// Counts one record of `op` in the table's counters.
+    pub fn count(&self, op: &str) {
+        if let Some(counters) = &self.counters {
+            counters.count(op);
+        }
     }
 
     /// Writes a tuple as a JSON object in column order; with `only_present`, NULLs are left
@@ -173,6 +183,13 @@ impl Table {
 
     /// The routing key of a row: the primary-key value (one column), or a JSON array of them.
     pub fn key_of(&self, tuple: &Tuple) -> Option<String> {
+        if let [index] = self.key[..] {
+            return match tuple.get(index) {
+                Some(TupleValue::Text(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                Some(TupleValue::Null) => Some(String::new()),
+                _ => None,
+            };
+        }
         if self.key.is_empty() {
             return None;
         }
@@ -216,8 +233,9 @@ impl ToastFill {
     }
 }
 
-/// Transaction context stamped on every record of a transaction.
-#[derive(Debug, Clone, Default)]
+/// Transaction context stamped on every record of a transaction, with its text forms
+/// formatted once.
+#[derive(Debug, Clone)]
 pub struct TxnInfo {
     /// Transaction id.
     pub xid: u32,
@@ -225,6 +243,33 @@ pub struct TxnInfo {
     pub commit_lsn: u64,
     /// Commit time (microseconds since 2000-01-01).
     pub commit_time: i64,
+    /// `commit_lsn` as [`format_lsn`] writes it.
+    commit_lsn_text: String,
+    /// `xid` in decimal.
+    xid_text: String,
+    /// `commit_time` as [`pg_time_iso`] writes it.
+    commit_ts_text: String,
+}
+
+impl TxnInfo {
+    /// The context of transaction `xid` committed at `commit_lsn` and `commit_time`
+    /// (microseconds since 2000-01-01).
+    pub fn new(xid: u32, commit_lsn: u64, commit_time: i64) -> Self {
+        Self {
+            xid,
+            commit_lsn,
+            commit_time,
+            commit_lsn_text: format_lsn(commit_lsn),
+            xid_text: xid.to_string(),
+            commit_ts_text: pg_time_iso(commit_time),
+        }
+    }
+}
+
+impl Default for TxnInfo {
+    fn default() -> Self {
+        Self::new(0, 0, 0)
+    }
 }
 
 /// One row change ready to become a record.
@@ -247,11 +292,11 @@ pub struct Change<'a> {
 }
 
 impl Change<'_> {
-    /// The Danube record.
+    /// The Danube record (counted in the table's counters).
     pub fn to_record(&self) -> Result<SourceRecord, CdcError> {
         let table = self.table;
+        let txn = self.txn;
         let lsn = format_lsn(self.lsn);
-        let commit_lsn = format_lsn(self.txn.commit_lsn);
         let seq = self.seq.to_string();
         let mut out = Vec::with_capacity(192 + 40 * table.relation.columns.len());
         out.extend_from_slice(b"{\"op\":");
@@ -281,17 +326,18 @@ impl Change<'_> {
             }
             out.push(b']');
         }
-        out.extend_from_slice(b",\"lsn\":");
-        push_json_str(&mut out, &lsn);
-        out.extend_from_slice(b",\"commit_lsn\":");
-        push_json_str(&mut out, &commit_lsn);
-        out.extend_from_slice(b",\"seq\":");
+        // LSNs and the timestamp are hex digits, `/`, `-`, `:`, `.`, `T`, `Z`: no escaping.
+        out.extend_from_slice(b",\"lsn\":\"");
+        out.extend_from_slice(lsn.as_bytes());
+        out.extend_from_slice(b"\",\"commit_lsn\":\"");
+        out.extend_from_slice(txn.commit_lsn_text.as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
         out.extend_from_slice(seq.as_bytes());
         out.extend_from_slice(b",\"xid\":");
-        out.extend_from_slice(self.txn.xid.to_string().as_bytes());
-        out.extend_from_slice(b",\"commit_ts\":");
-        push_json_str(&mut out, &pg_time_iso(self.txn.commit_time));
-        out.push(b'}');
+        out.extend_from_slice(txn.xid_text.as_bytes());
+        out.extend_from_slice(b",\"commit_ts\":\"");
+        out.extend_from_slice(txn.commit_ts_text.as_bytes());
+        out.extend_from_slice(b"\"}");
         let key = self.after.or(self.before.map(|(_, t)| t)).and_then(|t| table.key_of(t));
         let mut record = SourceRecord::new(table.topic.clone(), out);
         record.attributes.reserve(ATTRIBUTES);
@@ -299,12 +345,13 @@ impl Change<'_> {
         record.attributes.insert("table".into(), table.full_name.clone());
         record.attributes.insert("op".into(), self.op.into());
         record.attributes.insert("lsn".into(), lsn);
-        record.attributes.insert("commit_lsn".into(), commit_lsn);
+        record.attributes.insert("commit_lsn".into(), txn.commit_lsn_text.clone());
         record.attributes.insert("seq".into(), seq);
         record.routing_key = key;
         if let Some(schema) = &self.table.schema {
             record = record.with_schema(schema.clone());
         }
+        table.count(self.op);
         Ok(record)
     }
 }
@@ -368,7 +415,7 @@ mod tests {
         let table = Table::new(relation, &["id".to_string()], "/default/sales_orders".into());
         let old = vec![text("7"), TupleValue::Null, TupleValue::Null, TupleValue::Null];
         let new = vec![text("8"), text("line\nbreak \"q\""), TupleValue::UnchangedToast, TupleValue::Null];
-        let txn = TxnInfo { xid: 750, commit_lsn: 0x16B37A0, commit_time: 0 };
+        let txn = TxnInfo::new(750, 0x16B37A0, 0);
         let change = Change {
             op: "UPDATE",
             table: &table,

@@ -21,6 +21,22 @@ use crate::setup;
 /// The `wal_status` values of `pg_replication_slots` (PostgreSQL 13+).
 pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
+/// The `op` values of a change record.
+pub const OPS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "READ"];
+
+/// The `postgres_cdc_records_total` counters of one table, by op (see [`OPS`]).
+#[derive(Clone, Debug)]
+pub struct TableCounters([IntCounter; 5]);
+
+impl TableCounters {
+    /// Counts one record of `op` (an op outside [`OPS`] is not counted).
+    pub fn count(&self, op: &str) {
+        if let Some(i) = OPS.iter().position(|o| *o == op) {
+            self.0[i].inc();
+        }
+    }
+}
+
 /// Name of the connector's component on `/readyz`: `postgres-cdc slot <slot>`.
 pub fn health_component(slot: &str) -> String {
     format!("postgres-cdc slot {slot}")
@@ -110,6 +126,12 @@ impl CdcMetrics {
     /// The records counter of `table` and `op`.
     pub fn records_of(&self, table: &str, op: &str) -> IntCounter {
         self.records.with_label_values(&[table, op])
+    }
+
+    /// The records counters of `table`, one per op, looked up once (a label look-up per
+    /// record costs more than the increment).
+    pub fn table_counters(&self, table: &str) -> TableCounters {
+        TableCounters(std::array::from_fn(|i| self.records_of(table, OPS[i])))
     }
 
     /// Records the commit time (microseconds since 2000-01-01) of a transaction.

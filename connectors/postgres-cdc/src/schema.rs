@@ -33,6 +33,8 @@ use crate::error::CdcError;
 #[derive(Debug, Default)]
 pub(crate) struct TableSchemas {
     publisher: Option<Publisher>,
+    /// Whether schemas are registered (`connector.schema = "json_schema"`).
+    registering: bool,
     config: Arc<PostgresCdcConfig>,
     /// Per subject: the definition last registered and what the registry made of it.
     bound: HashMap<String, (Vec<u8>, Arc<BoundSchema>)>,
@@ -42,7 +44,8 @@ impl TableSchemas {
     /// Schemas per `config.schema`, registered through `publisher` (disabled for `none`).
     pub(crate) fn new(config: Arc<PostgresCdcConfig>, publisher: Publisher) -> Self {
         Self {
-            publisher: (config.schema == SchemaMode::JsonSchema).then_some(publisher),
+            publisher: Some(publisher),
+            registering: config.schema == SchemaMode::JsonSchema,
             config,
             bound: HashMap::new(),
         }
@@ -51,7 +54,7 @@ impl TableSchemas {
     /// Attaches the table's schema, registering it first when it is new or its columns
     /// changed; the table is returned unchanged when schemas are off.
     pub(crate) async fn attach(&mut self, mut table: Table) -> Result<Table, CdcError> {
-        let Some(publisher) = &self.publisher else { return Ok(table) };
+        let Some(publisher) = self.publisher.as_ref().filter(|_| self.registering) else { return Ok(table) };
         let subject = self.config.subject_for(&table.relation.namespace, &table.relation.name);
         let definition = serde_json::to_vec(&json_schema(&table)).map_err(CdcError::Serialize)?;
         if let Some((known, bound)) = self.bound.get(&subject) {
@@ -69,6 +72,13 @@ impl TableSchemas {
         table.schema = Some(bound.clone());
         self.bound.insert(subject, (definition, bound));
         Ok(table)
+    }
+}
+
+impl TableSchemas {
+    /// The runtime's publisher (none outside the runtime).
+    pub(crate) fn publisher(&self) -> Option<&Publisher> {
+        self.publisher.as_ref()
     }
 }
 

@@ -89,7 +89,7 @@ impl Factory for PostgresCdc {
             stop: stop.clone(),
         };
         let monitor = tokio::spawn(monitor.run());
-        let (tx, rx) = mpsc::channel(self.config.buffer);
+        let (tx, rx) = crate::stream::channel(&self.config);
         let (acked, acked_rx) = watch::channel(0u64);
         let schemas = TableSchemas::new(self.config.clone(), ctx.publisher().clone());
         let stream = Stream::new(self.config.clone(), self.conn, tx, acked_rx, stop.clone(), progress.clone())
@@ -99,6 +99,7 @@ impl Factory for PostgresCdc {
         Ok(PostgresCdcSource {
             config: self.config,
             rx,
+            carry: None,
             acked,
             stop,
             task,
@@ -114,6 +115,8 @@ impl Factory for PostgresCdc {
 pub struct PostgresCdcSource {
     config: Arc<PostgresCdcConfig>,
     rx: mpsc::Receiver<Item>,
+    /// A handed-off batch that did not fit in the last `poll`.
+    carry: Option<Vec<SourceRecord>>,
     acked: watch::Sender<u64>,
     stop: CancellationToken,
     /// Taken at shutdown.
@@ -136,11 +139,11 @@ impl PostgresCdcSource {
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
     }
-}
 
-#[async_trait]
-impl PullSource for PostgresCdcSource {
-    async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
+    /// The next records for `poll`: the batches the replication task handed off, merged up
+    /// to `connector.max_batch` (a batch that does not fit waits for the next call); an empty
+    /// `Vec` after a short wait when idle.
+    async fn next_batch(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
         if let Some(error) = self.held_error.take() {
             return Err(error);
         }
@@ -148,32 +151,42 @@ impl PullSource for PostgresCdcSource {
             return Err(error.into_connector());
         }
         let rx = &mut self.rx;
-        let received = tokio::select! {
-            received = tokio::time::timeout(IDLE_WAIT, rx.recv()) => received,
-            // The slot monitor found the slot invalidated: stop now, even with records buffered.
-            _ = self.lost.signal.cancelled() => {
-                return Err(self.lost.take().map_or_else(
-                    || ConnectorError::fatal_msg("the replication slot was invalidated"),
-                    CdcError::into_connector,
-                ));
-            }
-        };
-        let first = match received {
-            Err(_) => return Ok(Vec::new()),
-            Ok(Some(Item::Record(record))) => record,
-            Ok(Some(Item::Failed(error))) => return Err(error),
-            Ok(None) => {
-                if self.progress.finished.load(Ordering::Acquire) {
-                    tokio::time::sleep(IDLE_WAIT).await;
-                    return Ok(Vec::new());
+        let mut batch = match self.carry.take() {
+            Some(batch) => batch,
+            None => {
+                let received = tokio::select! {
+                    received = tokio::time::timeout(IDLE_WAIT, rx.recv()) => received,
+                    // The slot monitor found the slot invalidated: stop now, even with records buffered.
+                    _ = self.lost.signal.cancelled() => {
+                        return Err(self.lost.take().map_or_else(
+                            || ConnectorError::fatal_msg("the replication slot was invalidated"),
+                            CdcError::into_connector,
+                        ));
+                    }
+                };
+                match received {
+                    Err(_) => return Ok(Vec::new()),
+                    Ok(Some(Item::Records(records))) => records,
+                    Ok(Some(Item::Failed(error))) => return Err(error),
+                    Ok(None) => {
+                        if self.progress.finished.load(Ordering::Acquire) {
+                            tokio::time::sleep(IDLE_WAIT).await;
+                            return Ok(Vec::new());
+                        }
+                        return Err(ConnectorError::fatal_msg("the replication task ended"));
+                    }
                 }
-                return Err(ConnectorError::fatal_msg("the replication task ended"));
             }
         };
-        let mut batch = vec![first];
         while batch.len() < self.config.max_batch {
             match rx.try_recv() {
-                Ok(Item::Record(record)) => batch.push(record),
+                Ok(Item::Records(records)) if batch.len() + records.len() <= self.config.max_batch => {
+                    batch.extend(records)
+                }
+                Ok(Item::Records(records)) => {
+                    self.carry = Some(records);
+                    break;
+                }
                 Ok(Item::Failed(error)) => {
                     self.held_error = Some(error);
                     break;
@@ -182,6 +195,13 @@ impl PullSource for PostgresCdcSource {
             }
         }
         Ok(batch)
+    }
+}
+
+#[async_trait]
+impl PullSource for PostgresCdcSource {
+    async fn poll(&mut self) -> ConnectorResult<Vec<SourceRecord>> {
+        self.next_batch().await
     }
 
     async fn commit(&mut self, offsets: Vec<SourceOffset>) -> ConnectorResult<()> {

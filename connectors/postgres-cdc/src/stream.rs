@@ -33,10 +33,18 @@ use crate::setup::{self, SnapshotState};
 /// What the task hands to `poll`.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// A record to publish.
-    Record(SourceRecord),
+    /// Records to publish, in order, at most `connector.max_batch`; every one carries the
+    /// sequence number of the last as its offset.
+    Records(Vec<SourceRecord>),
     /// The stream failed for good.
     Failed(ConnectorError),
+}
+
+/// The channel between the replication task and `poll`: about `connector.buffer` records,
+/// in batches of at most `connector.max_batch` (at least 16 batches, so that small batches
+/// of a slow stream do not stall it).
+pub(crate) fn channel(config: &PostgresCdcConfig) -> (mpsc::Sender<Item>, mpsc::Receiver<Item>) {
+    mpsc::channel((config.buffer / config.max_batch.max(1)).max(16))
 }
 
 /// State shared with the connector (health, tests).
@@ -59,6 +67,9 @@ enum Ended {
 /// How long a signalled table's snapshot waits for transactions older than its
 /// `ALTER PUBLICATION` to end.
 const PUBLICATION_SETTLE: Duration = Duration::from_secs(10);
+
+/// How long creating the producers of one topic at stream start may take.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A chunk as read: the snapshot it was read in, its rows `(routing key, row)`, the key
 /// values of its last row.
@@ -100,9 +111,11 @@ pub(crate) struct Stream {
     progress: Arc<Progress>,
     next_seq: u64,
     last_emitted: u64,
+    /// Records emitted but not handed to `poll` yet (see [`Stream::flush`]).
+    out: Vec<SourceRecord>,
     marks: Marks,
     tables: HashMap<u32, Table>,
-    txn: Option<TxnInfo>,
+    txn: Option<Arc<TxnInfo>>,
     txn_seq: u64,
     schemas: TableSchemas,
     metrics: CdcMetrics,
@@ -129,6 +142,7 @@ impl Stream {
             progress,
             next_seq: 1,
             last_emitted: 0,
+            out: Vec::new(),
             marks: Marks::default(),
             tables: HashMap::new(),
             txn: None,
@@ -160,6 +174,9 @@ impl Stream {
         let mut backoff = Backoff::between(Duration::from_millis(250), Duration::from_secs(10));
         loop {
             let result = self.session().await;
+            // Records emitted before a failure still go out (their marks are pushed): a
+            // reconnect may send some of them again, never fewer.
+            self.flush().await;
             self.progress.streaming.store(false, Ordering::Release);
             match result {
                 Ok(Ended::Shutdown) => break,
@@ -304,6 +321,7 @@ impl Stream {
             }
             return Ok(Ended::SnapshotOnly);
         }
+        self.prepare_topics(&client).await?;
         repl.start().await.map_err(replication("START_REPLICATION"))?;
         repl.wait_started().await.map_err(replication(format!("start replication on slot {}", self.config.slot)))?;
         self.progress.streaming.store(true, Ordering::Release);
@@ -313,6 +331,33 @@ impl Stream {
             self.finish(&client, &mut repl).await;
         }
         result
+    }
+
+    /// Creates the producers of the published tables' topics in the background, so the
+    /// first change of a table does not wait for them (and the topics exist on Danube once
+    /// the stream runs). A failure is only logged: producers are created at the first record
+    /// otherwise.
+    async fn prepare_topics(&self, client: &Client) -> Result<(), CdcError> {
+        let Some(publisher) = self.schemas.publisher().cloned() else { return Ok(()) };
+        let mut topics: Vec<String> = setup::published_tables(client, &self.config.publication)
+            .await?
+            .into_iter()
+            .filter(|table| Some(table) != self.signal_table.as_ref())
+            .map(|(schema, table)| self.config.topic_for(&schema, &table))
+            .collect();
+        topics.extend(self.config.transaction_topic.clone());
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                prepared = publisher.prepare_all(topics, PREPARE_TIMEOUT) => match prepared {
+                    Ok(pending) if pending.is_empty() => debug!("producers of the published tables created"),
+                    Ok(pending) => debug!(topics = %pending.join(", "), "producers not created yet; created at the first record"),
+                    Err(error) => warn!(error = %danube_connect_core::error::error_chain(&error), "a topic of a published table is refused by Danube"),
+                },
+                _ = stop.cancelled() => {}
+            }
+        });
+        Ok(())
     }
 
     async fn stream(&mut self, client: &Client, repl: &mut ReplicationClient) -> Result<Ended, CdcError> {
@@ -345,22 +390,41 @@ impl Stream {
                     }
                 }
                 event = repl.recv() => {
-                    match event {
-                        Ok(Some(event)) => {
-                            if !self.handle(client, event).await? {
-                                return Ok(Ended::Shutdown);
+                    // This event and those already received after it, up to a batch, then
+                    // their records go to `poll` in one hand-off.
+                    let mut event = event;
+                    let mut handled = 0;
+                    loop {
+                        match event {
+                            Ok(Some(event)) => {
+                                if !self.handle(client, event).await? {
+                                    return Ok(Ended::Shutdown);
+                                }
                             }
-                            if !self.marks.is_empty() {
-                                self.apply_acks(repl);
+                            Ok(None) => {
+                                return Err(CdcError::Replication {
+                                    what: "replication stream ended".into(),
+                                    source: pgwire_replication::PgWireError::Task("stream closed by the server".into()),
+                                })
+                            }
+                            Err(source) => {
+                                return Err(CdcError::Replication { what: "replication stream".into(), source })
                             }
                         }
-                        Ok(None) => {
-                            return Err(CdcError::Replication {
-                                what: "replication stream ended".into(),
-                                source: pgwire_replication::PgWireError::Task("stream closed by the server".into()),
-                            })
+                        handled += 1;
+                        if handled >= self.config.max_batch || self.stop.is_cancelled() {
+                            break;
                         }
-                        Err(source) => return Err(CdcError::Replication { what: "replication stream".into(), source }),
+                        match ready_now(repl.recv()).await {
+                            Some(next) => event = next,
+                            None => break,
+                        }
+                    }
+                    if !self.flush().await {
+                        return Ok(Ended::Shutdown);
+                    }
+                    if !self.marks.is_empty() {
+                        self.apply_acks(repl);
                     }
                 }
             }
@@ -371,7 +435,7 @@ impl Stream {
     async fn handle(&mut self, client: &Client, event: ReplicationEvent) -> Result<bool, CdcError> {
         match event {
             ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
-                self.txn = Some(TxnInfo { xid, commit_lsn: final_lsn.as_u64(), commit_time: commit_time_micros });
+                self.txn = Some(Arc::new(TxnInfo::new(xid, final_lsn.as_u64(), commit_time_micros)));
                 self.txn_seq = 0;
                 if let Some(topic) = self.config.transaction_topic.clone() {
                     let record = boundary(&topic, "BEGIN", xid, final_lsn.as_u64(), commit_time_micros, None)?;
@@ -438,7 +502,7 @@ impl Stream {
                     .signal_table
                     .as_ref()
                     .is_some_and(|(schema, name)| relation.namespace == *schema && relation.name == *name);
-                let table = resolved_table(client, &self.config, relation, &key).await?;
+                let table = resolved_table(client, &self.config, &self.metrics, relation, &key).await?;
                 // The signal table's rows are never published: no schema for it.
                 let table = if signals { table } else { self.schemas.attach(table).await? };
                 self.tables.insert(table.relation.oid, table);
@@ -516,8 +580,12 @@ impl Stream {
             .ok_or_else(|| CdcError::Setup(format!("change for relation {oid} arrived before its Relation message")))
     }
 
-    /// Waits until Danube acked every record up to `seq`; false if shutdown came first.
+    /// Waits until Danube acked every record up to `seq` (handing off the records not yet
+    /// handed off first); false if shutdown came first.
     async fn wait_acked(&mut self, seq: u64) -> bool {
+        if !self.flush().await {
+            return false;
+        }
         let mut acked = self.acked.clone();
         tokio::select! {
             result = acked.wait_for(|a| *a >= seq) => result.is_ok(),
@@ -525,24 +593,35 @@ impl Stream {
         }
     }
 
-    /// Hands a record to `poll`; false if shutdown came first.
+    /// Numbers a record and queues it for `poll`, handing off the queue once it holds a
+    /// batch; false if shutdown came first.
     async fn emit(&mut self, record: SourceRecord) -> bool {
-        let seq = self.next_seq;
-        if let (Some(table), Some(op)) = (record.attributes.get("table"), record.attributes.get("op")) {
-            self.metrics.records_of(table, op).inc();
-        }
-        let record = record.with_offset(SourceOffset::new(self.config.slot.clone(), seq));
-        tokio::select! {
-            sent = self.tx.send(Item::Record(record)) => {
-                if sent.is_err() {
-                    return false;
-                }
-            }
-            _ = self.stop.cancelled() => return false,
-        }
+        self.last_emitted = self.next_seq;
         self.next_seq += 1;
-        self.last_emitted = seq;
+        self.out.push(record);
+        if self.out.len() >= self.config.max_batch {
+            return self.flush().await;
+        }
         true
+    }
+
+    /// Hands the queued records to `poll` as one batch, each carrying the sequence number
+    /// of the last as its offset (so the runtime commits it once all are acked); false if
+    /// shutdown came first.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let count = self.out.len();
+        let mut batch = std::mem::replace(&mut self.out, Vec::with_capacity(count));
+        let offset = SourceOffset::new(self.config.slot.clone(), self.last_emitted);
+        for record in &mut batch {
+            record.offset = Some(offset.clone());
+        }
+        tokio::select! {
+            sent = self.tx.send(Item::Records(batch)) => sent.is_ok(),
+            _ = self.stop.cancelled() => false,
+        }
     }
 
     fn push_mark(&mut self, lsn: u64) {
@@ -679,7 +758,7 @@ impl Stream {
         point: u64,
     ) -> Result<Option<u64>, CdcError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-        let txn = TxnInfo { xid: 0, commit_lsn: point, commit_time: now - 946_684_800_000_000 };
+        let txn = TxnInfo::new(0, point, now - 946_684_800_000_000);
         // One counter over all tables: `(commit_lsn, seq)` identifies each snapshot row.
         let mut seq = 0u64;
         for (schema, name) in tables {
@@ -709,7 +788,7 @@ impl Stream {
                 columns.iter().map(|c| format!("{}::text", setup::quote_ident(&c.name))).collect();
             let relation =
                 Relation { oid, namespace: schema.clone(), name: name.clone(), replica_identity: b'd', columns };
-            let table = resolved_table(client, &self.config, relation, &key).await?;
+            let table = resolved_table(client, &self.config, &self.metrics, relation, &key).await?;
             let table = self.schemas.attach(table).await?;
             client
                 .batch_execute(&format!(
@@ -756,6 +835,11 @@ impl Stream {
                         return Ok(None);
                     }
                 }
+                // Published while the next chunk is fetched.
+                if !self.flush().await {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Ok(None);
+                }
                 self.metrics.snapshot_progress(&full_name, table_rows, None);
             }
             client.batch_execute("CLOSE danube_snapshot").await.map_err(query("close snapshot cursor"))?;
@@ -787,16 +871,18 @@ async fn estimate_rows(client: &Client, oid: u32, schema: &str, name: &str) -> R
 }
 
 /// A [`Table`] whose array columns of types not known by OID have their element types
-/// looked up in `pg_type`.
+/// looked up in `pg_type`, counted in `metrics`.
 async fn resolved_table(
     client: &Client,
     config: &PostgresCdcConfig,
+    metrics: &CdcMetrics,
     relation: Relation,
     key: &[String],
 ) -> Result<Table, CdcError> {
     let topic = config.topic_for(&relation.namespace, &relation.name);
     let mut table = Table::new(relation, key, topic);
     table.toast = ToastFill::new(config.toast, &config.toast_placeholder);
+    table.counters = Some(metrics.table_counters(table.full_name()));
     let elements = setup::array_elements(client, &table.unresolved_types()).await?;
     table.resolve_arrays(&elements);
     Ok(table)
@@ -822,6 +908,15 @@ fn boundary(
         .with_attribute("content-type", "application/json")
         .with_attribute("op", op)
         .with_attribute("commit_lsn", format_lsn(lsn)))
+}
+
+/// The output of `future` if it is ready now, without waiting.
+async fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        output = future => Some(output),
+        () = std::future::ready(()) => None,
+    }
 }
 
 /// The relation a row change concerns.
@@ -1070,7 +1165,7 @@ impl Stream {
             replica_identity: b'd',
             columns,
         };
-        let table = resolved_table(client, &self.config, relation, &key).await?;
+        let table = resolved_table(client, &self.config, &self.metrics, relation, &key).await?;
         let table = self.schemas.attach(table).await?;
         info!(snapshot = %entry.snapshot, table = %entry.full_name(), resume_after = ?entry.last_key, "incremental snapshot of the table starting");
         Ok(Ok(Current {
@@ -1232,7 +1327,7 @@ impl Stream {
         let (read, last, last_key) = (chunk.rows.len(), chunk.last, chunk.last_key.clone());
         let rows = chunk.remaining(&self.incremental.touched);
         self.incremental.touched.prune(&snapshot);
-        let txn = TxnInfo { xid: 0, commit_lsn: lsn, commit_time: pg_now() };
+        let txn = TxnInfo::new(0, lsn, pg_now());
         let mut records = Vec::with_capacity(rows.len());
         for (seq, (_, tuple)) in rows.iter().enumerate() {
             let change = Change {

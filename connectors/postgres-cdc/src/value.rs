@@ -64,10 +64,36 @@ pub fn array_to_json_text(element: u32, text: &str) -> Value {
 pub fn write_json(oid: u32, text: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     if is_plain_text(oid) {
         push_json_str(out, text);
-        Ok(())
-    } else {
-        serde_json::to_writer(out, &to_json(oid, text))
+        return Ok(());
     }
+    // The common cases written without a `Value` (the same output as through `to_json`).
+    match (oid, text.parse::<i64>()) {
+        (20 | 21 | 23 | 26, Ok(number)) => serde_json::to_writer(out, &number),
+        (1114 | 1184, _) if write_iso_timestamp(text, out) => Ok(()),
+        _ => serde_json::to_writer(out, &to_json(oid, text)),
+    }
+}
+
+/// Writes [`iso_timestamp`] of `text` as a JSON string when `text` is a plain ISO timestamp
+/// (digits and `-:.+`, one space); false, writing nothing, otherwise.
+fn write_iso_timestamp(text: &str, out: &mut Vec<u8>) -> bool {
+    let Some((date, time)) = text.split_once(' ') else { return false };
+    let plain = |part: &str| part.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'.' | b'+'));
+    if date.len() < 10 || !plain(date) || !plain(time) {
+        return false;
+    }
+    out.push(b'"');
+    out.extend_from_slice(date.as_bytes());
+    out.push(b'T');
+    out.extend_from_slice(time.as_bytes());
+    if let Some(pos) = time.rfind(['+', '-']) {
+        let offset = &time[pos + 1..];
+        if offset.len() == 2 && offset.bytes().all(|b| b.is_ascii_digit()) {
+            out.extend_from_slice(b":00");
+        }
+    }
+    out.push(b'"');
+    true
 }
 
 /// Whether [`to_json`] maps every value of `oid` to its text unchanged (the last arm of
@@ -286,6 +312,14 @@ mod tests {
             (17, "\\x0102ff"),
             (1184, "2024-01-02 03:04:05.5+00"),
             (1114, "2024-01-02 03:04:05"),
+            (1114, "2024-01-02 03:04:05.123456"),
+            (1184, "2024-01-02 03:04:05-07"),
+            (1184, "2024-01-02 03:04:05+05:30"),
+            (1184, "infinity"),
+            (1184, "0044-03-15 12:00:00+00 BC"),
+            (1184, "2024-01-02 \"x"),
+            (20, "+5"),
+            (21, "99999999999999999999"),
             (1266, "03:04:05+02"),
             (1007, "{1,2,NULL}"),
             (1009, r#"{"a b","c\"d"}"#),
