@@ -9,49 +9,24 @@
 //! allowed: delivery is at least once), with the change's op and row, and the changes of one
 //! row in commit order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::postgres::Postgres;
-use danube_connect_testkit::process::ConnectorProcess;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod pipeline;
+
+use pipeline::{binary, spawn_env, start, workspace};
+
 const PIPELINE: &str = "examples/pipelines/cdc-to-webhooks";
 const TOPIC: &str = "/default/public-orders";
 const SLOT: &str = "orders_webhooks";
-
-fn binary(name: &str) -> PathBuf {
-    danube_connect_testkit::process::workspace_binary(name)
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn spawn_env(config: &str, env: &[(&str, String)]) -> HashMap<String, String> {
-    let mut vars: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    vars.insert("CONNECTOR_CONFIG_FILE".into(), format!("{PIPELINE}/{config}"));
-    vars
-}
-
-async fn start(binary_name: &str, vars: &HashMap<String, String>, wait_for: &str) -> ConnectorProcess {
-    let mut process = ConnectorProcess::spawn(&binary(binary_name), vars).expect("spawn");
-    if let Err(e) = process.wait_ready(Duration::from_secs(60)).await {
-        panic!("{binary_name} not ready: {e}\n{}", process.log());
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !process.log().contains(wait_for) {
-        assert!(Instant::now() < deadline, "{binary_name} never logged `{wait_for}`: {}", process.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    process
-}
 
 /// One request the receiver got: its `danube-message-id` header and its JSON body.
 #[derive(Debug, Clone)]
@@ -163,11 +138,13 @@ async fn run_pipeline(kind: BrokerKind) {
     // The topic must exist before the sink subscribes (a new subscription starts at its end).
     drop(reliable_producers(broker.url(), TOPIC, "topic-init", 1).await.expect("create the topic"));
     let sink_vars = spawn_env(
+        PIPELINE,
         "http-sink.toml",
         &[("DANUBE_SERVICE_URL", broker.url()), ("HTTP_SINK_URL", format!("http://127.0.0.1:{port}/hooks/orders"))],
     );
     let sink = start("danube-http-sink", &sink_vars, "consuming").await;
     let cdc_vars = spawn_env(
+        PIPELINE,
         "postgres-cdc.toml",
         &[
             ("DANUBE_SERVICE_URL", broker.url()),

@@ -13,47 +13,20 @@
 //! `/docs/running-on-danube.md`), and the restart is part of this test; the CDC mode's own
 //! tests (`connectors/clickhouse/tests/cdc.rs`) run on both brokers.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::clickhouse::ClickHouseServer;
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::postgres::Postgres;
-use danube_connect_testkit::process::ConnectorProcess;
+
+mod pipeline;
+
+use pipeline::{binary, spawn_env, start, workspace};
 
 const PIPELINE: &str = "examples/pipelines/pg-to-clickhouse";
 const TOPIC: &str = "/default/public-accounts";
 const COLUMNS: &str = "id, owner, balance, note, tier";
-
-/// A connector binary of the workspace (built by `cargo build --workspace`).
-fn binary(name: &str) -> PathBuf {
-    danube_connect_testkit::process::workspace_binary(name)
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn spawn_env(config: &str, env: &[(&str, String)]) -> HashMap<String, String> {
-    let mut vars: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    vars.insert("CONNECTOR_CONFIG_FILE".into(), format!("{PIPELINE}/{config}"));
-    vars
-}
-
-async fn start(binary_name: &str, vars: &HashMap<String, String>, wait_for: &str) -> ConnectorProcess {
-    let mut process = ConnectorProcess::spawn(&binary(binary_name), vars).expect("spawn");
-    if let Err(e) = process.wait_ready(Duration::from_secs(60)).await {
-        panic!("{binary_name} not ready: {e}\n{}", process.log());
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !process.log().contains(wait_for) {
-        assert!(Instant::now() < deadline, "{binary_name} never logged `{wait_for}`: {}", process.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    process
-}
 
 /// A small deterministic generator (xorshift), so a failure can be replayed.
 struct Rng(u64);
@@ -89,6 +62,7 @@ async fn pg_to_clickhouse_converges_through_kills_and_a_broker_restart() {
     // snapshot is published (a new subscription starts at the end of its topic).
     drop(reliable_producers(broker.url(), TOPIC, "topic-init", 1).await.expect("create the topic"));
     let sink_vars = spawn_env(
+        PIPELINE,
         "clickhouse.toml",
         &[
             ("DANUBE_SERVICE_URL", broker.url()),
@@ -98,6 +72,7 @@ async fn pg_to_clickhouse_converges_through_kills_and_a_broker_restart() {
     );
     let mut sink = start("danube-clickhouse", &sink_vars, "consuming").await;
     let cdc_vars = spawn_env(
+        PIPELINE,
         "postgres-cdc.toml",
         &[
             ("DANUBE_SERVICE_URL", broker.url()),

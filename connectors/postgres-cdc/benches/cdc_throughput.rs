@@ -41,6 +41,8 @@ use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 
 /// The connector binary: `CDC_BENCH_CONNECTOR_BIN` (e.g. an earlier build, to compare two
@@ -384,26 +386,7 @@ async fn main() {
 
     // Baseline: pg_recvlogical reads the first run's transaction from its own pgoutput slot.
     let end = first_end.expect("a connector run");
-    let started = Instant::now();
-    let raw = Command::new(&recvlogical)
-        .args(base)
-        .args([
-            "-S",
-            "raw_slot",
-            "--start",
-            "--endpos",
-            &end,
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=bench_pub",
-            "-f",
-            "/dev/null",
-        ])
-        .status()
-        .expect("pg_recvlogical");
-    let recvlogical_rate = rows as f64 / started.elapsed().as_secs_f64();
-    assert!(raw.success(), "pg_recvlogical");
+    let recvlogical_rate = support::recvlogical_rate(&recvlogical, &base, &end, rows);
 
     // Baseline: raw danube-client, in a separate process like the connector.
     let url = broker.url();

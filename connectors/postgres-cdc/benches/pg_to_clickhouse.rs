@@ -29,6 +29,8 @@ use danube_connect_testkit::postgres::Postgres;
 use danube_connect_testkit::process::{workspace_binary, ConnectorProcess};
 use danube_connect_testkit::procfs::{cpu_seconds, load_average, status_kib};
 
+mod support;
+
 const CDC_BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 const TOPIC: &str = "/default/public-bench";
 const TABLE: &str = "analytics.public_bench";
@@ -157,26 +159,7 @@ spool = {{ dir = "{spool}" }}
         (cdc.pid().map_or(0, |p| status_kib(p, "VmHWM:")), sink.pid().map_or(0, |p| status_kib(p, "VmHWM:")));
 
     // Baseline: pg_recvlogical reads the same transaction.
-    let started = Instant::now();
-    let raw = Command::new(&recvlogical)
-        .args(base)
-        .args([
-            "-S",
-            "raw_slot",
-            "--start",
-            "--endpos",
-            &end,
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=bench_pub",
-            "-f",
-            "/dev/null",
-        ])
-        .status()
-        .expect("pg_recvlogical");
-    let recvlogical_rate = rows as f64 / started.elapsed().as_secs_f64();
-    assert!(raw.success(), "pg_recvlogical");
+    let recvlogical_rate = support::recvlogical_rate(&recvlogical, &base, &end, rows);
 
     // Baseline: clickhouse-client inserts the rows the pipeline wrote into a twin table.
     let export = dir.path().join("rows.tsv");
