@@ -47,7 +47,7 @@ impl Backoff {
     }
 }
 
-/// Why [`RetryPolicy::run`] gave up.
+/// Why [`RetryPolicy::run_until`] gave up.
 #[derive(Debug)]
 pub struct RetryFailure {
     /// The last error.
@@ -95,29 +95,22 @@ impl RetryPolicy {
         Backoff { delays: self.delays(), policy: self.clone() }
     }
 
-    /// Runs `op` until it succeeds, returns a non-retryable error, or the attempts or
-    /// elapsed time run out. `on_retry` is called before each new attempt.
-    pub async fn run<T, F, Fut>(
-        &self,
-        op: F,
-        on_retry: impl FnMut(&ConnectorError, usize, Duration),
-    ) -> Result<T, RetryFailure>
-    where
-        F: FnMut(usize) -> Fut,
-        Fut: Future<Output = Result<T, ConnectorError>>,
-    {
-        let never = CancellationToken::new();
-        match self.run_until(&never, op, on_retry).await {
-            Some(result) => result,
-            None => unreachable!("a token nobody holds is never cancelled"),
-        }
+    /// The verdicts of one operation's retries: after each failed attempt,
+    /// [`Attempts::after_failure`] says how long to wait before the next one, or that the
+    /// attempts, the elapsed time or the kind of error end it. For loops that cannot hand
+    /// their operation to [`run_until`](Self::run_until) (one that borrows its caller
+    /// mutably); they must watch shutdown themselves while they wait.
+    pub fn attempts(&self) -> Attempts {
+        Attempts { policy: self.clone(), started: Instant::now(), delays: self.delays(), attempt: 0 }
     }
 
-    /// Like [`run`](Self::run), but gives up waiting as soon as `stop` is cancelled: `None`
-    /// then means "stopped before it succeeded or failed for good", so the caller leaves the
-    /// work undone (a sink record unacked, to be redelivered) instead of treating it as
-    /// failed. An attempt already running is awaited; none starts after `stop`, so a
-    /// shutdown during an outage is not held up by backoff sleeps.
+    /// Runs `op` until it succeeds, returns a non-retryable error, or the attempts or
+    /// elapsed time run out; `on_retry` is called before each new attempt. Gives up waiting
+    /// as soon as `stop` is cancelled: `None` then means "stopped before it succeeded or
+    /// failed for good", so the caller leaves the work undone (a sink record unacked, to be
+    /// redelivered) instead of treating it as failed. An attempt already running is
+    /// awaited; none starts after `stop`, so a shutdown during an outage is not held up by
+    /// backoff sleeps.
     pub async fn run_until<T, F, Fut>(
         &self,
         stop: &CancellationToken,
@@ -128,31 +121,19 @@ impl RetryPolicy {
         F: FnMut(usize) -> Fut,
         Fut: Future<Output = Result<T, ConnectorError>>,
     {
-        let started = Instant::now();
-        let mut delays = self.delays();
-        let mut attempt = 0;
+        let mut attempts = self.attempts();
         loop {
-            attempt += 1;
-            let error = match op(attempt).await {
+            let error = match op(attempts.attempt + 1).await {
                 Ok(value) => return Some(Ok(value)),
                 Err(error) => error,
             };
-            let retry_after = match &error {
-                ConnectorError::Retryable { retry_after, .. } => *retry_after,
-                _ => return Some(Err(RetryFailure { error, attempts: attempt })),
+            let Some(delay) = attempts.after_failure(&error) else {
+                return Some(Err(RetryFailure { error, attempts: attempts.attempt }));
             };
-            if attempt >= self.config.max_attempts {
-                return Some(Err(RetryFailure { error, attempts: attempt }));
-            }
-            let backoff = delays.next().unwrap_or(self.config.max_backoff);
-            let delay = retry_after.map_or(backoff, |hint| hint.max(backoff));
-            if started.elapsed() + delay > self.config.max_elapsed {
-                return Some(Err(RetryFailure { error, attempts: attempt }));
-            }
             if stop.is_cancelled() {
                 return None;
             }
-            on_retry(&error, attempt, delay);
+            on_retry(&error, attempts.attempt, delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.cancelled() => return None,
@@ -161,10 +142,58 @@ impl RetryPolicy {
     }
 }
 
+/// The retries of one operation under a [`RetryPolicy`] (from [`RetryPolicy::attempts`]).
+pub struct Attempts {
+    policy: RetryPolicy,
+    started: Instant,
+    delays: Box<dyn Iterator<Item = Duration> + Send + Sync>,
+    attempt: usize,
+}
+
+impl std::fmt::Debug for Attempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempts")
+            .field("failed", &self.attempt)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attempts {
+    /// Counts a failed attempt and returns the delay before the next one, or `None` when
+    /// there is none: the error is not retryable, or `retry.max_attempts` or
+    /// `retry.max_elapsed` would be passed. A `retry_after` hint lengthens the delay.
+    pub fn after_failure(&mut self, error: &ConnectorError) -> Option<Duration> {
+        self.attempt += 1;
+        let ConnectorError::Retryable { retry_after, .. } = error else { return None };
+        let config = &self.policy.config;
+        if self.attempt >= config.max_attempts {
+            return None;
+        }
+        let backoff = self.delays.next().unwrap_or(config.max_backoff);
+        let delay = retry_after.map_or(backoff, |hint| hint.max(backoff));
+        (self.started.elapsed() + delay <= config.max_elapsed).then_some(delay)
+    }
+
+    /// How many attempts have failed so far.
+    pub fn failed(&self) -> usize {
+        self.attempt
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs `op` with a stop token nobody cancels.
+    async fn run_to_end<T, F, Fut>(policy: &RetryPolicy, op: F) -> Result<T, RetryFailure>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<T, ConnectorError>>,
+    {
+        policy.run_until(&CancellationToken::new(), op, |_, _, _| {}).await.expect("nothing cancels the token")
+    }
 
     fn fast(max_attempts: usize) -> RetryPolicy {
         RetryPolicy::new(RetryConfig {
@@ -249,26 +278,21 @@ mod tests {
     #[tokio::test]
     async fn retryable_error_is_retried_until_success() {
         let calls = AtomicUsize::new(0);
-        let result = fast(5)
-            .run(
-                |_| async {
-                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                        Err(ConnectorError::retryable_msg("down"))
-                    } else {
-                        Ok(7)
-                    }
-                },
-                |_, _, _| {},
-            )
-            .await;
+        let result = run_to_end(&fast(5), |_| async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(ConnectorError::retryable_msg("down"))
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
         assert_eq!(result.expect("success"), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn attempts_are_bounded() {
-        let failure = fast(3)
-            .run(|_| async { Err::<(), _>(ConnectorError::retryable_msg("down")) }, |_, _, _| {})
+        let failure = run_to_end(&fast(3), |_| async { Err::<(), _>(ConnectorError::retryable_msg("down")) })
             .await
             .expect_err("gives up");
         assert_eq!(failure.attempts, 3);
@@ -276,8 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_record_is_not_retried() {
-        let failure = fast(5)
-            .run(|_| async { Err::<(), _>(ConnectorError::invalid_msg("bad")) }, |_, _, _| {})
+        let failure = run_to_end(&fast(5), |_| async { Err::<(), _>(ConnectorError::invalid_msg("bad")) })
             .await
             .expect_err("fails");
         assert_eq!(failure.attempts, 1);
@@ -287,23 +310,42 @@ mod tests {
     async fn retry_after_hint_lengthens_the_delay() {
         let started = Instant::now();
         let calls = AtomicUsize::new(0);
-        fast(2)
-            .run(
-                |_| async {
-                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                        Err(ConnectorError::Retryable {
-                            message: "429".into(),
-                            retry_after: Some(Duration::from_millis(200)),
-                            source: None,
-                        })
-                    } else {
-                        Ok(())
-                    }
-                },
-                |_, _, _| {},
-            )
-            .await
-            .expect("success");
+        run_to_end(&fast(2), |_| async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(ConnectorError::Retryable {
+                    message: "429".into(),
+                    retry_after: Some(Duration::from_millis(200)),
+                    source: None,
+                })
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .expect("success");
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn attempts_end_at_max_elapsed_and_on_an_error_that_is_not_retryable() {
+        let policy = RetryPolicy::new(RetryConfig {
+            max_attempts: 1000,
+            initial_backoff: Duration::from_millis(400),
+            max_backoff: Duration::from_millis(400),
+            max_elapsed: Duration::from_secs(1),
+            ..RetryConfig::default()
+        });
+        let mut attempts = policy.attempts();
+        let down = ConnectorError::retryable_msg("down");
+        let first = attempts.after_failure(&down).expect("a first retry fits into 1 s");
+        assert!(first >= Duration::from_millis(400), "{first:?}");
+        let hint = ConnectorError::Retryable {
+            message: "429".into(),
+            retry_after: Some(Duration::from_secs(2)),
+            source: None,
+        };
+        assert_eq!(attempts.after_failure(&hint), None, "a 2 s hint passes max_elapsed (1 s)");
+        assert_eq!(attempts.failed(), 2);
+        assert_eq!(policy.attempts().after_failure(&ConnectorError::invalid_msg("bad")), None, "not retryable");
     }
 }

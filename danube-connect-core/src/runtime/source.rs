@@ -252,12 +252,11 @@ async fn commit(env: &Env, source: &mut dyn PullSource, offsets: Vec<SourceOffse
     if offsets.is_empty() {
         return true;
     }
-    let retry = RetryPolicy::new(env.config.retry.clone());
+    // The retries are not cut short by shutdown: the drain commits what Danube acked, and
+    // the runtime's drain deadline (`shutdown.timeout`) bounds the wait.
+    let mut attempts = RetryPolicy::new(env.config.retry.clone()).attempts();
     let started = Instant::now();
-    let mut delays = retry.delays();
-    let mut attempt = 0;
     loop {
-        attempt += 1;
         match source.commit(offsets.clone()).await {
             Ok(()) => {
                 env.metrics
@@ -266,15 +265,16 @@ async fn commit(env: &Env, source: &mut dyn PullSource, offsets: Vec<SourceOffse
                     .observe(started.elapsed().as_secs_f64());
                 return true;
             }
-            Err(error) if error.is_retryable() && attempt < env.config.retry.max_attempts => {
-                let delay = delays.next().unwrap_or(env.config.retry.max_backoff);
-                warn!(error = %error.chain(), attempt, "commit failed, retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => {
-                env.stopper.fail(error);
-                return false;
-            }
+            Err(error) => match attempts.after_failure(&error) {
+                Some(delay) => {
+                    warn!(error = %error.chain(), attempt = attempts.failed(), retry_in = ?delay, "commit failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    env.stopper.fail(error);
+                    return false;
+                }
+            },
         }
     }
 }
