@@ -64,8 +64,10 @@ log "target dir: $CARGO_TARGET_DIR"
 promtool check rules docs/ops/alerts.yml
 promtool test rules docs/ops/alerts.test.yml
 
-# --- formatting (rustfmt.toml), then build and run every test -------------------------
+# --- formatting (rustfmt.toml), lints (clippy, and the workspace lints of Cargo.toml), -----
+# --- then build and run every test ----------------------------------------------------------
 cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 mkdir -p "$CACHE"
 cargo build --workspace --all-targets
 set +e

@@ -19,8 +19,6 @@
 //! Delivery rule: a source's `commit` is called only for offsets whose every record Danube
 //! acked; a sink record is acked only after `process` returned `Ok` or it was dead-lettered.
 
-#![warn(missing_docs, unreachable_pub)]
-
 pub mod cli;
 pub mod client;
 pub mod config;

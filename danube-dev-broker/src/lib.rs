@@ -114,8 +114,6 @@
 //!   After a process restart, in-flight messages are delivered again and the
 //!   redelivery counters start over.
 
-#![warn(missing_docs)]
-
 mod auth;
 mod broker;
 mod config;

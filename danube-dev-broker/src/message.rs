@@ -36,7 +36,7 @@ pub(crate) struct LogEntry {
 
 impl LogEntry {
     /// Builds the wire message delivered to a consumer of `subscription`.
-    pub fn to_stream_message(&self, broker_addr: &str, subscription: &str) -> StreamMessage {
+    pub(crate) fn to_stream_message(&self, broker_addr: &str, subscription: &str) -> StreamMessage {
         let m = &self.message;
         StreamMessage {
             request_id: m.offset,
@@ -58,12 +58,12 @@ impl LogEntry {
     }
 
     /// Wire form used by the persistence log (subscription name left empty).
-    pub fn to_log_record(&self) -> StreamMessage {
+    pub(crate) fn to_log_record(&self) -> StreamMessage {
         self.to_stream_message("", "")
     }
 
     /// Rebuilds an entry from a persisted record.
-    pub fn from_log_record(record: StreamMessage) -> Option<LogEntry> {
+    pub(crate) fn from_log_record(record: StreamMessage) -> Option<LogEntry> {
         let msg_id = record.msg_id?;
         Some(LogEntry {
             producer_id: msg_id.producer_id,

@@ -79,7 +79,7 @@ fn data_err(path: &Path, source: std::io::Error) -> BrokerError {
 
 impl Persist {
     /// Reads what `dir` holds (creating it if needed) and opens it for appending.
-    pub fn open(dir: &Path) -> Result<(Persist, Loaded), BrokerError> {
+    pub(crate) fn open(dir: &Path) -> Result<(Persist, Loaded), BrokerError> {
         std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e))?;
         let msg_path = dir.join(MESSAGES_FILE);
         let meta_path = dir.join(META_FILE);
@@ -104,17 +104,17 @@ impl Persist {
     }
 
     /// Queues a published message.
-    pub fn message(&self, entry: Arc<LogEntry>) {
+    pub(crate) fn message(&self, entry: Arc<LogEntry>) {
         self.send(Op::Message(entry));
     }
 
     /// Queues a metadata record.
-    pub fn meta(&self, record: MetaRecord) {
+    pub(crate) fn meta(&self, record: MetaRecord) {
         self.send(Op::Meta(record));
     }
 
     /// Waits (blocking) until everything queued so far is written and flushed.
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         self.send(Op::Flush(tx));
         let _ = rx.recv();

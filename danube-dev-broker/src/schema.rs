@@ -47,7 +47,7 @@ pub(crate) struct CompatMode {
 impl CompatMode {
     /// Parses `none`, `backward`, `forward`, `full` and their `_transitive`
     /// variants (case-insensitive).
-    pub fn parse(s: &str) -> Option<CompatMode> {
+    pub(crate) fn parse(s: &str) -> Option<CompatMode> {
         let lower = s.trim().to_ascii_lowercase();
         let (base, transitive) = match lower.strip_suffix("_transitive") {
             Some(b) => (b.to_string(), true),
@@ -64,7 +64,7 @@ impl CompatMode {
     }
 
     /// Upper-case name, e.g. `BACKWARD`.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let base = match (self.backward, self.forward) {
             (false, false) => "NONE",
             (true, false) => "BACKWARD",
@@ -225,7 +225,7 @@ impl SchemaRegistry {
     }
 
     /// True when the subject has at least one version.
-    pub fn has_subject(&self, name: &str) -> bool {
+    pub(crate) fn has_subject(&self, name: &str) -> bool {
         self.subjects.contains_key(name)
     }
 
@@ -243,7 +243,7 @@ impl SchemaRegistry {
     }
 
     /// Registers a schema version (or returns the identical existing one).
-    pub fn register(&mut self, req: NewSchema) -> Result<Registered, SchemaError> {
+    pub(crate) fn register(&mut self, req: NewSchema) -> Result<Registered, SchemaError> {
         let schema_type = normalize_type(&req.schema_type)?;
         let compiled = compile(&schema_type, &req.definition)?;
         let fp = fingerprint(&schema_type, &req.definition);
@@ -281,7 +281,7 @@ impl SchemaRegistry {
     }
 
     /// Inserts a version as-is (used at load and by `register`).
-    pub fn restore(&mut self, record: SchemaVersionRecord) {
+    pub(crate) fn restore(&mut self, record: SchemaVersionRecord) {
         self.next_id = self.next_id.max(record.schema_id);
         self.by_id.insert(record.schema_id, record.subject.clone());
         let subject = self.subjects.entry(record.subject.clone()).or_insert_with(|| Subject {
@@ -293,13 +293,17 @@ impl SchemaRegistry {
     }
 
     /// Version `version` (latest when `None`) of the subject with id `id`.
-    pub fn by_id(&self, id: u64, version: Option<u32>) -> Result<(&SchemaVersionRecord, String), SchemaError> {
+    pub(crate) fn by_id(&self, id: u64, version: Option<u32>) -> Result<(&SchemaVersionRecord, String), SchemaError> {
         let name = self.by_id.get(&id).ok_or(SchemaError::IdNotFound(id))?;
         self.version(name, version)
     }
 
     /// Version `version` (latest when `None`) of `subject`, with its mode name.
-    pub fn version(&self, subject: &str, version: Option<u32>) -> Result<(&SchemaVersionRecord, String), SchemaError> {
+    pub(crate) fn version(
+        &self,
+        subject: &str,
+        version: Option<u32>,
+    ) -> Result<(&SchemaVersionRecord, String), SchemaError> {
         let s = self.subject(subject)?;
         let found = match version {
             None => s.versions.last(),
@@ -311,12 +315,12 @@ impl SchemaRegistry {
     }
 
     /// All versions of `subject`.
-    pub fn versions(&self, subject: &str) -> Result<&[SchemaVersionRecord], SchemaError> {
+    pub(crate) fn versions(&self, subject: &str) -> Result<&[SchemaVersionRecord], SchemaError> {
         Ok(&self.subject(subject)?.versions)
     }
 
     /// Checks `def` against the subject (compatible when the subject does not exist).
-    pub fn check_compatibility(
+    pub(crate) fn check_compatibility(
         &self,
         subject: &str,
         schema_type: &str,
@@ -336,7 +340,7 @@ impl SchemaRegistry {
     }
 
     /// Sets the subject's compatibility mode; returns the canonical mode name.
-    pub fn set_mode(&mut self, subject: &str, mode: &str) -> Result<String, SchemaError> {
+    pub(crate) fn set_mode(&mut self, subject: &str, mode: &str) -> Result<String, SchemaError> {
         let m = CompatMode::parse(mode).ok_or_else(|| SchemaError::InvalidMode(mode.to_string()))?;
         let s = self.subjects.get_mut(subject).ok_or_else(|| SchemaError::SubjectNotFound(subject.to_string()))?;
         s.mode = m;
@@ -344,7 +348,7 @@ impl SchemaRegistry {
     }
 
     /// Deletes one version; the subject disappears with its last version.
-    pub fn delete_version(&mut self, subject: &str, version: u32) -> Result<(), SchemaError> {
+    pub(crate) fn delete_version(&mut self, subject: &str, version: u32) -> Result<(), SchemaError> {
         let s = self.subjects.get_mut(subject).ok_or_else(|| SchemaError::SubjectNotFound(subject.to_string()))?;
         let before = s.versions.len();
         s.versions.retain(|v| v.version != version);
@@ -360,7 +364,7 @@ impl SchemaRegistry {
     }
 
     /// Subject summaries: (subject, type, latest version, mode, id, tags).
-    pub fn subjects(&self) -> Vec<(&str, &SchemaVersionRecord, String)> {
+    pub(crate) fn subjects(&self) -> Vec<(&str, &SchemaVersionRecord, String)> {
         let mut out: Vec<_> = self
             .subjects
             .iter()

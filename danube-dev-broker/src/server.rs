@@ -63,7 +63,7 @@ pub(crate) struct ServerHandle {
 impl ServerHandle {
     /// Serves all services on `listener` until stopped. Fails when the TLS
     /// certificate or key cannot be used.
-    pub fn spawn(state: Arc<BrokerState>, listener: TcpListener) -> Result<ServerHandle, BrokerError> {
+    pub(crate) fn spawn(state: Arc<BrokerState>, listener: TcpListener) -> Result<ServerHandle, BrokerError> {
         let kill = CancellationToken::new();
         let conn_kill = kill.clone();
         let incoming = TcpListenerStream::new(listener).map(move |res| {
@@ -98,7 +98,7 @@ impl ServerHandle {
     }
 
     /// Stops accepting, kills open connections and waits for the server task.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         self.kill.cancel();
         if tokio::time::timeout(Duration::from_secs(2), &mut self.task).await.is_err() {
             self.task.abort();
@@ -107,7 +107,7 @@ impl ServerHandle {
     }
 
     /// Synchronous variant for `Drop`: cancels and aborts without waiting.
-    pub fn abort(&self) {
+    pub(crate) fn abort(&self) {
         self.kill.cancel();
         self.task.abort();
     }

@@ -39,7 +39,7 @@ pub(crate) enum SubType {
 
 impl SubType {
     /// Maps the wire value; unknown values are rejected.
-    pub fn from_i32(v: i32) -> Option<SubType> {
+    pub(crate) fn from_i32(v: i32) -> Option<SubType> {
         match v {
             0 => Some(SubType::Exclusive),
             1 => Some(SubType::Shared),
@@ -50,7 +50,7 @@ impl SubType {
     }
 
     /// Wire value.
-    pub fn as_i32(self) -> i32 {
+    pub(crate) fn as_i32(self) -> i32 {
         match self {
             SubType::Exclusive => 0,
             SubType::Shared => 1,
@@ -173,7 +173,7 @@ pub(crate) struct Subscription {
 impl Subscription {
     /// A subscription whose first undelivered offset is `start`, with the
     /// given already-settled offsets above it (from persistence).
-    pub fn new(name: String, sub_type: SubType, start: u64, acked: BTreeSet<u64>) -> Self {
+    pub(crate) fn new(name: String, sub_type: SubType, start: u64, acked: BTreeSet<u64>) -> Self {
         let mut sub = Subscription {
             name,
             sub_type,
@@ -198,12 +198,12 @@ impl Subscription {
     }
 
     /// Messages delivered (or due for redelivery) and not yet acknowledged.
-    pub fn unacked(&self) -> usize {
+    pub(crate) fn unacked(&self) -> usize {
         self.tracked.len()
     }
 
     /// True when any consumer has an open stream.
-    pub fn has_active_consumer(&self) -> bool {
+    pub(crate) fn has_active_consumer(&self) -> bool {
         self.consumers.iter().any(ConsumerSlot::active)
     }
 
@@ -257,7 +257,7 @@ impl Subscription {
 
     /// Records an acknowledgement. Returns true when it settled a message
     /// that was outstanding (false for duplicates and unknown offsets).
-    pub fn ack(&mut self, off: u64, reliable: bool) -> bool {
+    pub(crate) fn ack(&mut self, off: u64, reliable: bool) -> bool {
         if !reliable {
             self.ack_count += 1;
             return true;
@@ -273,7 +273,7 @@ impl Subscription {
 
     /// Records a negative acknowledgement of an in-flight message: it is
     /// redelivered after `max(delay, backoff)`, capped by the configured maximum.
-    pub fn nack(
+    pub(crate) fn nack(
         &mut self,
         off: u64,
         delay: Option<Duration>,
@@ -345,7 +345,7 @@ impl Subscription {
 
     /// Returns every message in flight to `consumer_id` to the subscription
     /// for immediate redelivery (the consumer's stream went away).
-    pub fn requeue_consumer(&mut self, consumer_id: u64) {
+    pub(crate) fn requeue_consumer(&mut self, consumer_id: u64) {
         let offs: Vec<(u64, u32)> = self
             .tracked
             .iter()
@@ -361,7 +361,7 @@ impl Subscription {
 
     /// Closes the stream of `consumer_id` if its generation is `generation`
     /// (or any generation when `None`) and requeues its messages.
-    pub fn detach_stream(&mut self, consumer_id: u64, generation: Option<u64>) -> bool {
+    pub(crate) fn detach_stream(&mut self, consumer_id: u64, generation: Option<u64>) -> bool {
         let Some(slot) = self.consumers.iter_mut().find(|c| c.id == consumer_id) else {
             return false;
         };
@@ -380,7 +380,7 @@ impl Subscription {
     }
 
     /// Closes every open stream of this subscription.
-    pub fn detach_all_streams(&mut self) {
+    pub(crate) fn detach_all_streams(&mut self) {
         let ids: Vec<u64> = self.consumers.iter().map(|c| c.id).collect();
         for id in ids {
             self.detach_stream(id, None);
@@ -456,7 +456,7 @@ impl Subscription {
     }
 
     /// Runs timers and dispatches whatever can be dispatched now.
-    pub fn step(&mut self, ctx: &StepCtx<'_>) -> StepOutcome {
+    pub(crate) fn step(&mut self, ctx: &StepCtx<'_>) -> StepOutcome {
         let mut out = StepOutcome::default();
         if ctx.reliable {
             self.step_reliable(ctx, &mut out);

@@ -45,13 +45,13 @@ pub(crate) struct Topic {
 
 impl Topic {
     /// An empty topic.
-    pub fn new(name: String, reliable: bool) -> Self {
+    pub(crate) fn new(name: String, reliable: bool) -> Self {
         Topic { name, reliable, inner: Mutex::new(TopicInner::default()) }
     }
 
     /// Appends a message, wakes the subscriptions and queues it for
     /// persistence. Returns its offset.
-    pub fn append(&self, msg: NewMessage, persist: Option<&Persist>) -> u64 {
+    pub(crate) fn append(&self, msg: NewMessage, persist: Option<&Persist>) -> u64 {
         let mut inner = self.inner.lock();
         let offset = inner.log.len() as u64;
         let entry = Arc::new(LogEntry {
@@ -80,7 +80,7 @@ impl Topic {
     }
 
     /// Appends a reloaded entry (offsets are renumbered to stay dense).
-    pub fn restore(&self, mut entry: LogEntry) {
+    pub(crate) fn restore(&self, mut entry: LogEntry) {
         let mut inner = self.inner.lock();
         let offset = inner.log.len() as u64;
         if entry.message.offset != offset {
@@ -96,12 +96,12 @@ impl Topic {
     }
 
     /// Copies of every stored message.
-    pub fn messages(&self) -> Vec<StoredMessage> {
+    pub(crate) fn messages(&self) -> Vec<StoredMessage> {
         self.inner.lock().log.iter().map(|e| e.message.clone()).collect()
     }
 
     /// Number of stored messages.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.lock().log.len()
     }
 }

@@ -103,6 +103,9 @@ impl Rng {
 /// One expected row change: op, id, and the status after it (none for a delete).
 type Expected = (String, i64, Option<String>);
 
+/// Each row's changes as received: the change and its (commit LSN, position in the transaction).
+type ChangesPerRow = BTreeMap<i64, Vec<(Expected, (u64, u64))>>;
+
 /// What a webhook body says: op, id, status after (none for a delete), and its position
 /// `(commit_lsn, seq)`.
 fn change_of(body: &Value) -> Option<(Expected, (u64, u64))> {
@@ -192,7 +195,7 @@ async fn run_pipeline(kind: BrokerKind) {
 
     // Every webhook: the configured path, a message id, a change body.
     let mut seen_ids = HashSet::new();
-    let mut per_row: BTreeMap<i64, Vec<(Expected, (u64, u64))>> = BTreeMap::new();
+    let mut per_row: ChangesPerRow = BTreeMap::new();
     for hook in &received {
         assert_eq!(hook.path, "/hooks/orders", "{kind}: the configured target path");
         assert!(!hook.message_id.is_empty(), "{kind}: every webhook carries danube-message-id");

@@ -472,7 +472,7 @@ async fn an_incremental_snapshot_on_signal_under_writes_folds_to_the_table() {
                 while !stop.load(Ordering::Relaxed) {
                     state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
                     let id = ((state >> 33) % ROWS as u64) as i64 + 1;
-                    let sql = if (state >> 20) % 4 == 0 {
+                    let sql = if (state >> 20).is_multiple_of(4) {
                         "DELETE FROM items WHERE id = $1"
                     } else {
                         "UPDATE items SET note = note || 'u' WHERE id = $1"

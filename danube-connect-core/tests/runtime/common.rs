@@ -12,7 +12,7 @@ use danube_connect_core::{
 use tokio_util::sync::CancellationToken;
 
 /// A runtime config pointing at `url`, with fast retries and an ephemeral ops port.
-pub fn runtime_config(name: &str, url: &str) -> RuntimeConfig {
+pub(crate) fn runtime_config(name: &str, url: &str) -> RuntimeConfig {
     let mut config = RuntimeConfig { name: name.to_string(), ..RuntimeConfig::default() };
     config.danube.service_url = url.to_string();
     config.danube.connect_timeout = Duration::from_secs(30);
@@ -29,14 +29,14 @@ pub fn runtime_config(name: &str, url: &str) -> RuntimeConfig {
 }
 
 /// A sink config over `topics` with default subscription settings.
-pub fn with_topics(mut config: RuntimeConfig, topics: &[&str]) -> RuntimeConfig {
+pub(crate) fn with_topics(mut config: RuntimeConfig, topics: &[&str]) -> RuntimeConfig {
     config.sink.topics = topics.iter().map(|t| SinkTopicConfig::new(*t)).collect();
     config
 }
 
 /// Starts a runtime and runs `source` in the background; returns the shutdown token and
 /// the join handle of the run.
-pub async fn spawn_source<S: Factory>(
+pub(crate) async fn spawn_source<S: Factory>(
     config: RuntimeConfig,
     source: S,
 ) -> (CancellationToken, tokio::task::JoinHandle<danube_connect_core::RunReport>)
@@ -50,7 +50,7 @@ where
 }
 
 /// Starts a runtime and runs `sink` in the background.
-pub async fn spawn_sink<K: Sink>(
+pub(crate) async fn spawn_sink<K: Sink>(
     config: RuntimeConfig,
     sink: K,
 ) -> (CancellationToken, tokio::task::JoinHandle<danube_connect_core::RunReport>) {
@@ -61,10 +61,10 @@ pub async fn spawn_sink<K: Sink>(
 }
 
 /// An assertion run at each commit.
-pub type CommitCheck = Box<dyn Fn(&[SourceOffset]) + Send + Sync>;
+pub(crate) type CommitCheck = Box<dyn Fn(&[SourceOffset]) + Send + Sync>;
 
 /// A pull source that hands out prepared batches, then idles; records every commit.
-pub struct ScriptedSource {
+pub(crate) struct ScriptedSource {
     batches: VecDeque<Vec<SourceRecord>>,
     /// Every offset passed to `commit`, in call order.
     pub commits: Arc<Mutex<Vec<SourceOffset>>>,
@@ -76,7 +76,7 @@ pub struct ScriptedSource {
 
 impl ScriptedSource {
     /// A source that returns `batches` one per poll.
-    pub fn new(batches: Vec<Vec<SourceRecord>>) -> Self {
+    pub(crate) fn new(batches: Vec<Vec<SourceRecord>>) -> Self {
         Self { batches: batches.into(), commits: Arc::default(), on_commit: None, topics_at_start: Vec::new() }
     }
 }
@@ -117,7 +117,7 @@ impl PullSource for ScriptedSource {
 
 /// What a [`RecordingSink`] does with each record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behaviour {
+pub(crate) enum Behaviour {
     /// Accept every record.
     Accept,
     /// Fail with a retryable error this many times in total, then accept.
@@ -130,7 +130,7 @@ pub enum Behaviour {
 
 /// A sink that records batches and accepted records.
 #[derive(Clone)]
-pub struct RecordingSink {
+pub(crate) struct RecordingSink {
     /// Batches as handed to `process_batch` (payloads).
     pub batches: Arc<Mutex<Vec<Vec<String>>>>,
     /// Accepted records in processing order.
@@ -143,7 +143,7 @@ pub struct RecordingSink {
 
 impl RecordingSink {
     /// A sink with `behaviour`.
-    pub fn new(behaviour: Behaviour) -> Self {
+    pub(crate) fn new(behaviour: Behaviour) -> Self {
         let failures = match behaviour {
             Behaviour::FailRetryable(n) => n,
             _ => 0,
@@ -158,7 +158,7 @@ impl RecordingSink {
     }
 
     /// Payloads accepted so far.
-    pub fn accepted_payloads(&self) -> Vec<String> {
+    pub(crate) fn accepted_payloads(&self) -> Vec<String> {
         self.accepted.lock().expect("lock").iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
     }
 }
@@ -207,7 +207,7 @@ impl Sink for RecordingSink {
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub(crate) async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let started = std::time::Instant::now();
     while started.elapsed() < timeout {
         if condition() {
@@ -219,7 +219,7 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
 }
 
 /// Polls the ops port's `/readyz` until it answers `want` (true) or 20 s pass (false).
-pub async fn wait_for_readiness(addr: std::net::SocketAddr, want: u16) -> bool {
+pub(crate) async fn wait_for_readiness(addr: std::net::SocketAddr, want: u16) -> bool {
     let http = reqwest::Client::new();
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
@@ -233,7 +233,7 @@ pub async fn wait_for_readiness(addr: std::net::SocketAddr, want: u16) -> bool {
 }
 
 /// A `health_check` answer that follows `healthy` (a test switches it).
-pub fn switchable_health(healthy: &std::sync::atomic::AtomicBool) -> ConnectorResult<()> {
+pub(crate) fn switchable_health(healthy: &std::sync::atomic::AtomicBool) -> ConnectorResult<()> {
     if healthy.load(std::sync::atomic::Ordering::SeqCst) {
         Ok(())
     } else {
@@ -242,7 +242,7 @@ pub fn switchable_health(healthy: &std::sync::atomic::AtomicBool) -> ConnectorRe
 }
 
 /// Records `m{i}` for `i` in `range`, each with attribute `n = i` and offset `("p", i)`.
-pub fn numbered(topic: &str, range: std::ops::Range<u64>) -> Vec<SourceRecord> {
+pub(crate) fn numbered(topic: &str, range: std::ops::Range<u64>) -> Vec<SourceRecord> {
     range
         .map(|i| {
             SourceRecord::new(topic, format!("m{i}"))

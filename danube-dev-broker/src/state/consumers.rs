@@ -5,7 +5,7 @@ use super::*;
 impl BrokerState {
     /// Registers a consumer on a subscription (creating the subscription at
     /// the end of the topic), or returns the id of the same-named consumer.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         self: &Arc<Self>,
         topic_name: &str,
         sub_name: &str,
@@ -88,7 +88,7 @@ impl BrokerState {
     }
 
     /// Health check of a consumer: refreshes its liveness.
-    pub fn touch_consumer(&self, id: u64) -> bool {
+    pub(crate) fn touch_consumer(&self, id: u64) -> bool {
         let Some(info) = self.consumers.read().get(&id).cloned() else {
             return false;
         };
@@ -103,7 +103,7 @@ impl BrokerState {
     }
 
     /// Opens the message stream of a consumer, replacing any previous one.
-    pub fn open_stream(&self, consumer_id: u64) -> Result<ConsumerStream, StateError> {
+    pub(crate) fn open_stream(&self, consumer_id: u64) -> Result<ConsumerStream, StateError> {
         let info = self.consumers.read().get(&consumer_id).cloned().ok_or(StateError::ConsumerNotFound(consumer_id))?;
         let generation = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded_channel();
@@ -138,7 +138,7 @@ impl BrokerState {
     }
 
     /// Handles `Ack`.
-    pub fn ack(&self, topic: &str, sub: &str, offset: u64) -> Result<(), StateError> {
+    pub(crate) fn ack(&self, topic: &str, sub: &str, offset: u64) -> Result<(), StateError> {
         let t = self.topic(topic).ok_or_else(|| StateError::TopicNotFound(topic.to_string()))?;
         let mut inner = t.inner.lock();
         let s = inner
@@ -153,7 +153,7 @@ impl BrokerState {
     }
 
     /// Handles `Nack`.
-    pub fn nack(&self, topic: &str, sub: &str, offset: u64, delay: Option<Duration>) -> Result<(), StateError> {
+    pub(crate) fn nack(&self, topic: &str, sub: &str, offset: u64, delay: Option<Duration>) -> Result<(), StateError> {
         let t = self.topic(topic).ok_or_else(|| StateError::TopicNotFound(topic.to_string()))?;
         if !t.reliable {
             return Ok(());
@@ -175,7 +175,7 @@ impl BrokerState {
     }
 
     /// Ends every open `ReceiveMessages` stream; in-flight messages are requeued.
-    pub fn drop_streams(&self) {
+    pub(crate) fn drop_streams(&self) {
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         for t in topics {
             let mut inner = t.inner.lock();

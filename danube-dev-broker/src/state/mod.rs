@@ -96,7 +96,7 @@ pub(crate) struct BrokerState {
 
 impl BrokerState {
     /// Builds the state, reloading `data_dir` if configured.
-    pub fn open(config: BrokerConfig, broker_url: String) -> Result<Arc<Self>, BrokerError> {
+    pub(crate) fn open(config: BrokerConfig, broker_url: String) -> Result<Arc<Self>, BrokerError> {
         let (persist, loaded) = match &config.data_dir {
             Some(dir) => {
                 let (p, l) = Persist::open(dir)?;
@@ -133,7 +133,7 @@ impl BrokerState {
     }
 
     /// Blocks until queued records are on disk (no-op without a data dir).
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         if let Some(p) = &self.persist {
             p.flush();
         }
@@ -146,19 +146,19 @@ impl BrokerState {
     // ----- namespaces and topics -------------------------------------------
 
     /// Creates a namespace (no-op if it exists).
-    pub fn create_namespace(&self, ns: &str) {
+    pub(crate) fn create_namespace(&self, ns: &str) {
         if self.namespaces.write().insert(ns.to_string()) {
             self.persist_meta(MetaRecord::Namespace { name: ns.to_string() });
         }
     }
 
     /// An existing topic.
-    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics.read().get(name).cloned()
     }
 
     /// Returns the topic, creating it (in an existing namespace) if needed.
-    pub fn get_or_create_topic(&self, name: &str, reliable: bool) -> Result<Arc<Topic>, StateError> {
+    pub(crate) fn get_or_create_topic(&self, name: &str, reliable: bool) -> Result<Arc<Topic>, StateError> {
         if let Some(t) = self.topic(name) {
             return Ok(t);
         }
@@ -232,7 +232,7 @@ impl BrokerState {
 
     /// Creates `topic-part-0 .. topic-part-{n-1}` (reliable), creating the
     /// namespace if needed.
-    pub fn create_partitioned_topic(&self, topic: &str, partitions: usize) {
+    pub(crate) fn create_partitioned_topic(&self, topic: &str, partitions: usize) {
         for i in 0..partitions {
             self.helper_topic(&format!("{topic}-part-{i}"));
         }
@@ -251,7 +251,7 @@ impl BrokerState {
 
     /// Partition names for `topic` (`[topic]` when not partitioned, empty
     /// when unknown).
-    pub fn partitions(&self, topic: &str) -> Vec<String> {
+    pub(crate) fn partitions(&self, topic: &str) -> Vec<String> {
         if let Some(parts) = self.partitioned.read().get(topic) {
             return parts.iter().map(|i| format!("{topic}-part-{i}")).collect();
         }
@@ -271,7 +271,7 @@ impl BrokerState {
 
     /// Registers a producer (or returns the id of the same-named producer on
     /// the same topic) and auto-creates the topic.
-    pub fn create_producer(
+    pub(crate) fn create_producer(
         &self,
         topic: &str,
         name: &str,
@@ -305,12 +305,12 @@ impl BrokerState {
     }
 
     /// True when the producer id is registered.
-    pub fn has_producer(&self, id: u64) -> bool {
+    pub(crate) fn has_producer(&self, id: u64) -> bool {
         self.producers.read().contains_key(&id)
     }
 
     /// Handles `SendMessage`.
-    pub fn send(&self, msg: StreamMessage) -> Result<u64, StateError> {
+    pub(crate) fn send(&self, msg: StreamMessage) -> Result<u64, StateError> {
         if self.fail_sends.load(Ordering::Relaxed) > 0
             && self.fail_sends.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
         {
@@ -340,23 +340,23 @@ impl BrokerState {
     }
 
     /// Makes the next `n` sends fail with `Unavailable`.
-    pub fn fail_next_sends(&self, n: usize) {
+    pub(crate) fn fail_next_sends(&self, n: usize) {
         self.fail_sends.store(n, Ordering::Release);
     }
 
     /// Test helper: makes every later `CreateProducer` wait `delay` before answering.
-    pub fn delay_producer_creation(&self, delay: Duration) {
+    pub(crate) fn delay_producer_creation(&self, delay: Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.producer_delay_ms.store(ms, Ordering::Release);
     }
 
     /// How long `CreateProducer` waits before answering (zero unless a test set it).
-    pub fn producer_creation_delay(&self) -> Duration {
+    pub(crate) fn producer_creation_delay(&self) -> Duration {
         Duration::from_millis(self.producer_delay_ms.load(Ordering::Acquire))
     }
 
     /// Test helper: appends a message (creating topic and namespace if needed).
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         topic: &str,
         payload: Vec<u8>,
@@ -401,7 +401,7 @@ impl BrokerState {
     // ----- consumers -------------------------------------------------------
 
     /// Persists a schema registry change.
-    pub fn persist_schema(&self, record: MetaRecord) {
+    pub(crate) fn persist_schema(&self, record: MetaRecord) {
         self.persist_meta(record);
     }
 

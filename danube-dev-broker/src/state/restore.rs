@@ -112,7 +112,7 @@ impl BrokerState {
     }
 
     /// Starts the dispatchers of all reloaded subscriptions.
-    pub fn start_dispatchers(self: &Arc<Self>) {
+    pub(crate) fn start_dispatchers(self: &Arc<Self>) {
         let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         for t in topics {
             let subs: Vec<(String, Arc<Notify>)> =

@@ -8,24 +8,24 @@ use std::time::{Duration, Instant};
 use danube_connect_testkit::process::ConnectorProcess;
 
 /// A connector binary of the workspace (built by `cargo build --workspace`).
-pub fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     danube_connect_testkit::process::workspace_binary(name)
 }
 
 /// The workspace root, where the pipelines' config paths start.
-pub fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The environment of a connector run with `{pipeline}/{config}` plus `env`.
-pub fn spawn_env(pipeline: &str, config: &str, env: &[(&str, String)]) -> HashMap<String, String> {
+pub(crate) fn spawn_env(pipeline: &str, config: &str, env: &[(&str, String)]) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     vars.insert("CONNECTOR_CONFIG_FILE".into(), format!("{pipeline}/{config}"));
     vars
 }
 
 /// Starts `binary_name` and waits until it is ready and has logged `wait_for`.
-pub async fn start(binary_name: &str, vars: &HashMap<String, String>, wait_for: &str) -> ConnectorProcess {
+pub(crate) async fn start(binary_name: &str, vars: &HashMap<String, String>, wait_for: &str) -> ConnectorProcess {
     let mut process = ConnectorProcess::spawn(&binary(binary_name), vars).expect("spawn");
     if let Err(e) = process.wait_ready(Duration::from_secs(60)).await {
         panic!("{binary_name} not ready: {e}\n{}", process.log());

@@ -9,14 +9,14 @@ use danube_connect_testkit::clickhouse::ClickHouseServer;
 use danube_connect_testkit::process::ConnectorProcess;
 
 /// The sink binary under test.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_danube-clickhouse");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_danube-clickhouse");
 
 /// A process environment.
-pub type Env = HashMap<String, String>;
+pub(crate) type Env = HashMap<String, String>;
 
 /// The binary's environment: consume `topic` as `name` with the table mapping `mapping`
 /// (one inline TOML table, e.g. `{topic="/default/x", table="x"}`), spooling in `spool`.
-pub fn sink_env(
+pub(crate) fn sink_env(
     broker: &TestBroker,
     ch: &ClickHouseServer,
     spool: &Path,
@@ -44,7 +44,7 @@ pub fn sink_env(
 
 /// Starts the sink and waits until it is ready and consuming its topic (Danube subscriptions
 /// start at the end of a topic, so nothing may be published before).
-pub async fn start_sink(kind: BrokerKind, env: &Env) -> ConnectorProcess {
+pub(crate) async fn start_sink(kind: BrokerKind, env: &Env) -> ConnectorProcess {
     let mut process = ConnectorProcess::spawn(Path::new(BINARY), env).expect("spawn the sink");
     process.wait_ready(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{kind}: sink not ready: {e}"));
     process

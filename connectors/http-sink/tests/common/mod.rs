@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What the receiver does with one request.
 #[derive(Debug, Clone)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Answer this status.
     Status(u16),
     /// Answer this status with these headers and body.
@@ -47,7 +47,7 @@ impl Reply {
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     /// Method.
     pub method: String,
     /// Path and query.
@@ -64,17 +64,17 @@ pub struct Received {
 
 impl Received {
     /// A header value.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
 
     /// The body as text.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// Whether it was answered 2xx.
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }
 }
@@ -100,7 +100,7 @@ impl Drop for OpenConnection {
 }
 
 /// A real HTTP server on 127.0.0.1.
-pub struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     state: Arc<ReceiverState>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -169,12 +169,12 @@ fn status(code: u16) -> StatusCode {
 
 impl Receiver {
     /// Starts a receiver answering 200 to everything.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(None).await
     }
 
     /// Starts a receiver, serving TLS with `tls` when given.
-    pub async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    pub(crate) async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let state = Arc::new(ReceiverState {
             requests: Mutex::new(Vec::new()),
             responder: Mutex::new(Box::new(|_, _| Reply::Status(200))),
@@ -232,28 +232,28 @@ impl Receiver {
     }
 
     /// `http://127.0.0.1:PORT` (or `https://`).
-    pub fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.addr.port())
     }
 
     /// `base` + `path`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base())
     }
 
     /// The port.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 
     /// Decides the reply per request, given the requests received before it.
-    pub fn respond(&self, responder: impl Fn(&Received, &[Received]) -> Reply + Send + Sync + 'static) {
+    pub(crate) fn respond(&self, responder: impl Fn(&Received, &[Received]) -> Reply + Send + Sync + 'static) {
         *self.state.responder.lock().expect("lock") = Box::new(responder);
     }
 
     /// Replies `failing` until the returned flag is set, 200 from then on.
-    pub fn fail_until_healthy(&self, failing: Reply) -> Arc<AtomicBool> {
+    pub(crate) fn fail_until_healthy(&self, failing: Reply) -> Arc<AtomicBool> {
         let healthy = Arc::new(AtomicBool::new(false));
         let flag = healthy.clone();
         self.respond(move |_, _| if flag.load(Ordering::SeqCst) { Reply::Status(200) } else { failing.clone() });
@@ -261,22 +261,22 @@ impl Receiver {
     }
 
     /// Every request so far.
-    pub fn requests(&self) -> Vec<Received> {
+    pub(crate) fn requests(&self) -> Vec<Received> {
         self.state.requests.lock().expect("lock").clone()
     }
 
     /// Requests answered 2xx.
-    pub fn delivered(&self) -> Vec<Received> {
+    pub(crate) fn delivered(&self) -> Vec<Received> {
         self.requests().into_iter().filter(Received::ok).collect()
     }
 
     /// The most requests handled at the same time.
-    pub fn max_in_flight(&self) -> usize {
+    pub(crate) fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Stops listening and closes every connection (the port refuses connections).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         if let Some(task) = self.task.lock().expect("lock").take() {
             task.abort();
         }
@@ -284,7 +284,7 @@ impl Receiver {
 
     /// [`stop`](Self::stop), then waits until every connection it served is closed, so
     /// no request can be answered any more (not even on a pooled connection).
-    pub async fn stop_and_wait(&self) {
+    pub(crate) async fn stop_and_wait(&self) {
         self.stop();
         let state = self.state.clone();
         assert!(
@@ -294,7 +294,7 @@ impl Receiver {
     }
 
     /// Listens again on the same port.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.listen().expect("receiver re-binds its port");
     }
 }
@@ -306,7 +306,7 @@ impl Drop for Receiver {
 }
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if check() {
@@ -318,7 +318,7 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 }
 
 /// A config for connector `name` consuming `topic` and posting to `url`, with fast retries.
-pub fn config(name: &str, broker: &EmbeddedBroker, topic: &str, url: &str) -> ConnectorConfig<HttpSinkConfig> {
+pub(crate) fn config(name: &str, broker: &EmbeddedBroker, topic: &str, url: &str) -> ConnectorConfig<HttpSinkConfig> {
     let mut runtime = RuntimeConfig { name: name.to_string(), ..Default::default() };
     runtime.danube.service_url = broker.url();
     runtime.danube.connect_timeout = Duration::from_secs(30);
@@ -339,7 +339,7 @@ pub fn config(name: &str, broker: &EmbeddedBroker, topic: &str, url: &str) -> Co
 }
 
 /// A running sink.
-pub struct RunningSink {
+pub(crate) struct RunningSink {
     /// Stops it.
     pub token: CancellationToken,
     /// Its run.
@@ -348,14 +348,14 @@ pub struct RunningSink {
 
 impl RunningSink {
     /// SIGTERM-like stop; returns the report.
-    pub async fn stop(self) -> RunReport {
+    pub(crate) async fn stop(self) -> RunReport {
         self.token.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.run).await.expect("sink stops").expect("join")
     }
 }
 
 /// Starts the sink in process and waits until its consumer is connected to `topic`.
-pub async fn start_sink(broker: &EmbeddedBroker, config: ConnectorConfig<HttpSinkConfig>) -> RunningSink {
+pub(crate) async fn start_sink(broker: &EmbeddedBroker, config: ConnectorConfig<HttpSinkConfig>) -> RunningSink {
     let topic = config.runtime.sink.topics[0].topic.clone();
     let subscription = config.runtime.name.clone();
     // The topic must exist for the subscription; this first message precedes it and is not delivered.
@@ -373,12 +373,12 @@ pub async fn start_sink(broker: &EmbeddedBroker, config: ConnectorConfig<HttpSin
 }
 
 /// Publishes `n` records `{prefix}{i}` and returns their offsets.
-pub fn publish_n(broker: &EmbeddedBroker, topic: &str, prefix: &str, n: usize) -> Vec<u64> {
+pub(crate) fn publish_n(broker: &EmbeddedBroker, topic: &str, prefix: &str, n: usize) -> Vec<u64> {
     (0..n).map(|i| broker.publish(topic, format!("{prefix}{i}").into_bytes(), HashMap::new(), None)).collect()
 }
 
 /// How many requests carried each message id.
-pub fn by_message_id(requests: &[Received]) -> HashMap<String, Vec<Received>> {
+pub(crate) fn by_message_id(requests: &[Received]) -> HashMap<String, Vec<Received>> {
     let mut map: HashMap<String, Vec<Received>> = HashMap::new();
     for r in requests {
         if let Some(id) = r.header("danube-message-id") {

@@ -8,10 +8,10 @@ use danube_connect_testkit::ports::free_port;
 use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
 
-pub const BINARY: &str = env!("CARGO_BIN_EXE_danube-http-source");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_danube-http-source");
 
 /// A running connector process with its config.
-pub struct Connector {
+pub(crate) struct Connector {
     pub process: ConnectorProcess,
     pub port: u16,
     pub base: String,
@@ -20,13 +20,13 @@ pub struct Connector {
 
 /// Starts the connector against `broker` with `connector_toml` as the `[connector]`
 /// section body (without the header) plus `env`.
-pub async fn spawn(broker: &EmbeddedBroker, connector_toml: &str, env: &[(&str, &str)]) -> Connector {
+pub(crate) async fn spawn(broker: &EmbeddedBroker, connector_toml: &str, env: &[(&str, &str)]) -> Connector {
     let dir = tempfile::tempdir().expect("tempdir");
     spawn_in(broker, connector_toml, env, dir).await
 }
 
 /// Like [`spawn`], reusing a directory (its files survive a restart).
-pub async fn spawn_in(
+pub(crate) async fn spawn_in(
     broker: &EmbeddedBroker,
     connector_toml: &str,
     env: &[(&str, &str)],
@@ -36,7 +36,7 @@ pub async fn spawn_in(
 }
 
 /// Starts the connector; with `ready`, waits for `/readyz` too (else only for the port).
-pub async fn spawn_with(
+pub(crate) async fn spawn_with(
     broker: &EmbeddedBroker,
     connector_toml: &str,
     env: &[(&str, &str)],
@@ -47,7 +47,7 @@ pub async fn spawn_with(
 }
 
 /// Like [`spawn_in`] on a given webhook port (a restart on the same address).
-pub async fn spawn_on_port(
+pub(crate) async fn spawn_on_port(
     broker: &EmbeddedBroker,
     connector_toml: &str,
     env: &[(&str, &str)],
@@ -86,7 +86,7 @@ async fn spawn_full(
 }
 
 /// Waits until the webhook port accepts connections.
-pub async fn wait_listening(port: u16, process: &ConnectorProcess) {
+pub(crate) async fn wait_listening(port: u16, process: &ConnectorProcess) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(15) {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -97,16 +97,16 @@ pub async fn wait_listening(port: u16, process: &ConnectorProcess) {
     panic!("webhook port {port} never opened: {}", process.log());
 }
 
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
 }
 
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
 }
 
 /// HMAC-SHA256 over the concatenation of `parts`, computed independently of the code under test.
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
     for part in parts {
@@ -116,7 +116,7 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Messages in `topic` after giving the broker a moment.
-pub async fn settle_messages(broker: &EmbeddedBroker, topic: &str) -> Vec<danube_dev_broker::StoredMessage> {
+pub(crate) async fn settle_messages(broker: &EmbeddedBroker, topic: &str) -> Vec<danube_dev_broker::StoredMessage> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     broker.messages(topic)
 }

@@ -379,7 +379,7 @@ async fn a_delivery_id_stays_reserved_until_its_publish_ends() {
 }
 
 /// Subscribes a raw client consumer to `topic`; fails while the topic does not exist.
-pub async fn subscribe(broker: &EmbeddedBroker, topic: &str) -> Result<danube_client::Consumer, String> {
+pub(crate) async fn subscribe(broker: &EmbeddedBroker, topic: &str) -> Result<danube_client::Consumer, String> {
     let client =
         danube_client::DanubeClient::builder().service_url(broker.url()).build().await.map_err(|e| e.to_string())?;
     let mut consumer = client

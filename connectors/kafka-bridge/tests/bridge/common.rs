@@ -17,12 +17,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Both systems, started for one test.
-pub struct Systems {
+pub(crate) struct Systems {
     pub tansu: Tansu,
     pub danube: EmbeddedBroker,
 }
 
-pub async fn start() -> Systems {
+pub(crate) async fn start() -> Systems {
     let tansu = Tansu::start().await.expect("tansu must be installed and start (see scripts/test.sh)");
     let danube = EmbeddedBroker::start_default().await.expect("embedded danube broker");
     Systems { tansu, danube }
@@ -30,7 +30,7 @@ pub async fn start() -> Systems {
 
 /// A record read back from Kafka.
 #[derive(Debug, Clone)]
-pub struct KafkaRecord {
+pub(crate) struct KafkaRecord {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
@@ -39,12 +39,12 @@ pub struct KafkaRecord {
 }
 
 impl KafkaRecord {
-    pub fn payload_str(&self) -> String {
+    pub(crate) fn payload_str(&self) -> String {
         String::from_utf8_lossy(self.payload.as_deref().unwrap_or_default()).into_owned()
     }
 }
 
-pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub(crate) async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
     let results = admin
@@ -58,7 +58,7 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
-pub fn producer(bootstrap: &str) -> FutureProducer {
+pub(crate) fn producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
@@ -70,7 +70,7 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
 }
 
 /// Produces one record and waits for its delivery report.
-pub async fn produce(
+pub(crate) async fn produce(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&str>,
@@ -92,7 +92,7 @@ pub async fn produce(
 /// Reads every record of `topic` (all partitions, from the start) until `expected` were
 /// read or `timeout` passed; with `idle`, also stops once a record was read and none came
 /// for that long. Blocking: call from spawn_blocking.
-pub fn read_all_blocking(
+pub(crate) fn read_all_blocking(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
@@ -147,7 +147,7 @@ pub fn read_all_blocking(
 }
 
 /// Reads every record of `topic` until `expected` were read or `timeout` passed.
-pub async fn read_all(
+pub(crate) async fn read_all(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
@@ -164,7 +164,7 @@ pub async fn read_all(
 /// first one (at most 60 s). Deliberately does not use high watermarks: tansu 0.6
 /// sometimes answers `ListOffsets(latest)` with the last offset instead of the next one,
 /// which would hide the newest record of a partition.
-pub async fn read_everything(bootstrap: &str, topic: &str, partitions: i32) -> Vec<KafkaRecord> {
+pub(crate) async fn read_everything(bootstrap: &str, topic: &str, partitions: i32) -> Vec<KafkaRecord> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         read_all_blocking(
@@ -181,7 +181,7 @@ pub async fn read_everything(bootstrap: &str, topic: &str, partitions: i32) -> V
 }
 
 /// The committed offsets of `group` for `topic` partitions `0..partitions`.
-pub async fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+pub(crate) async fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let (bootstrap, group, topic) = (bootstrap.to_string(), group.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -206,7 +206,7 @@ pub async fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i3
     .expect("offset task")
 }
 
-pub fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos =
@@ -215,7 +215,7 @@ pub fn rand_suffix() -> String {
 }
 
 /// Env for a bridge process; `extra` entries override.
-pub fn bridge_env(systems: &Systems, name: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+pub(crate) fn bridge_env(systems: &Systems, name: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env = HashMap::new();
     env.insert("DANUBE_SERVICE_URL".to_string(), systems.danube.url());
     env.insert("CONNECTOR_NAME".to_string(), name.to_string());
@@ -229,7 +229,7 @@ pub fn bridge_env(systems: &Systems, name: &str, extra: &[(&str, &str)]) -> Hash
     env
 }
 
-pub async fn spawn_bridge(env: &HashMap<String, String>) -> ConnectorProcess {
+pub(crate) async fn spawn_bridge(env: &HashMap<String, String>) -> ConnectorProcess {
     let mut process =
         ConnectorProcess::spawn(Path::new(env!("CARGO_BIN_EXE_danube-kafka-bridge")), env).expect("spawn bridge");
     if let Err(e) = process.wait_ready(Duration::from_secs(30)).await {
@@ -239,7 +239,7 @@ pub async fn spawn_bridge(env: &HashMap<String, String>) -> ConnectorProcess {
 }
 
 /// Waits until `process` logged `needle` `times` times.
-pub async fn wait_for_log(process: &ConnectorProcess, needle: &str, times: usize, timeout: Duration) -> bool {
+pub(crate) async fn wait_for_log(process: &ConnectorProcess, needle: &str, times: usize, timeout: Duration) -> bool {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if process.log().matches(needle).count() >= times {
@@ -251,10 +251,10 @@ pub async fn wait_for_log(process: &ConnectorProcess, needle: &str, times: usize
 }
 
 /// How long a test waits for records to show up.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// (partition, offset) of an imported message, from its attributes.
-pub fn kafka_position(m: &danube_dev_broker::StoredMessage) -> (i32, i64) {
+pub(crate) fn kafka_position(m: &danube_dev_broker::StoredMessage) -> (i32, i64) {
     (
         m.attributes.get("kafka.partition").and_then(|p| p.parse().ok()).unwrap_or(-1),
         m.attributes.get("kafka.offset").and_then(|o| o.parse().ok()).unwrap_or(-1),
@@ -264,7 +264,7 @@ pub fn kafka_position(m: &danube_dev_broker::StoredMessage) -> (i32, i64) {
 /// Checks that every Kafka offset below the group's committed offset of each partition is
 /// in Danube (`imported`: positions read from the imported messages). Returns the first
 /// missing `(partition, offset)`, if any.
-pub fn first_committed_but_missing(committed: &[i64], imported: &HashSet<(i32, i64)>) -> Option<(i32, i64)> {
+pub(crate) fn first_committed_but_missing(committed: &[i64], imported: &HashSet<(i32, i64)>) -> Option<(i32, i64)> {
     for (p, &next) in committed.iter().enumerate() {
         for offset in 0..next.max(0) {
             if !imported.contains(&(p as i32, offset)) {
@@ -277,7 +277,7 @@ pub fn first_committed_but_missing(committed: &[i64], imported: &HashSet<(i32, i
 
 /// Produces `total` keyed records (`payload = i`, 32 keys) to `topic` in paced chunks, so
 /// the bridge is under load while the test kills or stops it.
-pub fn produce_in_background(bootstrap: &str, topic: &'static str, total: usize) -> tokio::task::JoinHandle<()> {
+pub(crate) fn produce_in_background(bootstrap: &str, topic: &'static str, total: usize) -> tokio::task::JoinHandle<()> {
     let bootstrap = bootstrap.to_string();
     tokio::spawn(async move {
         let producer = producer(&bootstrap);

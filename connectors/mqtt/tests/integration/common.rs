@@ -11,12 +11,17 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, Publish, QoS}
 use tokio::sync::mpsc;
 
 /// The connector binary under test.
-pub fn binary() -> &'static Path {
+pub(crate) fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_danube-mqtt"))
 }
 
 /// Environment for a client-mode connector on `mqtt_port` feeding `danube`.
-pub fn client_env(danube: &EmbeddedBroker, mqtt_port: u16, client_id: &str, mappings: &str) -> HashMap<String, String> {
+pub(crate) fn client_env(
+    danube: &EmbeddedBroker,
+    mqtt_port: u16,
+    client_id: &str,
+    mappings: &str,
+) -> HashMap<String, String> {
     HashMap::from([
         ("DANUBE_SERVICE_URL".to_string(), danube.url()),
         ("CONNECTOR_NAME".to_string(), "mqtt-test".to_string()),
@@ -30,7 +35,7 @@ pub fn client_env(danube: &EmbeddedBroker, mqtt_port: u16, client_id: &str, mapp
 }
 
 /// Starts the connector and waits until it is subscribed and ready.
-pub async fn start_connector(env: &HashMap<String, String>) -> ConnectorProcess {
+pub(crate) async fn start_connector(env: &HashMap<String, String>) -> ConnectorProcess {
     let mut process = ConnectorProcess::spawn(binary(), env).expect("spawn danube-mqtt");
     if let Err(e) = process.wait_ready(Duration::from_secs(30)).await {
         panic!("connector not ready: {e}\n{}", process.log());
@@ -39,12 +44,17 @@ pub async fn start_connector(env: &HashMap<String, String>) -> ConnectorProcess 
 }
 
 /// Numbers carried by the payloads stored on `topic`.
-pub fn numbers(danube: &EmbeddedBroker, topic: &str) -> BTreeSet<usize> {
+pub(crate) fn numbers(danube: &EmbeddedBroker, topic: &str) -> BTreeSet<usize> {
     danube.messages(topic).iter().filter_map(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok()).collect()
 }
 
 /// Waits until `topic` holds every number in `0..n` (duplicates allowed).
-pub async fn wait_for_numbers(danube: &EmbeddedBroker, topic: &str, n: usize, timeout: Duration) -> BTreeSet<usize> {
+pub(crate) async fn wait_for_numbers(
+    danube: &EmbeddedBroker,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> BTreeSet<usize> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let seen = numbers(danube, topic);
@@ -56,7 +66,7 @@ pub async fn wait_for_numbers(danube: &EmbeddedBroker, topic: &str, n: usize, ti
 }
 
 /// An MQTT test client (a device or a subscriber) with its event loop running.
-pub struct TestClient {
+pub(crate) struct TestClient {
     /// The client handle.
     pub client: AsyncClient,
     acks: mpsc::UnboundedReceiver<()>,
@@ -69,20 +79,20 @@ pub struct TestClient {
 impl TestClient {
     /// Connects as `id` (clean session); acknowledgements of its QoS 1 publishes (and
     /// QoS 0 writes) are counted.
-    pub fn connect(port: u16, id: &str) -> Self {
+    pub(crate) fn connect(port: u16, id: &str) -> Self {
         Self::connect_with_session(port, id, true)
     }
 
     /// Connects as `id`; `clean_session = false` keeps its subscriptions and queued
     /// messages at the broker across reconnects (the event loop reconnects by itself).
-    pub fn connect_with_session(port: u16, id: &str, clean_session: bool) -> Self {
+    pub(crate) fn connect_with_session(port: u16, id: &str, clean_session: bool) -> Self {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5)).set_clean_session(clean_session);
         Self::connect_with(options)
     }
 
     /// Connects with `options` (login, TLS, ...); at most 100 QoS 1 publishes in flight.
-    pub fn connect_with(mut options: MqttOptions) -> Self {
+    pub(crate) fn connect_with(mut options: MqttOptions) -> Self {
         options.set_inflight(100);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let (ack_tx, acks) = mpsc::unbounded_channel();
@@ -112,7 +122,7 @@ impl TestClient {
     }
 
     /// Publishes and waits for the broker's acknowledgement.
-    pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+    pub(crate) async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, qos, retain, payload).await.expect("queue publish");
         tokio::time::timeout(Duration::from_secs(10), self.acks.recv())
             .await
@@ -121,7 +131,12 @@ impl TestClient {
     }
 
     /// Publishes `count` messages without waiting between them, then waits for all acks.
-    pub async fn publish_many(&mut self, count: usize, qos: QoS, mut message: impl FnMut(usize) -> (String, Vec<u8>)) {
+    pub(crate) async fn publish_many(
+        &mut self,
+        count: usize,
+        qos: QoS,
+        mut message: impl FnMut(usize) -> (String, Vec<u8>),
+    ) {
         for i in 0..count {
             let (topic, payload) = message(i);
             self.client.publish(topic, qos, false, payload).await.expect("queue publish");
@@ -135,7 +150,7 @@ impl TestClient {
     }
 
     /// Subscribes and waits for the SUBACK.
-    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+    pub(crate) async fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.client.subscribe(filter, qos).await.expect("queue subscribe");
         tokio::time::timeout(Duration::from_secs(10), self.subacks.recv())
             .await
@@ -144,7 +159,7 @@ impl TestClient {
     }
 
     /// The next received publish, if one comes within `timeout`.
-    pub async fn next_message(&mut self, timeout: Duration) -> Option<Publish> {
+    pub(crate) async fn next_message(&mut self, timeout: Duration) -> Option<Publish> {
         tokio::time::timeout(timeout, self.received.recv()).await.ok().flatten()
     }
 }
@@ -156,7 +171,7 @@ impl Drop for TestClient {
 }
 
 /// `log` without ANSI colour sequences (the connector colours its log fields).
-pub fn plain(log: &str) -> String {
+pub(crate) fn plain(log: &str) -> String {
     let mut out = String::with_capacity(log.len());
     let mut chars = log.chars();
     while let Some(c) = chars.next() {

@@ -37,7 +37,7 @@ async fn embedded_broker_forwards_qos0_and_qos1_device_messages() {
 }
 
 /// Environment for an embedded-mode connector listening on `port`.
-pub fn embedded_env(danube: &EmbeddedBroker, port: u16, mappings: &str) -> HashMap<String, String> {
+pub(crate) fn embedded_env(danube: &EmbeddedBroker, port: u16, mappings: &str) -> HashMap<String, String> {
     HashMap::from([
         ("DANUBE_SERVICE_URL".to_string(), danube.url()),
         ("CONNECTOR_NAME".to_string(), "mqtt-embedded".to_string()),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 /// `pg_recvlogical` streams the transaction ending at `end` raw (pgoutput, publication
 /// `bench_pub`) from slot `raw_slot` to `/dev/null`; returns its rows per second.
-pub fn recvlogical_rate(recvlogical: &Path, connection: &[&str], end: &str, rows: usize) -> f64 {
+pub(crate) fn recvlogical_rate(recvlogical: &Path, connection: &[&str], end: &str, rows: usize) -> f64 {
     let started = Instant::now();
     let raw = Command::new(recvlogical)
         .args(connection)

@@ -9,28 +9,28 @@ use danube_connect_testkit::process::ConnectorProcess;
 use danube_dev_broker::EmbeddedBroker;
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 
 /// A private PostgreSQL and a broker.
-pub struct Env {
+pub(crate) struct Env {
     pub pg: Postgres,
     pub broker: EmbeddedBroker,
 }
 
 impl Env {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(&[]).await
     }
 
     /// Like [`Self::start`], with extra PostgreSQL settings.
-    pub async fn start_with(settings: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start_with(settings: &[(&str, &str)]) -> Self {
         let pg = Postgres::start_with(settings).expect("postgres (scripts/test.sh installs it)");
         let broker = EmbeddedBroker::start_default().await.expect("broker");
         Self { pg, broker }
     }
 
     /// Environment of the connector binary, plus `extra`.
-    pub fn connector_env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    pub(crate) fn connector_env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut env = HashMap::from([
             ("DANUBE_SERVICE_URL".to_string(), self.broker.url()),
             ("CONNECTOR_NAME".to_string(), "pgcdc".to_string()),
@@ -45,14 +45,14 @@ impl Env {
     }
 
     /// Starts the connector and waits until it is ready.
-    pub async fn spawn(&self, extra: &[(&str, &str)]) -> ConnectorProcess {
+    pub(crate) async fn spawn(&self, extra: &[(&str, &str)]) -> ConnectorProcess {
         let mut process = ConnectorProcess::spawn(Path::new(BIN), &self.connector_env(extra)).expect("spawn connector");
         process.wait_ready(Duration::from_secs(60)).await.expect("connector ready");
         process
     }
 
     /// Waits until the slot is streaming (held by a walsender).
-    pub async fn wait_streaming(&self, slot: &str, process: &ConnectorProcess) {
+    pub(crate) async fn wait_streaming(&self, slot: &str, process: &ConnectorProcess) {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             let active = self
@@ -68,12 +68,12 @@ impl Env {
     }
 
     /// JSON payloads stored on `topic`, in order.
-    pub fn payloads(&self, topic: &str) -> Vec<Value> {
+    pub(crate) fn payloads(&self, topic: &str) -> Vec<Value> {
         self.broker.messages(topic).iter().map(|m| serde_json::from_slice(&m.payload).expect("JSON payload")).collect()
     }
 
     /// A tokio-postgres client to the private cluster.
-    pub async fn client(&self) -> tokio_postgres::Client {
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) =
             tokio_postgres::connect(&self.pg.url(), tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(connection);
@@ -81,7 +81,7 @@ impl Env {
     }
 
     /// The slot's confirmed flush LSN as a number.
-    pub fn confirmed_flush(&self, slot: &str) -> u64 {
+    pub(crate) fn confirmed_flush(&self, slot: &str) -> u64 {
         let text = self
             .pg
             .psql(&format!(
@@ -93,19 +93,19 @@ impl Env {
 }
 
 /// Parses `X/Y` LSN text.
-pub fn lsn(text: &str) -> u64 {
+pub(crate) fn lsn(text: &str) -> u64 {
     let (hi, lo) = text.split_once('/').expect("lsn form");
     (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
 }
 
 /// Waits until `topic` holds `count` messages; returns them as JSON.
-pub async fn wait_payloads(env: &Env, topic: &str, count: usize, timeout: Duration) -> Vec<Value> {
+pub(crate) async fn wait_payloads(env: &Env, topic: &str, count: usize, timeout: Duration) -> Vec<Value> {
     env.broker.wait_for_messages(topic, count, timeout).await;
     env.payloads(topic)
 }
 
 /// Starts the connector with `extra`, which must make startup fail within 60 s; its log.
-pub async fn startup_error(env: &Env, extra: &[(&str, &str)]) -> String {
+pub(crate) async fn startup_error(env: &Env, extra: &[(&str, &str)]) -> String {
     let mut process = ConnectorProcess::spawn(Path::new(BIN), &env.connector_env(extra)).expect("spawn");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -119,13 +119,13 @@ pub async fn startup_error(env: &Env, extra: &[(&str, &str)]) -> String {
 }
 
 /// Sends SIGTERM and asserts the connector exits 0 within 30 s.
-pub async fn stop_cleanly(process: &mut ConnectorProcess) {
+pub(crate) async fn stop_cleanly(process: &mut ConnectorProcess) {
     let status = process.terminate(Duration::from_secs(30)).await.expect("exits");
     assert_eq!(status.code(), Some(0), "{}", process.log());
 }
 
 /// `GET http://127.0.0.1:<ops port><path>`: status and body.
-pub async fn ops_get(process: &ConnectorProcess, path: &str) -> (u16, String) {
+pub(crate) async fn ops_get(process: &ConnectorProcess, path: &str) -> (u16, String) {
     let url = format!("http://127.0.0.1:{}{path}", process.ops_port);
     let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = response.status().as_u16();
@@ -134,7 +134,7 @@ pub async fn ops_get(process: &ConnectorProcess, path: &str) -> (u16, String) {
 
 /// The value of the series `name` whose labels include every `labels` pair, in a Prometheus
 /// text exposition.
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
         let (series, value) = line.rsplit_once(' ')?;
         let (metric, label_text) = match series.split_once('{') {
@@ -147,7 +147,7 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Scrapes `/metrics` until `name{labels}` satisfies `accept`; its value (panics after `timeout`).
-pub async fn wait_metric(
+pub(crate) async fn wait_metric(
     process: &ConnectorProcess,
     name: &str,
     labels: &[(&str, &str)],
