@@ -10,9 +10,7 @@ use danube_client::{Consumer, ConsumerOptions};
 use danube_connect_core::config::{validate_topic, SourceConfig};
 use danube_connect_core::dead_letter::{attributes, DEAD_LETTER_SUBSCRIPTION, DEAD_LETTER_SUBSCRIPTION_TYPE};
 use danube_connect_core::error::error_chain;
-use danube_connect_core::metrics::Metrics;
 use danube_connect_core::schema::TopicSchemas;
-use danube_connect_core::Health;
 use danube_connect_core::MESSAGE_ID_ATTRIBUTE;
 use danube_connect_core::{Publisher, SourceRecord};
 use danube_core::message::StreamMessage;
@@ -353,7 +351,7 @@ pub async fn replay(context: &Context, args: &ReplayArgs) -> Result<(), CliError
             ..context.config.source.clone()
         };
         let name = "danube-connect-replay";
-        Some(Publisher::new(context.client.clone(), config, name, Metrics::new(name), Health::default(), schemas))
+        Some(Publisher::detached(context.client.clone(), config, name, schemas))
     };
     let mut reader = DlqReader::open(context, &topic, args.dlq.wait).await?;
     let bar = progress_bar(args.limit);

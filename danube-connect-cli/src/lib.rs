@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use danube_client::DanubeClient;
-use danube_connect_core::client::{build_client, wait_until_reachable};
 use danube_connect_core::config::{ConnectorConfig, Validate};
 use danube_connect_core::RuntimeConfig;
+use danube_connect_core::{build_client, wait_until_reachable};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 

@@ -54,7 +54,7 @@ pub async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, Runtime
 }
 
 /// Whether an error means the broker could not be reached (as opposed to a refusal).
-pub fn is_unreachable(error: &DanubeError) -> bool {
+pub(crate) fn is_unreachable(error: &DanubeError) -> bool {
     match error {
         DanubeError::TonicTransportError(_) => true,
         DanubeError::FromStatus(status) => matches!(
@@ -67,7 +67,7 @@ pub fn is_unreachable(error: &DanubeError) -> bool {
 }
 
 /// Whether an error is the broker refusing this client's credentials (retrying cannot help).
-pub fn is_refused_credentials(error: &DanubeError) -> bool {
+pub(crate) fn is_refused_credentials(error: &DanubeError) -> bool {
     matches!(
         error,
         DanubeError::FromStatus(status)
@@ -97,7 +97,7 @@ async fn probe_once(client: &DanubeClient) -> ProbeOutcome {
 }
 
 /// One round trip to the broker: `true` if it answered (whatever it answered).
-pub async fn probe(client: &DanubeClient) -> bool {
+pub(crate) async fn probe(client: &DanubeClient) -> bool {
     !matches!(probe_once(client).await, ProbeOutcome::Unreachable(_))
 }
 

@@ -20,22 +20,22 @@
 //! acked; a sink record is acked only after `process` returned `Ok` or it was dead-lettered.
 
 pub mod cli;
-pub mod client;
+mod client;
 pub mod config;
 mod connector;
 pub mod error;
 pub mod failure;
 mod health;
-pub mod metrics;
+mod metrics;
 pub mod naming;
-pub mod ops;
+mod ops;
 mod publisher;
 mod record;
 pub mod retry;
 mod runtime;
 pub mod schema;
 mod stall;
-pub mod telemetry;
+mod telemetry;
 pub mod template;
 pub mod trace_context;
 pub mod transform;
@@ -46,14 +46,18 @@ pub mod dead_letter {
     pub use crate::runtime::dead_letter::*;
 }
 
+pub use client::{build_client, wait_until_reachable};
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
 pub use connector::{Context, Factory, Parts, PullSource, PushSource, Ready, Sink};
 pub use error::{ConnectorError, ConnectorResult, PublishError, RuntimeError};
 pub use health::Health;
+pub use metrics::{ConnectorMetrics, MetricsError};
+pub use ops::{serve_http1, ConnectionLimits};
 pub use publisher::{PendingPublish, PublishFailure, Publisher};
 pub use record::{SinkRecord, SourceOffset, SourceRecord, MESSAGE_ID_ATTRIBUTE};
 pub use runtime::{RunReport, Runtime};
 pub use schema::SchemaBinding;
+pub use telemetry::{TelemetryConfig, TelemetryError};
 
 /// Re-exported so connectors implement the traits without a direct dependency.
 pub use async_trait::async_trait;

@@ -97,7 +97,7 @@ struct OpsState {
 }
 
 /// The ops routes, for embedding in a connector's own server too.
-pub fn router(metrics: Metrics, health: Health) -> Router {
+pub(crate) fn router(metrics: Metrics, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
@@ -107,7 +107,7 @@ pub fn router(metrics: Metrics, health: Health) -> Router {
 
 /// Binds `config.listen` and serves the ops routes with `config.connections` until
 /// `shutdown`; returns the bound address.
-pub async fn serve(
+pub(crate) async fn serve(
     config: &OpsConfig,
     metrics: Metrics,
     health: Health,

@@ -132,9 +132,15 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// A publisher outside a runtime, for operator tools (the `danube-connect dlq` command):
+    /// like the runtime's, with its own metrics and health that nobody serves.
+    pub fn detached(client: DanubeClient, config: SourceConfig, name: &str, schemas: TopicSchemas) -> Self {
+        Self::new(client, config, name, Metrics::new(name), Health::default(), schemas)
+    }
+
     /// A publisher over `client`; producers are created lazily per topic. Records to a topic
     /// with a bound schema are validated first and its producers reference the schema.
-    pub fn new(
+    pub(crate) fn new(
         client: DanubeClient,
         config: SourceConfig,
         name: &str,

@@ -91,14 +91,14 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// The exporter of a process; [`shutdown`](Self::shutdown) flushes what is buffered.
 #[derive(Debug)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     provider: SdkTracerProvider,
 }
 
 impl Telemetry {
     /// Sends the spans still buffered and stops the exporter. Call it outside the async
     /// runtime (the exporter's HTTP client blocks).
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Err(error) = self.provider.shutdown() {
             tracing::warn!(%error, "telemetry: flushing the last spans failed");
         }
@@ -108,7 +108,7 @@ impl Telemetry {
 /// Starts exporting spans when `config.otlp_endpoint` is set; `Ok(None)` otherwise. Call it
 /// once per process, before the async runtime starts (the connector binaries' `main` does,
 /// through [`cli::run`](crate::cli::run)).
-pub fn init(config: &TelemetryConfig, connector_name: &str) -> Result<Option<Telemetry>, TelemetryError> {
+pub(crate) fn init(config: &TelemetryConfig, connector_name: &str) -> Result<Option<Telemetry>, TelemetryError> {
     let Some(endpoint) = &config.otlp_endpoint else { return Ok(None) };
     use opentelemetry_otlp::WithExportConfig;
     let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));

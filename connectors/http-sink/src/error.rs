@@ -33,7 +33,7 @@ pub enum BuildError {
     Client(#[source] reqwest::Error),
     /// A metric could not be registered.
     #[error("registering metrics")]
-    Metrics(#[source] danube_connect_core::metrics::MetricsError),
+    Metrics(#[source] danube_connect_core::MetricsError),
     /// A setting is not valid (the SSRF guard's networks).
     #[error("invalid configuration")]
     Config(#[source] danube_connect_core::config::ConfigError),

@@ -1,6 +1,6 @@
 //! The HTTP sink's own metrics (labelled `connector` by the runtime).
 
-use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
+use danube_connect_core::{ConnectorMetrics, MetricsError};
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 
 /// The connector's own metrics (labels: bounded outcome names).

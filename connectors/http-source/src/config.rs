@@ -46,7 +46,7 @@ pub struct HttpSourceConfig {
     pub accepted_buffer_bytes: usize,
     /// Connection limits of the webhook listener (and of the admin listener):
     /// header-read timeout, idle keep-alive timeout, open connections.
-    pub connections: danube_connect_core::ops::ConnectionLimits,
+    pub connections: danube_connect_core::ConnectionLimits,
     /// The admin API for dynamic endpoints (disabled without a token).
     pub admin: AdminConfig,
     /// Dynamic endpoints (`/e/{id}`) created through the admin API.
@@ -65,7 +65,7 @@ impl Default for HttpSourceConfig {
             retry_after: Duration::from_secs(5),
             accepted_buffer: 10_000,
             accepted_buffer_bytes: 64 << 20,
-            connections: danube_connect_core::ops::ConnectionLimits::default(),
+            connections: danube_connect_core::ConnectionLimits::default(),
             admin: AdminConfig::default(),
             dynamic: DynamicConfig::default(),
         }

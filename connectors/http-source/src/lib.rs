@@ -38,7 +38,7 @@ use crate::config::HttpSourceConfig;
 use crate::endpoint::Endpoint;
 use crate::registry::Registry;
 use crate::server::{App, Buffered, HttpMetrics, WebhookService};
-use danube_connect_core::ops::serve_http1;
+use danube_connect_core::serve_http1;
 
 /// Records of `accepted` endpoints published at once from the buffer.
 const BUFFER_PUBLISHERS: usize = 64;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use danube_connect_core::failure::{Delivery, FailureHandler, Handback, Undeliverable};
-use danube_connect_core::metrics::MetricsError;
+use danube_connect_core::MetricsError;
 use danube_connect_core::{Context, SourceRecord};
 use prometheus::IntCounterVec;
 use tracing::{debug, warn};

@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
 use danube_connect_core::Health;
+use danube_connect_core::{ConnectorMetrics, MetricsError};
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;

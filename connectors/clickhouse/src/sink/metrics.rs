@@ -1,6 +1,6 @@
 //! The ClickHouse sink's own metrics.
 
-use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
+use danube_connect_core::{ConnectorMetrics, MetricsError};
 use prometheus::{IntCounterVec, IntGaugeVec};
 
 /// Counters and gauges by table (labelled `connector` by the runtime).

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::http::StatusCode;
-use danube_connect_core::metrics::{ConnectorMetrics, MetricsError};
+use danube_connect_core::{ConnectorMetrics, MetricsError};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 use crate::endpoint::Endpoint;
