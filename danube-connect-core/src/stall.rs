@@ -600,6 +600,32 @@ mod tests {
         let mut config = RuntimeConfig::default();
         config.sink.stall_timeout = Duration::from_millis(10);
         assert!(config.validate().expect_err("too short").to_string().contains("sink.stall_timeout"));
+        for bad in ["127.0.0.1:50051", "https://127.0.0.1:50051", "http://bad host"] {
+            let mut config = RuntimeConfig::default();
+            config.danube.broker_admin_url = Some(bad.into());
+            assert!(config.validate().expect_err(bad).to_string().contains("danube.broker_admin_url"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metrics_addresses_become_urls() {
+        assert_eq!(metrics_endpoint("127.0.0.1:9040"), "http://127.0.0.1:9040/metrics");
+        assert_eq!(metrics_endpoint("http://127.0.0.1:9040/"), "http://127.0.0.1:9040/metrics");
+        assert_eq!(metrics_endpoint("http://h:9040/metrics"), "http://h:9040/metrics");
+    }
+
+    #[test]
+    fn a_stall_resumes_when_its_cursor_moves_or_the_topic_reloaded_with_less_lag() {
+        let stall =
+            Stall { partition: "/default/t".into(), lag: 400.0, acked_meanwhile: 0, cursor: 100.0, messages_in: 500.0 };
+        let figures = |lag, messages_in| BrokerFigures { lag, messages_in };
+        assert!(!stall.resumed(&figures(400.0, 500.0)), "nothing changed");
+        assert!(!stall.resumed(&figures(450.0, 550.0)), "newer messages, same cursor");
+        assert!(stall.resumed(&figures(300.0, 500.0)), "cursor advanced");
+        assert!(stall.resumed(&figures(0.0, 500.0)), "caught up");
+        // Loaded again on another broker: its counter starts at 0, the lag is absolute.
+        assert!(!stall.resumed(&figures(400.0, 0.0)), "moved, still stuck");
+        assert!(stall.resumed(&figures(250.0, 0.0)), "moved and delivering");
     }
 
     const TEXT: &str = r#"# HELP danube_subscription_lag_messages lag

@@ -314,9 +314,16 @@ struct ClusterBurst {
 /// Publishes a burst of `total` into a running sink's topic on `cluster`; when the stall is
 /// reported, `operator_move` moves the topic (what an operator does), then follows delivery
 /// until everything arrived or nothing new came for 40 s.
-async fn run_cluster_burst(cluster: &RealCluster, topic: &str, total: u64, config: RuntimeConfig, operator_move: bool) -> ClusterBurst {
+async fn run_cluster_burst(
+    cluster: &RealCluster,
+    topic: &str,
+    total: u64,
+    config: RuntimeConfig,
+    operator_move: bool,
+) -> ClusterBurst {
     let _ = tracing_subscriber::fmt().with_env_filter("danube_connect_core=warn").with_test_writer().try_init();
-    let producers = danube_connect_testkit::danube::reliable_producers(cluster.url(), topic, "burst", 4).await.expect("producers");
+    let producers =
+        danube_connect_testkit::danube::reliable_producers(cluster.url(), topic, "burst", 4).await.expect("producers");
     let dir = tempfile::tempdir().expect("dir");
     let path: PathBuf = dir.path().join("out.txt");
     let token = CancellationToken::new();
@@ -345,7 +352,10 @@ async fn run_cluster_burst(cluster: &RealCluster, topic: &str, total: u64, confi
             stalled_after = Some(last_change.elapsed());
             stalled_at = Some(Instant::now());
             at_stall = delivered;
-            println!("  stall reported with {delivered} distinct delivered, {:?} after the last delivery", last_change.elapsed());
+            println!(
+                "  stall reported with {delivered} distinct delivered, {:?} after the last delivery",
+                last_change.elapsed()
+            );
             if operator_move {
                 let moved = cluster.move_topic(topic, Duration::from_secs(60)).await.expect("move the topic");
                 println!("  operator moved {topic} to broker {moved}");

@@ -605,7 +605,8 @@ impl RealCluster {
             binary: "danube-broker".into(),
             install: format!("set {BROKER_BIN_ENV} to the real Danube broker binary"),
         })?;
-        let tempdir = || tempfile::tempdir().map_err(|source| HarnessError::Io { what: "broker tempdir".into(), source });
+        let tempdir =
+            || tempfile::tempdir().map_err(|source| HarnessError::Io { what: "broker tempdir".into(), source });
         let shared = tempdir()?;
         let mut brokers = Vec::with_capacity(nodes);
         for _ in 0..nodes.max(2) {
@@ -629,7 +630,9 @@ impl RealCluster {
         let mut last = String::new();
         while started.elapsed() < timeout {
             match self.brokers[0].list_brokers().await {
-                Ok(listed) if listed.iter().filter(|(_, _, status)| status == "active").count() == self.brokers.len() => {
+                Ok(listed)
+                    if listed.iter().filter(|(_, _, status)| status == "active").count() == self.brokers.len() =>
+                {
                     return Ok(());
                 }
                 Ok(listed) => last = format!("{listed:?}"),

@@ -9,8 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Keys of `[danube]` settable as `DANUBE_*` (other `DANUBE_*` variables are ignored).
-const DANUBE_KEYS: &[&str] =
-    &[
+const DANUBE_KEYS: &[&str] = &[
     "service_url",
     "tls_ca",
     "tls_cert",
