@@ -1,7 +1,8 @@
 //! Sinks on the real Danube broker (`DANUBE_BROKER_BIN`): the reliable-dispatch stall after a
 //! burst (a Danube 0.15 defect, see `docs/running-on-danube.md`), its detection, and what
-//! delivers a burst in full. With the variable unset every test prints one loud line and
-//! passes.
+//! delivers a burst in full: on a single broker nothing does; on a 2-broker cluster with
+//! shared segment storage, moving the stalled topic to the other broker (by the operator or by
+//! the sink itself) does. With the variable unset every test prints one loud line and passes.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
