@@ -404,8 +404,17 @@ impl Reader {
                 .map_err(admin("DescribeTopic"))?
                 .into_inner()
                 .broker_id;
-            if let Some(found) = per_broker.get(&owner).and_then(|m| m.get(&partition)) {
-                figures.insert(partition.clone(), *found);
+            // A broker that does not name the owner (standalone mode may not) leaves the one
+            // broker that reports the partition, if only one does.
+            let found = per_broker.get(&owner).and_then(|m| m.get(&partition)).copied().or_else(|| {
+                let mut reporting = per_broker.values().filter_map(|m| m.get(&partition));
+                match (reporting.next(), reporting.next()) {
+                    (Some(only), None) => Some(*only),
+                    _ => None,
+                }
+            });
+            if let Some(found) = found {
+                figures.insert(partition.clone(), found);
             }
             owners.insert(partition, owner);
         }
