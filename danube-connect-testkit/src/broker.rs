@@ -27,9 +27,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use danube_core::admin_proto::broker_admin_client::BrokerAdminClient;
 use danube_core::admin_proto::topic_admin_client::TopicAdminClient;
 use danube_core::admin_proto::{
-    DispatchStrategy, PartitionedTopicRequest, SetSubscriptionDispatchConfigRequest, SubscriptionDispatchConfig,
+    DescribeTopicRequest, DispatchStrategy, Empty, PartitionedTopicRequest, SetSubscriptionDispatchConfigRequest,
+    SubscriptionDispatchConfig, TopicRequest,
 };
 use danube_dev_broker::{BrokerConfig, EmbeddedBroker};
 use nix::sys::signal::{kill, Signal};
@@ -129,6 +131,30 @@ pub struct RealBrokerOptions {
     pub max_unacked_messages: Option<u32>,
     /// Namespaces to create at start besides `default`.
     pub namespaces: Vec<String>,
+    /// Where reliable topics keep their messages (`storage.mode`).
+    pub storage: StorageMode,
+}
+
+/// Where the brokers keep reliable topics' messages (`storage.mode` in the broker config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StorageMode {
+    /// Each broker's own WAL directory (`local`, Danube's default). A topic that moves to
+    /// another broker starts there without its earlier messages.
+    #[default]
+    Local,
+    /// Each broker's own WAL plus segments exported to a directory every broker of the
+    /// cluster shares (`shared_fs`, a temp dir here; an NFS mount in production). A topic
+    /// that moves to another broker is read there from the shared segments.
+    SharedFs,
+}
+
+/// What a broker of a [`RealCluster`] needs to know about the others.
+#[derive(Debug, Clone)]
+struct ClusterSeat {
+    /// Every broker's Raft address (`meta_store.seed_nodes`).
+    seeds: Vec<String>,
+    /// The directory the brokers share for [`StorageMode::SharedFs`].
+    shared: PathBuf,
 }
 
 /// A real Danube broker process on free 127.0.0.1 ports with a temp data dir, killed on drop;
@@ -144,6 +170,7 @@ pub struct RealBroker {
     child: Option<Child>,
     runs: u32,
     dir: tempfile::TempDir,
+    seat: Option<ClusterSeat>,
 }
 
 /// The URLs of a broker this process did not start.
@@ -184,13 +211,21 @@ impl RealBroker {
                 child: None,
                 runs: 0,
                 dir,
+                seat: None,
             });
         }
         let binary = real_broker_binary().ok_or_else(|| HarnessError::Missing {
             binary: "danube-broker".into(),
             install: format!("set {BROKER_BIN_ENV} to the real Danube broker binary"),
         })?;
-        let mut broker = Self {
+        let mut broker = Self::unstarted(binary, options, dir);
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    /// A broker on fresh free ports, not started yet.
+    fn unstarted(binary: PathBuf, options: Option<RealBrokerOptions>, dir: tempfile::TempDir) -> Self {
+        Self {
             external: None,
             binary,
             options,
@@ -201,9 +236,8 @@ impl RealBroker {
             child: None,
             runs: 0,
             dir,
-        };
-        broker.spawn().await?;
-        Ok(broker)
+            seat: None,
+        }
     }
 
     /// `http://127.0.0.1:PORT`, the client URL.
@@ -316,6 +350,12 @@ impl RealBroker {
     }
 
     async fn spawn(&mut self) -> Result<(), HarnessError> {
+        self.start_process()?;
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// Starts the process without waiting for it (the brokers of a cluster wait for each other).
+    fn start_process(&mut self) -> Result<(), HarnessError> {
         self.runs += 1;
         let log_path = self.log_path(self.runs);
         let log = std::fs::File::create(&log_path)
@@ -351,22 +391,38 @@ impl RealBroker {
             .spawn()
             .map_err(|source| HarnessError::Io { what: format!("spawn {}", self.binary.display()), source })?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30)).await
+        Ok(())
     }
 
     fn cluster_config(&self, options: &RealBrokerOptions, data: &std::path::Path) -> String {
         let mut namespaces = vec!["default".to_string()];
         namespaces.extend(options.namespaces.iter().cloned());
         let namespaces: String = namespaces.iter().map(|ns| format!("  - \"{ns}\"\n")).collect();
+        let seeds: String = match &self.seat {
+            Some(seat) => {
+                let peers: String = seat.seeds.iter().map(|peer| format!("    - \"{peer}\"\n")).collect();
+                format!("  seed_nodes:\n{peers}")
+            }
+            None => String::new(),
+        };
+        let storage = match (options.storage, &self.seat) {
+            (StorageMode::SharedFs, Some(seat)) => {
+                format!("  mode: shared_fs\n  durable:\n    root: \"{}\"\n", seat.shared.display())
+            }
+            (StorageMode::SharedFs, None) => {
+                format!("  mode: shared_fs\n  durable:\n    root: \"{}/shared\"\n", data.display())
+            }
+            (StorageMode::Local, _) => "  mode: local\n".to_string(),
+        };
         format!(
             "cluster_name: \"TEST\"\n\
              broker:\n  host: \"127.0.0.1\"\n  ports:\n    client: {client}\n    admin: {admin}\n    raft: {raft}\n    prometheus: {prom}\n\
-             meta_store:\n  data_dir: \"{data}/raft\"\n\
+             meta_store:\n  data_dir: \"{data}/raft\"\n{seeds}\
              bootstrap_namespaces:\n{namespaces}\
              auto_create_topics: true\n\
              auth:\n  mode: none\n\
              load_manager:\n  assignment_strategy: \"fair\"\n  load_report_interval_seconds: 30\n  rebalancing:\n    enabled: false\n    aggressiveness: \"balanced\"\n    check_interval_seconds: 300\n    max_moves_per_hour: 10\n    cooldown_seconds: 60\n    min_brokers_for_rebalance: 2\n    min_topic_age_seconds: 300\n    blacklist_topics: []\n\
-             storage:\n  mode: local\n  local_wal_root: \"{data}/wal\"\n  metadata_prefix: \"/danube\"\n  local_retention:\n    time_minutes: 2880\n    size_mb: 20480\n    check_interval_minutes: 5\n  wal:\n    rotation:\n      max_bytes: 536870912\n\
+             storage:\n{storage}  local_wal_root: \"{data}/wal\"\n  metadata_prefix: \"/danube\"\n  local_retention:\n    time_minutes: 2880\n    size_mb: 20480\n    check_interval_minutes: 5\n  wal:\n    rotation:\n      max_bytes: 536870912\n\
              dispatch:\n  max_unacked_messages: {window}\n\
              policies:\n  max_producers_per_topic: 0\n  max_subscriptions_per_topic: 0\n  max_consumers_per_topic: 0\n  max_consumers_per_subscription: 0\n  max_publish_rate: 0\n  max_subscription_dispatch_rate: 0\n  max_message_size: 10485760\n",
             client = self.broker_port,
@@ -445,6 +501,38 @@ impl RealBroker {
         Ok(())
     }
 
+    /// Asks the cluster to move `topic` off the broker that owns it (`UnloadTopic`): the owner
+    /// closes the topic and another broker loads it, with new dispatchers that start at each
+    /// subscription's stored cursor. Danube refuses it on a single broker.
+    pub async fn unload_topic(&self, topic: &str) -> Result<(), HarnessError> {
+        let mut admin = self.admin().await?;
+        admin
+            .unload_topic(TopicRequest { name: topic.to_string() })
+            .await
+            .map_err(|status| admin_error("UnloadTopic", status))?;
+        Ok(())
+    }
+
+    /// The id of the broker that owns `topic` (`DescribeTopic`), empty while unassigned.
+    pub async fn topic_owner(&self, topic: &str) -> Result<String, HarnessError> {
+        let mut admin = self.admin().await?;
+        let described = admin
+            .describe_topic(DescribeTopicRequest { name: topic.to_string() })
+            .await
+            .map_err(|status| admin_error("DescribeTopic", status))?;
+        Ok(described.into_inner().broker_id)
+    }
+
+    /// The brokers of the cluster as `(broker id, client URL, status)` (`ListBrokers`).
+    pub async fn list_brokers(&self) -> Result<Vec<(String, String, String)>, HarnessError> {
+        let mut admin = BrokerAdminClient::connect(self.admin_url()).await.map_err(|e| HarnessError::Io {
+            what: "connect to the broker's admin API".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let listed = admin.list_brokers(Empty {}).await.map_err(|status| admin_error("ListBrokers", status))?;
+        Ok(listed.into_inner().brokers.into_iter().map(|b| (b.broker_id, b.broker_addr, b.broker_status)).collect())
+    }
+
     /// The broker's Prometheus metrics as text.
     pub async fn metrics(&self) -> Result<String, HarnessError> {
         let response = reqwest::get(self.metrics_url())
@@ -498,6 +586,114 @@ pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// Several real Danube brokers forming one cluster on loopback (cluster mode, each broker
+/// with its own ports and data dir, every one listed in `meta_store.seed_nodes`), stopped on
+/// drop. What a single broker cannot do, a cluster can: move a topic to another broker
+/// ([`RealBroker::unload_topic`]).
+pub struct RealCluster {
+    brokers: Vec<RealBroker>,
+    _shared: tempfile::TempDir,
+}
+
+impl RealCluster {
+    /// Starts `nodes` brokers (at least 2) with `options` and waits until every one is up and
+    /// listed as active by the cluster.
+    pub async fn start(nodes: usize, options: RealBrokerOptions) -> Result<Self, HarnessError> {
+        let binary = real_broker_binary().ok_or_else(|| HarnessError::Missing {
+            binary: "danube-broker".into(),
+            install: format!("set {BROKER_BIN_ENV} to the real Danube broker binary"),
+        })?;
+        let tempdir =
+            || tempfile::tempdir().map_err(|source| HarnessError::Io { what: "broker tempdir".into(), source });
+        let shared = tempdir()?;
+        let mut brokers = Vec::with_capacity(nodes);
+        for _ in 0..nodes.max(2) {
+            brokers.push(RealBroker::unstarted(binary.clone(), Some(options.clone()), tempdir()?));
+        }
+        let seeds: Vec<String> = brokers.iter().map(|b| format!("127.0.0.1:{}", b.raft_port)).collect();
+        for broker in &mut brokers {
+            broker.seat = Some(ClusterSeat { seeds: seeds.clone(), shared: shared.path().to_path_buf() });
+            broker.start_process()?;
+        }
+        for broker in &mut brokers {
+            broker.wait_ready(Duration::from_secs(60)).await?;
+        }
+        let cluster = Self { brokers, _shared: shared };
+        cluster.wait_members(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    async fn wait_members(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < timeout {
+            match self.brokers[0].list_brokers().await {
+                Ok(listed)
+                    if listed.iter().filter(|(_, _, status)| status == "active").count() == self.brokers.len() =>
+                {
+                    return Ok(());
+                }
+                Ok(listed) => last = format!("{listed:?}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(HarnessError::NotReady {
+            what: "danube cluster".into(),
+            seconds: timeout.as_secs(),
+            detail: format!("brokers listed: {last}"),
+        })
+    }
+
+    /// The brokers, in start order.
+    pub fn brokers(&self) -> &[RealBroker] {
+        &self.brokers
+    }
+
+    /// The first broker's client URL (any broker redirects a client to a topic's owner).
+    pub fn url(&self) -> String {
+        self.brokers[0].url()
+    }
+
+    /// The broker that owns `topic` now, if the cluster assigned it.
+    pub async fn owner(&self, topic: &str) -> Result<Option<&RealBroker>, HarnessError> {
+        let id = self.brokers[0].topic_owner(topic).await?;
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let listed = self.brokers[0].list_brokers().await?;
+        let url = listed.into_iter().find(|(broker, _, _)| *broker == id).map(|(_, url, _)| url);
+        Ok(url.and_then(|url| self.brokers.iter().find(|b| b.url() == url)))
+    }
+
+    /// Moves `topic` to another broker ([`RealBroker::unload_topic`]) and waits until another
+    /// broker owns it; returns that broker's index.
+    pub async fn move_topic(&self, topic: &str, timeout: Duration) -> Result<usize, HarnessError> {
+        let before = self.owner(topic).await?.map(RealBroker::url);
+        self.brokers[0].unload_topic(topic).await?;
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(owner)) = self.owner(topic).await {
+                if Some(owner.url()) != before {
+                    let url = owner.url();
+                    return Ok(self.brokers.iter().position(|b| b.url() == url).unwrap_or(0));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(HarnessError::NotReady {
+            what: format!("topic {topic} on another broker"),
+            seconds: timeout.as_secs(),
+            detail: format!("owner before: {before:?}"),
+        })
+    }
+
+    /// Every broker's log, one after the other.
+    pub fn log(&self) -> String {
+        self.brokers.iter().map(RealBroker::log).collect::<Vec<_>>().join("\n")
+    }
 }
 
 /// A broker for a test, of either kind, with the operations both support.

@@ -30,6 +30,12 @@ pub struct DanubeConfig {
     /// `http://127.0.0.1:9040` (`/metrics` is appended unless given): sinks read their subscription's lag from it to detect a
     /// subscription the broker stopped feeding (`sink.stall_timeout`). Unset: no detection.
     pub broker_metrics_url: Option<String>,
+    /// The broker's admin gRPC API (`danube-broker --admin-addr`), e.g.
+    /// `http://127.0.0.1:50051`, plain HTTP/2 without a token. With it, sinks read each
+    /// topic's figures from the broker that owns it (any broker of a cluster answers), which
+    /// also enables stall detection without `broker_metrics_url`, and can move a stalled
+    /// topic to another broker of the cluster (`sink.stall_recovery`). Unset: neither.
+    pub broker_admin_url: Option<String>,
 }
 
 impl Default for DanubeConfig {
@@ -43,6 +49,7 @@ impl Default for DanubeConfig {
             token_file: None,
             connect_timeout: Duration::from_secs(300),
             broker_metrics_url: None,
+            broker_admin_url: None,
         }
     }
 }
@@ -66,6 +73,14 @@ impl Validate for DanubeConfig {
                 return Err(ConfigError::invalid(
                     "danube.broker_metrics_url",
                     format!("`{url}` must be an http:// or https:// URL (e.g. http://127.0.0.1:9040)"),
+                ));
+            }
+        }
+        if let Some(url) = &self.broker_admin_url {
+            if !url.starts_with("http://") || url.parse::<tonic::transport::Uri>().is_err() {
+                return Err(ConfigError::invalid(
+                    "danube.broker_admin_url",
+                    format!("`{url}` must be an http:// URL (e.g. http://127.0.0.1:50051)"),
                 ));
             }
         }

@@ -238,10 +238,17 @@ pub struct SinkConfig {
     pub decode_schemas: bool,
     /// How long a subscription may have a backlog at the broker while nothing of it reaches
     /// the sink before the sink reports itself stalled (not ready, metric, one error log).
-    /// Needs `danube.broker_metrics_url`. Default 20 s (detection then fires within about
-    /// 24 s of the cursor stopping).
+    /// Needs `danube.broker_metrics_url` or `danube.broker_admin_url`. Default 20 s
+    /// (detection then fires within about 24 s of the cursor stopping).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// When a stall is detected and `danube.broker_admin_url` is set, ask the cluster to move
+    /// the stalled topic (or partition) to another broker (`UnloadTopic`): the new owner's
+    /// dispatcher starts at the subscription's stored cursor and delivers what the old one
+    /// skipped. It needs a cluster of at least 2 brokers whose storage lets another broker
+    /// read the topic's history (`shared_fs` or `object_store`); see
+    /// `docs/running-on-danube.md`. Default true.
+    pub stall_recovery: bool,
     /// Records a topic's lanes may hold queued ahead of processing. The broker never sends
     /// more than its dispatch window (`max_unacked_messages`, default 10, at most 10000)
     /// unacked, so this costs memory only when the broker's window is raised; it must be at
@@ -259,6 +266,7 @@ impl Default for SinkConfig {
             ordering: Ordering::Key,
             decode_schemas: true,
             stall_timeout: Duration::from_secs(20),
+            stall_recovery: true,
             prefetch: 10_000,
         }
     }

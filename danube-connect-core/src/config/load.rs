@@ -9,8 +9,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Keys of `[danube]` settable as `DANUBE_*` (other `DANUBE_*` variables are ignored).
-const DANUBE_KEYS: &[&str] =
-    &["service_url", "tls_ca", "tls_cert", "tls_key", "token", "token_file", "connect_timeout", "broker_metrics_url"];
+const DANUBE_KEYS: &[&str] = &[
+    "service_url",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "token",
+    "token_file",
+    "connect_timeout",
+    "broker_metrics_url",
+    "broker_admin_url",
+];
 
 /// An environment layer: `{prefix}{KEY}` → `{section}.{key}`, `__` separating levels;
 /// variables whose first level `accept` refuses are ignored.

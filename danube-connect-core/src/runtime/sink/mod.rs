@@ -32,7 +32,7 @@ use crate::connector::Sink;
 use crate::error::ConnectorError;
 use crate::record::SinkRecord;
 use crate::retry::{RetryFailure, RetryPolicy};
-use crate::stall::{Progress, StallWatch};
+use crate::stall::{FigureSource, Progress, StallWatch};
 use crate::transform::{payload_bytes, payload_value, Applied, TransformError, Transforms};
 
 /// Everything a lane needs to process and ack.
@@ -68,7 +68,8 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
     let mut reconnect_delays = retry.delays();
     let progress = Arc::new(Progress::default());
     let deliveries = Arc::new(Deliveries::default());
-    let watch = start_stall_watch(&env, &topic, &progress);
+    let moved = Arc::new(tokio::sync::Notify::new());
+    let watch = start_stall_watch(&env, &topic, &progress, &moved);
     let _stop_watch = watch.map(|token| token.drop_guard());
     loop {
         let Some(mut consumer) = subscribe(&env, index, &topic).await else { return };
@@ -93,6 +94,10 @@ pub(super) async fn run_topic(env: Env, index: usize, topic: SinkTopicConfig, co
             let message = tokio::select! {
                 biased;
                 _ = env.shutdown.cancelled() => break true,
+                _ = moved.notified() => {
+                    warn!(topic = %topic.topic, "the topic moved to another broker, re-subscribing");
+                    break false;
+                }
                 message = messages.recv() => message,
             };
             let Some(message) = message else {
@@ -130,24 +135,33 @@ fn subscription_name(env: &Env, topic: &SinkTopicConfig) -> String {
     topic.subscription.clone().unwrap_or_else(|| env.config.name.clone())
 }
 
-/// Starts stall detection for `topic` when `danube.broker_metrics_url` is set; the returned
-/// token stops it.
+/// Starts stall detection for `topic` when `danube.broker_metrics_url` or
+/// `danube.broker_admin_url` is set; the returned token stops it.
 fn start_stall_watch(
     env: &Env,
     topic: &SinkTopicConfig,
     progress: &Arc<Progress>,
+    moved: &Arc<tokio::sync::Notify>,
 ) -> Option<tokio_util::sync::CancellationToken> {
-    let url = env.config.danube.broker_metrics_url.clone()?;
+    let source = FigureSource {
+        metrics_url: env.config.danube.broker_metrics_url.clone(),
+        admin_url: env.config.danube.broker_admin_url.clone(),
+    };
+    if source.metrics_url.is_none() && source.admin_url.is_none() {
+        return None;
+    }
     let subscription = subscription_name(env, topic);
     let gauge = env.metrics.sink_stalled.with_label_values(&[env.metrics.connector(), &topic.topic, &subscription]);
     gauge.set(0);
     let watch = StallWatch {
-        metrics_url: url,
+        source,
         topic: topic.topic.clone(),
         subscription,
         timeout: env.config.sink.stall_timeout,
+        recovery: env.config.sink.stall_recovery,
         health: env.health.clone(),
         gauge,
+        moved: moved.clone(),
     };
     let token = env.shutdown.child_token();
     tokio::spawn(watch.run(progress.clone(), token.clone()));
