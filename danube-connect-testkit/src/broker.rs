@@ -700,8 +700,8 @@ impl RealCluster {
 pub enum TestBroker {
     /// The development broker, in process.
     Dev(EmbeddedBroker),
-    /// The real broker, as a process.
-    Real(RealBroker),
+    /// The real broker, as a process (boxed: it is much larger than the handle of the other).
+    Real(Box<RealBroker>),
 }
 
 impl TestBroker {
@@ -709,7 +709,7 @@ impl TestBroker {
     pub async fn start(kind: BrokerKind) -> Result<Self, HarnessError> {
         match kind {
             BrokerKind::Dev => Ok(TestBroker::Dev(start_dev(BrokerConfig::default()).await?)),
-            BrokerKind::Real => Ok(TestBroker::Real(RealBroker::start().await?)),
+            BrokerKind::Real => Ok(TestBroker::Real(Box::new(RealBroker::start().await?))),
         }
     }
 
@@ -724,7 +724,7 @@ impl TestBroker {
                 let config = BrokerConfig { data_dir: Some(dir), ..BrokerConfig::default() };
                 Ok(TestBroker::Dev(start_dev(config).await?))
             }
-            BrokerKind::Real => Ok(TestBroker::Real(RealBroker::start().await?)),
+            BrokerKind::Real => Ok(TestBroker::Real(Box::new(RealBroker::start().await?))),
         }
     }
 
