@@ -242,77 +242,41 @@ async fn a_burst_of_20000_is_delivered_in_full_or_the_stall_is_reported_within_3
 /// of `total`, and returns (distinct delivered, when the stall gauge went to 1 counted from
 /// the last delivery, publish rate).
 async fn run_burst(broker: &RealBroker, topic: &str, total: u64) -> (usize, Option<Duration>, f64) {
-    // The runtime's warnings and the stall error, in the test output.
-    let _ = tracing_subscriber::fmt().with_env_filter("danube_connect_core=warn").with_test_writer().try_init();
     let producers = producers(broker, topic, 4).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let path: PathBuf = dir.path().join("out.txt");
     let config = sink_config("burst-sink", broker, topic);
-    let token = CancellationToken::new();
-    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
-    let ops = runtime.ops_addr().expect("ops port");
-    let sink = FileSink::create(&path).await;
-    let run = tokio::spawn(async move { runtime.run(Parts::new().with_sink(Ready(sink))).await.expect("run") });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rate = burst(producers, total, |n| n.to_string().into_bytes()).await;
-    // Follow delivery and the gauge until everything arrived, or until the stall is
-    // reported, or 40 s after the last delivery.
-    let mut last = 0;
-    let mut last_change = Instant::now();
-    let mut stalled_after = None;
-    loop {
-        let delivered = distinct_lines(&path);
-        if delivered != last {
-            last = delivered;
-            last_change = Instant::now();
-        }
-        let (_, metrics) = ops_text(ops, "/metrics").await;
-        if stalled_after.is_none() && sum_samples(&metrics, "connector_sink_stalled", &[("topic", topic)]) == 1.0 {
-            stalled_after = Some(last_change.elapsed());
-        }
-        if delivered >= total as usize || stalled_after.is_some() || last_change.elapsed() > Duration::from_secs(40) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let delivered = distinct_lines(&path);
-    if delivered < total as usize && stalled_after.is_none() {
-        // Diagnostics for a failing run: what the broker and the sink say.
-        let broker_metrics = broker.metrics().await.unwrap_or_default();
-        for line in broker_metrics.lines().filter(|l| l.contains(topic) && !l.starts_with('#')) {
-            println!("  broker: {line}");
-        }
-        let (_, sink_metrics) = ops_text(ops, "/metrics").await;
-        for line in
-            sink_metrics.lines().filter(|l| l.starts_with("connector_records") || l.starts_with("connector_sink"))
-        {
-            println!("  sink: {line}");
-        }
-        println!("  readyz: {:?}", ops_text(ops, "/readyz").await);
-        let log = broker.log();
-        println!("  broker poll_next errors: {}", log.matches("poll_next error").count());
-    }
-    token.cancel();
-    let _ = run.await;
-    (delivered, stalled_after, rate)
+    let outcome = follow_burst(
+        config,
+        producers,
+        topic,
+        total,
+        Duration::from_secs(2),
+        true,
+        async || {},
+        async |ops, outcome: &Burst| {
+            if outcome.delivered == total as usize || outcome.stalled_after.is_some() {
+                return;
+            }
+            // Diagnostics for a failing run: what the broker and the sink say.
+            let broker_metrics = broker.metrics().await.unwrap_or_default();
+            for line in broker_metrics.lines().filter(|l| l.contains(topic) && !l.starts_with('#')) {
+                println!("  broker: {line}");
+            }
+            let (_, sink_metrics) = ops_text(ops, "/metrics").await;
+            for line in
+                sink_metrics.lines().filter(|l| l.starts_with("connector_records") || l.starts_with("connector_sink"))
+            {
+                println!("  sink: {line}");
+            }
+            println!("  readyz: {:?}", ops_text(ops, "/readyz").await);
+            println!("  broker poll_next errors: {}", broker.log().matches("poll_next error").count());
+        },
+    )
+    .await;
+    (outcome.delivered, outcome.stalled_after, outcome.publish_rate)
 }
 
-/// A sink on a 2-broker cluster whose brokers share segment storage (`shared_fs`), the broker
-/// window at its default (10): a config with the cluster's admin API.
-fn cluster_sink_config(name: &str, cluster: &RealCluster, topic: &str, recovery: bool) -> RuntimeConfig {
-    let mut config = RuntimeConfig { name: name.to_string(), ..RuntimeConfig::default() };
-    config.danube.service_url = cluster.url();
-    config.danube.connect_timeout = Duration::from_secs(30);
-    config.danube.broker_admin_url = Some(cluster.brokers()[0].admin_url());
-    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
-    config.retry = RetryConfig { max_elapsed: Duration::from_secs(10), ..RetryConfig::default() };
-    config.sink.topics = vec![SinkTopicConfig::new(topic)];
-    config.sink.stall_recovery = recovery;
-    config
-}
-
-/// What a burst into a cluster sink's topic gave.
-struct ClusterBurst {
+/// What a burst into a sink's topic gave.
+struct Burst {
     publish_rate: f64,
     /// Distinct records when the stall was reported.
     at_stall: usize,
@@ -324,19 +288,24 @@ struct ClusterBurst {
     recovered_in: Duration,
 }
 
-/// Publishes a burst of `total` into a running sink's topic on `cluster`; when the stall is
-/// reported, `operator_move` moves the topic (what an operator does), then follows delivery
-/// until everything arrived or nothing new came for 40 s.
-async fn run_cluster_burst(
-    cluster: &RealCluster,
+/// Starts a sink runtime with `config` writing to a file, publishes a burst of `total` to
+/// `topic` through `producers` once the sink has run for `settle`, then follows delivery and
+/// the stall gauge until everything arrived, nothing new came for 40 s, or (with
+/// `stop_at_stall`) the stall was reported. `on_stall` runs once, when the gauge goes to 1;
+/// `diagnose` runs with the ops address and the outcome before the runtime stops.
+#[allow(clippy::too_many_arguments)]
+async fn follow_burst(
+    config: RuntimeConfig,
+    producers: Vec<Producer>,
     topic: &str,
     total: u64,
-    config: RuntimeConfig,
-    operator_move: bool,
-) -> ClusterBurst {
+    settle: Duration,
+    stop_at_stall: bool,
+    mut on_stall: impl AsyncFnMut(),
+    diagnose: impl AsyncFnOnce(std::net::SocketAddr, &Burst),
+) -> Burst {
+    // The runtime's warnings and the stall error, in the test output.
     let _ = tracing_subscriber::fmt().with_env_filter("danube_connect_core=warn").with_test_writer().try_init();
-    let producers =
-        danube_connect_testkit::danube::reliable_producers(cluster.url(), topic, "burst", 4).await.expect("producers");
     let dir = tempfile::tempdir().expect("dir");
     let path: PathBuf = dir.path().join("out.txt");
     let token = CancellationToken::new();
@@ -344,10 +313,7 @@ async fn run_cluster_burst(
     let ops = runtime.ops_addr().expect("ops port");
     let sink = FileSink::create(&path).await;
     let run = tokio::spawn(async move { runtime.run(Parts::new().with_sink(Ready(sink))).await.expect("run") });
-    // A running sink, not one subscribed a moment ago: Danube stores a subscription's cursor
-    // on an ack at most every 10 s from the dispatcher's start, and a topic that moves without
-    // a stored cursor starts the subscription at the end of the topic on the new broker.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep(settle).await;
     let publish_rate = burst(producers, total, |n| n.to_string().into_bytes()).await;
     let mut last = 0;
     let mut last_change = Instant::now();
@@ -369,33 +335,74 @@ async fn run_cluster_burst(
                 "  stall reported with {delivered} distinct delivered, {:?} after the last delivery",
                 last_change.elapsed()
             );
-            if operator_move {
-                let moved = cluster.move_topic(topic, Duration::from_secs(60)).await.expect("move the topic");
-                println!("  operator moved {topic} to broker {moved}");
-            }
+            on_stall().await;
         }
-        if delivered >= total as usize || last_change.elapsed() > Duration::from_secs(40) {
+        let stop = stop_at_stall && stalled_after.is_some();
+        if delivered >= total as usize || stop || last_change.elapsed() > Duration::from_secs(40) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let delivered = distinct_lines(&path);
     let recovered_in = stalled_at.map(|at| at.elapsed().saturating_sub(last_change.elapsed())).unwrap_or_default();
-    if delivered < total as usize {
-        let log = cluster.log();
-        println!(
-            "  brokers: poll_next errors {}, unrepaired gaps {}, tiered readers {}",
-            log.matches("poll_next error").count(),
-            log.matches("could not be repaired").count(),
-            log.matches("creating tiered reader").count()
-        );
-    }
+    let outcome = Burst { publish_rate, at_stall, stalled_after, delivered, recovered_in };
+    diagnose(ops, &outcome).await;
     token.cancel();
     let _ = run.await;
-    ClusterBurst { publish_rate, at_stall, stalled_after, delivered, recovered_in }
+    outcome
 }
 
-impl std::fmt::Display for ClusterBurst {
+/// A sink on a 2-broker cluster whose brokers share segment storage (`shared_fs`), the broker
+/// window at its default (10): a config with the cluster's admin API.
+fn cluster_sink_config(name: &str, cluster: &RealCluster, topic: &str, recovery: bool) -> RuntimeConfig {
+    let mut config = RuntimeConfig { name: name.to_string(), ..RuntimeConfig::default() };
+    config.danube.service_url = cluster.url();
+    config.danube.connect_timeout = Duration::from_secs(30);
+    config.danube.broker_admin_url = Some(cluster.brokers()[0].admin_url());
+    config.ops.listen = "127.0.0.1:0".parse().expect("addr");
+    config.retry = RetryConfig { max_elapsed: Duration::from_secs(10), ..RetryConfig::default() };
+    config.sink.topics = vec![SinkTopicConfig::new(topic)];
+    config.sink.stall_recovery = recovery;
+    config
+}
+
+/// Publishes a burst of `total` into a running sink's topic on `cluster`; when the stall is
+/// reported, `operator_move` moves the topic (what an operator does), then follows delivery
+/// until everything arrived or nothing new came for 40 s.
+async fn run_cluster_burst(
+    cluster: &RealCluster,
+    topic: &str,
+    total: u64,
+    config: RuntimeConfig,
+    operator_move: bool,
+) -> Burst {
+    let producers =
+        danube_connect_testkit::danube::reliable_producers(cluster.url(), topic, "burst", 4).await.expect("producers");
+    // A running sink, not one subscribed a moment ago: Danube stores a subscription's cursor
+    // on an ack at most every 10 s from the dispatcher's start, and a topic that moves without
+    // a stored cursor starts the subscription at the end of the topic on the new broker.
+    let settle = Duration::from_secs(12);
+    let on_stall = async || {
+        if operator_move {
+            let moved = cluster.move_topic(topic, Duration::from_secs(60)).await.expect("move the topic");
+            println!("  operator moved {topic} to broker {moved}");
+        }
+    };
+    follow_burst(config, producers, topic, total, settle, false, on_stall, async |_, outcome: &Burst| {
+        if outcome.delivered < total as usize {
+            let log = cluster.log();
+            println!(
+                "  brokers: poll_next errors {}, unrepaired gaps {}, tiered readers {}",
+                log.matches("poll_next error").count(),
+                log.matches("could not be repaired").count(),
+                log.matches("creating tiered reader").count()
+            );
+        }
+    })
+    .await
+}
+
+impl std::fmt::Display for Burst {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
