@@ -61,6 +61,9 @@ async fn pg_to_clickhouse_converges_through_kills_and_a_broker_restart() {
     // The topic must exist before the sink subscribes, and the sink must subscribe before the
     // snapshot is published (a new subscription starts at the end of its topic).
     drop(reliable_producers(broker.url(), TOPIC, "topic-init", 1).await.expect("create the topic"));
+    // The window the example's sink batches (sink.batch.max_records = 1000) are made for, as
+    // compose.yml runs the broker (`--max-unacked 10000`); kept across the broker's restart.
+    broker.set_dispatch_window(TOPIC, "shop-to-clickhouse", 10_000).await.expect("dispatch window");
     let sink_vars = spawn_env(
         PIPELINE,
         "clickhouse.toml",

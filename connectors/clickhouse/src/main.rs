@@ -35,7 +35,8 @@ fn main() -> std::process::ExitCode {
                  spool.sync = always one fdatasync) per batch of at most sink.batch.max_records records, so at the broker's default \
                  window (max_unacked_messages = 10) the sink reached 19-44% of the raw Danube consume rate in the benchmark. For the throughput \
                  target, raise the subscription's max_unacked_messages to at least {RECOMMENDED_WINDOW} on the broker and set \
-                 CONNECTOR_SINK__BATCH__MAX_RECORDS to the same value (see the README, Throughput)"
+                 CONNECTOR_SINK__BATCH__MAX_RECORDS to the same value or below: a batch larger than the window is never filled \
+                 and waits its whole sink.batch.linger (see the README, Throughput)"
             );
         }
         Ok(Parts::new().with_sink(ClickHouseSinkFactory::build(config.connector.clone())?))

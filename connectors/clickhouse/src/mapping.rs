@@ -405,4 +405,24 @@ mod tests {
         let err = Mapper::new(vec![column("id", "UInt32", ""), column("_batch", "UInt64", "")], &map).unwrap_err();
         assert!(err.contains("batch_id_column"), "{err}");
     }
+
+    #[test]
+    fn a_bad_date_names_its_column_and_value() {
+        let m = Mapper::new(
+            vec![column("id", "UInt32", ""), column("born", "Nullable(Date32)", ""), column("at", "DateTime64(3)", "")],
+            &TableMapping::new("/default/t", "t"),
+        )
+        .expect("mapper");
+        for (payload, column, value) in [
+            (r#"{"id":1,"born":"1900-02-29"}"#, "born", "1900-02-29"),
+            (r#"{"id":1,"at":"2024-02-30T00:00:00Z"}"#, "at", "2024-02-30T00:00:00Z"),
+        ] {
+            let err = m.map_record(&SinkRecord::new("/default/t", 1, payload)).unwrap_err();
+            let chain = danube_connect_core::error::error_chain(&err);
+            assert!(matches!(err, MapError::Column { column: ref c, .. } if c == column), "{chain}");
+            assert!(chain.contains(&format!("column `{column}`")) && chain.contains(value), "{chain}");
+        }
+        let row = m.map_record(&SinkRecord::new("/default/t", 1, r#"{"id":1,"born":"1900-03-01"}"#)).expect("row");
+        assert_eq!(String::from_utf8(row.line).unwrap(), r#"{"id":1,"born":"1900-03-01"}"#);
+    }
 }

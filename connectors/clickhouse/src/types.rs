@@ -5,7 +5,9 @@
 //! a `Decimal(10, 2)` given `12.345`), so a bad value makes its record invalid at intake
 //! instead of failing a whole insert later.
 
+use clickhouse_types::DataTypeNode;
 use serde_json::Value;
+use time::{Date, Month};
 
 /// A parsed column type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,69 +75,64 @@ pub struct ConvertError {
 }
 
 impl ColumnType {
-    /// Parses a type name as `system.columns.type` spells it. `LowCardinality(T)` is `T`.
+    /// Parses a type name as `system.columns.type` spells it (with the `clickhouse-types`
+    /// parser). `LowCardinality(T)` is `T`; a type this sink does not convert (or one the
+    /// parser does not know) is [`ColumnType::Other`], its values passed through.
     pub fn parse(name: &str) -> Self {
         let name = name.trim();
-        if let Some(inner) = wrapped(name, "LowCardinality") {
-            return Self::parse(inner);
+        let parsed = match parse_node(name) {
+            Some(node) => Self::from_node(&node),
+            // `DecimalNN(S)`: ClickHouse spells these `Decimal(P, S)` in `system.columns`,
+            // but a mapping may name them in the short form.
+            None => decimal_alias(name).unwrap_or_else(|| match name {
+                "Boolean" => Self::Bool,
+                _ => Self::Other(name.to_string()),
+            }),
+        };
+        // Keep the spelling of the column's own type for messages.
+        match parsed {
+            Self::Other(_) => Self::Other(name.to_string()),
+            Self::Enum { elements, .. } => Self::Enum { spelled: name.to_string(), elements },
+            other => other,
         }
-        if let Some(inner) = wrapped(name, "Nullable") {
-            return Self::Nullable(Box::new(Self::parse(inner)));
-        }
-        if let Some(inner) = wrapped(name, "Array") {
-            return Self::Array(Box::new(Self::parse(inner)));
-        }
-        if let Some(args) = wrapped(name, "FixedString") {
-            if let Ok(n) = args.trim().parse() {
-                return Self::FixedString(n);
+    }
+
+    fn from_node(node: &DataTypeNode) -> Self {
+        use DataTypeNode as N;
+        let int = |bits, signed| Self::Int { bits, signed };
+        match node {
+            N::LowCardinality(inner) => Self::from_node(inner),
+            N::Nullable(inner) => Self::Nullable(Box::new(Self::from_node(inner))),
+            N::Array(inner) => Self::Array(Box::new(Self::from_node(inner))),
+            N::Int8 => int(8, true),
+            N::Int16 => int(16, true),
+            N::Int32 => int(32, true),
+            N::Int64 => int(64, true),
+            N::Int128 => int(128, true),
+            N::UInt8 => int(8, false),
+            N::UInt16 => int(16, false),
+            N::UInt32 => int(32, false),
+            N::UInt64 => int(64, false),
+            N::UInt128 => int(128, false),
+            N::Float32 => Self::Float { bits: 32 },
+            N::Float64 => Self::Float { bits: 64 },
+            N::String => Self::String,
+            N::FixedString(n) => Self::FixedString(*n),
+            N::Bool => Self::Bool,
+            N::Date => Self::Date,
+            N::Date32 => Self::Date32,
+            N::DateTime(_) => Self::DateTime,
+            // The precision is one digit, 0 to 9.
+            N::DateTime64(precision, _) => Self::DateTime64(precision.to_string().parse().unwrap_or(9)),
+            N::UUID => Self::Uuid,
+            N::Decimal(precision, scale, _) => {
+                Self::Decimal { precision: u32::from(*precision), scale: u32::from(*scale) }
             }
-        }
-        if let Some(args) = wrapped(name, "Decimal") {
-            let parts: Vec<&str> = args.split(',').map(str::trim).collect();
-            if let [p, s] = parts.as_slice() {
-                if let (Ok(precision), Ok(scale)) = (p.parse(), s.parse()) {
-                    return Self::Decimal { precision, scale };
-                }
+            N::Enum(_, values) => {
+                let mut elements: Vec<(String, i16)> = values.iter().map(|(v, name)| (name.clone(), *v)).collect();
+                elements.sort_by_key(|(_, v)| *v);
+                Self::Enum { spelled: node.to_string(), elements }
             }
-        }
-        for (prefix, precision) in [("Decimal32", 9), ("Decimal64", 18), ("Decimal128", 38), ("Decimal256", 76)] {
-            if let Some(args) = wrapped(name, prefix) {
-                if let Ok(scale) = args.trim().parse() {
-                    return Self::Decimal { precision, scale };
-                }
-            }
-        }
-        for prefix in ["Enum8", "Enum16"] {
-            if let Some(elements) = wrapped(name, prefix).and_then(parse_enum_elements) {
-                return Self::Enum { spelled: name.to_string(), elements };
-            }
-        }
-        if name == "DateTime" || wrapped(name, "DateTime").is_some() {
-            return Self::DateTime;
-        }
-        if let Some(args) = wrapped(name, "DateTime64") {
-            if let Some(Ok(p)) = args.split(',').next().map(|p| p.trim().parse()) {
-                return Self::DateTime64(p);
-            }
-        }
-        match name {
-            "Int8" => Self::Int { bits: 8, signed: true },
-            "Int16" => Self::Int { bits: 16, signed: true },
-            "Int32" => Self::Int { bits: 32, signed: true },
-            "Int64" => Self::Int { bits: 64, signed: true },
-            "Int128" => Self::Int { bits: 128, signed: true },
-            "UInt8" => Self::Int { bits: 8, signed: false },
-            "UInt16" => Self::Int { bits: 16, signed: false },
-            "UInt32" => Self::Int { bits: 32, signed: false },
-            "UInt64" => Self::Int { bits: 64, signed: false },
-            "UInt128" => Self::Int { bits: 128, signed: false },
-            "Float32" => Self::Float { bits: 32 },
-            "Float64" => Self::Float { bits: 64 },
-            "String" => Self::String,
-            "Bool" | "Boolean" => Self::Bool,
-            "Date" => Self::Date,
-            "Date32" => Self::Date32,
-            "UUID" => Self::Uuid,
             other => Self::Other(other.to_string()),
         }
     }
@@ -237,8 +234,8 @@ impl ColumnType {
                             Some(date) if s.len() > 10 && parse_datetime(s).is_some() => date,
                             _ => s.as_str(),
                         };
-                        let (y, m, d) = parse_date(date).ok_or_else(|| self.error(value, "expected YYYY-MM-DD"))?;
-                        i128::from(days_from_civil(y, m, d))
+                        let date = parse_date(date).ok_or_else(|| self.error(value, "expected YYYY-MM-DD"))?;
+                        i128::from(days_since_epoch(date))
                     }
                     _ => return Err(self.error(value, "expected YYYY-MM-DD or days since 1970-01-01")),
                 };
@@ -246,8 +243,10 @@ impl ColumnType {
                 if days < min || days > max {
                     return Err(self.error(value, "out of range"));
                 }
-                let days = i64::try_from(days).map_err(|_| self.error(value, "out of range"))?;
-                let (y, m, d) = civil_from_days(days);
+                let days = i32::try_from(days).map_err(|_| self.error(value, "out of range"))?;
+                let date = Date::from_julian_day(UNIX_EPOCH_JULIAN_DAY + days)
+                    .map_err(|_| self.error(value, "out of range"))?;
+                let (y, m, d) = (date.year(), u8::from(date.month()), date.day());
                 out.extend_from_slice(format!("\"{y:04}-{m:02}-{d:02}\"").as_bytes());
                 Ok(())
             }
@@ -281,7 +280,7 @@ impl ColumnType {
                         Ok(())
                     }
                     Some(DateTimeText::Instant { secs, nanos }) => {
-                        write_str(&format!("{secs}.{nanos:09}"), out);
+                        write_str(&decimal_seconds(secs, nanos), out);
                         Ok(())
                     }
                     None if s.parse::<f64>().is_ok() => {
@@ -407,53 +406,35 @@ impl ColumnType {
     }
 }
 
-fn wrapped<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-    name.strip_prefix(prefix)?.strip_prefix('(')?.strip_suffix(')')
-}
-
-/// `'a' = 1, 'b\'c' = -2` as `system.columns` spells enum elements; `None` when it is not
-/// in that form (the type is then passed through unchecked).
-fn parse_enum_elements(args: &str) -> Option<Vec<(String, i16)>> {
-    let mut elements = Vec::new();
-    let mut chars = args.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next()? != '\'' {
-            return None;
-        }
-        let mut name = String::new();
-        loop {
-            match chars.next()? {
-                '\'' => break,
-                '\\' => name.push(match chars.next()? {
-                    'n' => '\n',
-                    't' => '\t',
-                    'r' => '\r',
-                    '0' => '\0',
-                    'b' => '\u{8}',
-                    'f' => '\u{c}',
-                    other => other,
-                }),
-                c => name.push(c),
-            }
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next()? != '=' {
-            return None;
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut number = String::new();
-        while let Some(c) = chars.next_if(|c| *c == '-' || c.is_ascii_digit()) {
-            number.push(c);
-        }
-        elements.push((name, number.parse().ok()?));
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        match chars.next() {
-            None => return (!elements.is_empty()).then_some(elements),
-            Some(',') => {}
-            Some(_) => return None,
+/// `name` parsed by `clickhouse-types`, or `None`. That parser expects the server's exact
+/// spelling and panics on some malformed names (an unclosed `DateTime64(3, '`), so a name whose
+/// parentheses and quotes do not balance is not handed to it, and a panic is caught.
+fn parse_node(name: &str) -> Option<DataTypeNode> {
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for c in name.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '\'') => quoted = !quoted,
+            (false, _, '(') => depth += 1,
+            (false, _, ')') => depth = depth.checked_sub(1)?,
+            _ => {}
         }
     }
+    if depth != 0 || quoted {
+        return None;
+    }
+    std::panic::catch_unwind(|| DataTypeNode::new(name)).ok()?.ok()
+}
+
+/// `Decimal32(S)`, `Decimal64(S)`, `Decimal128(S)`, `Decimal256(S)` as `Decimal(P, S)`.
+fn decimal_alias(name: &str) -> Option<ColumnType> {
+    [("Decimal32", 9), ("Decimal64", 18), ("Decimal128", 38), ("Decimal256", 76)].into_iter().find_map(
+        |(prefix, precision)| {
+            let scale = name.strip_prefix(prefix)?.strip_prefix('(')?.strip_suffix(')')?.trim().parse().ok()?;
+            Some(ColumnType::Decimal { precision, scale })
+        },
+    )
 }
 
 fn int_range(bits: u32, signed: bool) -> (i128, i128) {
@@ -504,22 +485,41 @@ fn normalize_decimal(text: &str, precision: u32, scale: u32) -> Result<String, &
     Ok(normalized)
 }
 
-fn parse_date(s: &str) -> Option<(i64, u32, u32)> {
+/// `YYYY-MM-DD`, a valid calendar date (leap years included).
+fn parse_date(s: &str) -> Option<Date> {
     let b = s.as_bytes();
-    if !s.is_ascii() || b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+    let digits = |range: std::ops::Range<usize>| b[range].iter().all(u8::is_ascii_digit);
+    if !s.is_ascii()
+        || b.len() != 10
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !digits(0..4)
+        || !digits(5..7)
+        || !digits(8..10)
+    {
         return None;
     }
-    let y: i64 = s[..4].parse().ok()?;
-    let m: u32 = s[5..7].parse().ok()?;
-    let d: u32 = s[8..10].parse().ok()?;
-    let days_in_month = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        _ => return None,
-    };
-    (1..=days_in_month).contains(&d).then_some((y, m, d))
+    let y: i32 = s[..4].parse().ok()?;
+    let m: u8 = s[5..7].parse().ok()?;
+    let d: u8 = s[8..10].parse().ok()?;
+    Date::from_calendar_date(y, Month::try_from(m).ok()?, d).ok()
+}
+
+/// The Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
+
+/// Days since 1970-01-01 (negative before).
+fn days_since_epoch(date: Date) -> i64 {
+    i64::from(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY)
+}
+
+/// `secs + nanos / 10^9` (an instant, `nanos` counted forwards even before 1970) as decimal
+/// seconds with 9 fraction digits: `-1` and 500,000,000 ns is `-0.500000000`.
+fn decimal_seconds(secs: i64, nanos: u32) -> String {
+    let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let sign = if total < 0 { "-" } else { "" };
+    let abs = total.unsigned_abs();
+    format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
 }
 
 /// A date-time string: naive (`2024-01-02 03:04:05`, left to the column's time zone) or
@@ -542,7 +542,7 @@ fn parse_datetime(s: &str) -> Option<DateTimeText> {
     if s.len() < 19 {
         return None;
     }
-    let (y, m, d) = parse_date(&s[..10])?;
+    let date = parse_date(&s[..10])?;
     let sep = s.as_bytes()[10];
     if sep != b' ' && sep != b'T' {
         return None;
@@ -589,32 +589,8 @@ fn parse_datetime(s: &str) -> Option<DateTimeText> {
             sign * (oh * 3600 + om * 60)
         }
     };
-    let secs = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss - offset;
+    let secs = days_since_epoch(date) * 86_400 + hh * 3600 + mm * 60 + ss - offset;
     Some(DateTimeText::Instant { secs, nanos })
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
@@ -643,7 +619,7 @@ mod tests {
             ColumnType::parse("Enum8('a' = 1, 'it\\'s' = -2)"),
             ColumnType::Enum {
                 spelled: "Enum8('a' = 1, 'it\\'s' = -2)".into(),
-                elements: vec![("a".into(), 1), ("it's".into(), -2)]
+                elements: vec![("it's".into(), -2), ("a".into(), 1)]
             }
         );
         assert_eq!(ColumnType::parse("Enum8(oops)"), ColumnType::Other("Enum8(oops)".into()));
@@ -753,5 +729,114 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn nested_and_zoned_type_names_parse() {
+        assert_eq!(
+            ColumnType::parse("LowCardinality(Nullable(String))"),
+            ColumnType::Nullable(Box::new(ColumnType::String))
+        );
+        assert_eq!(ColumnType::parse("Nullable(DateTime64(6, 'Asia/Tokyo'))"), {
+            ColumnType::Nullable(Box::new(ColumnType::DateTime64(6)))
+        });
+        assert_eq!(ColumnType::parse("DateTime64(0)"), ColumnType::DateTime64(0));
+        assert_eq!(ColumnType::parse("DateTime64(9)"), ColumnType::DateTime64(9));
+        assert_eq!(ColumnType::parse(" Decimal(38, 10) "), ColumnType::Decimal { precision: 38, scale: 10 });
+        assert_eq!(ColumnType::parse("Decimal128(3)"), ColumnType::Decimal { precision: 38, scale: 3 });
+        assert_eq!(ColumnType::parse("FixedString(16)"), ColumnType::FixedString(16));
+        assert_eq!(ColumnType::parse("Boolean"), ColumnType::Bool);
+        // Types without a conversion here are passed through, spelled as the server does.
+        assert_eq!(ColumnType::parse("Int256"), ColumnType::Other("Int256".into()));
+        assert_eq!(ColumnType::parse("Map(String, UInt64)"), ColumnType::Other("Map(String, UInt64)".into()));
+        assert_eq!(ColumnType::parse("IPv4"), ColumnType::Other("IPv4".into()));
+        assert_eq!(ColumnType::parse("Object('json')"), ColumnType::Other("Object('json')".into()));
+        assert_eq!(
+            ColumnType::parse("Array(Nullable(Enum8('x' = 1)))"),
+            ColumnType::Array(Box::new(ColumnType::Nullable(Box::new(ColumnType::Enum {
+                spelled: "Enum8('x' = 1)".into(),
+                elements: vec![("x".into(), 1)]
+            }))))
+        );
+    }
+
+    #[test]
+    fn truncated_and_odd_type_names_are_passed_through_not_panics() {
+        for name in [
+            "Nullable(DateTime64(3, 'UTC'))",
+            "Array(LowCardinality(Nullable(FixedString(4))))",
+            "Enum16('\u{e9}t\u{e9}' = -300, 'b' = 2)",
+            "Decimal(76, 20)",
+            "Map(String, Array(Tuple(Int8, String)))",
+        ] {
+            for end in (0..=name.len()).filter(|&i| name.is_char_boundary(i)) {
+                let _ = ColumnType::parse(&name[..end]);
+            }
+        }
+        assert_eq!(ColumnType::parse("Nullable("), ColumnType::Other("Nullable(".into()));
+        assert_eq!(ColumnType::parse("Decimal(10)"), ColumnType::Other("Decimal(10)".into()));
+    }
+
+    #[test]
+    fn leap_years_follow_the_gregorian_rules() {
+        for (date, valid) in [
+            ("2024-02-29", true),
+            ("2000-02-29", true),
+            ("2023-02-29", false),
+            ("2100-02-29", false),
+            ("1900-02-29", false),
+            ("2024-04-31", false),
+            ("2024-13-01", false),
+            ("2024-00-10", false),
+            ("2024-01-00", false),
+            ("2024-+1-05", false),
+        ] {
+            assert_eq!(enc("Date32", json!(date)).is_ok(), valid, "{date}");
+            assert_eq!(enc("DateTime", json!(format!("{date} 00:00:00"))).is_ok(), valid, "{date}");
+        }
+        // Day numbers across a leap day and a century that is not a leap year.
+        assert_eq!(enc("Date", json!(19_782)).unwrap(), "\"2024-02-29\"");
+        assert_eq!(enc("Date", json!(19_783)).unwrap(), "\"2024-03-01\"");
+        assert_eq!(enc("Date32", json!(47_541)).unwrap(), "\"2100-03-01\"");
+        assert_eq!(enc("Date32", json!(47_540)).unwrap(), "\"2100-02-28\"");
+        assert_eq!(enc("DateTime", json!("2000-03-01T00:00:00Z")).unwrap(), "951868800");
+    }
+
+    #[test]
+    fn dates_before_1970_and_the_range_ends() {
+        assert_eq!(enc("Date", json!(0)).unwrap(), "\"1970-01-01\"");
+        assert_eq!(enc("Date", json!(65_535)).unwrap(), "\"2149-06-06\"");
+        assert!(enc("Date", json!(65_536)).is_err());
+        assert!(enc("Date", json!("1969-12-31")).is_err());
+        assert_eq!(enc("Date32", json!("1969-12-31")).unwrap(), "\"1969-12-31\"");
+        assert_eq!(enc("Date32", json!(-1)).unwrap(), "\"1969-12-31\"");
+        assert_eq!(enc("Date32", json!(-25_567)).unwrap(), "\"1900-01-01\"");
+        assert_eq!(enc("Date32", json!("1900-01-01")).unwrap(), "\"1900-01-01\"");
+        assert!(enc("Date32", json!("1899-12-31")).is_err());
+        assert_eq!(enc("Date32", json!(120_529)).unwrap(), "\"2299-12-31\"");
+        assert!(enc("Date32", json!(120_530)).is_err());
+        assert!(enc("Date32", json!(i64::MIN)).is_err());
+        // DateTime is unsigned seconds: an instant before 1970 does not fit.
+        assert!(enc("DateTime", json!("1969-12-31T23:59:59Z")).is_err());
+        assert_eq!(enc("DateTime", json!("1970-01-01T01:00:00+01:00")).unwrap(), "0");
+        assert_eq!(enc("DateTime", json!("2106-02-07T06:28:15Z")).unwrap(), u32::MAX.to_string());
+        assert!(enc("DateTime", json!("2106-02-07T06:28:16Z")).is_err());
+    }
+
+    #[test]
+    fn date_time64_keeps_nanoseconds_and_signs_instants_before_1970() {
+        assert_eq!(enc("DateTime64(3)", json!("2023-11-14T22:13:20.123Z")).unwrap(), "\"1700000000.123000000\"");
+        // Up to nanoseconds are kept; ClickHouse rounds to the column's precision.
+        assert_eq!(
+            enc("DateTime64(9, 'UTC')", json!("2023-11-14T22:13:20.123456789123Z")).unwrap(),
+            "\"1700000000.123456789\""
+        );
+        assert_eq!(enc("DateTime64(6)", json!("1969-12-31T23:59:59.5Z")).unwrap(), "\"-0.500000000\"");
+        assert_eq!(enc("DateTime64(0)", json!("1960-01-01T00:00:00Z")).unwrap(), "\"-315619200.000000000\"");
+        assert_eq!(enc("DateTime64(3)", json!("1969-12-31T23:00:00.25-01:00")).unwrap(), "\"0.250000000\"");
+        // Naive text is left to the column's time zone, fraction included.
+        assert_eq!(enc("DateTime64(3)", json!("2024-01-02 03:04:05.5")).unwrap(), "\"2024-01-02 03:04:05.500000000\"");
+        assert_eq!(enc("DateTime64(3)", json!(1_700_000_000.25)).unwrap(), "\"1700000000.25\"");
+        assert!(enc("DateTime64(3)", json!("2024-01-02T03:04:05.Z")).is_err());
     }
 }

@@ -9,7 +9,10 @@
 //!   process's embedded broker (its own 2-thread runtime). One in-process run (client and broker
 //!   in this process, the earlier method) is printed for comparison.
 //!
-//! Then snapshot rows/s and the connector's peak RSS.
+//! Then the same connector run with a typical 3-line VRL program in `[[transforms]]` (drop
+//! test rows, remove a field, add an attribute; `CDC_BENCH_TRANSFORM` replaces it, `none`
+//! skips the run), printed beside the run without transforms; then snapshot rows/s and the
+//! connector's peak RSS.
 //!
 //! Fairness between the runs: the connector record that the raw client copies comes from one
 //! row of `sample.bench` sent through each connector before its timed insert (its own topic,
@@ -50,6 +53,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 fn connector_bin() -> std::path::PathBuf {
     std::env::var_os("CDC_BENCH_CONNECTOR_BIN").map_or_else(|| Path::new(BIN).to_path_buf(), Into::into)
 }
+
+/// The transform of the transformed run: drop test rows, remove a column, add an attribute.
+const TRANSFORM: &str = r#"if .after.name == "test" { abort }
+del(.after.at)
+%attributes.pipeline = "analytics""#;
 
 /// Set in the child process that runs one raw publish: `url|topic|rows|producers`.
 const CHILD: &str = "CDC_BENCH_RAW_CHILD";
@@ -267,16 +275,25 @@ async fn stream_run(
     rows: usize,
     first: usize,
     perf: Option<&str>,
+    transform: Option<&str>,
 ) -> (Streamed, String) {
     let slot = format!("cdc_p{producers}_{first}");
     let topic = format!("cdc{producers}x{first}");
     let template = format!("/default/{topic}_{{schema}}_{{table}}");
-    let env = connector_env(
-        pg,
-        broker,
-        producers,
-        &[("POSTGRES_CDC_SLOT", &slot), ("POSTGRES_CDC_SNAPSHOT", "never"), ("POSTGRES_CDC_TOPIC", &template)],
-    );
+    // An inline TOML array on one line: the program as a basic string, newlines escaped.
+    let transforms = transform.map(|source| {
+        let escaped = source.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        format!("[{{name = \"bench\", source = \"{escaped}\"}}]")
+    });
+    let mut extra = vec![
+        ("POSTGRES_CDC_SLOT", slot.as_str()),
+        ("POSTGRES_CDC_SNAPSHOT", "never"),
+        ("POSTGRES_CDC_TOPIC", &template),
+    ];
+    if let Some(transforms) = &transforms {
+        extra.push(("CONNECTOR_TRANSFORMS", transforms));
+    }
+    let env = connector_env(pg, broker, producers, &extra);
     let mut process = ConnectorProcess::spawn(&connector_bin(), &env).expect("spawn");
     process.wait_ready(Duration::from_secs(60)).await.expect("ready");
     wait_streaming(pg, &slot).await;
@@ -376,10 +393,30 @@ async fn main() {
     let mut first_end = None;
     for (i, &producers) in connector_producers.iter().enumerate() {
         let (run, end) =
-            stream_run(&pg, &broker, producers, rows, 1 + i * rows, if i == 0 { perf.as_deref() } else { None }).await;
+            stream_run(&pg, &broker, producers, rows, 1 + i * rows, if i == 0 { perf.as_deref() } else { None }, None)
+                .await;
         first_end.get_or_insert(end);
         runs.push((producers, run));
     }
+    // The first run again, with the transform.
+    let transform = std::env::var("CDC_BENCH_TRANSFORM").unwrap_or_else(|_| TRANSFORM.to_string());
+    let transformed = if transform == "none" {
+        None
+    } else {
+        let first = 1 + connector_producers.len() * rows;
+        // A reader on the run's sample topic shows that the transform ran.
+        let sample_topic = format!("/default/cdc{}x{first}_sample_bench", connector_producers[0]);
+        drop(reliable_producers(broker.url(), &sample_topic, "mk", 1).await.expect("create the sample topic"));
+        let reader = TopicReader::subscribe(broker.url(), &sample_topic, "sample").await.expect("sample reader");
+        let run = stream_run(&pg, &broker, connector_producers[0], rows, first, None, Some(&transform)).await.0;
+        if std::env::var("CDC_BENCH_TRANSFORM").is_err() {
+            let record = reader.messages().into_iter().next().expect("a transformed record");
+            let value: serde_json::Value = serde_json::from_slice(&record.payload).expect("JSON record");
+            assert!(value["after"].get("at").is_none(), "the transform removed `at`: {value}");
+            assert_eq!(record.attributes.get("pipeline").map(String::as_str), Some("analytics"), "the attribute");
+        }
+        Some(run)
+    };
     let sample = sampler.messages().into_iter().next().expect("a connector record");
     drop(sampler);
     let (payload, attributes) = (sample.payload.to_vec(), sample.attributes.clone());
@@ -417,7 +454,7 @@ async fn main() {
     let in_process_rate = rows as f64 / in_process;
 
     // Snapshot: a fresh slot reads the table (every run's rows).
-    let total = rows * connector_producers.len();
+    let total = rows * (connector_producers.len() + usize::from(transformed.is_some()));
     let env = connector_env(
         &pg,
         &broker,
@@ -484,6 +521,19 @@ async fn main() {
             per_k(run.cpu[2]),
             run.rss_kib / 1024
         );
+    }
+    if let Some(run) = &transformed {
+        let (producers, plain) = &runs[0];
+        println!(
+            "connector, {producers:>3} producers, with the 3-line VRL transform: {:>8.0} rows/s ({:.2}s)  {:.3}x the run \
+             without transforms  CPU ms per 1000: connector {:.0}  peak RSS {} MiB",
+            run.rate,
+            run.secs,
+            run.rate / plain.rate,
+            per_k(run.cpu[0]),
+            run.rss_kib / 1024
+        );
+        println!("transform: {}", transform.replace('\n', "; "));
     }
     println!(
         "snapshot of {total} rows: {:.0} rows/s ({snapshot_secs:.2}s, including startup), peak RSS {} MiB",

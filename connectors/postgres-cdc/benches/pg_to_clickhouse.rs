@@ -6,15 +6,25 @@
 //! - `clickhouse-client` inserting the same rows (exported from the pipeline's table) into a
 //!   table of the same structure and engine.
 //!
-//! Also the peak RSS and the CPU per 1000 rows of each connector.
+//! Also the peak RSS and the CPU per 1000 rows of each connector, and where the sink's time
+//! went: its batches (count, mean size) and the time in `process_batch` (mapping + spool
+//! append + `fdatasync`), read from its `/metrics`.
 //!
 //! `cargo build --release -p danube-connector-clickhouse && cargo bench -p
 //! danube-connector-postgres-cdc --bench pg_to_clickhouse` (the sink binary is taken from the
-//! same `target/release`). Settings: `PIPE_BENCH_ROWS` (default 20000), `BENCH_BROKER=real`
-//! for the real broker (`DANUBE_BROKER_BIN`). The real v0.15.1 broker stalls a reliable
-//! subscription that falls more than its replay cache behind (see
-//! `/work/shared/notes/danube-broker-facts.md`): on it the run waits at most two minutes and
-//! prints how many rows arrived.
+//! same `target/release`). Settings:
+//! - `PIPE_BENCH_ROWS` (default 20000);
+//! - `BENCH_BROKER=real` for the real broker (`DANUBE_BROKER_BIN`), else the development broker;
+//! - `PIPE_BENCH_WINDOW`, the broker's dispatch window `max_unacked_messages` (default 10000,
+//!   the setting `docs/running-on-danube.md` recommends; the real broker is then started in
+//!   cluster mode with that YAML config; `10` is both brokers' default, the real one then runs
+//!   standalone);
+//! - `PIPE_BENCH_SINK_BATCH` / `PIPE_BENCH_SINK_LINGER`, the sink's `sink.batch.max_records` /
+//!   `linger` (default 1000 / 20ms, the example's settings).
+//!
+//! The real v0.15.1 broker stalls a reliable subscription that falls more than its dispatch
+//! window + 256 behind a burst (`docs/running-on-danube.md`): on it the run waits at most two
+//! minutes and prints how many rows arrived.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,7 +32,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use danube_connect_testkit::broker::{BrokerKind, TestBroker};
+use danube_connect_testkit::broker::{sum_samples, BrokerKind, RealBroker, RealBrokerOptions, TestBroker};
 use danube_connect_testkit::clickhouse::ClickHouseServer;
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::postgres::Postgres;
@@ -34,6 +44,48 @@ mod support;
 const CDC_BIN: &str = env!("CARGO_BIN_EXE_danube-postgres-cdc");
 const TOPIC: &str = "/default/public-bench";
 const TABLE: &str = "analytics.public_bench";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a valid value")))
+}
+
+/// A broker of `kind` with dispatch window `window` (the real one standalone at its default 10,
+/// else in cluster mode with that window in its YAML config).
+async fn start_broker(kind: BrokerKind, window: u32) -> TestBroker {
+    match kind {
+        BrokerKind::Dev => {
+            let config = danube_dev_broker::BrokerConfig {
+                max_unacked_messages: window as usize,
+                ..danube_dev_broker::BrokerConfig::default()
+            };
+            TestBroker::Dev(danube_dev_broker::EmbeddedBroker::start(config).await.expect("dev broker"))
+        }
+        BrokerKind::Real if window == 10 => TestBroker::Real(RealBroker::start().await.expect("real broker")),
+        BrokerKind::Real => {
+            let options = RealBrokerOptions { max_unacked_messages: Some(window), ..RealBrokerOptions::default() };
+            TestBroker::Real(RealBroker::start_with(options).await.expect("real broker (cluster mode)"))
+        }
+    }
+}
+
+/// Messages the broker took in on the bench topic (the warm-up row included).
+async fn published(broker: &TestBroker) -> usize {
+    match broker {
+        TestBroker::Dev(dev) => dev.message_count(TOPIC),
+        TestBroker::Real(real) => {
+            real.metric_sum("danube_topic_messages_in_total", &[("topic", TOPIC)]).await.unwrap_or(0.0) as usize
+        }
+    }
+}
+
+/// The sink's `/metrics` text.
+async fn sink_metrics(sink: &ConnectorProcess) -> String {
+    let url = format!("http://127.0.0.1:{}/metrics", sink.ops_port);
+    match reqwest::get(&url).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
 
 async fn wait_log(process: &ConnectorProcess, what: &str, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -50,7 +102,10 @@ async fn stored(ch: &ClickHouseServer) -> usize {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rows: usize = std::env::var("PIPE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let rows: usize = env_or("PIPE_BENCH_ROWS", 20_000);
+    let window: u32 = env_or("PIPE_BENCH_WINDOW", 10_000);
+    let sink_batch: usize = env_or("PIPE_BENCH_SINK_BATCH", 1000);
+    let sink_linger: String = env_or("PIPE_BENCH_SINK_LINGER", "20ms".to_string());
     let kind = match std::env::var("BENCH_BROKER").as_deref() {
         Ok("real") => BrokerKind::Real,
         Ok("dev") | Err(_) => BrokerKind::Dev,
@@ -60,7 +115,7 @@ async fn main() {
     let sink_bin = workspace_binary("danube-clickhouse");
     let pg = Postgres::start().expect("postgres");
     let ch = ClickHouseServer::start().await.expect("clickhouse");
-    let broker = TestBroker::start(kind).await.expect("broker");
+    let broker = start_broker(kind, window).await;
     pg.psql(
         "CREATE TABLE bench (id bigint PRIMARY KEY, name text, v int, at timestamptz DEFAULT now()); \
          CREATE PUBLICATION bench_pub FOR TABLE bench",
@@ -77,7 +132,7 @@ async fn main() {
         r#"name = "bench-clickhouse"
 [sink]
 topics = [{{ topic = "{TOPIC}" }}]
-batch = {{ max_records = 100, linger = "20ms" }}
+batch = {{ max_records = {sink_batch}, linger = "{sink_linger}" }}
 [connector]
 url = "{url}"
 database = "analytics"
@@ -148,11 +203,17 @@ spool = {{ dir = "{spool}" }}
         BrokerKind::Real => Duration::from_secs(120),
     };
     let mut arrived = stored(&ch).await;
+    // When the broker held every record: postgres-cdc's share of the run.
+    let mut published_secs = None;
     while arrived < rows + 1 && committed.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        if published_secs.is_none() && published(&broker).await > rows {
+            published_secs = Some(committed.elapsed().as_secs_f64());
+        }
         arrived = stored(&ch).await;
     }
     let pipeline_secs = committed.elapsed().as_secs_f64();
+    let published_secs = published_secs.unwrap_or(pipeline_secs);
     let (cdc_cpu, sink_cpu) = (cpu(cdc.pid()) - cdc_cpu, cpu(sink.pid()) - sink_cpu);
     let complete = arrived > rows;
     let (cdc_rss, sink_rss) =
@@ -189,9 +250,23 @@ spool = {{ dir = "{spool}" }}
     );
     let insert_rate = exported as f64 / insert_secs;
 
+    // Where the sink's time went (its runtime's metrics; the warm-up row included).
+    let metrics = sink_metrics(&sink).await;
+    let batches = sum_samples(&metrics, "connector_batch_size_count", &[("topic", TOPIC)]);
+    let batched = sum_samples(&metrics, "connector_batch_size_sum", &[("topic", TOPIC)]);
+    let process_secs = sum_samples(&metrics, "connector_operation_latency_seconds_sum", &[("operation", "process")]);
+    let acked = sum_samples(&metrics, "connector_records_acked_total", &[("topic", TOPIC)]);
+
     let pipeline_rate = (arrived - 1) as f64 / pipeline_secs;
     let per_k = |cpu: f64| cpu * 1000.0 / (arrived.max(2) - 1) as f64 * 1000.0;
-    println!("broker: {kind}");
+    println!(
+        "broker: {kind}, dispatch window {window}{}; sink.batch.max_records = {sink_batch}, linger = {sink_linger}",
+        match (kind, window) {
+            (BrokerKind::Real, 10) => " (standalone, default)",
+            (BrokerKind::Real, _) => " (cluster mode, YAML config)",
+            _ => "",
+        }
+    );
     println!("run at {} (load average {})", String::from_utf8_lossy(&started_at.stdout).trim(), load_average().trim());
     println!("rows: {rows} of (bigint, text, int, timestamptz), one transaction");
     println!("pg_recvlogical raw to /dev/null:          {recvlogical_rate:>9.0} rows/s");
@@ -212,11 +287,21 @@ spool = {{ dir = "{spool}" }}
         );
     }
     println!(
+        "postgres-cdc had published every row after {published_secs:.2}s ({:.0} rows/s); the sink's last row came {:.2}s later",
+        rows as f64 / published_secs,
+        pipeline_secs - published_secs
+    );
+    println!(
         "postgres-cdc: peak RSS {} MiB, CPU {:.0} ms per 1000 rows; clickhouse sink: peak RSS {} MiB, CPU {:.0} ms per 1000 rows",
         cdc_rss / 1024,
         per_k(cdc_cpu),
         sink_rss / 1024,
         per_k(sink_cpu)
+    );
+    println!(
+        "clickhouse sink: {batches:.0} batches of {:.1} records on average, {acked:.0} acked; {process_secs:.2}s in \
+         process_batch (map + spool append + fdatasync), the rest of the run is the runtime's (receive, decode, acks)",
+        batched / batches.max(1.0)
     );
     for (name, mut process) in [("postgres-cdc", cdc), ("clickhouse sink", sink)] {
         let status = process.terminate(Duration::from_secs(60)).await;
