@@ -60,10 +60,10 @@ async fn start_broker(kind: BrokerKind, window: u32) -> TestBroker {
             };
             TestBroker::Dev(danube_dev_broker::EmbeddedBroker::start(config).await.expect("dev broker"))
         }
-        BrokerKind::Real if window == 10 => TestBroker::Real(RealBroker::start().await.expect("real broker")),
+        BrokerKind::Real if window == 10 => TestBroker::Real(Box::new(RealBroker::start().await.expect("real broker"))),
         BrokerKind::Real => {
             let options = RealBrokerOptions { max_unacked_messages: Some(window), ..RealBrokerOptions::default() };
-            TestBroker::Real(RealBroker::start_with(options).await.expect("real broker (cluster mode)"))
+            TestBroker::Real(Box::new(RealBroker::start_with(options).await.expect("real broker (cluster mode)")))
         }
     }
 }
