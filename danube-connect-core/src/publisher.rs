@@ -6,10 +6,16 @@
 //! always go to the same lane, so they stay in order; records without a key are spread
 //! round robin, so sends are pipelined across the pool.
 //!
+//! A pull source's poll is handed over as a batch: each lane gets its share of it in one
+//! message and the batch completes once (a counter and one wake-up), instead of a queue
+//! message and a reply channel per record. Per record, what remains beyond
+//! `danube-client`'s own `send` is the routing-key hash, a few counter updates and the
+//! copies `send` takes by value.
+//!
 //! [`Publisher::publish`] returns only after Danube acked the record (or failed for good):
 //! a push source answers its client after that.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -21,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use danube_client::errors::DanubeError;
 use danube_client::{DanubeClient, Producer, ProducerOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -58,14 +64,122 @@ struct Job {
     span: Option<crate::telemetry::RecordSpan>,
 }
 
-/// What a lane's queue carries: a record to send, or a request to create its producer now.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every job is a `Send`; boxing it would add an allocation per record for the rare `Prepare`"
-)]
+/// What a lane's queue carries: a record to send, a lane's share of a batch, or a request
+/// to create its producer now.
 enum LaneJob {
     Send(Job),
+    Batch(LaneBatch),
     Prepare(oneshot::Sender<Result<(), DanubeError>>),
+}
+
+/// A record of a batch, with its place in the batch (failures are reported in batch order).
+struct BatchItem {
+    index: usize,
+    record: SourceRecord,
+    span: Option<crate::telemetry::RecordSpan>,
+}
+
+/// One lane's share of a batch: its records in batch order, sent one after the other and
+/// answered together through the batch's [`BatchOutcome`] (one completion per share, not a
+/// reply channel per record).
+///
+/// Dropped, it settles its share: records not sent yet (the lane went away) fail with
+/// [`PublishError::Closed`], so a batch always completes and never counts an unsent record
+/// as acked.
+struct LaneBatch {
+    /// Records not finished yet; the front one is being sent.
+    items: VecDeque<BatchItem>,
+    deadline: Option<Instant>,
+    /// Records of this share finished (acked or failed).
+    settled: usize,
+    in_flight: prometheus::IntGauge,
+    outcome: Arc<BatchOutcome>,
+}
+
+impl Drop for LaneBatch {
+    fn drop(&mut self) {
+        let unsent = self.items.len();
+        if unsent > 0 {
+            self.in_flight.sub(unsent as i64);
+            let failures = self
+                .items
+                .drain(..)
+                .map(|item| (item.index, PublishFailure { error: PublishError::Closed, record: item.record }));
+            self.outcome.fail_all(failures);
+        }
+        self.outcome.settle(self.settled + unsent);
+    }
+}
+
+/// The shared outcome of a batch: how many queued records are not finished yet, and the
+/// failures with their place in the batch.
+#[derive(Default)]
+struct BatchOutcome {
+    remaining: AtomicUsize,
+    failures: Mutex<Vec<(usize, PublishFailure)>>,
+    done: Notify,
+}
+
+impl BatchOutcome {
+    fn fail_all(&self, failures: impl IntoIterator<Item = (usize, PublishFailure)>) {
+        let mut list = match self.failures.lock() {
+            Ok(list) => list,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        list.extend(failures);
+    }
+
+    /// Marks `count` queued records finished; the last one wakes the waiter.
+    fn settle(&self, count: usize) {
+        if count > 0 && self.remaining.fetch_sub(count, Ordering::AcqRel) == count {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// A batch handed to the lanes by [`Publisher::enqueue_batch`]: finished once every record
+/// of it is acked or failed for good.
+pub(crate) struct PendingBatch {
+    outcome: Arc<BatchOutcome>,
+}
+
+impl PendingBatch {
+    /// Whether every record of the batch is finished.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.outcome.remaining.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until every record of the batch is finished.
+    pub(crate) async fn finished(&self) {
+        loop {
+            // Made before the check: a settle between the two is not missed.
+            let notified = self.outcome.done.notified();
+            if self.is_finished() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The records that failed, in batch order. Call it once the batch is finished.
+    pub(crate) fn into_failures(self) -> Vec<PublishFailure> {
+        let mut failures = match self.outcome.failures.lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        failures.sort_by_key(|(index, _)| *index);
+        failures.into_iter().map(|(_, failure)| failure).collect()
+    }
+}
+
+/// What [`Publisher::check_record`] made of a record before it is queued.
+enum Checked {
+    /// Transformed and encoded as its schema wants: to be queued.
+    Ready(SourceRecord),
+    /// A transform dropped it: answered `Ok` at once.
+    Dropped,
+    /// Refused before it reached a lane (counted as failed).
+    Invalid(PublishFailure),
 }
 
 /// Publishes records to Danube and reports the broker's ack. Cheap to clone.
@@ -97,6 +211,7 @@ struct SourceTransforms {
 }
 
 struct TopicPool {
+    topic: String,
     lanes: Vec<mpsc::Sender<LaneJob>>,
     next: AtomicUsize,
     in_flight: prometheus::IntGauge,
@@ -213,29 +328,22 @@ impl Publisher {
     }
 
     /// Publishes several records (pipelined across the pool, per-key order kept) and
-    /// waits until all are acked; the first failure is returned. If a record cannot be
-    /// queued (the publisher is closing), the later ones are not sent and the call still
-    /// waits for the outcome of those already queued before it returns the error.
+    /// waits until all are acked; the first failure in record order is returned. The
+    /// records are handed to each lane in one go, with one completion for the batch. If the
+    /// publisher is closing, nothing is queued and [`PublishError::Closed`] is returned.
     pub async fn publish_batch(&self, records: Vec<SourceRecord>) -> Result<(), PublishError> {
         let deadline = Instant::now() + self.inner.config.publish_timeout;
-        let mut replies = Vec::with_capacity(records.len());
-        let mut not_queued = None;
-        for record in records {
-            match self.enqueue(record, Some(deadline)).await {
-                Ok(rx) => replies.push(rx),
-                Err(failure) => {
-                    not_queued = Some(failure.error);
-                    break;
-                }
+        let pending = self.enqueue_batch(records, Some(deadline)).await;
+        pending.finished().await;
+        let mut closed = None;
+        for failure in pending.into_failures() {
+            match failure.error {
+                // Not sent: reported only when nothing was refused.
+                PublishError::Closed => closed = Some(PublishError::Closed),
+                error => return Err(error),
             }
         }
-        let mut first_error = None;
-        for rx in replies {
-            if let Err(failure) = wait_for_ack(rx).await {
-                first_error.get_or_insert(failure.error);
-            }
-        }
-        first_error.or(not_queued).map_or(Ok(()), Err)
+        closed.map_or(Ok(()), Err)
     }
 
     /// Queues a record on its lane and returns the receiver of its outcome. Without a
@@ -248,49 +356,17 @@ impl Publisher {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PublishFailure { error: PublishError::Closed, record });
         }
-        let mut record = record;
-        if let Some(transforms) = &self.inner.transforms {
-            if record.topic != transforms.untransformed && transforms.transforms.applies_to(&record.topic) {
-                match transform_record(&self.inner, &transforms.transforms, &mut record) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let (reply, rx) = oneshot::channel();
-                        let _ = reply.send(Ok(()));
-                        return Ok(rx);
-                    }
-                    Err(error) => return Ok(self.refuse_invalid(record, error.to_string())),
-                }
-            }
-        }
-        let prepared = record_schema(&self.inner, &record.topic, &record).map(|bound| bound.prepare(&record.payload));
-        match prepared {
-            Some(Ok(Some(encoded))) => record.payload = encoded,
-            Some(Err(error)) => return Ok(self.refuse_invalid(record, error.to_string())),
-            Some(Ok(None)) | None => {}
-        }
-        let pool = self.pool(&record.topic);
-        let lane = match &record.routing_key {
-            Some(key) => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                key.hash(&mut hasher);
-                (hasher.finish() as usize) % pool.lanes.len()
-            }
-            None => pool.next.fetch_add(1, Ordering::Relaxed) % pool.lanes.len(),
+        let mut record = match self.check_record(record) {
+            Checked::Ready(record) => record,
+            Checked::Dropped => return Ok(answered(Ok(()))),
+            Checked::Invalid(failure) => return Ok(answered(Err(failure))),
         };
+        let pool = self.pool(&record.topic);
+        let lane = pool.lane_of(record.routing_key.as_deref());
         // A place in the queue first: a caller that gives up while the queue is full
         // (`submit` under a timeout) leaves nothing behind, not even the in-flight count.
-        // Taken at once when there is room: `reserve` spends tokio's cooperative budget,
-        // and calls polled together in one task (a pipelining source) that run out of it
-        // are woken again in reverse order, which would queue one key's records reversed.
-        let place = match pool.lanes[lane].try_reserve() {
-            Ok(place) => place,
-            Err(mpsc::error::TrySendError::Full(())) => match pool.lanes[lane].reserve().await {
-                Ok(place) => place,
-                Err(_) => return Err(PublishFailure { error: PublishError::Closed, record }),
-            },
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                return Err(PublishFailure { error: PublishError::Closed, record })
-            }
+        let Some(place) = reserve(&pool.lanes[lane]).await else {
+            return Err(PublishFailure { error: PublishError::Closed, record });
         };
         let (reply, rx) = oneshot::channel();
         pool.in_flight.inc();
@@ -304,15 +380,116 @@ impl Publisher {
         Ok(rx)
     }
 
-    /// Answers an invalid record at once with [`PublishError::Invalid`], counted as failed:
-    /// invalid records never reach a lane and are never retried.
-    fn refuse_invalid(&self, record: SourceRecord, message: String) -> oneshot::Receiver<Result<(), PublishFailure>> {
+    /// Hands `records` (a pull source's poll) to the lanes: each lane gets its share of the
+    /// batch in one message, in batch order (a routing key picks the lane, so per-key order
+    /// holds), and the batch completes once, when its last record is acked or failed for
+    /// good. Without a deadline the lanes retry transient failures until they are aborted.
+    ///
+    /// Records a transform drops count as acked; records refused before a lane (a schema or
+    /// a transform fails) and every record when the publisher is closing come back as
+    /// failures of the batch, in record order.
+    pub(crate) async fn enqueue_batch(&self, records: Vec<SourceRecord>, deadline: Option<Instant>) -> PendingBatch {
+        let outcome = Arc::new(BatchOutcome::default());
+        if self.inner.closed.load(Ordering::Acquire) {
+            outcome.fail_all(
+                records
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, record)| (index, PublishFailure { error: PublishError::Closed, record })),
+            );
+            return PendingBatch { outcome };
+        }
+        // Each topic's pool with its lanes' shares, in the order the topics first appear.
+        let mut shares: Vec<(Arc<TopicPool>, Vec<VecDeque<BatchItem>>)> = Vec::new();
+        let mut current = 0;
+        let mut queued = 0;
+        let mut refused = Vec::new();
+        for (index, record) in records.into_iter().enumerate() {
+            let mut record = match self.check_record(record) {
+                Checked::Ready(record) => record,
+                Checked::Dropped => continue,
+                Checked::Invalid(failure) => {
+                    refused.push((index, failure));
+                    continue;
+                }
+            };
+            if shares.get(current).is_none_or(|(pool, _)| pool.topic != record.topic) {
+                current = match shares.iter().position(|(pool, _)| pool.topic == record.topic) {
+                    Some(found) => found,
+                    None => {
+                        let pool = self.pool(&record.topic);
+                        let lanes = (0..pool.lanes.len()).map(|_| VecDeque::new()).collect();
+                        shares.push((pool, lanes));
+                        shares.len() - 1
+                    }
+                };
+            }
+            let (pool, lanes) = &mut shares[current];
+            let lane = pool.lane_of(record.routing_key.as_deref());
+            let span = crate::telemetry::start_record_span(
+                "publish",
+                opentelemetry::trace::SpanKind::Producer,
+                &record.topic,
+                &mut record.attributes,
+            );
+            lanes[lane].push_back(BatchItem { index, record, span });
+            queued += 1;
+        }
+        if !refused.is_empty() {
+            outcome.fail_all(refused);
+        }
+        // Counted before any share is queued: a lane may finish its share at once.
+        outcome.remaining.store(queued, Ordering::Release);
+        for (pool, lanes) in shares {
+            for (lane, items) in lanes.into_iter().enumerate() {
+                if items.is_empty() {
+                    continue;
+                }
+                pool.in_flight.add(items.len() as i64);
+                let batch = LaneBatch {
+                    items,
+                    deadline,
+                    settled: 0,
+                    in_flight: pool.in_flight.clone(),
+                    outcome: outcome.clone(),
+                };
+                match reserve(&pool.lanes[lane]).await {
+                    Some(place) => place.send(LaneJob::Batch(batch)),
+                    // The lane is gone: dropping the share fails its records with `Closed`.
+                    None => drop(batch),
+                }
+            }
+        }
+        PendingBatch { outcome }
+    }
+
+    /// Runs the transforms on `record` and validates (and encodes) it against its schema.
+    fn check_record(&self, mut record: SourceRecord) -> Checked {
+        if let Some(transforms) = &self.inner.transforms {
+            if record.topic != transforms.untransformed && transforms.transforms.applies_to(&record.topic) {
+                match transform_record(&self.inner, &transforms.transforms, &mut record) {
+                    Ok(true) => {}
+                    Ok(false) => return Checked::Dropped,
+                    Err(error) => return Checked::Invalid(self.refuse_invalid(record, error.to_string())),
+                }
+            }
+        }
+        let prepared = record_schema(&self.inner, &record.topic, &record).map(|bound| bound.prepare(&record.payload));
+        match prepared {
+            Some(Ok(Some(encoded))) => record.payload = encoded,
+            Some(Err(error)) => return Checked::Invalid(self.refuse_invalid(record, error.to_string())),
+            Some(Ok(None)) | None => {}
+        }
+        Checked::Ready(record)
+    }
+
+    /// The failure of an invalid record, counted as failed: invalid records never reach a
+    /// lane and are never retried.
+    fn refuse_invalid(&self, record: SourceRecord, message: String) -> PublishFailure {
         let labels = [self.inner.metrics.connector(), record.topic.as_str(), "invalid"];
         self.inner.metrics.records_failed.with_label_values(&labels).inc();
-        let (reply, rx) = oneshot::channel();
         let error = PublishError::Invalid { topic: record.topic.clone(), message };
-        let _ = reply.send(Err(PublishFailure { error, record }));
-        rx
+        PublishFailure { error, record }
     }
 
     /// Creates the producers of `topic` now instead of at its first record, so the topic
@@ -516,9 +693,48 @@ impl Publisher {
         if let Ok(mut lane_tasks) = self.inner.lane_tasks.lock() {
             lane_tasks.extend(tasks);
         }
-        let pool = Arc::new(TopicPool { lanes, next: AtomicUsize::new(0), in_flight: metrics.in_flight });
+        let pool = Arc::new(TopicPool {
+            topic: topic.to_string(),
+            lanes,
+            next: AtomicUsize::new(0),
+            in_flight: metrics.in_flight,
+        });
         pools.insert(topic.to_string(), pool.clone());
         pool
+    }
+}
+
+/// A receiver already holding `outcome`.
+fn answered(outcome: Result<(), PublishFailure>) -> oneshot::Receiver<Result<(), PublishFailure>> {
+    let (reply, rx) = oneshot::channel();
+    let _ = reply.send(outcome);
+    rx
+}
+
+/// A place in a lane's queue; `None` when the lane is gone.
+///
+/// Taken at once when there is room: `reserve` spends tokio's cooperative budget, and calls
+/// polled together in one task (a pipelining source) that run out of it are woken again in
+/// reverse order, which would queue one key's records reversed.
+async fn reserve(lane: &mpsc::Sender<LaneJob>) -> Option<mpsc::Permit<'_, LaneJob>> {
+    match lane.try_reserve() {
+        Ok(place) => Some(place),
+        Err(mpsc::error::TrySendError::Full(())) => lane.reserve().await.ok(),
+        Err(mpsc::error::TrySendError::Closed(())) => None,
+    }
+}
+
+impl TopicPool {
+    /// The lane of a record: its routing key's hash, or round robin without a key.
+    fn lane_of(&self, key: Option<&str>) -> usize {
+        match key {
+            Some(key) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut hasher);
+                (hasher.finish() as usize) % self.lanes.len()
+            }
+            None => self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len(),
+        }
     }
 }
 
@@ -656,8 +872,26 @@ enum SendOutcome {
 impl Lane {
     async fn run(mut self, mut rx: mpsc::Receiver<LaneJob>) {
         while let Some(job) = rx.recv().await {
-            let mut job = match job {
-                LaneJob::Send(job) => job,
+            match job {
+                LaneJob::Send(Job { record, deadline, reply, span }) => {
+                    let outcome = self.deliver(&record, deadline, span).await;
+                    let _ = reply.send(outcome.map_err(|error| PublishFailure { error, record }));
+                }
+                LaneJob::Batch(mut batch) => {
+                    let deadline = batch.deadline;
+                    // The front record stays in the share while it is sent: if this task is
+                    // dropped meanwhile, the share fails it instead of counting it acked.
+                    while let Some(item) = batch.items.front_mut() {
+                        let span = item.span.take();
+                        let outcome = self.deliver(&item.record, deadline, span).await;
+                        let Some(item) = batch.items.pop_front() else { break };
+                        if let Err(error) = outcome {
+                            batch.outcome.fail_all([(item.index, PublishFailure { error, record: item.record })]);
+                        }
+                        batch.settled += 1;
+                    }
+                    // Dropping the share settles it: one completion for the lane's records.
+                }
                 LaneJob::Prepare(reply) => {
                     // Only makes sure a producer exists; records switch its schema as they need.
                     let result = match self.producer {
@@ -668,38 +902,42 @@ impl Lane {
                         }
                     };
                     let _ = reply.send(result);
-                    continue;
                 }
-            };
-            let started = Instant::now();
-            let result = self.publish(&job).await;
-            self.metrics.in_flight.dec();
-            if let Some(span) = job.span.take() {
-                span.finish(result.as_ref().err().map(|e| e as &dyn std::fmt::Display));
             }
-            let outcome = match result {
-                Ok(()) => {
-                    self.metrics.published.inc();
-                    self.metrics.latency.observe(started.elapsed().as_secs_f64());
-                    Ok(())
-                }
-                Err(error) => {
-                    self.metrics.failed.inc();
-                    Err(PublishFailure { error, record: job.record })
-                }
-            };
-            let _ = job.reply.send(outcome);
         }
         if let Some(producer) = self.producer.take() {
             drop(producer);
         }
     }
 
-    async fn publish(&mut self, job: &Job) -> Result<(), PublishError> {
+    /// Sends one record (see [`publish`](Self::publish)), counts the outcome and ends its span.
+    async fn deliver(
+        &mut self,
+        record: &SourceRecord,
+        deadline: Option<Instant>,
+        span: Option<crate::telemetry::RecordSpan>,
+    ) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let result = self.publish(record, deadline).await;
+        self.metrics.in_flight.dec();
+        if let Some(span) = span {
+            span.finish(result.as_ref().err().map(|e| e as &dyn std::fmt::Display));
+        }
+        match &result {
+            Ok(()) => {
+                self.metrics.published.inc();
+                self.metrics.latency.observe(started.elapsed().as_secs_f64());
+            }
+            Err(_) => self.metrics.failed.inc(),
+        }
+        result
+    }
+
+    async fn publish(&mut self, record: &SourceRecord, deadline: Option<Instant>) -> Result<(), PublishError> {
         // Made at the first failure only: most records are acked at the first try.
         let mut backoff: Option<crate::retry::Backoff> = None;
         loop {
-            if let Some(deadline) = job.deadline {
+            if let Some(deadline) = deadline {
                 if Instant::now() >= deadline {
                     return Err(PublishError::Timeout {
                         topic: self.topic.clone(),
@@ -710,9 +948,12 @@ impl Lane {
             if self.inner.abort.is_cancelled() {
                 return Err(PublishError::Closed);
             }
-            let error = match self.try_send(&job.record).await {
+            let error = match self.try_send(record).await {
                 SendOutcome::Acked => {
-                    self.inner.health.set_broker_reachable(true);
+                    // Only on a change: readiness is re-evaluated under a lock each time.
+                    if !self.inner.health.broker_reachable() {
+                        self.inner.health.set_broker_reachable(true);
+                    }
                     return Ok(());
                 }
                 SendOutcome::Rejected(source) => return Err(rejection(&self.topic, source)),
@@ -731,7 +972,7 @@ impl Lane {
                 .next_delay();
             warn!(topic = %self.topic, lane = self.index, error = %crate::error::error_chain(&error), retry_in = ?delay, "publish failed, retrying");
             self.metrics.retried.inc();
-            let wait = match job.deadline {
+            let wait = match deadline {
                 Some(deadline) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
@@ -745,7 +986,7 @@ impl Lane {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.inner.abort.cancelled() => return Err(PublishError::Closed),
             }
-            if job.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(PublishError::Unavailable { topic: self.topic.clone(), source: error });
             }
         }
@@ -895,5 +1136,43 @@ fn classify(error: DanubeError) -> SendOutcome {
         SendOutcome::Rejected(error)
     } else {
         SendOutcome::Transient(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(outcome: &Arc<BatchOutcome>, indexes: &[usize], gauge: &prometheus::IntGauge) -> LaneBatch {
+        let items = indexes
+            .iter()
+            .map(|&index| BatchItem { index, record: SourceRecord::new("/default/t", index.to_string()), span: None })
+            .collect();
+        gauge.add(indexes.len() as i64);
+        LaneBatch { items, deadline: None, settled: 0, in_flight: gauge.clone(), outcome: outcome.clone() }
+    }
+
+    #[tokio::test]
+    async fn a_share_dropped_before_it_is_sent_fails_its_records_closed_and_the_batch_completes() {
+        let gauge = prometheus::IntGauge::new("in_flight_test", "test").expect("gauge");
+        let outcome = Arc::new(BatchOutcome::default());
+        outcome.remaining.store(5, Ordering::Release);
+        let pending = PendingBatch { outcome: outcome.clone() };
+        let first = share(&outcome, &[1, 3, 4], &gauge);
+        let mut second = share(&outcome, &[0, 2], &gauge);
+        // The second share's lane sent its first record (acked), then went away.
+        second.items.pop_front();
+        second.settled += 1;
+        gauge.dec();
+        drop(second);
+        assert!(!pending.is_finished(), "the first share is still queued");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), pending.finished()).await.expect("the batch completes");
+        assert_eq!(gauge.get(), 0, "no record is left counted in flight");
+        let failures = pending.into_failures();
+        let failed: Vec<String> =
+            failures.iter().map(|f| String::from_utf8_lossy(&f.record.payload).into_owned()).collect();
+        assert_eq!(failed, ["1", "2", "3", "4"], "every unsent record failed, in batch order; the acked one did not");
+        assert!(failures.iter().all(|f| matches!(f.error, PublishError::Closed)));
     }
 }

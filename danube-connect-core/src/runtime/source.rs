@@ -3,54 +3,24 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::dead_letter::{dead_letter_record, Failure};
 use super::{Env, SOURCE_HEALTH_INTERVAL};
 use crate::config::FailurePolicy;
 use crate::connector::PullSource;
 use crate::error::{ConnectorError, PublishError};
-use crate::publisher::{wait_for_ack, PublishFailure};
+use crate::publisher::{PendingBatch, PublishFailure};
 use crate::record::SourceOffset;
 use crate::retry::RetryPolicy;
 
-/// A batch whose records are being published, or finished.
-enum InFlight {
-    Running(JoinHandle<PolledBatch>),
-    Done(Result<PolledBatch, tokio::task::JoinError>),
-}
-
-impl InFlight {
-    fn is_finished(&self) -> bool {
-        match self {
-            Self::Running(task) => task.is_finished(),
-            Self::Done(_) => true,
-        }
-    }
-
-    async fn wait(&mut self) {
-        if let Self::Running(task) = self {
-            let result = task.await;
-            *self = Self::Done(result);
-        }
-    }
-
-    async fn into_result(self) -> Result<PolledBatch, tokio::task::JoinError> {
-        match self {
-            Self::Running(task) => task.await,
-            Self::Done(result) => result,
-        }
-    }
-}
-
-/// A polled batch in the commit queue: its record count, the first offset it carries (known
-/// before it finishes, to hold back an offset it shares with the batch before it), its task.
+/// A polled batch in the commit queue: its record count, its offsets (the first one is
+/// looked at before it finishes, to hold back an offset it shares with the batch before it),
+/// and its outcome.
 struct Pending {
     count: usize,
-    first_offset: Option<SourceOffset>,
-    task: InFlight,
+    offsets: Vec<SourceOffset>,
+    batch: PendingBatch,
 }
 
 /// Offsets acked but not committed yet because records carrying them may still come.
@@ -61,13 +31,6 @@ struct CommitState {
     held: Option<SourceOffset>,
     /// True from the moment a batch was queued until the next `poll` returned.
     awaiting_poll: bool,
-}
-
-/// One polled batch: its offsets and the publish outcome of each record.
-struct PolledBatch {
-    offsets: Vec<SourceOffset>,
-    records: usize,
-    failures: Vec<PublishFailure>,
 }
 
 pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn PullSource>) {
@@ -90,7 +53,7 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
         if in_flight >= max_in_flight {
             tokio::select! {
                 _ = env.shutdown.cancelled() => break,
-                _ = wait_front(&mut pending) => continue,
+                _ = wait_front(&pending) => continue,
             }
         }
         // Between polls, since `poll` holds the source mutably.
@@ -127,41 +90,35 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
             tokio::task::yield_now().await;
             continue;
         }
-        let mut offsets: Vec<SourceOffset> = Vec::new();
-        let mut replies: Vec<oneshot::Receiver<Result<(), PublishFailure>>> = Vec::with_capacity(records.len());
         let count = records.len();
-        for record in records {
-            env.metrics.records_received.with_label_values(&[env.metrics.connector(), &record.topic]).inc();
+        let mut offsets: Vec<SourceOffset> = Vec::new();
+        // Counted per run of one topic, not per record (a label lookup is not free).
+        let mut received: Option<(&str, u64)> = None;
+        for record in &records {
             if let Some(offset) = &record.offset {
                 if offsets.last() != Some(offset) {
                     offsets.push(offset.clone());
                 }
             }
-            match env.publisher.enqueue(record, None).await {
-                Ok(rx) => replies.push(rx),
-                Err(failure) => {
-                    // Closed: the runtime is stopping; nothing of this batch is committed.
-                    debug!(error = %failure.error, "publisher closed during enqueue");
-                    replies.push(closed_reply(failure));
+            match &mut received {
+                Some((topic, n)) if *topic == record.topic => *n += 1,
+                _ => {
+                    if let Some((topic, n)) = received.replace((&record.topic, 1)) {
+                        count_received(&env, topic, n);
+                    }
                 }
             }
         }
+        if let Some((topic, n)) = received {
+            count_received(&env, topic, n);
+        }
+        // One hand-off per lane for the whole batch, one completion for the batch. A closed
+        // publisher (the runtime is stopping) fails the records: nothing of it is committed.
+        let batch = env.publisher.enqueue_batch(records, None).await;
         in_flight += count;
         env.metrics.buffer_depth.with_label_values(&[env.metrics.connector(), "source"]).set(in_flight as i64);
         commits.awaiting_poll = true;
-        pending.push_back(Pending {
-            count,
-            first_offset: offsets.first().cloned(),
-            task: InFlight::Running(tokio::spawn(async move {
-                let mut failures = Vec::new();
-                for rx in replies {
-                    if let Err(failure) = wait_for_ack(rx).await {
-                        failures.push(failure);
-                    }
-                }
-                PolledBatch { offsets, records: count, failures }
-            })),
-        });
+        pending.push_back(Pending { count, offsets, batch });
     }
 
     // Drain: everything already handed to the publisher is finished and committed.
@@ -173,15 +130,13 @@ pub(super) async fn run_source_loop(env: Env, index: usize, mut source: Box<dyn 
     }
 }
 
-fn closed_reply(failure: PublishFailure) -> oneshot::Receiver<Result<(), PublishFailure>> {
-    let (tx, rx) = oneshot::channel();
-    let _ = tx.send(Err(failure));
-    rx
+fn count_received(env: &Env, topic: &str, records: u64) {
+    env.metrics.records_received.with_label_values(&[env.metrics.connector(), topic]).inc_by(records);
 }
 
-async fn wait_front(pending: &mut VecDeque<Pending>) {
-    if let Some(batch) = pending.front_mut() {
-        batch.task.wait().await;
+async fn wait_front(pending: &VecDeque<Pending>) {
+    if let Some(front) = pending.front() {
+        front.batch.finished().await;
     }
 }
 
@@ -211,33 +166,27 @@ async fn commit_finished(
 ) -> bool {
     let mut ready: Vec<SourceOffset> = commits.held.take().into_iter().collect();
     while let Some(front) = pending.front() {
-        if !wait && !front.task.is_finished() {
+        if !wait && !front.batch.is_finished() {
             break;
         }
-        let Some(Pending { count, task, .. }) = pending.pop_front() else { break };
+        let Some(Pending { count, offsets, batch }) = pending.pop_front() else { break };
         *in_flight = in_flight.saturating_sub(count);
-        let batch = match task.into_result().await {
-            Ok(batch) => batch,
-            Err(e) => {
-                env.stopper.fail(ConnectorError::fatal("publish task failed", e));
-                return false;
-            }
-        };
-        if !handle_failures(env, batch.failures).await {
+        batch.finished().await;
+        if !handle_failures(env, batch.into_failures()).await {
             // Not everything of this batch is in Danube: commit what came before (except an
             // offset this batch shares with it), stop.
-            if ready.last().is_some() && ready.last() == batch.offsets.first() {
+            if ready.last().is_some() && ready.last() == offsets.first() {
                 ready.pop();
             }
             commit(env, source, std::mem::take(&mut ready)).await;
             return false;
         }
-        env.metrics.records_acked.with_label_values(&[env.metrics.connector(), "source"]).inc_by(batch.records as u64);
-        extend_offsets(&mut ready, batch.offsets);
+        env.metrics.records_acked.with_label_values(&[env.metrics.connector(), "source"]).inc_by(count as u64);
+        extend_offsets(&mut ready, offsets);
     }
     env.metrics.buffer_depth.with_label_values(&[env.metrics.connector(), "source"]).set(*in_flight as i64);
     if !wait {
-        let continued = match pending.iter().find_map(|p| p.first_offset.as_ref()) {
+        let continued = match pending.iter().find_map(|p| p.offsets.first()) {
             Some(next) => ready.last() == Some(next),
             None => pending.is_empty() && commits.awaiting_poll,
         };
