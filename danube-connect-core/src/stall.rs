@@ -316,6 +316,8 @@ enum SourceError {
         #[source]
         source: tonic::Status,
     },
+    #[error("no HTTP client for the broker's metrics")]
+    HttpClient(#[source] reqwest::Error),
     #[error("bad admin URL {url}")]
     AdminUrl {
         url: String,
@@ -349,7 +351,9 @@ fn metrics_endpoint(address: &str) -> String {
 }
 
 impl Reader {
-    fn new(source: &FigureSource, http: reqwest::Client) -> Result<Self, SourceError> {
+    fn new(source: &FigureSource) -> Result<Self, SourceError> {
+        let http =
+            reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(SourceError::HttpClient)?;
         let admin = match &source.admin_url {
             Some(url) => {
                 let channel = Channel::from_shared(url.clone())
@@ -459,15 +463,10 @@ impl StallWatch {
     pub(crate) async fn run(self, progress: std::sync::Arc<Progress>, shutdown: tokio_util::sync::CancellationToken) {
         let interval = (self.timeout / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
         let component = format!("stall {}", self.topic);
-        let reader = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())
-            .and_then(|http| Reader::new(&self.source, http).map_err(|e| crate::error::error_chain(&e)))
-        {
+        let reader = match Reader::new(&self.source) {
             Ok(reader) => reader,
             Err(e) => {
-                warn!(error = %e, "stall detection off");
+                warn!(error = %crate::error::error_chain(&e), "stall detection off");
                 return;
             }
         };

@@ -464,10 +464,16 @@ impl RealBroker {
     }
 
     async fn admin(&self) -> Result<TopicAdminClient<tonic::transport::Channel>, HarnessError> {
-        TopicAdminClient::connect(self.admin_url()).await.map_err(|e| HarnessError::Io {
+        Ok(TopicAdminClient::new(self.admin_channel().await?))
+    }
+
+    /// A connection to the broker's admin API, for any of its services.
+    async fn admin_channel(&self) -> Result<tonic::transport::Channel, HarnessError> {
+        let connect = |e: tonic::transport::Error| HarnessError::Io {
             what: "connect to the broker's admin API".into(),
             source: std::io::Error::other(e),
-        })
+        };
+        tonic::transport::Endpoint::from_shared(self.admin_url()).map_err(connect)?.connect().await.map_err(connect)
     }
 
     /// Creates a reliable partitioned topic through the admin API.
@@ -525,10 +531,7 @@ impl RealBroker {
 
     /// The brokers of the cluster as `(broker id, client URL, status)` (`ListBrokers`).
     pub async fn list_brokers(&self) -> Result<Vec<(String, String, String)>, HarnessError> {
-        let mut admin = BrokerAdminClient::connect(self.admin_url()).await.map_err(|e| HarnessError::Io {
-            what: "connect to the broker's admin API".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let mut admin = BrokerAdminClient::new(self.admin_channel().await?);
         let listed = admin.list_brokers(Empty {}).await.map_err(|status| admin_error("ListBrokers", status))?;
         Ok(listed.into_inner().brokers.into_iter().map(|b| (b.broker_id, b.broker_addr, b.broker_status)).collect())
     }

@@ -372,15 +372,7 @@ async fn main() {
          CREATE PUBLICATION bench_pub FOR TABLE public.bench, sample.bench",
     )
     .expect("schema");
-    let recvlogical = pg.bin_dir().join("pg_recvlogical");
-    let port = pg.port().to_string();
-    let base = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres", "-d", "postgres"];
-    let created = Command::new(&recvlogical)
-        .args(base)
-        .args(["-S", "raw_slot", "-P", "pgoutput", "--create-slot"])
-        .status()
-        .expect("pg_recvlogical");
-    assert!(created.success(), "create raw slot");
+    let raw_reader = support::RawReader::create(&pg);
 
     // A reader on the first run's sample topic keeps one connector record: the raw baseline
     // sends copies of it. (The topic is created first: subscriptions start at its end.)
@@ -423,7 +415,7 @@ async fn main() {
 
     // Baseline: pg_recvlogical reads the first run's transaction from its own pgoutput slot.
     let end = first_end.expect("a connector run");
-    let recvlogical_rate = support::recvlogical_rate(&recvlogical, &base, &end, rows);
+    let recvlogical_rate = raw_reader.rate(&end, rows);
 
     // Baseline: raw danube-client, in a separate process like the connector.
     let url = broker.url();

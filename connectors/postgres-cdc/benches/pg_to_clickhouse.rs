@@ -172,15 +172,7 @@ spool = {{ dir = "{spool}" }}
     wait_log(&cdc, "streaming changes", "postgres-cdc").await;
 
     // The raw reader's slot, made before the rows are written.
-    let recvlogical = pg.bin_dir().join("pg_recvlogical");
-    let port = pg.port().to_string();
-    let base = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres", "-d", "postgres"];
-    let created = Command::new(&recvlogical)
-        .args(base)
-        .args(["-S", "raw_slot", "-P", "pgoutput", "--create-slot"])
-        .status()
-        .expect("pg_recvlogical");
-    assert!(created.success(), "create the raw slot");
+    let raw_reader = support::RawReader::create(&pg);
 
     // Warm-up: one row through the whole pipeline (the sink creates its table from it).
     pg.psql("INSERT INTO bench (id, name, v) VALUES (0, 'name-0', 0)").expect("warm-up row");
@@ -220,7 +212,7 @@ spool = {{ dir = "{spool}" }}
         (cdc.pid().map_or(0, |p| status_kib(p, "VmHWM:")), sink.pid().map_or(0, |p| status_kib(p, "VmHWM:")));
 
     // Baseline: pg_recvlogical reads the same transaction.
-    let recvlogical_rate = support::recvlogical_rate(&recvlogical, &base, &end, rows);
+    let recvlogical_rate = raw_reader.rate(&end, rows);
 
     // Baseline: clickhouse-client inserts the rows the pipeline wrote into a twin table.
     let export = dir.path().join("rows.tsv");
