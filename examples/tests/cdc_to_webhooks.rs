@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod pipeline;
 
-use pipeline::{binary, spawn_env, start, workspace};
+use pipeline::{check_configs, spawn_env, start, workspace};
 
 const PIPELINE: &str = "examples/pipelines/cdc-to-webhooks";
 const TOPIC: &str = "/default/public-orders";
@@ -249,20 +249,11 @@ async fn run_pipeline(kind: BrokerKind) {
 
 #[test]
 fn cdc_to_webhooks_configs_are_valid() {
-    std::env::set_current_dir(workspace()).expect("cd to the workspace root");
-    for (binary_name, config, expect) in [
-        ("danube-postgres-cdc", "postgres-cdc.toml", SLOT),
-        ("danube-http-sink", "http-sink.toml", "/default/public-orders"),
-    ] {
-        let output = std::process::Command::new(binary(binary_name))
-            .args(["--check", "--config", &format!("{PIPELINE}/{config}")])
-            .output()
-            .expect("run --check");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains(expect),
-            "{binary_name} --check {config}: {}{stdout}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    check_configs(
+        PIPELINE,
+        &[
+            ("danube-postgres-cdc", "postgres-cdc.toml", SLOT),
+            ("danube-http-sink", "http-sink.toml", "/default/public-orders"),
+        ],
+    );
 }

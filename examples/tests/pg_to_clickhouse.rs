@@ -22,7 +22,7 @@ use danube_connect_testkit::postgres::Postgres;
 
 mod pipeline;
 
-use pipeline::{binary, spawn_env, start, workspace};
+use pipeline::{check_configs, spawn_env, start, workspace};
 
 const PIPELINE: &str = "examples/pipelines/pg-to-clickhouse";
 const TOPIC: &str = "/default/public-accounts";
@@ -181,20 +181,11 @@ async fn pg_to_clickhouse_converges_through_kills_and_a_broker_restart() {
 
 #[test]
 fn pg_to_clickhouse_configs_are_valid() {
-    std::env::set_current_dir(workspace()).expect("cd to the workspace root");
-    for (binary_name, config, expect) in [
-        ("danube-postgres-cdc", "postgres-cdc.toml", "shop_to_clickhouse"),
-        ("danube-clickhouse", "clickhouse.toml", "{schema}_{table}"),
-    ] {
-        let output = std::process::Command::new(binary(binary_name))
-            .args(["--check", "--config", &format!("{PIPELINE}/{config}")])
-            .output()
-            .expect("run --check");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains(expect),
-            "{binary_name} --check {config}: {}{stdout}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    check_configs(
+        PIPELINE,
+        &[
+            ("danube-postgres-cdc", "postgres-cdc.toml", "shop_to_clickhouse"),
+            ("danube-clickhouse", "clickhouse.toml", "{schema}_{table}"),
+        ],
+    );
 }

@@ -37,3 +37,21 @@ pub(crate) async fn start(binary_name: &str, vars: &HashMap<String, String>, wai
     }
     process
 }
+
+/// Runs `--check` on each `(binary, config file in pipeline, text its output must contain)`,
+/// from the workspace root as a user would.
+pub(crate) fn check_configs(pipeline: &str, checks: &[(&str, &str, &str)]) {
+    std::env::set_current_dir(workspace()).expect("cd to the workspace root");
+    for (binary_name, config, expect) in checks {
+        let output = std::process::Command::new(binary(binary_name))
+            .args(["--check", "--config", &format!("{pipeline}/{config}")])
+            .output()
+            .expect("run --check");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains(expect),
+            "{binary_name} --check {config}: {}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
