@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -251,9 +252,23 @@ async fn wait_kafka_numbers(bootstrap: &str, topic: &str, partitions: i32, total
 /// Publishes `{"n":i}` for `from..to` to Danube `topic` through 2 raw producers, paced in
 /// chunks of 20 ([`chunk_gap`]).
 async fn publish_range(kind: BrokerKind, url: String, topic: &str, from: usize, to: usize) {
+    publish_range_counted(kind, url, topic, from, to, &AtomicUsize::new(0)).await;
+}
+
+/// [`publish_range`] that counts each acked publish in `published`, for a test that acts at
+/// a point of the load rather than at a time.
+async fn publish_range_counted(
+    kind: BrokerKind,
+    url: String,
+    topic: &str,
+    from: usize,
+    to: usize,
+    published: &AtomicUsize,
+) {
     let producers = reliable_producers(url, topic, "load", 2).await.expect("producers");
     for i in from..to {
         producers[i % 2].send(json!({ "n": i }).to_string().into_bytes(), None).await.expect("publish");
+        published.fetch_add(1, Ordering::Relaxed);
         if i % 20 == 19 {
             tokio::time::sleep(chunk_gap(kind)).await;
         }
@@ -565,10 +580,18 @@ async fn export_kill_9_under_load_loses_no_danube_message() {
         let systems = Systems::start(kind).await;
         let mut bridge = start_export(&systems, &[]).await;
         let url = systems.broker.url();
-        let publishing = tokio::spawn(async move { publish_range(kind, url, EXPORT_TOPIC, 0, 800).await });
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let published = Arc::new(AtomicUsize::new(0));
+        let counter = published.clone();
+        let publishing =
+            tokio::spawn(async move { publish_range_counted(kind, url, EXPORT_TOPIC, 0, 800, &counter).await });
+        // Killed at a point of the load, not at a time: a fast machine publishes 800 in a second.
+        let deadline = Instant::now() + WAIT;
+        while published.load(Ordering::Relaxed) < 300 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         bridge.kill9();
-        assert!(!publishing.is_finished(), "{kind}: the kill came under load");
+        let at_kill = published.load(Ordering::Relaxed);
+        assert!((300..800).contains(&at_kill), "{kind}: the kill came under load ({at_kill} published)");
         let restarted = systems.bridge(&export_env(), None).await;
         publishing.await.expect("publisher");
         let (got, count) = wait_kafka_numbers(&systems.bootstrap(), "kout", 3, 800).await;
