@@ -159,14 +159,19 @@ async fn raw_publish_process(
     // for it (a metrics scrape of the real broker costs it CPU).
     let output = command.output();
     tokio::pin!(output);
+    // From the child's start (its producers' creation included): only the steady part compares.
+    let spawned = Instant::now();
+    let mut timeline = Timeline::new(rows);
     let out = loop {
         tokio::select! {
             out = &mut output => break out.expect("raw publish process"),
             _ = tokio::time::sleep(poll_interval(broker)) => {
-                message_count(broker, topic).await;
+                let count = message_count(broker, topic).await;
+                timeline.observe(spawned.elapsed(), count);
             }
         }
     };
+    println!("  timeline (raw, {producers} producers, from the child's start): {timeline}");
     // Includes the child's producer creation: a slight over-count for the broker.
     let broker_cpu = broker_cpu.stop()[0];
     assert!(out.status.success(), "raw publish process failed");
@@ -186,7 +191,7 @@ fn connector_env(
         ("DANUBE_SERVICE_URL", broker.url()),
         ("CONNECTOR_NAME", "bench".into()),
         ("CONNECTOR_SOURCE__PRODUCERS_PER_TOPIC", producers.to_string()),
-        ("CONNECTOR_LOG__LEVEL", "warn".into()),
+        ("CONNECTOR_LOG__LEVEL", std::env::var("CDC_BENCH_LOG").unwrap_or_else(|_| "warn".into())),
         ("POSTGRES_CDC_URL", pg.url()),
         ("POSTGRES_CDC_PUBLICATION", "bench_pub".into()),
     ]
@@ -253,6 +258,53 @@ async fn wait_streaming(pg: &Postgres, slot: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("slot {slot} not streaming");
+}
+
+/// The wall clock (UTC, microseconds), to line a COMMIT up with the connector's log.
+fn chrono_now() -> String {
+    let output = Command::new("date").args(["-u", "+%H:%M:%S.%6N"]).output().expect("date");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// When the broker's count first reached 1 record and 10/50/90/100 % of a run, from COMMIT:
+/// where a run loses time (before the first record, in its steady part, or in its tail).
+struct Timeline {
+    rows: usize,
+    /// Milestones (fraction of `rows`, first time seen).
+    marks: Vec<(f64, Option<Duration>)>,
+}
+
+impl Timeline {
+    fn new(rows: usize) -> Self {
+        let marks = [0.0, 0.1, 0.5, 0.9, 1.0].into_iter().map(|f| (f, None)).collect();
+        Self { rows, marks }
+    }
+
+    fn observe(&mut self, at: Duration, count: usize) {
+        for (fraction, seen) in &mut self.marks {
+            let needed = ((*fraction * self.rows as f64) as usize).max(1);
+            if seen.is_none() && count >= needed {
+                *seen = Some(at);
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (fraction, seen) in &self.marks {
+            let label = if *fraction == 0.0 { "first".to_string() } else { format!("{:.0}%", fraction * 100.0) };
+            match seen {
+                Some(at) => write!(f, "{label} {:.0} ms  ", at.as_secs_f64() * 1000.0)?,
+                None => write!(f, "{label} never  ")?,
+            }
+        }
+        if let (Some(low), Some(high)) = (self.marks[1].1, self.marks[3].1) {
+            let steady = 0.8 * self.rows as f64 / (high - low).as_secs_f64().max(1e-6);
+            write!(f, "steady 10-90%: {steady:.0} rows/s")?;
+        }
+        Ok(())
+    }
 }
 
 /// One connector run.
@@ -324,22 +376,34 @@ async fn stream_run(
     let connector_pid = process.pid().expect("connector pid");
     let cpu = CpuUse::start(vec![connector_pid, broker_pid(broker), walsender]);
     pg.psql(&format!(
-        "INSERT INTO bench (id, name, v) SELECT g, 'name-' || g, g % 1000 FROM generate_series({first}, {}) g",
+        "{}INSERT INTO bench (id, name, v) SELECT g, 'name-' || g, g % 1000 FROM generate_series({first}, {}) g",
+        support::FLUSHED_COMMIT,
         first + rows - 1
     ))
     .expect("bulk insert");
     let committed = Instant::now();
+    let committed_at = chrono_now();
     let end = pg.psql("SELECT pg_current_wal_lsn()").expect("lsn");
     let topic = format!("/default/{topic}_public_bench");
-    while message_count(broker, &topic).await < rows && committed.elapsed() < Duration::from_secs(900) {
+    let mut timeline = Timeline::new(rows);
+    loop {
+        let count = message_count(broker, &topic).await;
+        timeline.observe(committed.elapsed(), count);
+        if count >= rows || committed.elapsed() >= Duration::from_secs(900) {
+            break;
+        }
         tokio::time::sleep(poll_interval(broker)).await;
     }
     let secs = committed.elapsed().as_secs_f64();
+    println!("  timeline ({producers} producers): {timeline}");
     let cpu = cpu.stop();
     assert_eq!(message_count(broker, &topic).await, rows, "connector delivered every row: {}", process.log());
     if let Some(mut recorder) = recorder.take() {
         let _ = Command::new("kill").args(["-INT", &recorder.id().to_string()]).status();
         let _ = recorder.wait();
+    }
+    if std::env::var("CDC_BENCH_LOG").is_ok() {
+        println!("  COMMIT at {committed_at}; the connector's log:\n{}", process.log());
     }
     let rss_kib = process.pid().map_or(0, |pid| status_kib(pid, "VmHWM:"));
     let status = process.terminate(Duration::from_secs(60)).await;

@@ -185,7 +185,8 @@ spool = {{ dir = "{spool}" }}
     let cpu = |pid: Option<u32>| pid.map_or(0.0, |p| cpu_seconds(p).0);
     let (cdc_cpu, sink_cpu) = (cpu(cdc.pid()), cpu(sink.pid()));
     pg.psql(&format!(
-        "INSERT INTO bench (id, name, v) SELECT g, 'name-' || g, g % 1000 FROM generate_series(1, {rows}) g"
+        "{}INSERT INTO bench (id, name, v) SELECT g, 'name-' || g, g % 1000 FROM generate_series(1, {rows}) g",
+        support::FLUSHED_COMMIT
     ))
     .expect("bulk insert");
     let committed = Instant::now();

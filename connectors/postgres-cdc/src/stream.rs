@@ -18,7 +18,7 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationE
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use crate::change::{format_lsn, pg_time_iso, Change, Table, ToastFill, TxnInfo};
 use crate::config::{Connection, PostgresCdcConfig, SnapshotMode, TlsMode};
@@ -613,6 +613,7 @@ impl Stream {
             return true;
         }
         let count = self.out.len();
+        trace!(records = count, "hand-off to poll");
         let mut batch = std::mem::replace(&mut self.out, Vec::with_capacity(count));
         let offset = SourceOffset::new(self.config.slot.clone(), self.last_emitted);
         for record in &mut batch {

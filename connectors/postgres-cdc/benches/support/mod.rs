@@ -6,6 +6,11 @@ use std::time::Instant;
 
 use danube_connect_testkit::postgres::Postgres;
 
+/// Put before a measured write: the test kit's PostgreSQL runs with `synchronous_commit = off`
+/// (fast tests), so a COMMIT reaches the walsender only when the WAL writer flushes it, up to
+/// 3 x `wal_writer_delay` (about 400 ms measured) later; PostgreSQL's default flushes at COMMIT.
+pub(crate) const FLUSHED_COMMIT: &str = "SET synchronous_commit = on; ";
+
 /// `pg_recvlogical` on its own pgoutput slot `raw_slot` (publication `bench_pub`): the raw
 /// reader the connector is compared with.
 pub(crate) struct RawReader {
