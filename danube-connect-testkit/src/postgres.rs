@@ -34,6 +34,10 @@ pub struct PostgresOptions {
     /// The server certificate's `subjectAltName` entries (`DNS:name`, `IP:address`); empty
     /// means `DNS:localhost` and `IP:127.0.0.1`.
     pub tls_names: Vec<String>,
+    /// With `tls`: TCP clients must present a certificate signed by the test CA whose common
+    /// name is the role (`cert` in pg_hba.conf), queries and replication alike; see
+    /// [`Postgres::client_cert`].
+    pub client_certs: bool,
     /// A role `(name, password)` with `LOGIN REPLICATION` that must authenticate with
     /// `scram-sha-256` over TCP (queries and replication); `postgres` keeps `trust`.
     pub scram_user: Option<(String, String)>,
@@ -96,6 +100,44 @@ impl Postgres {
         Ok(dir.join("foreign-ca.crt"))
     }
 
+    /// A client certificate and key (PEM files) for `role`, signed by the test CA (made on
+    /// each call), for a cluster started with [`PostgresOptions::client_certs`].
+    pub fn client_cert(&self, role: &str) -> Result<(PathBuf, PathBuf), HarnessError> {
+        let dir = self.dir.path();
+        let path = |name: &str| dir.join(name).display().to_string();
+        let (key, csr, cert) =
+            (format!("client-{role}.key"), format!("client-{role}.csr"), format!("client-{role}.crt"));
+        let subject = format!("/CN={role}");
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            &path(&key),
+            "-out",
+            &path(&csr),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &path(&cert),
+        ])?;
+        Ok((dir.join(cert), dir.join(key)))
+    }
+
     /// The server log so far (connection and authentication lines with `log_connections = on`).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
@@ -148,6 +190,12 @@ impl Postgres {
         if options.tls {
             pg.make_certificates(&options.tls_names)?;
             conf.push_str("ssl = on\n");
+            if options.client_certs {
+                conf.push_str(&format!("ssl_ca_file = '{}'\n", pg.ca_cert().display()));
+                pg.write_hba(
+                    "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostssl replication all 127.0.0.1/32 cert\n",
+                )?;
+            }
         }
         if let Some((user, _)) = &options.scram_user {
             conf.push_str("password_encryption = 'scram-sha-256'\n");

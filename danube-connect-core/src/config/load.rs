@@ -11,6 +11,7 @@ use serde::Serialize;
 /// Keys of `[danube]` settable as `DANUBE_*` (other `DANUBE_*` variables are ignored).
 const DANUBE_KEYS: &[&str] = &[
     "service_url",
+    "tls",
     "tls_ca",
     "tls_cert",
     "tls_key",
@@ -124,7 +125,8 @@ where
                 format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..TOP_LEVEL_KEYS.len() - 1].join(", ")),
             ));
         }
-        let runtime: RuntimeConfig = figment.extract().map_err(|e| parse_error(e, None))?;
+        let mut runtime: RuntimeConfig = figment.extract().map_err(|e| parse_error(e, None))?;
+        runtime.danube.adopt_old_tls_keys()?;
         let connector: C = figment.extract_inner("connector").map_err(|e| parse_error(e, Some("connector")))?;
         let config = Self { runtime, connector };
         config.runtime.validate()?;

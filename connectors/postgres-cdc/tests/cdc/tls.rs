@@ -144,3 +144,81 @@ async fn verify_ca_accepts_a_certificate_that_does_not_name_the_host() {
         [("POSTGRES_CDC_URL", by_ip.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
     streams_one_row_over_tls(&env, "mismatch", &verify_ca).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_form_of_connector_tls_verifies_like_the_old_string_form() {
+    let pg = Postgres::start_tls().expect("postgres with TLS");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let ca = env.pg.ca_cert().display().to_string();
+    let url = format!("postgres://postgres@localhost:{}/postgres", env.pg.port());
+    // `connector.tls = { mode, ca }`, set field by field from the environment.
+    let table =
+        [("POSTGRES_CDC_URL", url.as_str()), ("POSTGRES_CDC_TLS__MODE", "verify_full"), ("POSTGRES_CDC_TLS__CA", &ca)];
+    streams_one_row_over_tls(&env, "table_form", &table).await;
+
+    // The same table checks: a CA that did not sign the server certificate is refused.
+    let foreign = env.pg.foreign_ca().expect("another CA").display().to_string();
+    let log = startup_error(
+        &env,
+        &[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS__MODE", "verify_full"), ("POSTGRES_CDC_TLS__CA", &foreign)],
+    )
+    .await;
+    assert!(log.contains("invalid peer certificate: UnknownIssuer"), "{log}");
+    // And the old spelling of the CA beside the new one is refused, naming the field.
+    let log = startup_error(
+        &env,
+        &[
+            ("POSTGRES_CDC_URL", &url),
+            ("POSTGRES_CDC_TLS__MODE", "verify_full"),
+            ("POSTGRES_CDC_TLS__CA", &ca),
+            ("POSTGRES_CDC_TLS_CA", &ca),
+        ],
+    )
+    .await;
+    assert!(log.contains("connector.tls.ca") && log.contains("connector.tls_ca"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_authenticates_both_connections() {
+    // Every TCP connection must present a certificate of the test CA naming its role.
+    let options = PostgresOptions { tls: true, client_certs: true, ..Default::default() };
+    let pg = Postgres::start_with_options(&options).expect("postgres requiring client certificates");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let ca = env.pg.ca_cert().display().to_string();
+    let (cert, key) = env.pg.client_cert("postgres").expect("client certificate");
+    let url = format!("postgres://postgres@localhost:{}/postgres", env.pg.port());
+
+    // Without a client certificate the server refuses the connection, and the start fails.
+    let log = startup_error(
+        &env,
+        &[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS", "verify_full"), ("POSTGRES_CDC_TLS_CA", &ca)],
+    )
+    .await;
+    assert!(log.contains("certificate"), "{log}");
+
+    // With one (the table form, inline), the query and the replication connection get in,
+    // each authenticated by the certificate.
+    let tls = format!(
+        "{{ mode = \"verify_full\", ca = \"{ca}\", client_cert = \"{}\", client_key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    env.pg.psql("CREATE TABLE mtls (id int PRIMARY KEY)").unwrap();
+    let mut process =
+        env.spawn(&[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS", &tls), ("POSTGRES_CDC_SNAPSHOT", "never")]).await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg.psql("INSERT INTO mtls VALUES (7)").unwrap();
+    let got = env.broker.wait_for_messages("/default/public-mtls", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "{}", process.log());
+    let by_certificate = env
+        .pg
+        .psql(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND client_dn LIKE '%CN=postgres%' AND application_name = 'danube-postgres-cdc'",
+        )
+        .expect("pg_stat_ssl");
+    assert!(by_certificate.parse::<u32>().expect("a count") >= 2, "both connections present the certificate");
+    stop_cleanly(&mut process).await;
+}
