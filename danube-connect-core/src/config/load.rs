@@ -45,14 +45,21 @@ fn env_layer(prefix: &str, section: Option<&'static str>, accept: fn(&str) -> bo
 /// (`connector.max_body_bytes`), whatever layer it came from; `section` is the prefix of an
 /// inner extraction.
 fn parse_error(error: figment::Error, section: Option<&str>) -> ConfigError {
-    let path = error.path.join(".");
-    if path.is_empty() {
+    if error.path.is_empty() {
         return ConfigError::Parse(Box::new(error));
     }
-    let field = match section {
-        Some(section) if path != section && !path.starts_with(&format!("{section}.")) => format!("{section}.{path}"),
-        _ => path,
-    };
+    let mut keys: Vec<&str> = error.path.iter().map(String::as_str).collect();
+    if let Some(section) = section {
+        // `extract_inner` appends the section's keys after the inner path (`tls.connector`).
+        let parts: Vec<&str> = section.split('.').collect();
+        if keys.len() > parts.len() && keys.ends_with(&parts) {
+            keys.truncate(keys.len() - parts.len());
+        }
+        if !keys.starts_with(&parts) {
+            keys.splice(0..0, parts);
+        }
+    }
+    let field = keys.join(".");
     let origin = error.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
     ConfigError::invalid(field.to_ascii_lowercase(), format!("{}{origin}", error.kind))
 }

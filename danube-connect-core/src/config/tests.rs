@@ -52,6 +52,16 @@ fn wrong_type_names_the_field() {
 }
 
 #[test]
+fn wrong_type_in_the_connector_section_names_the_field() {
+    let extra = Figment::new().merge(Serialized::default("connector.listen", vec![1, 2]));
+    let err = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect_err("must fail");
+    match err {
+        ConfigError::Invalid { field, .. } => assert_eq!(field, "connector.listen"),
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[test]
 fn bad_service_url_names_the_field() {
     let extra = Figment::new().merge(Serialized::default("danube.service_url", "127.0.0.1:6650"));
     let err = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect_err("must fail");

@@ -181,14 +181,14 @@ async fn the_table_form_of_connector_tls_verifies_like_the_old_string_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_authenticates_both_connections() {
-    // Every TCP connection must present a certificate of the test CA naming its role.
-    let options = PostgresOptions { tls: true, client_certs: true, ..Default::default() };
+    // Role `cdc` must present a certificate of the test CA naming it.
+    let options = PostgresOptions { tls: true, cert_user: Some("cdc".into()), ..Default::default() };
     let pg = Postgres::start_with_options(&options).expect("postgres requiring client certificates");
     let broker = EmbeddedBroker::start_default().await.expect("broker");
     let env = Env { pg, broker };
     let ca = env.pg.ca_cert().display().to_string();
-    let (cert, key) = env.pg.client_cert("postgres").expect("client certificate");
-    let url = format!("postgres://postgres@localhost:{}/postgres", env.pg.port());
+    let (cert, key) = env.pg.client_cert("cdc").expect("client certificate");
+    let url = format!("postgres://cdc@localhost:{}/postgres", env.pg.port());
 
     // Without a client certificate the server refuses the connection, and the start fails.
     let log = startup_error(
@@ -216,7 +216,7 @@ async fn a_client_certificate_authenticates_both_connections() {
         .pg
         .psql(
             "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
-             WHERE ssl AND client_dn LIKE '%CN=postgres%' AND application_name = 'danube-postgres-cdc'",
+             WHERE ssl AND client_dn LIKE '%CN=cdc%' AND application_name = 'danube-postgres-cdc'",
         )
         .expect("pg_stat_ssl");
     assert!(by_certificate.parse::<u32>().expect("a count") >= 2, "both connections present the certificate");
