@@ -2,7 +2,7 @@
 //!
 //! The operator's command-line tool for Danube Connect, on the connectors' own configuration:
 //! `--config FILE` (the connector's TOML/YAML file works as is) and the same environment
-//! variables (`DANUBE_SERVICE_URL`, `DANUBE_TLS_CA`, `DANUBE_TOKEN`, `CONNECTOR_NAME`,
+//! variables (`DANUBE_SERVICE_URL`, `DANUBE_TLS__CA`, `DANUBE_TOKEN`, `CONNECTOR_NAME`,
 //! `CONNECTOR_FAILURE__DEAD_LETTER_TOPIC`, ...).
 //!
 //! - `dlq inspect [TOPIC]`: counts of dead letters by `dlq.error_kind`, `dlq.connector` and

@@ -222,3 +222,42 @@ async fn a_client_certificate_authenticates_both_connections() {
     assert!(by_certificate.parse::<u32>().expect("a count") >= 2, "both connections present the certificate");
     stop_cleanly(&mut process).await;
 }
+
+/// Runs the connector with `--check` and `env`: its exit code and output.
+fn check(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("--check")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run --check");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+#[test]
+fn check_refuses_tls_settings_the_clients_cannot_honour_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, made.cert.pem()).expect("write");
+    let ca = ca.display().to_string();
+
+    // Both environment spellings of the Danube CA are `danube.tls.ca`, read at `--check`.
+    for var in ["DANUBE_TLS__CA", "DANUBE_TLS_CA"] {
+        let (code, out) = check(&[(var, "/nonexistent/danube-ca.pem")]);
+        assert_eq!(code, Some(1), "{var}: {out}");
+        assert!(out.contains("danube.tls.ca") && out.contains("/nonexistent/danube-ca.pem"), "{var}: {out}");
+    }
+    let (code, out) = check(&[("DANUBE_TLS__CA", &ca)]);
+    assert_eq!(code, Some(0), "a readable CA passes: {out}");
+    assert!(out.contains("[danube.tls]"), "the effective config prints the new spelling: {out}");
+
+    // The Danube client cannot add the built-in roots to a CA; pgwire-replication neither.
+    let (code, out) = check(&[("DANUBE_TLS__CA", &ca), ("DANUBE_TLS__BUILTIN_ROOTS", "true")]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("danube.tls.builtin_roots"), "{out}");
+    let tls = format!("{{ mode = \"verify_full\", ca = \"{ca}\", builtin_roots = true }}");
+    let (code, out) = check(&[("POSTGRES_CDC_TLS", &tls)]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("connector.tls.builtin_roots") && out.contains("pgwire-replication"), "{out}");
+}
