@@ -51,18 +51,6 @@ impl Gauge {
         self.0.set(value);
     }
 
-    /// Adds one.
-    #[inline]
-    pub fn inc(&self) {
-        self.0.inc();
-    }
-
-    /// Subtracts one.
-    #[inline]
-    pub fn dec(&self) {
-        self.0.dec();
-    }
-
     /// The current value.
     pub fn get(&self) -> i64 {
         self.0.get()
@@ -96,11 +84,6 @@ impl FloatGauge {
     pub fn set(&self, value: f64) {
         self.0.set(value);
     }
-
-    /// The current value.
-    pub fn get(&self) -> f64 {
-        self.0.get()
-    }
 }
 
 /// Floating-point gauges by label values.
@@ -124,11 +107,6 @@ impl Histogram {
     #[inline]
     pub fn observe(&self, value: f64) {
         self.0.observe(value);
-    }
-
-    /// How many observations were recorded.
-    pub fn sample_count(&self) -> u64 {
-        self.0.get_sample_count()
     }
 }
 

@@ -291,3 +291,38 @@ impl ConnectorMetrics {
         self.register(name, prometheus::HistogramVec::new(opts, labels)).map(HistogramVec)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connectors_own_metrics_render_with_its_label_through_cores_handles() {
+        let metrics = ConnectorMetrics::new("demo");
+        let things = metrics.counter_vec("demo_things_total", "Things.", &["outcome"]).expect("counter");
+        things.with_label_values(&["ok"]).inc_by(3);
+        things.with_label_values(&["ok"]).inc();
+        let depth = metrics.gauge_vec("demo_depth", "Depth.", &["table"]).expect("gauge");
+        depth.with_label_values(&["t"]).set(7);
+        assert!(depth.remove_label_values(&["t"]), "an existing series is removed");
+        assert!(!depth.remove_label_values(&["t"]), "a missing one is not");
+        depth.with_label_values(&["u"]).set(2);
+        metrics.float_gauge_vec("demo_at", "When.", &["slot"]).expect("float gauge").with_label_values(&["s"]).set(1.5);
+        let latency = metrics.histogram_vec("demo_seconds", "Time.", &[], ConnectorMetrics::seconds_buckets());
+        latency.expect("histogram").with_label_values(&[] as &[&str]).observe(0.25);
+        assert_eq!(metrics.counter("demo_plain_total", "Plain.").expect("counter").get(), 0);
+
+        let text = metrics.render();
+        for line in [
+            r#"demo_things_total{connector="demo",outcome="ok"} 4"#,
+            r#"demo_depth{connector="demo",table="u"} 2"#,
+            r#"demo_at{connector="demo",slot="s"} 1.5"#,
+            r#"demo_seconds_count{connector="demo"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        assert!(!text.contains(r#"table="t""#), "the removed series is gone:\n{text}");
+        let taken = metrics.counter("demo_things_total", "Again.").expect_err("a name is registered once");
+        assert!(danube_connect_common::error_chain(&taken).contains("demo_things_total"));
+    }
+}
