@@ -443,6 +443,14 @@ impl Validate for PostgresCdcConfig {
             validate_topic("connector.transaction_topic", topic)?;
         }
         conn.tls.validate()?;
+        // A table that sets files but no mode (e.g. `POSTGRES_CDC_TLS__CA` over a file's
+        // `tls = "verify_full"`, which the table replaces) would silently mean `disable`.
+        if self.tls.mode == TlsMode::Disable && self.tls.client.ca.is_some() {
+            return Err(ConfigError::invalid(
+                "connector.tls.mode",
+                "`disable` with `connector.tls.ca` set: give the mode in the same table (e.g. `verify_full`)",
+            ));
+        }
         if self.schema != SchemaMode::None && self.subject_for("schema", "table").trim().is_empty() {
             return Err(ConfigError::invalid(
                 "connector.schema_subject",
@@ -668,6 +676,8 @@ mod tests {
 
         let plain = format!("tls = {{ client_cert = {cert:?}, client_key = {key:?} }}\n");
         assert_eq!(refused(load_tls(&plain)).0, "connector.tls.client_cert");
+        let no_mode = format!("[connector.tls]\nca = {cert:?}\n");
+        assert_eq!(refused(load_tls(&no_mode)).0, "connector.tls.mode");
 
         // The key given as the CA: the shared loader names the field and the file.
         let (field, message) = refused(load_tls(&format!("tls = \"verify_ca\"\ntls_ca = {key:?}\n")));
