@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
-use danube_client::DanubeClient;
-use danube_connect_core::schema::{registered_definition, Schema, SchemaBinding, SchemaCache};
+use danube_connect_core::schema::{Schema, SchemaBinding, SchemaCache};
+use danube_connect_core::SchemaRegistry;
 use danube_core::message::StreamMessage;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -39,7 +39,7 @@ impl Decoded {
 /// a topic in the configuration's `[[schemas]]` (dead letters lose the original message's
 /// `schema_id`, so their source topic's binding is used), else without a schema.
 pub struct Decoder {
-    client: DanubeClient,
+    registry: SchemaRegistry,
     cache: SchemaCache,
     bindings: HashMap<String, SchemaBinding>,
     /// Schemas of bound topics, looked up once (`Err`: why not).
@@ -47,11 +47,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A decoder over `client`'s registry and the configured `bindings`.
-    pub fn new(client: DanubeClient, bindings: &[SchemaBinding]) -> Self {
+    /// A decoder over `registry` and the configured `bindings`.
+    pub fn new(registry: SchemaRegistry, bindings: &[SchemaBinding]) -> Self {
         Self {
-            cache: SchemaCache::new(client.clone()),
-            client,
+            cache: SchemaCache::new(registry.clone()),
+            registry,
             bindings: bindings.iter().map(|b| (b.topic.clone(), b.clone())).collect(),
             bound: Mutex::new(HashMap::new()),
         }
@@ -91,18 +91,16 @@ impl Decoder {
         if let Some(known) = bound.get(topic) {
             return Some(known.clone());
         }
-        let registry = self.client.schema();
+        let registry = &self.registry;
         let lookup = async {
-            let latest = registry.get_latest_schema(binding.subject.clone()).await?;
+            let latest = registry.latest(&binding.subject).await?;
             match binding.version {
-                Some(version) if version != latest.version => {
-                    registry.get_schema_version(latest.schema_id, Some(version)).await
-                }
+                Some(version) if version != latest.version => registry.version(latest.schema_id, Some(version)).await,
                 _ => Ok(latest),
             }
         };
         let schema = match lookup.await {
-            Ok(info) => Schema::from_registry(&info.schema_type, &registered_definition(&info.schema_definition))
+            Ok(info) => Schema::from_registry(&info.schema_type, &info.definition())
                 .map_err(|e| format!("schema of subject {} does not compile: {e}", binding.subject)),
             Err(e) => {
                 Err(format!("schema of subject {}: {}", binding.subject, danube_connect_core::error::error_chain(&e)))

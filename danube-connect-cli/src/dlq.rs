@@ -107,7 +107,8 @@ impl DlqReader {
             source,
         };
         let mut consumer = context
-            .client
+            .connection
+            .client()
             .new_consumer()
             .with_topic(topic.to_string())
             .with_consumer_name(format!("danube-connect-cli-{}", std::process::id()))
@@ -191,7 +192,7 @@ pub async fn inspect(context: &Context, args: &InspectArgs) -> Result<(), CliErr
             *counts.entry(name).or_default().entry(value).or_default() += 1;
         }
     }
-    let decoder = Decoder::new(context.client.clone(), &context.config.schemas);
+    let decoder = Decoder::new(context.connection.schema_registry(), &context.config.schemas);
     let last = &records[records.len().saturating_sub(args.last)..];
     let mut shown = Vec::with_capacity(last.len());
     for message in last {
@@ -344,14 +345,14 @@ pub async fn replay(context: &Context, args: &ReplayArgs) -> Result<(), CliError
         None
     } else {
         let schemas =
-            TopicSchemas::resolve(&context.client, &context.config.schemas).await.map_err(CliError::Schemas)?;
+            TopicSchemas::resolve(&context.connection, &context.config.schemas).await.map_err(CliError::Schemas)?;
         let config = SourceConfig {
             producers_per_topic: 1,
             publish_timeout: args.publish_timeout,
             ..context.config.source.clone()
         };
         let name = "danube-connect-replay";
-        Some(Publisher::detached(context.client.clone(), config, name, schemas))
+        Some(Publisher::detached(&context.connection, config, name, schemas))
     };
     let mut reader = DlqReader::open(context, &topic, args.dlq.wait).await?;
     let bar = progress_bar(args.limit);

@@ -2,7 +2,7 @@
 //!
 //! The operator's command-line tool for Danube Connect, on the connectors' own configuration:
 //! `--config FILE` (the connector's TOML/YAML file works as is) and the same environment
-//! variables (`DANUBE_SERVICE_URL`, `DANUBE_TLS_CA`, `DANUBE_TOKEN`, `CONNECTOR_NAME`,
+//! variables (`DANUBE_SERVICE_URL`, `DANUBE_TLS__CA`, `DANUBE_TOKEN`, `CONNECTOR_NAME`,
 //! `CONNECTOR_FAILURE__DEAD_LETTER_TOPIC`, ...).
 //!
 //! - `dlq inspect [TOPIC]`: counts of dead letters by `dlq.error_kind`, `dlq.connector` and
@@ -25,10 +25,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use danube_client::DanubeClient;
 use danube_connect_core::config::{ConnectorConfig, Validate};
+use danube_connect_core::DanubeConnection;
 use danube_connect_core::RuntimeConfig;
-use danube_connect_core::{build_client, wait_until_reachable};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -107,8 +106,8 @@ const ENV_PREFIX: &str = "DANUBE_CONNECT_CLI";
 pub struct Context {
     /// The runtime sections of the configuration.
     pub config: RuntimeConfig,
-    /// A client that reached the broker.
-    pub client: DanubeClient,
+    /// A connection that reached the broker.
+    pub connection: DanubeConnection,
     /// Cancelled on SIGINT or SIGTERM.
     pub cancel: CancellationToken,
 }
@@ -119,9 +118,8 @@ impl Context {
     pub async fn connect(cli: &Cli, cancel: CancellationToken) -> Result<Self, CliError> {
         let mut config = ConnectorConfig::<AnySection>::load(cli.config.as_deref(), ENV_PREFIX)?.runtime;
         config.danube.connect_timeout = cli.connect_timeout;
-        let client = build_client(&config.danube).await.map_err(CliError::Connect)?;
-        wait_until_reachable(&client, &config.danube, &cancel).await.map_err(CliError::Connect)?;
-        Ok(Self { config, client, cancel })
+        let connection = DanubeConnection::connect(&config.danube, &cancel).await.map_err(CliError::Connect)?;
+        Ok(Self { config, connection, cancel })
     }
 }
 

@@ -44,7 +44,8 @@ pub async fn tail(context: &Context, args: &TailArgs) -> Result<(), CliError> {
     let subscribe_error =
         |source| CliError::Subscribe { topic: args.topic.clone(), subscription: args.subscription.clone(), source };
     let mut consumer = context
-        .client
+        .connection
+        .client()
         .new_consumer()
         .with_topic(args.topic.clone())
         .with_consumer_name(format!("danube-connect-tail-{}", std::process::id()))
@@ -57,7 +58,7 @@ pub async fn tail(context: &Context, args: &TailArgs) -> Result<(), CliError> {
     let mut messages = consumer.receive().await.map_err(subscribe_error)?;
     eprintln!("following {} (subscription {}); new records only", args.topic, args.subscription);
 
-    let decoder = Decoder::new(context.client.clone(), &context.config.schemas);
+    let decoder = Decoder::new(context.connection.schema_registry(), &context.config.schemas);
     let mut printed = 0usize;
     let outcome = loop {
         if args.count.is_some_and(|count| printed >= count) {

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Router;
 use danube_client::{DanubeClient, Producer, SchemaType};
 use danube_connect_core::dead_letter::{attributes, dead_letter_record, ensure_dead_letter_subscription, Failure};
+use danube_connect_core::DanubeConnection;
 use danube_connect_testkit::broker::{BrokerKind, TestBroker};
 use danube_connect_testkit::danube::reliable_producers;
 use danube_connect_testkit::ports::free_port;
@@ -356,7 +357,9 @@ async fn inspect_counts_dead_letters_written_while_no_reader_was_attached_and_co
         let producer = producers(&broker, dlq, "insp-p").await.remove(0);
         let client = DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
         // What the runtime does at connector start; no reader is attached afterwards.
-        ensure_dead_letter_subscription(&client, dlq, "insp-runtime").await.expect("dead-letter subscription");
+        ensure_dead_letter_subscription(&DanubeConnection::from_client(client.clone()), dlq, "insp-runtime")
+            .await
+            .expect("dead-letter subscription");
         client
             .schema()
             .register_schema("insp-orders")

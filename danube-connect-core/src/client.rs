@@ -1,4 +1,8 @@
-//! Building the Danube client from config, with startup retries and a reachability probe.
+//! The connection to Danube: [`DanubeConnection`] (the client built from `[danube]`, with
+//! startup retries and a reachability probe) and [`SchemaRegistry`], its schema-registry
+//! lookups. Neither names a `danube_client` type, so connectors and tools depend on core
+//! only; operator tools that need the client itself (consumers) enable the `raw-client`
+//! feature.
 //!
 //! `DanubeClient::builder().build()` is lazy and a refused connection is not retried by the
 //! client, so the runtime retries the first connection itself until `danube.connect_timeout`.
@@ -14,19 +18,151 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::DanubeConfig;
-use crate::error::RuntimeError;
+use crate::error::{ClientError, RuntimeError};
+
+/// A connection to Danube, built from `[danube]` (TLS, mutual TLS, JWT or token file).
+/// Cheap to clone: clones share the client's connections.
+#[derive(Clone)]
+pub struct DanubeConnection {
+    client: DanubeClient,
+}
+
+impl std::fmt::Debug for DanubeConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DanubeConnection").finish_non_exhaustive()
+    }
+}
+
+impl DanubeConnection {
+    /// Builds the client from `config` without connecting (the client connects lazily).
+    pub async fn build(config: &DanubeConfig) -> Result<Self, RuntimeError> {
+        Ok(Self { client: build_client(config).await? })
+    }
+
+    /// Builds the client and waits until the broker answers (see [`Self::wait_until_reachable`]).
+    pub async fn connect(config: &DanubeConfig, cancel: &CancellationToken) -> Result<Self, RuntimeError> {
+        let connection = Self::build(config).await?;
+        connection.wait_until_reachable(config, cancel).await?;
+        Ok(connection)
+    }
+
+    /// Waits until the broker answers, retrying with backoff until `config.connect_timeout`
+    /// or cancellation. A refusal of the credentials fails at once; at the deadline the
+    /// last connection error is returned (its chain names the cause, e.g. the TLS handshake).
+    pub async fn wait_until_reachable(
+        &self,
+        config: &DanubeConfig,
+        cancel: &CancellationToken,
+    ) -> Result<(), RuntimeError> {
+        wait_until_reachable(&self.client, config, cancel).await
+    }
+
+    /// The schema registry of this broker.
+    pub fn schema_registry(&self) -> SchemaRegistry {
+        SchemaRegistry { client: self.client.clone() }
+    }
+
+    /// The client itself, for operator tools that consume topics (feature `raw-client`).
+    #[cfg(feature = "raw-client")]
+    pub fn client(&self) -> &DanubeClient {
+        &self.client
+    }
+
+    /// A connection over a client built elsewhere (feature `raw-client`).
+    #[cfg(feature = "raw-client")]
+    pub fn from_client(client: DanubeClient) -> Self {
+        Self { client }
+    }
+
+    pub(crate) fn inner(&self) -> &DanubeClient {
+        &self.client
+    }
+
+    pub(crate) fn from_inner(client: DanubeClient) -> Self {
+        Self { client }
+    }
+}
+
+/// The schema registry's lookups (Danube's registry, through the connection's client).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct SchemaRegistry {
+    client: DanubeClient,
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry").finish_non_exhaustive()
+    }
+}
+
+/// A schema version as the registry answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredSchema {
+    /// The registry's id of the subject.
+    pub schema_id: u64,
+    /// The subject.
+    pub subject: String,
+    /// The version.
+    pub version: u32,
+    /// The type as the registry names it (`json_schema`, `avro`, ...).
+    pub schema_type: String,
+    /// The definition as the registry answered it (see
+    /// [`registered_definition`](crate::schema::registered_definition) for the registered text).
+    pub schema_definition: Vec<u8>,
+}
+
+impl RegisteredSchema {
+    /// The definition as it was registered (unwrapping the real registry's JSON envelope).
+    pub fn definition(&self) -> std::borrow::Cow<'_, [u8]> {
+        crate::schema::registered_definition(&self.schema_definition)
+    }
+}
+
+impl RegisteredSchema {
+    fn from_info(info: danube_client::SchemaInfo) -> Self {
+        Self {
+            schema_id: info.schema_id,
+            subject: info.subject,
+            version: info.version,
+            schema_type: info.schema_type,
+            schema_definition: info.schema_definition,
+        }
+    }
+}
+
+impl SchemaRegistry {
+    /// The latest version of `subject`.
+    pub async fn latest(&self, subject: &str) -> Result<RegisteredSchema, ClientError> {
+        let info = self.client.schema().get_latest_schema(subject.to_string()).await.map_err(ClientError::new)?;
+        Ok(RegisteredSchema::from_info(info))
+    }
+
+    /// Schema `schema_id` at `version` (the latest when `None`).
+    pub async fn version(&self, schema_id: u64, version: Option<u32>) -> Result<RegisteredSchema, ClientError> {
+        let info = self.client.schema().get_schema_version(schema_id, version).await.map_err(ClientError::new)?;
+        Ok(RegisteredSchema::from_info(info))
+    }
+
+    /// Schema `schema_id` as the registry answers a lookup by id alone.
+    pub async fn by_id(&self, schema_id: u64) -> Result<RegisteredSchema, ClientError> {
+        let info = self.client.schema().get_schema_by_id(schema_id).await.map_err(ClientError::new)?;
+        Ok(RegisteredSchema::from_info(info))
+    }
+}
 
 /// Builds a client from config (TLS, mTLS, JWT or token file) without connecting.
-pub async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, RuntimeError> {
-    if config.tls_ca.is_some() || config.token.is_some() || config.token_file.is_some() {
+pub(crate) async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, RuntimeError> {
+    let tls = config.client_tls()?;
+    if tls.ca.is_some() || config.token.is_some() || config.token_file.is_some() {
         danube_connect_common::tls::install_default_crypto_provider();
     }
     let mut builder = DanubeClient::builder().service_url(config.service_url.clone());
-    match (&config.tls_ca, &config.tls_cert, &config.tls_key) {
+    match (&tls.ca, &tls.client_cert, &tls.client_key) {
         (Some(ca), Some(cert), Some(key)) => {
-            builder = builder.with_mtls(ca, cert, key).map_err(RuntimeError::Client)?;
+            builder = builder.with_mtls(ca, cert, key).map_err(client_error)?;
         }
-        (Some(ca), _, _) => builder = builder.with_tls(ca).map_err(RuntimeError::Client)?,
+        (Some(ca), _, _) => builder = builder.with_tls(ca).map_err(client_error)?,
         _ => {}
     }
     if let Some(token) = &config.token {
@@ -50,7 +186,11 @@ pub async fn build_client(config: &DanubeConfig) -> Result<DanubeClient, Runtime
             }
         });
     }
-    builder.build().await.map_err(RuntimeError::Client)
+    builder.build().await.map_err(client_error)
+}
+
+fn client_error(error: DanubeError) -> RuntimeError {
+    RuntimeError::Client(ClientError::new(error))
 }
 
 /// Whether an error means the broker could not be reached (as opposed to a refusal).
@@ -101,10 +241,8 @@ pub(crate) async fn probe(client: &DanubeClient) -> bool {
     !matches!(probe_once(client).await, ProbeOutcome::Unreachable(_))
 }
 
-/// Waits until the broker answers, retrying with backoff until `config.connect_timeout`
-/// or cancellation. A refusal of the credentials fails at once; at the deadline the last
-/// connection error is returned (its chain names the cause, e.g. the TLS handshake).
-pub async fn wait_until_reachable(
+/// Waits until the broker answers (see [`DanubeConnection::wait_until_reachable`]).
+pub(crate) async fn wait_until_reachable(
     client: &DanubeClient,
     config: &DanubeConfig,
     cancel: &CancellationToken,
@@ -119,13 +257,13 @@ pub async fn wait_until_reachable(
             }
             ProbeOutcome::Refused(error) => {
                 error!(url = %config.service_url, error = %crate::error::error_chain(&error), "Danube broker refused the credentials (danube.token / danube.token_file)");
-                return Err(RuntimeError::Client(error));
+                return Err(client_error(error));
             }
             ProbeOutcome::Unreachable(error) => error,
         };
         if started.elapsed() >= config.connect_timeout {
             error!(url = %config.service_url, timeout = ?config.connect_timeout, "Danube broker unreachable until danube.connect_timeout");
-            return Err(RuntimeError::Client(last_error.unwrap_or_else(|| {
+            return Err(client_error(last_error.unwrap_or_else(|| {
                 DanubeError::Unrecoverable(format!(
                     "broker {} did not answer within {:?}",
                     config.service_url, config.connect_timeout
@@ -138,7 +276,7 @@ pub async fn wait_until_reachable(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => {
-                return Err(RuntimeError::Client(DanubeError::Unrecoverable("cancelled while connecting".into())));
+                return Err(client_error(DanubeError::Unrecoverable("cancelled while connecting".into())));
             }
         }
     }

@@ -126,6 +126,22 @@ impl ConnectorError {
 /// shared with the schema code and the development broker).
 pub use danube_connect_common::error_chain;
 
+/// An error of the Danube client (a connection, a broker's or the registry's answer), kept
+/// whole: its message and source chain are the client's.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ClientError(danube_client::errors::DanubeError);
+
+impl ClientError {
+    pub(crate) fn new(error: danube_client::errors::DanubeError) -> Self {
+        Self(error)
+    }
+
+    pub(crate) fn inner(&self) -> &danube_client::errors::DanubeError {
+        &self.0
+    }
+}
+
 /// Errors of the runtime itself (not of a connector).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -140,7 +156,7 @@ pub enum RuntimeError {
     Publish(#[from] PublishError),
     /// The Danube client could not be built or connected.
     #[error("danube client")]
-    Client(#[source] danube_client::errors::DanubeError),
+    Client(#[source] ClientError),
     /// A schema binding could not be registered or looked up.
     #[error("schema setup failed")]
     Schema(#[from] crate::schema::SchemaSetupError),
@@ -165,7 +181,7 @@ pub enum PublishError {
         topic: String,
         /// The last client error.
         #[source]
-        source: danube_client::errors::DanubeError,
+        source: ClientError,
     },
     /// The broker refused the record for a reason retrying won't fix.
     #[error("broker rejected the record for topic {topic}")]
@@ -174,7 +190,7 @@ pub enum PublishError {
         topic: String,
         /// The client error.
         #[source]
-        source: danube_client::errors::DanubeError,
+        source: ClientError,
     },
     /// Danube refuses the topic itself (its name, its dispatch strategy, a name that clashes
     /// with another topic, a missing namespace): nothing can be published to it until the
@@ -187,7 +203,7 @@ pub enum PublishError {
         fix: &'static str,
         /// The broker's answer.
         #[source]
-        source: danube_client::errors::DanubeError,
+        source: ClientError,
     },
     /// The record failed validation before publishing.
     #[error("invalid record for topic {topic}: {message}")]

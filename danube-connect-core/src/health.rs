@@ -27,7 +27,7 @@ struct HealthInner {
 
 impl Health {
     /// Readiness exported as `connector_ready` in `metrics` (0 until the broker is reachable).
-    pub fn exported_to(metrics: &Metrics) -> Self {
+    pub(crate) fn exported_to(metrics: &Metrics) -> Self {
         let health = Self::default();
         // A fresh `Health`: the cell is empty, `set` cannot fail.
         let _ = health.inner.ready_gauge.set(metrics.ready.with_label_values(&[metrics.connector()]));

@@ -46,12 +46,15 @@ pub mod dead_letter {
     pub use crate::runtime::dead_letter::*;
 }
 
-pub use client::{build_client, wait_until_reachable};
+pub use client::{DanubeConnection, RegisteredSchema, SchemaRegistry};
 pub use config::{ConnectorConfig, RuntimeConfig, Secret};
 pub use connector::{Context, Factory, Parts, PullSource, PushSource, Ready, Sink};
-pub use error::{ConnectorError, ConnectorResult, PublishError, RuntimeError};
+pub use error::{ClientError, ConnectorError, ConnectorResult, PublishError, RuntimeError};
 pub use health::Health;
-pub use metrics::{ConnectorMetrics, MetricsError};
+pub use metrics::{
+    ConnectorMetrics, Counter, CounterVec, FloatGauge, FloatGaugeVec, Gauge, GaugeVec, Histogram, HistogramVec,
+    MetricsError,
+};
 pub use ops::{serve_http1, ConnectionLimits};
 pub use publisher::{PendingPublish, PublishFailure, Publisher};
 pub use record::{SinkRecord, SourceOffset, SourceRecord, MESSAGE_ID_ATTRIBUTE};

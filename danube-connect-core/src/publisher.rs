@@ -33,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use vrl::value::Value;
 
-use crate::client::is_unreachable;
+use crate::client::{is_unreachable, DanubeConnection};
 use crate::config::SourceConfig;
-use crate::error::PublishError;
+use crate::error::{ClientError, PublishError};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::record::SourceRecord;
@@ -249,8 +249,8 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// A publisher outside a runtime, for operator tools (the `danube-connect dlq` command):
     /// like the runtime's, with its own metrics and health that nobody serves.
-    pub fn detached(client: DanubeClient, config: SourceConfig, name: &str, schemas: TopicSchemas) -> Self {
-        Self::new(client, config, name, Metrics::new(name), Health::default(), schemas)
+    pub fn detached(connection: &DanubeConnection, config: SourceConfig, name: &str, schemas: TopicSchemas) -> Self {
+        Self::new(connection.inner().clone(), config, name, Metrics::new(name), Health::default(), schemas)
     }
 
     /// A publisher over `client`; producers are created lazily per topic. Records to a topic
@@ -522,7 +522,7 @@ impl Publisher {
                     let error = match classify(source) {
                         SendOutcome::Rejected(source) => rejection(topic, source),
                         SendOutcome::Transient(source) => {
-                            PublishError::Unavailable { topic: topic.to_string(), source }
+                            PublishError::Unavailable { topic: topic.to_string(), source: ClientError::new(source) }
                         }
                         SendOutcome::Acked => continue,
                     };
@@ -626,7 +626,7 @@ impl Publisher {
         compatibility: Option<CompatibilityMode>,
     ) -> Result<Arc<BoundSchema>, SchemaSetupError> {
         let bound =
-            BoundSchema::register(&self.inner.client, subject, kind, definition.as_ref(), compatibility).await?;
+            BoundSchema::register_with(&self.inner.client, subject, kind, definition.as_ref(), compatibility).await?;
         debug!(subject = %bound.subject, schema_id = bound.schema_id, version = bound.version, "schema registered at run time");
         Ok(Arc::new(bound))
     }
@@ -976,7 +976,10 @@ impl Lane {
                 Some(deadline) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
-                        return Err(PublishError::Unavailable { topic: self.topic.clone(), source: error });
+                        return Err(PublishError::Unavailable {
+                            topic: self.topic.clone(),
+                            source: ClientError::new(error),
+                        });
                     }
                     delay.min(remaining)
                 }
@@ -987,7 +990,7 @@ impl Lane {
                 _ = self.inner.abort.cancelled() => return Err(PublishError::Closed),
             }
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(PublishError::Unavailable { topic: self.topic.clone(), source: error });
+                return Err(PublishError::Unavailable { topic: self.topic.clone(), source: ClientError::new(error) });
             }
         }
     }
@@ -1095,8 +1098,8 @@ fn topic_refusal(error: &DanubeError) -> Option<&'static str> {
 /// when Danube refused the topic itself, else [`PublishError::Rejected`].
 fn rejection(topic: &str, source: DanubeError) -> PublishError {
     match topic_refusal(&source) {
-        Some(fix) => PublishError::TopicRefused { topic: topic.to_string(), fix, source },
-        None => PublishError::Rejected { topic: topic.to_string(), source },
+        Some(fix) => PublishError::TopicRefused { topic: topic.to_string(), fix, source: ClientError::new(source) },
+        None => PublishError::Rejected { topic: topic.to_string(), source: ClientError::new(source) },
     }
 }
 

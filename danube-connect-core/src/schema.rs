@@ -33,13 +33,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use danube_client::errors::DanubeError;
-use danube_client::{DanubeClient, SchemaType};
+use danube_client::SchemaType;
 pub use danube_connect_common::schema::{CompatibilityMode, Schema, SchemaError, SchemaKind};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::client::{DanubeConnection, SchemaRegistry};
 use crate::config::{validate_topic, ConfigError, Validate};
-use crate::error::ConnectorError;
+use crate::error::{ClientError, ConnectorError};
 use crate::record::SinkRecord;
 
 /// Binds a Danube topic to a schema-registry subject (`[[schemas]]` in the config file).
@@ -214,7 +215,7 @@ pub enum SchemaSetupError {
         subject: String,
         /// The client error.
         #[source]
-        source: DanubeError,
+        source: ClientError,
     },
     /// A definition handed in at run time does not compile.
     #[error("schema definition for subject {subject}")]
@@ -243,7 +244,7 @@ impl SchemaSetupError {
     /// transient failure. A refused definition (incompatible, invalid) is not transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Registry { source, .. } => crate::publisher::is_transient(source),
+            Self::Registry { source, .. } => crate::publisher::is_transient(source.inner()),
             Self::Definition { .. } | Self::InvalidDefinition { .. } | Self::Compile { .. } => false,
         }
     }
@@ -284,7 +285,18 @@ impl BoundSchema {
     /// for validation of wire payloads. `compatibility`, when set, becomes the subject's mode
     /// before the registration is checked.
     pub async fn register(
-        client: &DanubeClient,
+        connection: &DanubeConnection,
+        subject: impl Into<String>,
+        kind: SchemaKind,
+        definition: &[u8],
+        compatibility: Option<CompatibilityMode>,
+    ) -> Result<Self, SchemaSetupError> {
+        Self::register_with(connection.inner(), subject, kind, definition, compatibility).await
+    }
+
+    /// [`register`](Self::register) through the runtime's client.
+    pub(crate) async fn register_with(
+        client: &danube_client::DanubeClient,
         subject: impl Into<String>,
         kind: SchemaKind,
         definition: &[u8],
@@ -327,10 +339,10 @@ pub struct TopicSchemas {
 
 impl TopicSchemas {
     /// Registers or looks up every binding in the registry.
-    pub async fn resolve(client: &DanubeClient, bindings: &[SchemaBinding]) -> Result<Self, SchemaSetupError> {
+    pub async fn resolve(connection: &DanubeConnection, bindings: &[SchemaBinding]) -> Result<Self, SchemaSetupError> {
         let mut by_topic = HashMap::new();
         for (i, binding) in bindings.iter().enumerate() {
-            let bound = resolve_one(client, binding, &format!("schemas[{i}]")).await?;
+            let bound = resolve_one(connection.inner(), binding, &format!("schemas[{i}]")).await?;
             info!(topic = %binding.topic, subject = %bound.subject, schema_id = bound.schema_id,
                 version = bound.version, "schema bound");
             by_topic.insert(binding.topic.clone(), Arc::new(bound));
@@ -350,7 +362,7 @@ impl TopicSchemas {
 }
 
 async fn resolve_one(
-    client: &DanubeClient,
+    client: &danube_client::DanubeClient,
     binding: &SchemaBinding,
     field: &str,
 ) -> Result<BoundSchema, SchemaSetupError> {
@@ -358,7 +370,7 @@ async fn resolve_one(
     let subject = binding.subject.clone();
     let registry_error = |action: &'static str| {
         let subject = subject.clone();
-        move |source: DanubeError| SchemaSetupError::Registry { action, subject, source }
+        move |source: DanubeError| SchemaSetupError::Registry { action, subject, source: ClientError::new(source) }
     };
     let local = binding
         .load_file(field)
@@ -403,14 +415,18 @@ async fn resolve_one(
 /// when the subject exists, right after its first version otherwise) and returns the
 /// subject's id and the version holding the definition.
 async fn register_definition(
-    client: &DanubeClient,
+    client: &danube_client::DanubeClient,
     subject: &str,
     schema: &Schema,
     compatibility: Option<CompatibilityMode>,
 ) -> Result<(u64, u32), SchemaSetupError> {
     let registry = client.schema();
     let registry_error = |action: &'static str| {
-        move |source: DanubeError| SchemaSetupError::Registry { action, subject: subject.to_string(), source }
+        move |source: DanubeError| SchemaSetupError::Registry {
+            action,
+            subject: subject.to_string(),
+            source: ClientError::new(source),
+        }
     };
     let existing = registry.get_latest_schema(subject.to_string()).await.ok();
     if let (Some(mode), Some(_)) = (compatibility, &existing) {
@@ -439,14 +455,17 @@ async fn register_definition(
 /// The version of `subject` whose definition is `definition` (registering an existing
 /// definition returns the subject id, not its version).
 async fn matching_version(
-    client: &DanubeClient,
+    client: &danube_client::DanubeClient,
     subject: &str,
     schema_id: u64,
     definition: &[u8],
 ) -> Result<u32, SchemaSetupError> {
     let registry = client.schema();
-    let lookup =
-        |source| SchemaSetupError::Registry { action: "look up version", subject: subject.to_string(), source };
+    let lookup = |source| SchemaSetupError::Registry {
+        action: "look up version",
+        subject: subject.to_string(),
+        source: ClientError::new(source),
+    };
     let latest = registry.get_latest_schema(subject.to_string()).await.map_err(lookup)?;
     if *registered_definition(&latest.schema_definition) == *definition {
         return Ok(latest.version);
@@ -489,7 +508,7 @@ pub const LATEST_TTL: Duration = Duration::from_secs(30);
 /// remembers which version was the latest, for [`LATEST_TTL`], so a newly registered
 /// version is seen after that.
 pub struct SchemaCache {
-    client: DanubeClient,
+    registry: SchemaRegistry,
     latest_ttl: Duration,
     entries: Mutex<CacheEntries>,
 }
@@ -509,14 +528,15 @@ impl std::fmt::Debug for SchemaCache {
 }
 
 impl SchemaCache {
-    /// An empty cache over `client`'s registry; "latest" lookups are kept for [`LATEST_TTL`].
-    pub fn new(client: DanubeClient) -> Self {
-        Self::with_latest_ttl(client, LATEST_TTL)
+    /// An empty cache over `registry`; "latest" lookups are kept for [`LATEST_TTL`]
+    /// (e.g. `SchemaCache::new(runtime.schema_registry())`).
+    pub fn new(registry: SchemaRegistry) -> Self {
+        Self::with_latest_ttl(registry, LATEST_TTL)
     }
 
     /// An empty cache whose "latest" lookups are kept for `ttl` (zero: always asked).
-    pub fn with_latest_ttl(client: DanubeClient, ttl: Duration) -> Self {
-        Self { client, latest_ttl: ttl, entries: Mutex::new(CacheEntries::default()) }
+    pub fn with_latest_ttl(registry: SchemaRegistry, ttl: Duration) -> Self {
+        Self { registry, latest_ttl: ttl, entries: Mutex::new(CacheEntries::default()) }
     }
 
     /// The schema of `schema_id` at `version` (latest when `None`), from the cache or the
@@ -538,9 +558,8 @@ impl SchemaCache {
             return Ok(schema);
         }
         let info = self
-            .client
-            .schema()
-            .get_schema_version(schema_id, version)
+            .registry
+            .version(schema_id, version)
             .await
             .map_err(|e| ConnectorError::retryable(format!("fetch schema {schema_id} from the registry"), e))?;
         let schema = Schema::from_registry(&info.schema_type, &registered_definition(&info.schema_definition))

@@ -34,6 +34,10 @@ pub struct PostgresOptions {
     /// The server certificate's `subjectAltName` entries (`DNS:name`, `IP:address`); empty
     /// means `DNS:localhost` and `IP:127.0.0.1`.
     pub tls_names: Vec<String>,
+    /// With `tls`: a superuser role of this name that must present a certificate signed by
+    /// the test CA naming it (`cert` in pg_hba.conf), for queries and replication alike (see
+    /// [`Postgres::client_cert`]); `postgres` keeps `trust`.
+    pub cert_user: Option<String>,
     /// A role `(name, password)` with `LOGIN REPLICATION` that must authenticate with
     /// `scram-sha-256` over TCP (queries and replication); `postgres` keeps `trust`.
     pub scram_user: Option<(String, String)>,
@@ -96,6 +100,52 @@ impl Postgres {
         Ok(dir.join("foreign-ca.crt"))
     }
 
+    /// A client certificate and key (PEM files) for `role`, signed by the test CA (made on
+    /// each call), for a cluster started with [`PostgresOptions::cert_user`].
+    pub fn client_cert(&self, role: &str) -> Result<(PathBuf, PathBuf), HarnessError> {
+        let dir = self.dir.path();
+        let path = |name: &str| dir.join(name).display().to_string();
+        let (key, csr, cert) =
+            (format!("client-{role}.key"), format!("client-{role}.csr"), format!("client-{role}.crt"));
+        let subject = format!("/CN={role}");
+        // Extensions make it an X.509 v3 certificate (rustls refuses v1).
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        )
+        .map_err(|source| HarnessError::Io { what: "certificate extensions".into(), source })?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            &path(&key),
+            "-out",
+            &path(&csr),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &path("client.ext"),
+            "-out",
+            &path(&cert),
+        ])?;
+        Ok((dir.join(cert), dir.join(key)))
+    }
+
     /// The server log so far (connection and authentication lines with `log_connections = on`).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
@@ -148,6 +198,16 @@ impl Postgres {
         if options.tls {
             pg.make_certificates(&options.tls_names)?;
             conf.push_str("ssl = on\n");
+            if let Some(user) = &options.cert_user {
+                conf.push_str(&format!("ssl_ca_file = '{}'\n", pg.ca_cert().display()));
+                pg.write_hba(&format!(
+                    "local all all trust\n\
+                     hostssl all {user} 127.0.0.1/32 cert\n\
+                     hostssl replication {user} 127.0.0.1/32 cert\n\
+                     hostssl all all 127.0.0.1/32 trust\n\
+                     hostssl replication all 127.0.0.1/32 trust\n"
+                ))?;
+            }
         }
         if let Some((user, _)) = &options.scram_user {
             conf.push_str("password_encryption = 'scram-sha-256'\n");
@@ -160,6 +220,9 @@ impl Postgres {
             let _ = Command::new("chown").args(["postgres:postgres"]).arg(&auto).status();
         }
         pg.spawn()?;
+        if let Some(user) = &options.cert_user {
+            pg.psql(&format!("CREATE ROLE {} LOGIN REPLICATION SUPERUSER", quote_ident(user)))?;
+        }
         if let Some((user, password)) = &options.scram_user {
             pg.psql(&format!(
                 "CREATE ROLE {} LOGIN REPLICATION PASSWORD '{}'",

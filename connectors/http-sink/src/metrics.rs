@@ -1,16 +1,16 @@
 //! The HTTP sink's own metrics (labelled `connector` by the runtime).
 
 use danube_connect_core::{ConnectorMetrics, MetricsError};
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
+use danube_connect_core::{CounterVec, GaugeVec, HistogramVec};
 
 /// The connector's own metrics (labels: bounded outcome names).
 #[derive(Debug, Clone)]
 pub(crate) struct SinkMetrics {
-    requests: IntCounterVec,
+    requests: CounterVec,
     /// Duration of one request.
     duration: HistogramVec,
     /// Endpoints whose circuit is open.
-    open_circuits: IntGaugeVec,
+    open_circuits: GaugeVec,
 }
 
 impl SinkMetrics {

@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use danube_connect_core::config::ConfigError;
+use danube_connect_core::Counter;
 use danube_connect_core::{async_trait, ConnectorError, ConnectorResult, Context, Factory, Sink, SinkRecord};
-use prometheus::IntCounter;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -89,7 +89,7 @@ pub struct KafkaExport {
     bridge_id: String,
     context: BridgeClientContext,
     producer: FutureProducer<BridgeClientContext>,
-    skipped: IntCounter,
+    skipped: Counter,
 }
 
 impl std::fmt::Debug for KafkaExport {

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use danube_connect_core::config::ConfigError;
 use danube_connect_core::error::error_chain;
+use danube_connect_core::Counter;
 use danube_connect_core::{
     async_trait, ConnectorError, ConnectorResult, Context, Factory, PullSource, SourceOffset, SourceRecord,
 };
 use futures::FutureExt;
-use prometheus::IntCounter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -107,7 +107,7 @@ pub struct KafkaImport {
     seen_generation: u64,
     /// Offsets sent to Kafka, re-committed synchronously at shutdown.
     last_committed: std::collections::HashMap<TopicPartition, i64>,
-    skipped: IntCounter,
+    skipped: Counter,
 }
 
 impl std::fmt::Debug for KafkaImport {

@@ -515,8 +515,8 @@ async fn import_registers_the_bound_schema_in_the_brokers_registry_and_records_c
         assert_eq!(got.len(), 50, "{kind}: {}", bridge.log());
 
         let runtime = runtime_on(&systems.broker).await;
-        let registry = runtime.client().schema();
-        let latest = registry.get_latest_schema("kin-value").await.expect("subject registered in the broker");
+        let registry = runtime.schema_registry();
+        let latest = registry.latest("kin-value").await.expect("subject registered in the broker");
         assert_eq!(latest.schema_type, "json_schema", "{kind}");
         let registered: Value = serde_json::from_slice(&raw_definition(&latest.schema_definition)).expect("JSON");
         assert_eq!(registered, serde_json::from_str::<Value>(ORDER_SCHEMA).expect("schema"), "{kind}");
@@ -683,8 +683,8 @@ async fn export_keeps_an_avro_payload_and_carries_its_schema_id_from_the_brokers
             broker_view(&systems.broker, EXPORT_TOPIC).await,
             bridge.log()
         );
-        let registry = runtime.client().schema();
-        let info = registry.get_schema_by_id(bound.schema_id).await.expect("schema by id");
+        let registry = runtime.schema_registry();
+        let info = registry.by_id(bound.schema_id).await.expect("schema by id");
         let schema = Schema::compile(SchemaKind::Avro, raw_definition(&info.schema_definition)).expect("Avro compiles");
         let mut seen = HashSet::new();
         for record in &records {

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use danube_connect_core::failure::{Delivery, FailureHandler, Handback, Undeliverable};
+use danube_connect_core::CounterVec;
 use danube_connect_core::MetricsError;
 use danube_connect_core::{Context, SourceRecord};
-use prometheus::IntCounterVec;
 use tracing::{debug, warn};
 
 use crate::config::PayloadFormat;
@@ -64,7 +64,7 @@ pub struct Inbound {
     /// mapping's `max_topics`).
     topics: Arc<Vec<Mutex<TopicSet>>>,
     failures: FailureHandler,
-    messages: IntCounterVec,
+    messages: CounterVec,
 }
 
 impl Inbound {

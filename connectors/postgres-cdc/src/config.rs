@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use danube_connect_common::tls::ClientTls;
 use danube_connect_core::config::{validate_topic, ConfigError, Validate};
 use danube_connect_core::naming::{is_valid_topic, sanitize_topic_part};
 use danube_connect_core::schema::CompatibilityMode;
@@ -19,10 +20,95 @@ pub enum TlsMode {
     Disable,
     /// TLS without certificate verification.
     Require,
-    /// TLS, certificate checked against `tls_ca` (or the web roots).
+    /// TLS, certificate checked against `tls.ca` (or the built-in web roots without it).
     VerifyCa,
     /// TLS, certificate and host name checked.
     VerifyFull,
+}
+
+/// `connector.tls`: the mode (libpq's `sslmode`) beside the shared client TLS settings
+/// (`ca`, `builtin_roots`, `client_cert`, `client_key`), e.g.
+/// `tls = { mode = "verify_full", ca = "/etc/ssl/pg-ca.pem" }`. The old form, a plain string
+/// (`tls = "verify_full"`), is the mode alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PostgresTls {
+    /// `disable`, `require`, `verify_ca` or `verify_full`.
+    pub mode: TlsMode,
+    /// Roots and client identity (mutual TLS), as for every client connection.
+    #[serde(flatten)]
+    pub client: ClientTls,
+}
+
+impl<'de> Deserialize<'de> for PostgresTls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            #[serde(default)]
+            mode: TlsMode,
+            #[serde(default, alias = "ca_file")]
+            ca: Option<PathBuf>,
+            #[serde(default)]
+            builtin_roots: bool,
+            #[serde(default)]
+            ca_only: Option<bool>,
+            #[serde(default)]
+            client_cert: Option<PathBuf>,
+            #[serde(default)]
+            client_key: Option<PathBuf>,
+        }
+
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PostgresTls;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mode (`disable`, `require`, `verify_ca`, `verify_full`) or a table { mode, ca, ... }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, mode: &str) -> Result<PostgresTls, E> {
+                let mode = TlsMode::deserialize(serde::de::value::StrDeserializer::<E>::new(mode))?;
+                Ok(PostgresTls { mode, client: ClientTls::default() })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<PostgresTls, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let client = ClientTls {
+                    ca: t.ca,
+                    builtin_roots: t.builtin_roots,
+                    ca_only: t.ca_only,
+                    client_cert: t.client_cert,
+                    client_key: t.client_key,
+                };
+                Ok(PostgresTls { mode: t.mode, client })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl PostgresTls {
+    /// Checks the settings and loads every file once, so a bad one fails `--check` with the
+    /// field and the file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let tls = &self.client;
+        self.client.validate("connector.tls").map_err(|e| ConfigError::invalid(e.field.clone(), e.reason()))?;
+        if tls.ca.is_some() && tls.trusts_builtin_roots() {
+            let field = if tls.builtin_roots { "connector.tls.builtin_roots" } else { "connector.tls.ca_only" };
+            return Err(ConfigError::invalid(
+                field,
+                "the replication connection (pgwire-replication 0.5) trusts either `ca` or the built-in roots, \
+                 not both; leave `ca` out to trust the built-in roots",
+            ));
+        }
+        if self.mode == TlsMode::Disable && tls.client_cert.is_some() {
+            return Err(ConfigError::invalid(
+                "connector.tls.client_cert",
+                "a client certificate needs TLS: set `connector.tls.mode` (e.g. `verify_full`)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Whether to read the existing rows before streaming changes.
@@ -81,9 +167,11 @@ pub struct PostgresCdcConfig {
     pub user: String,
     /// Password (string, `{ env = "VAR" }` or `{ file = "/path" }`).
     pub password: Option<Secret>,
-    /// TLS mode: `disable`, `require`, `verify_ca`, `verify_full`.
-    pub tls: TlsMode,
-    /// CA certificate (PEM) for `verify_ca` / `verify_full`.
+    /// TLS of both connections: `{ mode, ca, builtin_roots, client_cert, client_key }`
+    /// (see [`PostgresTls`]); a plain string is the mode alone (the old form).
+    pub tls: PostgresTls,
+    /// Old spelling of `tls.ca` (`POSTGRES_CDC_TLS_CA`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
     /// Logical replication slot (created with `pgoutput` when missing).
     pub slot: String,
@@ -161,7 +249,7 @@ impl Default for PostgresCdcConfig {
             database: "postgres".into(),
             user: "postgres".into(),
             password: None,
-            tls: TlsMode::Disable,
+            tls: PostgresTls::default(),
             tls_ca: None,
             slot: "danube_cdc".into(),
             publication: "danube_cdc".into(),
@@ -204,16 +292,30 @@ pub struct Connection {
     pub user: String,
     /// Password (empty if none).
     pub password: Secret,
-    /// TLS mode.
-    pub tls: TlsMode,
-    /// CA certificate for the verifying modes.
-    pub tls_ca: Option<PathBuf>,
+    /// TLS (the old `tls_ca` taken into `tls.client.ca`).
+    pub tls: PostgresTls,
     /// With `verify_ca`: the names of the certificate the query connection accepted, the TLS
     /// server name of the replication connection (see [`crate::tls`]).
     pub verified_names: crate::tls::VerifiedNames,
 }
 
 impl PostgresCdcConfig {
+    /// The TLS settings with the old `tls_ca` taken into `tls.client.ca`; both set is an
+    /// error naming the field.
+    pub fn tls(&self) -> Result<PostgresTls, ConfigError> {
+        let mut tls = self.tls.clone();
+        if let Some(ca) = &self.tls_ca {
+            if tls.client.ca.is_some() {
+                return Err(ConfigError::invalid(
+                    "connector.tls.ca",
+                    "set twice: also as `connector.tls_ca`, its old spelling; keep one",
+                ));
+            }
+            tls.client.ca = Some(ca.clone());
+        }
+        Ok(tls)
+    }
+
     /// The effective connection settings.
     pub fn connection(&self) -> Result<Connection, ConfigError> {
         let mut conn = Connection {
@@ -222,8 +324,7 @@ impl PostgresCdcConfig {
             database: self.database.clone(),
             user: self.user.clone(),
             password: self.password.clone().unwrap_or_else(|| Secret::new("")),
-            tls: self.tls,
-            tls_ca: self.tls_ca.clone(),
+            tls: self.tls()?,
             verified_names: crate::tls::VerifiedNames::default(),
         };
         if let Some(url) = &self.url {
@@ -245,8 +346,8 @@ impl PostgresCdcConfig {
             if let Some(password) = parsed.get_password() {
                 conn.password = Secret::new(String::from_utf8_lossy(password).into_owned());
             }
-            if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require && conn.tls == TlsMode::Disable {
-                conn.tls = TlsMode::Require;
+            if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require && conn.tls.mode == TlsMode::Disable {
+                conn.tls.mode = TlsMode::Require;
             }
         }
         Ok(conn)
@@ -341,12 +442,14 @@ impl Validate for PostgresCdcConfig {
         if let Some(topic) = &self.transaction_topic {
             validate_topic("connector.transaction_topic", topic)?;
         }
-        if matches!(self.tls, TlsMode::VerifyCa | TlsMode::VerifyFull) {
-            if let Some(ca) = &self.tls_ca {
-                if !ca.is_file() {
-                    return Err(ConfigError::invalid("connector.tls_ca", format!("{} is not a file", ca.display())));
-                }
-            }
+        conn.tls.validate()?;
+        // A table that sets files but no mode (e.g. `POSTGRES_CDC_TLS__CA` over a file's
+        // `tls = "verify_full"`, which the table replaces) would silently mean `disable`.
+        if self.tls.mode == TlsMode::Disable && self.tls.client.ca.is_some() {
+            return Err(ConfigError::invalid(
+                "connector.tls.mode",
+                "`disable` with `connector.tls.ca` set: give the mode in the same table (e.g. `verify_full`)",
+            ));
         }
         if self.schema != SchemaMode::None && self.subject_for("schema", "table").trim().is_empty() {
             return Err(ConfigError::invalid(
@@ -505,5 +608,86 @@ mod tests {
         let config = PostgresCdcConfig { tables: vec!["users".into(), "sales.orders".into()], ..Default::default() };
         assert_eq!(config.table_list()[0], ("public".into(), "users".into()));
         assert_eq!(config.table_list()[1], ("sales".into(), "orders".into()));
+    }
+
+    /// Loads `[connector]` from a TOML file (no environment layer applies: the prefix is unused).
+    fn load_tls(connector: &str) -> Result<PostgresTls, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("[connector]\n{connector}")).expect("write");
+        let config = danube_connect_core::ConnectorConfig::<PostgresCdcConfig>::load(Some(&file), "PG_TLS_UNIT_NONE")?;
+        config.connector.tls()
+    }
+
+    fn pem_files(dir: &std::path::Path) -> (String, String) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).expect("write");
+        std::fs::write(&key, made.key_pair.serialize_pem()).expect("write");
+        (cert.display().to_string(), key.display().to_string())
+    }
+
+    fn refused(result: Result<PostgresTls, ConfigError>) -> (String, String) {
+        match result {
+            Err(ConfigError::Invalid { field, message }) => (field, message),
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_takes_the_old_string_and_tls_ca_and_the_new_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = pem_files(dir.path());
+
+        let old = load_tls(&format!("tls = \"verify_full\"\ntls_ca = {cert:?}\n")).expect("old form");
+        assert_eq!(old.mode, TlsMode::VerifyFull);
+        assert_eq!(old.client.ca.as_deref(), Some(std::path::Path::new(&cert)));
+
+        let new = load_tls(&format!(
+            "tls = {{ mode = \"verify_ca\", ca = {cert:?}, client_cert = {cert:?}, client_key = {key:?} }}\n"
+        ))
+        .expect("new form");
+        assert_eq!(new.mode, TlsMode::VerifyCa);
+        assert_eq!(new.client.client_key.as_deref(), Some(std::path::Path::new(&key)));
+        assert!(new.client.identity("connector.tls").expect("identity").is_some());
+
+        let mode_only = load_tls("[connector.tls]\nmode = \"require\"\n").expect("table without files");
+        assert_eq!(mode_only, PostgresTls { mode: TlsMode::Require, client: ClientTls::default() });
+        assert_eq!(load_tls("").expect("default").mode, TlsMode::Disable);
+    }
+
+    #[test]
+    fn tls_refusals_name_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = pem_files(dir.path());
+
+        let (field, message) =
+            refused(load_tls(&format!("tls_ca = {cert:?}\ntls = {{ mode = \"verify_full\", ca = {cert:?} }}\n")));
+        assert_eq!(field, "connector.tls.ca");
+        assert!(message.contains("connector.tls_ca"), "{message}");
+
+        let (field, message) =
+            refused(load_tls(&format!("tls = {{ mode = \"verify_full\", ca = {cert:?}, builtin_roots = true }}\n")));
+        assert_eq!(field, "connector.tls.builtin_roots");
+        assert!(message.contains("pgwire-replication"), "{message}");
+
+        let half = format!("tls = {{ mode = \"verify_full\", client_cert = {cert:?} }}\n");
+        assert_eq!(refused(load_tls(&half)).0, "connector.tls.client_cert");
+
+        let plain = format!("tls = {{ client_cert = {cert:?}, client_key = {key:?} }}\n");
+        assert_eq!(refused(load_tls(&plain)).0, "connector.tls.client_cert");
+        let no_mode = format!("[connector.tls]\nca = {cert:?}\n");
+        assert_eq!(refused(load_tls(&no_mode)).0, "connector.tls.mode");
+
+        // The key given as the CA: the shared loader names the field and the file.
+        let (field, message) = refused(load_tls(&format!("tls = \"verify_ca\"\ntls_ca = {key:?}\n")));
+        assert_eq!(field, "connector.tls.ca");
+        assert!(message.contains("key.pem"), "{message}");
+
+        let unknown = load_tls("tls = { mode = \"verify_full\", sslrootcert = \"x\" }\n");
+        let chain = danube_connect_core::error::error_chain(&unknown.expect_err("unknown key"));
+        assert!(chain.contains("connector.tls") && chain.contains("sslrootcert"), "{chain}");
+        let (field, _) = refused(load_tls("tls = \"prefer\"\n"));
+        assert_eq!(field, "connector.tls");
     }
 }

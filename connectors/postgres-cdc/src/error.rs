@@ -36,7 +36,7 @@ pub enum CdcError {
     /// slot in use): operator action needed.
     #[error("{0}")]
     Setup(String),
-    /// `connector.tls_ca` is not usable (the error names the field and the file).
+    /// A `connector.tls` file is not usable (the error names the field and the file).
     #[error("TLS")]
     Tls(#[from] danube_connect_common::tls::TlsError),
     /// PostgreSQL invalidated the replication slot (`wal_status = lost`): the WAL it needed

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use danube_connect_core::Health;
 use danube_connect_core::{ConnectorMetrics, MetricsError};
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec};
+use danube_connect_core::{Counter, CounterVec, FloatGaugeVec, GaugeVec};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -26,7 +26,7 @@ pub const OPS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "READ"];
 
 /// The `postgres_cdc_records_total` counters of one table, by op (see [`OPS`]).
 #[derive(Clone, Debug)]
-pub struct TableCounters([IntCounter; 5]);
+pub struct TableCounters([Counter; 5]);
 
 impl TableCounters {
     /// Counts one record of `op` (an op outside [`OPS`] is not counted).
@@ -48,23 +48,23 @@ pub struct CdcMetrics {
     slot: String,
     /// `postgres_cdc_replication_lag_bytes{connector,slot}`: server WAL position minus the
     /// slot's confirmed flush LSN.
-    pub lag_bytes: IntGaugeVec,
+    pub lag_bytes: GaugeVec,
     /// `postgres_cdc_slot_wal_status{connector,slot,status}`: 1 for the slot's current
     /// `wal_status`, 0 for the others.
-    pub wal_status: IntGaugeVec,
+    pub wal_status: GaugeVec,
     /// `postgres_cdc_slot_safe_wal_size_bytes{connector,slot}`: WAL that may still be written
     /// before the slot is invalidated (absent without `max_slot_wal_keep_size`).
-    pub safe_wal_size: IntGaugeVec,
+    pub safe_wal_size: GaugeVec,
     /// `postgres_cdc_last_commit_timestamp_seconds{connector,slot}`: commit time of the last
     /// transaction seen in the stream (Unix seconds).
-    pub last_commit: GaugeVec,
+    pub last_commit: FloatGaugeVec,
     /// `postgres_cdc_records_total{connector,table,op}`: records handed to the runtime.
-    pub records: IntCounterVec,
+    pub records: CounterVec,
     /// `postgres_cdc_snapshot_rows{connector,table}`: rows read by the running or last snapshot.
-    pub snapshot_rows: IntGaugeVec,
+    pub snapshot_rows: GaugeVec,
     /// `postgres_cdc_snapshot_rows_estimated{connector,table}`: rows the snapshot expects
     /// (`pg_class.reltuples`, or an exact count in the snapshot when never analyzed).
-    pub snapshot_rows_estimated: IntGaugeVec,
+    pub snapshot_rows_estimated: GaugeVec,
 }
 
 impl CdcMetrics {
@@ -124,7 +124,7 @@ impl CdcMetrics {
     }
 
     /// The records counter of `table` and `op`.
-    pub fn records_of(&self, table: &str, op: &str) -> IntCounter {
+    pub fn records_of(&self, table: &str, op: &str) -> Counter {
         self.records.with_label_values(&[table, op])
     }
 

@@ -23,7 +23,7 @@ pub async fn connect(conn: &Connection) -> Result<Client, CdcError> {
         config.password(conn.password.expose());
     }
     let what = format!("connect to postgres at {}:{}/{}", conn.host, conn.port, conn.database);
-    let client = match crate::tls::client_config(conn.tls, conn.tls_ca.as_deref(), &conn.verified_names)? {
+    let client = match crate::tls::client_config(&conn.tls, &conn.verified_names)? {
         Some(tls) => {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, connection) =

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use danube_connect_core::{ConnectorError, SourceOffset, SourceRecord};
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::change::{format_lsn, pg_time_iso, Change, Table, ToastFill, TxnInfo};
-use crate::config::{Connection, PostgresCdcConfig, SnapshotMode, TlsMode};
+use crate::config::{Connection, PostgresCdcConfig, SnapshotMode};
 use crate::error::{query, replication, CdcError};
 use crate::incremental::{self, Advance, Chunk, Plan, Signal, TablePlan, Touched, XidSnapshot};
 use crate::marks::Marks;
@@ -673,18 +673,7 @@ impl Stream {
     }
 
     fn replication_config(&self) -> ReplicationConfig {
-        let tls = match self.conn.tls {
-            TlsMode::Disable => TlsConfig::disabled(),
-            TlsMode::Require => TlsConfig::require(),
-            TlsMode::VerifyCa => {
-                let tls = TlsConfig::verify_ca(self.conn.tls_ca.clone());
-                match self.conn.verified_names.first() {
-                    Some(name) => tls.with_sni_hostname(name),
-                    None => tls,
-                }
-            }
-            TlsMode::VerifyFull => TlsConfig::verify_full(self.conn.tls_ca.clone()),
-        };
+        let tls = crate::tls::replication_tls(&self.conn.tls, &self.conn.verified_names);
         ReplicationConfig::new(
             self.conn.host.clone(),
             self.conn.user.clone(),

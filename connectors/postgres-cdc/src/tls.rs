@@ -1,5 +1,8 @@
-//! TLS for the query connection (the replication connection uses `pgwire-replication`'s own
-//! TLS with the same mode): rustls with the same semantics as libpq's `sslmode`.
+//! TLS of both PostgreSQL connections from [`PostgresTls`] (libpq's `sslmode` plus the shared
+//! [`ClientTls`](danube_connect_common::tls::ClientTls)): the query connection's rustls
+//! configuration ([`client_config`], roots and client identity from `ClientTls`) and the
+//! replication connection's `pgwire-replication` settings ([`replication_tls`], which reads
+//! the same files by path, client certificate included).
 //!
 //! `verify_ca` and the replication connection: `pgwire-replication` 0.5 tolerates a host
 //! name mismatch only as rustls's old `NotValidForName` error, while rustls 0.23 reports
@@ -8,14 +11,13 @@
 //! it accepted ([`VerifiedNames`]), and the replication connection presents one of them as its
 //! TLS server name: the chain is still checked, and the certificate must still carry the name.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use crate::config::TlsMode;
+use crate::config::{PostgresTls, TlsMode};
 use crate::error::CdcError;
 
 /// The DNS names of the last server certificate whose chain `verify_ca` accepted on the query
@@ -35,51 +37,65 @@ impl VerifiedNames {
     }
 }
 
-/// A rustls client configuration for `mode`, or `None` for `disable`; with `verify_ca`, the
-/// names of an accepted certificate go to `names`.
-pub fn client_config(
-    mode: TlsMode,
-    ca: Option<&Path>,
-    names: &VerifiedNames,
-) -> Result<Option<ClientConfig>, CdcError> {
-    if mode == TlsMode::Disable {
-        return Ok(None);
-    }
+/// The configuration section every TLS error names.
+const SECTION: &str = "connector.tls";
+
+/// A rustls client configuration for the query connection, or `None` for `disable`; with
+/// `verify_ca`, the names of an accepted certificate go to `names`. Roots and the client's
+/// identity (mutual TLS) come from the shared `ClientTls`.
+pub fn client_config(tls: &PostgresTls, names: &VerifiedNames) -> Result<Option<ClientConfig>, CdcError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| CdcError::Setup(format!("TLS setup: {e}")))?;
-    let config = match mode {
+    let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
         TlsMode::Disable => return Ok(None),
-        TlsMode::Require => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
-        }
+        TlsMode::Require => Arc::new(AcceptAny(provider)),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
-            let roots = Arc::new(roots(ca)?);
+            let roots = Arc::new(tls.client.roots(SECTION)?);
             let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|e| CdcError::Setup(format!("TLS verifier: {e}")))?;
-            let verifier: Arc<dyn ServerCertVerifier> =
-                if mode == TlsMode::VerifyCa { Arc::new(ChainOnly(webpki, names.clone())) } else { webpki };
-            builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
+            if tls.mode == TlsMode::VerifyCa {
+                Arc::new(ChainOnly(webpki, names.clone()))
+            } else {
+                webpki
+            }
         }
+    };
+    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+    let config = match tls.client.identity(SECTION)? {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
+            CdcError::Tls(danube_connect_common::tls::TlsError {
+                field: format!("{SECTION}.client_cert"),
+                problem: danube_connect_common::tls::TlsProblem::Rustls(e),
+            })
+        })?,
+        None => builder.with_no_client_auth(),
     };
     Ok(Some(config))
 }
 
-fn roots(ca: Option<&Path>) -> Result<RootCertStore, CdcError> {
-    let mut roots = RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let certs = danube_connect_common::tls::load_certificates("connector", "tls_ca", path)?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(CdcError::Setup(format!("connector.tls_ca {}: no certificate", path.display())));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+/// The replication connection's TLS settings: the same mode, CA file and client certificate
+/// (`pgwire-replication` reads them by path; without `ca` it trusts the built-in web roots,
+/// as the query connection does). With `verify_ca`, the name the query connection's
+/// accepted certificate carries is the TLS server name (see the module docs).
+pub fn replication_tls(tls: &PostgresTls, names: &VerifiedNames) -> pgwire_replication::TlsConfig {
+    use pgwire_replication::TlsConfig;
+    let ca = tls.client.ca.clone();
+    let config = match tls.mode {
+        TlsMode::Disable => return TlsConfig::disabled(),
+        TlsMode::Require => TlsConfig::require(),
+        TlsMode::VerifyCa => match names.first() {
+            Some(name) => TlsConfig::verify_ca(ca).with_sni_hostname(name),
+            None => TlsConfig::verify_ca(ca),
+        },
+        TlsMode::VerifyFull => TlsConfig::verify_full(ca),
+    };
+    match (&tls.client.client_cert, &tls.client.client_key) {
+        (Some(cert), Some(key)) => config.with_client_cert(cert, key),
+        _ => config,
     }
-    Ok(roots)
 }
 
 /// `require`: encrypted, certificate not checked (libpq semantics); signatures still verified.

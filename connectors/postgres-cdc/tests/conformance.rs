@@ -382,8 +382,8 @@ async fn table_schema_is_registered_in_the_brokers_registry_and_records_decode_w
         assert_eq!(messages.len(), 2, "{kind}: {}", process.log());
 
         let runtime = registry(&env.broker).await;
-        let registry = runtime.client().schema();
-        let latest = registry.get_latest_schema("cdc-items-value").await.expect("subject registered in the broker");
+        let registry = runtime.schema_registry();
+        let latest = registry.latest("cdc-items-value").await.expect("subject registered in the broker");
         assert_eq!(latest.schema_type, "json_schema", "{kind}");
         let definition = raw_definition(&latest.schema_definition);
         let after = &definition["properties"]["after"]["properties"];
@@ -396,7 +396,7 @@ async fn table_schema_is_registered_in_the_brokers_registry_and_records_decode_w
 
         // A sink decodes by id through core's cache: the records decode to their JSON, and
         // the schema it fetched is the table's, refusing a record of another shape.
-        let cache = SchemaCache::new(runtime.client().clone());
+        let cache = SchemaCache::new(runtime.schema_registry());
         for message in &messages {
             let mut record = SinkRecord::new(TOPIC, 0, message.payload.clone());
             record.schema_id = message.schema_id;

@@ -1,7 +1,7 @@
 //! `[danube]`: how to reach the broker.
 
 use super::*;
-use danube_connect_common::tls;
+use danube_connect_common::tls::ClientTls;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,11 +13,19 @@ use serde::{Deserialize, Serialize};
 pub struct DanubeConfig {
     /// Broker URL, e.g. `http://127.0.0.1:6650` (`https://` with TLS).
     pub service_url: String,
-    /// CA certificate (PEM) to verify the broker; enables TLS.
+    /// TLS to the broker, the shared client TLS type: `ca` (PEM) verifies the broker and
+    /// enables TLS; `client_cert` and `client_key` are the identity for mutual TLS (they
+    /// need `ca`). `builtin_roots` is refused: danube-client 0.16 trusts only the CA file it
+    /// is given.
+    pub tls: ClientTls,
+    /// Old spelling of `tls.ca` (`DANUBE_TLS_CA`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; needs `tls_key` and `tls_ca`.
+    /// Old spelling of `tls.client_cert` (`DANUBE_TLS_CERT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-    /// Client private key (PEM) for mutual TLS.
+    /// Old spelling of `tls.client_key` (`DANUBE_TLS_KEY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// JWT for the broker (`Authorization: Bearer`); enables TLS.
     pub token: Option<Secret>,
@@ -42,6 +50,7 @@ impl Default for DanubeConfig {
     fn default() -> Self {
         Self {
             service_url: "http://127.0.0.1:6650".into(),
+            tls: ClientTls::default(),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -51,6 +60,39 @@ impl Default for DanubeConfig {
             broker_metrics_url: None,
             broker_admin_url: None,
         }
+    }
+}
+
+impl DanubeConfig {
+    /// The broker TLS settings, with the old spellings (`tls_ca`, `tls_cert`, `tls_key`)
+    /// taken into `tls`; one field set in both spellings is an error naming it.
+    pub fn client_tls(&self) -> Result<ClientTls, ConfigError> {
+        let mut tls = self.tls.clone();
+        let pairs = [
+            (&self.tls_ca, &mut tls.ca, "tls_ca", "ca"),
+            (&self.tls_cert, &mut tls.client_cert, "tls_cert", "client_cert"),
+            (&self.tls_key, &mut tls.client_key, "tls_key", "client_key"),
+        ];
+        for (old, new, old_name, new_name) in pairs {
+            match (old, new.is_some()) {
+                (Some(_), true) => {
+                    return Err(ConfigError::invalid(
+                        format!("danube.tls.{new_name}"),
+                        format!("set twice: also as `danube.{old_name}`, its old spelling; keep one"),
+                    ))
+                }
+                (Some(path), false) => *new = Some(path.clone()),
+                _ => {}
+            }
+        }
+        Ok(tls)
+    }
+
+    /// Moves the old spellings into `tls` (so `--check` prints the new ones).
+    pub(crate) fn adopt_old_tls_keys(&mut self) -> Result<(), ConfigError> {
+        self.tls = self.client_tls()?;
+        (self.tls_ca, self.tls_cert, self.tls_key) = (None, None, None);
+        Ok(())
     }
 }
 
@@ -84,24 +126,20 @@ impl Validate for DanubeConfig {
                 ));
             }
         }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError::invalid("danube.tls_cert", "mutual TLS needs both `tls_cert` and `tls_key`"));
+        let tls = self.client_tls()?;
+        if tls.trusts_builtin_roots() && tls.ca.is_some() {
+            let field = if tls.builtin_roots { "danube.tls.builtin_roots" } else { "danube.tls.ca_only" };
+            return Err(ConfigError::invalid(
+                field,
+                "danube-client 0.16 trusts only the CA file it is given (`danube.tls.ca`); it cannot add the built-in roots",
+            ));
         }
-        if self.tls_cert.is_some() && self.tls_ca.is_none() {
-            return Err(ConfigError::invalid("danube.tls_ca", "mutual TLS needs `tls_ca` too"));
+        if tls.client_cert.is_some() && tls.ca.is_none() {
+            return Err(ConfigError::invalid("danube.tls.ca", "mutual TLS (`danube.tls.client_cert`) needs `ca` too"));
         }
-        // The PEM files are read once here with the loader every connector's TLS uses, so a
+        // Every PEM file is read once here with the loader every connector's TLS uses, so a
         // bad one fails `--check` with the field and the file.
-        let pem = |e: tls::TlsError| ConfigError::invalid(e.field.clone(), e.reason());
-        if let Some(path) = &self.tls_ca {
-            tls::load_certificates("danube", "tls_ca", path).map_err(pem)?;
-        }
-        if let Some(path) = &self.tls_cert {
-            tls::load_certificates("danube", "tls_cert", path).map_err(pem)?;
-        }
-        if let Some(path) = &self.tls_key {
-            tls::load_private_key("danube", "tls_key", path).map_err(pem)?;
-        }
+        tls.validate("danube.tls").map_err(|e| ConfigError::invalid(e.field.clone(), e.reason()))?;
         if let Some(path) = &self.token_file {
             if !path.exists() {
                 return Err(ConfigError::invalid(

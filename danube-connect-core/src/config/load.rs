@@ -11,6 +11,7 @@ use serde::Serialize;
 /// Keys of `[danube]` settable as `DANUBE_*` (other `DANUBE_*` variables are ignored).
 const DANUBE_KEYS: &[&str] = &[
     "service_url",
+    "tls",
     "tls_ca",
     "tls_cert",
     "tls_key",
@@ -44,14 +45,21 @@ fn env_layer(prefix: &str, section: Option<&'static str>, accept: fn(&str) -> bo
 /// (`connector.max_body_bytes`), whatever layer it came from; `section` is the prefix of an
 /// inner extraction.
 fn parse_error(error: figment::Error, section: Option<&str>) -> ConfigError {
-    let path = error.path.join(".");
-    if path.is_empty() {
+    if error.path.is_empty() {
         return ConfigError::Parse(Box::new(error));
     }
-    let field = match section {
-        Some(section) if path != section && !path.starts_with(&format!("{section}.")) => format!("{section}.{path}"),
-        _ => path,
-    };
+    let mut keys: Vec<&str> = error.path.iter().map(String::as_str).collect();
+    if let Some(section) = section {
+        // `extract_inner` appends the section's keys after the inner path (`tls.connector`).
+        let parts: Vec<&str> = section.split('.').collect();
+        if keys.len() > parts.len() && keys.ends_with(&parts) {
+            keys.truncate(keys.len() - parts.len());
+        }
+        if !keys.starts_with(&parts) {
+            keys.splice(0..0, parts);
+        }
+    }
+    let field = keys.join(".");
     let origin = error.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
     ConfigError::invalid(field.to_ascii_lowercase(), format!("{}{origin}", error.kind))
 }
@@ -124,7 +132,8 @@ where
                 format!("unknown section; expected one of {}", TOP_LEVEL_KEYS[..TOP_LEVEL_KEYS.len() - 1].join(", ")),
             ));
         }
-        let runtime: RuntimeConfig = figment.extract().map_err(|e| parse_error(e, None))?;
+        let mut runtime: RuntimeConfig = figment.extract().map_err(|e| parse_error(e, None))?;
+        runtime.danube.adopt_old_tls_keys()?;
         let connector: C = figment.extract_inner("connector").map_err(|e| parse_error(e, Some("connector")))?;
         let config = Self { runtime, connector };
         config.runtime.validate()?;

@@ -52,6 +52,16 @@ fn wrong_type_names_the_field() {
 }
 
 #[test]
+fn wrong_type_in_the_connector_section_names_the_field() {
+    let extra = Figment::new().merge(Serialized::default("connector.listen", vec![1, 2]));
+    let err = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect_err("must fail");
+    match err {
+        ConfigError::Invalid { field, .. } => assert_eq!(field, "connector.listen"),
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[test]
 fn bad_service_url_names_the_field() {
     let extra = Figment::new().merge(Serialized::default("danube.service_url", "127.0.0.1:6650"));
     let err = ConnectorConfig::<Demo>::load_from(None, "DEMO_TEST_NONE", extra).expect_err("must fail");
@@ -122,4 +132,82 @@ fn topic_names_must_have_a_namespace() {
     let error = validate_topic("connector.topic", "/default/public.users").unwrap_err().to_string();
     assert!(error.contains("connector.topic") && error.contains("`.`"), "{error}");
     assert!(validate_topic("f", "/default/a_b-9").is_ok());
+}
+
+/// A self-signed certificate and its key, written as PEM files in `dir`.
+fn pem_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("write cert");
+    std::fs::write(&key, made.key_pair.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
+fn load_danube(file_text: &str, extra: Figment) -> Result<ConnectorConfig<Demo>, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, file_text).expect("write");
+    ConnectorConfig::<Demo>::load_from(Some(&file), "DEMO_TEST_NONE", extra)
+}
+
+fn invalid_field(result: Result<ConnectorConfig<Demo>, ConfigError>) -> (String, String) {
+    match result {
+        Err(ConfigError::Invalid { field, message }) => (field, message),
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[test]
+fn danube_tls_takes_the_shared_client_type_and_the_old_keys_still_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = pem_files(dir.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+
+    let new = format!("[danube]\ntls = {{ ca = {cert:?}, client_cert = {cert:?}, client_key = {key:?} }}\n");
+    let cfg = load_danube(&new, Figment::new()).expect("new spelling");
+    assert_eq!(cfg.runtime.danube.tls.ca.as_deref(), Some(std::path::Path::new(&cert)));
+    assert_eq!(cfg.runtime.danube.tls.client_key.as_deref(), Some(std::path::Path::new(&key)));
+
+    // The old spelling lands in `tls`, and `--check` prints the new one.
+    let old = format!("[danube]\ntls_ca = {cert:?}\ntls_cert = {cert:?}\ntls_key = {key:?}\n");
+    let cfg = load_danube(&old, Figment::new()).expect("old spelling");
+    assert_eq!(cfg.runtime.danube.tls.client_cert.as_deref(), Some(std::path::Path::new(&cert)));
+    assert_eq!(cfg.runtime.danube.tls_ca, None);
+    let printed = cfg.to_redacted_toml();
+    assert!(printed.contains("[danube.tls]") && !printed.contains("tls_ca"), "{printed}");
+
+    // The old keys also come from layers other than the file (the environment's `DANUBE_TLS_CA`).
+    let extra = Figment::new().merge(Serialized::default("danube.tls_ca", &cert));
+    let cfg = load_danube("", extra).expect("old key from a later layer");
+    assert_eq!(cfg.runtime.danube.tls.ca.as_deref(), Some(std::path::Path::new(&cert)));
+
+    // One field in both spellings is refused, naming it.
+    let both = format!("[danube]\ntls_ca = {cert:?}\ntls = {{ ca = {cert:?} }}\n");
+    let (field, message) = invalid_field(load_danube(&both, Figment::new()));
+    assert_eq!(field, "danube.tls.ca");
+    assert!(message.contains("danube.tls_ca"), "{message}");
+}
+
+#[test]
+fn danube_tls_refuses_what_the_client_cannot_do_and_bad_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = pem_files(dir.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+
+    let roots = format!("[danube.tls]\nca = {cert:?}\nbuiltin_roots = true\n");
+    let (field, message) = invalid_field(load_danube(&roots, Figment::new()));
+    assert_eq!(field, "danube.tls.builtin_roots");
+    assert!(message.contains("only the CA file"), "{message}");
+
+    let no_ca = format!("[danube.tls]\nclient_cert = {cert:?}\nclient_key = {key:?}\n");
+    assert_eq!(invalid_field(load_danube(&no_ca, Figment::new())).0, "danube.tls.ca");
+
+    let half = format!("[danube.tls]\nca = {cert:?}\nclient_cert = {cert:?}\n");
+    assert_eq!(invalid_field(load_danube(&half, Figment::new())).0, "danube.tls.client_cert");
+
+    // The key file given as the CA: the loader names the field and the file.
+    let not_a_cert = format!("[danube]\ntls_ca = {key:?}\n");
+    let (field, message) = invalid_field(load_danube(&not_a_cert, Figment::new()));
+    assert_eq!(field, "danube.tls.ca");
+    assert!(message.contains("key.pem"), "{message}");
 }

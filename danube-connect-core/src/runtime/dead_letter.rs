@@ -37,13 +37,27 @@ pub const DEAD_LETTER_SUBSCRIPTION: &str = "danube-connect-dlq";
 
 /// The subscription type of [`DEAD_LETTER_SUBSCRIPTION`]: shared, so a reader that was killed
 /// does not keep a later one out, and unacked dead letters go to the next reader.
-pub const DEAD_LETTER_SUBSCRIPTION_TYPE: danube_client::SubType = danube_client::SubType::Shared;
+pub(crate) const SUBSCRIPTION_TYPE: danube_client::SubType = danube_client::SubType::Shared;
+
+/// The subscription type of [`DEAD_LETTER_SUBSCRIPTION`] (shared), for readers built on the
+/// client itself (feature `raw-client`).
+#[cfg(feature = "raw-client")]
+pub const DEAD_LETTER_SUBSCRIPTION_TYPE: danube_client::SubType = SUBSCRIPTION_TYPE;
 
 /// Creates [`DEAD_LETTER_SUBSCRIPTION`] on `topic` (which must exist) if it does not exist yet:
 /// subscribes one consumer named `consumer_name`, opens its message stream and closes it. The
 /// subscription stays, durable, and keeps every dead letter published from then on until a
 /// reader acks it (verified on the development broker and Danube v0.15.1).
 pub async fn ensure_dead_letter_subscription(
+    connection: &crate::client::DanubeConnection,
+    topic: &str,
+    consumer_name: &str,
+) -> Result<(), crate::error::ClientError> {
+    subscribe_dead_letters(connection.inner(), topic, consumer_name).await.map_err(crate::error::ClientError::new)
+}
+
+/// [`ensure_dead_letter_subscription`] on the runtime's client.
+pub(crate) async fn subscribe_dead_letters(
     client: &danube_client::DanubeClient,
     topic: &str,
     consumer_name: &str,
@@ -53,7 +67,7 @@ pub async fn ensure_dead_letter_subscription(
         .with_topic(topic.to_string())
         .with_consumer_name(consumer_name.to_string())
         .with_subscription(DEAD_LETTER_SUBSCRIPTION.to_string())
-        .with_subscription_type(DEAD_LETTER_SUBSCRIPTION_TYPE)
+        .with_subscription_type(SUBSCRIPTION_TYPE)
         .build()?;
     consumer.subscribe().await?;
     // Open the message stream before closing: Danube v0.15 takes a consumer that subscribed

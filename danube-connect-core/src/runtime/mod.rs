@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::client::{build_client, probe, wait_until_reachable};
+use crate::client::{build_client, probe, wait_until_reachable, DanubeConnection, SchemaRegistry};
 use crate::config::RuntimeConfig;
 use crate::connector::{Context, Parts};
 use crate::error::{ConnectorError, RuntimeError};
@@ -177,7 +177,7 @@ impl Runtime {
         let client = build_client(&config.danube).await?;
         wait_until_reachable(&client, &config.danube, &shutdown).await?;
         health.set_broker_reachable(true);
-        let schemas = TopicSchemas::resolve(&client, &config.schemas).await?;
+        let schemas = TopicSchemas::resolve(&DanubeConnection::from_inner(client.clone()), &config.schemas).await?;
         let publisher = Publisher::new(
             client.clone(),
             config.source.clone(),
@@ -188,7 +188,10 @@ impl Runtime {
         )
         .with_transforms(transforms.clone(), config.dead_letter_topic());
         background.extend(prepare_topics(&publisher, topics_known_at_start(&config), &shutdown).await?);
-        let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(client.clone())));
+        let schema_cache = config
+            .sink
+            .decode_schemas
+            .then(|| Arc::new(SchemaCache::new(DanubeConnection::from_inner(client.clone()).schema_registry())));
         let stopper = Stopper::new(shutdown.clone());
         background.push(tokio::spawn(probe_broker(client.clone(), health.clone(), shutdown.clone())));
         Ok(Self {
@@ -213,14 +216,9 @@ impl Runtime {
         self.env.publisher.clone()
     }
 
-    /// The Danube client (e.g. for the schema registry).
-    pub fn client(&self) -> &DanubeClient {
-        &self.env.client
-    }
-
-    /// The metrics registry.
-    pub fn metrics(&self) -> Metrics {
-        self.env.metrics.clone()
+    /// The broker's schema registry (e.g. to look up what a source registered).
+    pub fn schema_registry(&self) -> SchemaRegistry {
+        DanubeConnection::from_inner(self.env.client.clone()).schema_registry()
     }
 
     /// Readiness state.
@@ -378,7 +376,7 @@ async fn prepare_topics(
 /// background task retries it (backoff from 500 ms to 10 s) until it exists or shutdown.
 async fn prepare_dead_letter_subscription(env: &Env, topic: String) -> Option<JoinHandle<()>> {
     let consumer_name = format!("{}-dlq-subscription", env.config.name);
-    let attempt = dead_letter::ensure_dead_letter_subscription(&env.client, &topic, &consumer_name);
+    let attempt = dead_letter::subscribe_dead_letters(&env.client, &topic, &consumer_name);
     let error = match tokio::time::timeout(PREPARE_TIMEOUT, attempt).await {
         Ok(Ok(())) => {
             info!(%topic, subscription = dead_letter::DEAD_LETTER_SUBSCRIPTION, "dead-letter subscription ready");
@@ -396,7 +394,7 @@ async fn prepare_dead_letter_subscription(env: &Env, topic: String) -> Option<Jo
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = shutdown.cancelled() => return,
             }
-            let attempt = dead_letter::ensure_dead_letter_subscription(&client, &topic, &consumer_name);
+            let attempt = dead_letter::subscribe_dead_letters(&client, &topic, &consumer_name);
             if let Ok(Ok(())) = tokio::time::timeout(PREPARE_TIMEOUT, attempt).await {
                 info!(%topic, subscription = dead_letter::DEAD_LETTER_SUBSCRIPTION, "dead-letter subscription ready");
                 return;

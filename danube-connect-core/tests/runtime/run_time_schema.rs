@@ -127,8 +127,9 @@ async fn a_refused_run_time_registration_is_a_typed_non_transient_error() {
         other => panic!("expected InvalidDefinition, got {other:?}"),
     }
 
-    let unreachable =
-        danube_client::DanubeClient::builder().service_url("http://127.0.0.1:1").build().await.expect("lazy client");
+    let nowhere =
+        danube_connect_core::config::DanubeConfig { service_url: "http://127.0.0.1:1".into(), ..Default::default() };
+    let unreachable = danube_connect_core::DanubeConnection::build(&nowhere).await.expect("lazy client");
     let error = danube_connect_core::schema::BoundSchema::register(
         &unreachable,
         "x",
@@ -152,7 +153,7 @@ async fn the_schema_cache_sees_a_new_latest_version_after_its_ttl() {
     let publisher = runtime.publisher();
     let v1 = publisher.register_schema("rt-cache", SchemaKind::JsonSchema, ORDER_V1, None).await.expect("v1");
     let ttl = Duration::from_millis(500);
-    let cache = SchemaCache::with_latest_ttl(runtime.client().clone(), ttl);
+    let cache = SchemaCache::with_latest_ttl(runtime.schema_registry(), ttl);
     let canonical = |text: &str| Schema::compile(SchemaKind::JsonSchema, text).expect("compiles").definition().to_vec();
 
     assert_eq!(cache.get(v1.schema_id, None).await.expect("latest").definition(), canonical(ORDER_V1).as_slice());

@@ -449,7 +449,7 @@ async fn schema_bound_topics_and_prepared_topics_exist_before_their_first_record
         .with_file(SchemaKind::JsonSchema, schema_file(&dir, "o.json", ORDER_JSON_SCHEMA))];
     let token = CancellationToken::new();
     let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
-    let client = runtime.client().clone();
+    let client = danube_client::DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
     assert!(
         subscribe_raw(&client, "/default/never-prepared", "probe").await.is_err(),
         "sanity: subscribing to a topic nobody created fails"
@@ -499,14 +499,15 @@ async fn schema_bound_topics_are_prepared_concurrently_at_start() {
     broker.delay_producer_creation(delay);
     let token = CancellationToken::new();
     let started = std::time::Instant::now();
-    let runtime = Runtime::start(config, token.clone()).await.expect("runtime");
+    let _runtime = Runtime::start(config, token.clone()).await.expect("runtime");
     let took = started.elapsed();
     assert!(took >= delay, "the start waited for the slow producer creation: {took:?}");
     // One after another, the four topics would take 4 x 1.5 s = 6 s.
     assert!(took < delay * 3, "the topics were prepared one after another: {took:?}");
     broker.delay_producer_creation(Duration::ZERO);
+    let client = danube_client::DanubeClient::builder().service_url(broker.url()).build().await.expect("client");
     for topic in &topics {
-        subscribe_raw(runtime.client(), topic, "check").await.expect("every bound topic exists after the start");
+        subscribe_raw(&client, topic, "check").await.expect("every bound topic exists after the start");
     }
     token.cancel();
 }

@@ -124,6 +124,7 @@ async fn a_source_publishes_through_tls_verified_with_the_broker_ca() {
     let pki = Pki::new("danube-connect test CA");
     let broker = tls_broker(pki.broker_tls(false), None).await;
     let mut config = runtime_config("tls", &broker.url());
+    // The old spelling (`danube.tls_ca`) still works.
     config.danube.tls_ca = Some(pki.ca_file());
     publishes_through(&broker, config, "/default/tls", 20).await;
 }
@@ -134,7 +135,7 @@ async fn a_broker_certificate_from_another_ca_fails_the_start_with_the_tls_cause
     let broker = tls_broker(pki.broker_tls(false), None).await;
     let other = Pki::new("another CA");
     let mut config = runtime_config("wrong-ca", &broker.url());
-    config.danube.tls_ca = Some(other.ca_file());
+    config.danube.tls.ca = Some(other.ca_file());
     config.danube.connect_timeout = Duration::from_secs(1);
     let error = start_fails(config).await;
     assert!(error.contains("invalid peer certificate: UnknownIssuer"), "names the TLS cause: {error}");
@@ -146,9 +147,9 @@ async fn mutual_tls_with_a_client_certificate_publishes() {
     let broker = tls_broker(pki.broker_tls(true), None).await;
     let (cert, key) = pki.client_files();
     let mut config = runtime_config("mtls", &broker.url());
-    config.danube.tls_ca = Some(pki.ca_file());
-    config.danube.tls_cert = Some(cert);
-    config.danube.tls_key = Some(key);
+    config.danube.tls.ca = Some(pki.ca_file());
+    config.danube.tls.client_cert = Some(cert);
+    config.danube.tls.client_key = Some(key);
     publishes_through(&broker, config, "/default/mtls", 20).await;
 }
 
@@ -157,7 +158,7 @@ async fn mutual_tls_without_a_client_certificate_is_refused() {
     let pki = Pki::new("danube-connect test CA");
     let broker = tls_broker(pki.broker_tls(true), None).await;
     let mut config = runtime_config("no-client-cert", &broker.url());
-    config.danube.tls_ca = Some(pki.ca_file());
+    config.danube.tls.ca = Some(pki.ca_file());
     config.danube.connect_timeout = Duration::from_secs(1);
     let error = start_fails(config).await;
     // TLS 1.3: the broker refuses the handshake after the client finished it, so the client
@@ -171,12 +172,12 @@ async fn a_token_and_a_token_file_are_accepted_by_a_broker_checking_tokens() {
     let pki = Pki::new("danube-connect test CA");
     let broker = tls_broker(pki.broker_tls(false), Some("connector-jwt")).await;
     let mut config = runtime_config("token", &broker.url());
-    config.danube.tls_ca = Some(pki.ca_file());
+    config.danube.tls.ca = Some(pki.ca_file());
     config.danube.token = Some(Secret::new("connector-jwt"));
     publishes_through(&broker, config, "/default/token", 10).await;
 
     let mut config = runtime_config("token-file", &broker.url());
-    config.danube.tls_ca = Some(pki.ca_file());
+    config.danube.tls.ca = Some(pki.ca_file());
     config.danube.token_file = Some(pki.write("token", "connector-jwt\n"));
     publishes_through(&broker, config, "/default/token-file", 10).await;
 }
@@ -186,7 +187,7 @@ async fn a_wrong_token_is_refused_at_start_with_an_error_naming_the_cause() {
     let pki = Pki::new("danube-connect test CA");
     let broker = tls_broker(pki.broker_tls(false), Some("connector-jwt")).await;
     let mut config = runtime_config("wrong-token", &broker.url());
-    config.danube.tls_ca = Some(pki.ca_file());
+    config.danube.tls.ca = Some(pki.ca_file());
     config.danube.token = Some(Secret::new("stale-jwt"));
     // Refused at once, not after retrying until connect_timeout (30 s here).
     let started = std::time::Instant::now();

@@ -1,20 +1,20 @@
 //! The ClickHouse sink's own metrics.
 
 use danube_connect_core::{ConnectorMetrics, MetricsError};
-use prometheus::{IntCounterVec, IntGaugeVec};
+use danube_connect_core::{CounterVec, GaugeVec};
 
 /// Counters and gauges by table (labelled `connector` by the runtime).
 pub(super) struct Metrics {
     /// Rows inserted into ClickHouse.
-    pub(super) rows_inserted: IntCounterVec,
+    pub(super) rows_inserted: CounterVec,
     /// Insert requests by outcome.
-    pub(super) inserts: IntCounterVec,
+    pub(super) inserts: CounterVec,
     /// Bytes waiting in the spool.
-    pub(super) spool_bytes: IntGaugeVec,
+    pub(super) spool_bytes: GaugeVec,
     /// Redelivered records already spooled.
-    pub(super) duplicates: IntCounterVec,
+    pub(super) duplicates: CounterVec,
     /// Spooled rows dead-lettered.
-    pub(super) dead_lettered: IntCounterVec,
+    pub(super) dead_lettered: CounterVec,
 }
 
 impl Metrics {

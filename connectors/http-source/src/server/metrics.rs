@@ -4,14 +4,14 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use danube_connect_core::{ConnectorMetrics, MetricsError};
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
+use danube_connect_core::{Counter, CounterVec, Histogram, HistogramVec};
 
 use crate::endpoint::Endpoint;
 
 /// The HTTP source's own metrics (labels bounded: endpoint id or `dynamic`, status code).
 #[derive(Clone)]
 pub struct HttpMetrics {
-    requests: IntCounterVec,
+    requests: CounterVec,
     duration: HistogramVec,
 }
 
@@ -59,6 +59,6 @@ impl HttpMetrics {
 #[derive(Debug)]
 pub struct EndpointMetrics {
     success_status: StatusCode,
-    success: IntCounter,
+    success: Counter,
     duration: Histogram,
 }

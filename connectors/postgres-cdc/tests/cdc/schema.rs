@@ -43,7 +43,7 @@ async fn registry(env: &Env) -> Runtime {
 /// The registered definition of a message's schema id and version, compiled.
 async fn definition(runtime: &Runtime, message: &StoredMessage) -> (Value, Schema) {
     let id = message.schema_id.expect("the message carries a schema id");
-    let info = runtime.client().schema().get_schema_version(id, message.schema_version).await.expect("registered");
+    let info = runtime.schema_registry().version(id, message.schema_version).await.expect("registered");
     assert_eq!(info.schema_type, "json_schema");
     let registered = danube_connect_core::schema::registered_definition(&info.schema_definition);
     let value: Value = serde_json::from_slice(&registered).expect("definition is JSON");
@@ -106,7 +106,7 @@ async fn every_record_carries_the_table_schema_which_validates_it_and_decodes_it
     assert!(schema.validate(&serde_json::to_vec(&wrong).unwrap()).is_err(), "a text id is refused");
 
     // A sink decodes by schema id (and version) through core's cache.
-    let cache = SchemaCache::new(runtime.client().clone());
+    let cache = SchemaCache::new(runtime.schema_registry());
     for (message, payload) in stored.iter().zip(&got) {
         let mut record = sink_record(topic, message);
         cache.decode(&mut record).await.expect("decodes by schema id");
@@ -142,7 +142,7 @@ async fn alter_table_add_column_registers_a_new_version_and_earlier_records_keep
     assert_eq!(got[1]["after"], json!({"id": 2, "name": "b", "age": 42}));
 
     let runtime = registry(&env).await;
-    let latest = runtime.client().schema().get_latest_schema("cdc-people".to_string()).await.expect("subject");
+    let latest = runtime.schema_registry().latest("cdc-people").await.expect("subject");
     assert_eq!(latest.version, 2, "the subject template names the subject");
     let (v1, v1_schema) = definition(&runtime, &stored[0]).await;
     let (v2, v2_schema) = definition(&runtime, &stored[1]).await;
@@ -150,7 +150,7 @@ async fn alter_table_add_column_registers_a_new_version_and_earlier_records_keep
     assert_eq!(v2["properties"]["after"]["properties"]["age"]["type"], json!(["integer", "null"]));
     v1_schema.validate(&stored[0].payload).expect("v1 validates the record sent under it");
     v2_schema.validate(&stored[1].payload).expect("v2 validates the record sent under it");
-    let cache = SchemaCache::new(runtime.client().clone());
+    let cache = SchemaCache::new(runtime.schema_registry());
     for (message, payload) in stored.iter().zip(&got) {
         let mut record = sink_record(topic, message);
         cache.decode(&mut record).await.expect("decodes");

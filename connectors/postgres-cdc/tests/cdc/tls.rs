@@ -144,3 +144,120 @@ async fn verify_ca_accepts_a_certificate_that_does_not_name_the_host() {
         [("POSTGRES_CDC_URL", by_ip.as_str()), ("POSTGRES_CDC_TLS", "verify_ca"), ("POSTGRES_CDC_TLS_CA", &ca)];
     streams_one_row_over_tls(&env, "mismatch", &verify_ca).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_form_of_connector_tls_verifies_like_the_old_string_form() {
+    let pg = Postgres::start_tls().expect("postgres with TLS");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let ca = env.pg.ca_cert().display().to_string();
+    let url = format!("postgres://postgres@localhost:{}/postgres", env.pg.port());
+    // `connector.tls = { mode, ca }`, set field by field from the environment.
+    let table =
+        [("POSTGRES_CDC_URL", url.as_str()), ("POSTGRES_CDC_TLS__MODE", "verify_full"), ("POSTGRES_CDC_TLS__CA", &ca)];
+    streams_one_row_over_tls(&env, "table_form", &table).await;
+
+    // The same table checks: a CA that did not sign the server certificate is refused.
+    let foreign = env.pg.foreign_ca().expect("another CA").display().to_string();
+    let log = startup_error(
+        &env,
+        &[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS__MODE", "verify_full"), ("POSTGRES_CDC_TLS__CA", &foreign)],
+    )
+    .await;
+    assert!(log.contains("invalid peer certificate: UnknownIssuer"), "{log}");
+    // And the old spelling of the CA beside the new one is refused, naming the field.
+    let log = startup_error(
+        &env,
+        &[
+            ("POSTGRES_CDC_URL", &url),
+            ("POSTGRES_CDC_TLS__MODE", "verify_full"),
+            ("POSTGRES_CDC_TLS__CA", &ca),
+            ("POSTGRES_CDC_TLS_CA", &ca),
+        ],
+    )
+    .await;
+    assert!(log.contains("connector.tls.ca") && log.contains("connector.tls_ca"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_authenticates_both_connections() {
+    // Role `cdc` must present a certificate of the test CA naming it.
+    let options = PostgresOptions { tls: true, cert_user: Some("cdc".into()), ..Default::default() };
+    let pg = Postgres::start_with_options(&options).expect("postgres requiring client certificates");
+    let broker = EmbeddedBroker::start_default().await.expect("broker");
+    let env = Env { pg, broker };
+    let ca = env.pg.ca_cert().display().to_string();
+    let (cert, key) = env.pg.client_cert("cdc").expect("client certificate");
+    let url = format!("postgres://cdc@localhost:{}/postgres", env.pg.port());
+
+    // Without a client certificate the server refuses the connection, and the start fails.
+    let log = startup_error(
+        &env,
+        &[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS", "verify_full"), ("POSTGRES_CDC_TLS_CA", &ca)],
+    )
+    .await;
+    assert!(log.contains("certificate"), "{log}");
+
+    // With one (the table form, inline), the query and the replication connection get in,
+    // each authenticated by the certificate.
+    let tls = format!(
+        "{{ mode = \"verify_full\", ca = \"{ca}\", client_cert = \"{}\", client_key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    env.pg.psql("CREATE TABLE mtls (id int PRIMARY KEY)").unwrap();
+    let mut process =
+        env.spawn(&[("POSTGRES_CDC_URL", &url), ("POSTGRES_CDC_TLS", &tls), ("POSTGRES_CDC_SNAPSHOT", "never")]).await;
+    env.wait_streaming("danube_cdc", &process).await;
+    env.pg.psql("INSERT INTO mtls VALUES (7)").unwrap();
+    let got = env.broker.wait_for_messages("/default/public-mtls", 1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "{}", process.log());
+    let by_certificate = env
+        .pg
+        .psql(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND client_dn LIKE '%CN=cdc%' AND application_name = 'danube-postgres-cdc'",
+        )
+        .expect("pg_stat_ssl");
+    assert!(by_certificate.parse::<u32>().expect("a count") >= 2, "both connections present the certificate");
+    stop_cleanly(&mut process).await;
+}
+
+/// Runs the connector with `--check` and `env`: its exit code and output.
+fn check(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("--check")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run --check");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+#[test]
+fn check_refuses_tls_settings_the_clients_cannot_honour_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, made.cert.pem()).expect("write");
+    let ca = ca.display().to_string();
+
+    // Both environment spellings of the Danube CA are `danube.tls.ca`, read at `--check`.
+    for var in ["DANUBE_TLS__CA", "DANUBE_TLS_CA"] {
+        let (code, out) = check(&[(var, "/nonexistent/danube-ca.pem")]);
+        assert_eq!(code, Some(1), "{var}: {out}");
+        assert!(out.contains("danube.tls.ca") && out.contains("/nonexistent/danube-ca.pem"), "{var}: {out}");
+    }
+    let (code, out) = check(&[("DANUBE_TLS__CA", &ca)]);
+    assert_eq!(code, Some(0), "a readable CA passes: {out}");
+    assert!(out.contains("[danube.tls]"), "the effective config prints the new spelling: {out}");
+
+    // The Danube client cannot add the built-in roots to a CA; pgwire-replication neither.
+    let (code, out) = check(&[("DANUBE_TLS__CA", &ca), ("DANUBE_TLS__BUILTIN_ROOTS", "true")]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("danube.tls.builtin_roots"), "{out}");
+    let tls = format!("{{ mode = \"verify_full\", ca = \"{ca}\", builtin_roots = true }}");
+    let (code, out) = check(&[("POSTGRES_CDC_TLS", &tls)]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("connector.tls.builtin_roots") && out.contains("pgwire-replication"), "{out}");
+}

@@ -1,55 +1,61 @@
 //! Prometheus metrics shared by the runtime and connectors.
 //!
 //! Labels are bounded: `connector`, `topic` and `outcome` — never error text.
+//!
+//! The runtime's own metrics use the Prometheus client directly; a connector registers its
+//! own through [`ConnectorMetrics`], which hands out core's [`handles`] so no `prometheus`
+//! type appears in core's public API.
 
+mod handles;
+
+pub use handles::{Counter, CounterVec, FloatGauge, FloatGaugeVec, Gauge, GaugeVec, Histogram, HistogramVec};
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The runtime's metrics, registered in one registry.
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     connector: String,
     /// Records taken in from the outside system (sources) or from Danube (sinks).
-    pub records_received: IntCounterVec,
+    pub(crate) records_received: IntCounterVec,
     /// Records published to Danube and acked by it.
-    pub records_published: IntCounterVec,
+    pub(crate) records_published: IntCounterVec,
     /// Records acked to Danube by a sink, or committed to the outside system by a source.
-    pub records_acked: IntCounterVec,
+    pub(crate) records_acked: IntCounterVec,
     /// Records that failed (by outcome: `retryable`, `invalid`, `fatal`, `deferred`).
-    pub records_failed: IntCounterVec,
+    pub(crate) records_failed: IntCounterVec,
     /// Retry attempts.
-    pub records_retried: IntCounterVec,
+    pub(crate) records_retried: IntCounterVec,
     /// Records sent to the dead-letter topic.
-    pub records_dead_lettered: IntCounterVec,
+    pub(crate) records_dead_lettered: IntCounterVec,
     /// Records handed back to the broker with a nack.
-    pub records_nacked: IntCounterVec,
+    pub(crate) records_nacked: IntCounterVec,
     /// Batch sizes handed to `process_batch`.
-    pub batch_size: HistogramVec,
+    pub(crate) batch_size: prometheus::HistogramVec,
     /// Time from publish (Danube publish_time) to sink ack, seconds.
-    pub end_to_end_latency: HistogramVec,
+    pub(crate) end_to_end_latency: prometheus::HistogramVec,
     /// Time of one operation (`publish`, `process`, `commit`), seconds.
-    pub operation_latency: HistogramVec,
+    pub(crate) operation_latency: prometheus::HistogramVec,
     /// Records in flight (published but not acked; received but not acked).
-    pub in_flight: IntGaugeVec,
+    pub(crate) in_flight: IntGaugeVec,
     /// Records waiting in buffers.
-    pub buffer_depth: IntGaugeVec,
+    pub(crate) buffer_depth: IntGaugeVec,
     /// 1 while a sink topic's subscription is stalled by the broker (see [`crate::stall`]).
-    pub sink_stalled: IntGaugeVec,
+    pub(crate) sink_stalled: IntGaugeVec,
     /// 1 while the connector is ready (what `/readyz` answers), else 0 (see [`crate::health`]).
-    pub ready: IntGaugeVec,
+    pub(crate) ready: IntGaugeVec,
     /// Records a transform dropped (`abort`), by topic and transform; they are still
     /// committed (sources) or acked (sinks). See [`crate::transform`].
-    pub transform_dropped: IntCounterVec,
+    pub(crate) transform_dropped: IntCounterVec,
     /// Records a transform failed on (they follow `failure.policy`), by topic and transform.
-    pub transform_failed: IntCounterVec,
+    pub(crate) transform_failed: IntCounterVec,
 }
 
 impl Metrics {
     /// A fresh registry for `connector`.
-    pub fn new(connector: &str) -> Self {
+    pub(crate) fn new(connector: &str) -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
@@ -62,7 +68,7 @@ impl Metrics {
             g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            let h = prometheus::HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
                 .expect("static metric definition");
             registry.register(Box::new(h.clone())).expect("metric registered once");
             h
@@ -153,13 +159,8 @@ impl Metrics {
     }
 
     /// The connector label value.
-    pub fn connector(&self) -> &str {
+    pub(crate) fn connector(&self) -> &str {
         &self.connector
-    }
-
-    /// The registry, for connectors that add their own metrics.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// The handle a connector registers its own metrics with (see [`ConnectorMetrics`]).
@@ -168,7 +169,7 @@ impl Metrics {
     }
 
     /// All metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buffer = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut buffer).is_err() {
             return String::new();
@@ -189,8 +190,13 @@ impl std::fmt::Debug for Metrics {
 pub struct MetricsError {
     name: String,
     #[source]
-    source: prometheus::Error,
+    source: RegistryRefusal,
 }
+
+/// The metrics registry's refusal (its message and source chain are the Prometheus client's).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct RegistryRefusal(prometheus::Error);
 
 /// Registers a connector's own metrics in the runtime's registry (served on `/metrics`),
 /// each with the constant label `connector` set to the connector's name, so the connector
@@ -242,35 +248,35 @@ impl ConnectorMetrics {
         name: &str,
         made: Result<M, prometheus::Error>,
     ) -> Result<M, MetricsError> {
-        let error = |source| MetricsError { name: name.to_string(), source };
+        let error = |source| MetricsError { name: name.to_string(), source: RegistryRefusal(source) };
         let metric = made.map_err(error)?;
         self.registry.register(Box::new(metric.clone())).map_err(error)?;
         Ok(metric)
     }
 
     /// A counter without labels.
-    pub fn counter(&self, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
-        self.register(name, IntCounter::with_opts(self.opts(name, help)))
+    pub fn counter(&self, name: &str, help: &str) -> Result<Counter, MetricsError> {
+        self.register(name, prometheus::IntCounter::with_opts(self.opts(name, help))).map(Counter)
     }
 
     /// A counter with `labels`.
-    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
-        self.register(name, IntCounterVec::new(self.opts(name, help), labels))
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<CounterVec, MetricsError> {
+        self.register(name, IntCounterVec::new(self.opts(name, help), labels)).map(CounterVec)
     }
 
     /// A gauge without labels.
-    pub fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
-        self.register(name, IntGauge::with_opts(self.opts(name, help)))
+    pub fn gauge(&self, name: &str, help: &str) -> Result<Gauge, MetricsError> {
+        self.register(name, prometheus::IntGauge::with_opts(self.opts(name, help))).map(Gauge)
     }
 
     /// A gauge with `labels`.
-    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
-        self.register(name, IntGaugeVec::new(self.opts(name, help), labels))
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
+        self.register(name, IntGaugeVec::new(self.opts(name, help), labels)).map(GaugeVec)
     }
 
     /// A floating-point gauge with `labels` (e.g. a timestamp in seconds).
-    pub fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
-        self.register(name, GaugeVec::new(self.opts(name, help), labels))
+    pub fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<FloatGaugeVec, MetricsError> {
+        self.register(name, prometheus::GaugeVec::new(self.opts(name, help), labels)).map(FloatGaugeVec)
     }
 
     /// A histogram with `labels` and `buckets` (e.g. [`seconds_buckets`](Self::seconds_buckets)).
@@ -282,6 +288,41 @@ impl ConnectorMetrics {
         buckets: Vec<f64>,
     ) -> Result<HistogramVec, MetricsError> {
         let opts = HistogramOpts::new(name, help).const_label("connector", self.connector.as_str()).buckets(buckets);
-        self.register(name, HistogramVec::new(opts, labels))
+        self.register(name, prometheus::HistogramVec::new(opts, labels)).map(HistogramVec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connectors_own_metrics_render_with_its_label_through_cores_handles() {
+        let metrics = ConnectorMetrics::new("demo");
+        let things = metrics.counter_vec("demo_things_total", "Things.", &["outcome"]).expect("counter");
+        things.with_label_values(&["ok"]).inc_by(3);
+        things.with_label_values(&["ok"]).inc();
+        let depth = metrics.gauge_vec("demo_depth", "Depth.", &["table"]).expect("gauge");
+        depth.with_label_values(&["t"]).set(7);
+        assert!(depth.remove_label_values(&["t"]), "an existing series is removed");
+        assert!(!depth.remove_label_values(&["t"]), "a missing one is not");
+        depth.with_label_values(&["u"]).set(2);
+        metrics.float_gauge_vec("demo_at", "When.", &["slot"]).expect("float gauge").with_label_values(&["s"]).set(1.5);
+        let latency = metrics.histogram_vec("demo_seconds", "Time.", &[], ConnectorMetrics::seconds_buckets());
+        latency.expect("histogram").with_label_values(&[] as &[&str]).observe(0.25);
+        assert_eq!(metrics.counter("demo_plain_total", "Plain.").expect("counter").get(), 0);
+
+        let text = metrics.render();
+        for line in [
+            r#"demo_things_total{connector="demo",outcome="ok"} 4"#,
+            r#"demo_depth{connector="demo",table="u"} 2"#,
+            r#"demo_at{connector="demo",slot="s"} 1.5"#,
+            r#"demo_seconds_count{connector="demo"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        assert!(!text.contains(r#"table="t""#), "the removed series is gone:\n{text}");
+        let taken = metrics.counter("demo_things_total", "Again.").expect_err("a name is registered once");
+        assert!(danube_connect_common::error_chain(&taken).contains("demo_things_total"));
     }
 }
