@@ -117,9 +117,7 @@ impl RegisteredSchema {
     pub fn definition(&self) -> std::borrow::Cow<'_, [u8]> {
         crate::schema::registered_definition(&self.schema_definition)
     }
-}
 
-impl RegisteredSchema {
     fn from_info(info: danube_client::SchemaInfo) -> Self {
         Self {
             schema_id: info.schema_id,
