@@ -108,7 +108,8 @@ pub enum TlsProblem {
 }
 
 impl TlsError {
-    fn new(section: &str, name: &str, problem: TlsProblem) -> Self {
+    /// The error of field `name` of section `section` (`connector.tls`, `client_cert`).
+    pub fn new(section: &str, name: &str, problem: TlsProblem) -> Self {
         Self { field: format!("{section}.{name}"), problem }
     }
 

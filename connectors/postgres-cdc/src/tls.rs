@@ -17,6 +17,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
+use danube_connect_common::tls::{TlsError, TlsProblem};
+
 use crate::config::{PostgresTls, TlsMode};
 use crate::error::CdcError;
 
@@ -65,12 +67,9 @@ pub fn client_config(tls: &PostgresTls, names: &VerifiedNames) -> Result<Option<
     };
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let config = match tls.client.identity(SECTION)? {
-        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
-            CdcError::Tls(danube_connect_common::tls::TlsError {
-                field: format!("{SECTION}.client_cert"),
-                problem: danube_connect_common::tls::TlsProblem::Rustls(e),
-            })
-        })?,
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| CdcError::Tls(TlsError::new(SECTION, "client_cert", TlsProblem::Rustls(e))))?,
         None => builder.with_no_client_auth(),
     };
     Ok(Some(config))
