@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::client::{build_client, probe, wait_until_reachable, DanubeConnection, SchemaRegistry};
+use crate::client::{probe, DanubeConnection, SchemaRegistry};
 use crate::config::RuntimeConfig;
 use crate::connector::{Context, Parts};
 use crate::error::{ConnectorError, RuntimeError};
@@ -174,10 +174,10 @@ impl Runtime {
         } else {
             None
         };
-        let client = build_client(&config.danube).await?;
-        wait_until_reachable(&client, &config.danube, &shutdown).await?;
+        let connection = DanubeConnection::connect(&config.danube, &shutdown).await?;
+        let client = connection.inner().clone();
         health.set_broker_reachable(true);
-        let schemas = TopicSchemas::resolve(&DanubeConnection::from_inner(client.clone()), &config.schemas).await?;
+        let schemas = TopicSchemas::resolve(&connection, &config.schemas).await?;
         let publisher = Publisher::new(
             client.clone(),
             config.source.clone(),
@@ -188,10 +188,7 @@ impl Runtime {
         )
         .with_transforms(transforms.clone(), config.dead_letter_topic());
         background.extend(prepare_topics(&publisher, topics_known_at_start(&config), &shutdown).await?);
-        let schema_cache = config
-            .sink
-            .decode_schemas
-            .then(|| Arc::new(SchemaCache::new(DanubeConnection::from_inner(client.clone()).schema_registry())));
+        let schema_cache = config.sink.decode_schemas.then(|| Arc::new(SchemaCache::new(connection.schema_registry())));
         let stopper = Stopper::new(shutdown.clone());
         background.push(tokio::spawn(probe_broker(client.clone(), health.clone(), shutdown.clone())));
         Ok(Self {
